@@ -1,0 +1,124 @@
+//! The public client: reconnects, request helpers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use secretd_proto::{Request, Response, SecretStatus, validate_name};
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// How long one request may wait on the daemon before it fails.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to the daemon, shared safely between threads.
+#[derive(Debug)]
+pub struct Client {
+    /// Where to connect, and reconnect after the daemon restarts.
+    path: PathBuf,
+    /// The live connection; `None` after it broke, until the next request reconnects.
+    conn: Mutex<Option<Connection>>,
+    /// The per-request read and write timeout.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
+}
+
+impl Client {
+    /// Connects to the daemon at `path` and completes the hello exchange.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        Client::connect_with_timeout(path, DEFAULT_TIMEOUT)
+    }
+
+    /// Connects with a per-request timeout other than [`DEFAULT_TIMEOUT`].
+    pub fn connect_with_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Client> {
+        let path = path.as_ref().to_owned();
+        let conn = Connection::open(&path, timeout)?;
+        Ok(Client {
+            path,
+            conn: Mutex::new(Some(conn)),
+            timeout,
+        })
+    }
+
+    /// Connects to [`crate::default_socket_path`].
+    pub fn connect_default() -> Result<Client> {
+        Client::connect(crate::default_socket_path())
+    }
+
+    /// The socket path this client uses.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads a secret.
+    pub fn get(&self, name: &str) -> Result<Secret> {
+        validate_name(name).map_err(Error::InvalidArgument)?;
+        match self.call(&Request::Get { name: name.into() })? {
+            Response::Secret(reply) => Ok(Secret::from_reply(reply)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    /// Describes every secret the caller may read (never values).
+    pub fn status(&self) -> Result<Vec<SecretStatus>> {
+        match self.call(&Request::Status)? {
+            Response::Status(list) => Ok(list),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// Sends a request, reconnecting once if the connection turns out to be dead (the daemon
+    /// restarted, or an earlier request broke it). Every request is idempotent, so a retry
+    /// cannot do anything twice that matters.
+    fn call(&self, req: &Request) -> Result<Response<'static>> {
+        let mut guard = self.lock();
+        let had_connection = guard.is_some();
+        match self.call_on(&mut guard, req) {
+            Err(e) if e.breaks_connection() && had_connection => self.call_on(&mut guard, req),
+            other => other,
+        }
+    }
+
+    fn call_on(
+        &self,
+        slot: &mut MutexGuard<'_, Option<Connection>>,
+        req: &Request,
+    ) -> Result<Response<'static>> {
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(Connection::open(&self.path, self.timeout)?),
+        };
+        let result = conn.call(req);
+        match result {
+            Err(e) if e.breaks_connection() => {
+                **slot = None;
+                Err(e)
+            }
+            Ok(Response::Error(e)) => Err(Error::Daemon(e)),
+            other => other,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
+        // A panic while holding the lock leaves at worst a half-used connection; drop it.
+        self.conn.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        })
+    }
+}
+
+fn unexpected(op: &str, got: &Response<'_>) -> Error {
+    Error::Protocol(format!(
+        "daemon answered {op} with a {} message",
+        got.kind()
+    ))
+}

@@ -1,0 +1,31 @@
+//! Blocking client for `secretd`.
+//!
+//! ```no_run
+//! let client = secretd_client::Client::connect_default()?;
+//! let key = client.get("trading_api_key")?;
+//! use_key(key.expose());
+//! # fn use_key(_: &[u8]) {}
+//! # Ok::<(), secretd_client::Error>(())
+//! ```
+//!
+//! A [`Client`] is `Send + Sync`: threads may share one (requests are serialized on its single
+//! connection). It reconnects by itself when the daemon restarts. Values come back as
+//! [`Secret`], which wipes its memory when dropped and never prints its value.
+
+mod client;
+mod connection;
+mod error;
+mod secret;
+
+pub use client::{Client, DEFAULT_TIMEOUT};
+pub use error::{Error, Result};
+pub use secret::Secret;
+pub use secretd_proto::{EntryState, ErrorCode, SecretStatus, SourceKind, WireError};
+
+/// The socket path used when none is given: `$SECRETD_SOCKET`, the production socket if it
+/// exists, this user's `serve --dev` socket if that exists, else the production path.
+pub fn default_socket_path() -> std::path::PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    secretd_proto::paths::default_socket(euid)
+}

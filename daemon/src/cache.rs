@@ -1,0 +1,318 @@
+//! The in-memory catalog: one slot per configured secret, each holding the current value.
+//!
+//! Readers take a short read lock to clone an `Arc` of the current entry and never wait on a
+//! source; the refresher builds a whole new entry and swaps it in. Staleness is judged on the
+//! monotonic clock (tokio's, so tests can pause time).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use secretd_proto::{EntryState, ErrorCode, SecretStatus, SourceKind, WireError};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::secret_bytes::SecretBytes;
+use crate::source::{Fetched, SourceError};
+use crate::time::unix_ms;
+
+/// One cached value. Immutable: a refresh replaces the whole entry.
+#[derive(Debug)]
+pub struct Entry {
+    /// The value.
+    pub value: SecretBytes,
+    /// The source's version (GSM's number, or a counter of changes for local sources).
+    pub version: String,
+    /// Where the value came from.
+    pub source: SourceKind,
+    /// When it was fetched (reported to clients).
+    pub fetched_at: SystemTime,
+    /// When it is due for refresh (reported to clients).
+    pub expires_at: SystemTime,
+    /// When it was fetched, on the monotonic clock.
+    fetched_mono: Instant,
+    /// How long it is fresh.
+    ttl: Duration,
+}
+
+impl Entry {
+    /// How servable the entry is at `now`.
+    pub fn state(&self, now: Instant, max_stale: Duration) -> EntryState {
+        let age = now.saturating_duration_since(self.fetched_mono);
+        if age < self.ttl {
+            EntryState::Fresh
+        } else if age < self.ttl + max_stale {
+            EntryState::Stale
+        } else {
+            EntryState::Expired
+        }
+    }
+
+    /// Age at `now`.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.fetched_mono)
+    }
+}
+
+/// The refresh history of a slot.
+#[derive(Debug, Default, Clone)]
+pub struct Health {
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// The most recent failure, cleared by a success.
+    pub last_error: Option<SourceError>,
+}
+
+/// A catalog entry's place in the cache.
+#[derive(Debug)]
+pub struct Slot {
+    /// The catalog name.
+    pub name: Arc<str>,
+    /// The configured source kind.
+    pub configured: SourceKind,
+    /// How long a fetched value is fresh.
+    pub ttl: Duration,
+    /// The current value, if one was ever loaded.
+    current: RwLock<Option<Arc<Entry>>>,
+    /// Refresh outcomes, for status and alerts.
+    health: Mutex<Health>,
+    /// Wakes this slot's refresher for an immediate refresh.
+    pub refresh_now: Notify,
+}
+
+/// Why a read cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unservable {
+    /// Nothing was ever loaded.
+    NeverLoaded,
+    /// The value is older than its TTL plus `max_stale`.
+    TooStale,
+}
+
+impl Unservable {
+    /// The error a client gets.
+    pub fn to_wire(self, name: &str) -> WireError {
+        let why = match self {
+            Unservable::NeverLoaded => "has not been loaded from its source yet",
+            Unservable::TooStale => "is stale past max_stale while its source is failing",
+        };
+        WireError::new(ErrorCode::Unavailable, format!("secret {name:?} {why}"))
+    }
+}
+
+/// All slots, indexed by name.
+#[derive(Debug)]
+pub struct Cache {
+    /// Slots in config order.
+    slots: Box<[Slot]>,
+    /// Name → index into `slots`.
+    index: HashMap<Arc<str>, usize>,
+    /// How long past expiry a value is still served.
+    max_stale: Duration,
+}
+
+impl Cache {
+    /// An empty slot for every configured secret.
+    pub fn new(config: &Config) -> Cache {
+        let slots: Box<[Slot]> = config
+            .secrets
+            .iter()
+            .map(|s| Slot {
+                name: Arc::from(s.name.as_str()),
+                configured: s.source.kind(),
+                ttl: s.ttl,
+                current: RwLock::new(None),
+                health: Mutex::new(Health::default()),
+                refresh_now: Notify::new(),
+            })
+            .collect();
+        let index = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        Cache {
+            slots,
+            index,
+            max_stale: config.daemon.max_stale,
+        }
+    }
+
+    /// Every slot, in config order.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// The index of a name, if it is in the catalog.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The slot at `idx`.
+    pub fn slot(&self, idx: usize) -> &Slot {
+        &self.slots[idx]
+    }
+
+    /// How long past expiry values are still served.
+    pub fn max_stale(&self) -> Duration {
+        self.max_stale
+    }
+
+    /// The servable value of slot `idx`, or why there is none.
+    pub fn read(&self, idx: usize) -> Result<Arc<Entry>, Unservable> {
+        let entry = self.slots[idx].current().ok_or(Unservable::NeverLoaded)?;
+        match entry.state(Instant::now(), self.max_stale) {
+            EntryState::Fresh | EntryState::Stale => Ok(entry),
+            EntryState::Expired | EntryState::Missing => Err(Unservable::TooStale),
+        }
+    }
+
+    /// Status of slot `idx`, never its value.
+    pub fn status(&self, idx: usize) -> SecretStatus {
+        let slot = &self.slots[idx];
+        let now = Instant::now();
+        let entry = slot.current();
+        let health = slot.health();
+        SecretStatus {
+            name: slot.name.to_string(),
+            configured_source: slot.configured,
+            cache_source: entry.as_ref().map(|e| e.source),
+            state: entry
+                .as_ref()
+                .map_or(EntryState::Missing, |e| e.state(now, self.max_stale)),
+            version: entry.as_ref().map(|e| e.version.clone()),
+            fetched_at_ms: entry.as_ref().map(|e| unix_ms(e.fetched_at)),
+            expires_at_ms: entry.as_ref().map(|e| unix_ms(e.expires_at)),
+            age_ms: entry
+                .as_ref()
+                .map(|e| u64::try_from(e.age(now).as_millis()).unwrap_or(u64::MAX)),
+            last_error: health
+                .last_error
+                .map(|e| WireError::new(ErrorCode::Unavailable, e.message)),
+            metadata_status: None,
+            rotation_due_at_ms: None,
+            break_glass_expires_at_ms: None,
+            fingerprint: None,
+        }
+    }
+}
+
+impl Slot {
+    /// The current entry, fresh or not.
+    pub fn current(&self) -> Option<Arc<Entry>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A copy of the refresh history.
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a freshly fetched value and clears the failure history. Returns the version
+    /// now served.
+    pub fn install(&self, fetched: Fetched, source: SourceKind) -> String {
+        let previous = self.current();
+        let version = match fetched.version {
+            Some(v) => v,
+            None => next_local_version(previous.as_deref(), &fetched.value),
+        };
+        let now = SystemTime::now();
+        let entry = Arc::new(Entry {
+            value: fetched.value,
+            version: version.clone(),
+            source,
+            fetched_at: now,
+            expires_at: now + self.ttl,
+            fetched_mono: Instant::now(),
+            ttl: self.ttl,
+        });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::default();
+        version
+    }
+
+    /// Records a failed refresh; the old value stays. Returns the consecutive failure count.
+    pub fn record_failure(&self, error: SourceError) -> u32 {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        health.last_error = Some(error);
+        health.consecutive_failures
+    }
+}
+
+/// Local sources have no versions: count changes instead ("1", "2", ...), keeping the version
+/// when a refresh finds the same value.
+fn next_local_version(previous: Option<&Entry>, value: &SecretBytes) -> String {
+    match previous {
+        None => "1".into(),
+        Some(p) if p.value.ct_eq(value) => p.version.clone(),
+        Some(p) => p
+            .version
+            .parse::<u64>()
+            .map_or_else(|_| "1".into(), |v| (v + 1).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::FailureReason;
+
+    fn cache(ttl: &str, max_stale: &str) -> Cache {
+        let text = format!(
+            "[daemon]\nmax_stale = \"{max_stale}\"\n[[secret]]\nname = \"k\"\nsource = \"env\"\nenv = \"K\"\nttl = \"{ttl}\"\n"
+        );
+        Cache::new(&Config::parse(&text).expect("config"))
+    }
+
+    fn fetched(v: &[u8]) -> Fetched {
+        Fetched {
+            value: SecretBytes::copy_from(v),
+            version: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_stale_expired_on_the_monotonic_clock() {
+        let c = cache("5m", "1h");
+        assert_eq!(c.read(0).expect_err("empty"), Unservable::NeverLoaded);
+        assert_eq!(c.status(0).state, EntryState::Missing);
+        c.slot(0).install(fetched(b"v1"), SourceKind::Env);
+        assert_eq!(c.status(0).state, EntryState::Fresh);
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(c.status(0).state, EntryState::Stale);
+        assert!(c.read(0).is_ok(), "stale values are still served");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(c.status(0).state, EntryState::Expired);
+        assert_eq!(c.read(0).expect_err("expired"), Unservable::TooStale);
+        c.slot(0).install(fetched(b"v1"), SourceKind::Env);
+        assert!(c.read(0).is_ok(), "a later success heals it");
+    }
+
+    #[tokio::test]
+    async fn local_versions_count_changes() {
+        let c = cache("5m", "1h");
+        let s = c.slot(0);
+        assert_eq!(s.install(fetched(b"a"), SourceKind::Env), "1");
+        assert_eq!(s.install(fetched(b"a"), SourceKind::Env), "1");
+        assert_eq!(s.install(fetched(b"b"), SourceKind::Env), "2");
+        assert_eq!(
+            s.record_failure(SourceError::new(FailureReason::Timeout, "t")),
+            1
+        );
+        assert_eq!(
+            s.record_failure(SourceError::new(FailureReason::Timeout, "t")),
+            2
+        );
+        assert!(c.status(0).last_error.is_some());
+        s.install(fetched(b"b"), SourceKind::Env);
+        assert_eq!(s.health().consecutive_failures, 0);
+    }
+}

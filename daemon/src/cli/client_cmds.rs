@@ -1,0 +1,126 @@
+//! Subcommands that talk to a running daemon.
+
+use std::io::Write;
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secretd_client::{Client, SecretStatus};
+use serde_json::json;
+
+fn connect(socket: Option<PathBuf>) -> Result<Client, String> {
+    let path = socket.unwrap_or_else(secretd_client::default_socket_path);
+    Client::connect(&path).map_err(|e| e.to_string())
+}
+
+pub(super) fn get(socket: Option<PathBuf>, name: &str) -> Result<(), String> {
+    let client = connect(socket)?;
+    let secret = client.get(name).map_err(|e| e.to_string())?;
+    // Write straight to fd 1: std's stdout keeps a buffer that would hold a copy of the
+    // value until exit, and nothing wipes it.
+    // SAFETY: fd 1 is open for the life of the process; ManuallyDrop keeps it open.
+    let mut stdout = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+    stdout
+        .write_all(secret.expose())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+pub(super) fn status(socket: Option<PathBuf>, as_json: bool) -> Result<(), String> {
+    let client = connect(socket)?;
+    let list = client.status().map_err(|e| e.to_string())?;
+    let out = if as_json {
+        let rows: Vec<_> = list.iter().map(status_json).collect();
+        serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())? + "\n"
+    } else {
+        status_table(&list)
+    };
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn rfc3339(ms: Option<i64>) -> Option<String> {
+    let ms = u64::try_from(ms?).ok()?;
+    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+}
+
+fn status_json(s: &SecretStatus) -> serde_json::Value {
+    json!({
+        "name": s.name,
+        "source": s.configured_source.as_str(),
+        "cacheSource": s.cache_source.map(|k| k.as_str()),
+        "state": s.state.as_str(),
+        "version": s.version,
+        "fetchedAt": rfc3339(s.fetched_at_ms),
+        "expiresAt": rfc3339(s.expires_at_ms),
+        "ageSeconds": s.age_ms.map(|ms| ms as f64 / 1000.0),
+        "lastError": s.last_error.as_ref().map(|e| e.message.clone()),
+        "status": s.metadata_status,
+        "rotationDueAt": rfc3339(s.rotation_due_at_ms),
+        "breakGlassExpiresAt": rfc3339(s.break_glass_expires_at_ms),
+        "fingerprint": s.fingerprint,
+    })
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+fn status_table(list: &[SecretStatus]) -> String {
+    let now_ms = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX);
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "SOURCE".into(),
+        "CACHE".into(),
+        "STATE".into(),
+        "VERSION".into(),
+        "AGE".into(),
+        "REFRESH IN".into(),
+    ]];
+    for s in list {
+        let refresh_in = s.expires_at_ms.map(|e| {
+            let left = e.saturating_sub(now_ms);
+            if left > 0 {
+                human(Duration::from_millis(left.unsigned_abs()))
+            } else {
+                "overdue".into()
+            }
+        });
+        rows.push([
+            s.name.clone(),
+            s.configured_source.to_string(),
+            s.cache_source.map_or("-".into(), |k| k.to_string()),
+            s.state.as_str().into(),
+            s.version.clone().unwrap_or_else(|| "-".into()),
+            s.age_ms
+                .map_or("-".into(), |ms| human(Duration::from_millis(ms))),
+            refresh_in.unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for s in list.iter().filter(|s| s.last_error.is_some()) {
+        if let Some(e) = &s.last_error {
+            out.push_str(&format!("{}: last refresh failed: {}\n", s.name, e.message));
+        }
+    }
+    out
+}

@@ -1,0 +1,86 @@
+//! The `secretd` command: `serve` runs the daemon; the other subcommands are clients of it.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 usage error.
+
+mod client_cmds;
+mod serve_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code when the operation failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for a usage error (clap uses the same).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "secretd",
+    version,
+    about = "Serves trading credentials from Google Secret Manager to local processes",
+    propagate_version = true
+)]
+struct Cli {
+    /// The daemon's socket (default: $SECRETD_SOCKET, /run/secretd/secretd.sock, or your
+    /// `serve --dev` socket).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// The TOML config file.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "dev",
+            conflicts_with = "dev"
+        )]
+        config: Option<PathBuf>,
+        /// Run with the built-in development catalog (demo values, your user as admin).
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print a secret's value to stdout (raw bytes, no newline).
+    Get {
+        /// The catalog name.
+        name: String,
+    },
+    /// Show every secret you may read: source, version, age; never values.
+    Status {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the `secretd` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; clap picks the exit code (0 or 2).
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config, dev } => serve_cmd::run(config, dev, cli.socket),
+        Command::Get { name } => client_cmds::get(cli.socket, &name),
+        Command::Status { json } => client_cmds::status(cli.socket, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("secretd: {message}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

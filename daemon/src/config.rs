@@ -1,0 +1,638 @@
+//! The TOML configuration, parsed and validated into [`Config`].
+//!
+//! Parsing is strict: unknown keys, keys that belong to another source, duplicate names and
+//! unparsable durations are errors with the offending key named, so a typo never silently
+//! changes who can read what.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use secretd_proto::{SourceKind, validate_name};
+use serde::Deserialize;
+
+/// Connections served at once, unless `daemon.max_connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The hard ceiling on `daemon.max_connections` (each connection holds a file descriptor).
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+/// The shortest accepted refresh interval or TTL; anything shorter would hammer the source.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// The largest catalog; the protocol's status frame and the per-connection policy are sized
+/// for a small catalog of credentials, not a database.
+pub const MAX_SECRETS: usize = 1024;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped keys.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// The TOML parsed but a value is not acceptable.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    gsm: Option<RawGsm>,
+    break_glass: Option<RawBreakGlass>,
+    #[serde(default, rename = "secret")]
+    secrets: Vec<RawSecret>,
+    #[serde(default, rename = "policy")]
+    policies: Vec<RawPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    socket: Option<PathBuf>,
+    socket_mode: Option<String>,
+    socket_group: Option<String>,
+    db: Option<PathBuf>,
+    admin_uids: Option<Vec<u32>>,
+    refresh_interval: Option<String>,
+    max_stale: Option<String>,
+    metrics_listen: Option<String>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGsm {
+    project: Option<String>,
+    endpoint: Option<String>,
+    credentials_file: Option<PathBuf>,
+    #[serde(default)]
+    anonymous: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreakGlass {
+    private_key: PathBuf,
+    max_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    name: String,
+    source: String,
+    gcp_secret: Option<String>,
+    version: Option<String>,
+    path: Option<PathBuf>,
+    env: Option<String>,
+    ttl: Option<String>,
+    owner: Option<String>,
+    environment: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    gids: Vec<u32>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Daemon-wide settings.
+    pub daemon: DaemonConfig,
+    /// Google Secret Manager settings, if any secret uses it.
+    pub gsm: Option<GsmConfig>,
+    /// Break-glass settings, if break-glass is enabled.
+    pub break_glass: Option<BreakGlassConfig>,
+    /// The catalog, in config order.
+    pub secrets: Vec<SecretConfig>,
+    /// Who may read what.
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// The socket file's permission bits.
+    pub socket_mode: u32,
+    /// The group the socket file is given, when a group of bots should connect.
+    pub socket_group: Option<GroupRef>,
+    /// The redb database path.
+    pub db: PathBuf,
+    /// Uids allowed admin operations.
+    pub admin_uids: Vec<u32>,
+    /// Default TTL of cached values (the refresh period).
+    pub refresh_interval: Duration,
+    /// How long past expiry a value is still served while its source fails.
+    pub max_stale: Duration,
+    /// Where the HTTP metrics listener binds, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+/// A group given by name or number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRef {
+    /// A numeric gid.
+    Id(u32),
+    /// A group name, resolved at startup.
+    Name(String),
+}
+
+/// `[gsm]`.
+#[derive(Debug, Clone)]
+pub struct GsmConfig {
+    /// The default GCP project.
+    pub project: Option<String>,
+    /// The API endpoint (overridable for tests and emulators).
+    pub endpoint: String,
+    /// A service-account key file instead of Application Default Credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// Send no credentials (emulators and tests only).
+    pub anonymous: bool,
+}
+
+/// `[break_glass]`.
+#[derive(Debug, Clone)]
+pub struct BreakGlassConfig {
+    /// The RSA private key that opens break-glass envelopes.
+    pub private_key: PathBuf,
+    /// The longest TTL an override may ask for.
+    pub max_ttl: Duration,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// A GSM secret and version alias.
+    Gsm {
+        /// `projects/P/secrets/S`.
+        resource: String,
+        /// `latest` or a version number.
+        version: String,
+    },
+    /// An environment variable of the daemon.
+    Env {
+        /// The variable's name.
+        var: String,
+    },
+    /// A file whose whole content is the value.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl SourceConfig {
+    /// The kind of source.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            SourceConfig::Gsm { .. } => SourceKind::Gsm,
+            SourceConfig::Env { .. } => SourceKind::Env,
+            SourceConfig::File { .. } => SourceKind::File,
+        }
+    }
+}
+
+/// One `[[secret]]`.
+#[derive(Debug, Clone)]
+pub struct SecretConfig {
+    /// The catalog name clients ask for.
+    pub name: String,
+    /// Where the value comes from.
+    pub source: SourceConfig,
+    /// How long a fetched value is fresh.
+    pub ttl: Duration,
+    /// The owning team, for metadata.
+    pub owner: Option<String>,
+    /// The environment label (`prod`, `staging`), for metadata.
+    pub environment: Option<String>,
+}
+
+/// One `[[policy]]`, globs compiled.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Peers whose uid is listed match.
+    pub uids: Vec<u32>,
+    /// Peers whose primary or supplementary gid is listed match.
+    pub gids: Vec<u32>,
+    /// Names a matching peer may read.
+    pub allow: GlobSet,
+    /// Names a matching peer may not read, whatever any policy allows.
+    pub deny: GlobSet,
+    /// The allow patterns as written, for messages.
+    pub allow_patterns: Vec<String>,
+}
+
+/// Parses a humane duration (`"5m"`, `"25m"`, `"12h"`), naming the key on error.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| {
+        invalid(format!(
+            "{key} = {text:?} is not a duration like \"5m\": {e}"
+        ))
+    })
+}
+
+fn parse_mode(text: &str) -> Result<u32, ConfigError> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| {
+        invalid(format!(
+            "daemon.socket_mode = {text:?} is not an octal mode"
+        ))
+    })?;
+    if mode & !0o777 != 0 {
+        return Err(invalid(format!(
+            "daemon.socket_mode = {text:?} has bits outside 0777"
+        )));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(invalid(format!(
+            "daemon.socket_mode = {text:?} must let the owner read and write"
+        )));
+    }
+    Ok(mode)
+}
+
+fn compile_globs(key: &str, patterns: &[String]) -> Result<GlobSet, ConfigError> {
+    let mut builder = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = Glob::new(p).map_err(|e| invalid(format!("policy {key} pattern {p:?}: {e}")))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map_err(|e| invalid(format!("policy {key}: {e}")))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let daemon = validate_daemon(raw.daemon)?;
+        let gsm = raw.gsm.map(|g| GsmConfig {
+            project: g.project,
+            endpoint: g
+                .endpoint
+                .unwrap_or_else(|| "https://secretmanager.googleapis.com".into()),
+            credentials_file: g.credentials_file,
+            anonymous: g.anonymous,
+        });
+        let break_glass = raw
+            .break_glass
+            .map(|b| -> Result<BreakGlassConfig, ConfigError> {
+                Ok(BreakGlassConfig {
+                    private_key: b.private_key,
+                    max_ttl: match b.max_ttl {
+                        Some(t) => parse_duration("break_glass.max_ttl", &t)?,
+                        None => Duration::from_secs(3600),
+                    },
+                })
+            })
+            .transpose()?;
+        if raw.secrets.len() > MAX_SECRETS {
+            return Err(invalid(format!(
+                "{} secrets configured; at most {MAX_SECRETS} are supported",
+                raw.secrets.len()
+            )));
+        }
+        let mut seen = HashSet::new();
+        let mut secrets = Vec::with_capacity(raw.secrets.len());
+        for s in raw.secrets {
+            let secret = validate_secret(s, &daemon, gsm.as_ref())?;
+            if !seen.insert(secret.name.clone()) {
+                return Err(invalid(format!(
+                    "secret {:?} is configured twice",
+                    secret.name
+                )));
+            }
+            secrets.push(secret);
+        }
+        let policies = raw
+            .policies
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| validate_policy(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            daemon,
+            gsm,
+            break_glass,
+            secrets,
+            policies,
+        })
+    }
+}
+
+fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
+    let socket = raw
+        .socket
+        .unwrap_or_else(|| PathBuf::from(secretd_proto::paths::DEFAULT_SOCKET));
+    if !socket.is_absolute() {
+        return Err(invalid(format!(
+            "daemon.socket = {:?} must be an absolute path",
+            socket.display()
+        )));
+    }
+    let refresh_interval = match raw.refresh_interval {
+        Some(t) => parse_duration("daemon.refresh_interval", &t)?,
+        None => Duration::from_secs(300),
+    };
+    if refresh_interval < MIN_TTL {
+        return Err(invalid("daemon.refresh_interval must be at least 1s"));
+    }
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 || max_connections > MAX_CONNECTIONS_LIMIT {
+        return Err(invalid(format!(
+            "daemon.max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}"
+        )));
+    }
+    Ok(DaemonConfig {
+        socket,
+        socket_mode: match raw.socket_mode {
+            Some(m) => parse_mode(&m)?,
+            None => 0o600,
+        },
+        socket_group: raw.socket_group.map(|g| match g.parse::<u32>() {
+            Ok(id) => GroupRef::Id(id),
+            Err(_) => GroupRef::Name(g),
+        }),
+        db: raw
+            .db
+            .unwrap_or_else(|| PathBuf::from("/var/lib/secretd/secretd.redb")),
+        admin_uids: raw.admin_uids.unwrap_or_else(|| vec![0]),
+        refresh_interval,
+        max_stale: match raw.max_stale {
+            Some(t) => parse_duration("daemon.max_stale", &t)?,
+            None => Duration::from_secs(3600),
+        },
+        metrics_listen: raw
+            .metrics_listen
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    invalid(format!(
+                        "daemon.metrics_listen = {a:?} is not an address like \"127.0.0.1:9464\""
+                    ))
+                })
+            })
+            .transpose()?,
+        max_connections,
+    })
+}
+
+fn validate_secret(
+    s: RawSecret,
+    daemon: &DaemonConfig,
+    gsm: Option<&GsmConfig>,
+) -> Result<SecretConfig, ConfigError> {
+    validate_name(&s.name).map_err(|e| invalid(format!("secret {:?}: {e}", s.name)))?;
+    let name = s.name;
+    let foreign = |key: &str, present: bool| -> Result<(), ConfigError> {
+        if present {
+            Err(invalid(format!(
+                "secret {name:?}: `{key}` does not apply to source {:?}",
+                s.source
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let required = |key: &str| {
+        invalid(format!(
+            "secret {name:?}: source {:?} needs `{key}`",
+            s.source
+        ))
+    };
+    let source = match s.source.as_str() {
+        "gsm" => {
+            foreign("path", s.path.is_some())?;
+            foreign("env", s.env.is_some())?;
+            let resource = s.gcp_secret.ok_or_else(|| required("gcp_secret"))?;
+            validate_gcp_resource(&name, &resource)?;
+            if gsm.is_none() {
+                return Err(invalid(format!(
+                    "secret {name:?} uses source \"gsm\" but there is no [gsm] section"
+                )));
+            }
+            let version = s.version.unwrap_or_else(|| "latest".into());
+            if version != "latest" && version.parse::<u64>().map_or(true, |v| v == 0) {
+                return Err(invalid(format!(
+                    "secret {name:?}: version = {version:?} must be \"latest\" or a version number"
+                )));
+            }
+            SourceConfig::Gsm { resource, version }
+        }
+        "env" => {
+            foreign("gcp_secret", s.gcp_secret.is_some())?;
+            foreign("version", s.version.is_some())?;
+            foreign("path", s.path.is_some())?;
+            let var = s.env.ok_or_else(|| required("env"))?;
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                return Err(invalid(format!(
+                    "secret {name:?}: env = {var:?} is not a variable name"
+                )));
+            }
+            SourceConfig::Env { var }
+        }
+        "file" => {
+            foreign("gcp_secret", s.gcp_secret.is_some())?;
+            foreign("version", s.version.is_some())?;
+            foreign("env", s.env.is_some())?;
+            let path = s.path.ok_or_else(|| required("path"))?;
+            if !path.is_absolute() {
+                return Err(invalid(format!(
+                    "secret {name:?}: path {:?} must be absolute",
+                    path.display()
+                )));
+            }
+            SourceConfig::File { path }
+        }
+        other => {
+            return Err(invalid(format!(
+                "secret {name:?}: source = {other:?} is not one of \"gsm\", \"env\", \"file\""
+            )));
+        }
+    };
+    let ttl = match s.ttl {
+        Some(t) => parse_duration(&format!("secret {name:?} ttl"), &t)?,
+        None => daemon.refresh_interval,
+    };
+    if ttl < MIN_TTL {
+        return Err(invalid(format!("secret {name:?}: ttl must be at least 1s")));
+    }
+    Ok(SecretConfig {
+        name,
+        source,
+        ttl,
+        owner: s.owner,
+        environment: s.environment,
+    })
+}
+
+fn validate_gcp_resource(name: &str, resource: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = resource.split('/').collect();
+    let ok = parts.len() == 4
+        && parts[0] == "projects"
+        && parts[2] == "secrets"
+        && [parts[1], parts[3]].iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "secret {name:?}: gcp_secret = {resource:?} must look like \"projects/P/secrets/S\""
+        )))
+    }
+}
+
+fn validate_policy(index: usize, p: RawPolicy) -> Result<PolicyConfig, ConfigError> {
+    let key = format!("#{}", index + 1);
+    if p.uids.is_empty() && p.gids.is_empty() {
+        return Err(invalid(format!(
+            "policy {key} lists no uids and no gids, so it matches nobody"
+        )));
+    }
+    if p.allow.is_empty() && p.deny.is_empty() {
+        return Err(invalid(format!(
+            "policy {key} has neither allow nor deny patterns"
+        )));
+    }
+    Ok(PolicyConfig {
+        allow: compile_globs(&format!("{key} allow"), &p.allow)?,
+        deny: compile_globs(&format!("{key} deny"), &p.deny)?,
+        uids: p.uids,
+        gids: p.gids,
+        allow_patterns: p.allow,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"
+[daemon]
+socket = "/run/secretd/secretd.sock"
+socket_mode = "0600"
+db = "/var/lib/secretd/secretd.redb"
+admin_uids = [0]
+refresh_interval = "5m"
+max_stale = "1h"
+metrics_listen = "127.0.0.1:9464"
+
+[gsm]
+project = "apex-prod"
+endpoint = "https://secretmanager.googleapis.com"
+
+[break_glass]
+private_key = "/etc/secretd/break-glass.pem"
+max_ttl = "1h"
+
+[[secret]]
+name = "trading_api_key"
+source = "gsm"
+gcp_secret = "projects/apex-prod/secrets/omni-trading-api-key"
+version = "latest"
+ttl = "5m"
+owner = "trading-platform"
+
+[[secret]]
+name = "webhook_shared_secret"
+source = "file"
+path = "/etc/secretd/dev/webhook_shared_secret"
+
+[[secret]]
+name = "trading_api_passphrase"
+source = "env"
+env = "TRADING_API_PASSPHRASE"
+
+[[policy]]
+uids = [1001]
+gids = [2001]
+allow = ["trading_*", "webhook_shared_secret"]
+deny = []
+"#;
+
+    #[test]
+    fn spec_example_parses() {
+        let c = Config::parse(SPEC_EXAMPLE).expect("spec example");
+        assert_eq!(c.secrets.len(), 3);
+        assert_eq!(c.daemon.socket_mode, 0o600);
+        assert_eq!(c.daemon.refresh_interval, Duration::from_secs(300));
+        assert_eq!(c.secrets[0].ttl, Duration::from_secs(300));
+        assert!(c.policies[0].allow.is_match("trading_api_key"));
+        assert!(!c.policies[0].allow.is_match("other"));
+        assert_eq!(
+            c.break_glass.expect("bg").max_ttl,
+            Duration::from_secs(3600)
+        );
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(err("[daemon]\nsokcet = \"/x\"").contains("sokcet"));
+        assert!(err("[daemon]\nsocket_mode = \"999\"").contains("socket_mode"));
+        assert!(err("[daemon]\nsocket_mode = \"0044\"").contains("owner"));
+        assert!(err("[daemon]\nrefresh_interval = \"soon\"").contains("refresh_interval"));
+        assert!(err("[daemon]\nsocket = \"relative.sock\"").contains("absolute"));
+        let dup = "[[secret]]\nname=\"a\"\nsource=\"env\"\nenv=\"A\"\n[[secret]]\nname=\"a\"\nsource=\"env\"\nenv=\"B\"";
+        assert!(err(dup).contains("twice"));
+        assert!(
+            err("[[secret]]\nname=\"a\"\nsource=\"env\"\npath=\"/x\"\nenv=\"A\"")
+                .contains("`path`")
+        );
+        assert!(err("[[secret]]\nname=\"a\"\nsource=\"file\"").contains("`path`"));
+        assert!(err("[[secret]]\nname=\"a\"\nsource=\"vault\"").contains("vault"));
+        assert!(err("[[secret]]\nname=\"a b\"\nsource=\"env\"\nenv=\"A\"").contains("a b"));
+        assert!(
+            err("[[secret]]\nname=\"a\"\nsource=\"gsm\"\ngcp_secret=\"projects/p/secrets/s\"")
+                .contains("[gsm]")
+        );
+        assert!(
+            err("[gsm]\n[[secret]]\nname=\"a\"\nsource=\"gsm\"\ngcp_secret=\"p/s\"")
+                .contains("projects/P")
+        );
+        assert!(err("[[policy]]\nallow=[\"*\"]").contains("matches nobody"));
+        assert!(err("[[policy]]\nuids=[1]\nallow=[\"[\"]").contains("pattern"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Access decisions from peer credentials.
+//!
+//! A policy matches a peer whose uid is listed or whose primary or supplementary gid is
+//! listed. A peer may read a name when some matching policy allows it and no matching policy
+//! denies it (deny wins). Decisions over the catalog are computed once per connection, so the
+//! read path looks up a bool, not a glob.
+
+use crate::cache::Cache;
+use crate::config::PolicyConfig;
+use crate::peer::Peer;
+
+/// The daemon's access rules.
+#[derive(Debug)]
+pub struct Policy {
+    /// Uids allowed admin operations.
+    admin_uids: Vec<u32>,
+    /// `[[policy]]` rules in config order.
+    rules: Vec<PolicyConfig>,
+}
+
+/// What one connected peer may do, computed at accept.
+#[derive(Debug)]
+pub struct Access {
+    /// Whether admin operations are allowed.
+    pub admin: bool,
+    /// Readability of each catalog slot, by slot index.
+    readable: Box<[bool]>,
+    /// Indices of the rules matching this peer, to judge names outside the catalog.
+    matching: Vec<usize>,
+}
+
+impl Policy {
+    /// Rules from the config.
+    pub fn new(admin_uids: Vec<u32>, rules: Vec<PolicyConfig>) -> Policy {
+        Policy { admin_uids, rules }
+    }
+
+    /// Everything `peer` may do with the catalog in `cache`.
+    pub fn access_for(&self, peer: &Peer, cache: &Cache) -> Access {
+        let matching: Vec<usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.uids.contains(&peer.uid) || r.gids.iter().any(|g| peer.in_group(*g)))
+            .map(|(i, _)| i)
+            .collect();
+        let readable = cache
+            .slots()
+            .iter()
+            .map(|slot| self.allows(&matching, &slot.name))
+            .collect();
+        Access {
+            admin: self.admin_uids.contains(&peer.uid),
+            readable,
+            matching,
+        }
+    }
+
+    fn allows(&self, matching: &[usize], name: &str) -> bool {
+        let allowed = matching.iter().any(|&i| self.rules[i].allow.is_match(name));
+        let denied = matching.iter().any(|&i| self.rules[i].deny.is_match(name));
+        allowed && !denied
+    }
+
+    /// Whether the peer's rules would allow `name` were it in the catalog. Used only for names
+    /// the catalog lacks, to answer NotFound to callers who could read it and PermissionDenied
+    /// to the rest (so the catalog's contents are not revealed to strangers).
+    pub fn would_allow(&self, access: &Access, name: &str) -> bool {
+        self.allows(&access.matching, name)
+    }
+}
+
+impl Access {
+    /// Whether catalog slot `idx` is readable.
+    pub fn can_read(&self, idx: usize) -> bool {
+        self.readable.get(idx).copied().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+[[secret]]
+name = "trading_api_key"
+source = "env"
+env = "A"
+[[secret]]
+name = "trading_client_secret"
+source = "env"
+env = "B"
+[[secret]]
+name = "webhook_shared_secret"
+source = "env"
+env = "C"
+[[policy]]
+uids = [1001]
+allow = ["trading_*"]
+[[policy]]
+gids = [2001]
+allow = ["*"]
+deny = ["trading_client_secret"]
+"#;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn allow_deny_and_groups() {
+        let config = Config::parse(CONFIG).expect("config");
+        let cache = Cache::new(&config);
+        let policy = Policy::new(config.daemon.admin_uids.clone(), config.policies.clone());
+
+        let bot = policy.access_for(&peer(1001, 1001, &[]), &cache);
+        assert!(bot.can_read(0) && bot.can_read(1) && !bot.can_read(2));
+        assert!(!bot.admin);
+        assert!(policy.would_allow(&bot, "trading_new"));
+        assert!(!policy.would_allow(&bot, "other"));
+
+        // Matching both rules: the group rule's deny wins over the uid rule's allow.
+        let both = policy.access_for(&peer(1001, 5, &[2001]), &cache);
+        assert!(both.can_read(0) && !both.can_read(1) && both.can_read(2));
+
+        let stranger = policy.access_for(&peer(4242, 4242, &[]), &cache);
+        assert!((0..3).all(|i| !stranger.can_read(i)));
+        assert!(!policy.would_allow(&stranger, "anything"));
+
+        let root = policy.access_for(&peer(0, 0, &[]), &cache);
+        assert!(root.admin && !root.can_read(0), "admin does not imply read");
+    }
+}

@@ -1,0 +1,187 @@
+//! Keeps every cache slot filled: one task per secret, each refreshing its value before it
+//! expires, backing off after failures, and waking early on demand.
+//!
+//! Reads never wait on this: they see whatever the cache holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::Cache;
+use crate::source::{FailureReason, Source, SourceError};
+
+/// The longest one fetch may take before it counts as a timeout.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(30);
+/// The first retry delay after a failure; it doubles per consecutive failure.
+pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Consecutive failures after which each further failure logs `omni.alert.cache_failure`.
+pub const ALERT_AFTER_FAILURES: u32 = 3;
+/// Fetches in flight at once across all secrets, so a restart does not burst the source.
+pub const REFRESH_CONCURRENCY: usize = 4;
+
+/// Refreshes happen at this fraction of the TTL, jittered, so values never expire while the
+/// source is healthy and a fleet restarted together spreads its requests.
+const REFRESH_AT: (f64, f64) = (0.75, 0.9);
+
+/// Starts one refresher per cache slot. Each tries its first fetch at once; the returned
+/// receiver yields one message per slot when that first attempt finished (either way).
+pub fn spawn_all(
+    cache: Arc<Cache>,
+    sources: Vec<Arc<dyn Source>>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> mpsc::Receiver<()> {
+    let (first_done, first_rx) = mpsc::channel(sources.len().max(1));
+    let limiter = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
+    for (idx, source) in sources.into_iter().enumerate() {
+        let refresher = Refresher {
+            cache: cache.clone(),
+            idx,
+            source,
+            limiter: limiter.clone(),
+        };
+        tracker.spawn(refresher.run(cancel.clone(), first_done.clone()));
+    }
+    first_rx
+}
+
+/// The refresh loop of one slot.
+struct Refresher {
+    /// The cache holding the slot.
+    cache: Arc<Cache>,
+    /// Which slot.
+    idx: usize,
+    /// Where its value comes from.
+    source: Arc<dyn Source>,
+    /// Bounds concurrent fetches across all refreshers.
+    limiter: Arc<Semaphore>,
+}
+
+impl Refresher {
+    async fn run(self, cancel: CancellationToken, first_done: mpsc::Sender<()>) {
+        let slot = self.cache.slot(self.idx);
+        let mut first_done = Some(first_done);
+        loop {
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                outcome = self.fetch_once() => outcome,
+            };
+            let delay = match outcome {
+                Ok(()) => jittered(slot.ttl, REFRESH_AT),
+                Err(e) => {
+                    let failures = self.failed(e);
+                    backoff(failures, slot.ttl)
+                }
+            };
+            if let Some(tx) = first_done.take() {
+                // The receiver may be gone once startup is over; that is fine.
+                let _ = tx.try_send(());
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+                _ = slot.refresh_now.notified() => {}
+            }
+        }
+    }
+
+    async fn fetch_once(&self) -> Result<(), SourceError> {
+        let slot = self.cache.slot(self.idx);
+        let _permit =
+            self.limiter.acquire().await.map_err(|_| {
+                SourceError::new(FailureReason::Unavailable, "daemon is shutting down")
+            })?;
+        let fetched = tokio::time::timeout(FETCH_DEADLINE, self.source.fetch())
+            .await
+            .map_err(|_| {
+                SourceError::new(
+                    FailureReason::Timeout,
+                    format!(
+                        "{} did not answer within {}s",
+                        self.source.describe(),
+                        FETCH_DEADLINE.as_secs()
+                    ),
+                )
+            })??;
+        let had = slot.current().map(|e| e.version.clone());
+        let version = slot.install(fetched, self.source.kind());
+        if had.as_deref() != Some(version.as_str()) {
+            tracing::info!(
+                secret = %slot.name,
+                source = %self.source.describe(),
+                version = %version,
+                "loaded secret"
+            );
+        }
+        Ok(())
+    }
+
+    fn failed(&self, error: SourceError) -> u32 {
+        let slot = self.cache.slot(self.idx);
+        let reason = error.reason.as_str();
+        let message = error.message.clone();
+        let failures = slot.record_failure(error);
+        if failures >= ALERT_AFTER_FAILURES {
+            tracing::error!(
+                event = "omni.alert.cache_failure",
+                secret = %slot.name,
+                reason,
+                count = failures,
+                error = %message,
+                "secret refresh keeps failing; serving the last good value until max_stale"
+            );
+        } else {
+            tracing::warn!(
+                secret = %slot.name,
+                reason,
+                count = failures,
+                error = %message,
+                "secret refresh failed"
+            );
+        }
+        failures
+    }
+}
+
+/// `base` scaled by a uniform factor in `range`.
+fn jittered(base: Duration, range: (f64, f64)) -> Duration {
+    base.mul_f64(range.0 + fastrand::f64() * (range.1 - range.0))
+}
+
+/// The wait after `failures` consecutive failures: doubling from [`FIRST_RETRY`], jittered by
+/// ±20%, never longer than the secret's refresh period.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let base = FIRST_RETRY.saturating_mul(1 << exp).min(cap);
+    jittered(base, (0.8, 1.2)).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let cap = Duration::from_secs(300);
+        for _ in 0..100 {
+            let first = backoff(1, cap);
+            assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+            let fourth = backoff(4, cap);
+            assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600));
+            assert!(backoff(30, cap) <= cap);
+            assert!(backoff(3, Duration::from_secs(2)) <= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn refresh_point_is_before_expiry() {
+        let ttl = Duration::from_secs(300);
+        for _ in 0..100 {
+            let d = jittered(ttl, REFRESH_AT);
+            assert!(d >= Duration::from_secs(225) && d <= Duration::from_secs(270));
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The socket server: accept loop → [`connection`] (frames, deadlines) → [`handler`]
+//! (requests against cache and policy).
+
+mod connection;
+mod handler;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Listener;
+use interprocess::local_socket::traits::tokio::Listener as _;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::Cache;
+use crate::peer::Peer;
+use crate::policy::Policy;
+
+/// How long a new connection may take to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may sit between requests before the daemon closes it (clients
+/// reconnect transparently).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the rest of a frame may take once its first byte arrived (slow senders).
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long writing one response may take (clients that stop reading).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause after an accept error such as EMFILE, so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// State every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The values.
+    pub cache: Arc<Cache>,
+    /// Who may read what.
+    pub policy: Policy,
+}
+
+/// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.
+pub async fn serve(
+    listener: Listener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                if is_resource_exhaustion(&e) {
+                    tracing::warn!(error = %e, "accept failed: out of resources; backing off");
+                } else {
+                    tracing::debug!(error = %e, "accept failed");
+                }
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let peer = match Peer::of(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "dropping connection without peer credentials");
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let conn = connection::Connection::new(stream, peer, shared.clone());
+                let cancel = cancel.clone();
+                tracker.spawn(async move {
+                    conn.run(cancel).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    max_connections,
+                    "connection limit reached; refusing"
+                );
+                tracker.spawn(connection::refuse_busy(stream));
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

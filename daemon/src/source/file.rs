@@ -1,0 +1,94 @@
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use secretd_proto::SourceKind;
+use zeroize::Zeroizing;
+
+use super::{
+    FailureReason, FetchFuture, Fetched, MAX_SECRET_LEN, Source, SourceError, check_value,
+};
+use crate::secret_bytes::SecretBytes;
+
+/// A value that is the whole content of a file (development and tests).
+#[derive(Debug)]
+pub struct FileSource {
+    /// The file.
+    path: PathBuf,
+}
+
+impl FileSource {
+    /// A source reading `path`.
+    pub fn new(path: PathBuf) -> FileSource {
+        FileSource { path }
+    }
+}
+
+fn read_value(path: &Path) -> Result<Fetched, SourceError> {
+    let io_err = |e: std::io::Error| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => FailureReason::NotFound,
+            std::io::ErrorKind::PermissionDenied => FailureReason::PermissionDenied,
+            _ => FailureReason::Unavailable,
+        };
+        SourceError::new(reason, format!("cannot read {}: {e}", path.display()))
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(SourceError::new(
+            FailureReason::InvalidPayload,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{:o}", meta.mode() & 0o777),
+            "secret file is readable by others than its owner"
+        );
+    }
+    // Read into a fixed scratch buffer one byte larger than the limit (so oversize is
+    // detected), then copy the exact value out: no growing Vec, no stray copies.
+    let mut scratch = Zeroizing::new(vec![0u8; MAX_SECRET_LEN + 1]);
+    let mut len = 0;
+    loop {
+        match file.read(&mut scratch[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == scratch.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    check_value(len)?;
+    Ok(Fetched {
+        value: SecretBytes::copy_from(&scratch[..len]),
+        version: None,
+    })
+}
+
+impl Source for FileSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::File
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn fetch(&self) -> FetchFuture<'_> {
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read_value(&path))
+                .await
+                .map_err(|_| {
+                    SourceError::new(FailureReason::Unavailable, "file read task failed")
+                })?
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! Where values come from. Every source implements [`Source`]; the refresher does not care
+//! which one it drives.
+
+mod env;
+mod file;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use secretd_proto::SourceKind;
+
+use crate::config::{Config, SecretConfig, SourceConfig};
+use crate::secret_bytes::SecretBytes;
+
+pub use env::EnvSource;
+pub use file::FileSource;
+
+/// The largest value any source may deliver (GSM's own payload limit).
+pub const MAX_SECRET_LEN: usize = 64 * 1024;
+
+/// A value fresh from its source.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The value.
+    pub value: SecretBytes,
+    /// The source's own version, when it has one (GSM's version number). Local sources leave
+    /// it to the cache, which counts changes.
+    pub version: Option<String>,
+}
+
+/// Why a fetch failed, in categories that decide retries, alerts and metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// The source says the secret or version does not exist.
+    NotFound,
+    /// The source refused the daemon's credentials.
+    PermissionDenied,
+    /// The source is down or overloaded; retrying helps.
+    Unavailable,
+    /// The source did not answer in time.
+    Timeout,
+    /// The source answered with something that is not a usable value (too large, empty,
+    /// corrupt).
+    InvalidPayload,
+}
+
+impl FailureReason {
+    /// The stable snake_case name (metrics label, log field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NotFound => "not_found",
+            FailureReason::PermissionDenied => "permission_denied",
+            FailureReason::Unavailable => "unavailable",
+            FailureReason::Timeout => "timeout",
+            FailureReason::InvalidPayload => "invalid_payload",
+        }
+    }
+}
+
+/// A failed fetch. The message describes the failure, never the value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// The category.
+    pub reason: FailureReason,
+    /// A sentence for operators.
+    pub message: String,
+}
+
+impl SourceError {
+    /// Builds an error.
+    pub fn new(reason: FailureReason, message: impl Into<String>) -> SourceError {
+        SourceError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a source's fetch returns.
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, SourceError>> + Send + 'a>>;
+
+/// A place a value can be fetched from.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Which kind of source this is.
+    fn kind(&self) -> SourceKind;
+
+    /// Where the value lives, for logs (`env TRADING_API_KEY`, `file /etc/...`): never the value.
+    fn describe(&self) -> String;
+
+    /// Fetches the current value.
+    fn fetch(&self) -> FetchFuture<'_>;
+}
+
+/// Why a source could not be built from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A source kind this build cannot serve yet.
+    #[error("secret {name:?}: source {kind} is not supported by this build")]
+    Unsupported {
+        /// The secret.
+        name: String,
+        /// The source kind.
+        kind: SourceKind,
+    },
+}
+
+/// Builds the source of one catalog entry.
+pub fn build(secret: &SecretConfig, _config: &Config) -> Result<Arc<dyn Source>, BuildError> {
+    match &secret.source {
+        SourceConfig::Env { var } => Ok(Arc::new(EnvSource::new(var.clone()))),
+        SourceConfig::File { path } => Ok(Arc::new(FileSource::new(path.clone()))),
+        SourceConfig::Gsm { .. } => Err(BuildError::Unsupported {
+            name: secret.name.clone(),
+            kind: SourceKind::Gsm,
+        }),
+    }
+}
+
+/// Checks a fetched value against the limits every source shares.
+pub(crate) fn check_value(len: usize) -> Result<(), SourceError> {
+    if len == 0 {
+        return Err(SourceError::new(
+            FailureReason::InvalidPayload,
+            "the value is empty",
+        ));
+    }
+    if len > MAX_SECRET_LEN {
+        return Err(SourceError::new(
+            FailureReason::InvalidPayload,
+            format!("the value is larger than {MAX_SECRET_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}

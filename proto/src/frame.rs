@@ -1,0 +1,272 @@
+//! Frames: a `u32` little-endian body length, then one bincode message.
+//!
+//! One fixed bincode configuration (little-endian, fixed-width integers) is used for every
+//! message, with a decode limit of [`MAX_FRAME`] so that a length field inside a message can
+//! never make the decoder allocate more than a frame could hold. Bodies are decoded from a
+//! slice and must be consumed exactly: trailing bytes are an error.
+
+use std::io::{self, Read};
+
+use bincode::config::{self, Configuration, Fixint, Limit, LittleEndian};
+use bincode::enc::write::SizeWriter;
+use bincode::{Decode, Encode};
+use zeroize::Zeroize;
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// The largest frame body either side accepts, in bytes. GSM payloads are at most 64 KiB;
+/// the rest is headroom for `status` of a large catalog.
+pub const MAX_FRAME: usize = 256 * 1024;
+
+/// The one bincode configuration of the protocol.
+pub type WireConfig = Configuration<LittleEndian, Fixint, Limit<MAX_FRAME>>;
+
+/// Returns the protocol's bincode configuration.
+pub const fn wire_config() -> WireConfig {
+    config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_FRAME>()
+}
+
+/// Why a frame could not be read, written or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    /// A length prefix of zero.
+    #[error("empty frame (length 0)")]
+    Empty,
+    /// A length prefix above [`MAX_FRAME`].
+    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge {
+        /// The length the prefix claimed.
+        len: u64,
+    },
+    /// A message that does not fit in one frame.
+    #[error("message of {len} bytes exceeds the {MAX_FRAME}-byte frame limit")]
+    MessageTooLarge {
+        /// The encoded size of the message.
+        len: usize,
+    },
+    /// The body is not a valid message.
+    #[error("malformed message: {0}")]
+    Decode(String),
+    /// The body held a valid message followed by extra bytes.
+    #[error("{extra} trailing bytes after the message")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Validates a length prefix and returns the body length it announces.
+pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header);
+    match len as usize {
+        0 => Err(FrameError::Empty),
+        n if n > MAX_FRAME => Err(FrameError::TooLarge { len: len.into() }),
+        n => Ok(n),
+    }
+}
+
+/// Encodes `msg` as a whole frame (prefix and body) into `out`, replacing its contents.
+///
+/// The size is computed first and `out` reserved exactly, so a growing buffer never leaves a
+/// copy of a secret behind in memory it freed. Whatever `out` held before is wiped.
+pub fn encode_frame<T: Encode>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let mut size = SizeWriter::default();
+    bincode::encode_into_writer(msg, &mut size, wire_config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = size.bytes_written;
+    if len == 0 || len > MAX_FRAME {
+        return Err(FrameError::MessageTooLarge { len });
+    }
+    out.zeroize();
+    out.reserve_exact(HEADER_LEN + len);
+    out.resize(HEADER_LEN + len, 0);
+    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    let written = bincode::encode_into_slice(msg, &mut out[HEADER_LEN..], wire_config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    debug_assert_eq!(written, len);
+    Ok(())
+}
+
+/// Decodes one message from a frame body, which it must fill exactly.
+pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::decode_from_slice::<T, _>(body, wire_config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::TrailingBytes {
+            extra: body.len() - used,
+        });
+    }
+    Ok(msg)
+}
+
+/// Reads one frame body from a blocking reader into `buf` (wiped first, then sized exactly).
+///
+/// Returns [`FrameError::Closed`] on a clean end of stream before the first prefix byte.
+pub fn read_frame<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match reader.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = body_len(header)?;
+    buf.zeroize();
+    buf.reserve_exact(len);
+    buf.resize(len, 0);
+    reader.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{ClientHello, Request, Response, SecretReply, SourceKind};
+    use crate::value::SecretValue;
+
+    fn roundtrip_request(req: Request) {
+        let mut buf = Vec::new();
+        encode_frame(&req, &mut buf).expect("encode");
+        let len = body_len(buf[..4].try_into().expect("header")).expect("len");
+        assert_eq!(len, buf.len() - 4);
+        let back: Request = decode_body(&buf[4..]).expect("decode");
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn requests_roundtrip() {
+        roundtrip_request(Request::Hello(ClientHello::new("test/1")));
+        roundtrip_request(Request::Get {
+            name: "trading_api_key".into(),
+        });
+        roundtrip_request(Request::Status);
+    }
+
+    #[test]
+    fn get_request_bytes_are_documented() {
+        // docs/protocol.md shows exactly these bytes for `Get { name: "ab" }`.
+        let mut buf = Vec::new();
+        encode_frame(&Request::Get { name: "ab".into() }, &mut buf).expect("encode");
+        assert_eq!(
+            buf,
+            [
+                14, 0, 0, 0, // body length 14
+                1, 0, 0, 0, // tag 1 = Get
+                2, 0, 0, 0, 0, 0, 0, 0, // name length 2
+                b'a', b'b'
+            ]
+        );
+    }
+
+    #[test]
+    fn borrowed_secret_decodes_owned() {
+        let value = b"s3cr3t".to_vec();
+        let reply = Response::Secret(SecretReply {
+            version: "7".into(),
+            source: SourceKind::Gsm,
+            fetched_at_ms: 1,
+            expires_at_ms: 2,
+            value: SecretValue::Borrowed(&value),
+        });
+        let mut buf = Vec::new();
+        encode_frame(&reply, &mut buf).expect("encode");
+        let back: Response<'static> = decode_body(&buf[4..]).expect("decode");
+        match back {
+            Response::Secret(s) => {
+                assert!(matches!(s.value, SecretValue::Owned(_)));
+                assert_eq!(s.value.expose(), b"s3cr3t");
+                assert!(!format!("{s:?}").contains("s3cr3t"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_lengths_rejected_before_allocation() {
+        assert!(matches!(body_len([0, 0, 0, 0]), Err(FrameError::Empty)));
+        assert!(matches!(
+            body_len(u32::MAX.to_le_bytes()),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(
+            body_len((MAX_FRAME as u32).to_le_bytes()).expect("max"),
+            MAX_FRAME
+        );
+    }
+
+    #[test]
+    fn huge_inner_length_is_an_error_not_an_abort() {
+        // Tag 1 (Get) followed by a string length of 2^40: bincode without a limit would try
+        // to allocate a terabyte.
+        let mut body = vec![1, 0, 0, 0];
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            decode_body::<Request>(&body),
+            Err(FrameError::Decode(_))
+        ));
+        // The same inside a response's secret value.
+        let mut body = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&[0; 4]);
+        body.extend_from_slice(&[0; 16]);
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode_body::<Response<'static>>(&body).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_and_unknown_tags_rejected() {
+        let mut buf = Vec::new();
+        encode_frame(&Request::Status, &mut buf).expect("encode");
+        let mut body = buf[4..].to_vec();
+        body.push(0);
+        assert!(matches!(
+            decode_body::<Request>(&body),
+            Err(FrameError::TrailingBytes { extra: 1 })
+        ));
+        assert!(matches!(
+            decode_body::<Request>(&[99, 0, 0, 0]),
+            Err(FrameError::Decode(_))
+        ));
+        assert!(decode_body::<Request>(&[]).is_err());
+    }
+
+    #[test]
+    fn read_frame_handles_eof() {
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_frame(&mut &[][..], &mut buf),
+            Err(FrameError::Closed)
+        ));
+        assert!(matches!(
+            read_frame(&mut &[5, 0][..], &mut buf),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame(&mut &[5, 0, 0, 0, 1][..], &mut buf),
+            Err(FrameError::Truncated)
+        ));
+        read_frame(&mut &[2, 0, 0, 0, 7, 8][..], &mut buf).expect("frame");
+        assert_eq!(buf, [7, 8]);
+    }
+}

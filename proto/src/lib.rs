@@ -1,0 +1,20 @@
+//! The secretd wire protocol.
+//!
+//! Everything a client in any language needs to talk to the daemon lives here and in
+//! `docs/protocol.md`: the frame codec ([`frame`]), the messages ([`message`]), the stable
+//! error codes ([`error`]) and the secret value type that never prints ([`value`]).
+//! This crate has no runtime and no I/O beyond `std::io::Read`/`Write` helpers.
+
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod paths;
+pub mod value;
+
+pub use error::{ErrorCode, WireError};
+pub use frame::{FrameError, MAX_FRAME};
+pub use message::{
+    ClientHello, EntryState, MAGIC, MAX_NAME_LEN, PROTOCOL_VERSION, Request, Response, SecretReply,
+    SecretStatus, ServerHello, SourceKind, validate_name,
+};
+pub use value::SecretValue;

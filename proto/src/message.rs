@@ -1,0 +1,243 @@
+//! Requests and responses.
+//!
+//! Variant order is the wire tag (a `u32`): variants are only ever appended. Changing the fields
+//! of an existing message bumps [`PROTOCOL_VERSION`]. `docs/protocol.md` documents every byte.
+
+use bincode::{Decode, Encode};
+
+use crate::error::WireError;
+use crate::value::SecretValue;
+
+/// The protocol version this build speaks. Sent by both sides in the hello exchange.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The first four bytes of every client hello, so a daemon can tell a secretd client from a
+/// stray program that happened to connect.
+pub const MAGIC: [u8; 4] = *b"SCRD";
+
+/// The longest secret name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks that a secret name is one the catalog could hold: 1 to [`MAX_NAME_LEN`] bytes of
+/// ASCII letters, digits, `_`, `-` and `.`, starting with a letter or digit.
+///
+/// The error text describes the problem without echoing arbitrary bytes back.
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("secret name is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("secret name is longer than 128 bytes");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err("secret name must start with a letter or digit");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err("secret name may only contain ASCII letters, digits, '_', '-' and '.'");
+    }
+    Ok(())
+}
+
+/// The first message on every connection, from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ClientHello {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The client's [`PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// Free text naming the client library and version, for logs (`secretd-client/0.1.0`).
+    pub client: String,
+}
+
+impl ClientHello {
+    /// A hello for this build's protocol version.
+    pub fn new(client: impl Into<String>) -> ClientHello {
+        ClientHello {
+            magic: MAGIC,
+            protocol_version: PROTOCOL_VERSION,
+            client: client.into(),
+        }
+    }
+}
+
+/// The daemon's answer to a good hello.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ServerHello {
+    /// The daemon's [`PROTOCOL_VERSION`] (equal to the client's when the hello succeeded).
+    pub protocol_version: u16,
+    /// The daemon's package version, for diagnostics.
+    pub daemon_version: String,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum SourceKind {
+    /// Google Secret Manager.
+    Gsm,
+    /// An operator's break-glass override.
+    BreakGlass,
+    /// An environment variable of the daemon (development).
+    Env,
+    /// A file readable by the daemon (development and tests).
+    File,
+}
+
+impl SourceKind {
+    /// The stable lowercase name (`gsm`, `break_glass`, `env`, `file`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Gsm => "gsm",
+            SourceKind::BreakGlass => "break_glass",
+            SourceKind::Env => "env",
+            SourceKind::File => "file",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How servable a cache entry is right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum EntryState {
+    /// Loaded and not yet expired.
+    Fresh,
+    /// Past its expiry but within `max_stale`: still served while the source is failing.
+    Stale,
+    /// Past `max_stale`: reads fail with `Unavailable` until a refresh succeeds.
+    Expired,
+    /// Never loaded since the daemon started: reads fail with `Unavailable`.
+    Missing,
+}
+
+impl EntryState {
+    /// The stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Fresh => "fresh",
+            EntryState::Stale => "stale",
+            EntryState::Expired => "expired",
+            EntryState::Missing => "missing",
+        }
+    }
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Request {
+    /// Must be the first frame on a connection, and only the first.
+    Hello(ClientHello),
+    /// Read one secret's value.
+    Get {
+        /// The catalog name.
+        name: String,
+    },
+    /// Describe every catalog entry the caller may read (never values).
+    Status,
+}
+
+impl Request {
+    /// A short stable name of the operation, for logs and metrics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "hello",
+            Request::Get { .. } => "get",
+            Request::Status => "status",
+        }
+    }
+}
+
+/// A secret value with what the daemon knows about it.
+#[derive(Debug, PartialEq, Eq, Encode, Decode)]
+pub struct SecretReply<'a> {
+    /// The source's version of this value (GSM version number; a local counter for env/file).
+    pub version: String,
+    /// Where the value currently served came from.
+    pub source: SourceKind,
+    /// When the daemon fetched it, Unix milliseconds.
+    pub fetched_at_ms: i64,
+    /// When it is due to be refreshed, Unix milliseconds.
+    pub expires_at_ms: i64,
+    /// The value itself.
+    pub value: SecretValue<'a>,
+}
+
+/// One catalog entry as `status` shows it. Never carries the value.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SecretStatus {
+    /// The catalog name.
+    pub name: String,
+    /// The source configured for this name.
+    pub configured_source: SourceKind,
+    /// Where the value in the cache came from (`cacheSource`), if there is one.
+    pub cache_source: Option<SourceKind>,
+    /// How servable the entry is.
+    pub state: EntryState,
+    /// The version in the cache.
+    pub version: Option<String>,
+    /// When the cached value was fetched, Unix milliseconds.
+    pub fetched_at_ms: Option<i64>,
+    /// When the cached value is due for refresh, Unix milliseconds.
+    pub expires_at_ms: Option<i64>,
+    /// Age of the cached value in milliseconds, as the daemon measured it.
+    pub age_ms: Option<u64>,
+    /// The last refresh error, if the most recent refresh failed.
+    pub last_error: Option<WireError>,
+    /// Metadata status (`active`, `rotating`, `deprecated`), once the store knows it.
+    pub metadata_status: Option<String>,
+    /// When the secret is due for rotation, Unix milliseconds.
+    pub rotation_due_at_ms: Option<i64>,
+    /// When an active break-glass override expires, Unix milliseconds.
+    pub break_glass_expires_at_ms: Option<i64>,
+    /// Keyed fingerprint of the cached value (HMAC-SHA256, hex), once the store has a key.
+    pub fingerprint: Option<String>,
+}
+
+/// A response from the daemon. Exactly one per request.
+#[derive(Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Response<'a> {
+    /// The answer to a good [`Request::Hello`].
+    Hello(ServerHello),
+    /// The answer to [`Request::Get`].
+    Secret(SecretReply<'a>),
+    /// The answer to [`Request::Status`].
+    Status(Vec<SecretStatus>),
+    /// Any request may be answered with an error instead.
+    Error(WireError),
+}
+
+impl Response<'_> {
+    /// A short stable name of the response kind, for logs and unexpected-reply errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Hello(_) => "hello",
+            Response::Secret(_) => "secret",
+            Response::Status(_) => "status",
+            Response::Error(_) => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("trading_api_key").is_ok());
+        assert!(validate_name("a.b-c_9").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("_x").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name("a\0b").is_err());
+        assert!(validate_name("é").is_err());
+        assert!(validate_name(&"a".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(validate_name(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+}

@@ -1,0 +1,304 @@
+#![allow(dead_code)] // each test file uses a different part of the support
+//! Test support: a temp directory with secret files, a config, and the real daemon binary
+//! running on a socket inside it.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use secretd_proto::frame::{decode_body, encode_frame, read_frame};
+use secretd_proto::{ClientHello, Request, Response};
+
+/// How long a daemon may take to start answering.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The daemon binary under test.
+pub fn secretd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_secretd-under-test"))
+}
+
+/// The probe client binary.
+pub fn probe_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_secretd-probe"))
+}
+
+/// Whether tests that switch uid can run (they need root).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A temp directory holding secret files, configs and sockets.
+pub struct TestEnv {
+    /// The directory (world-traversable, so another uid can reach a 0666 socket inside).
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// A fresh directory.
+    pub fn new() -> TestEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("secretd-test-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        std::fs::create_dir(dir.path().join("values")).expect("values dir");
+        TestEnv { dir }
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The socket path configs use (in a `run/` directory the daemon creates).
+    pub fn socket(&self) -> PathBuf {
+        self.path("run/secretd.sock")
+    }
+
+    /// Writes a secret file (mode 0600) and returns its path.
+    pub fn write_value(&self, name: &str, value: &[u8]) -> PathBuf {
+        let path = self.path(&format!("values/{name}"));
+        std::fs::write(&path, value).expect("write value");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    }
+
+    /// A `[[secret]]` block for a file source.
+    pub fn file_secret(&self, name: &str, value: &[u8]) -> String {
+        let path = self.write_value(name, value);
+        format!(
+            "[[secret]]\nname = \"{name}\"\nsource = \"file\"\npath = \"{}\"\n\n",
+            path.display()
+        )
+    }
+
+    /// A config with `[daemon]` pointing at this env's socket, `daemon_extra` lines added to
+    /// `[daemon]`, then `rest` (secrets and policies).
+    pub fn config(&self, daemon_extra: &str, rest: &str) -> String {
+        format!(
+            "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\n{daemon_extra}\n\n{rest}",
+            self.socket().display(),
+            self.path("secretd.redb").display()
+        )
+    }
+
+    /// Writes `config` and starts the daemon on it, waiting until it answers.
+    pub fn start(&self, config: &str) -> Daemon {
+        let daemon = self.spawn(config, "secretd.toml");
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Writes `config` under `file` and spawns the daemon without waiting.
+    pub fn spawn(&self, config: &str, file: &str) -> Daemon {
+        let config_path = self.path(file);
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = self.path(&format!("{file}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = Command::new(secretd_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("SECRETD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn secretd");
+        Daemon {
+            child: Some(child),
+            socket: self.socket(),
+            log_path,
+        }
+    }
+
+    /// Copies a binary into the env (mode 0755) so another uid can run it wherever the
+    /// build tree lives.
+    pub fn runnable_copy(&self, bin: &Path) -> PathBuf {
+        let name = bin.file_name().expect("bin name");
+        let dest = self.dir.path().join(name);
+        if !dest.exists() {
+            std::fs::copy(bin, &dest).expect("copy binary");
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod binary");
+        }
+        dest
+    }
+
+    /// Runs a binary as uid/gid 65534 (nobody) with no supplementary groups.
+    pub fn run_as_nobody(&self, bin: &Path, args: &[&str]) -> Output {
+        let bin = self.runnable_copy(bin);
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin)
+            .args(args)
+            .env_remove("SECRETD_SOCKET")
+            .output()
+            .expect("run setpriv")
+    }
+}
+
+/// A running daemon process; killed on drop if still running.
+pub struct Daemon {
+    /// The process, until stopped.
+    child: Option<Child>,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Where its stderr goes.
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    /// Waits until the socket accepts a client and answers a hello.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if secretd_client::Client::connect(&self.socket).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon did not start; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: kill with a valid pid and signal number.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        wait_timeout(&mut child, Duration::from_secs(15)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("daemon did not stop on SIGTERM");
+        })
+    }
+
+    /// Waits for the process to exit by itself (a daemon that should refuse to start).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("daemon already stopped");
+        let status = wait_timeout(child, timeout);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the `secretd` CLI with `args`, with no `SECRETD_SOCKET` unless `env` sets one.
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(secretd_bin());
+    cmd.args(args).env_remove("SECRETD_SOCKET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run secretd")
+}
+
+/// A raw connection speaking frames by hand, for sending what a real client never would.
+pub struct RawConn {
+    /// The socket.
+    pub stream: UnixStream,
+}
+
+impl RawConn {
+    /// Connects without a hello.
+    pub fn connect(socket: &Path) -> RawConn {
+        let stream = UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        RawConn { stream }
+    }
+
+    /// Connects and completes a good hello.
+    pub fn greeted(socket: &Path) -> RawConn {
+        let mut conn = RawConn::connect(socket);
+        conn.send(&Request::Hello(ClientHello::new("raw-test")));
+        match conn.recv() {
+            Some(Response::Hello(_)) => conn,
+            other => panic!("hello failed: {other:?}"),
+        }
+    }
+
+    /// Sends a well-formed request.
+    pub fn send(&mut self, req: &Request) {
+        let mut buf = Vec::new();
+        encode_frame(req, &mut buf).expect("encode");
+        self.send_bytes(&buf);
+    }
+
+    /// Sends arbitrary bytes.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends a frame with `body` behind a correct length prefix.
+    pub fn send_body(&mut self, body: &[u8]) {
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(body);
+        self.send_bytes(&frame);
+    }
+
+    /// Reads one response; `None` when the daemon closed the connection.
+    pub fn recv(&mut self) -> Option<Response<'static>> {
+        let mut buf = Vec::new();
+        match read_frame(&mut self.stream, &mut buf) {
+            Ok(()) => Some(decode_body(&buf).expect("daemon sent a malformed response")),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether the daemon has closed the connection (reads EOF or reset).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
