@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use secretd_proto::{Request, Response, SecretStatus, validate_name};
+use secretd_proto::{RefreshOutcome, Request, Response, SecretStatus, validate_name};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -12,6 +12,8 @@ use crate::secret::Secret;
 
 /// How long one request may wait on the daemon before it fails.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refresh may wait: the daemon allows a fetch 30 s and answers within 35 s.
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A connection to the daemon, shared safely between threads.
 #[derive(Debug)]
@@ -74,14 +76,36 @@ impl Client {
         }
     }
 
+    /// Admin: fetches one secret (or every secret, with `None`) from its source now and
+    /// reports each outcome. A failed fetch is an outcome with `error` set, not an `Err`.
+    pub fn refresh(&self, name: Option<&str>) -> Result<Vec<RefreshOutcome>> {
+        if let Some(name) = name {
+            validate_name(name).map_err(Error::InvalidArgument)?;
+        }
+        let req = Request::Refresh {
+            name: name.map(str::to_owned),
+        };
+        match self.call_with(&req, Some(REFRESH_TIMEOUT))? {
+            Response::Refreshed(list) => Ok(list),
+            other => Err(unexpected("refresh", &other)),
+        }
+    }
+
     /// Sends a request, reconnecting once if the connection turns out to be dead (the daemon
     /// restarted, or an earlier request broke it). Every request is idempotent, so a retry
     /// cannot do anything twice that matters.
     fn call(&self, req: &Request) -> Result<Response<'static>> {
+        self.call_with(req, None)
+    }
+
+    /// [`Client::call`] with an optional longer response timeout.
+    fn call_with(&self, req: &Request, slow: Option<Duration>) -> Result<Response<'static>> {
         let mut guard = self.lock();
         let had_connection = guard.is_some();
-        match self.call_on(&mut guard, req) {
-            Err(e) if e.breaks_connection() && had_connection => self.call_on(&mut guard, req),
+        match self.call_on(&mut guard, req, slow) {
+            Err(e) if e.breaks_connection() && had_connection => {
+                self.call_on(&mut guard, req, slow)
+            }
             other => other,
         }
     }
@@ -90,12 +114,16 @@ impl Client {
         &self,
         slot: &mut MutexGuard<'_, Option<Connection>>,
         req: &Request,
+        slow: Option<Duration>,
     ) -> Result<Response<'static>> {
         let conn = match slot.as_mut() {
             Some(conn) => conn,
             None => slot.insert(Connection::open(&self.path, self.timeout)?),
         };
-        let result = conn.call(req);
+        let result = match slow {
+            Some(t) => conn.call_slow(req, t, self.timeout),
+            None => conn.call(req),
+        };
         match result {
             Err(e) if e.breaks_connection() => {
                 **slot = None;

@@ -57,6 +57,24 @@ impl Connection {
         result
     }
 
+    /// Like [`Connection::call`], waiting up to `timeout` for the response instead of the
+    /// connection's usual timeout (for operations that do slow work, like a refresh).
+    pub(crate) fn call_slow(
+        &mut self,
+        req: &Request,
+        timeout: Duration,
+        usual: Duration,
+    ) -> Result<Response<'static>> {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(Error::Io)?;
+        let result = self.call(req);
+        self.stream
+            .set_read_timeout(Some(usual))
+            .map_err(Error::Io)?;
+        result
+    }
+
     fn exchange(&mut self, req: &Request) -> Result<Response<'static>> {
         encode_frame(req, &mut self.buf)?;
         self.stream.write_all(&self.buf).map_err(Error::Io)?;

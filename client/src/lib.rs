@@ -17,10 +17,12 @@ mod connection;
 mod error;
 mod secret;
 
-pub use client::{Client, DEFAULT_TIMEOUT};
+pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};
 pub use error::{Error, Result};
 pub use secret::Secret;
-pub use secretd_proto::{EntryState, ErrorCode, SecretStatus, SourceKind, WireError};
+pub use secretd_proto::{
+    EntryState, ErrorCode, RefreshOutcome, SecretStatus, SourceKind, WireError,
+};
 
 /// The socket path used when none is given: `$SECRETD_SOCKET`, the production socket if it
 /// exists, this user's `serve --dev` socket if that exists, else the production path.

@@ -5,11 +5,12 @@
 //! monotonic clock (tokio's, so tests can pause time).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use secretd_proto::{EntryState, ErrorCode, SecretStatus, SourceKind, WireError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -79,6 +80,11 @@ pub struct Slot {
     health: Mutex<Health>,
     /// Wakes this slot's refresher for an immediate refresh.
     pub refresh_now: Notify,
+    /// Fetch attempts started so far; an on-demand refresh waits for one that started after
+    /// it asked, not for one already in flight.
+    attempts_started: AtomicU64,
+    /// The number of the last finished attempt.
+    attempts_done: watch::Sender<u64>,
 }
 
 /// Why a read cannot be served.
@@ -98,6 +104,25 @@ impl Unservable {
             Unservable::TooStale => "is stale past max_stale while its source is failing",
         };
         WireError::new(ErrorCode::Unavailable, format!("secret {name:?} {why}"))
+    }
+}
+
+/// A pending on-demand refresh of one slot.
+#[derive(Debug)]
+pub struct RefreshTicket {
+    /// The first attempt number that started after the request.
+    target: u64,
+    /// Finished attempt numbers.
+    done: watch::Receiver<u64>,
+}
+
+impl RefreshTicket {
+    /// Waits until the requested fetch finished; false if `deadline` passed first.
+    pub async fn wait(mut self, deadline: Instant) -> bool {
+        let target = self.target;
+        tokio::time::timeout_at(deadline, self.done.wait_for(|n| *n >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -125,6 +150,8 @@ impl Cache {
                 current: RwLock::new(None),
                 health: Mutex::new(Health::default()),
                 refresh_now: Notify::new(),
+                attempts_started: AtomicU64::new(0),
+                attempts_done: watch::Sender::new(0),
             })
             .collect();
         let index = slots
@@ -199,6 +226,27 @@ impl Cache {
 }
 
 impl Slot {
+    /// Marks the start of a fetch attempt and returns its number.
+    pub fn begin_attempt(&self) -> u64 {
+        self.attempts_started.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Marks attempt `n` finished (after its outcome was installed or recorded).
+    pub fn end_attempt(&self, n: u64) {
+        self.attempts_done.send_replace(n);
+    }
+
+    /// Asks the refresher for a fetch now. The ticket resolves when a fetch that started
+    /// after this call has finished (not one that was already in flight).
+    pub fn request_refresh(&self) -> RefreshTicket {
+        let ticket = RefreshTicket {
+            target: self.attempts_started.load(Ordering::SeqCst) + 1,
+            done: self.attempts_done.subscribe(),
+        };
+        self.refresh_now.notify_one();
+        ticket
+    }
+
     /// The current entry, fresh or not.
     pub fn current(&self) -> Option<Arc<Entry>> {
         self.current

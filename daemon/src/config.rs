@@ -81,6 +81,9 @@ struct RawGsm {
     credentials_file: Option<PathBuf>,
     #[serde(default)]
     anonymous: bool,
+    attempt_timeout: Option<String>,
+    retry_budget: Option<String>,
+    max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,7 +178,20 @@ pub struct GsmConfig {
     pub credentials_file: Option<PathBuf>,
     /// Send no credentials (emulators and tests only).
     pub anonymous: bool,
+    /// How long one HTTP attempt may take.
+    pub attempt_timeout: Duration,
+    /// How long one fetch may spend across its retries.
+    pub retry_budget: Duration,
+    /// How many attempts one fetch may make (only UNAVAILABLE-like errors are retried).
+    pub max_attempts: u32,
 }
+
+/// Default `[gsm] attempt_timeout`.
+pub const DEFAULT_GSM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `[gsm] retry_budget`.
+pub const DEFAULT_GSM_RETRY_BUDGET: Duration = Duration::from_secs(15);
+/// Default `[gsm] max_attempts`.
+pub const DEFAULT_GSM_MAX_ATTEMPTS: u32 = 3;
 
 /// `[break_glass]`.
 #[derive(Debug, Clone)]
@@ -303,14 +319,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let daemon = validate_daemon(raw.daemon)?;
-        let gsm = raw.gsm.map(|g| GsmConfig {
-            project: g.project,
-            endpoint: g
-                .endpoint
-                .unwrap_or_else(|| "https://secretmanager.googleapis.com".into()),
-            credentials_file: g.credentials_file,
-            anonymous: g.anonymous,
-        });
+        let gsm = raw.gsm.map(validate_gsm).transpose()?;
         let break_glass = raw
             .break_glass
             .map(|b| -> Result<BreakGlassConfig, ConfigError> {
@@ -413,6 +422,43 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
     })
 }
 
+fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
+    let duration = |key: &str, v: Option<String>, default: Duration| match v {
+        Some(t) => parse_duration(key, &t),
+        None => Ok(default),
+    };
+    let endpoint = g
+        .endpoint
+        .unwrap_or_else(|| "https://secretmanager.googleapis.com".into());
+    if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+        return Err(invalid(format!(
+            "gsm.endpoint = {endpoint:?} must be an http:// or https:// URL"
+        )));
+    }
+    if g.anonymous && g.credentials_file.is_some() {
+        return Err(invalid(
+            "gsm.anonymous and gsm.credentials_file cannot both be set",
+        ));
+    }
+    let max_attempts = g.max_attempts.unwrap_or(DEFAULT_GSM_MAX_ATTEMPTS);
+    if !(1..=10).contains(&max_attempts) {
+        return Err(invalid("gsm.max_attempts must be between 1 and 10"));
+    }
+    Ok(GsmConfig {
+        project: g.project,
+        endpoint,
+        credentials_file: g.credentials_file,
+        anonymous: g.anonymous,
+        attempt_timeout: duration(
+            "gsm.attempt_timeout",
+            g.attempt_timeout,
+            DEFAULT_GSM_ATTEMPT_TIMEOUT,
+        )?,
+        retry_budget: duration("gsm.retry_budget", g.retry_budget, DEFAULT_GSM_RETRY_BUDGET)?,
+        max_attempts,
+    })
+}
+
 fn validate_secret(
     s: RawSecret,
     daemon: &DaemonConfig,
@@ -440,13 +486,18 @@ fn validate_secret(
         "gsm" => {
             foreign("path", s.path.is_some())?;
             foreign("env", s.env.is_some())?;
-            let resource = s.gcp_secret.ok_or_else(|| required("gcp_secret"))?;
-            validate_gcp_resource(&name, &resource)?;
-            if gsm.is_none() {
+            let Some(gsm) = gsm else {
                 return Err(invalid(format!(
                     "secret {name:?} uses source \"gsm\" but there is no [gsm] section"
                 )));
-            }
+            };
+            let short = s.gcp_secret.ok_or_else(|| required("gcp_secret"))?;
+            // A bare secret id is taken to live in [gsm] project.
+            let resource = match (&gsm.project, short.contains('/')) {
+                (Some(project), false) => format!("projects/{project}/secrets/{short}"),
+                _ => short,
+            };
+            validate_gcp_resource(&name, &resource)?;
             let version = s.version.unwrap_or_else(|| "latest".into());
             if version != "latest" && version.parse::<u64>().map_or(true, |v| v == 0) {
                 return Err(invalid(format!(

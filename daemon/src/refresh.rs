@@ -21,6 +21,8 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub const ALERT_AFTER_FAILURES: u32 = 3;
 /// Fetches in flight at once across all secrets, so a restart does not burst the source.
 pub const REFRESH_CONCURRENCY: usize = 4;
+/// How long an on-demand `refresh` waits for its fetch.
+pub const REFRESH_WAIT: Duration = Duration::from_secs(FETCH_DEADLINE.as_secs() + 5);
 
 /// Refreshes happen at this fraction of the TTL, jittered, so values never expire while the
 /// source is healthy and a fleet restarted together spreads its requests.
@@ -71,10 +73,10 @@ impl Refresher {
             };
             let delay = match outcome {
                 Ok(()) => jittered(slot.ttl, REFRESH_AT),
-                Err(e) => {
-                    let failures = self.failed(e);
-                    backoff(failures, slot.ttl)
-                }
+                // A missing secret or a refused credential will not fix itself in a second:
+                // retry on the normal schedule instead of hammering the source.
+                Err(e) if !e.reason.is_transient() => jittered(slot.ttl, REFRESH_AT),
+                Err(_) => backoff(slot.health().consecutive_failures, slot.ttl),
             };
             if let Some(tx) = first_done.take() {
                 // The receiver may be gone once startup is over; that is fine.
@@ -94,6 +96,18 @@ impl Refresher {
             self.limiter.acquire().await.map_err(|_| {
                 SourceError::new(FailureReason::Unavailable, "daemon is shutting down")
             })?;
+        let attempt = slot.begin_attempt();
+        let result = self.fetch_and_install().await;
+        if let Err(e) = &result {
+            // Recorded before the attempt is marked done, so a waiting `refresh` sees it.
+            self.failed(e.clone());
+        }
+        slot.end_attempt(attempt);
+        result
+    }
+
+    async fn fetch_and_install(&self) -> Result<(), SourceError> {
+        let slot = self.cache.slot(self.idx);
         let fetched = tokio::time::timeout(FETCH_DEADLINE, self.source.fetch())
             .await
             .map_err(|_| {
@@ -119,7 +133,7 @@ impl Refresher {
         Ok(())
     }
 
-    fn failed(&self, error: SourceError) -> u32 {
+    fn failed(&self, error: SourceError) {
         let slot = self.cache.slot(self.idx);
         let reason = error.reason.as_str();
         let message = error.message.clone();
@@ -142,7 +156,6 @@ impl Refresher {
                 "secret refresh failed"
             );
         }
-        failures
     }
 }
 

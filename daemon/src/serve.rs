@@ -38,14 +38,16 @@ pub enum ServeError {
 /// Runs the daemon until `cancel` fires.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), ServeError> {
     process::harden().map_err(ServeError::Harden)?;
-    let sources = config
-        .secrets
-        .iter()
-        .map(|s| source::build(s, &config))
-        .collect::<Result<Vec<_>, _>>()?;
     // Bind before fetching anything: a second daemon must fail here, not after it has
     // loaded secrets and hit the source.
     let (listener, socket_file) = socket::bind(&config.daemon)?;
+    let sources = match source::build_all(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            socket_file.remove();
+            return Err(e.into());
+        }
+    };
 
     let cache = Arc::new(Cache::new(&config));
     let tracker = TaskTracker::new();

@@ -162,6 +162,10 @@ mod tests {
             name: "trading_api_key".into(),
         });
         roundtrip_request(Request::Status);
+        roundtrip_request(Request::Refresh { name: None });
+        roundtrip_request(Request::Refresh {
+            name: Some("trading_api_key".into()),
+        });
     }
 
     #[test]

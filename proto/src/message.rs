@@ -140,6 +140,11 @@ pub enum Request {
     },
     /// Describe every catalog entry the caller may read (never values).
     Status,
+    /// Admin: fetch one secret (or all, with `None`) from its source now, and report.
+    Refresh {
+        /// The catalog name, or `None` for every secret.
+        name: Option<String>,
+    },
 }
 
 impl Request {
@@ -149,6 +154,7 @@ impl Request {
             Request::Hello(_) => "hello",
             Request::Get { .. } => "get",
             Request::Status => "status",
+            Request::Refresh { .. } => "refresh",
         }
     }
 }
@@ -210,6 +216,19 @@ pub enum Response<'a> {
     Status(Vec<SecretStatus>),
     /// Any request may be answered with an error instead.
     Error(WireError),
+    /// The answer to [`Request::Refresh`]: one outcome per secret refreshed.
+    Refreshed(Vec<RefreshOutcome>),
+}
+
+/// What one refresh achieved.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RefreshOutcome {
+    /// The catalog name.
+    pub name: String,
+    /// The version now served, when the fetch succeeded.
+    pub version: Option<String>,
+    /// Why the fetch failed (the old value, if any, is still served).
+    pub error: Option<WireError>,
 }
 
 impl Response<'_> {
@@ -220,6 +239,7 @@ impl Response<'_> {
             Response::Secret(_) => "secret",
             Response::Status(_) => "status",
             Response::Error(_) => "error",
+            Response::Refreshed(_) => "refreshed",
         }
     }
 }

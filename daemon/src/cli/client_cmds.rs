@@ -40,6 +40,31 @@ pub(super) fn status(socket: Option<PathBuf>, as_json: bool) -> Result<(), Strin
         .map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
+pub(super) fn refresh(socket: Option<PathBuf>, name: Option<&str>) -> Result<(), String> {
+    let client = connect(socket)?;
+    let outcomes = client.refresh(name).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let mut failed = 0;
+    for o in &outcomes {
+        match (&o.version, &o.error) {
+            (_, Some(e)) => {
+                failed += 1;
+                out.push_str(&format!("{}: failed: {}\n", o.name, e.message));
+            }
+            (Some(v), None) => out.push_str(&format!("{}: ok, version {v}\n", o.name)),
+            (None, None) => out.push_str(&format!("{}: ok\n", o.name)),
+        }
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    if failed > 0 {
+        Err(format!("{failed} of {} refreshes failed", outcomes.len()))
+    } else {
+        Ok(())
+    }
+}
+
 fn rfc3339(ms: Option<i64>) -> Option<String> {
     let ms = u64::try_from(ms?).ok()?;
     Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())

@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Admin: fetch one secret (or all) from its source now; prints each result.
+    Refresh {
+        /// The catalog name; every secret when omitted.
+        name: Option<String>,
+    },
 }
 
 /// Entry point of the `secretd` binary.
@@ -75,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Serve { config, dev } => serve_cmd::run(config, dev, cli.socket),
         Command::Get { name } => client_cmds::get(cli.socket, &name),
         Command::Status { json } => client_cmds::status(cli.socket, json),
+        Command::Refresh { name } => client_cmds::refresh(cli.socket, name.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

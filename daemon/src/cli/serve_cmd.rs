@@ -2,7 +2,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::Config;
 
@@ -42,11 +45,18 @@ pub(super) fn run(
 
 fn init_logging() {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_filter(filter)
+        .with_filter(FilterFn::new(google_capped));
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// The Google client crates log request and response bodies (secret payloads) at DEBUG and
+/// below; whatever `SECRETD_LOG` says, they get WARN at most.
+fn google_capped(meta: &tracing::Metadata<'_>) -> bool {
+    !meta.target().starts_with("google_cloud") || *meta.level() <= tracing::Level::WARN
 }
 
 /// Cancels `cancel` on SIGTERM or SIGINT.

@@ -132,7 +132,7 @@ impl Connection {
                 Err(e) => Err(WireError::new(ErrorCode::ProtocolViolation, e.to_string())),
             };
             let written = match request {
-                Ok(request) => match session.respond(&request, &mut outbuf) {
+                Ok(request) => match session.respond(&request, &mut outbuf).await {
                     Ok(()) => write_frame(&mut writer, &mut outbuf).await,
                     Err(e) => {
                         tracing::error!(error = %e, op = request.op(), "cannot encode response");

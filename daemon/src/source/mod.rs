@@ -3,6 +3,7 @@
 
 mod env;
 mod file;
+pub mod gsm;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use secretd_proto::SourceKind;
 
-use crate::config::{Config, SecretConfig, SourceConfig};
+use crate::config::{Config, SourceConfig};
 use crate::secret_bytes::SecretBytes;
 
 pub use env::EnvSource;
@@ -46,6 +47,15 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Whether retrying soon may help (outages, timeouts, corruption in transit), as opposed
+    /// to conditions an operator must fix (a missing secret, a refused credential).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            FailureReason::Unavailable | FailureReason::Timeout | FailureReason::InvalidPayload
+        )
+    }
+
     /// The stable snake_case name (metrics label, log field).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,29 +103,50 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn fetch(&self) -> FetchFuture<'_>;
 }
 
-/// Why a source could not be built from the config.
+/// Why the sources could not be built from the config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// A source kind this build cannot serve yet.
-    #[error("secret {name:?}: source {kind} is not supported by this build")]
-    Unsupported {
+    /// The GSM client could not be created.
+    #[error(transparent)]
+    Gsm(#[from] gsm::GsmSetupError),
+    /// A GSM secret without a `[gsm]` section (config validation prevents this).
+    #[error("secret {name:?} uses GSM but there is no [gsm] section")]
+    NoGsm {
         /// The secret.
         name: String,
-        /// The source kind.
-        kind: SourceKind,
     },
 }
 
-/// Builds the source of one catalog entry.
-pub fn build(secret: &SecretConfig, _config: &Config) -> Result<Arc<dyn Source>, BuildError> {
-    match &secret.source {
-        SourceConfig::Env { var } => Ok(Arc::new(EnvSource::new(var.clone()))),
-        SourceConfig::File { path } => Ok(Arc::new(FileSource::new(path.clone()))),
-        SourceConfig::Gsm { .. } => Err(BuildError::Unsupported {
-            name: secret.name.clone(),
-            kind: SourceKind::Gsm,
-        }),
-    }
+/// Builds the source of every catalog entry, in config order. The GSM client is created
+/// once, and only when some secret uses it.
+pub async fn build_all(config: &Config) -> Result<Vec<Arc<dyn Source>>, BuildError> {
+    let gsm_client = match &config.gsm {
+        Some(gsm)
+            if config
+                .secrets
+                .iter()
+                .any(|s| s.source.kind() == SourceKind::Gsm) =>
+        {
+            Some(gsm::connect(gsm).await?)
+        }
+        _ => None,
+    };
+    config
+        .secrets
+        .iter()
+        .map(|secret| -> Result<Arc<dyn Source>, BuildError> {
+            Ok(match &secret.source {
+                SourceConfig::Env { var } => Arc::new(EnvSource::new(var.clone())),
+                SourceConfig::File { path } => Arc::new(FileSource::new(path.clone())),
+                SourceConfig::Gsm { resource, version } => {
+                    let client = gsm_client.clone().ok_or_else(|| BuildError::NoGsm {
+                        name: secret.name.clone(),
+                    })?;
+                    Arc::new(gsm::GsmSource::new(client, resource, version))
+                }
+            })
+        })
+        .collect()
 }
 
 /// Checks a fetched value against the limits every source shares.

@@ -1,7 +1,7 @@
 //! Runs several requests on ONE client connection and prints one line per result, so tests
 //! can check what another uid sees and that a denial does not end the connection.
 //!
-//! Usage: `secretd-probe SOCKET (get NAME | status)...`
+//! Usage: `secretd-probe SOCKET (get NAME | refresh NAME | status)...`
 //! Output lines: `ok get NAME VERSION SOURCE LEN`, `err get NAME CODE`, `ok status N NAME,...`.
 
 use std::process::ExitCode;
@@ -28,6 +28,16 @@ fn main() -> ExitCode {
                     Ok(s) => println!("ok get {name} {} {} {}", s.version(), s.source(), s.len()),
                     Err(e) => println!(
                         "err get {name} {}",
+                        e.code().map_or_else(|| e.to_string(), |c| c.to_string())
+                    ),
+                }
+            }
+            "refresh" => {
+                let name = ops.next().map(String::as_str).unwrap_or("");
+                match client.refresh(Some(name)) {
+                    Ok(list) => println!("ok refresh {}", list.len()),
+                    Err(e) => println!(
+                        "err refresh {name} {}",
                         e.code().map_or_else(|| e.to_string(), |c| c.to_string())
                     ),
                 }

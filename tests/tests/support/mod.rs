@@ -100,8 +100,20 @@ impl TestEnv {
         daemon
     }
 
+    /// Writes `config` and starts the daemon with extra environment variables.
+    pub fn start_with_env(&self, config: &str, vars: &[(&str, &str)]) -> Daemon {
+        let daemon = self.spawn_with_env(config, "secretd.toml", vars);
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Writes `config` under `file` and spawns the daemon without waiting.
     pub fn spawn(&self, config: &str, file: &str) -> Daemon {
+        self.spawn_with_env(config, file, &[])
+    }
+
+    /// [`TestEnv::spawn`] with extra environment variables.
+    pub fn spawn_with_env(&self, config: &str, file: &str, vars: &[(&str, &str)]) -> Daemon {
         let config_path = self.path(file);
         std::fs::write(&config_path, config).expect("write config");
         let log_path = self.path(&format!("{file}.log"));
@@ -115,6 +127,7 @@ impl TestEnv {
             .arg("--config")
             .arg(&config_path)
             .env("SECRETD_LOG", "debug")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,326 @@
+//! Google Secret Manager end to end: the real daemon (with the official client library)
+//! against the in-repo fake of GSM's REST API on loopback, with injected faults.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use secretd_client::{Client, EntryState, ErrorCode, SourceKind};
+use secretd_gsm_fake::{FakeGsm, Fault, VersionState};
+use support::{TestEnv, cli, is_root, probe_bin};
+
+const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
+const CLIENT_SECRET: &str = "projects/apex-test/secrets/omni-client-secret";
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A config with two GSM secrets: `trading_api_key` (short id, `latest`) and
+/// `trading_client_secret` (full resource, pinned to version 1).
+fn gsm_config(env: &TestEnv, fake: &FakeGsm, daemon_extra: &str) -> String {
+    env.config(
+        &format!("{daemon_extra}\nsocket_mode = \"0666\""),
+        &format!(
+            r#"[gsm]
+project = "apex-test"
+endpoint = "{endpoint}"
+anonymous = true
+attempt_timeout = "300ms"
+retry_budget = "1s"
+max_attempts = 2
+
+[[secret]]
+name = "trading_api_key"
+source = "gsm"
+gcp_secret = "omni-trading-api-key"
+
+[[secret]]
+name = "trading_client_secret"
+source = "gsm"
+gcp_secret = "{CLIENT_SECRET}"
+version = "1"
+
+[[policy]]
+uids = [{euid}]
+allow = ["*"]
+"#,
+            endpoint = fake.endpoint(),
+            euid = euid(),
+        ),
+    )
+}
+
+fn seeded_fake() -> FakeGsm {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-AAAA-1111!");
+    fake.add_version(CLIENT_SECRET, b"Omni-Client-v1-BBBB-2222!");
+    fake
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn values_load_from_gsm_and_new_versions_arrive_within_one_interval() {
+    let fake = seeded_fake();
+    let env = TestEnv::new();
+    // The Google client's own logging switch must not make payloads reach the log.
+    let daemon = env.start_with_env(
+        &gsm_config(&env, &fake, "refresh_interval = \"2s\""),
+        &[
+            ("GOOGLE_CLOUD_RUST_LOGGING", "true"),
+            ("SECRETD_LOG", "trace"),
+        ],
+    );
+    let client = Client::connect(&daemon.socket).expect("connect");
+
+    let key = client.get("trading_api_key").expect("get");
+    assert_eq!(key.expose(), b"Omni-Key-v1-AAAA-1111!");
+    assert_eq!(key.version(), "1", "latest resolved to the number");
+    assert_eq!(key.source(), SourceKind::Gsm);
+
+    fake.add_version(API_KEY, b"Omni-Key-v2-CCCC-3333!");
+    fake.add_version(CLIENT_SECRET, b"Omni-Client-v2-DDDD-4444!");
+    let added = Instant::now();
+    wait_until("version 2", Duration::from_secs(3), || {
+        client.get("trading_api_key").expect("get").version() == "2"
+    });
+    assert!(added.elapsed() < Duration::from_secs(2) + Duration::from_millis(500));
+    assert_eq!(
+        client.get("trading_api_key").expect("get").expose(),
+        b"Omni-Key-v2-CCCC-3333!"
+    );
+    // Pinned to version 1: a newer version does not move it.
+    let pinned = client.get("trading_client_secret").expect("get");
+    assert_eq!(
+        (pinned.version(), pinned.expose()),
+        ("1", &b"Omni-Client-v1-BBBB-2222!"[..])
+    );
+
+    // Only AccessSecretVersion, through the real client library (its query string).
+    assert_eq!(fake.non_access_calls(), 0, "{:?}", fake.requests());
+    let expected = format!("/v1/{API_KEY}/versions/latest:access");
+    let access = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == expected)
+        .expect("an access call for the latest version");
+    assert!(access.query.unwrap_or_default().contains("alt=json"));
+
+    let log = daemon.log();
+    for value in [
+        "Omni-Key-v1",
+        "Omni-Key-v2",
+        "Omni-Client-v1",
+        "T21uaS1LZXkt",
+    ] {
+        assert!(!log.contains(value), "{value} leaked into the log");
+    }
+}
+
+#[test]
+fn refresh_now_is_admin_only_and_picks_up_a_new_version_at_once() {
+    let fake = seeded_fake();
+    let env = TestEnv::new();
+    let daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"5m\""));
+    let socket = daemon.socket.to_str().expect("utf8");
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+
+    fake.add_version(API_KEY, b"Omni-Key-v2-CCCC-3333!");
+    let out = cli(&["refresh", "trading_api_key", "--socket", socket], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "trading_api_key: ok, version 2\n"
+    );
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
+
+    // All at once.
+    let outcomes = client.refresh(None).expect("refresh all");
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes.iter().all(|o| o.error.is_none()));
+
+    let out = cli(&["refresh", "trading_nope", "--socket", socket], &[]);
+    assert_eq!(out.status.code(), Some(1));
+
+    if is_root() {
+        let out = env.run_as_nobody(&probe_bin(), &[socket, "refresh", "trading_api_key"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "err refresh trading_api_key permission_denied"
+        );
+    } else {
+        eprintln!("SKIPPED non-admin refresh check: needs root to run as uid 65534");
+    }
+}
+
+#[test]
+fn outages_serve_the_old_value_until_max_stale_then_heal() {
+    let fake = seeded_fake();
+    let env = TestEnv::new();
+    let daemon = env.start(&gsm_config(
+        &env,
+        &fake,
+        "refresh_interval = \"1s\"\nmax_stale = \"2s\"",
+    ));
+    let socket = daemon.socket.to_str().expect("utf8");
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert!(client.get("trading_api_key").is_ok());
+
+    // Each kind of outage: the refresh fails, the old value is still served.
+    for (fault, reason) in [
+        (Fault::Unavailable, "Unavailable"),
+        (Fault::Http500Html, "HTTP 500"),
+        (Fault::Hang, "in time"),
+        (Fault::PermissionDenied, "PermissionDenied"),
+    ] {
+        fake.set_fault(Some(fault.clone()));
+        let out = cli(&["refresh", "trading_api_key", "--socket", socket], &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{fault:?}: {stdout}");
+        assert!(
+            stdout.contains("failed") && stdout.contains(reason),
+            "{fault:?}: {stdout}"
+        );
+        assert_eq!(
+            client
+                .get("trading_api_key")
+                .expect("old value still served")
+                .expose(),
+            b"Omni-Key-v1-AAAA-1111!"
+        );
+    }
+
+    // A sustained outage: stale (still served, age growing), then past max_stale: Unavailable.
+    fake.set_fault(Some(Fault::Unavailable));
+    let age = |c: &Client| c.status().expect("status")[0].age_ms.expect("age");
+    let first_age = age(&client);
+    wait_until("stale state", Duration::from_secs(3), || {
+        client.status().expect("status")[0].state == EntryState::Stale
+    });
+    assert!(
+        client.get("trading_api_key").is_ok(),
+        "stale values are served"
+    );
+    assert!(age(&client) > first_age);
+    wait_until(
+        "unavailable",
+        Duration::from_secs(5),
+        || matches!(client.get("trading_api_key"), Err(e) if e.code() == Some(ErrorCode::Unavailable)),
+    );
+    assert_eq!(
+        client.status().expect("status")[0].state,
+        EntryState::Expired
+    );
+    assert!(daemon.log().contains("omni.alert.cache_failure"));
+
+    // GSM recovers: fresh again without anyone asking.
+    fake.set_fault(None);
+    wait_until("recovery", Duration::from_secs(4), || {
+        client.get("trading_api_key").is_ok()
+    });
+    assert_eq!(client.status().expect("status")[0].state, EntryState::Fresh);
+}
+
+#[test]
+fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
+    let fake = seeded_fake();
+    let env = TestEnv::new();
+    let daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"5m\""));
+    let socket = daemon.socket.to_str().expect("utf8");
+    let client = Client::connect(&daemon.socket).expect("connect");
+    fake.add_version(API_KEY, b"Omni-Key-v2-CCCC-3333!");
+
+    for (fault, expect) in [
+        (Fault::CrcMismatch, "CRC32C"),
+        (Fault::BadBase64, "does not parse"),
+        (Fault::Oversize, "larger than 65536"),
+    ] {
+        fake.set_fault(Some(fault.clone()));
+        let out = cli(&["refresh", "trading_api_key", "--socket", socket], &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{fault:?}");
+        assert!(stdout.contains(expect), "{fault:?}: {stdout}");
+        let served = client.get("trading_api_key").expect("previous value");
+        assert_eq!(served.version(), "1", "{fault:?}");
+        let status = &client.status().expect("status")[0];
+        assert!(
+            status
+                .last_error
+                .as_ref()
+                .expect("error recorded")
+                .message
+                .contains(expect)
+        );
+    }
+
+    // No CRC at all is acceptable (nothing to verify), and heals the error.
+    fake.set_fault(Some(Fault::NoCrc));
+    let out = cli(&["refresh", "trading_api_key", "--socket", socket], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
+    assert!(client.status().expect("status")[0].last_error.is_none());
+
+    // A disabled version: GSM's FAILED_PRECONDITION, reported as such.
+    fake.set_fault(None);
+    fake.set_version_state(CLIENT_SECRET, 1, VersionState::Disabled);
+    let out = cli(
+        &["refresh", "trading_client_secret", "--socket", socket],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FailedPrecondition"));
+    assert!(
+        client.get("trading_client_secret").is_ok(),
+        "old value kept"
+    );
+}
+
+#[test]
+fn refresh_cadence_has_no_stampede_and_permanent_errors_back_off() {
+    let fake = seeded_fake();
+    let env = TestEnv::new();
+    let daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"1s\""));
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(4500));
+    let elapsed = started.elapsed().as_secs_f64();
+    for secret in [API_KEY, CLIENT_SECRET] {
+        let n = fake.access_count(secret);
+        // One initial fetch, then one per 0.75-0.9 s: about 6 in 4.5 s.
+        assert!(
+            (4..=9).contains(&n),
+            "{secret}: {n} accesses in {elapsed:.1}s"
+        );
+    }
+    assert_eq!(fake.non_access_calls(), 0);
+    drop(daemon);
+
+    // NOT_FOUND is not retried like UNAVAILABLE.
+    let count_for = |fault: Fault| {
+        let fake = seeded_fake();
+        fake.set_fault(Some(fault));
+        let env = TestEnv::new();
+        let _daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"10s\""));
+        std::thread::sleep(Duration::from_secs(3));
+        fake.access_count(API_KEY)
+    };
+    let not_found = count_for(Fault::NotFound);
+    let unavailable = count_for(Fault::Unavailable);
+    assert!(not_found <= 1, "NOT_FOUND retried {not_found} times in 3s");
+    assert!(
+        unavailable >= 3,
+        "UNAVAILABLE retried only {unavailable} times in 3s"
+    );
+}
