@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    secretd::cli::main()
+    secretd_daemon::cli::main()
 }

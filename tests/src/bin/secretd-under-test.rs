@@ -2,5 +2,5 @@
 //! `CARGO_BIN_EXE_secretd-under-test` instead of guessing paths under target/.
 
 fn main() -> std::process::ExitCode {
-    secretd::cli::main()
+    secretd_daemon::cli::main()
 }

@@ -1,0 +1,23 @@
+//! The C API of secretd. See `include/secretd.h` (generated from this crate by cbindgen) for
+//! the contract; the rules below are enforced here:
+//!
+//! - Every function returns a [`secretd_result`] (or a value documented as safe on NULL).
+//! - Out-parameters are written only on success.
+//! - `_free(NULL)` is a no-op.
+//! - No panic crosses the boundary: every entry point runs under `catch_unwind` and turns a
+//!   panic into `SECRETD_RESULT_PANIC`.
+//! - NULL pointers give `SECRETD_RESULT_NULL_PARAMETER`; names that are not UTF-8 give
+//!   `SECRETD_RESULT_INVALID_ARGUMENT`.
+//! - A `secretd_client` may be used from many threads at once; requests on it are serialized.
+
+#![allow(non_camel_case_types)]
+
+mod error;
+mod handles;
+
+pub use error::{secretd_error_message, secretd_last_error_message, secretd_result};
+pub use handles::{
+    secretd_client, secretd_client_connect, secretd_client_free, secretd_get, secretd_secret,
+    secretd_secret_data, secretd_secret_free, secretd_secret_len, secretd_secret_source,
+    secretd_secret_version, secretd_version,
+};

@@ -1,0 +1,295 @@
+//! The C API from C and C++: programs in ffi/tests and ffi/examples are compiled with gcc/g++
+//! (warnings as errors, ASan + UBSan) against include/secretd.h and libsecretd.so, and run
+//! against a real daemon.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use support::{TestEnv, is_root};
+
+const KEY: &str = "Omni-Key-1234567890-abcdef!";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// target/<profile>, where cargo put libsecretd.so next to this test's deps/ directory.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
+    assert!(
+        dir.join("libsecretd.so").exists(),
+        "libsecretd.so not found in {}; build the workspace first",
+        dir.display()
+    );
+    dir
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+/// Compiles `sources` into `out` inside the env, linking a copy of libsecretd.so placed in
+/// the env (so another uid can load it too).
+fn compile(
+    env: &TestEnv,
+    compiler: &str,
+    flags: &[&str],
+    sources: &[PathBuf],
+    out: &str,
+) -> PathBuf {
+    let lib = env.path("lib");
+    if !lib.exists() {
+        // Installed as a system would: the file under its SONAME, the link name beside it.
+        std::fs::create_dir(&lib).expect("lib dir");
+        std::fs::copy(lib_dir().join("libsecretd.so"), lib.join("libsecretd.so.0"))
+            .expect("copy lib");
+        std::os::unix::fs::symlink("libsecretd.so.0", lib.join("libsecretd.so")).expect("symlink");
+    }
+    let exe = env.path(out);
+    let ws = workspace();
+    let status = Command::new(compiler)
+        .args(flags)
+        .arg(format!("-I{}", ws.join("include").display()))
+        .arg(format!("-I{}", ws.join("ffi/tests").display()))
+        .arg(format!("-I{}", ws.join("ffi/examples").display()))
+        .args(sources)
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg("-lsecretd")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lpthread")
+        .status()
+        .expect("run compiler");
+    assert!(status.success(), "{compiler} failed for {sources:?}");
+    exe
+}
+
+const C_FLAGS: &[&str] = &[
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+];
+
+fn c_test(env: &TestEnv, name: &str) -> PathBuf {
+    compile(
+        env,
+        "gcc",
+        C_FLAGS,
+        &[workspace().join(format!("ffi/tests/{name}.c"))],
+        name,
+    )
+}
+
+fn run(exe: &Path, args: &[&str]) -> String {
+    let out = Command::new(exe)
+        .args(args)
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .output()
+        .expect("run C test");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed: {stdout}{}",
+        exe.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn gcc_or_skip(test: &str) -> bool {
+    if have("gcc") {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "gcc is required in CI");
+    eprintln!("SKIPPED {test}: gcc not installed");
+    false
+}
+
+fn daemon_env() -> (TestEnv, String) {
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}[[policy]]\nuids = [0]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", KEY.as_bytes()),
+    );
+    let config = env.config("socket_mode = \"0666\"", &rest);
+    (env, config)
+}
+
+#[test]
+fn c_api_basics_and_many_threads_on_one_client() {
+    if !gcc_or_skip("c_api_basics") {
+        return;
+    }
+    let (env, config) = daemon_env();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8");
+    let out = run(
+        &c_test(&env, "test_basic"),
+        &[socket, "trading_api_key", KEY],
+    );
+    assert!(out.contains("checks passed"), "{out}");
+    let out = run(
+        &c_test(&env, "test_threads"),
+        &[socket, "trading_api_key", KEY],
+    );
+    assert!(out.contains("8 threads x 500 reads"), "{out}");
+}
+
+#[test]
+fn c_api_permission_denied_for_another_uid() {
+    if !gcc_or_skip("c_api_permission_denied") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED c_api_permission_denied: needs root to run as uid 65534");
+        return;
+    }
+    let (env, config) = daemon_env();
+    let daemon = env.start(&config);
+    let exe = c_test(&env, "test_denied");
+    let out = env.run_as_nobody(
+        &exe,
+        &[daemon.socket.to_str().expect("utf8"), "trading_api_key"],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn c_client_survives_a_daemon_restart() {
+    if !gcc_or_skip("c_client_survives_a_daemon_restart") {
+        return;
+    }
+    let (env, config) = daemon_env();
+    let mut daemon = env.start(&config);
+    let exe = c_test(&env, "test_restart");
+    let rotated = "Omni-Key-after-restart-0000!";
+    let mut child = Command::new(&exe)
+        .args([
+            daemon.socket.to_str().expect("utf8"),
+            "trading_api_key",
+            KEY,
+            rotated,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("line").expect("read"), "READY");
+    assert!(daemon.stop().success());
+    env.write_value("trading_api_key", rotated.as_bytes());
+    let _daemon = env.start(&config);
+    writeln!(child.stdin.take().expect("stdin"), "go").expect("write");
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
+fn cpp_raii_wrapper_compiles_and_runs() {
+    if !have("g++") {
+        assert!(std::env::var_os("CI").is_none(), "g++ is required in CI");
+        eprintln!("SKIPPED cpp_raii_wrapper: g++ not installed");
+        return;
+    }
+    let (env, config) = daemon_env();
+    let daemon = env.start(&config);
+    let exe = compile(
+        &env,
+        "g++",
+        &[
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fsanitize=address,undefined",
+        ],
+        &[workspace().join("ffi/examples/example.cpp")],
+        "example",
+    );
+    let out = run(
+        &exe,
+        &[daemon.socket.to_str().expect("utf8"), "trading_api_key"],
+    );
+    assert!(
+        out.contains(&format!(
+            "trading_api_key: {} bytes, version 1, source file",
+            KEY.len()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("missing name:"), "{out}");
+    assert!(!out.contains(KEY), "the example must not print the value");
+}
+
+#[test]
+fn c_api_has_no_leaks_under_valgrind() {
+    if !gcc_or_skip("c_api_valgrind") {
+        return;
+    }
+    if !have("valgrind") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "valgrind is required in CI"
+        );
+        eprintln!("SKIPPED c_api_valgrind: valgrind not installed");
+        return;
+    }
+    let (env, config) = daemon_env();
+    let daemon = env.start(&config);
+    let exe = compile(
+        &env,
+        "gcc",
+        &[
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-g",
+        ],
+        &[workspace().join("ffi/tests/test_basic.c")],
+        "test_basic_plain",
+    );
+    let out = Command::new("valgrind")
+        .args([
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--error-exitcode=99",
+            "-q",
+        ])
+        .arg(&exe)
+        .args([
+            daemon.socket.to_str().expect("utf8"),
+            "trading_api_key",
+            KEY,
+        ])
+        .output()
+        .expect("valgrind");
+    assert!(
+        out.status.success(),
+        "valgrind found errors:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
