@@ -29,7 +29,7 @@ fn lib_dir() -> PathBuf {
         .to_owned();
     assert!(
         dir.join("libsecretd.so").exists(),
-        "libsecretd.so not found in {}; build the workspace first",
+        "libsecretd.so not found in {}; run `cargo build -p secretd-ffi` first (scripts/test does)",
         dir.display()
     );
     dir
