@@ -1,0 +1,324 @@
+//! `secretd._native`: the compiled half of the `secretd` Python package. The public API is the
+//! pure-Python package around it (python/python/secretd/__init__.py).
+//!
+//! Every call that touches the socket releases the GIL (`py.detach`), so other Python threads
+//! run while one waits on the daemon. No lock of ours is ever held across a GIL release.
+
+#![allow(unsafe_op_in_unsafe_fn)] // pyo3's macros
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ::secretd_client as rust;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use rust::{Error as RustError, ErrorCode};
+
+create_exception!(
+    secretd,
+    Error,
+    PyException,
+    "Base class of every secretd error. `code` holds the daemon's stable error code, or None."
+);
+create_exception!(
+    secretd,
+    NotFound,
+    Error,
+    "The name is not in the daemon's catalog."
+);
+create_exception!(
+    secretd,
+    PermissionDenied,
+    Error,
+    "The daemon's policy does not let this process's uid/groups do this."
+);
+create_exception!(
+    secretd,
+    Unavailable,
+    Error,
+    "The secret has no servable value right now (not loaded, or stale past max_stale)."
+);
+create_exception!(
+    secretd,
+    ProtocolError,
+    Error,
+    "The daemon and this library do not understand each other."
+);
+create_exception!(
+    secretd,
+    ConnectError,
+    Error,
+    "No daemon answered at the socket path."
+);
+
+/// Converts a client error into the matching exception, with `.code` set.
+fn to_py_err(py: Python<'_>, e: RustError) -> PyErr {
+    let message = e.to_string();
+    let err = match &e {
+        RustError::Connect { .. } => ConnectError::new_err(message),
+        RustError::Protocol(_) => ProtocolError::new_err(message),
+        RustError::Daemon(w) => match w.code {
+            ErrorCode::NotFound => NotFound::new_err(message),
+            ErrorCode::PermissionDenied => PermissionDenied::new_err(message),
+            ErrorCode::Unavailable => Unavailable::new_err(message),
+            ErrorCode::ProtocolViolation | ErrorCode::UnsupportedVersion => {
+                ProtocolError::new_err(message)
+            }
+            _ => Error::new_err(message),
+        },
+        RustError::Io(_) | RustError::InvalidArgument(_) => Error::new_err(message),
+    };
+    let code = e.code().map(ErrorCode::as_u16);
+    // Attaching the attribute can only fail on a broken interpreter; the error stands anyway.
+    let _ = err.value(py).setattr("code", code);
+    err
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+fn ms_to_seconds(ms: Option<i64>) -> Option<f64> {
+    ms.map(|ms| ms as f64 / 1000.0)
+}
+
+/// A secret value. The bytes live in Rust memory that is wiped when this object is collected;
+/// `expose()` hands Python a copy, which Python cannot wipe, so call it as late as possible.
+#[pyclass(module = "secretd", frozen)]
+struct Secret {
+    /// The catalog name it was read under.
+    name: String,
+    /// The value and metadata.
+    inner: rust::Secret,
+}
+
+#[pymethods]
+impl Secret {
+    /// The value as bytes (a copy).
+    fn expose<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.expose())
+    }
+
+    /// The catalog name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The source's version: the GSM version number, or a local counter.
+    #[getter]
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+
+    /// Where the value came from: "gsm", "break_glass", "env" or "file".
+    #[getter]
+    fn source(&self) -> &'static str {
+        self.inner.source().as_str()
+    }
+
+    /// When the daemon fetched the value, Unix seconds.
+    #[getter]
+    fn fetched_at(&self) -> f64 {
+        unix_seconds(self.inner.fetched_at())
+    }
+
+    /// When the daemon will refresh the value, Unix seconds.
+    #[getter]
+    fn expires_at(&self) -> f64 {
+        unix_seconds(self.inner.expires_at())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Secret(name={:?}, version={:?}, source={:?}, value=<redacted {} bytes>)",
+            self.name,
+            self.inner.version(),
+            self.inner.source().as_str(),
+            self.inner.len()
+        )
+    }
+
+    fn __str__(&self) -> String {
+        self.__repr__()
+    }
+
+    /// Refuses pickling (and copy.copy): a secret must not be serialized by accident.
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(PyTypeError::new_err(
+            "secretd.Secret cannot be pickled or copied",
+        ))
+    }
+}
+
+/// The connection and the process that made it. After `os.fork()` the child must not use
+/// the parent's socket, so a pid change means reconnect.
+struct Live {
+    /// The process that connected.
+    pid: u32,
+    /// The thread-safe Rust client.
+    client: Arc<rust::Client>,
+}
+
+/// A connection to the daemon, shared by threads.
+#[pyclass(module = "secretd._native", frozen)]
+struct Client {
+    /// Where to connect.
+    path: PathBuf,
+    /// `None` once closed.
+    live: Mutex<Option<Live>>,
+}
+
+impl Client {
+    fn lock(&self) -> MutexGuard<'_, Option<Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Rust client for this process, reconnecting after a fork. The lock is never held
+    /// while the GIL is released.
+    fn client(&self, py: Python<'_>) -> PyResult<Arc<rust::Client>> {
+        let pid = std::process::id();
+        match self.lock().as_ref() {
+            None => return Err(Error::new_err("the client is closed")),
+            Some(live) if live.pid == pid => return Ok(live.client.clone()),
+            Some(_) => {}
+        }
+        let path = self.path.clone();
+        let fresh = Arc::new(
+            py.detach(move || rust::Client::connect(path))
+                .map_err(|e| to_py_err(py, e))?,
+        );
+        let mut slot = self.lock();
+        if slot.is_none() {
+            return Err(Error::new_err("the client is closed"));
+        }
+        *slot = Some(Live {
+            pid,
+            client: fresh.clone(),
+        });
+        Ok(fresh)
+    }
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (socket_path=None))]
+    fn new(py: Python<'_>, socket_path: Option<PathBuf>) -> PyResult<Client> {
+        let path = socket_path.unwrap_or_else(rust::default_socket_path);
+        let connect_path = path.clone();
+        let client = py
+            .detach(move || rust::Client::connect(connect_path))
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(Client {
+            path,
+            live: Mutex::new(Some(Live {
+                pid: std::process::id(),
+                client: Arc::new(client),
+            })),
+        })
+    }
+
+    /// The socket path.
+    #[getter]
+    fn socket_path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// Reads a secret.
+    fn get(&self, py: Python<'_>, name: &str) -> PyResult<Secret> {
+        let client = self.client(py)?;
+        let secret = py
+            .detach(|| client.get(name))
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(Secret {
+            name: name.to_owned(),
+            inner: secret,
+        })
+    }
+
+    /// Every secret the caller may read, as dicts; never values.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let client = self.client(py)?;
+        let list = py
+            .detach(|| client.status())
+            .map_err(|e| to_py_err(py, e))?;
+        list.into_iter()
+            .map(|s| {
+                let d = PyDict::new(py);
+                d.set_item("name", s.name)?;
+                d.set_item("source", s.configured_source.as_str())?;
+                d.set_item("cache_source", s.cache_source.map(|k| k.as_str()))?;
+                d.set_item("state", s.state.as_str())?;
+                d.set_item("version", s.version)?;
+                d.set_item("fetched_at", ms_to_seconds(s.fetched_at_ms))?;
+                d.set_item("expires_at", ms_to_seconds(s.expires_at_ms))?;
+                d.set_item("age_seconds", s.age_ms.map(|ms| ms as f64 / 1000.0))?;
+                d.set_item("last_error", s.last_error.map(|e| e.message))?;
+                d.set_item("metadata_status", s.metadata_status)?;
+                d.set_item("rotation_due_at", ms_to_seconds(s.rotation_due_at_ms))?;
+                d.set_item(
+                    "break_glass_expires_at",
+                    ms_to_seconds(s.break_glass_expires_at_ms),
+                )?;
+                d.set_item("fingerprint", s.fingerprint)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Admin: fetches one secret (or all) from its source now; one dict per secret with
+    /// `name`, `version` (on success) and `error` (on failure).
+    #[pyo3(signature = (name=None))]
+    fn refresh<'py>(
+        &self,
+        py: Python<'py>,
+        name: Option<&str>,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let client = self.client(py)?;
+        let list = py
+            .detach(|| client.refresh(name))
+            .map_err(|e| to_py_err(py, e))?;
+        list.into_iter()
+            .map(|o| {
+                let d = PyDict::new(py);
+                d.set_item("name", o.name)?;
+                d.set_item("version", o.version)?;
+                d.set_item("error", o.error.map(|e| e.message))?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Closes the connection; later calls raise `secretd.Error`.
+    fn close(&self) {
+        self.lock().take();
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.lock().is_none()
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Client>()?;
+    m.add_class::<Secret>()?;
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("NotFound", py.get_type::<NotFound>())?;
+    m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;
+    m.add("Unavailable", py.get_type::<Unavailable>())?;
+    m.add("ProtocolError", py.get_type::<ProtocolError>())?;
+    m.add("ConnectError", py.get_type::<ConnectError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

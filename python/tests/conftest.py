@@ -1,0 +1,99 @@
+"""Fixtures: the real secretd daemon binary on a temporary socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+VALUES: Dict[str, bytes] = {
+    "trading_api_key": b"Omni-Key-1234567890-abcdef!",
+    "trading_api_passphrase": "Pässphrase-Zyx-987#".encode(),
+    "binary_blob": bytes(range(256)),
+}
+
+
+def daemon_binary() -> Path:
+    """The daemon under test: $SECRETD_BIN (scripts/test sets it), else the debug build."""
+    path = Path(os.environ.get("SECRETD_BIN", REPO / "target" / "debug" / "secretd"))
+    if not path.exists():
+        pytest.fail(f"daemon binary {path} not found; run `cargo build -p secretd` or set SECRETD_BIN")
+    return path
+
+
+class Daemon:
+    """A running daemon; restartable."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = str(root / "run" / "secretd.sock")
+        values = root / "values"
+        values.mkdir()
+        secrets: List[str] = []
+        for name, value in VALUES.items():
+            (values / name).write_bytes(value)
+            (values / name).chmod(0o600)
+            secrets.append(
+                f'[[secret]]\nname = "{name}"\nsource = "file"\npath = "{values / name}"\n'
+            )
+        secrets.append(
+            '[[secret]]\nname = "trading_missing"\nsource = "env"\n'
+            'env = "SECRETD_PYTEST_SURELY_UNSET"\n'
+        )
+        uid = os.geteuid()
+        self.config = root / "secretd.toml"
+        self.config.write_text(
+            f'[daemon]\nsocket = "{self.socket}"\nadmin_uids = [{uid}]\n\n'
+            + "\n".join(secrets)
+            + f'\n[[policy]]\nuids = [{uid}]\nallow = ["*"]\ndeny = ["binary_*_denied"]\n'
+            + '[[policy]]\nuids = [65534]\nallow = ["nothing"]\n'
+        )
+        self.log = root / "daemon.log"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(daemon_binary()), "serve", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(self.socket)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("daemon did not start:\n" + self.log.read_text())
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()

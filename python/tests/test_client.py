@@ -1,0 +1,243 @@
+"""The secretd Python package against a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import secretd
+from conftest import VALUES, Daemon
+
+
+def test_get_expose_version_source(daemon: Daemon) -> None:
+    with secretd.Client(daemon.socket) as client:
+        key = client.get("trading_api_key")
+        assert isinstance(key, secretd.Secret)
+        assert key.expose() == VALUES["trading_api_key"]
+        assert key.name == "trading_api_key"
+        assert key.version == "1"
+        assert key.source == "file"
+        assert key.expires_at > key.fetched_at > 0
+        assert client.get_str("trading_api_passphrase") == "Pässphrase-Zyx-987#"
+        assert client.get("binary_blob").expose() == bytes(range(256))
+    assert client.closed
+
+
+def test_default_socket_from_environment(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRETD_SOCKET", daemon.socket)
+    assert secretd.Client().get("trading_api_key").expose() == VALUES["trading_api_key"]
+    assert secretd.Client(Path(daemon.socket)).socket_path == daemon.socket
+
+
+def test_repr_and_str_mask_the_value_and_pickling_is_refused(daemon: Daemon) -> None:
+    key = secretd.Client(daemon.socket).get("trading_api_key")
+    text = repr(key) + str(key) + f"{key}" + repr([key])
+    assert "Omni-Key" not in text
+    assert "redacted 27 bytes" in repr(key)
+    assert "version='1'" in repr(key) or 'version="1"' in repr(key)
+    with pytest.raises(TypeError):
+        pickle.dumps(key)
+    import copy
+
+    with pytest.raises(TypeError):
+        copy.copy(key)
+
+
+def test_exception_classes_map_codes(daemon: Daemon) -> None:
+    client = secretd.Client(daemon.socket)
+    with pytest.raises(secretd.NotFound) as e1:
+        client.get("trading_nope")
+    assert e1.value.code == 1
+    with pytest.raises(secretd.PermissionDenied) as e2:
+        client.get("binary_x_denied")  # matches the deny pattern
+    assert e2.value.code == 2
+    with pytest.raises(secretd.Unavailable) as e3:
+        client.get("trading_missing")  # its env variable is unset: never loaded
+    assert e3.value.code == 3
+    with pytest.raises(secretd.Error) as e4:
+        client.get("not a valid name")
+    assert type(e4.value) is secretd.Error
+    with pytest.raises(secretd.ConnectError) as e5:
+        secretd.Client("/nonexistent/secretd.sock")
+    assert e5.value.code is None and "/nonexistent/secretd.sock" in str(e5.value)
+    assert issubclass(secretd.ProtocolError, secretd.Error)
+    for cls in (secretd.NotFound, secretd.PermissionDenied, secretd.Unavailable,
+                secretd.ProtocolError, secretd.ConnectError):
+        assert issubclass(cls, secretd.Error)
+    client.close()
+    with pytest.raises(secretd.Error, match="closed"):
+        client.get("trading_api_key")
+
+
+def test_protocol_error_from_a_daemon_speaking_another_version(tmp_path: Path) -> None:
+    path = str(tmp_path / "future.sock")
+    with FakeDaemon(path, hello_version=99):
+        with pytest.raises(secretd.ProtocolError):
+            secretd.Client(path)
+
+
+def test_status_and_refresh(daemon: Daemon) -> None:
+    client = secretd.Client(daemon.socket)
+    rows = {row["name"]: row for row in client.status()}
+    assert set(rows) == set(VALUES) | {"trading_missing"}
+    key = rows["trading_api_key"]
+    assert key["source"] == "file" and key["cache_source"] == "file"
+    assert key["state"] == "fresh" and key["version"] == "1"
+    assert key["age_seconds"] is not None and key["expires_at"] > key["fetched_at"]
+    assert rows["trading_missing"]["state"] == "missing"
+    assert "not set" in rows["trading_missing"]["last_error"]
+    assert "Omni-Key" not in repr(rows)
+
+    (daemon.root / "values" / "trading_api_key").write_bytes(b"Omni-Key-rotated-00000!")
+    outcome = client.refresh("trading_api_key")
+    assert outcome == [{"name": "trading_api_key", "version": "2", "error": None}]
+    assert client.get("trading_api_key").expose() == b"Omni-Key-rotated-00000!"
+    assert len(client.refresh()) == len(VALUES) + 1
+
+
+def test_reconnects_after_daemon_restart(daemon: Daemon) -> None:
+    client = secretd.Client(daemon.socket)
+    assert client.get("trading_api_key").version == "1"
+    daemon.restart()
+    assert client.get("trading_api_key").expose() == VALUES["trading_api_key"]
+
+
+def test_gil_is_released_while_waiting_on_a_slow_daemon(tmp_path: Path) -> None:
+    path = str(tmp_path / "slow.sock")
+    with FakeDaemon(path, delay=1.0):
+        client = secretd.Client(path)
+        ticks = 0
+        stop = threading.Event()
+
+        def spin() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(secretd.Unavailable):
+                client.get("trading_api_key")
+            assert time.monotonic() - started >= 0.9
+        finally:
+            stop.set()
+            spinner.join()
+        # With the GIL held for the whole second, the spinner would have made ~no progress.
+        assert ticks > 100_000, ticks
+
+
+def test_eight_threads_read_at_once(daemon: Daemon) -> None:
+    client = secretd.Client(daemon.socket)
+    errors: List[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(200):
+                assert client.get("trading_api_key").expose() == VALUES["trading_api_key"]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_fork_child_reconnects_instead_of_sharing_the_socket(daemon: Daemon) -> None:
+    client = secretd.Client(daemon.socket)
+    assert client.get("trading_api_key").version == "1"
+    pid = os.fork()
+    if pid == 0:  # child: must not interleave frames with the parent on one socket
+        code = 1
+        try:
+            ok = all(
+                client.get("trading_api_key").expose() == VALUES["trading_api_key"]
+                for _ in range(50)
+            )
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    for _ in range(50):
+        assert client.get("trading_api_key").expose() == VALUES["trading_api_key"]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_async_client_under_gather(daemon: Daemon) -> None:
+    async def main() -> None:
+        async with secretd.AsyncClient(daemon.socket) as client:
+            secrets = await asyncio.gather(*(client.get("trading_api_key") for _ in range(32)))
+            assert {s.expose() for s in secrets} == {VALUES["trading_api_key"]}
+            assert await client.get_str("trading_api_passphrase") == "Pässphrase-Zyx-987#"
+            assert len(await client.status()) == len(VALUES) + 1
+            with pytest.raises(secretd.NotFound):
+                await client.get("trading_nope")
+
+    asyncio.run(main())
+
+
+# A minimal daemon written from docs/protocol.md alone: answers the hello, then every request
+# with an Unavailable error after `delay` seconds.
+class FakeDaemon:
+    def __init__(self, path: str, delay: float = 0.0, hello_version: int = 1) -> None:
+        self.path, self.delay, self.hello_version = path, delay, hello_version
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(path)
+        self.server.listen(4)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def __enter__(self) -> "FakeDaemon":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.close()
+
+    @staticmethod
+    def read_frame(conn: socket.socket) -> bytes:
+        header = conn.recv(4, socket.MSG_WAITALL)
+        if len(header) < 4:
+            raise ConnectionError
+        (length,) = struct.unpack("<I", header)
+        return conn.recv(length, socket.MSG_WAITALL)
+
+    @staticmethod
+    def send(conn: socket.socket, body: bytes) -> None:
+        conn.sendall(struct.pack("<I", len(body)) + body)
+
+    @staticmethod
+    def string(text: str) -> bytes:
+        data = text.encode()
+        return struct.pack("<Q", len(data)) + data
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self.read_frame(conn)  # the client's hello
+                    # Response::Hello (tag 0): protocol_version u16, daemon_version String.
+                    self.send(conn, struct.pack("<IH", 0, self.hello_version) + self.string("fake"))
+                    while True:
+                        self.read_frame(conn)
+                        time.sleep(self.delay)
+                        # Response::Error (tag 3): code u16 = 3 (Unavailable), message String.
+                        self.send(conn, struct.pack("<IH", 3, 3) + self.string("slow fake"))
+                except (ConnectionError, OSError):
+                    continue
