@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use secretd_proto::{RefreshOutcome, Request, Response, SecretStatus, validate_name};
+use secretd_proto::{
+    AuditEntry, AuditVerification, RefreshOutcome, Request, Response, RotationStep, SecretStatus,
+    validate_name,
+};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -88,6 +91,40 @@ impl Client {
         match self.call_with(&req, Some(REFRESH_TIMEOUT))? {
             Response::Refreshed(list) => Ok(list),
             other => Err(unexpected("refresh", &other)),
+        }
+    }
+
+    /// Admin: a rotation step (`begin` pins a GSM version, `promote`, `abort`). Returns the
+    /// secret's status afterwards.
+    pub fn rotation(&self, name: &str, step: RotationStep) -> Result<SecretStatus> {
+        validate_name(name).map_err(Error::InvalidArgument)?;
+        let req = Request::Rotation {
+            name: name.into(),
+            step,
+        };
+        match self.call_with(&req, Some(REFRESH_TIMEOUT))? {
+            Response::Rotated(status) => Ok(status),
+            other => Err(unexpected("rotation", &other)),
+        }
+    }
+
+    /// Admin: the newest `limit` audit records (of one secret, optionally), oldest first.
+    pub fn audit_tail(&self, limit: u32, secret: Option<&str>) -> Result<Vec<AuditEntry>> {
+        let req = Request::AuditTail {
+            limit,
+            secret: secret.map(str::to_owned),
+        };
+        match self.call(&req)? {
+            Response::AuditRecords(list) => Ok(list),
+            other => Err(unexpected("audit tail", &other)),
+        }
+    }
+
+    /// Admin: walks the audit hash chain.
+    pub fn audit_verify(&self) -> Result<AuditVerification> {
+        match self.call_with(&Request::AuditVerify, Some(REFRESH_TIMEOUT))? {
+            Response::AuditVerified(v) => Ok(v),
+            other => Err(unexpected("audit verify", &other)),
         }
     }
 

@@ -21,7 +21,8 @@ pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};
 pub use error::{Error, Result};
 pub use secret::Secret;
 pub use secretd_proto::{
-    EntryState, ErrorCode, RefreshOutcome, SecretStatus, SourceKind, WireError,
+    AuditEntry, AuditVerification, EntryState, ErrorCode, RefreshOutcome, RotationStep,
+    SecretStatus, SourceKind, WireError,
 };
 
 /// The socket path used when none is given: `$SECRETD_SOCKET`, the production socket if it

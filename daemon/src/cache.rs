@@ -31,6 +31,8 @@ pub struct Entry {
     pub fetched_at: SystemTime,
     /// When it is due for refresh (reported to clients).
     pub expires_at: SystemTime,
+    /// Keyed HMAC-SHA256 of the value (hex), for status and audit.
+    pub fingerprint: String,
     /// When it was fetched, on the monotonic clock.
     fetched_mono: Instant,
     /// How long it is fresh.
@@ -220,7 +222,7 @@ impl Cache {
             metadata_status: None,
             rotation_due_at_ms: None,
             break_glass_expires_at_ms: None,
-            fingerprint: None,
+            fingerprint: entry.as_ref().map(|e| e.fingerprint.clone()),
         }
     }
 }
@@ -265,7 +267,7 @@ impl Slot {
 
     /// Installs a freshly fetched value and clears the failure history. Returns the version
     /// now served.
-    pub fn install(&self, fetched: Fetched, source: SourceKind) -> String {
+    pub fn install(&self, fetched: Fetched, source: SourceKind, fingerprint: String) -> String {
         let previous = self.current();
         let version = match fetched.version {
             Some(v) => v,
@@ -278,6 +280,7 @@ impl Slot {
             source,
             fetched_at: now,
             expires_at: now + self.ttl,
+            fingerprint,
             fetched_mono: Instant::now(),
             ttl: self.ttl,
         });
@@ -332,7 +335,8 @@ mod tests {
         let c = cache("5m", "1h");
         assert_eq!(c.read(0).expect_err("empty"), Unservable::NeverLoaded);
         assert_eq!(c.status(0).state, EntryState::Missing);
-        c.slot(0).install(fetched(b"v1"), SourceKind::Env);
+        c.slot(0)
+            .install(fetched(b"v1"), SourceKind::Env, String::new());
         assert_eq!(c.status(0).state, EntryState::Fresh);
         tokio::time::advance(Duration::from_secs(301)).await;
         assert_eq!(c.status(0).state, EntryState::Stale);
@@ -340,7 +344,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(c.status(0).state, EntryState::Expired);
         assert_eq!(c.read(0).expect_err("expired"), Unservable::TooStale);
-        c.slot(0).install(fetched(b"v1"), SourceKind::Env);
+        c.slot(0)
+            .install(fetched(b"v1"), SourceKind::Env, String::new());
         assert!(c.read(0).is_ok(), "a later success heals it");
     }
 
@@ -348,9 +353,18 @@ mod tests {
     async fn local_versions_count_changes() {
         let c = cache("5m", "1h");
         let s = c.slot(0);
-        assert_eq!(s.install(fetched(b"a"), SourceKind::Env), "1");
-        assert_eq!(s.install(fetched(b"a"), SourceKind::Env), "1");
-        assert_eq!(s.install(fetched(b"b"), SourceKind::Env), "2");
+        assert_eq!(
+            s.install(fetched(b"a"), SourceKind::Env, String::new()),
+            "1"
+        );
+        assert_eq!(
+            s.install(fetched(b"a"), SourceKind::Env, String::new()),
+            "1"
+        );
+        assert_eq!(
+            s.install(fetched(b"b"), SourceKind::Env, String::new()),
+            "2"
+        );
         assert_eq!(
             s.record_failure(SourceError::new(FailureReason::Timeout, "t")),
             1
@@ -360,7 +374,7 @@ mod tests {
             2
         );
         assert!(c.status(0).last_error.is_some());
-        s.install(fetched(b"b"), SourceKind::Env);
+        s.install(fetched(b"b"), SourceKind::Env, String::new());
         assert_eq!(s.health().consecutive_failures, 0);
     }
 }

@@ -71,6 +71,9 @@ struct RawDaemon {
     max_stale: Option<String>,
     metrics_listen: Option<String>,
     max_connections: Option<usize>,
+    audit_retention: Option<String>,
+    rotation_check_interval: Option<String>,
+    rotation_warning: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +159,12 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Connections served at once.
     pub max_connections: usize,
+    /// How long audit records are kept.
+    pub audit_retention: Duration,
+    /// How often rotation due dates are checked.
+    pub rotation_check_interval: Duration,
+    /// How long before its due date a secret logs `secret.near_expiry`.
+    pub rotation_warning: Duration,
 }
 
 /// A group given by name or number.
@@ -419,6 +428,18 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             })
             .transpose()?,
         max_connections,
+        audit_retention: match raw.audit_retention {
+            Some(t) => parse_duration("daemon.audit_retention", &t)?,
+            None => Duration::from_secs(90 * 24 * 3600),
+        },
+        rotation_check_interval: match raw.rotation_check_interval {
+            Some(t) => parse_duration("daemon.rotation_check_interval", &t)?,
+            None => Duration::from_secs(15 * 60),
+        },
+        rotation_warning: match raw.rotation_warning {
+            Some(t) => parse_duration("daemon.rotation_warning", &t)?,
+            None => Duration::from_secs(30 * 24 * 3600),
+        },
     })
 }
 

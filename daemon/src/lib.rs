@@ -3,10 +3,13 @@
 //! Layers, each using only those above it:
 //! `config` → `source` → `cache` → `refresh` → `policy`/`peer` → `server` → `serve` → `cli`.
 
+pub mod audit_log;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod fingerprint;
+pub mod monitor;
 pub mod peer;
 pub mod policy;
 pub mod process;
@@ -16,4 +19,5 @@ pub mod serve;
 pub mod server;
 pub mod socket;
 pub mod source;
+pub mod store;
 pub mod time;

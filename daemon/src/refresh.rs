@@ -10,8 +10,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit_log::AuditLog;
 use crate::cache::Cache;
+use crate::fingerprint::FingerprintKey;
 use crate::source::{FailureReason, Source, SourceError};
+use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
 
 /// The longest one fetch may take before it counts as a timeout.
 pub const FETCH_DEADLINE: Duration = Duration::from_secs(30);
@@ -33,6 +36,8 @@ const REFRESH_AT: (f64, f64) = (0.75, 0.9);
 pub fn spawn_all(
     cache: Arc<Cache>,
     sources: Vec<Arc<dyn Source>>,
+    audit: AuditLog,
+    key: Arc<FingerprintKey>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> mpsc::Receiver<()> {
@@ -44,6 +49,8 @@ pub fn spawn_all(
             idx,
             source,
             limiter: limiter.clone(),
+            audit: audit.clone(),
+            key: key.clone(),
         };
         tracker.spawn(refresher.run(cancel.clone(), first_done.clone()));
     }
@@ -60,6 +67,10 @@ struct Refresher {
     source: Arc<dyn Source>,
     /// Bounds concurrent fetches across all refreshers.
     limiter: Arc<Semaphore>,
+    /// Where every fetch is recorded.
+    audit: AuditLog,
+    /// Keys the fingerprints of fetched values.
+    key: Arc<FingerprintKey>,
 }
 
 impl Refresher {
@@ -97,10 +108,26 @@ impl Refresher {
                 SourceError::new(FailureReason::Unavailable, "daemon is shutting down")
             })?;
         let attempt = slot.begin_attempt();
+        let started = std::time::Instant::now();
         let result = self.fetch_and_install().await;
-        if let Err(e) = &result {
-            // Recorded before the attempt is marked done, so a waiting `refresh` sees it.
-            self.failed(e.clone());
+        let mut event = AuditEvent::new(Action::Refresh, &slot.name, Actor::daemon(), Outcome::Ok);
+        event.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        match &result {
+            Ok(()) => {
+                if let Some(entry) = slot.current() {
+                    event.version = entry.version.clone();
+                    event.fingerprint = entry.fingerprint.clone();
+                }
+            }
+            Err(e) => {
+                // Recorded before the attempt is marked done, so a waiting `refresh` sees it.
+                self.failed(e.clone());
+                event.outcome = Outcome::Failed;
+                event.detail = format!("{}: {}", e.reason.as_str(), e.message);
+            }
+        }
+        if !self.audit.record(event) {
+            tracing::warn!(secret = %slot.name, "refresh could not be audited");
         }
         slot.end_attempt(attempt);
         result
@@ -121,7 +148,8 @@ impl Refresher {
                 )
             })??;
         let had = slot.current().map(|e| e.version.clone());
-        let version = slot.install(fetched, self.source.kind());
+        let fingerprint = self.key.fingerprint(fetched.value.expose());
+        let version = slot.install(fetched, self.source.kind(), fingerprint);
         if had.as_deref() != Some(version.as_str()) {
             tracing::info!(
                 secret = %slot.name,

@@ -1,5 +1,5 @@
-//! `secretd serve`: wires config, sources, cache, refreshers and the server, and shuts them
-//! down in order.
+//! `secretd serve`: wires config, store, sources, cache, refreshers and the server, and shuts
+//! them down in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +7,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit_log::AuditLog;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::fingerprint::{self, FingerprintKey};
 use crate::policy::Policy;
 use crate::server::{self, Shared};
-use crate::socket::{self, SocketError};
+use crate::socket::{self, SocketError, SocketFile};
 use crate::source::{self, BuildError};
-use crate::{process, refresh};
+use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
+use crate::store::metadata::Status;
+use crate::store::{Store, StoreError, now_ms};
+use crate::{monitor, process, refresh};
 
 /// How long startup waits for every secret's first fetch before serving anyway (secrets still
 /// missing answer `Unavailable` until their refresher succeeds).
@@ -30,6 +35,12 @@ pub enum ServeError {
     /// The socket could not be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// The database could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The fingerprint key or the audit writer could not be set up.
+    #[error("{0}")]
+    Setup(String),
     /// Memory protections were refused.
     #[error("cannot protect process memory (core dumps, ptrace): {0}")]
     Harden(std::io::Error),
@@ -38,20 +49,92 @@ pub enum ServeError {
 /// Runs the daemon until `cancel` fires.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), ServeError> {
     process::harden().map_err(ServeError::Harden)?;
-    // Bind before fetching anything: a second daemon must fail here, not after it has
-    // loaded secrets and hit the source.
+    // Bind before anything else: a second daemon on the same socket must fail here, not after
+    // it has loaded secrets and hit the source.
     let (listener, socket_file) = socket::bind(&config.daemon)?;
-    let sources = match source::build_all(&config).await {
-        Ok(s) => s,
+    let opened = open_store(&config);
+    let (store, key, audit, audit_thread) = match opened {
+        Ok(parts) => parts,
         Err(e) => {
             socket_file.remove();
-            return Err(e.into());
+            return Err(e);
         }
     };
+    let result = serve_bound(config, store, key, audit, listener, &socket_file, cancel).await;
+    socket_file.remove();
+    // Every audit handle is gone now; the writer drains its queue and ends.
+    let joined = tokio::task::spawn_blocking(move || audit_thread.join());
+    if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
+        tracing::warn!("the audit writer did not finish within the shutdown grace period");
+    }
+    result
+}
+
+/// The store, the fingerprint key, the audit writer and its thread.
+type OpenedStore = (
+    Arc<Store>,
+    Arc<FingerprintKey>,
+    AuditLog,
+    std::thread::JoinHandle<()>,
+);
+
+/// Opens the database (exclusively: a second daemon on the same file fails here with a clear
+/// message), the fingerprint key beside it, and the audit writer.
+fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
+    let store = Arc::new(Store::open(&config.daemon.db)?);
+    let key_path = fingerprint::key_path(&config.daemon.db);
+    let key =
+        Arc::new(FingerprintKey::load_or_create(&key_path).map_err(|e| {
+            ServeError::Setup(format!("fingerprint key {}: {e}", key_path.display()))
+        })?);
+    let (audit, thread) = AuditLog::start(store.clone())
+        .map_err(|e| ServeError::Setup(format!("cannot start the audit writer: {e}")))?;
+    Ok((store, key, audit, thread))
+}
+
+async fn serve_bound(
+    config: Config,
+    store: Arc<Store>,
+    key: Arc<FingerprintKey>,
+    audit: AuditLog,
+    listener: interprocess::local_socket::tokio::Listener,
+    socket_file: &SocketFile,
+    cancel: CancellationToken,
+) -> Result<(), ServeError> {
+    for meta in store.sync_catalog(&config)? {
+        let mut event = AuditEvent::new(
+            Action::MetadataWrite,
+            &meta.name,
+            Actor::daemon(),
+            Outcome::Ok,
+        );
+        event.detail = format!("status {}", meta.status.as_str());
+        audit.record(event);
+    }
+    monitor::prune(&store, &audit, config.daemon.audit_retention);
+
+    let sources = source::build_all(&config).await?;
+    // A rotation in progress survives restarts: pin its version before the first fetch.
+    let metas = store.all_meta()?;
+    for (secret, source) in config.secrets.iter().zip(&sources) {
+        if let Some(meta) = metas.get(&secret.name)
+            && meta.status == Status::Rotating
+            && let Err(e) = source.pin_version(meta.rotating_version.as_deref())
+        {
+            tracing::warn!(secret = %secret.name, error = %e, "cannot restore the rotation pin");
+        }
+    }
 
     let cache = Arc::new(Cache::new(&config));
     let tracker = TaskTracker::new();
-    let mut first_fetches = refresh::spawn_all(cache.clone(), sources, &tracker, cancel.clone());
+    let mut first_fetches = refresh::spawn_all(
+        cache.clone(),
+        sources.clone(),
+        audit.clone(),
+        key,
+        &tracker,
+        cancel.clone(),
+    );
     let expected = config.secrets.len();
     let waited = tokio::time::timeout(STARTUP_DEADLINE, async {
         for _ in 0..expected {
@@ -82,7 +165,24 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), ServeE
     let shared = Arc::new(Shared {
         cache,
         policy: Policy::new(config.daemon.admin_uids.clone(), config.policies.clone()),
+        store: store.clone(),
+        audit: audit.clone(),
+        sources,
     });
+    tracker.spawn(monitor::run(
+        store,
+        audit.clone(),
+        config.daemon.clone(),
+        cancel.clone(),
+    ));
+    let mut started = AuditEvent::new(Action::DaemonStart, "", Actor::daemon(), Outcome::Ok);
+    started.detail = format!(
+        "secretd {} serving {expected} secrets",
+        env!("CARGO_PKG_VERSION")
+    );
+    started.recorded_at_ms = now_ms();
+    audit.record(started);
+    drop(audit);
     tracing::info!(
         event = "daemon.ready",
         socket = %socket_file.path().display(),
@@ -99,7 +199,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), ServeE
     .await;
 
     tracing::info!("shutting down");
-    socket_file.remove();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

@@ -14,7 +14,8 @@ pub mod value;
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameError, MAX_FRAME};
 pub use message::{
-    ClientHello, EntryState, MAGIC, MAX_NAME_LEN, PROTOCOL_VERSION, RefreshOutcome, Request,
-    Response, SecretReply, SecretStatus, ServerHello, SourceKind, validate_name,
+    AuditEntry, AuditVerification, ClientHello, EntryState, MAGIC, MAX_NAME_LEN, PROTOCOL_VERSION,
+    RefreshOutcome, Request, Response, RotationStep, SecretReply, SecretStatus, ServerHello,
+    SourceKind, validate_name,
 };
 pub use value::SecretValue;

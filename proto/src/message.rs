@@ -145,6 +145,88 @@ pub enum Request {
         /// The catalog name, or `None` for every secret.
         name: Option<String>,
     },
+    /// Admin: a rotation step for one secret.
+    Rotation {
+        /// The catalog name.
+        name: String,
+        /// What to do.
+        step: RotationStep,
+    },
+    /// Admin: the newest audit records, oldest first.
+    AuditTail {
+        /// How many records at most.
+        limit: u32,
+        /// Only records of this secret.
+        secret: Option<String>,
+    },
+    /// Admin: walk the audit hash chain.
+    AuditVerify,
+}
+
+/// A rotation step.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum RotationStep {
+    /// Pin this GSM version for staged validation (status `rotating`).
+    Begin {
+        /// The version number to pin.
+        version: String,
+    },
+    /// Make the pinned version active (status `active`, rotation due in 12 months).
+    Promote,
+    /// Return to the configured version alias (status `active`).
+    Abort,
+}
+
+/// One audit record as `audit tail` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AuditEntry {
+    /// Position in the chain.
+    pub seq: u64,
+    /// When, Unix ms.
+    pub recorded_at_ms: i64,
+    /// `read`, `refresh`, `rotation_begin`, ...
+    pub action: String,
+    /// The secret ("" for daemon-wide events).
+    pub secret: String,
+    /// `client`, `admin` or `daemon`.
+    pub actor_type: String,
+    /// The actor's uid.
+    pub uid: u32,
+    /// The actor's gid.
+    pub gid: u32,
+    /// The actor's pid, if known.
+    pub pid: Option<i32>,
+    /// `ok`, `denied` or `failed`.
+    pub result: String,
+    /// The protocol error code, if any.
+    pub error_code: Option<u16>,
+    /// The secret version involved ("" if none).
+    pub version: String,
+    /// Keyed fingerprint of the value involved ("" if none).
+    pub fingerprint: String,
+    /// Duration in milliseconds.
+    pub duration_ms: u32,
+    /// Events this record stands for (aggregated reads).
+    pub count: u64,
+    /// Explanation; never a value.
+    pub detail: String,
+    /// The record's chain hash, hex.
+    pub hash: String,
+}
+
+/// The outcome of `audit verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AuditVerification {
+    /// Records that verified.
+    pub checked: u64,
+    /// The chain's first sequence number (after pruning).
+    pub first_seq: u64,
+    /// The last sequence number that verified.
+    pub last_seq: u64,
+    /// The first record that does not verify.
+    pub broken_seq: Option<u64>,
+    /// Why it does not.
+    pub reason: Option<String>,
 }
 
 impl Request {
@@ -155,6 +237,9 @@ impl Request {
             Request::Get { .. } => "get",
             Request::Status => "status",
             Request::Refresh { .. } => "refresh",
+            Request::Rotation { .. } => "rotation",
+            Request::AuditTail { .. } => "audit_tail",
+            Request::AuditVerify => "audit_verify",
         }
     }
 }
@@ -218,6 +303,12 @@ pub enum Response<'a> {
     Error(WireError),
     /// The answer to [`Request::Refresh`]: one outcome per secret refreshed.
     Refreshed(Vec<RefreshOutcome>),
+    /// The answer to [`Request::Rotation`]: the secret's status after the step.
+    Rotated(SecretStatus),
+    /// The answer to [`Request::AuditTail`].
+    AuditRecords(Vec<AuditEntry>),
+    /// The answer to [`Request::AuditVerify`].
+    AuditVerified(AuditVerification),
 }
 
 /// What one refresh achieved.
@@ -240,6 +331,9 @@ impl Response<'_> {
             Response::Status(_) => "status",
             Response::Error(_) => "error",
             Response::Refreshed(_) => "refreshed",
+            Response::Rotated(_) => "rotated",
+            Response::AuditRecords(_) => "audit_records",
+            Response::AuditVerified(_) => "audit_verified",
         }
     }
 }

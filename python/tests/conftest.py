@@ -51,7 +51,8 @@ class Daemon:
         uid = os.geteuid()
         self.config = root / "secretd.toml"
         self.config.write_text(
-            f'[daemon]\nsocket = "{self.socket}"\nadmin_uids = [{uid}]\n\n'
+            f'[daemon]\nsocket = "{self.socket}"\ndb = "{root / "secretd.redb"}"\n'
+            f"admin_uids = [{uid}]\n\n"
             + "\n".join(secrets)
             + f'\n[[policy]]\nuids = [{uid}]\nallow = ["*"]\ndeny = ["binary_*_denied"]\n'
             + '[[policy]]\nuids = [65534]\nallow = ["nothing"]\n'

@@ -65,6 +65,103 @@ pub(super) fn refresh(socket: Option<PathBuf>, name: Option<&str>) -> Result<(),
     }
 }
 
+pub(super) fn rotation(
+    socket: Option<PathBuf>,
+    name: &str,
+    step: secretd_client::RotationStep,
+) -> Result<(), String> {
+    let client = connect(socket)?;
+    let row = client.rotation(name, step).map_err(|e| e.to_string())?;
+    println!(
+        "{}: status {}, version {}, rotation due {}",
+        row.name,
+        row.metadata_status.as_deref().unwrap_or("-"),
+        row.version.as_deref().unwrap_or("-"),
+        rfc3339(row.rotation_due_at_ms).unwrap_or_else(|| "-".into())
+    );
+    Ok(())
+}
+
+pub(super) fn audit_tail(
+    socket: Option<PathBuf>,
+    n: u32,
+    secret: Option<&str>,
+    as_json: bool,
+) -> Result<(), String> {
+    let client = connect(socket)?;
+    let records = client.audit_tail(n, secret).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for r in &records {
+        if as_json {
+            let line = json!({
+                "seq": r.seq,
+                "recordedAt": rfc3339(Some(r.recorded_at_ms)),
+                "action": r.action,
+                "secret": r.secret,
+                "actorType": r.actor_type,
+                "uid": r.uid,
+                "gid": r.gid,
+                "pid": r.pid,
+                "result": r.result,
+                "errorCode": r.error_code,
+                "version": r.version,
+                "fingerprint": r.fingerprint,
+                "durationMs": r.duration_ms,
+                "count": r.count,
+                "detail": r.detail,
+                "hash": r.hash,
+            });
+            out.push_str(&line.to_string());
+        } else {
+            out.push_str(&format!(
+                "{:>6} {} {:<17} {:<24} {:<6} uid={} pid={} {:<7} v={} n={}{}",
+                r.seq,
+                rfc3339(Some(r.recorded_at_ms)).unwrap_or_default(),
+                r.action,
+                if r.secret.is_empty() { "-" } else { &r.secret },
+                r.actor_type,
+                r.uid,
+                r.pid.map_or("-".into(), |p| p.to_string()),
+                r.result,
+                if r.version.is_empty() {
+                    "-"
+                } else {
+                    &r.version
+                },
+                r.count,
+                if r.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.detail)
+                },
+            ));
+        }
+        out.push('\n');
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+pub(super) fn audit_verify(socket: Option<PathBuf>) -> Result<(), String> {
+    let client = connect(socket)?;
+    let v = client.audit_verify().map_err(|e| e.to_string())?;
+    match v.broken_seq {
+        None => {
+            println!(
+                "audit chain ok: {} records verified (seq {}..={})",
+                v.checked, v.first_seq, v.last_seq
+            );
+            Ok(())
+        }
+        Some(seq) => Err(format!(
+            "audit chain broken at seq {seq}: {} ({} records verified before it)",
+            v.reason.unwrap_or_default(),
+            v.checked
+        )),
+    }
+}
+
 fn rfc3339(ms: Option<i64>) -> Option<String> {
     let ms = u64::try_from(ms?).ok()?;
     Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())

@@ -64,6 +64,57 @@ enum Command {
         /// The catalog name; every secret when omitted.
         name: Option<String>,
     },
+    /// Admin: rotate a GSM secret (begin pins a version, promote makes it active, abort).
+    Rotation {
+        #[command(subcommand)]
+        step: RotationCmd,
+    },
+    /// Admin: read or verify the hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RotationCmd {
+    /// Serve VERSION for staged validation (status rotating).
+    #[command(disable_version_flag = true)]
+    Begin {
+        /// The catalog name.
+        name: String,
+        /// The GSM version number to pin.
+        #[arg(long)]
+        version: String,
+    },
+    /// Make the pinned version active (due again in 12 months).
+    Promote {
+        /// The catalog name.
+        name: String,
+    },
+    /// Return to the configured version.
+    Abort {
+        /// The catalog name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Print the newest records, oldest first.
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: u32,
+        /// Only records of this secret.
+        #[arg(long)]
+        secret: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Walk the hash chain; exit 1 and name the first bad record if it is broken.
+    Verify,
 }
 
 /// Entry point of the `secretd` binary.
@@ -81,6 +132,21 @@ pub fn main() -> ExitCode {
         Command::Get { name } => client_cmds::get(cli.socket, &name),
         Command::Status { json } => client_cmds::status(cli.socket, json),
         Command::Refresh { name } => client_cmds::refresh(cli.socket, name.as_deref()),
+        Command::Rotation { step } => {
+            use secretd_client::RotationStep as S;
+            let (name, step) = match step {
+                RotationCmd::Begin { name, version } => (name, S::Begin { version }),
+                RotationCmd::Promote { name } => (name, S::Promote),
+                RotationCmd::Abort { name } => (name, S::Abort),
+            };
+            client_cmds::rotation(cli.socket, &name, step)
+        }
+        Command::Audit { cmd } => match cmd {
+            AuditCmd::Tail { n, secret, json } => {
+                client_cmds::audit_tail(cli.socket, n, secret.as_deref(), json)
+            }
+            AuditCmd::Verify => client_cmds::audit_verify(cli.socket),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,5 +154,16 @@ pub fn main() -> ExitCode {
             eprintln!("secretd: {message}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        // Catches clashing flags (such as a subcommand's --version against clap's own).
+        super::Cli::command().debug_assert();
     }
 }

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroize;
 
 use super::handler::Session;
-use super::{FRAME_READ_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, Shared, WRITE_TIMEOUT};
+use super::{
+    AUDIT_FLUSH_INTERVAL, FRAME_READ_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, Shared, WRITE_TIMEOUT,
+};
 use crate::peer::Peer;
 
 /// Requests are small; this buffer usually takes a whole frame in one read.
@@ -112,15 +114,25 @@ impl Connection {
         }
 
         let mut session = Session::new(&self.shared, peer);
+        let start = tokio::time::Instant::now() + AUDIT_FLUSH_INTERVAL;
+        let mut flush_timer = tokio::time::interval_at(start, AUDIT_FLUSH_INTERVAL);
+        let mut idle_deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
         loop {
-            let next = tokio::select! {
+            // Waiting for a first byte is cancel-safe, so the flush timer and shutdown may
+            // interrupt it; reading the rest of a frame is never interrupted.
+            let ready = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = read_frame(&mut reader, &mut inbuf, IDLE_TIMEOUT) => r,
+                _ = flush_timer.tick() => {
+                    session.flush();
+                    continue;
+                }
+                r = wait_for_data(&mut reader, idle_deadline) => r,
             };
-            if let Err(e) = next {
+            if let Err(e) = ready.and(read_frame_now(&mut reader, &mut inbuf).await) {
                 self.on_read_error(&e, &mut writer, &mut outbuf).await;
                 break;
             }
+            idle_deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
             let request = decode_body::<Request>(&inbuf);
             wipe(&mut inbuf);
             let request = match request {
@@ -151,6 +163,7 @@ impl Connection {
                 break;
             }
         }
+        session.flush();
         tracing::debug!(uid = peer.uid, pid = peer.pid, "client disconnected");
     }
 
@@ -175,13 +188,30 @@ async fn read_frame(
     buf: &mut Vec<u8>,
     wait: Duration,
 ) -> Result<(), ReadError> {
-    let available = tokio::time::timeout(wait, reader.fill_buf())
+    wait_for_data(reader, tokio::time::Instant::now() + wait).await?;
+    read_frame_now(reader, buf).await
+}
+
+/// Waits until the next frame's first byte has arrived (cancel-safe: consumes nothing).
+async fn wait_for_data(
+    reader: &mut BufReader<&Stream>,
+    deadline: tokio::time::Instant,
+) -> Result<(), ReadError> {
+    let available = tokio::time::timeout_at(deadline, reader.fill_buf())
         .await
-        .map_err(|_| ReadError::Idle(wait))?
+        .map_err(|_| ReadError::Idle(IDLE_TIMEOUT))?
         .map_err(FrameError::Io)?;
     if available.is_empty() {
         return Err(FrameError::Closed.into());
     }
+    Ok(())
+}
+
+/// Reads a whole frame whose first byte is buffered, within [`FRAME_READ_TIMEOUT`].
+async fn read_frame_now(
+    reader: &mut BufReader<&Stream>,
+    buf: &mut Vec<u8>,
+) -> Result<(), ReadError> {
     tokio::time::timeout(FRAME_READ_TIMEOUT, async {
         let mut header = [0u8; HEADER_LEN];
         reader

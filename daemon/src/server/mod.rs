@@ -1,6 +1,7 @@
 //! The socket server: accept loop → [`connection`] (frames, deadlines) → [`handler`]
 //! (requests against cache and policy).
 
+mod admin;
 mod connection;
 mod handler;
 
@@ -14,9 +15,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit_log::AuditLog;
 use crate::cache::Cache;
 use crate::peer::Peer;
 use crate::policy::Policy;
+use crate::source::Source;
+use crate::store::Store;
 
 /// How long a new connection may take to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +33,9 @@ pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after an accept error such as EMFILE, so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a connection writes its aggregated read counts to the audit trail (also at
+/// disconnect).
+pub const AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// State every connection shares.
 #[derive(Debug)]
@@ -37,6 +44,12 @@ pub struct Shared {
     pub cache: Arc<Cache>,
     /// Who may read what.
     pub policy: Policy,
+    /// Metadata and the audit trail.
+    pub store: Arc<Store>,
+    /// The audit writer.
+    pub audit: AuditLog,
+    /// Each slot's source, by slot index (rotation pins versions on them).
+    pub sources: Vec<Arc<dyn Source>>,
 }
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.

@@ -110,8 +110,12 @@ fn service_account_credentials(
 pub struct GsmSource {
     /// The shared client.
     client: SecretManagerService,
-    /// `projects/P/secrets/S/versions/V`.
-    version_name: String,
+    /// `projects/P/secrets/S`.
+    resource: String,
+    /// The configured version alias (`latest` or a number).
+    alias: String,
+    /// A version pinned by a rotation in progress, overriding the alias.
+    pinned: std::sync::Mutex<Option<String>>,
 }
 
 impl GsmSource {
@@ -119,28 +123,40 @@ impl GsmSource {
     pub fn new(client: SecretManagerService, resource: &str, version: &str) -> GsmSource {
         GsmSource {
             client,
-            version_name: format!("{resource}/versions/{version}"),
+            resource: resource.to_owned(),
+            alias: version.to_owned(),
+            pinned: std::sync::Mutex::new(None),
         }
     }
 
+    fn version_name(&self) -> String {
+        let pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        format!(
+            "{}/versions/{}",
+            self.resource,
+            pinned.as_deref().unwrap_or(&self.alias)
+        )
+    }
+
     async fn access(&self) -> Result<Fetched, SourceError> {
+        let version_name = self.version_name();
         let response = self
             .client
             .access_secret_version()
-            .set_name(self.version_name.clone())
+            .set_name(version_name.clone())
             .send()
             .await
-            .map_err(|e| map_error(&self.version_name, &e))?;
+            .map_err(|e| map_error(&version_name, &e))?;
         let version = resolved_version(&response.name).ok_or_else(|| {
             SourceError::new(
                 FailureReason::InvalidPayload,
-                format!("GSM response for {} names no version", self.version_name),
+                format!("GSM response for {version_name} names no version"),
             )
         })?;
         let payload = response.payload.ok_or_else(|| {
             SourceError::new(
                 FailureReason::InvalidPayload,
-                format!("GSM response for {} has no payload", self.version_name),
+                format!("GSM response for {version_name} has no payload"),
             )
         })?;
         let checked = verify_payload(&payload.data, payload.data_crc32c)
@@ -148,7 +164,7 @@ impl GsmSource {
         wipe(payload.data);
         Ok(Fetched {
             value: checked.map_err(|e| {
-                SourceError::new(e.reason, format!("{}: {}", self.version_name, e.message))
+                SourceError::new(e.reason, format!("{version_name}: {}", e.message))
             })?,
             version: Some(version.to_owned()),
         })
@@ -161,11 +177,21 @@ impl Source for GsmSource {
     }
 
     fn describe(&self) -> String {
-        format!("gsm {}", self.version_name)
+        format!("gsm {}", self.version_name())
     }
 
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(self.access())
+    }
+
+    fn pin_version(&self, version: Option<&str>) -> Result<(), String> {
+        if let Some(v) = version
+            && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v == "0")
+        {
+            return Err(format!("version {v:?} is not a GSM version number"));
+        }
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = version.map(str::to_owned);
+        Ok(())
     }
 }
 

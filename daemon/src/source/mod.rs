@@ -101,6 +101,16 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 
     /// Fetches the current value.
     fn fetch(&self) -> FetchFuture<'_>;
+
+    /// Pins a specific version (a rotation being validated), or returns to the configured
+    /// alias with `None`. Only sources with versions support it.
+    fn pin_version(&self, version: Option<&str>) -> Result<(), String> {
+        let _ = version;
+        Err(format!(
+            "{} has no versions; only gsm secrets can be rotated",
+            self.describe()
+        ))
+    }
 }
 
 /// Why the sources could not be built from the config.

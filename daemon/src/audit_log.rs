@@ -1,0 +1,155 @@
+//! The audit writer: one thread that group-commits events to the store.
+//!
+//! Producers never wait for the disk on the read path: they enqueue and go on. Admin operations
+//! wait for their record to be durable (`record_durable`). When a commit fails the log turns
+//! unhealthy and the daemon refuses audited requests (fail closed) until a commit succeeds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::Store;
+use crate::store::audit::AuditEvent;
+
+/// Events waiting for the writer at most; beyond it producers are refused (fail closed).
+pub const AUDIT_QUEUE: usize = 65_536;
+/// Events committed in one transaction at most.
+pub const AUDIT_BATCH: usize = 1024;
+
+/// A queued event, with an optional waiter for its commit.
+struct Job {
+    event: AuditEvent,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    /// The queue to the writer.
+    tx: mpsc::Sender<Job>,
+    /// False after a failed commit, until the next success.
+    healthy: Arc<AtomicBool>,
+    /// Events queued and not yet committed (for metrics and tests).
+    depth: Arc<AtomicUsize>,
+}
+
+impl AuditLog {
+    /// Starts the writer thread over `store`. It ends once every handle is dropped and the
+    /// queue is drained.
+    pub fn start(store: Arc<Store>) -> std::io::Result<(AuditLog, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(AUDIT_QUEUE);
+        let log = AuditLog {
+            tx,
+            healthy: Arc::new(AtomicBool::new(true)),
+            depth: Arc::new(AtomicUsize::new(0)),
+        };
+        let writer = log.clone_state();
+        let handle = std::thread::Builder::new()
+            .name("secretd-audit".into())
+            .spawn(move || writer.run(store, rx))?;
+        Ok((log, handle))
+    }
+
+    fn clone_state(&self) -> WriterState {
+        WriterState {
+            healthy: self.healthy.clone(),
+            depth: self.depth.clone(),
+        }
+    }
+
+    /// Whether audited requests may proceed.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Events queued and not yet committed.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Enqueues an event without waiting. False when the log cannot take it (unhealthy, full
+    /// or stopped): the caller must then refuse the request it was auditing.
+    pub fn record(&self, event: AuditEvent) -> bool {
+        if !self.healthy() {
+            return false;
+        }
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        let ok = self.tx.try_send(Job { event, done: None }).is_ok();
+        if !ok {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Enqueues an event and waits until it is durable.
+    pub async fn record_durable(&self, event: AuditEvent) -> Result<(), String> {
+        if !self.healthy() {
+            return Err("the audit store is failing".into());
+        }
+        let (done, wait) = oneshot::channel();
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self
+            .tx
+            .send(Job {
+                event,
+                done: Some(done),
+            })
+            .await
+            .is_err()
+        {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err("the audit writer has stopped".into());
+        }
+        wait.await
+            .unwrap_or_else(|_| Err("the audit writer has stopped".into()))
+    }
+}
+
+/// What the writer thread shares with the handles.
+struct WriterState {
+    healthy: Arc<AtomicBool>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl WriterState {
+    fn run(self, store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(AUDIT_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < AUDIT_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<AuditEvent> = batch.iter().map(|j| j.event.clone()).collect();
+            let result = store.append_audit(&events).map_err(|e| e.to_string());
+            match &result {
+                Ok(()) => {
+                    if !self.healthy.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            event = "omni.alert.audit_recovered",
+                            "audit store writable again"
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(
+                        event = "omni.alert.audit_failure",
+                        error = %e,
+                        lost = events.len(),
+                        "cannot write the audit trail; refusing audited requests"
+                    );
+                }
+            }
+            self.depth.fetch_sub(batch.len(), Ordering::Relaxed);
+            for job in batch.drain(..) {
+                if let Some(done) = job.done {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+}

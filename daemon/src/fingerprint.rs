@@ -1,0 +1,98 @@
+//! Keyed fingerprints of values: HMAC-SHA256 under a per-host key kept in a 0600 file beside
+//! the database (never in it). Operators compare fingerprints across hosts that share the key
+//! file; without the key a low-entropy secret cannot be brute-forced from its fingerprint.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// Bytes of the fingerprint key.
+pub const KEY_LEN: usize = 32;
+
+/// The HMAC key.
+pub struct FingerprintKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl std::fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FingerprintKey([REDACTED])")
+    }
+}
+
+/// The key file that goes with a database file.
+pub fn key_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".fingerprint-key");
+    PathBuf::from(name)
+}
+
+impl FingerprintKey {
+    /// Loads the key, creating it (random, mode 0600) on first start.
+    pub fn load_or_create(path: &Path) -> std::io::Result<FingerprintKey> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        match std::fs::File::open(path) {
+            Ok(mut f) => {
+                let mode = f.metadata()?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(std::io::Error::other(format!(
+                        "{} is readable by others (mode {:o}); it must be 0600",
+                        path.display(),
+                        mode & 0o777
+                    )));
+                }
+                f.read_exact(&mut key[..])?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                getrandom::fill(&mut key[..]).map_err(|e| std::io::Error::other(e.to_string()))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)?;
+                f.write_all(&key[..])?;
+                f.sync_all()?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(FingerprintKey(key))
+    }
+
+    /// A key from bytes (tests).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> FingerprintKey {
+        FingerprintKey(Zeroizing::new(bytes))
+    }
+
+    /// The hex HMAC-SHA256 of `value`.
+    pub fn fingerprint(&self, value: &[u8]) -> String {
+        // HMAC takes keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0[..]) else {
+            return String::new();
+        };
+        mac.update(value);
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_and_stable() {
+        let a = FingerprintKey::from_bytes([1; KEY_LEN]);
+        let b = FingerprintKey::from_bytes([2; KEY_LEN]);
+        assert_eq!(a.fingerprint(b"v"), a.fingerprint(b"v"));
+        assert_ne!(a.fingerprint(b"v"), b.fingerprint(b"v"));
+        assert_eq!(a.fingerprint(b"v").len(), 64);
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("k");
+        let first = FingerprintKey::load_or_create(&path).expect("create");
+        let again = FingerprintKey::load_or_create(&path).expect("load");
+        assert_eq!(first.fingerprint(b"x"), again.fingerprint(b"x"));
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,83 @@
+//! Periodic housekeeping: rotation due dates and audit retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::audit_log::AuditLog;
+use crate::config::DaemonConfig;
+use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
+use crate::store::{Store, now_ms};
+
+/// How often records past retention are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Checks rotation due dates every `rotation_check_interval` (and at once), and prunes the
+/// audit trail every [`PRUNE_INTERVAL`], until cancelled.
+pub async fn run(store: Arc<Store>, audit: AuditLog, cfg: DaemonConfig, cancel: CancellationToken) {
+    let mut rotation = tokio::time::interval(cfg.rotation_check_interval);
+    let mut prune_timer = tokio::time::interval(PRUNE_INTERVAL);
+    prune_timer.tick().await; // startup already pruned
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = rotation.tick() => check_rotations(&store, cfg.rotation_warning),
+            _ = prune_timer.tick() => prune(&store, &audit, cfg.audit_retention),
+        }
+    }
+}
+
+/// Logs `omni.rotation_overdue` for overdue secrets and `secret.near_expiry` for those due
+/// within `warning`.
+pub fn check_rotations(store: &Store, warning: Duration) {
+    let metas = match store.all_meta() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read secret metadata for the rotation check");
+            return;
+        }
+    };
+    let now = now_ms();
+    for meta in metas.values() {
+        let due = meta.rotation_due_at_ms;
+        if now > due {
+            tracing::error!(
+                event = "omni.rotation_overdue",
+                secret = %meta.name,
+                overdue_days = (now - due) / 86_400_000,
+                status = meta.status.as_str(),
+                "secret rotation is overdue"
+            );
+        } else if due - now < ms(warning) {
+            tracing::warn!(
+                event = "secret.near_expiry",
+                secret = %meta.name,
+                due_in_days = (due - now) / 86_400_000,
+                "secret rotation is due soon"
+            );
+        }
+    }
+}
+
+/// Removes audit records older than `retention`, keeping the chain verifiable.
+pub fn prune(store: &Store, audit: &AuditLog, retention: Duration) {
+    match store.prune(now_ms().saturating_sub(ms(retention))) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(removed = n, "pruned audit records past retention");
+            let mut event = AuditEvent::new(Action::AuditPrune, "", Actor::daemon(), Outcome::Ok);
+            event.count = n;
+            event.detail = format!(
+                "removed {n} records older than {}",
+                humantime::format_duration(retention)
+            );
+            audit.record(event);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot prune the audit trail"),
+    }
+}

@@ -1,0 +1,475 @@
+//! Audit records: canonical encoding and the hash chain.
+//!
+//! Stored value = prev_hash (32) ‖ hash (32) ‖ body, where
+//! hash = SHA-256(prev_hash ‖ seq as u64 LE ‖ body). Binding the sequence number makes a deleted,
+//! reordered or altered record break the chain at that point. docs/schema.md has the layout.
+
+use sha2::{Digest, Sha256};
+
+/// Bytes of a SHA-256 hash.
+pub const HASH_LEN: usize = 32;
+/// The body format this build writes.
+const BODY_FORMAT: u8 = 1;
+/// The longest text field kept in a record (longer text is cut at a char boundary).
+const MAX_TEXT: usize = 1024;
+
+/// A hash in the chain.
+pub type Hash = [u8; HASH_LEN];
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Action {
+    /// A value was read (or a read refused); aggregated per connection and secret.
+    Read = 1,
+    /// A value was fetched from its source.
+    Refresh = 2,
+    /// A break-glass override was applied.
+    BreakGlassApply = 3,
+    /// A break-glass override was cleared.
+    BreakGlassClear = 4,
+    /// A rotation began.
+    RotationBegin = 5,
+    /// A rotation was promoted.
+    RotationPromote = 6,
+    /// A rotation was aborted.
+    RotationAbort = 7,
+    /// Secret metadata was created or changed.
+    MetadataWrite = 8,
+    /// The daemon started serving.
+    DaemonStart = 9,
+    /// Records past retention were pruned.
+    AuditPrune = 10,
+}
+
+impl Action {
+    const ALL: [Action; 10] = [
+        Action::Read,
+        Action::Refresh,
+        Action::BreakGlassApply,
+        Action::BreakGlassClear,
+        Action::RotationBegin,
+        Action::RotationPromote,
+        Action::RotationAbort,
+        Action::MetadataWrite,
+        Action::DaemonStart,
+        Action::AuditPrune,
+    ];
+
+    /// The stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Refresh => "refresh",
+            Action::BreakGlassApply => "break_glass_apply",
+            Action::BreakGlassClear => "break_glass_clear",
+            Action::RotationBegin => "rotation_begin",
+            Action::RotationPromote => "rotation_promote",
+            Action::RotationAbort => "rotation_abort",
+            Action::MetadataWrite => "metadata_write",
+            Action::DaemonStart => "daemon_start",
+            Action::AuditPrune => "audit_prune",
+        }
+    }
+
+    fn from_u8(n: u8) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| *a as u8 == n)
+    }
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ActorType {
+    /// A local process reading secrets.
+    Client = 1,
+    /// An operator (an `admin_uids` caller) running an admin operation.
+    Admin = 2,
+    /// The daemon itself (refreshes, startup, pruning).
+    Daemon = 3,
+}
+
+impl ActorType {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorType::Client => "client",
+            ActorType::Admin => "admin",
+            ActorType::Daemon => "daemon",
+        }
+    }
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Done.
+    Ok = 1,
+    /// Refused by policy.
+    Denied = 2,
+    /// Attempted and failed.
+    Failed = 3,
+}
+
+impl Outcome {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One audited event. Never holds a value: only its keyed fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// When, Unix ms.
+    pub recorded_at_ms: i64,
+    /// What.
+    pub action: Action,
+    /// The secret involved ("" for daemon-wide events).
+    pub secret: String,
+    /// Who, by kind.
+    pub actor_type: ActorType,
+    /// Their uid.
+    pub uid: u32,
+    /// Their gid.
+    pub gid: u32,
+    /// Their pid, if known (informational).
+    pub pid: Option<i32>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The protocol error code, if any.
+    pub error_code: Option<u16>,
+    /// The secret's version involved ("" if none).
+    pub version: String,
+    /// HMAC-SHA256 fingerprint (hex) of the value involved ("" if none).
+    pub fingerprint: String,
+    /// How long it took.
+    pub duration_ms: u32,
+    /// How many events this record stands for (aggregated reads), at least 1.
+    pub count: u64,
+    /// A short explanation (error text, a version change); never a value.
+    pub detail: String,
+}
+
+/// Who acted: kind, uid, gid, pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor {
+    /// Client, admin or daemon.
+    pub kind: ActorType,
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// pid, if known.
+    pub pid: Option<i32>,
+}
+
+impl Actor {
+    /// The daemon itself.
+    pub fn daemon() -> Actor {
+        // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Actor {
+            kind: ActorType::Daemon,
+            uid,
+            gid,
+            pid: i32::try_from(std::process::id()).ok(),
+        }
+    }
+}
+
+impl AuditEvent {
+    /// An event happening now, with no version, fingerprint or detail yet.
+    pub fn new(action: Action, secret: &str, actor: Actor, outcome: Outcome) -> AuditEvent {
+        AuditEvent {
+            recorded_at_ms: crate::store::now_ms(),
+            action,
+            secret: secret.to_owned(),
+            actor_type: actor.kind,
+            uid: actor.uid,
+            gid: actor.gid,
+            pid: actor.pid,
+            outcome,
+            error_code: None,
+            version: String::new(),
+            fingerprint: String::new(),
+            duration_ms: 0,
+            count: 1,
+            detail: String::new(),
+        }
+    }
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    let mut end = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u32).to_le_bytes());
+    out.extend_from_slice(&text.as_bytes()[..end]);
+}
+
+/// The canonical body of an event.
+pub fn encode_body(e: &AuditEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + e.secret.len() + e.detail.len() + 64);
+    out.push(BODY_FORMAT);
+    out.extend_from_slice(&e.recorded_at_ms.to_le_bytes());
+    out.push(e.action as u8);
+    out.push(e.actor_type as u8);
+    out.push(e.outcome as u8);
+    out.extend_from_slice(&e.error_code.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&e.uid.to_le_bytes());
+    out.extend_from_slice(&e.gid.to_le_bytes());
+    out.extend_from_slice(&e.pid.unwrap_or(-1).to_le_bytes());
+    out.extend_from_slice(&e.duration_ms.to_le_bytes());
+    out.extend_from_slice(&e.count.to_le_bytes());
+    for text in [&e.secret, &e.version, &e.fingerprint, &e.detail] {
+        put_text(&mut out, text);
+    }
+    out
+}
+
+/// Reads fields off a body, failing on truncation.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn text(&mut self) -> Option<String> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+/// Parses a canonical body (for `audit tail`).
+pub fn decode_body(body: &[u8]) -> Option<AuditEvent> {
+    let mut c = Cursor(body);
+    if c.array::<1>()?[0] != BODY_FORMAT {
+        return None;
+    }
+    let recorded_at_ms = i64::from_le_bytes(c.array()?);
+    let action = Action::from_u8(c.array::<1>()?[0])?;
+    let actor_type = match c.array::<1>()?[0] {
+        1 => ActorType::Client,
+        2 => ActorType::Admin,
+        3 => ActorType::Daemon,
+        _ => return None,
+    };
+    let outcome = match c.array::<1>()?[0] {
+        1 => Outcome::Ok,
+        2 => Outcome::Denied,
+        3 => Outcome::Failed,
+        _ => return None,
+    };
+    let error_code = Some(u16::from_le_bytes(c.array()?)).filter(|c| *c != 0);
+    let uid = u32::from_le_bytes(c.array()?);
+    let gid = u32::from_le_bytes(c.array()?);
+    let pid = Some(i32::from_le_bytes(c.array()?)).filter(|p| *p >= 0);
+    let duration_ms = u32::from_le_bytes(c.array()?);
+    let count = u64::from_le_bytes(c.array()?);
+    let event = AuditEvent {
+        recorded_at_ms,
+        action,
+        secret: c.text()?,
+        actor_type,
+        uid,
+        gid,
+        pid,
+        outcome,
+        error_code,
+        version: c.text()?,
+        fingerprint: c.text()?,
+        duration_ms,
+        count,
+        detail: c.text()?,
+    };
+    c.0.is_empty().then_some(event)
+}
+
+/// The chain hash of a record.
+pub fn chain_hash(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_le_bytes());
+    h.update(body);
+    h.finalize().into()
+}
+
+/// A stored value: prev_hash ‖ hash ‖ body.
+pub fn encode_stored(prev: &Hash, seq: u64, body: &[u8]) -> (Vec<u8>, Hash) {
+    let hash = chain_hash(prev, seq, body);
+    let mut out = Vec::with_capacity(2 * HASH_LEN + body.len());
+    out.extend_from_slice(prev);
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(body);
+    (out, hash)
+}
+
+/// Splits a stored value into (prev_hash, hash, body).
+pub fn split_stored(stored: &[u8]) -> Option<(Hash, Hash, &[u8])> {
+    if stored.len() < 2 * HASH_LEN {
+        return None;
+    }
+    let prev = stored[..HASH_LEN].try_into().ok()?;
+    let hash = stored[HASH_LEN..2 * HASH_LEN].try_into().ok()?;
+    Some((prev, hash, &stored[2 * HASH_LEN..]))
+}
+
+/// The result of walking the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Records checked.
+    pub checked: u64,
+    /// The first sequence number the chain covers.
+    pub first_seq: u64,
+    /// The last sequence number checked.
+    pub last_seq: u64,
+    /// The first record that does not verify, and why.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Walks records in key order from a checkpoint (`first_seq`, `prev_hash`).
+pub fn verify<'a>(
+    first_seq: u64,
+    mut prev: Hash,
+    records: impl IntoIterator<Item = (u64, &'a [u8])>,
+) -> Verification {
+    let mut v = Verification {
+        checked: 0,
+        first_seq,
+        last_seq: first_seq.saturating_sub(1),
+        broken: None,
+    };
+    for (expected, (seq, stored)) in (first_seq..).zip(records) {
+        let fail = |why: &str| Some((expected.min(seq), why.to_owned()));
+        if seq != expected {
+            v.broken = fail(if seq > expected {
+                "a record is missing (sequence gap)"
+            } else {
+                "records are out of order"
+            });
+            return v;
+        }
+        let Some((stored_prev, stored_hash, body)) = split_stored(stored) else {
+            v.broken = fail("record too short");
+            return v;
+        };
+        if stored_prev != prev {
+            v.broken = fail("prev_hash does not match the previous record (reordered or removed)");
+            return v;
+        }
+        if chain_hash(&prev, seq, body) != stored_hash {
+            v.broken = fail("hash does not match the record's content (altered)");
+            return v;
+        }
+        if decode_body(body).is_none() {
+            v.broken = fail("record body does not parse");
+            return v;
+        }
+        prev = stored_hash;
+        v.checked += 1;
+        v.last_seq = seq;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(secret: &str) -> AuditEvent {
+        AuditEvent {
+            recorded_at_ms: 1_700_000_000_000,
+            action: Action::Read,
+            secret: secret.into(),
+            actor_type: ActorType::Client,
+            uid: 1001,
+            gid: 2001,
+            pid: Some(42),
+            outcome: Outcome::Ok,
+            error_code: None,
+            version: "3".into(),
+            fingerprint: "ab".repeat(32),
+            duration_ms: 0,
+            count: 5,
+            detail: String::new(),
+        }
+    }
+
+    fn chain(n: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut prev = [0u8; HASH_LEN];
+        (1..=n)
+            .map(|seq| {
+                let (stored, hash) = encode_stored(&prev, seq, &encode_body(&event("k")));
+                prev = hash;
+                (seq, stored)
+            })
+            .collect()
+    }
+
+    fn run(records: &[(u64, Vec<u8>)]) -> Verification {
+        verify(
+            1,
+            [0; HASH_LEN],
+            records.iter().map(|(s, v)| (*s, v.as_slice())),
+        )
+    }
+
+    #[test]
+    fn body_roundtrip() {
+        let e = event("trading_api_key");
+        assert_eq!(decode_body(&encode_body(&e)), Some(e));
+        let long = AuditEvent {
+            detail: "é".repeat(2000),
+            ..event("k")
+        };
+        assert!(decode_body(&encode_body(&long)).expect("cut").detail.len() <= MAX_TEXT);
+    }
+
+    #[test]
+    fn tamper_delete_reorder_are_detected() {
+        let good = chain(5);
+        assert_eq!(run(&good).broken, None);
+        assert_eq!(run(&good).checked, 5);
+
+        let mut altered = good.clone();
+        let last = altered[2].1.len() - 1;
+        altered[2].1[last] ^= 1;
+        assert_eq!(run(&altered).broken.expect("broken").0, 3);
+
+        let mut deleted = good.clone();
+        deleted.remove(1);
+        assert_eq!(run(&deleted).broken.expect("broken").0, 2);
+
+        let mut reordered = good.clone();
+        reordered.swap(1, 2);
+        // Renumbering the keys to hide the swap still breaks the chain.
+        for (i, r) in reordered.iter_mut().enumerate() {
+            r.0 = i as u64 + 1;
+        }
+        assert_eq!(run(&reordered).broken.expect("broken").0, 2);
+
+        // A pruned prefix verifies from its checkpoint.
+        let (_, hash_of_2, _) = split_stored(&good[1].1).expect("split");
+        let tail = verify(
+            3,
+            hash_of_2,
+            good[2..].iter().map(|(s, v)| (*s, v.as_slice())),
+        );
+        assert_eq!((tail.broken, tail.checked), (None, 3));
+    }
+}

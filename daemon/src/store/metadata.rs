@@ -1,0 +1,167 @@
+//! Per-secret metadata and the rotation state machine.
+
+use serde::{Deserialize, Serialize};
+
+/// How long a rotation lasts: rotation_due_at moves 12 months per promotion.
+pub const ROTATION_PERIOD_MS: i64 = 365 * 24 * 3600 * 1000;
+
+/// Lifecycle of a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Served from its configured version alias.
+    Active,
+    /// A new version is pinned for staged validation.
+    Rotating,
+    /// Kept for reference; cannot be rotated.
+    Deprecated,
+}
+
+impl Status {
+    /// The stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Rotating => "rotating",
+            Status::Deprecated => "deprecated",
+        }
+    }
+}
+
+/// One row of the `secrets` table (stored as JSON; new fields must be optional).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    /// Random UUID, stable for the life of the row.
+    pub id: String,
+    /// The catalog name (`secret_type`).
+    pub name: String,
+    /// Environment label from the config.
+    pub environment: Option<String>,
+    /// `projects/P/secrets/S` for GSM secrets.
+    pub gcp_secret_id: Option<String>,
+    /// The configured version alias (`latest` or a number).
+    pub gcp_version_alias: Option<String>,
+    /// Lifecycle state.
+    pub status: Status,
+    /// The version pinned while rotating.
+    pub rotating_version: Option<String>,
+    /// When the next rotation is due, Unix ms.
+    pub rotation_due_at_ms: i64,
+    /// When the last rotation was promoted, Unix ms.
+    pub last_rotated_at_ms: Option<i64>,
+    /// When the value last validated (a successful fetch), Unix ms.
+    pub last_validated_at_ms: Option<i64>,
+    /// Owning team.
+    pub owner: Option<String>,
+    /// Until when a break-glass override is active, Unix ms.
+    pub break_glass_enabled_until_ms: Option<i64>,
+}
+
+/// A rotation step an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Pin `version` for staged validation.
+    Begin(String),
+    /// Make the pinned version the active one.
+    Promote,
+    /// Return to the configured alias.
+    Abort,
+}
+
+/// Applies `step` at `now_ms`, or explains why the transition is not allowed.
+pub fn transition(meta: &SecretMeta, step: &Step, now_ms: i64) -> Result<SecretMeta, String> {
+    let mut next = meta.clone();
+    match (meta.status, step) {
+        (Status::Deprecated, _) => {
+            return Err(format!("{} is deprecated and cannot be rotated", meta.name));
+        }
+        (Status::Active, Step::Begin(v)) => {
+            next.status = Status::Rotating;
+            next.rotating_version = Some(v.clone());
+        }
+        (Status::Rotating, Step::Begin(_)) => {
+            return Err(format!(
+                "{} is already rotating to version {}; promote or abort it first",
+                meta.name,
+                meta.rotating_version.as_deref().unwrap_or("?")
+            ));
+        }
+        (Status::Active, Step::Promote | Step::Abort) => {
+            return Err(format!(
+                "{} is not rotating; begin a rotation first",
+                meta.name
+            ));
+        }
+        (Status::Rotating, Step::Promote) => {
+            next.status = Status::Active;
+            next.rotating_version = None;
+            next.last_rotated_at_ms = Some(now_ms);
+            // "+= 12 months"; a rotation so overdue that this is still in the past counts the
+            // 12 months from now instead.
+            let due = meta.rotation_due_at_ms.saturating_add(ROTATION_PERIOD_MS);
+            next.rotation_due_at_ms = if due > now_ms {
+                due
+            } else {
+                now_ms + ROTATION_PERIOD_MS
+            };
+        }
+        (Status::Rotating, Step::Abort) => {
+            next.status = Status::Active;
+            next.rotating_version = None;
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(status: Status) -> SecretMeta {
+        SecretMeta {
+            id: "id".into(),
+            name: "k".into(),
+            environment: None,
+            gcp_secret_id: None,
+            gcp_version_alias: None,
+            status,
+            rotating_version: None,
+            rotation_due_at_ms: 1_000,
+            last_rotated_at_ms: None,
+            last_validated_at_ms: None,
+            owner: None,
+            break_glass_enabled_until_ms: None,
+        }
+    }
+
+    #[test]
+    fn transitions() {
+        let now = 10 * ROTATION_PERIOD_MS;
+        let rotating =
+            transition(&meta(Status::Active), &Step::Begin("7".into()), now).expect("begin");
+        assert_eq!(rotating.status, Status::Rotating);
+        assert_eq!(rotating.rotating_version.as_deref(), Some("7"));
+        assert!(transition(&rotating, &Step::Begin("8".into()), now).is_err());
+        let promoted = transition(&rotating, &Step::Promote, now).expect("promote");
+        assert_eq!(promoted.status, Status::Active);
+        assert_eq!(promoted.last_rotated_at_ms, Some(now));
+        assert!(promoted.rotation_due_at_ms > now, "never due in the past");
+        let aborted = transition(&rotating, &Step::Abort, now).expect("abort");
+        assert_eq!(
+            (aborted.status, aborted.last_rotated_at_ms),
+            (Status::Active, None)
+        );
+        assert!(transition(&meta(Status::Active), &Step::Promote, now).is_err());
+        assert!(transition(&meta(Status::Active), &Step::Abort, now).is_err());
+        assert!(transition(&meta(Status::Deprecated), &Step::Begin("1".into()), now).is_err());
+        // Not overdue: exactly +12 months.
+        let mut fresh = rotating.clone();
+        fresh.rotation_due_at_ms = now + 1000;
+        assert_eq!(
+            transition(&fresh, &Step::Promote, now)
+                .expect("promote")
+                .rotation_due_at_ms,
+            now + 1000 + ROTATION_PERIOD_MS
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! Every redb table, in one place. docs/schema.md documents each layout; change both together.
+//!
+//! Evolution rules: never change a table's key or value type in place; add new tables or new
+//! keys instead. `SCHEMA_VERSION` in `meta` is checked at open: a database written by a newer
+//! incompatible schema is refused rather than misread.
+
+use redb::TableDefinition;
+
+/// The schema this build writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Daemon-wide records: `schema_version` (u32 LE), `audit_checkpoint` (u64 LE first_seq then
+/// 32-byte prev_hash).
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// One row per catalog secret: name → UTF-8 JSON of `SecretMeta`.
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+
+/// The audit trail: seq → 32-byte prev_hash, 32-byte hash, then the canonical record body.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Key of the schema version in `META`.
+pub const KEY_SCHEMA_VERSION: &str = "schema_version";
+/// Key of the audit checkpoint in `META`.
+pub const KEY_AUDIT_CHECKPOINT: &str = "audit_checkpoint";

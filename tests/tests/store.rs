@@ -1,0 +1,456 @@
+//! The redb store end to end: metadata and rotation across restarts, the audit trail's
+//! contents, tamper detection on the real database file, pruning, crashes, exclusivity.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use secretd_client::{Client, RotationStep};
+use secretd_gsm_fake::FakeGsm;
+use support::{TestEnv, cli, is_root, probe_bin};
+
+const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const KEY: &[u8] = b"Omni-Key-1234567890-abcdef!";
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn gsm_env(fake: &FakeGsm) -> (TestEnv, String) {
+    let env = TestEnv::new();
+    let rest = format!(
+        r#"[gsm]
+endpoint = "{}"
+anonymous = true
+attempt_timeout = "500ms"
+retry_budget = "1s"
+
+[[secret]]
+name = "trading_api_key"
+source = "gsm"
+gcp_secret = "{API_KEY}"
+owner = "trading-platform"
+
+{}
+[[policy]]
+uids = [{}]
+allow = ["*"]
+"#,
+        fake.endpoint(),
+        env.file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
+        euid()
+    );
+    let config = env.config("socket_mode = \"0666\"", &rest);
+    (env, config)
+}
+
+fn run_cli(socket: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--socket", socket]);
+    let out = cli(&all, &[]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rotation_survives_restart_and_invalid_transitions_are_refused() {
+    let fake = FakeGsm::start().expect("fake");
+    fake.add_version(API_KEY, b"Omni-Key-v1-AAAA-1111!");
+    fake.add_version(API_KEY, b"Omni-Key-v2-BBBB-2222!");
+    let (env, config) = gsm_env(&fake);
+    let mut daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
+    let row = &client.status().expect("status")[0];
+    assert_eq!(row.metadata_status.as_deref(), Some("active"));
+    let due = row.rotation_due_at_ms.expect("due");
+
+    // Invalid transitions, each refused with a clear line.
+    for (args, expect) in [
+        (
+            vec!["rotation", "promote", "trading_api_key"],
+            "not rotating",
+        ),
+        (vec!["rotation", "abort", "trading_api_key"], "not rotating"),
+        (
+            vec![
+                "rotation",
+                "begin",
+                "webhook_shared_secret",
+                "--version",
+                "1",
+            ],
+            "only gsm",
+        ),
+        (
+            vec!["rotation", "begin", "trading_api_key", "--version", "99"],
+            "could not be fetched",
+        ),
+        (
+            vec!["rotation", "begin", "trading_api_key", "--version", "x"],
+            "not a GSM version",
+        ),
+    ] {
+        let (code, _, err) = run_cli(&socket, &args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    assert_eq!(
+        client.get("trading_api_key").expect("get").version(),
+        "2",
+        "unchanged"
+    );
+
+    let (code, out, err) = run_cli(
+        &socket,
+        &["rotation", "begin", "trading_api_key", "--version", "1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("status rotating, version 1"), "{out}");
+    assert_eq!(
+        client.get("trading_api_key").expect("get").expose(),
+        b"Omni-Key-v1-AAAA-1111!"
+    );
+    let (code, _, err) = run_cli(
+        &socket,
+        &["rotation", "begin", "trading_api_key", "--version", "2"],
+    );
+    assert!(code == 1 && err.contains("already rotating"), "{err}");
+
+    // The rotation, its pin and the metadata survive a restart.
+    assert!(daemon.stop().success());
+    let _daemon = env.start(&config);
+    let row = client.status().expect("status").remove(0);
+    assert_eq!(row.metadata_status.as_deref(), Some("rotating"));
+    assert_eq!(row.version.as_deref(), Some("1"));
+    assert_eq!(row.rotation_due_at_ms, Some(due));
+
+    let promoted = client
+        .rotation("trading_api_key", RotationStep::Promote)
+        .expect("promote");
+    assert_eq!(promoted.metadata_status.as_deref(), Some("active"));
+    assert_eq!(promoted.version.as_deref(), Some("2"), "back on latest");
+    assert!(promoted.rotation_due_at_ms.expect("due") >= due + 364 * 86_400_000);
+    let err = client
+        .rotation("trading_api_key", RotationStep::Abort)
+        .expect_err("not rotating");
+    assert!(err.to_string().contains("not rotating"));
+
+    if is_root() {
+        let out = env.run_as_nobody(&probe_bin(), &[&socket, "refresh", "trading_api_key"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("permission_denied"));
+    }
+
+    let (code, tail, _) = run_cli(
+        &socket,
+        &["audit", "tail", "-n", "200", "--secret", "trading_api_key"],
+    );
+    assert_eq!(code, 0);
+    for action in [
+        "rotation_begin",
+        "rotation_promote",
+        "rotation_abort",
+        "metadata_write",
+        "refresh",
+        "read",
+    ] {
+        assert!(tail.contains(action), "{action} missing from:\n{tail}");
+    }
+    assert!(
+        tail.contains("failed"),
+        "refused transitions are audited:\n{tail}"
+    );
+}
+
+#[test]
+fn audit_records_aggregated_reads_denials_and_refreshes_and_never_values() {
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\ndeny = [\"blocked_*\"]\n",
+        env.file_secret("trading_api_key", KEY),
+        env.file_secret("blocked_secret", b"Blocked-Value-7777-QQQ!"),
+        euid()
+    );
+    let config = env.config("", &rest);
+    let mut daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    {
+        let client = Client::connect(&daemon.socket).expect("connect");
+        for _ in 0..1000 {
+            client.get("trading_api_key").expect("get");
+        }
+        for _ in 0..5 {
+            assert!(client.get("blocked_secret").is_err());
+        }
+        client.refresh(Some("trading_api_key")).expect("refresh");
+        // Dropping the client disconnects: its counts are flushed.
+    }
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let fingerprint = client.status().expect("status")[0]
+        .fingerprint
+        .clone()
+        .expect("fingerprint");
+    assert_eq!(fingerprint.len(), 64);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let records = client.audit_tail(1000, None).expect("tail");
+        let aggregated = records.iter().any(|r| r.action == "read" && r.count == 999);
+        if aggregated || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let reads: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "read" && r.secret == "trading_api_key" && r.result == "ok")
+        .collect();
+    assert_eq!(
+        reads.iter().map(|r| r.count).sum::<u64>(),
+        1000,
+        "{reads:?}"
+    );
+    assert_eq!(
+        reads.len(),
+        2,
+        "the first read at once, then one aggregated record"
+    );
+    assert!(
+        reads
+            .iter()
+            .all(|r| r.fingerprint == fingerprint && r.uid == euid() && r.pid.is_some())
+    );
+    let denied: Vec<_> = records.iter().filter(|r| r.result == "denied").collect();
+    assert_eq!(denied.iter().map(|r| r.count).sum::<u64>(), 5);
+    assert!(denied.iter().all(|r| r.error_code == Some(2)));
+    assert!(
+        records
+            .iter()
+            .any(|r| r.action == "refresh" && r.actor_type == "admin")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.action == "refresh" && r.actor_type == "daemon")
+    );
+    assert!(records.iter().any(|r| r.action == "daemon_start"));
+
+    let (code, out, _) = run_cli(&socket, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("audit chain ok"));
+    let (_, json, _) = run_cli(&socket, &["audit", "tail", "-n", "3", "--json"]);
+    for line in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        assert!(v["seq"].as_u64().is_some() && v["hash"].as_str().expect("hash").len() == 64);
+    }
+
+    assert!(daemon.stop().success());
+    let db = std::fs::read(env.path("secretd.redb")).expect("db");
+    for value in [KEY, b"Blocked-Value-7777-QQQ!"] {
+        assert!(
+            !db.windows(value.len()).any(|w| w == value),
+            "a value is in the database file"
+        );
+    }
+    let key_file = env.path("secretd.redb.fingerprint-key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).expect("key").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+fn with_audit_table(env: &TestEnv, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+    let db = redb::Database::open(env.path("secretd.redb")).expect("open db");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut table = txn.open_table(AUDIT).expect("table");
+        f(&mut table);
+    }
+    txn.commit().expect("commit");
+}
+
+fn audit_rows(env: &TestEnv) -> Vec<(u64, Vec<u8>)> {
+    let db = redb::Database::open(env.path("secretd.redb")).expect("open db");
+    let txn = db.begin_read().expect("txn");
+    let table = txn.open_table(AUDIT).expect("table");
+    table
+        .iter()
+        .expect("iter")
+        .map(|r| {
+            let (k, v) = r.expect("row");
+            (k.value(), v.value().to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn tampering_deleting_or_reordering_records_breaks_verify_and_pruning_does_not() {
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", KEY),
+        euid()
+    );
+    let config = env.config("audit_retention = \"2s\"", &rest);
+    let verify = |env: &TestEnv| {
+        let mut daemon = env.start(&config);
+        for _ in 0..3 {
+            Client::connect(&daemon.socket)
+                .expect("connect")
+                .get("trading_api_key")
+                .expect("get");
+        }
+        let (code, out, err) = run_cli(daemon.socket.to_str().expect("utf8"), &["audit", "verify"]);
+        assert!(daemon.stop().success());
+        (code, out + &err)
+    };
+    let (code, out) = verify(&env);
+    assert_eq!(code, 0, "{out}");
+    let rows = audit_rows(&env);
+    assert!(rows.len() >= 5, "{}", rows.len());
+
+    // Alter one byte of record 3's body.
+    let pristine = rows.clone();
+    with_audit_table(&env, |t| {
+        let mut v = pristine[2].1.clone();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        t.insert(pristine[2].0, v.as_slice()).expect("insert");
+    });
+    let (code, out) = verify(&env);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!("broken at seq {}", pristine[2].0)),
+        "{out}"
+    );
+    with_audit_table(&env, |t| {
+        t.insert(pristine[2].0, pristine[2].1.as_slice())
+            .expect("restore");
+    });
+
+    // Delete record 2.
+    with_audit_table(&env, |t| {
+        t.remove(pristine[1].0).expect("remove");
+    });
+    let (code, out) = verify(&env);
+    assert!(
+        code == 1 && out.contains(&format!("broken at seq {}", pristine[1].0)),
+        "{out}"
+    );
+    with_audit_table(&env, |t| {
+        t.insert(pristine[1].0, pristine[1].1.as_slice())
+            .expect("restore");
+    });
+
+    // Swap records 2 and 3.
+    with_audit_table(&env, |t| {
+        t.insert(pristine[1].0, pristine[2].1.as_slice())
+            .expect("swap");
+        t.insert(pristine[2].0, pristine[1].1.as_slice())
+            .expect("swap");
+    });
+    let (code, out) = verify(&env);
+    assert!(
+        code == 1 && out.contains(&format!("broken at seq {}", pristine[1].0)),
+        "{out}"
+    );
+    with_audit_table(&env, |t| {
+        t.insert(pristine[1].0, pristine[1].1.as_slice())
+            .expect("restore");
+        t.insert(pristine[2].0, pristine[2].1.as_slice())
+            .expect("restore");
+    });
+
+    // Past the 2 s retention, startup prunes the old records and the chain still verifies.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, out) = verify(&env);
+    assert_eq!(code, 0, "{out}");
+    let first_left = audit_rows(&env)[0].0;
+    assert!(
+        first_left > pristine.last().expect("rows").0,
+        "old records pruned"
+    );
+    let mut daemon = env.start(&config);
+    let tail = Client::connect(&daemon.socket)
+        .expect("c")
+        .audit_tail(100, None)
+        .expect("tail");
+    assert!(
+        tail.iter()
+            .any(|r| r.action == "audit_prune" && r.count > 0)
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn kill_9_during_a_burst_of_audited_reads_leaves_a_verifiable_chain() {
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", KEY),
+        euid()
+    );
+    let config = env.config("", &rest);
+    let daemon = env.start(&config);
+    let socket = daemon.socket.clone();
+    let burst = std::thread::spawn(move || {
+        // Each new connection's first read is recorded at once: a stream of commits.
+        for _ in 0..2000 {
+            match Client::connect(&socket) {
+                Ok(c) => {
+                    let _ = c.get("trading_api_key");
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill with a valid pid and signal number.
+    unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGKILL) };
+    burst.join().expect("burst");
+    drop(daemon);
+    assert!(
+        audit_rows(&env).len() > 10,
+        "the burst was audited before the kill"
+    );
+    let mut daemon = env.start(&config);
+    let (code, out, _) = run_cli(daemon.socket.to_str().expect("utf8"), &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_database_exits_with_a_clear_message() {
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", KEY),
+        euid()
+    );
+    let _first = env.start(&env.config("", &rest));
+    let other_socket = env.path("other/secretd.sock");
+    let second_config = format!(
+        "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\n\n{rest}",
+        other_socket.display(),
+        env.path("secretd.redb").display()
+    );
+    let mut second = env.spawn(&second_config, "second.toml");
+    let status = second.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        second.log().contains("in use by another secretd"),
+        "{}",
+        second.log()
+    );
+    assert!(
+        !other_socket.exists(),
+        "the refused daemon removed its socket"
+    );
+}
