@@ -16,6 +16,10 @@ use crate::store::audit::AuditEvent;
 pub const AUDIT_QUEUE: usize = 65_536;
 /// Events committed in one transaction at most.
 pub const AUDIT_BATCH: usize = 1024;
+/// After a failed commit: how long between attempts to reopen the store and retry the batch.
+pub const AUDIT_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long an admin operation waits for its record to be durable.
+pub const AUDIT_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A queued event, with an optional waiter for its commit.
 struct Job {
@@ -113,6 +117,48 @@ struct WriterState {
 }
 
 impl WriterState {
+    /// Commits `events`. After a failure the log turns unhealthy (requests are refused) and
+    /// the same events are retried, reopening the store first, until they commit; they are
+    /// given up only when the daemon is stopping and the store still fails.
+    fn commit(
+        &self,
+        store: &Store,
+        events: &[AuditEvent],
+        rx: &mpsc::Receiver<Job>,
+    ) -> Result<(), String> {
+        let mut result = store.append_audit(events).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            self.healthy.store(false, Ordering::Relaxed);
+            tracing::error!(
+                event = "omni.alert.audit_failure",
+                error = %e,
+                pending = events.len(),
+                "cannot write the audit trail; refusing audited requests until it recovers"
+            );
+        }
+        while result.is_err() {
+            std::thread::sleep(AUDIT_RETRY_INTERVAL);
+            let stopping = rx.is_closed();
+            result = store
+                .reopen()
+                .and_then(|()| store.append_audit(events))
+                .map_err(|e| e.to_string());
+            if let Err(e) = &result
+                && stopping
+            {
+                tracing::error!(error = %e, lost = events.len(), "audit events lost at shutdown");
+                break;
+            }
+        }
+        if result.is_ok() && !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                event = "omni.alert.audit_recovered",
+                "audit trail writable again"
+            );
+        }
+        result
+    }
+
     fn run(self, store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(AUDIT_BATCH);
         while let Some(first) = rx.blocking_recv() {
@@ -124,26 +170,7 @@ impl WriterState {
                 }
             }
             let events: Vec<AuditEvent> = batch.iter().map(|j| j.event.clone()).collect();
-            let result = store.append_audit(&events).map_err(|e| e.to_string());
-            match &result {
-                Ok(()) => {
-                    if !self.healthy.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            event = "omni.alert.audit_recovered",
-                            "audit store writable again"
-                        );
-                    }
-                }
-                Err(e) => {
-                    self.healthy.store(false, Ordering::Relaxed);
-                    tracing::error!(
-                        event = "omni.alert.audit_failure",
-                        error = %e,
-                        lost = events.len(),
-                        "cannot write the audit trail; refusing audited requests"
-                    );
-                }
-            }
+            let result = self.commit(&store, &events, &rx);
             self.depth.fetch_sub(batch.len(), Ordering::Relaxed);
             for job in batch.drain(..) {
                 if let Some(done) = job.done {

@@ -454,3 +454,148 @@ fn a_second_daemon_on_the_same_database_exits_with_a_clear_message() {
         "the refused daemon removed its socket"
     );
 }
+
+fn mount_namespaces_work() -> bool {
+    std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
+    if !is_root() || !mount_namespaces_work() {
+        eprintln!("SKIPPED fail-closed test: needs root and mount namespaces for a small tmpfs");
+        return;
+    }
+    let env = TestEnv::new();
+    let dbdir = env.path("dbfs");
+    std::fs::create_dir(&dbdir).expect("db dir");
+    let config = format!(
+        "[daemon]\nsocket = \"{}\"\ndb = \"{}/secretd.redb\"\n\n{}[[policy]]\nuids = [0]\nallow = [\"*\"]\n",
+        env.socket().display(),
+        dbdir.display(),
+        env.file_secret("trading_api_key", KEY),
+    );
+    // The database lives on an 8 MiB tmpfs mounted in the daemon's own mount namespace.
+    let script = "mount -t tmpfs -o size=8m secretd-test \"$0\" && exec \"$@\"";
+    let dir = dbdir.to_str().expect("utf8");
+    let daemon = env.spawn_wrapped(
+        &config,
+        "secretd.toml",
+        &[],
+        &["unshare", "-m", "sh", "-c", script, dir],
+    );
+    daemon.wait_ready();
+
+    // Fill that filesystem, seen through the daemon's mount namespace.
+    let filler = format!("/proc/{}/root{}/filler", daemon.pid(), dir);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+
+    // Each new connection's first read needs an audit record; once a commit fails, reads
+    // are refused instead of served unaudited.
+    let mut refused = None;
+    for i in 0..50_000 {
+        let client = Client::connect(&daemon.socket).expect("connect");
+        match client.get("trading_api_key") {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (after, err) = refused.expect("reads were never refused on a full disk");
+    assert_eq!(
+        err.code(),
+        Some(secretd_client::ErrorCode::Unavailable),
+        "{err}"
+    );
+    assert!(err.to_string().contains("audit"), "{err}");
+    assert!(daemon.log().contains("omni.alert.audit_failure"));
+    let again = Client::connect(&daemon.socket)
+        .expect("connect")
+        .get("trading_api_key");
+    assert!(again.is_err(), "still refused while the disk is full");
+
+    // Space comes back: the writer reopens the store, commits what it held, and reads resume.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if Client::connect(&daemon.socket)
+            .expect("connect")
+            .get("trading_api_key")
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads did not resume after space came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.log().contains("omni.alert.audit_recovered"));
+    let (code, out, _) = run_cli(daemon.socket.to_str().expect("utf8"), &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    eprintln!("refused after {after} audited connections on a full disk");
+}
+
+#[test]
+fn the_rotation_monitor_logs_near_expiry_and_overdue_secrets() {
+    const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", KEY),
+        env.file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
+        euid()
+    );
+    // Due in 12 months, warned 400 days ahead: near expiry at once.
+    let config = env.config("rotation_warning = \"400d\"", &rest);
+    let mut daemon = env.start(&config);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        daemon.log().contains("secret.near_expiry"),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("omni.rotation_overdue"));
+    assert!(daemon.stop().success());
+
+    // Make one secret a year overdue, straight in the database.
+    let db = redb::Database::open(env.path("secretd.redb")).expect("open");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut table = txn.open_table(SECRETS).expect("table");
+        let mut meta: serde_json::Value = serde_json::from_slice(
+            table
+                .get("trading_api_key")
+                .expect("get")
+                .expect("row")
+                .value(),
+        )
+        .expect("json");
+        meta["rotation_due_at_ms"] = serde_json::json!(1_600_000_000_000_i64);
+        table
+            .insert("trading_api_key", meta.to_string().as_bytes())
+            .expect("insert");
+    }
+    txn.commit().expect("commit");
+    drop(db);
+
+    let daemon = env.start(&config);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = daemon.log();
+    let overdue: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("omni.rotation_overdue"))
+        .collect();
+    assert_eq!(overdue.len(), 1, "{log}");
+    assert!(overdue[0].contains("trading_api_key"));
+}

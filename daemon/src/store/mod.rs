@@ -6,8 +6,10 @@ pub mod metadata;
 pub mod tables;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable};
 
@@ -53,8 +55,26 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 /// An open database.
 #[derive(Debug)]
 pub struct Store {
-    /// The redb handle (exclusive to this process).
-    db: Database,
+    /// The redb handle (exclusive to this process). `None` between a failed reopen and the
+    /// next successful one: redb refuses writes after a failed commit until reopened.
+    db: RwLock<Option<Database>>,
+    /// The file, for reopening.
+    path: PathBuf,
+}
+
+/// A read lock on the open database.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl Deref for DbGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        match self.0.as_ref() {
+            Some(db) => db,
+            // Constructed only after checking for Some.
+            None => unreachable!("DbGuard over a closed database"),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -65,54 +85,36 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Opens (or creates) the database, exclusively, and checks its schema version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let io = |source| StoreError::Io {
+        Ok(Store {
+            db: RwLock::new(Some(open_db(path)?)),
             path: path.to_owned(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
+        })
+    }
+
+    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Db(
+                "the database is closed after a failed reopen".into(),
+            ));
         }
-        let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen(path.to_owned()),
-            other => db_err(other),
-        })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            let found = meta
-                .get(KEY_SCHEMA_VERSION)
-                .map_err(db_err)?
-                .map(|v| v.value().try_into().map(u32::from_le_bytes));
-            match found {
-                None => {
-                    meta.insert(KEY_SCHEMA_VERSION, &SCHEMA_VERSION.to_le_bytes()[..])
-                        .map_err(db_err)?;
-                }
-                Some(Ok(SCHEMA_VERSION)) => {}
-                Some(Ok(found)) => {
-                    return Err(StoreError::Schema {
-                        path: path.to_owned(),
-                        found,
-                    });
-                }
-                Some(Err(_)) => return Err(StoreError::Corrupt("schema_version".into())),
-            }
-            txn.open_table(SECRETS).map_err(db_err)?;
-            txn.open_table(AUDIT).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(Store { db })
+        Ok(DbGuard(guard))
+    }
+
+    /// Closes and reopens the database (after a failed commit redb refuses writes until then).
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Drop the old handle first: it holds the file lock.
+        drop(slot.take());
+        *slot = Some(open_db(&self.path)?);
+        Ok(())
     }
 
     /// Creates metadata rows for new catalog secrets and updates the config-derived fields of
     /// existing ones. Returns the rows written (to be audited as metadata writes).
     pub fn sync_catalog(&self, config: &Config) -> Result<Vec<SecretMeta>, StoreError> {
         let now = now_ms();
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db()?.begin_write().map_err(db_err)?;
         let mut written = Vec::new();
         {
             let mut table = txn.open_table(SECRETS).map_err(db_err)?;
@@ -164,7 +166,7 @@ impl Store {
 
     /// Every metadata row, by name.
     pub fn all_meta(&self) -> Result<BTreeMap<String, SecretMeta>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(SECRETS).map_err(db_err)?;
         let mut out = BTreeMap::new();
         for row in table.iter().map_err(db_err)? {
@@ -176,7 +178,7 @@ impl Store {
 
     /// One metadata row.
     pub fn meta(&self, name: &str) -> Result<Option<SecretMeta>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(SECRETS).map_err(db_err)?;
         table
             .get(name)
@@ -187,7 +189,7 @@ impl Store {
 
     /// Writes one metadata row.
     pub fn put_meta(&self, meta: &SecretMeta) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db()?.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(SECRETS).map_err(db_err)?;
             table
@@ -199,7 +201,7 @@ impl Store {
 
     /// Appends events to the chain in one durable transaction (group commit).
     pub fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db()?.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         {
             let meta = txn.open_table(META).map_err(db_err)?;
@@ -232,7 +234,7 @@ impl Store {
         limit: usize,
         secret: Option<&str>,
     ) -> Result<Vec<(u64, AuditEvent, Hash)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let table = txn.open_table(AUDIT).map_err(db_err)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(db_err)?.rev() {
@@ -255,7 +257,7 @@ impl Store {
 
     /// Walks the whole chain from its checkpoint.
     pub fn audit_verify(&self) -> Result<Verification, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let meta = txn.open_table(META).map_err(db_err)?;
         let (first, prev) = checkpoint(&meta)?;
         let table = txn.open_table(AUDIT).map_err(db_err)?;
@@ -274,7 +276,7 @@ impl Store {
     /// Removes records older than `cutoff_ms` from the start of the chain, moving the
     /// checkpoint so the rest still verifies. Returns how many were removed.
     pub fn prune(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db()?.begin_write().map_err(db_err)?;
         let mut removed = 0;
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -306,6 +308,51 @@ impl Store {
         txn.commit().map_err(db_err)?;
         Ok(removed)
     }
+}
+
+/// Opens the file exclusively and checks or writes its schema version.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let db = Database::create(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen(path.to_owned()),
+        other => db_err(other),
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let found = meta
+            .get(KEY_SCHEMA_VERSION)
+            .map_err(db_err)?
+            .map(|v| v.value().try_into().map(u32::from_le_bytes));
+        match found {
+            None => {
+                meta.insert(KEY_SCHEMA_VERSION, &SCHEMA_VERSION.to_le_bytes()[..])
+                    .map_err(db_err)?;
+            }
+            Some(Ok(SCHEMA_VERSION)) => {}
+            Some(Ok(found)) => {
+                return Err(StoreError::Schema {
+                    path: path.to_owned(),
+                    found,
+                });
+            }
+            Some(Err(_)) => return Err(StoreError::Corrupt("schema_version".into())),
+        }
+        txn.open_table(SECRETS).map_err(db_err)?;
+        txn.open_table(AUDIT).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(db)
 }
 
 /// The chain's starting point: (first_seq, prev_hash); (1, zeros) before any pruning.

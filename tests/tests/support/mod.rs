@@ -114,6 +114,18 @@ impl TestEnv {
 
     /// [`TestEnv::spawn`] with extra environment variables.
     pub fn spawn_with_env(&self, config: &str, file: &str, vars: &[(&str, &str)]) -> Daemon {
+        self.spawn_wrapped(config, file, vars, &[])
+    }
+
+    /// Spawns `wrapper... secretd serve --config FILE`: the wrapper must end by exec'ing its
+    /// arguments, so the child's pid is the daemon's.
+    pub fn spawn_wrapped(
+        &self,
+        config: &str,
+        file: &str,
+        vars: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
         let config_path = self.path(file);
         std::fs::write(&config_path, config).expect("write config");
         let log_path = self.path(&format!("{file}.log"));
@@ -122,7 +134,10 @@ impl TestEnv {
             .append(true)
             .open(&log_path)
             .expect("log file");
-        let child = Command::new(secretd_bin())
+        let mut argv: Vec<std::ffi::OsString> = wrapper.iter().map(Into::into).collect();
+        argv.push(secretd_bin().into());
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
