@@ -128,6 +128,27 @@ impl Client {
         }
     }
 
+    /// Admin: applies a break-glass override from a sealed envelope.
+    pub fn break_glass_apply(&self, envelope: Vec<u8>) -> Result<SecretStatus> {
+        match self.call_with(
+            &Request::BreakGlassApply { envelope },
+            Some(REFRESH_TIMEOUT),
+        )? {
+            Response::BreakGlass(status) => Ok(status),
+            other => Err(unexpected("break-glass apply", &other)),
+        }
+    }
+
+    /// Admin: ends a break-glass override now.
+    pub fn break_glass_clear(&self, name: &str) -> Result<SecretStatus> {
+        validate_name(name).map_err(Error::InvalidArgument)?;
+        let req = Request::BreakGlassClear { name: name.into() };
+        match self.call_with(&req, Some(REFRESH_TIMEOUT))? {
+            Response::BreakGlass(status) => Ok(status),
+            other => Err(unexpected("break-glass clear", &other)),
+        }
+    }
+
     /// Sends a request, reconnecting once if the connection turns out to be dead (the daemon
     /// restarted, or an earlier request broke it). Every request is idempotent, so a retry
     /// cannot do anything twice that matters.

@@ -5,7 +5,7 @@
 //! monotonic clock (tokio's, so tests can pause time).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -87,6 +87,10 @@ pub struct Slot {
     attempts_started: AtomicU64,
     /// The number of the last finished attempt.
     attempts_done: watch::Sender<u64>,
+    /// A break-glass value that outranks `current` until it expires.
+    overridden: RwLock<Option<Arc<Entry>>>,
+    /// Whether `overridden` may hold something: lets reads skip its lock in the usual case.
+    has_override: AtomicBool,
 }
 
 /// Why a read cannot be served.
@@ -154,6 +158,8 @@ impl Cache {
                 refresh_now: Notify::new(),
                 attempts_started: AtomicU64::new(0),
                 attempts_done: watch::Sender::new(0),
+                overridden: RwLock::new(None),
+                has_override: AtomicBool::new(false),
             })
             .collect();
         let index = slots
@@ -188,9 +194,14 @@ impl Cache {
         self.max_stale
     }
 
-    /// The servable value of slot `idx`, or why there is none.
+    /// The servable value of slot `idx`, or why there is none. An unexpired break-glass
+    /// override wins over the normal value.
     pub fn read(&self, idx: usize) -> Result<Arc<Entry>, Unservable> {
-        let entry = self.slots[idx].current().ok_or(Unservable::NeverLoaded)?;
+        let slot = &self.slots[idx];
+        if let Some(o) = slot.active_override() {
+            return Ok(o);
+        }
+        let entry = slot.current().ok_or(Unservable::NeverLoaded)?;
         match entry.state(Instant::now(), self.max_stale) {
             EntryState::Fresh | EntryState::Stale => Ok(entry),
             EntryState::Expired | EntryState::Missing => Err(Unservable::TooStale),
@@ -201,7 +212,8 @@ impl Cache {
     pub fn status(&self, idx: usize) -> SecretStatus {
         let slot = &self.slots[idx];
         let now = Instant::now();
-        let entry = slot.current();
+        let overridden = slot.active_override();
+        let entry = overridden.clone().or_else(|| slot.current());
         let health = slot.health();
         SecretStatus {
             name: slot.name.to_string(),
@@ -221,13 +233,64 @@ impl Cache {
                 .map(|e| WireError::new(ErrorCode::Unavailable, e.message)),
             metadata_status: None,
             rotation_due_at_ms: None,
-            break_glass_expires_at_ms: None,
+            break_glass_expires_at_ms: overridden.map(|o| unix_ms(o.expires_at)),
             fingerprint: entry.as_ref().map(|e| e.fingerprint.clone()),
         }
     }
 }
 
 impl Slot {
+    /// The break-glass value, if one is active and unexpired.
+    pub fn active_override(&self) -> Option<Arc<Entry>> {
+        if !self.has_override.load(Ordering::Relaxed) {
+            return None;
+        }
+        let o = self
+            .overridden
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        (Instant::now() < o.fetched_mono + o.ttl).then_some(o)
+    }
+
+    /// Installs a break-glass value served until `expires_at` (wall clock), outranking the
+    /// normal value; refreshes keep updating the normal value underneath.
+    pub fn set_override(&self, value: SecretBytes, fingerprint: String, expires_at: SystemTime) {
+        let now = SystemTime::now();
+        let ttl = expires_at.duration_since(now).unwrap_or_default();
+        let entry = Arc::new(Entry {
+            value,
+            version: "break-glass".into(),
+            source: SourceKind::BreakGlass,
+            fetched_at: now,
+            expires_at,
+            fingerprint,
+            fetched_mono: Instant::now(),
+            ttl,
+        });
+        *self.overridden.write().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+        self.has_override.store(true, Ordering::Relaxed);
+    }
+
+    /// When the stored override (active or just expired) ends, if there is one.
+    pub fn override_expiry(&self) -> Option<SystemTime> {
+        self.overridden
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|o| o.expires_at)
+    }
+
+    /// Removes the break-glass value; the normal value is served again at once.
+    pub fn clear_override(&self) -> bool {
+        self.has_override.store(false, Ordering::Relaxed);
+        self.overridden
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+    }
+
     /// Marks the start of a fetch attempt and returns its number.
     pub fn begin_attempt(&self) -> u64 {
         self.attempts_started.fetch_add(1, Ordering::SeqCst) + 1
@@ -347,6 +410,31 @@ mod tests {
         c.slot(0)
             .install(fetched(b"v1"), SourceKind::Env, String::new());
         assert!(c.read(0).is_ok(), "a later success heals it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_break_glass_override_wins_until_it_expires() {
+        let c = cache("5m", "1h");
+        let s = c.slot(0);
+        s.install(fetched(b"normal"), SourceKind::Env, String::new());
+        s.set_override(
+            SecretBytes::copy_from(b"emergency"),
+            "fp".into(),
+            SystemTime::now() + Duration::from_secs(60),
+        );
+        let e = c.read(0).expect("override");
+        assert_eq!(
+            (e.value.expose(), e.source),
+            (&b"emergency"[..], SourceKind::BreakGlass)
+        );
+        assert_eq!(c.status(0).cache_source, Some(SourceKind::BreakGlass));
+        // Refreshes keep updating the normal value underneath.
+        s.install(fetched(b"normal-2"), SourceKind::Env, String::new());
+        assert_eq!(c.read(0).expect("override").value.expose(), b"emergency");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(c.read(0).expect("normal").value.expose(), b"normal-2");
+        assert!(s.clear_override());
+        assert!(!s.clear_override());
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! `config` → `source` → `cache` → `refresh` → `policy`/`peer` → `server` → `serve` → `cli`.
 
 pub mod audit_log;
+pub mod break_glass;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit_log::AuditLog;
+use crate::break_glass::BreakGlass;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::fingerprint::{self, FingerprintKey};
@@ -127,6 +128,18 @@ async fn serve_bound(
 
     let cache = Arc::new(Cache::new(&config));
     let tracker = TaskTracker::new();
+    let break_glass = BreakGlass::new(
+        config.break_glass.as_ref(),
+        cache.clone(),
+        store.clone(),
+        audit.clone(),
+        key.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    )
+    .map_err(ServeError::Setup)?;
+    // Overrides persisted before a restart are served from the start, even if the source is down.
+    break_glass.restore().await;
     let mut first_fetches = refresh::spawn_all(
         cache.clone(),
         sources.clone(),
@@ -168,6 +181,7 @@ async fn serve_bound(
         store: store.clone(),
         audit: audit.clone(),
         sources,
+        break_glass,
     });
     tracker.spawn(monitor::run(
         store,

@@ -161,6 +161,17 @@ pub enum Request {
     },
     /// Admin: walk the audit hash chain.
     AuditVerify,
+    /// Admin: apply a break-glass override from a sealed envelope (the name and expiry are
+    /// inside it, bound by the encryption).
+    BreakGlassApply {
+        /// The envelope bytes (docs/protocol.md, "Break-glass envelope").
+        envelope: Vec<u8>,
+    },
+    /// Admin: end a break-glass override now.
+    BreakGlassClear {
+        /// The catalog name.
+        name: String,
+    },
 }
 
 /// A rotation step.
@@ -240,6 +251,8 @@ impl Request {
             Request::Rotation { .. } => "rotation",
             Request::AuditTail { .. } => "audit_tail",
             Request::AuditVerify => "audit_verify",
+            Request::BreakGlassApply { .. } => "break_glass_apply",
+            Request::BreakGlassClear { .. } => "break_glass_clear",
         }
     }
 }
@@ -309,6 +322,8 @@ pub enum Response<'a> {
     AuditRecords(Vec<AuditEntry>),
     /// The answer to [`Request::AuditVerify`].
     AuditVerified(AuditVerification),
+    /// The answer to a break-glass apply or clear: the secret's status afterwards.
+    BreakGlass(SecretStatus),
 }
 
 /// What one refresh achieved.
@@ -334,6 +349,7 @@ impl Response<'_> {
             Response::Rotated(_) => "rotated",
             Response::AuditRecords(_) => "audit_records",
             Response::AuditVerified(_) => "audit_verified",
+            Response::BreakGlass(_) => "break_glass",
         }
     }
 }

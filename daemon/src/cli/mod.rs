@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 usage error.
 
+mod break_glass_cmds;
 mod client_cmds;
 mod serve_cmd;
 
@@ -73,6 +74,54 @@ enum Command {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// Generate the break-glass key pair (the daemon keeps the private key).
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM, mode 0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out_private: PathBuf,
+        /// Where to write the public key (SPKI PEM) for operators.
+        #[arg(long, value_name = "FILE")]
+        out_public: PathBuf,
+        /// RSA key size.
+        #[arg(long, default_value_t = 3072)]
+        bits: usize,
+    },
+    /// Admin: emergency values that outrank GSM until they expire.
+    BreakGlass {
+        #[command(subcommand)]
+        cmd: BreakGlassCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BreakGlassCmd {
+    /// Seal a value for the daemon's key and apply it (or write the envelope with --out).
+    Apply {
+        /// The catalog name.
+        name: String,
+        /// The value: a file, or - for stdin (the exact bytes; no newline is stripped).
+        #[arg(long, value_name = "FILE|-")]
+        value_file: PathBuf,
+        /// How long the override lasts ("25m"); at most the daemon's break_glass.max_ttl.
+        #[arg(long)]
+        ttl: String,
+        /// The daemon's break-glass public key.
+        #[arg(long, value_name = "PUB.pem")]
+        public_key: PathBuf,
+        /// Write the sealed envelope here instead of applying it (for `break-glass submit`).
+        #[arg(long, value_name = "ENVELOPE")]
+        out: Option<PathBuf>,
+    },
+    /// Apply an envelope sealed elsewhere.
+    Submit {
+        /// The envelope file.
+        envelope: PathBuf,
+    },
+    /// End an override now; the normal source is served again.
+    Clear {
+        /// The catalog name.
+        name: String,
     },
 }
 
@@ -146,6 +195,35 @@ pub fn main() -> ExitCode {
                 client_cmds::audit_tail(cli.socket, n, secret.as_deref(), json)
             }
             AuditCmd::Verify => client_cmds::audit_verify(cli.socket),
+        },
+        Command::Keygen {
+            out_private,
+            out_public,
+            bits,
+        } => crate::break_glass::keys::generate(bits, &out_private, &out_public).map(|()| {
+            println!(
+                "wrote {} (keep it on the daemon host, 0600) and {}",
+                out_private.display(),
+                out_public.display()
+            );
+        }),
+        Command::BreakGlass { cmd } => match cmd {
+            BreakGlassCmd::Apply {
+                name,
+                value_file,
+                ttl,
+                public_key,
+                out,
+            } => break_glass_cmds::apply(
+                cli.socket,
+                &name,
+                &value_file,
+                &ttl,
+                &public_key,
+                out.as_deref(),
+            ),
+            BreakGlassCmd::Submit { envelope } => break_glass_cmds::submit(cli.socket, &envelope),
+            BreakGlassCmd::Clear { name } => break_glass_cmds::clear(cli.socket, &name),
         },
     };
     match result {

@@ -8,6 +8,7 @@ use secretd_proto::{
 };
 
 use super::handler::{Session, audit_down, error};
+use crate::break_glass::BreakGlassError;
 use crate::refresh::REFRESH_WAIT;
 use crate::store::audit::{Action, ActorType, AuditEvent, Outcome};
 use crate::store::metadata::{Step, transition};
@@ -285,8 +286,75 @@ impl Session<'_> {
     }
 }
 
+impl Session<'_> {
+    fn status_row(&self, idx: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let name = self.shared.cache.slot(idx).name.to_string();
+        match self.status().into_iter().find(|r| r.name == name) {
+            Some(row) => encode_frame(&Response::BreakGlass(row), out),
+            None => error(out, ErrorCode::Internal, "status row missing"),
+        }
+    }
+
+    fn break_glass_error(
+        &self,
+        op: Action,
+        e: BreakGlassError,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        let code = match &e {
+            BreakGlassError::NotConfigured
+            | BreakGlassError::Rejected
+            | BreakGlassError::NotActive(_) => ErrorCode::InvalidRequest,
+            BreakGlassError::RateLimited => ErrorCode::Busy,
+            BreakGlassError::Internal(_) => ErrorCode::Internal,
+        };
+        let mut event = AuditEvent::new(op, "", self.actor(ActorType::Admin), Outcome::Failed);
+        event.error_code = Some(code.as_u16());
+        event.detail = e.to_string();
+        self.shared.audit.record(event);
+        tracing::warn!(uid = self.peer.uid, pid = self.peer.pid, op = op.as_str(), error = %e, "break-glass request refused");
+        error(out, code, e.to_string())
+    }
+
+    pub(super) async fn break_glass_apply(
+        &mut self,
+        envelope: Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        if let Some(refused) = self.admin_gate("break_glass_apply", out) {
+            return refused;
+        }
+        let actor = self.actor(ActorType::Admin);
+        match self.shared.break_glass.apply(envelope, actor).await {
+            Ok(idx) => self.status_row(idx, out),
+            Err(e) => self.break_glass_error(Action::BreakGlassApply, e, out),
+        }
+    }
+
+    pub(super) async fn break_glass_clear(
+        &mut self,
+        name: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        if let Some(refused) = self.admin_gate("break_glass_clear", out) {
+            return refused;
+        }
+        let idx = match self.slot_index(name, out) {
+            Ok(i) => i,
+            Err(answered) => return answered,
+        };
+        let actor = self.actor(ActorType::Admin);
+        match self.shared.break_glass.clear(idx, actor, "cleared").await {
+            Ok(()) => self.status_row(idx, out),
+            Err(e) => self.break_glass_error(Action::BreakGlassClear, e, out),
+        }
+    }
+}
+
 fn action_of(op: &str) -> Action {
     match op {
+        "break_glass_apply" => Action::BreakGlassApply,
+        "break_glass_clear" => Action::BreakGlassClear,
         "rotation_begin" => Action::RotationBegin,
         "rotation_promote" => Action::RotationPromote,
         "rotation_abort" => Action::RotationAbort,

@@ -78,6 +78,10 @@ impl<'a> Session<'a> {
             Request::Rotation { name, step } => self.rotation(name, step, out).await,
             Request::AuditTail { limit, secret } => self.audit_tail(*limit, secret.as_deref(), out),
             Request::AuditVerify => self.audit_verify(out),
+            Request::BreakGlassApply { envelope } => {
+                self.break_glass_apply(envelope.clone(), out).await
+            }
+            Request::BreakGlassClear { name } => self.break_glass_clear(name, out).await,
             // The connection layer answers hellos; one here is a bug in that layer.
             Request::Hello(_) => error(out, ErrorCode::Internal, "unexpected hello"),
         }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit_log::AuditLog;
+use crate::break_glass::BreakGlass;
 use crate::cache::Cache;
 use crate::peer::Peer;
 use crate::policy::Policy;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub audit: AuditLog,
     /// Each slot's source, by slot index (rotation pins versions on them).
     pub sources: Vec<Arc<dyn Source>>,
+    /// Break-glass overrides.
+    pub break_glass: Arc<BreakGlass>,
 }
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.

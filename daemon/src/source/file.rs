@@ -1,14 +1,12 @@
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use secretd_proto::SourceKind;
-use zeroize::Zeroizing;
 
 use super::{
     FailureReason, FetchFuture, Fetched, MAX_SECRET_LEN, Source, SourceError, check_value,
+    read_bounded,
 };
-use crate::secret_bytes::SecretBytes;
 
 /// A value that is the whole content of a file (development and tests).
 #[derive(Debug)]
@@ -48,26 +46,14 @@ fn read_value(path: &Path) -> Result<Fetched, SourceError> {
             "secret file is readable by others than its owner"
         );
     }
-    // Read into a fixed scratch buffer one byte larger than the limit (so oversize is
-    // detected), then copy the exact value out: no growing Vec, no stray copies.
-    let mut scratch = Zeroizing::new(vec![0u8; MAX_SECRET_LEN + 1]);
-    let mut len = 0;
-    loop {
-        match file.read(&mut scratch[len..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                len += n;
-                if len == scratch.len() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err(e)),
-        }
-    }
-    check_value(len)?;
+    let (value, oversize) = read_bounded(&mut file).map_err(io_err)?;
+    check_value(if oversize {
+        MAX_SECRET_LEN + 1
+    } else {
+        value.len()
+    })?;
     Ok(Fetched {
-        value: SecretBytes::copy_from(&scratch[..len]),
+        value,
         version: None,
     })
 }

@@ -159,6 +159,26 @@ pub async fn build_all(config: &Config) -> Result<Vec<Arc<dyn Source>>, BuildErr
         .collect()
 }
 
+/// Reads at most [`MAX_SECRET_LEN`] + 1 bytes into a fixed scratch buffer and copies the
+/// exact value out: no growing `Vec`, so no stray copies. Returns the value and whether the
+/// input was longer than the limit.
+pub fn read_bounded(reader: &mut impl std::io::Read) -> std::io::Result<(SecretBytes, bool)> {
+    let mut scratch = zeroize::Zeroizing::new(vec![0u8; MAX_SECRET_LEN + 1]);
+    let mut len = 0;
+    while len < scratch.len() {
+        match reader.read(&mut scratch[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((
+        SecretBytes::copy_from(&scratch[..len.min(MAX_SECRET_LEN)]),
+        len > MAX_SECRET_LEN,
+    ))
+}
+
 /// Checks a fetched value against the limits every source shares.
 pub(crate) fn check_value(len: usize) -> Result<(), SourceError> {
     if len == 0 {

@@ -16,7 +16,9 @@ use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable}
 use crate::config::Config;
 use audit::{AuditEvent, HASH_LEN, Hash, Verification};
 use metadata::{SecretMeta, Status};
-use tables::{AUDIT, KEY_AUDIT_CHECKPOINT, KEY_SCHEMA_VERSION, META, SCHEMA_VERSION, SECRETS};
+use tables::{
+    AUDIT, BREAK_GLASS, KEY_AUDIT_CHECKPOINT, KEY_SCHEMA_VERSION, META, SCHEMA_VERSION, SECRETS,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,38 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
+    /// Stores (or replaces) the sealed envelope of an active override.
+    pub fn put_envelope(&self, name: &str, envelope: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_write().map_err(db_err)?;
+        txn.open_table(BREAK_GLASS)
+            .map_err(db_err)?
+            .insert(name, envelope)
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Forgets the envelope of `name`.
+    pub fn delete_envelope(&self, name: &str) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_write().map_err(db_err)?;
+        txn.open_table(BREAK_GLASS)
+            .map_err(db_err)?
+            .remove(name)
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every stored envelope.
+    pub fn envelopes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(db_err)?;
+        let table = txn.open_table(BREAK_GLASS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Appends events to the chain in one durable transaction (group commit).
     pub fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         let mut txn = self.db()?.begin_write().map_err(db_err)?;
@@ -350,6 +384,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         }
         txn.open_table(SECRETS).map_err(db_err)?;
         txn.open_table(AUDIT).map_err(db_err)?;
+        txn.open_table(BREAK_GLASS).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)?;
     Ok(db)

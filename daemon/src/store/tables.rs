@@ -23,3 +23,7 @@ pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub const KEY_SCHEMA_VERSION: &str = "schema_version";
 /// Key of the audit checkpoint in `META`.
 pub const KEY_AUDIT_CHECKPOINT: &str = "audit_checkpoint";
+
+/// Active break-glass overrides: name → the sealed envelope exactly as submitted (never the
+/// plaintext), so a restart during an outage keeps the override until it expires.
+pub const BREAK_GLASS: TableDefinition<&str, &[u8]> = TableDefinition::new("break_glass");

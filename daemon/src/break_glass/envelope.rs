@@ -1,0 +1,266 @@
+//! The break-glass envelope: an emergency value sealed for the daemon's RSA key.
+//!
+//! RSA-OAEP (SHA-256, MGF1-SHA256) wraps a random AES-256-GCM key; GCM encrypts the value with
+//! associated data that binds the secret name and the expiry, so neither can be changed
+//! without the daemon noticing. Layout (all integers little-endian):
+//!
+//! ```text
+//! "SBG1" | u16 name_len | name | i64 expires_at_ms | u16 wrapped_len | wrapped AES key
+//!        | nonce [12] | u32 ct_len | ciphertext with 16-byte tag
+//! ```
+//!
+//! As a file it is armored base64 between `-----BEGIN/END SECRETD BREAK-GLASS-----` lines.
+
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rsa::sha2::Sha256;
+use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
+use zeroize::Zeroizing;
+
+/// The envelope format's magic and version.
+const MAGIC: &[u8; 4] = b"SBG1";
+/// Bound into the associated data so ciphertexts cannot be reused by another protocol.
+const AAD_CONTEXT: &[u8] = b"secretd-break-glass-v1";
+/// The largest envelope accepted (a 64 KiB value plus headers and a large RSA key).
+pub const MAX_ENVELOPE: usize = 80 * 1024;
+/// The smallest RSA key accepted.
+pub const MIN_RSA_BITS: usize = 3072;
+const ARMOR_BEGIN: &str = "-----BEGIN SECRETD BREAK-GLASS-----";
+const ARMOR_END: &str = "-----END SECRETD BREAK-GLASS-----";
+
+/// Why sealing failed (client side; may be specific).
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The public key is too small.
+    #[error("the public key has {0} bits; break-glass needs at least {MIN_RSA_BITS}")]
+    WeakKey(usize),
+    /// A field does not fit the format.
+    #[error("{0}")]
+    TooLarge(&'static str),
+    /// The crypto library failed.
+    #[error("sealing failed: {0}")]
+    Crypto(String),
+}
+
+/// The one error for any envelope that does not open: wrong key, tampering, truncation. It says
+/// nothing about which check failed, so a caller cannot use it as an oracle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("break-glass envelope rejected")]
+pub struct Rejected;
+
+/// A verified, decrypted envelope.
+pub struct Opened {
+    /// The catalog name the value is for.
+    pub name: String,
+    /// When the override ends, Unix ms.
+    pub expires_at_ms: i64,
+    /// The emergency value.
+    pub value: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("name", &self.name)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field(
+                "value",
+                &format_args!("[REDACTED; {} bytes]", self.value.len()),
+            )
+            .finish()
+    }
+}
+
+fn aad(name: &str, expires_at_ms: i64) -> Vec<u8> {
+    let mut aad = AAD_CONTEXT.to_vec();
+    aad.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    aad.extend_from_slice(name.as_bytes());
+    aad.extend_from_slice(&expires_at_ms.to_le_bytes());
+    aad
+}
+
+/// Seals `value` for `name` until `expires_at_ms` with the daemon's public key.
+pub fn seal(
+    public: &RsaPublicKey,
+    name: &str,
+    expires_at_ms: i64,
+    value: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    use rsa::traits::PublicKeyParts;
+    let bits = public.size() * 8;
+    if bits < MIN_RSA_BITS {
+        return Err(SealError::WeakKey(bits));
+    }
+    let name_len = u16::try_from(name.len()).map_err(|_| SealError::TooLarge("name too long"))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut key[..]);
+    let mut nonce = [0u8; 12];
+    OsRng.fill_bytes(&mut nonce);
+    let cipher =
+        Aes256Gcm::new_from_slice(&key[..]).map_err(|e| SealError::Crypto(e.to_string()))?;
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: value,
+                aad: &aad(name, expires_at_ms),
+            },
+        )
+        .map_err(|e| SealError::Crypto(e.to_string()))?;
+    let wrapped = public
+        .encrypt(&mut OsRng, Oaep::new::<Sha256>(), &key[..])
+        .map_err(|e| SealError::Crypto(e.to_string()))?;
+    let mut out = Vec::with_capacity(64 + name.len() + wrapped.len() + ciphertext.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&name_len.to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&(wrapped.len() as u16).to_le_bytes());
+    out.extend_from_slice(&wrapped);
+    out.extend_from_slice(&nonce);
+    let ct_len =
+        u32::try_from(ciphertext.len()).map_err(|_| SealError::TooLarge("value too large"))?;
+    out.extend_from_slice(&ct_len.to_le_bytes());
+    out.extend_from_slice(&ciphertext);
+    if out.len() > MAX_ENVELOPE {
+        return Err(SealError::TooLarge(
+            "value too large for a break-glass envelope",
+        ));
+    }
+    Ok(out)
+}
+
+/// Parsed, unauthenticated fields.
+struct Parts<'a> {
+    name: &'a [u8],
+    expires_at_ms: i64,
+    wrapped: &'a [u8],
+    nonce: &'a [u8],
+    ciphertext: &'a [u8],
+}
+
+fn parse(envelope: &[u8]) -> Option<Parts<'_>> {
+    let mut rest = envelope;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        if rest.len() < n {
+            return None;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    };
+    if take(4)? != MAGIC {
+        return None;
+    }
+    let name_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+    let name = take(name_len)?;
+    let expires_at_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let wrapped_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+    let wrapped = take(wrapped_len)?;
+    let nonce = take(12)?;
+    let ct_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let ciphertext = take(ct_len)?;
+    rest.is_empty().then_some(Parts {
+        name,
+        expires_at_ms,
+        wrapped,
+        nonce,
+        ciphertext,
+    })
+}
+
+/// Opens an envelope with the daemon's private key. Every failure is the same [`Rejected`],
+/// and no partial plaintext is ever returned.
+pub fn open(private: &RsaPrivateKey, envelope: &[u8]) -> Result<Opened, Rejected> {
+    if envelope.len() > MAX_ENVELOPE {
+        return Err(Rejected);
+    }
+    let parts = parse(envelope).ok_or(Rejected)?;
+    let name = std::str::from_utf8(parts.name).map_err(|_| Rejected)?;
+    let key = Zeroizing::new(
+        private
+            .decrypt(Oaep::new::<Sha256>(), parts.wrapped)
+            .map_err(|_| Rejected)?,
+    );
+    let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| Rejected)?;
+    // GCM checks the tag before releasing any plaintext.
+    let value = cipher
+        .decrypt(
+            Nonce::from_slice(parts.nonce),
+            Payload {
+                msg: parts.ciphertext,
+                aad: &aad(name, parts.expires_at_ms),
+            },
+        )
+        .map_err(|_| Rejected)?;
+    Ok(Opened {
+        name: name.to_owned(),
+        expires_at_ms: parts.expires_at_ms,
+        value: Zeroizing::new(value),
+    })
+}
+
+/// The armored text form of an envelope.
+pub fn armor(envelope: &[u8]) -> String {
+    format!("{ARMOR_BEGIN}\n{}\n{ARMOR_END}\n", B64.encode(envelope))
+}
+
+/// Reads an armored (or bare base64) envelope.
+pub fn dearmor(text: &str) -> Option<Vec<u8>> {
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != ARMOR_BEGIN && *l != ARMOR_END)
+        .collect();
+    B64.decode(body).ok().filter(|b| b.len() <= MAX_ENVELOPE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn keys() -> &'static (RsaPrivateKey, RsaPublicKey) {
+        static KEYS: OnceLock<(RsaPrivateKey, RsaPublicKey)> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            let private = RsaPrivateKey::new(&mut OsRng, MIN_RSA_BITS).expect("keygen");
+            let public = private.to_public_key();
+            (private, public)
+        })
+    }
+
+    #[test]
+    fn seal_open_and_every_tampering_is_rejected() {
+        let (private, public) = keys();
+        let env = seal(public, "trading_api_key", 1_800_000_000_000, b"emergency").expect("seal");
+        let opened = open(private, &env).expect("open");
+        assert_eq!(opened.name, "trading_api_key");
+        assert_eq!(opened.expires_at_ms, 1_800_000_000_000);
+        assert_eq!(&opened.value[..], b"emergency");
+        assert!(!format!("{opened:?}").contains("emergency"));
+        assert_eq!(dearmor(&armor(&env)).expect("armor"), env);
+
+        // Flip each byte in turn: every position is covered by the tag, the AAD or the parser.
+        for i in 0..env.len() {
+            let mut bad = env.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                open(private, &bad).is_err(),
+                "byte {i} flipped and accepted"
+            );
+        }
+        assert_eq!(open(private, &env[..env.len() - 1]).err(), Some(Rejected));
+        let mut longer = env.clone();
+        longer.push(0);
+        assert!(open(private, &longer).is_err());
+        assert!(open(private, b"").is_err());
+
+        let other = RsaPrivateKey::new(&mut OsRng, 2048).expect("small key");
+        assert!(matches!(
+            seal(&other.to_public_key(), "k", 1, b"v"),
+            Err(SealError::WeakKey(2048))
+        ));
+    }
+}

@@ -1,0 +1,326 @@
+//! Break-glass: emergency values, sealed for the daemon's RSA key on an operator's machine,
+//! that outrank the normal source until their TTL ends.
+//!
+//! Only the sealed envelope is persisted (never the plaintext), so a daemon restarted during a
+//! GSM outage comes back with the override still active. Decryption is admin-only, off the
+//! read path, and failures are rate-limited: the `rsa` crate's RUSTSEC-2023-0071 (a timing
+//! side channel) needs many observed decryptions to matter.
+
+pub mod envelope;
+pub mod keys;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rsa::RsaPrivateKey;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit_log::AuditLog;
+use crate::cache::Cache;
+use crate::config::BreakGlassConfig;
+use crate::fingerprint::FingerprintKey;
+use crate::secret_bytes::SecretBytes;
+use crate::source::check_value;
+use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
+use crate::store::{Store, now_ms};
+use envelope::{MAX_ENVELOPE, Opened, Rejected};
+
+/// Failed envelopes accepted per [`FAILURE_WINDOW`]; beyond that, attempts are refused
+/// without decrypting.
+pub const MAX_FAILURES: u32 = 5;
+/// The rate-limit window for failed envelopes.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Allowance for the clock of the machine that sealed an envelope running ahead of ours.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Why an apply or clear did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum BreakGlassError {
+    /// No `[break_glass]` section.
+    #[error("break-glass is not configured on this host ([break_glass] private_key)")]
+    NotConfigured,
+    /// The envelope did not open or its bindings are wrong; deliberately uninformative.
+    #[error("break-glass envelope rejected")]
+    Rejected,
+    /// Too many rejected envelopes lately.
+    #[error("too many rejected break-glass envelopes; try again in a minute")]
+    RateLimited,
+    /// Nothing to clear.
+    #[error("no break-glass override is active for {0:?}")]
+    NotActive(String),
+    /// The store or the audit trail failed; nothing was changed that the caller relies on.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<Rejected> for BreakGlassError {
+    fn from(_: Rejected) -> Self {
+        BreakGlassError::Rejected
+    }
+}
+
+/// Break-glass state and operations.
+#[derive(Debug)]
+pub struct BreakGlass {
+    /// The private key that opens envelopes, if configured.
+    key: Option<Arc<RsaPrivateKey>>,
+    /// The longest override accepted.
+    max_ttl: Duration,
+    /// Where overrides are served from.
+    cache: Arc<Cache>,
+    /// Where envelopes and metadata persist.
+    store: Arc<Store>,
+    /// Where applies, clears and expiries are recorded.
+    audit: AuditLog,
+    /// Fingerprints emergency values for audit and status.
+    fingerprints: Arc<FingerprintKey>,
+    /// Start of the current rate-limit window and failures in it.
+    failures: Mutex<(Instant, u32)>,
+    /// Expiry timers run here.
+    tracker: TaskTracker,
+    /// Stops expiry timers at shutdown.
+    cancel: CancellationToken,
+}
+
+fn to_system(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+impl BreakGlass {
+    /// Loads the private key (if configured).
+    pub fn new(
+        cfg: Option<&BreakGlassConfig>,
+        cache: Arc<Cache>,
+        store: Arc<Store>,
+        audit: AuditLog,
+        fingerprints: Arc<FingerprintKey>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Arc<BreakGlass>, String> {
+        let key = cfg
+            .map(|c| keys::load_private(&c.private_key).map(Arc::new))
+            .transpose()
+            .map_err(|e| format!("break_glass.private_key: {e}"))?;
+        Ok(Arc::new(BreakGlass {
+            key,
+            max_ttl: cfg.map_or(Duration::ZERO, |c| c.max_ttl),
+            cache,
+            store,
+            audit,
+            fingerprints,
+            failures: Mutex::new((Instant::now(), 0)),
+            tracker,
+            cancel,
+        }))
+    }
+
+    fn rate_limited(&self) -> bool {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.0.elapsed() > FAILURE_WINDOW {
+            *f = (Instant::now(), 0);
+        }
+        f.1 >= MAX_FAILURES
+    }
+
+    fn count_failure(&self) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.1 = f.1.saturating_add(1);
+    }
+
+    /// Opens an envelope and checks what it binds: a catalog name, an expiry in the future
+    /// and no further than `max_ttl` away, an acceptable value.
+    async fn verify(&self, envelope: Vec<u8>) -> Result<(usize, Opened), BreakGlassError> {
+        let key = self.key.clone().ok_or(BreakGlassError::NotConfigured)?;
+        if self.rate_limited() {
+            return Err(BreakGlassError::RateLimited);
+        }
+        let opened = if envelope.len() > MAX_ENVELOPE {
+            Err(Rejected)
+        } else {
+            tokio::task::spawn_blocking(move || envelope::open(&key, &envelope))
+                .await
+                .map_err(|_| BreakGlassError::Internal("decryption task failed".into()))?
+        };
+        let checked = opened.and_then(|o| {
+            let idx = self.cache.index_of(&o.name).ok_or(Rejected)?;
+            let now = now_ms();
+            let limit = now.saturating_add(
+                i64::try_from((self.max_ttl + CLOCK_SKEW).as_millis()).unwrap_or(i64::MAX),
+            );
+            if o.expires_at_ms <= now
+                || o.expires_at_ms > limit
+                || check_value(o.value.len()).is_err()
+            {
+                return Err(Rejected);
+            }
+            Ok((idx, o))
+        });
+        checked.map_err(|e| {
+            self.count_failure();
+            e.into()
+        })
+    }
+
+    /// Applies an override from `envelope` for `actor`. Returns the slot index.
+    pub async fn apply(
+        self: &Arc<Self>,
+        envelope: Vec<u8>,
+        actor: Actor,
+    ) -> Result<usize, BreakGlassError> {
+        let sealed = envelope.clone();
+        let (idx, opened) = self.verify(envelope).await?;
+        let name = opened.name.clone();
+        let expires_at_ms = opened.expires_at_ms;
+        let internal = |e: crate::store::StoreError| BreakGlassError::Internal(e.to_string());
+        self.store.put_envelope(&name, &sealed).map_err(internal)?;
+        self.set_metadata(&name, Some(expires_at_ms))
+            .map_err(internal)?;
+        let fingerprint = self.install(idx, opened);
+        let mut event = AuditEvent::new(Action::BreakGlassApply, &name, actor, Outcome::Ok);
+        event.version = "break-glass".into();
+        event.fingerprint = fingerprint;
+        event.detail = format!(
+            "until {}",
+            humantime::format_rfc3339_seconds(to_system(expires_at_ms))
+        );
+        if let Err(e) = self.audit.record_durable(event).await {
+            // Unaudited overrides must not stand.
+            self.remove(idx, &name);
+            return Err(BreakGlassError::Internal(format!("not applied: {e}")));
+        }
+        tracing::error!(
+            event = "omni.alert.break_glass_applied",
+            secret = %name,
+            uid = actor.uid,
+            pid = actor.pid,
+            expires_at = %humantime::format_rfc3339_seconds(to_system(expires_at_ms)),
+            "break-glass value applied; it outranks the normal source until it expires"
+        );
+        Ok(idx)
+    }
+
+    fn install(self: &Arc<Self>, idx: usize, opened: Opened) -> String {
+        let fingerprint = self.fingerprints.fingerprint(&opened.value);
+        let expires_at_ms = opened.expires_at_ms;
+        self.cache.slot(idx).set_override(
+            SecretBytes::from_zeroizing(opened.value),
+            fingerprint.clone(),
+            to_system(expires_at_ms),
+        );
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let wait = to_system(expires_at_ms)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::select! {
+                _ = me.cancel.cancelled() => {}
+                _ = tokio::time::sleep(wait) => me.expire(idx, expires_at_ms).await,
+            }
+        });
+        fingerprint
+    }
+
+    async fn expire(self: &Arc<Self>, idx: usize, expires_at_ms: i64) {
+        let slot = self.cache.slot(idx);
+        let still_this = slot
+            .override_expiry()
+            .is_some_and(|e| crate::time::unix_ms(e) == expires_at_ms);
+        if still_this {
+            let _ = self.clear(idx, Actor::daemon(), "expired").await;
+        }
+    }
+
+    fn set_metadata(&self, name: &str, until: Option<i64>) -> Result<(), crate::store::StoreError> {
+        if let Some(mut meta) = self.store.meta(name)? {
+            meta.break_glass_enabled_until_ms = until;
+            self.store.put_meta(&meta)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the override and its persisted envelope; the normal value is served at once and
+    /// refreshed from its source.
+    fn remove(&self, idx: usize, name: &str) -> bool {
+        let slot = self.cache.slot(idx);
+        let had = slot.clear_override();
+        if let Err(e) = self
+            .store
+            .delete_envelope(name)
+            .and_then(|()| self.set_metadata(name, None))
+        {
+            tracing::error!(secret = name, error = %e, "cannot forget the break-glass envelope");
+        }
+        // Dropping the request's ticket is fine: the refresh runs anyway.
+        let _ = slot.request_refresh();
+        had
+    }
+
+    /// Clears the override of slot `idx` (`reason`: "cleared" by an operator, or "expired").
+    pub async fn clear(
+        self: &Arc<Self>,
+        idx: usize,
+        actor: Actor,
+        reason: &str,
+    ) -> Result<(), BreakGlassError> {
+        let name = self.cache.slot(idx).name.to_string();
+        if !self.remove(idx, &name) {
+            return Err(BreakGlassError::NotActive(name));
+        }
+        let mut event = AuditEvent::new(Action::BreakGlassClear, &name, actor, Outcome::Ok);
+        event.detail = reason.into();
+        if let Err(e) = self.audit.record_durable(event).await {
+            tracing::error!(secret = %name, error = %e, "break-glass clear could not be audited");
+        }
+        tracing::warn!(
+            event = "omni.alert.break_glass_cleared",
+            secret = %name,
+            reason,
+            uid = actor.uid,
+            "break-glass value cleared; serving the normal source again"
+        );
+        Ok(())
+    }
+
+    /// Reinstates persisted overrides after a restart (dropping expired or unreadable ones).
+    pub async fn restore(self: &Arc<Self>) {
+        let envelopes = match self.store.envelopes() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read persisted break-glass envelopes");
+                return;
+            }
+        };
+        for (name, sealed) in envelopes {
+            let Some(key) = self.key.clone() else {
+                tracing::warn!(secret = %name, "break-glass envelope kept but not applied: break-glass is not configured");
+                continue;
+            };
+            let opened = tokio::task::spawn_blocking(move || envelope::open(&key, &sealed)).await;
+            match opened {
+                Ok(Ok(o)) if o.expires_at_ms > now_ms() && o.name == name => {
+                    if let Some(idx) = self.cache.index_of(&name) {
+                        let until = o.expires_at_ms;
+                        self.install(idx, o);
+                        tracing::warn!(
+                            event = "omni.alert.break_glass_applied",
+                            secret = %name,
+                            expires_at = %humantime::format_rfc3339_seconds(to_system(until)),
+                            "break-glass override restored after restart"
+                        );
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            tracing::info!(secret = %name, "dropping an expired or unusable break-glass envelope");
+            if let Err(e) = self
+                .store
+                .delete_envelope(&name)
+                .and_then(|()| self.set_metadata(&name, None))
+            {
+                tracing::error!(secret = %name, error = %e, "cannot forget the break-glass envelope");
+            }
+        }
+    }
+}

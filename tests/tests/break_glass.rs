@@ -1,0 +1,452 @@
+//! Break-glass end to end: keys from `secretd keygen`, envelopes sealed by the CLI, the real
+//! daemon serving GSM values from the fake.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use secretd_client::{Client, SourceKind};
+use secretd_gsm_fake::{FakeGsm, Fault};
+use support::{Daemon, TestEnv, cli, is_root, secretd_bin};
+
+const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
+const GSM_VALUE: &[u8] = b"Omni-Key-from-GSM-1111!";
+const EMERGENCY: &[u8] = b"Emergency-Key-2222-XYZ!";
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+struct Setup {
+    env: TestEnv,
+    fake: FakeGsm,
+    config: String,
+}
+
+fn setup() -> Setup {
+    let fake = FakeGsm::start().expect("fake");
+    fake.add_version(API_KEY, GSM_VALUE);
+    let env = TestEnv::new();
+    let out = cli(
+        &[
+            "keygen",
+            "--out-private",
+            env.path("bg.pem").to_str().expect("utf8"),
+            "--out-public",
+            env.path("bg.pub.pem").to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(env.path("bg.pem"))
+            .expect("key")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let config = env.config(
+        "socket_mode = \"0666\"\nrefresh_interval = \"5m\"",
+        &format!(
+            r#"[gsm]
+endpoint = "{}"
+anonymous = true
+attempt_timeout = "300ms"
+retry_budget = "600ms"
+
+[break_glass]
+private_key = "{}"
+max_ttl = "1h"
+
+[[secret]]
+name = "trading_api_key"
+source = "gsm"
+gcp_secret = "{API_KEY}"
+
+[[policy]]
+uids = [{}]
+allow = ["*"]
+"#,
+            fake.endpoint(),
+            env.path("bg.pem").display(),
+            euid()
+        ),
+    );
+    Setup { env, fake, config }
+}
+
+/// `secretd break-glass apply NAME --value-file - --ttl TTL --public-key PUB [extra]` with
+/// the value on stdin.
+fn apply(
+    socket: &str,
+    name: &str,
+    value: &[u8],
+    ttl: &str,
+    public: &str,
+    extra: &[&str],
+) -> (i32, String) {
+    let mut child = Command::new(secretd_bin())
+        .args([
+            "break-glass",
+            "apply",
+            name,
+            "--value-file",
+            "-",
+            "--ttl",
+            ttl,
+            "--public-key",
+            public,
+            "--socket",
+            socket,
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(value)
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn served(daemon: &Daemon) -> (Vec<u8>, SourceKind) {
+    let s = Client::connect(&daemon.socket)
+        .expect("connect")
+        .get("trading_api_key")
+        .expect("get");
+    (s.expose().to_vec(), s.source())
+}
+
+#[test]
+fn an_override_outranks_gsm_survives_a_restart_during_an_outage_and_expires() {
+    let Setup { env, fake, config } = setup();
+    let mut daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
+    assert_eq!(served(&daemon), (GSM_VALUE.to_vec(), SourceKind::Gsm));
+
+    let (code, out) = apply(&socket, "trading_api_key", EMERGENCY, "6s", &public, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("serving the break-glass value until"), "{out}");
+    let applied = Instant::now();
+    assert_eq!(
+        served(&daemon),
+        (EMERGENCY.to_vec(), SourceKind::BreakGlass)
+    );
+    let row = Client::connect(&daemon.socket)
+        .expect("c")
+        .status()
+        .expect("status")
+        .remove(0);
+    assert_eq!(row.cache_source, Some(SourceKind::BreakGlass));
+    assert!(row.break_glass_expires_at_ms.is_some());
+
+    // A GSM refresh (even with a new version) does not override it.
+    fake.add_version(API_KEY, b"Omni-Key-from-GSM-v2-3333!");
+    let refreshed = cli(&["refresh", "trading_api_key", "--socket", &socket], &[]);
+    let (code, out) = (
+        refreshed.status.code(),
+        String::from_utf8_lossy(&refreshed.stdout).into_owned(),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(served(&daemon).1, SourceKind::BreakGlass);
+
+    // GSM goes down and the daemon restarts: the persisted envelope brings the override back.
+    fake.set_fault(Some(Fault::Unavailable));
+    assert!(daemon.stop().success());
+    let daemon = env.start(&config);
+    assert_eq!(
+        served(&daemon),
+        (EMERGENCY.to_vec(), SourceKind::BreakGlass)
+    );
+    fake.set_fault(None);
+
+    // After the TTL the normal source is back without anyone asking.
+    let deadline = applied + Duration::from_secs(15);
+    while served(&daemon).1 == SourceKind::BreakGlass {
+        assert!(Instant::now() < deadline, "the override never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (value, source) = served(&daemon);
+    assert_eq!(source, SourceKind::Gsm);
+    assert_eq!(value, b"Omni-Key-from-GSM-v2-3333!");
+    let log = daemon.log();
+    assert!(
+        log.contains("omni.alert.break_glass_applied")
+            && log.contains("omni.alert.break_glass_cleared")
+    );
+    assert!(
+        !log.contains("Emergency-Key"),
+        "the value leaked into the log"
+    );
+    let tail = Client::connect(&daemon.socket)
+        .expect("c")
+        .audit_tail(100, Some("trading_api_key"))
+        .expect("tail");
+    let apply_rec = tail
+        .iter()
+        .find(|r| r.action == "break_glass_apply")
+        .expect("apply audited");
+    assert_eq!(apply_rec.actor_type, "admin");
+    assert_eq!(apply_rec.fingerprint.len(), 64);
+    assert!(tail.iter().any(|r| r.action == "break_glass_clear"
+        && r.detail == "expired"
+        && r.actor_type == "daemon"));
+    assert!(
+        Client::connect(&daemon.socket)
+            .expect("c")
+            .status()
+            .expect("s")[0]
+            .break_glass_expires_at_ms
+            .is_none()
+    );
+}
+
+#[test]
+fn sealed_elsewhere_submitted_then_cleared_at_once() {
+    let Setup {
+        env,
+        fake: _fake,
+        config,
+    } = setup();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
+    let envelope = env.path("emergency.sbg");
+    let (code, out) = apply(
+        &socket,
+        "trading_api_key",
+        EMERGENCY,
+        "25m",
+        &public,
+        &["--out", envelope.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(&envelope).expect("envelope");
+    assert!(text.starts_with("-----BEGIN SECRETD BREAK-GLASS-----"));
+    assert!(!text.contains("Emergency"), "the envelope is sealed");
+    assert_eq!(served(&daemon).1, SourceKind::Gsm, "--out does not apply");
+
+    let out = cli(
+        &[
+            "break-glass",
+            "submit",
+            envelope.to_str().expect("utf8"),
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        served(&daemon),
+        (EMERGENCY.to_vec(), SourceKind::BreakGlass)
+    );
+
+    let out = cli(
+        &[
+            "break-glass",
+            "clear",
+            "trading_api_key",
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        served(&daemon),
+        (GSM_VALUE.to_vec(), SourceKind::Gsm),
+        "back at once"
+    );
+    let out = cli(
+        &[
+            "break-glass",
+            "clear",
+            "trading_api_key",
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no break-glass override is active"));
+
+    // The database never held the plaintext.
+    drop(daemon);
+    let db = std::fs::read(env.path("secretd.redb")).expect("db");
+    assert!(!db.windows(EMERGENCY.len()).any(|w| w == EMERGENCY));
+}
+
+#[test]
+fn every_bad_envelope_is_refused_alike_changes_nothing_and_is_rate_limited() {
+    let Setup {
+        env,
+        fake: _fake,
+        config,
+    } = setup();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
+    let seal = |name: &str, ttl: &str, key: &str, file: &str| {
+        let path = env.path(file);
+        let (code, out) = apply(
+            &socket,
+            name,
+            EMERGENCY,
+            ttl,
+            key,
+            &["--out", path.to_str().expect("utf8")],
+        );
+        assert_eq!(code, 0, "{out}");
+        path
+    };
+    let submit = |path: &std::path::Path| {
+        let out = cli(
+            &[
+                "break-glass",
+                "submit",
+                path.to_str().expect("utf8"),
+                "--socket",
+                &socket,
+            ],
+            &[],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let rewrite = |path: &std::path::Path, f: &dyn Fn(&mut Vec<u8>)| {
+        use base64::Engine as _;
+        let text = std::fs::read_to_string(path).expect("read");
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("b64");
+        f(&mut bytes);
+        let out = env.path(&format!(
+            "{}.bad",
+            path.file_name().expect("name").to_string_lossy()
+        ));
+        std::fs::write(
+            &out,
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        )
+        .expect("write");
+        out
+    };
+
+    // A non-admin is refused before anything is opened.
+    if is_root() {
+        let good = seal("trading_api_key", "25m", &public, "good.sbg");
+        std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        let out = env.run_as_nobody(
+            &secretd_bin(),
+            &[
+                "break-glass",
+                "submit",
+                good.to_str().expect("utf8"),
+                "--socket",
+                &socket,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("admin operation"));
+    }
+
+    // Five different bad envelopes, one identical answer each.
+    let other = TestEnv::new();
+    let out = cli(
+        &[
+            "keygen",
+            "--out-private",
+            other.path("k.pem").to_str().expect("u"),
+            "--out-public",
+            other.path("k.pub").to_str().expect("u"),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let base = seal("trading_api_key", "25m", &public, "base.sbg");
+    let bad = [
+        seal(
+            "trading_api_key",
+            "25m",
+            other.path("k.pub").to_str().expect("u"),
+            "wrong-key.sbg",
+        ),
+        rewrite(&base, &|b| {
+            let last = b.len() - 1;
+            b[last] ^= 1;
+        }),
+        rewrite(&base, &|b| b[6] ^= 0x20), // the name's first byte: 't' -> 'T'
+        seal("trading_api_key", "2h", &public, "too-long.sbg"),
+        rewrite(&base, &|b| b.truncate(b.len() / 2)),
+    ];
+    let expired = seal("trading_api_key", "1s", &public, "expired.sbg");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut answers = Vec::new();
+    for path in bad.iter().take(4).chain(std::iter::once(&expired)) {
+        let (code, err) = submit(path);
+        assert_eq!(code, Some(1), "{path:?}");
+        answers.push(err);
+        assert_eq!(
+            served(&daemon),
+            (GSM_VALUE.to_vec(), SourceKind::Gsm),
+            "{path:?} changed something"
+        );
+    }
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "answers differ: {answers:?}"
+    );
+    assert!(
+        answers[0].contains("break-glass envelope rejected"),
+        "{}",
+        answers[0]
+    );
+
+    // Past 5 rejections a minute, even a good envelope is refused without being opened.
+    let (code, err) = submit(&bad[4]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("too many rejected"), "{err}");
+    let (code, err) = submit(&base);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("too many rejected"), "{err}");
+    assert_eq!(served(&daemon).1, SourceKind::Gsm);
+
+    let tail = Client::connect(&daemon.socket)
+        .expect("c")
+        .audit_tail(100, None)
+        .expect("tail");
+    let failed = tail
+        .iter()
+        .filter(|r| r.action == "break_glass_apply" && r.result != "ok")
+        .count();
+    assert!(failed >= 7, "{failed} failed applies audited");
+}
