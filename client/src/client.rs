@@ -149,6 +149,14 @@ impl Client {
         }
     }
 
+    /// Admin: the Prometheus text exposition, as `/metrics` serves it.
+    pub fn metrics(&self) -> Result<String> {
+        match self.call(&Request::Metrics)? {
+            Response::Metrics(text) => Ok(text),
+            other => Err(unexpected("metrics", &other)),
+        }
+    }
+
     /// Sends a request, reconnecting once if the connection turns out to be dead (the daemon
     /// restarted, or an earlier request broke it). Every request is idempotent, so a retry
     /// cannot do anything twice that matters.

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit_log::AuditLog;
 use crate::cache::Cache;
 use crate::fingerprint::FingerprintKey;
+use crate::metrics::Metrics;
 use crate::source::{FailureReason, Source, SourceError};
 use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
 
@@ -38,6 +39,7 @@ pub fn spawn_all(
     sources: Vec<Arc<dyn Source>>,
     audit: AuditLog,
     key: Arc<FingerprintKey>,
+    metrics: Arc<Metrics>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> mpsc::Receiver<()> {
@@ -51,6 +53,7 @@ pub fn spawn_all(
             limiter: limiter.clone(),
             audit: audit.clone(),
             key: key.clone(),
+            metrics: metrics.clone(),
         };
         tracker.spawn(refresher.run(cancel.clone(), first_done.clone()));
     }
@@ -71,6 +74,8 @@ struct Refresher {
     audit: AuditLog,
     /// Keys the fingerprints of fetched values.
     key: Arc<FingerprintKey>,
+    /// Fetch latency and failures.
+    metrics: Arc<Metrics>,
 }
 
 impl Refresher {
@@ -112,6 +117,8 @@ impl Refresher {
         let result = self.fetch_and_install().await;
         let mut event = AuditEvent::new(Action::Refresh, &slot.name, Actor::daemon(), Outcome::Ok);
         event.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        self.metrics
+            .refresh_took(&slot.name, started.elapsed().as_secs_f64());
         match &result {
             Ok(()) => {
                 if let Some(entry) = slot.current() {
@@ -122,6 +129,7 @@ impl Refresher {
             Err(e) => {
                 // Recorded before the attempt is marked done, so a waiting `refresh` sees it.
                 self.failed(e.clone());
+                self.metrics.failure(&slot.name, e.reason.as_str());
                 event.outcome = Outcome::Failed;
                 event.detail = format!("{}: {}", e.reason.as_str(), e.message);
             }

@@ -48,11 +48,18 @@ pub enum ServeError {
 }
 
 /// Runs the daemon until `cancel` fires.
-pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), ServeError> {
+pub async fn run(
+    config: Config,
+    cancel: CancellationToken,
+    activated: Option<std::os::fd::OwnedFd>,
+) -> Result<(), ServeError> {
     process::harden().map_err(ServeError::Harden)?;
     // Bind before anything else: a second daemon on the same socket must fail here, not after
     // it has loaded secrets and hit the source.
-    let (listener, socket_file) = socket::bind(&config.daemon)?;
+    let (listener, socket_file) = match activated {
+        Some(fd) => socket::adopt(fd, &config.daemon.socket)?,
+        None => socket::bind(&config.daemon)?,
+    };
     let opened = open_store(&config);
     let (store, key, audit, audit_thread) = match opened {
         Ok(parts) => parts,
@@ -138,6 +145,10 @@ async fn serve_bound(
         cancel.clone(),
     )
     .map_err(ServeError::Setup)?;
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new(&cache)
+            .map_err(|e| ServeError::Setup(format!("cannot register metrics: {e}")))?,
+    );
     // Overrides persisted before a restart are served from the start, even if the source is down.
     break_glass.restore().await;
     let mut first_fetches = refresh::spawn_all(
@@ -145,6 +156,7 @@ async fn serve_bound(
         sources.clone(),
         audit.clone(),
         key,
+        metrics.clone(),
         &tracker,
         cancel.clone(),
     );
@@ -182,7 +194,13 @@ async fn serve_bound(
         audit: audit.clone(),
         sources,
         break_glass,
+        metrics,
     });
+    if let Some(addr) = config.daemon.metrics_listen {
+        crate::http::start(addr, shared.clone(), cancel.clone(), &tracker)
+            .await
+            .map_err(|e| ServeError::Setup(format!("daemon.metrics_listen {addr}: {e}")))?;
+    }
     tracker.spawn(monitor::run(
         store,
         audit.clone(),
@@ -197,6 +215,7 @@ async fn serve_bound(
     started.recorded_at_ms = now_ms();
     audit.record(started);
     drop(audit);
+    crate::systemd::notify("READY=1");
     tracing::info!(
         event = "daemon.ready",
         socket = %socket_file.path().display(),
@@ -212,6 +231,7 @@ async fn serve_bound(
     )
     .await;
 
+    crate::systemd::notify("STOPPING=1");
     tracing::info!("shutting down");
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

@@ -58,8 +58,9 @@ fn unsafe_path(path: &Path, why: impl Into<String>) -> SocketError {
 pub struct SocketFile {
     /// Where it is.
     path: PathBuf,
-    /// Device and inode right after bind, to recognise it later.
-    identity: (u64, u64),
+    /// Device and inode right after bind, to recognise it later; `None` for a socket systemd
+    /// created (systemd removes it).
+    identity: Option<(u64, u64)>,
 }
 
 impl SocketFile {
@@ -71,7 +72,7 @@ impl SocketFile {
     /// Whether the path still holds the socket this daemon bound (not removed, not replaced).
     pub fn still_ours(&self) -> bool {
         std::fs::symlink_metadata(&self.path)
-            .map(|m| (m.dev(), m.ino()) == self.identity)
+            .map(|m| Some((m.dev(), m.ino())) == self.identity)
             .unwrap_or(false)
     }
 
@@ -121,7 +122,23 @@ pub fn bind(cfg: &DaemonConfig) -> Result<(Listener, SocketFile), SocketError> {
         listener,
         SocketFile {
             path: path.to_owned(),
-            identity: (meta.dev(), meta.ino()),
+            identity: Some((meta.dev(), meta.ino())),
+        },
+    ))
+}
+
+/// Adopts a listening socket passed by systemd socket activation.
+pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> Result<(Listener, SocketFile), SocketError> {
+    let listener = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)
+        .map_err(|e| SocketError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!("the socket systemd passed is unusable: {e}")),
+        })?;
+    Ok((
+        Listener::from(listener),
+        SocketFile {
+            path: path.to_owned(),
+            identity: None,
         },
     ))
 }

@@ -172,6 +172,8 @@ pub enum Request {
         /// The catalog name.
         name: String,
     },
+    /// Admin: the Prometheus text exposition, as `/metrics` serves it.
+    Metrics,
 }
 
 /// A rotation step.
@@ -253,6 +255,7 @@ impl Request {
             Request::AuditVerify => "audit_verify",
             Request::BreakGlassApply { .. } => "break_glass_apply",
             Request::BreakGlassClear { .. } => "break_glass_clear",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -324,6 +327,8 @@ pub enum Response<'a> {
     AuditVerified(AuditVerification),
     /// The answer to a break-glass apply or clear: the secret's status afterwards.
     BreakGlass(SecretStatus),
+    /// The answer to [`Request::Metrics`].
+    Metrics(String),
 }
 
 /// What one refresh achieved.
@@ -350,6 +355,7 @@ impl Response<'_> {
             Response::AuditRecords(_) => "audit_records",
             Response::AuditVerified(_) => "audit_verified",
             Response::BreakGlass(_) => "break_glass",
+            Response::Metrics(_) => "metrics",
         }
     }
 }

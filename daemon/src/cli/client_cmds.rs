@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secretd_client::{Client, SecretStatus};
 use serde_json::json;
 
+use crate::status_json::{rfc3339, status_json};
+
 fn connect(socket: Option<PathBuf>) -> Result<Client, String> {
     let path = socket.unwrap_or_else(secretd_client::default_socket_path);
     Client::connect(&path).map_err(|e| e.to_string())
@@ -37,6 +39,13 @@ pub(super) fn status(socket: Option<PathBuf>, as_json: bool) -> Result<(), Strin
     };
     std::io::stdout()
         .write_all(out.as_bytes())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+pub(super) fn metrics(socket: Option<PathBuf>) -> Result<(), String> {
+    let text = connect(socket)?.metrics().map_err(|e| e.to_string())?;
+    std::io::stdout()
+        .write_all(text.as_bytes())
         .map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
@@ -160,29 +169,6 @@ pub(super) fn audit_verify(socket: Option<PathBuf>) -> Result<(), String> {
             v.checked
         )),
     }
-}
-
-fn rfc3339(ms: Option<i64>) -> Option<String> {
-    let ms = u64::try_from(ms?).ok()?;
-    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
-}
-
-fn status_json(s: &SecretStatus) -> serde_json::Value {
-    json!({
-        "name": s.name,
-        "source": s.configured_source.as_str(),
-        "cacheSource": s.cache_source.map(|k| k.as_str()),
-        "state": s.state.as_str(),
-        "version": s.version,
-        "fetchedAt": rfc3339(s.fetched_at_ms),
-        "expiresAt": rfc3339(s.expires_at_ms),
-        "ageSeconds": s.age_ms.map(|ms| ms as f64 / 1000.0),
-        "lastError": s.last_error.as_ref().map(|e| e.message.clone()),
-        "status": s.metadata_status,
-        "rotationDueAt": rfc3339(s.rotation_due_at_ms),
-        "breakGlassExpiresAt": rfc3339(s.break_glass_expires_at_ms),
-        "fingerprint": s.fingerprint,
-    })
 }
 
 fn human(d: Duration) -> String {

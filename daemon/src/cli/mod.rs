@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 usage error.
 
 mod break_glass_cmds;
+mod check_cmd;
 mod client_cmds;
 mod serve_cmd;
 
@@ -48,6 +49,28 @@ enum Command {
         /// Run with the built-in development catalog (demo values, your user as admin).
         #[arg(long)]
         dev: bool,
+        /// Log lines as human text or JSON (for journald and collectors).
+        #[arg(long, value_enum, default_value = "text", env = "SECRETD_LOG_FORMAT")]
+        log_format: serve_cmd::LogFormat,
+    },
+    /// Admin: print the Prometheus metrics (the same text as HTTP /metrics).
+    Metrics,
+    /// Policy gate: required names present, values strong, TTL and rotation not about to
+    /// lapse. One line per violation; exit 1 on any.
+    Check {
+        /// Validate this config too, and require every secret it names.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A name that must be served (repeatable; default: the four Omni names, or the
+        /// config's secrets).
+        #[arg(long = "require", value_name = "NAME")]
+        required: Vec<String>,
+        /// Least acceptable time before a value is due for refresh.
+        #[arg(long, default_value = "30s")]
+        min_ttl: String,
+        /// Least acceptable time before a rotation is due.
+        #[arg(long, default_value = "7d")]
+        min_rotation: String,
     },
     /// Print a secret's value to stdout (raw bytes, no newline).
     Get {
@@ -177,7 +200,18 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { config, dev } => serve_cmd::run(config, dev, cli.socket),
+        Command::Serve {
+            config,
+            dev,
+            log_format,
+        } => serve_cmd::run(config, dev, cli.socket, log_format),
+        Command::Metrics => client_cmds::metrics(cli.socket),
+        Command::Check {
+            config,
+            required,
+            min_ttl,
+            min_rotation,
+        } => check_cmd::run(cli.socket, config, required, &min_ttl, &min_rotation),
         Command::Get { name } => client_cmds::get(cli.socket, &name),
         Command::Status { json } => client_cmds::status(cli.socket, json),
         Command::Refresh { name } => client_cmds::refresh(cli.socket, name.as_deref()),

@@ -12,12 +12,28 @@ use crate::config::Config;
 /// The environment variable holding the log filter (`info`, `secretd=debug`, ...).
 const LOG_ENV: &str = "SECRETD_LOG";
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 pub(super) fn run(
     config: Option<PathBuf>,
     dev: bool,
     socket: Option<PathBuf>,
+    log_format: LogFormat,
 ) -> Result<(), String> {
-    init_logging();
+    // With this variable set the Google client logs every response, payloads included.
+    // SAFETY: no other thread exists yet (the runtime starts below), so nothing reads the
+    // environment concurrently.
+    unsafe { std::env::remove_var(crate::source::gsm::GOOGLE_LOGGING_ENV) };
+    init_logging(log_format);
+    // Also before any thread: it clears the LISTEN_* variables.
+    let activated = crate::systemd::take_activated_socket();
     let mut config = if dev {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
@@ -37,19 +53,29 @@ pub(super) fn run(
     runtime.block_on(async {
         let cancel = CancellationToken::new();
         let signals = watch_signals(cancel.clone())?;
-        let result = crate::serve::run(config, cancel.clone()).await;
+        let result = crate::serve::run(config, cancel.clone(), activated).await;
         signals.abort();
         result.map_err(|e| e.to_string())
     })
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(filter)
-        .with_filter(FilterFn::new(google_capped));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Text => layer
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .with_filter(FilterFn::new(google_capped))
+            .boxed(),
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_filter(filter)
+            .with_filter(FilterFn::new(google_capped))
+            .boxed(),
+    };
     tracing_subscriber::registry().with(layer).init();
 }
 

@@ -351,6 +351,19 @@ impl Session<'_> {
     }
 }
 
+impl Session<'_> {
+    pub(super) fn metrics(&mut self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        if let Some(refused) = self.admin_gate("metrics", out) {
+            return refused;
+        }
+        let s = self.shared;
+        encode_frame(
+            &Response::Metrics(s.metrics.render(&s.cache, &s.store, &s.audit)),
+            out,
+        )
+    }
+}
+
 fn action_of(op: &str) -> Action {
     match op {
         "break_glass_apply" => Action::BreakGlassApply,

@@ -145,7 +145,10 @@ impl Connection {
             };
             let written = match request {
                 Ok(request) => match session.respond(&request, &mut outbuf).await {
-                    Ok(()) => write_frame(&mut writer, &mut outbuf).await,
+                    Ok(()) => {
+                        self.shared.metrics.request(request.op(), outcome(&outbuf));
+                        write_frame(&mut writer, &mut outbuf).await
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, op = request.op(), "cannot encode response");
                         let internal = WireError::new(ErrorCode::Internal, "response too large");
@@ -257,6 +260,23 @@ async fn write_frame(writer: &mut &Stream, buf: &mut Vec<u8>) -> Result<(), Fram
             std::io::ErrorKind::TimedOut,
             "client did not read its response in time",
         ))),
+    }
+}
+
+/// The result label of an encoded response frame: "ok", or the error code's name. Read from
+/// the frame's tag (`Response::Error` is variant 3) and code, so handlers need not report it.
+fn outcome(frame: &[u8]) -> &'static str {
+    let tag = frame
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes);
+    let code = frame
+        .get(8..10)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_le_bytes);
+    match (tag, code) {
+        (Some(3), Some(code)) => ErrorCode::from_u16(code).as_str(),
+        _ => "ok",
     }
 }
 

@@ -82,6 +82,7 @@ impl<'a> Session<'a> {
                 self.break_glass_apply(envelope.clone(), out).await
             }
             Request::BreakGlassClear { name } => self.break_glass_clear(name, out).await,
+            Request::Metrics => self.metrics(out),
             // The connection layer answers hellos; one here is a bug in that layer.
             Request::Hello(_) => error(out, ErrorCode::Internal, "unexpected hello"),
         }
@@ -115,6 +116,7 @@ impl<'a> Session<'a> {
         if !self.audit_read(idx, &entry) {
             return audit_down(out);
         }
+        self.shared.metrics.read(idx, entry.source);
         encode_frame(
             &Response::Secret(SecretReply {
                 version: entry.version.clone(),

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit_log::AuditLog;
 use crate::break_glass::BreakGlass;
 use crate::cache::Cache;
+use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::policy::Policy;
 use crate::source::Source;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub sources: Vec<Arc<dyn Source>>,
     /// Break-glass overrides.
     pub break_glass: Arc<BreakGlass>,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.
@@ -92,8 +95,11 @@ pub async fn serve(
             Ok(permit) => {
                 let conn = connection::Connection::new(stream, peer, shared.clone());
                 let cancel = cancel.clone();
+                let open = shared.metrics.connections.clone();
+                open.inc();
                 tracker.spawn(async move {
                     conn.run(cancel).await;
+                    open.dec();
                     drop(permit);
                 });
             }

@@ -1,0 +1,167 @@
+//! `secretd check`: a policy gate for deploy pipelines and consumers' CI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secretd_client::{Client, EntryState};
+
+use crate::config::Config;
+use crate::dev::DEMO_CATALOG;
+use crate::store::now_ms;
+
+/// The shortest acceptable value.
+pub const MIN_VALUE_LEN: usize = 16;
+
+/// What a value lacks, as words for the violation line.
+fn weaknesses(value: &[u8]) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if !value.iter().any(u8::is_ascii_uppercase) {
+        missing.push("an upper-case letter");
+    }
+    if !value.iter().any(u8::is_ascii_lowercase) {
+        missing.push("a lower-case letter");
+    }
+    if !value.iter().any(u8::is_ascii_digit) {
+        missing.push("a digit");
+    }
+    if !value.iter().any(|b| !b.is_ascii_alphanumeric()) {
+        missing.push("a symbol");
+    }
+    missing
+}
+
+fn human(ms: i64) -> String {
+    humantime::format_duration(Duration::from_secs(u64::try_from(ms / 1000).unwrap_or(0)))
+        .to_string()
+}
+
+pub(super) fn run(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    mut required: Vec<String>,
+    min_ttl: &str,
+    min_rotation: &str,
+) -> Result<(), String> {
+    let parse = |flag: &str, v: &str| {
+        humantime::parse_duration(v)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .map_err(|e| format!("{flag} {v:?}: {e}"))
+    };
+    let min_ttl = parse("--min-ttl", min_ttl)?;
+    let min_rotation = parse("--min-rotation", min_rotation)?;
+    let mut violations = Vec::new();
+    if let Some(path) = &config {
+        match Config::load(path) {
+            Ok(c) if required.is_empty() => {
+                required = c.secrets.into_iter().map(|s| s.name).collect()
+            }
+            Ok(_) => {}
+            Err(e) => violations.push(format!("{}: {e}", path.display())),
+        }
+    }
+    if required.is_empty() {
+        required = DEMO_CATALOG.iter().map(|(n, _)| n.to_string()).collect();
+    }
+    let path = socket.unwrap_or_else(secretd_client::default_socket_path);
+    match Client::connect(&path) {
+        Err(e) => violations.push(format!("cannot check the live catalog: {e}")),
+        Ok(client) => check_live(&client, &required, min_ttl, min_rotation, &mut violations),
+    }
+    if violations.is_empty() {
+        println!("check passed: {} secrets", required.len());
+        return Ok(());
+    }
+    for v in &violations {
+        println!("{v}");
+    }
+    Err(format!("check failed: {} violations", violations.len()))
+}
+
+fn check_live(
+    client: &Client,
+    required: &[String],
+    min_ttl: i64,
+    min_rotation: i64,
+    out: &mut Vec<String>,
+) {
+    let rows = match client.status() {
+        Ok(rows) => rows,
+        Err(e) => {
+            out.push(format!("cannot read the daemon's status: {e}"));
+            return;
+        }
+    };
+    let now = now_ms();
+    for name in required {
+        let Some(row) = rows.iter().find(|r| &r.name == name) else {
+            out.push(format!("{name}: missing from the catalog (or not readable by this uid); add it to the config"));
+            continue;
+        };
+        match client.get(name) {
+            Err(e) => out.push(format!("{name}: cannot be read: {e}")),
+            Ok(secret) => {
+                let value = secret.expose();
+                if value.len() < MIN_VALUE_LEN {
+                    out.push(format!(
+                        "{name}: value is {} characters; needs at least {MIN_VALUE_LEN}: rotate it to a longer one",
+                        value.len()
+                    ));
+                }
+                let missing = weaknesses(value);
+                if !missing.is_empty() {
+                    out.push(format!(
+                        "{name}: value lacks {}: rotate it to a stronger one",
+                        missing.join(", ")
+                    ));
+                }
+            }
+        }
+        if matches!(row.state, EntryState::Stale | EntryState::Expired) {
+            out.push(format!(
+                "{name}: {} (last refresh error: {}); check the source",
+                row.state.as_str(),
+                row.last_error
+                    .as_ref()
+                    .map_or("none", |e| e.message.as_str())
+            ));
+        } else if let Some(expires) = row.expires_at_ms
+            && expires - now < min_ttl
+        {
+            out.push(format!(
+                "{name}: due for refresh in {}, below --min-ttl {}",
+                human(expires - now),
+                human(min_ttl)
+            ));
+        }
+        if let Some(due) = row.rotation_due_at_ms
+            && due - now < min_rotation
+        {
+            let when = if due <= now {
+                "overdue".to_string()
+            } else {
+                format!("due in {}", human(due - now))
+            };
+            out.push(format!(
+                "{name}: rotation {when}; rotate it (`secretd rotation begin`)"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert!(weaknesses(b"Abcdefgh-12345678").is_empty());
+        assert_eq!(
+            weaknesses(b"abcdefgh12345678"),
+            ["an upper-case letter", "a symbol"]
+        );
+        assert_eq!(
+            weaknesses(b"ABC"),
+            ["a lower-case letter", "a digit", "a symbol"]
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! The optional HTTP listener (`daemon.metrics_listen`): `/metrics` (Prometheus text),
+//! `/healthz` (200 or 503 with a JSON reason) and `/status` (the status JSON, never values).
+//! It is read-only and binds to loopback unless configured otherwise.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use secretd_proto::EntryState;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::server::Shared;
+use crate::status_json::status_json;
+
+/// Requests on one HTTP connection are short; a slow scraper gets cut off after this.
+const HTTP_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+/// Binds `addr` (failing startup if it cannot) and serves until `cancel` fires.
+pub async fn start(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, "metrics and health endpoints listening");
+    let conns = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tokio::time::sleep(crate::server::ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = shared.clone();
+            conns.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(route(&shared, &req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(HTTP_CONNECTION_TIMEOUT, conn).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    if req.method() != Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared
+                .metrics
+                .render(&shared.cache, &shared.store, &shared.audit),
+        ),
+        "/healthz" => healthz(shared),
+        "/status" => {
+            let rows: Vec<_> = (0..shared.cache.slots().len())
+                .map(|i| {
+                    let mut row = shared.cache.status(i);
+                    if let Ok(Some(meta)) = shared.store.meta(&row.name) {
+                        row.metadata_status = Some(meta.status.as_str().into());
+                        row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
+                    }
+                    status_json(&row)
+                })
+                .collect();
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::Value::Array(rows).to_string(),
+            )
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Healthy when every secret is servable (fresh, or stale within max_stale) and the audit
+/// trail is writable.
+fn healthz(shared: &Shared) -> Reply {
+    let mut reasons = Vec::new();
+    for i in 0..shared.cache.slots().len() {
+        let row = shared.cache.status(i);
+        match row.state {
+            EntryState::Fresh | EntryState::Stale => {}
+            EntryState::Expired => reasons.push(format!("{}: stale past max_stale", row.name)),
+            EntryState::Missing => reasons.push(format!("{}: never loaded", row.name)),
+        }
+    }
+    if !shared.audit.healthy() {
+        reasons.push("audit trail not writable".into());
+    }
+    if reasons.is_empty() {
+        reply(
+            StatusCode::OK,
+            "application/json",
+            json!({"status": "ok"}).to_string(),
+        )
+    } else {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            json!({"status": "unhealthy", "reasons": reasons}).to_string(),
+        )
+    }
+}

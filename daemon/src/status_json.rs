@@ -1,0 +1,31 @@
+//! The JSON shape of a status row, shared by `secretd status --json` and HTTP `/status`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use secretd_proto::SecretStatus;
+use serde_json::{Value, json};
+
+/// Unix milliseconds as RFC 3339 with milliseconds (UTC).
+pub fn rfc3339(ms: Option<i64>) -> Option<String> {
+    let ms = u64::try_from(ms?).ok()?;
+    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+}
+
+/// One status row as JSON. Never a value.
+pub fn status_json(s: &SecretStatus) -> Value {
+    json!({
+        "name": s.name,
+        "source": s.configured_source.as_str(),
+        "cacheSource": s.cache_source.map(|k| k.as_str()),
+        "state": s.state.as_str(),
+        "version": s.version,
+        "fetchedAt": rfc3339(s.fetched_at_ms),
+        "expiresAt": rfc3339(s.expires_at_ms),
+        "ageSeconds": s.age_ms.map(|ms| ms as f64 / 1000.0),
+        "lastError": s.last_error.as_ref().map(|e| e.message.clone()),
+        "status": s.metadata_status,
+        "rotationDueAt": rfc3339(s.rotation_due_at_ms),
+        "breakGlassExpiresAt": rfc3339(s.break_glass_expires_at_ms),
+        "fingerprint": s.fingerprint,
+    })
+}

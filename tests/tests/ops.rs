@@ -1,0 +1,387 @@
+//! Operations: Prometheus metrics over HTTP and the socket, /healthz and /status, JSON logs,
+//! systemd socket activation and readiness, and `secretd check`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use secretd_client::Client;
+use secretd_gsm_fake::{FakeGsm, Fault};
+use support::{TestEnv, cli, secretd_bin};
+
+const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// A plain HTTP/1.1 GET; returns (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of the series `name{labels}` in Prometheus text, if present.
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn metrics_healthz_and_status_over_http_and_the_socket() {
+    let fake = FakeGsm::start().expect("fake");
+    fake.add_version(API_KEY, b"Omni-Key-from-GSM-1111!");
+    let env = TestEnv::new();
+    let port = free_port();
+    let config = env.config(
+        &format!("metrics_listen = \"127.0.0.1:{port}\"\nrefresh_interval = \"1s\"\nmax_stale = \"1s\""),
+        &format!(
+            "[gsm]\nendpoint = \"{}\"\nanonymous = true\nattempt_timeout = \"200ms\"\nretry_budget = \"400ms\"\n\n\
+             [[secret]]\nname = \"trading_api_key\"\nsource = \"gsm\"\ngcp_secret = \"{API_KEY}\"\n\n{}\
+             [[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
+            fake.endpoint(),
+            env.file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
+            euid()
+        ),
+    );
+    let daemon = env.start_with_env(&config, &[("SECRETD_LOG_FORMAT", "json")]);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    for _ in 0..3 {
+        client.get("trading_api_key").expect("get");
+    }
+    assert!(client.get("trading_nope").is_err());
+
+    let (code, text) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let reads = series(
+        &text,
+        "omni_secret_reads_total",
+        &[("secret_type", "trading_api_key"), ("source", "gsm")],
+    );
+    assert_eq!(reads, Some(3.0), "{text}");
+    assert!(
+        series(
+            &text,
+            "omni_secret_cache_age_seconds",
+            &[("secret_type", "webhook_shared_secret"), ("source", "file")]
+        )
+        .is_some()
+    );
+    assert!(
+        series(
+            &text,
+            "omni_secretd_requests_total",
+            &[("op", "get"), ("result", "not_found")]
+        ) == Some(1.0),
+        "{text}"
+    );
+    assert_eq!(series(&text, "omni_secretd_connections", &[]), Some(1.0));
+    assert!(text.contains("omni_secret_refresh_duration_seconds_bucket"));
+    assert!(series(&text, "omni_secretd_audit_queue_depth", &[]).is_some());
+    assert_eq!(
+        series(
+            &text,
+            "omni_secret_break_glass_active",
+            &[("secret_type", "trading_api_key")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(
+            &text,
+            "omni_secret_rotation_overdue",
+            &[("secret_type", "trading_api_key")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        !text.contains("Omni-Key") && !text.contains("Webhook-Secret"),
+        "values in metrics"
+    );
+
+    // The same text over the socket.
+    let out = cli(
+        &["metrics", "--socket", daemon.socket.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("omni_secret_reads_total"));
+
+    let (code, body) = http_get(port, "/status");
+    assert_eq!(code, 200);
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("status json");
+    assert_eq!(rows[0]["name"], "trading_api_key");
+    assert_eq!(rows[0]["cacheSource"], "gsm");
+    assert!(!body.contains("Omni-Key"));
+    assert_eq!(http_get(port, "/healthz").0, 200);
+
+    // GSM fails past max_stale: failures counted by reason, /healthz 503 with a reason.
+    fake.set_fault(Some(Fault::Unavailable));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let body = loop {
+        let (code, body) = http_get(port, "/healthz");
+        if code == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "healthz never turned 503");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reason: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(reason["status"], "unhealthy");
+    assert!(
+        reason["reasons"][0]
+            .as_str()
+            .expect("reason")
+            .contains("trading_api_key")
+    );
+    let (_, text) = http_get(port, "/metrics");
+    assert!(
+        series(
+            &text,
+            "omni_secret_failures_total",
+            &[
+                ("secret_type", "trading_api_key"),
+                ("reason", "unavailable")
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+    fake.set_fault(None);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while http_get(port, "/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "healthz never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // JSON logs with stable event fields, never a value.
+    let log = daemon.log();
+    let ready = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "daemon.ready")
+        .expect("a JSON daemon.ready line");
+    assert_eq!(ready["level"], "INFO");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"secret\":\"trading_api_key\"")
+                && l.contains("\"reason\":\"unavailable\"")),
+        "no structured refresh failure line"
+    );
+    assert!(!log.contains("Omni-Key"));
+}
+
+#[test]
+fn socket_activation_and_readiness_notification() {
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", b"Omni-Key-1234567890-abcdef!"),
+        euid()
+    );
+    let socket = env.path("activated.sock");
+    let config_path = env.path("secretd.toml");
+    // The config names another path: an activated daemon must use the socket it was given.
+    std::fs::write(&config_path, env.config("", &rest)).expect("config");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let notify_path = env.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"", "sh"])
+        .arg(secretd_bin())
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec, so clear it explicitly.
+            if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    drop(listener);
+
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    let client = Client::connect(&socket).expect("connect to the activated socket");
+    assert_eq!(
+        client.get("trading_api_key").expect("get").expose(),
+        b"Omni-Key-1234567890-abcdef!"
+    );
+    assert!(!env.socket().exists(), "the configured path was not bound");
+
+    // SAFETY: kill with a valid pid and signal number.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let n = notify.recv(&mut buf).expect("STOPPING notification");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().expect("wait").success());
+    assert!(
+        socket.exists(),
+        "the activated socket belongs to systemd: left in place"
+    );
+
+    // LISTEN_PID naming another process is ignored: the daemon binds its own socket.
+    let listener = std::os::unix::net::UnixListener::bind(env.path("other.sock")).expect("bind");
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(secretd_bin());
+    cmd.args(["serve", "--config"])
+        .arg(&config_path)
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .stderr(Stdio::null());
+    // SAFETY: as above.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec, so clear it explicitly.
+            if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Client::connect(env.socket()).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not bind its own socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill with a valid pid and signal number.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
+fn check_passes_a_good_catalog_and_names_each_violation_of_a_weak_one() {
+    let env = TestEnv::new();
+    let rest = format!(
+        "{}{}{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", b"Omni-Key-1234567890-abcdef!"),
+        env.file_secret("trading_client_secret", b"short"),
+        env.file_secret("trading_api_passphrase", b"alllowercaseandlongenough"),
+        euid()
+    );
+    let config = env.config("", &rest);
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8");
+
+    let out = cli(
+        &["check", "--require", "trading_api_key", "--socket", socket],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check passed: 1 secrets"));
+
+    std::fs::write(env.path("check.toml"), &config).expect("config");
+    let out = cli(
+        &[
+            "check",
+            "--config",
+            env.path("check.toml").to_str().expect("utf8"),
+            "--require",
+            "trading_api_key",
+            "--require",
+            "trading_client_secret",
+            "--require",
+            "trading_api_passphrase",
+            "--require",
+            "webhook_shared_secret",
+            "--min-ttl",
+            "10m",
+            "--socket",
+            socket,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = report.lines().collect();
+    let expect = [
+        "trading_client_secret: value is 5 characters; needs at least 16",
+        "trading_client_secret: value lacks an upper-case letter, a digit, a symbol",
+        "trading_api_passphrase: value lacks an upper-case letter, a digit, a symbol",
+        "webhook_shared_secret: missing from the catalog",
+        "trading_api_key: due for refresh in",
+    ];
+    for e in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(e)),
+            "no line starting {e:?} in:\n{report}"
+        );
+    }
+    assert!(
+        !report.contains("short") && !report.contains("alllowercase"),
+        "values in the report"
+    );
+
+    // A bad config is a violation too.
+    std::fs::write(env.path("bad.toml"), "[daemon]\nsokcet = 1\n").expect("bad");
+    let out = cli(
+        &[
+            "check",
+            "--config",
+            env.path("bad.toml").to_str().expect("utf8"),
+            "--socket",
+            socket,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sokcet"));
+}
