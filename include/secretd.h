@@ -55,6 +55,19 @@ typedef enum {
   SECRETD_RESULT_UNSUPPORTED_VERSION = 12,
 } secretd_result;
 
+// What a watch event reports. The numbers are stable.
+typedef enum {
+  // A watched secret now serves a different value: read it again with `secretd_get`.
+  SECRETD_EVENT_KIND_CHANGED = 0,
+  // Events may have been missed (the subscriber fell behind, or the watch reconnected
+  // after a daemon restart): read every watched secret again.
+  SECRETD_EVENT_KIND_LAGGED = 1,
+  // The watch connection broke; it resubscribes by itself and then reports `LAGGED`. If
+  // `error` is a daemon refusal (such as `SECRETD_RESULT_PERMISSION_DENIED`), the daemon
+  // refused the resubscription and no further events follow.
+  SECRETD_EVENT_KIND_ERROR = 2,
+} secretd_event_kind;
+
 // A connection to the daemon. Opaque. Thread-safe: one client may be shared by many threads
 // (their requests take turns on its one connection). Reconnects after a daemon restart.
 typedef struct secretd_client secretd_client;
@@ -62,6 +75,33 @@ typedef struct secretd_client secretd_client;
 // A secret value with its version and source. Opaque. Its memory is wiped by
 // `secretd_secret_free`.
 typedef struct secretd_secret secretd_secret;
+
+// A running watch. Opaque. Stop and free it with `secretd_watch_stop`.
+typedef struct secretd_watch_handle secretd_watch_handle;
+
+// One event, lent to the callback: every pointer is valid only during the call. Never holds
+// a value. For `LAGGED` and `ERROR` the strings are empty.
+typedef struct {
+  // What happened.
+  secretd_event_kind kind;
+  // The secret's catalog name.
+  const char *name;
+  // The version now served.
+  const char *version;
+  // Where the value now served came from: "gsm", "break_glass", "env" or "file".
+  const char *source;
+  // Keyed fingerprint (HMAC-SHA256, hex) of the value now served.
+  const char *fingerprint;
+  // When the daemon started serving it, Unix milliseconds.
+  int64_t at_ms;
+  // For `ERROR`: why.
+  secretd_result error;
+} secretd_change_event;
+
+// Called on the library's watch thread for every event. Must not block for long (events for
+// this watch wait meanwhile). May call `secretd_get` on any client, and may call
+// `secretd_watch_stop` on its own watch (which then returns without waiting).
+typedef void (*secretd_watch_callback)(const secretd_change_event *event, void *user_data);
 
 #ifdef __cplusplus
 extern "C" {
@@ -92,6 +132,15 @@ const char *secretd_version(void);
 // `socket_path_or_null` must be NULL or a NUL-terminated string; `out` must be NULL or
 // valid for one pointer write.
 secretd_result secretd_client_connect(const char *socket_path_or_null, secretd_client **out);
+
+// Like `secretd_client_connect`, with the client-side cache on: values this client reads are
+// kept in its own locked, no-dump memory and served without asking the daemon (well under a
+// microsecond) until a change event, a lag, a disconnect or the value's expiry drops them. A
+// library thread keeps a watch subscription to the daemon for this.
+//
+// # Safety
+// As for `secretd_client_connect`.
+secretd_result secretd_client_connect_cached(const char *socket_path_or_null, secretd_client **out);
 
 // Frees a client and closes its connection. NULL is a no-op.
 //
@@ -140,6 +189,30 @@ const char *secretd_secret_source(const secretd_secret *secret);
 // # Safety
 // `secret` must be NULL or a pointer from `secretd_get` not yet freed.
 void secretd_secret_free(secretd_secret *secret);
+
+// Watches secrets for changes. `names` holds `count` catalog names; `count` 0 (with `names`
+// NULL or not) watches every secret the caller may read. The subscription is made before this
+// returns, so a refusal (`SECRETD_RESULT_PERMISSION_DENIED`, `SECRETD_RESULT_NOT_FOUND`) comes
+// back here; then `callback(event, user_data)` runs on a library thread for every event until
+// `secretd_watch_stop`. On success writes the watch to `*out`.
+//
+// # Safety
+// `client` must be NULL or live; `names` must hold `count` NUL-terminated strings (or be NULL
+// when `count` is 0); `user_data` must be usable from another thread until the watch is
+// stopped; `out` must be NULL or valid for one pointer write.
+secretd_result secretd_watch(const secretd_client *client,
+                             const char *const *names,
+                             size_t count,
+                             secretd_watch_callback callback,
+                             void *user_data,
+                             secretd_watch_handle **out);
+
+// Stops a watch, waits until its callback is no longer running (unless called from that
+// callback), and frees it. NULL is a no-op.
+//
+// # Safety
+// `watch` must be NULL or a pointer from `secretd_watch` not yet stopped.
+void secretd_watch_stop(secretd_watch_handle *watch);
 
 #ifdef __cplusplus
 }  // extern "C"

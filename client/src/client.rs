@@ -5,13 +5,15 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use secretd_proto::{
-    AuditEntry, AuditVerification, RefreshOutcome, Request, Response, RotationStep, SecretStatus,
-    validate_name,
+    AuditEntry, AuditVerification, ChangeEvent, MAX_WATCH_NAMES, RefreshOutcome, Request, Response,
+    RotationStep, SecretStatus, validate_name,
 };
 
+use crate::cache::CachedReads;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
+use crate::watch::{Watch, WatchHandle};
 
 /// How long one request may wait on the daemon before it fails.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +29,14 @@ pub struct Client {
     conn: Mutex<Option<Connection>>,
     /// The per-request read and write timeout.
     timeout: Duration,
+    /// The client-side cache, when [`Client::with_cache`] turned it on.
+    cache: Option<CachedReads>,
+}
+
+impl std::fmt::Debug for CachedReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CachedReads")
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -49,7 +59,31 @@ impl Client {
             path,
             conn: Mutex::new(Some(conn)),
             timeout,
+            cache: None,
         })
+    }
+
+    /// Turns on the client-side cache: values this client reads are kept in its own locked,
+    /// no-dump memory and served without a round trip (well under a microsecond), until a
+    /// change event, a `Lagged` event, a disconnect or the value's expiry empties them. A watch
+    /// on its own connection and thread delivers the events; the daemon audits the subscription
+    /// and each value's first read.
+    pub fn with_cache(mut self) -> Result<Client> {
+        if self.cache.is_none() {
+            let watch = Watch::open(self.path.clone(), Vec::new(), self.timeout)?;
+            self.cache = Some(CachedReads::start(watch)?);
+        }
+        Ok(self)
+    }
+
+    /// Whether the client-side cache is on.
+    pub fn is_cached(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// How many values the client-side cache holds (0 when it is off).
+    pub fn cached_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.cache.len())
     }
 
     /// Connects to [`crate::default_socket_path`].
@@ -65,10 +99,57 @@ impl Client {
     /// Reads a secret.
     pub fn get(&self, name: &str) -> Result<Secret> {
         validate_name(name).map_err(Error::InvalidArgument)?;
+        let Some(reads) = &self.cache else {
+            return self.fetch(name);
+        };
+        if let Some(hit) = reads.cache.get(name) {
+            return Ok(hit);
+        }
+        let ticket = reads.cache.ticket();
+        let secret = self.fetch(name)?;
+        if let Some(ticket) = ticket {
+            reads.cache.insert(ticket, name, &secret);
+        }
+        Ok(secret)
+    }
+
+    fn fetch(&self, name: &str) -> Result<Secret> {
         match self.call(&Request::Get { name: name.into() })? {
             Response::Secret(reply) => Ok(Secret::from_reply(reply)),
             other => Err(unexpected("get", &other)),
         }
+    }
+
+    /// Watches secrets for changes on a connection of its own: a blocking iterator of
+    /// [`ChangeEvent`]s (never values: read the new value with [`Client::get`]). An empty list
+    /// watches every secret the caller may read. Names the caller may not read are refused
+    /// here, as is a name not in the catalog. See [`Watch`] for reconnection.
+    pub fn watch<I, S>(&self, names: I) -> Result<Watch>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        if names.len() > MAX_WATCH_NAMES {
+            return Err(Error::InvalidArgument(
+                "a watch may list at most 1024 names",
+            ));
+        }
+        for name in &names {
+            validate_name(name).map_err(Error::InvalidArgument)?;
+        }
+        Watch::open(self.path.clone(), names, self.timeout)
+    }
+
+    /// [`Client::watch`] on a thread of its own, calling `callback` for every item until the
+    /// returned handle is stopped or dropped.
+    pub fn watch_with<I, S, F>(&self, names: I, callback: F) -> Result<WatchHandle>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+        F: FnMut(Result<ChangeEvent>) + Send + 'static,
+    {
+        self.watch(names)?.spawn(callback)
     }
 
     /// Describes every secret the caller may read (never values).

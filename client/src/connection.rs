@@ -1,6 +1,7 @@
 //! One connected, greeted socket to the daemon.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -73,6 +74,48 @@ impl Connection {
             .set_read_timeout(Some(usual))
             .map_err(Error::Io)?;
         result
+    }
+
+    /// Reads the next frame the daemon sends unasked (watch events), waiting as long as the
+    /// stream's read timeout allows.
+    pub(crate) fn receive(&mut self) -> Result<Response<'static>> {
+        let result = read_frame(&mut self.stream, &mut self.buf)
+            .and_then(|()| decode_body::<Response<'static>>(&self.buf));
+        self.buf.zeroize();
+        Ok(result?)
+    }
+
+    /// Waits for frames without a deadline (a watch stream may be quiet for days).
+    pub(crate) fn wait_forever(&mut self) -> Result<()> {
+        self.stream.set_read_timeout(None).map_err(Error::Io)
+    }
+
+    /// Waits up to `timeout` for the daemon to send something (or close). Never consumes.
+    pub(crate) fn readable_within(&self, timeout: Duration) -> Result<bool> {
+        let mut fds = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut fds, 1, ms) } {
+            n if n > 0 => Ok(true),
+            0 => Ok(false),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    Ok(false)
+                } else {
+                    Err(Error::Io(e))
+                }
+            }
+        }
+    }
+
+    /// A second handle to the socket, so another thread can shut it down.
+    pub(crate) fn try_clone_stream(&self) -> Result<UnixStream> {
+        self.stream.try_clone().map_err(Error::Io)
     }
 
     fn exchange(&mut self, req: &Request) -> Result<Response<'static>> {

@@ -11,18 +11,27 @@
 //! A [`Client`] is `Send + Sync`: threads may share one (requests are serialized on its single
 //! connection). It reconnects by itself when the daemon restarts. Values come back as
 //! [`Secret`], which wipes its memory when dropped and never prints its value.
+//!
+//! [`Client::watch`] streams [`ChangeEvent`]s (rotations, break-glass apply and clear) on a
+//! connection of its own; [`Client::with_cache`] serves repeat reads from locked local memory
+//! that those events keep current.
 
+mod cache;
 mod client;
 mod connection;
 mod error;
 mod secret;
+mod watch;
 
 pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};
 pub use error::{Error, Result};
 pub use secret::Secret;
 pub use secretd_proto::{
-    AuditEntry, AuditVerification, EntryState, ErrorCode, RefreshOutcome, RotationStep,
-    SecretStatus, SourceKind, WireError,
+    AuditEntry, AuditVerification, ChangeEvent, EntryState, ErrorCode, MAX_WATCH_NAMES,
+    RefreshOutcome, RotationStep, SecretChange, SecretStatus, SourceKind, WireError,
+};
+pub use watch::{
+    RESUBSCRIBE_MAX_BACKOFF, RESUBSCRIBE_MIN_BACKOFF, Watch, WatchHandle, WatchStopper,
 };
 
 /// The socket path used when none is given: `$SECRETD_SOCKET`, the production socket if it

@@ -42,6 +42,23 @@ impl Secret {
         }
     }
 
+    /// A copy of a cached value (the client-side cache keeps its own locked copy).
+    pub(crate) fn from_parts(
+        value: &[u8],
+        version: String,
+        source: SourceKind,
+        fetched_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> Secret {
+        Secret {
+            value: SecretBox::new(Box::from(value)),
+            version,
+            source,
+            fetched_at,
+            expires_at,
+        }
+    }
+
     /// The value's bytes.
     pub fn expose(&self) -> &[u8] {
         self.value.expose_secret()

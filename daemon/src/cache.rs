@@ -9,8 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use secretd_proto::{EntryState, ErrorCode, SecretStatus, SourceKind, WireError};
-use tokio::sync::{Notify, watch};
+use secretd_proto::frame::encode_frame;
+use secretd_proto::{
+    ChangeEvent, EntryState, ErrorCode, Response, SecretChange, SecretStatus, SourceKind, WireError,
+};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -58,6 +61,21 @@ impl Entry {
     }
 }
 
+/// How many change notices a watcher may fall behind before it is told it lagged.
+pub const WATCH_QUEUE: usize = 256;
+
+/// A change of the value a slot serves, as broadcast to watchers.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The slot's index (watchers filter on it without comparing names).
+    pub slot: usize,
+    /// The `Response::Event` frame, encoded once for every watcher. Holds no value.
+    pub frame: Arc<[u8]>,
+}
+
+/// What a slot last announced: a new notice goes out only when this changes.
+type Served = (String, String, SourceKind);
+
 /// The refresh history of a slot.
 #[derive(Debug, Default, Clone)]
 pub struct Health {
@@ -91,6 +109,13 @@ pub struct Slot {
     overridden: RwLock<Option<Arc<Entry>>>,
     /// Whether `overridden` may hold something: lets reads skip its lock in the usual case.
     has_override: AtomicBool,
+    /// This slot's index, carried by its notices.
+    index: usize,
+    /// Where changes of the served value are announced (shared by all slots).
+    events: broadcast::Sender<Notice>,
+    /// The version, fingerprint and source last announced; the lock also keeps
+    /// announcements of one slot in order.
+    announced: Mutex<Option<Served>>,
 }
 
 /// Why a read cannot be served.
@@ -141,15 +166,19 @@ pub struct Cache {
     index: HashMap<Arc<str>, usize>,
     /// How long past expiry a value is still served.
     max_stale: Duration,
+    /// Change notices for watchers.
+    events: broadcast::Sender<Notice>,
 }
 
 impl Cache {
     /// An empty slot for every configured secret.
     pub fn new(config: &Config) -> Cache {
+        let events = broadcast::Sender::new(WATCH_QUEUE);
         let slots: Box<[Slot]> = config
             .secrets
             .iter()
-            .map(|s| Slot {
+            .enumerate()
+            .map(|(index, s)| Slot {
                 name: Arc::from(s.name.as_str()),
                 configured: s.source.kind(),
                 ttl: s.ttl,
@@ -160,6 +189,9 @@ impl Cache {
                 attempts_done: watch::Sender::new(0),
                 overridden: RwLock::new(None),
                 has_override: AtomicBool::new(false),
+                index,
+                events: events.clone(),
+                announced: Mutex::new(None),
             })
             .collect();
         let index = slots
@@ -171,7 +203,18 @@ impl Cache {
             slots,
             index,
             max_stale: config.daemon.max_stale,
+            events,
         }
+    }
+
+    /// A receiver of every change notice from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.events.subscribe()
+    }
+
+    /// How many watchers are subscribed.
+    pub fn watchers(&self) -> usize {
+        self.events.receiver_count()
     }
 
     /// Every slot, in config order.
@@ -270,6 +313,7 @@ impl Slot {
         });
         *self.overridden.write().unwrap_or_else(|p| p.into_inner()) = Some(entry);
         self.has_override.store(true, Ordering::Relaxed);
+        self.announce();
     }
 
     /// When the stored override (active or just expired) ends, if there is one.
@@ -284,11 +328,50 @@ impl Slot {
     /// Removes the break-glass value; the normal value is served again at once.
     pub fn clear_override(&self) -> bool {
         self.has_override.store(false, Ordering::Relaxed);
-        self.overridden
+        let had = self
+            .overridden
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .is_some()
+            .is_some();
+        self.announce();
+        had
+    }
+
+    /// Tells watchers about the value now served, if it differs from the one last announced.
+    /// Called after every change to `current` or `overridden`; never blocks on watchers.
+    fn announce(&self) {
+        let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(served) = self.active_override().or_else(|| self.current()) else {
+            return;
+        };
+        let key = (
+            served.version.clone(),
+            served.fingerprint.clone(),
+            served.source,
+        );
+        if announced.as_ref() == Some(&key) {
+            return;
+        }
+        *announced = Some(key);
+        let change = SecretChange {
+            name: self.name.to_string(),
+            version: served.version.clone(),
+            source: served.source,
+            fingerprint: served.fingerprint.clone(),
+            at_ms: unix_ms(SystemTime::now()),
+        };
+        let mut frame = Vec::new();
+        let event = Response::Event(ChangeEvent::Changed(change));
+        if let Err(e) = encode_frame(&event, &mut frame) {
+            tracing::error!(secret = %self.name, error = %e, "cannot encode a change event");
+            return;
+        }
+        // An error only means nobody is watching.
+        let _ = self.events.send(Notice {
+            slot: self.index,
+            frame: frame.into(),
+        });
     }
 
     /// Marks the start of a fetch attempt and returns its number.
@@ -349,6 +432,7 @@ impl Slot {
         });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(entry);
         *self.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::default();
+        self.announce();
         version
     }
 
@@ -410,6 +494,45 @@ mod tests {
         c.slot(0)
             .install(fetched(b"v1"), SourceKind::Env, String::new());
         assert!(c.read(0).is_ok(), "a later success heals it");
+    }
+
+    #[tokio::test]
+    async fn watchers_hear_each_change_of_the_served_value_once() {
+        let c = cache("5m", "1h");
+        let mut rx = c.subscribe();
+        let s = c.slot(0);
+        s.install(fetched(b"v1"), SourceKind::Env, "fp1".into());
+        s.install(fetched(b"v1"), SourceKind::Env, "fp1".into());
+        s.install(fetched(b"v2"), SourceKind::Env, "fp2".into());
+        s.set_override(
+            SecretBytes::copy_from(b"bg"),
+            "fp3".into(),
+            SystemTime::now() + Duration::from_secs(60),
+        );
+        s.install(fetched(b"v3"), SourceKind::Env, "fp4".into());
+        s.clear_override();
+        let mut seen = Vec::new();
+        while let Ok(n) = rx.try_recv() {
+            assert_eq!(n.slot, 0);
+            let body = &n.frame[secretd_proto::frame::HEADER_LEN..];
+            match secretd_proto::frame::decode_body::<Response<'static>>(body) {
+                Ok(Response::Event(ChangeEvent::Changed(c))) => {
+                    seen.push((c.version, c.source, c.fingerprint));
+                }
+                other => panic!("unexpected notice {other:?}"),
+            }
+        }
+        let fp = |v: &str, s, f: &str| (v.to_string(), s, f.to_string());
+        assert_eq!(
+            seen,
+            [
+                fp("1", SourceKind::Env, "fp1"),
+                fp("2", SourceKind::Env, "fp2"),
+                fp("break-glass", SourceKind::BreakGlass, "fp3"),
+                fp("3", SourceKind::Env, "fp4"),
+            ],
+            "a same-value refresh and a change hidden by an override announce nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -52,6 +52,12 @@ pub struct Metrics {
     requests: IntCounterVec,
     /// `omni_secretd_audit_queue_depth`: audit events not yet committed.
     audit_queue: IntGauge,
+    /// `omni_secretd_watchers`: open watch subscriptions.
+    watchers: IntGauge,
+    /// `omni_secretd_watch_lagged_total`: times a watcher fell behind and was told to re-read.
+    pub watch_lagged: IntCounter,
+    /// `omni_secretd_unlocked_buffers`: value buffers that could not be locked into RAM.
+    unlocked_buffers: IntGauge,
 }
 
 impl Metrics {
@@ -120,7 +126,19 @@ impl Metrics {
         registry.register(Box::new(rotation_overdue.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(requests.clone()))?;
+        let watchers = IntGauge::new("omni_secretd_watchers", "Open watch subscriptions")?;
+        let watch_lagged = IntCounter::new(
+            "omni_secretd_watch_lagged_total",
+            "Times a watcher fell behind and was told to re-read",
+        )?;
+        let unlocked_buffers = IntGauge::new(
+            "omni_secretd_unlocked_buffers",
+            "Secret buffers that could not be locked into RAM (raise LimitMEMLOCK)",
+        )?;
         registry.register(Box::new(audit_queue.clone()))?;
+        registry.register(Box::new(watchers.clone()))?;
+        registry.register(Box::new(watch_lagged.clone()))?;
+        registry.register(Box::new(unlocked_buffers.clone()))?;
         let reads = cache
             .slots()
             .iter()
@@ -137,6 +155,9 @@ impl Metrics {
             connections,
             requests,
             audit_queue,
+            watchers,
+            watch_lagged,
+            unlocked_buffers,
         })
     }
 
@@ -189,6 +210,10 @@ impl Metrics {
         }
         self.audit_queue
             .set(i64::try_from(audit.depth()).unwrap_or(i64::MAX));
+        self.watchers
+            .set(i64::try_from(cache.watchers()).unwrap_or(i64::MAX));
+        self.unlocked_buffers
+            .set(i64::try_from(secretd_proto::locked::unlocked_buffers()).unwrap_or(i64::MAX));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");

@@ -1,31 +1,29 @@
 //! The one type that holds secret values inside the daemon.
 
-use zeroize::{Zeroize, Zeroizing};
+use secretd_proto::LockedBuf;
+use zeroize::Zeroizing;
 
-/// A secret value: one exact-size heap allocation, wiped on drop, never printed.
+/// A secret value: one exact-size buffer in its own locked, no-dump, wipe-on-fork mapping,
+/// wiped on drop, never printed.
 ///
 /// Exact size matters: a `Vec` that grows copies its contents and frees the old buffer
 /// without wiping it, leaving a copy `zeroize` can never reach.
-pub struct SecretBytes(Box<[u8]>);
+pub struct SecretBytes(LockedBuf);
 
 impl SecretBytes {
-    /// Copies `bytes` into a new exact-size allocation. The caller wipes its own copy.
+    /// Copies `bytes` into a new locked buffer. The caller wipes its own copy.
     pub fn copy_from(bytes: &[u8]) -> SecretBytes {
-        SecretBytes(bytes.to_vec().into_boxed_slice())
+        SecretBytes(LockedBuf::copy_from(bytes))
     }
 
-    /// Takes ownership of a zeroizing buffer, moving (not copying) it when it is exact-size.
-    pub fn from_zeroizing(mut bytes: Zeroizing<Vec<u8>>) -> SecretBytes {
-        if bytes.len() == bytes.capacity() {
-            SecretBytes(std::mem::take(&mut *bytes).into_boxed_slice())
-        } else {
-            SecretBytes::copy_from(&bytes)
-        }
+    /// Takes a zeroizing buffer: copies it into locked memory, then wipes it.
+    pub fn from_zeroizing(bytes: Zeroizing<Vec<u8>>) -> SecretBytes {
+        SecretBytes::copy_from(&bytes)
     }
 
     /// The bytes. Named so that every use stands out in review.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 
     /// Length in bytes (safe to log).
@@ -38,16 +36,15 @@ impl SecretBytes {
         self.0.is_empty()
     }
 
+    /// Whether the value is locked into RAM (false when `RLIMIT_MEMLOCK` ran out).
+    pub fn is_locked(&self) -> bool {
+        self.0.is_locked()
+    }
+
     /// Equality in time that depends only on the lengths, not on where the bytes differ.
     pub fn ct_eq(&self, other: &SecretBytes) -> bool {
         let (a, b) = (self.expose(), other.expose());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
-
-impl Drop for SecretBytes {
-    fn drop(&mut self) {
-        self.0.zeroize();
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::{fail, fail_with, guard, guard_value, secretd_result};
 #[derive(Debug)]
 pub struct secretd_client {
     /// The Rust client.
-    client: Client,
+    pub(crate) client: Client,
 }
 
 /// A secret value with its version and source. Opaque. Its memory is wiped by
@@ -27,6 +27,16 @@ pub struct secretd_secret {
     version: CString,
     /// The source as a C string.
     source: &'static CStr,
+}
+
+/// A source's stable name as a static C string.
+pub(crate) fn source_name(source: SourceKind) -> &'static CStr {
+    match source {
+        SourceKind::Gsm => c"gsm",
+        SourceKind::BreakGlass => c"break_glass",
+        SourceKind::Env => c"env",
+        SourceKind::File => c"file",
+    }
 }
 
 /// The library's version, e.g. "0.1.0". Static; never free it.
@@ -47,6 +57,33 @@ pub unsafe extern "C" fn secretd_client_connect(
     socket_path_or_null: *const c_char,
     out: *mut *mut secretd_client,
 ) -> secretd_result {
+    // SAFETY: the contract is passed on unchanged.
+    unsafe { connect(socket_path_or_null, out, false) }
+}
+
+/// Like `secretd_client_connect`, with the client-side cache on: values this client reads are
+/// kept in its own locked, no-dump memory and served without asking the daemon (well under a
+/// microsecond) until a change event, a lag, a disconnect or the value's expiry drops them. A
+/// library thread keeps a watch subscription to the daemon for this.
+///
+/// # Safety
+/// As for `secretd_client_connect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn secretd_client_connect_cached(
+    socket_path_or_null: *const c_char,
+    out: *mut *mut secretd_client,
+) -> secretd_result {
+    // SAFETY: the contract is passed on unchanged.
+    unsafe { connect(socket_path_or_null, out, true) }
+}
+
+/// # Safety
+/// As for `secretd_client_connect`.
+unsafe fn connect(
+    socket_path_or_null: *const c_char,
+    out: *mut *mut secretd_client,
+    cached: bool,
+) -> secretd_result {
     guard(|| {
         if out.is_null() {
             return fail(secretd_result::NullParameter, "out is NULL");
@@ -58,7 +95,9 @@ pub unsafe extern "C" fn secretd_client_connect(
             let bytes = unsafe { CStr::from_ptr(socket_path_or_null) }.to_bytes();
             PathBuf::from(OsStr::from_bytes(bytes))
         };
-        match Client::connect(&path) {
+        let connected =
+            Client::connect(&path).and_then(|c| if cached { c.with_cache() } else { Ok(c) });
+        match connected {
             Ok(client) => {
                 let handle = Box::into_raw(Box::new(secretd_client { client }));
                 // SAFETY: `out` is non-NULL and valid per the contract.
@@ -120,12 +159,7 @@ pub unsafe extern "C" fn secretd_get(
                 "daemon sent a version containing NUL",
             );
         };
-        let source = match secret.source() {
-            SourceKind::Gsm => c"gsm",
-            SourceKind::BreakGlass => c"break_glass",
-            SourceKind::Env => c"env",
-            SourceKind::File => c"file",
-        };
+        let source = source_name(secret.source());
         let handle = Box::into_raw(Box::new(secretd_secret {
             secret,
             version,

@@ -14,10 +14,15 @@
 
 mod error;
 mod handles;
+mod watch;
 
 pub use error::{secretd_error_message, secretd_last_error_message, secretd_result};
 pub use handles::{
-    secretd_client, secretd_client_connect, secretd_client_free, secretd_get, secretd_secret,
-    secretd_secret_data, secretd_secret_free, secretd_secret_len, secretd_secret_source,
-    secretd_secret_version, secretd_version,
+    secretd_client, secretd_client_connect, secretd_client_connect_cached, secretd_client_free,
+    secretd_get, secretd_secret, secretd_secret_data, secretd_secret_free, secretd_secret_len,
+    secretd_secret_source, secretd_secret_version, secretd_version,
+};
+pub use watch::{
+    secretd_change_event, secretd_event_kind, secretd_watch, secretd_watch_callback,
+    secretd_watch_handle, secretd_watch_stop,
 };

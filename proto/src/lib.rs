@@ -3,19 +3,22 @@
 //! Everything a client in any language needs to talk to the daemon lives here and in
 //! `docs/protocol.md`: the frame codec ([`frame`]), the messages ([`message`]), the stable
 //! error codes ([`error`]) and the secret value type that never prints ([`value`]).
+//! It also holds [`LockedBuf`], the locked, no-dump memory both caches keep values in.
 //! This crate has no runtime and no I/O beyond `std::io::Read`/`Write` helpers.
 
 pub mod error;
 pub mod frame;
+pub mod locked;
 pub mod message;
 pub mod paths;
 pub mod value;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameError, MAX_FRAME};
+pub use locked::LockedBuf;
 pub use message::{
-    AuditEntry, AuditVerification, ClientHello, EntryState, MAGIC, MAX_NAME_LEN, PROTOCOL_VERSION,
-    RefreshOutcome, Request, Response, RotationStep, SecretReply, SecretStatus, ServerHello,
-    SourceKind, validate_name,
+    AuditEntry, AuditVerification, ChangeEvent, ClientHello, EntryState, MAGIC, MAX_NAME_LEN,
+    MAX_WATCH_NAMES, PROTOCOL_VERSION, RefreshOutcome, Request, Response, RotationStep,
+    SecretChange, SecretReply, SecretStatus, ServerHello, SourceKind, validate_name,
 };
 pub use value::SecretValue;

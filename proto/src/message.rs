@@ -174,6 +174,54 @@ pub enum Request {
     },
     /// Admin: the Prometheus text exposition, as `/metrics` serves it.
     Metrics,
+    /// Turn this connection into a stream of [`ChangeEvent`]s for these names (every name the
+    /// caller may read, when empty). Answered by [`Response::Watching`], then events until
+    /// either side closes; the client sends nothing more.
+    Watch {
+        /// Catalog names, at most [`MAX_WATCH_NAMES`].
+        names: Vec<String>,
+    },
+}
+
+/// The most names one watch request may list.
+pub const MAX_WATCH_NAMES: usize = 1024;
+
+/// A change to the value a name serves. Never carries the value: a subscriber that needs it
+/// reads it with a normal get.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SecretChange {
+    /// The catalog name.
+    pub name: String,
+    /// The version now served.
+    pub version: String,
+    /// Where the value now served came from.
+    pub source: SourceKind,
+    /// Keyed fingerprint of the value now served (HMAC-SHA256, hex; empty if the daemon has
+    /// no fingerprint key).
+    pub fingerprint: String,
+    /// When the daemon started serving it, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// One event on a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum ChangeEvent {
+    /// A watched name now serves a different value (new version, break-glass applied,
+    /// cleared or expired). Changes are coalesced per name: only the latest is sent.
+    Changed(SecretChange),
+    /// Events were dropped because this subscriber fell behind (or, in client libraries,
+    /// because the connection was re-established): re-read every watched name.
+    Lagged,
+}
+
+impl ChangeEvent {
+    /// The name changed, for a [`ChangeEvent::Changed`].
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ChangeEvent::Changed(c) => Some(&c.name),
+            ChangeEvent::Lagged => None,
+        }
+    }
 }
 
 /// A rotation step.
@@ -256,6 +304,7 @@ impl Request {
             Request::BreakGlassApply { .. } => "break_glass_apply",
             Request::BreakGlassClear { .. } => "break_glass_clear",
             Request::Metrics => "metrics",
+            Request::Watch { .. } => "watch",
         }
     }
 }
@@ -329,6 +378,10 @@ pub enum Response<'a> {
     BreakGlass(SecretStatus),
     /// The answer to [`Request::Metrics`].
     Metrics(String),
+    /// The answer to [`Request::Watch`]: the names now watched. Events follow.
+    Watching(Vec<String>),
+    /// A change on a watched connection.
+    Event(ChangeEvent),
 }
 
 /// What one refresh achieved.
@@ -356,6 +409,8 @@ impl Response<'_> {
             Response::AuditVerified(_) => "audit_verified",
             Response::BreakGlass(_) => "break_glass",
             Response::Metrics(_) => "metrics",
+            Response::Watching(_) => "watching",
+            Response::Event(_) => "event",
         }
     }
 }

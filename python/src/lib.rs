@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::secretd_client as rust;
 use pyo3::create_exception;
@@ -171,8 +171,131 @@ struct Live {
 struct Client {
     /// Where to connect.
     path: PathBuf,
+    /// Whether the client-side cache is on (kept so a forked child turns it on again).
+    cache: bool,
     /// `None` once closed.
     live: Mutex<Option<Live>>,
+}
+
+/// Connects, with the client-side cache when asked.
+fn connect(path: PathBuf, cache: bool) -> rust::Result<rust::Client> {
+    let client = rust::Client::connect(path)?;
+    if cache {
+        client.with_cache()
+    } else {
+        Ok(client)
+    }
+}
+
+/// How often a blocked `Watch.__next__` comes back to let Python handle signals (Ctrl-C).
+const WATCH_SIGNAL_CHECK: Duration = Duration::from_millis(200);
+
+/// A change event from `Client.watch`. Never holds a value.
+#[pyclass(module = "secretd", frozen)]
+struct ChangeEvent {
+    /// "changed" or "lagged".
+    #[pyo3(get)]
+    kind: &'static str,
+    /// The secret, for "changed".
+    #[pyo3(get)]
+    name: Option<String>,
+    /// The version now served, for "changed".
+    #[pyo3(get)]
+    version: Option<String>,
+    /// Where the value now served came from, for "changed".
+    #[pyo3(get)]
+    source: Option<&'static str>,
+    /// Keyed fingerprint of the value now served, for "changed".
+    #[pyo3(get)]
+    fingerprint: Option<String>,
+    /// When the daemon started serving it, Unix seconds, for "changed".
+    #[pyo3(get)]
+    at: Option<f64>,
+}
+
+#[pymethods]
+impl ChangeEvent {
+    fn __repr__(&self) -> String {
+        match &self.name {
+            Some(name) => format!(
+                "ChangeEvent(kind='changed', name={name:?}, version={:?}, source={:?})",
+                self.version.as_deref().unwrap_or(""),
+                self.source.unwrap_or("")
+            ),
+            None => "ChangeEvent(kind='lagged')".into(),
+        }
+    }
+}
+
+impl From<rust::ChangeEvent> for ChangeEvent {
+    fn from(e: rust::ChangeEvent) -> ChangeEvent {
+        match e {
+            rust::ChangeEvent::Changed(c) => ChangeEvent {
+                kind: "changed",
+                name: Some(c.name),
+                version: Some(c.version),
+                source: Some(c.source.as_str()),
+                fingerprint: Some(c.fingerprint),
+                at: Some(c.at_ms as f64 / 1000.0),
+            },
+            rust::ChangeEvent::Lagged => ChangeEvent {
+                kind: "lagged",
+                name: None,
+                version: None,
+                source: None,
+                fingerprint: None,
+                at: None,
+            },
+        }
+    }
+}
+
+/// A stream of change events; iterate it. Survives daemon restarts (yielding a "lagged"
+/// event after resubscribing). `close()` ends it from any thread.
+#[pyclass(module = "secretd._native", frozen)]
+struct Watch {
+    /// The Rust watch; locked only while the GIL is released in `__next__`.
+    inner: Mutex<rust::Watch>,
+    /// Ends the watch without taking `inner`.
+    stopper: rust::WatchStopper,
+    /// The names the daemon confirmed.
+    names: Vec<String>,
+}
+
+#[pymethods]
+impl Watch {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<ChangeEvent>> {
+        loop {
+            py.check_signals()?;
+            let item = py.detach(|| {
+                let mut watch = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                watch.next_timeout(WATCH_SIGNAL_CHECK)
+            });
+            match item {
+                None => return Ok(None),
+                Some(Ok(None)) => {}
+                Some(Ok(Some(event))) => return Ok(Some(event.into())),
+                Some(Err(e @ RustError::Daemon(_))) => return Err(to_py_err(py, e)),
+                // The connection broke: the next round resubscribes and yields "lagged".
+                Some(Err(_)) => {}
+            }
+        }
+    }
+
+    /// The names watched.
+    #[getter]
+    fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    /// Ends the watch; a blocked iteration stops promptly.
+    fn close(&self) {
+        self.stopper.stop();
+    }
 }
 
 impl Client {
@@ -190,18 +313,23 @@ impl Client {
             Some(_) => {}
         }
         let path = self.path.clone();
+        let cache = self.cache;
         let fresh = Arc::new(
-            py.detach(move || rust::Client::connect(path))
+            py.detach(move || connect(path, cache))
                 .map_err(|e| to_py_err(py, e))?,
         );
         let mut slot = self.lock();
         if slot.is_none() {
             return Err(Error::new_err("the client is closed"));
         }
-        *slot = Some(Live {
+        let inherited = slot.replace(Live {
             pid,
             client: fresh.clone(),
         });
+        // The parent's client is not ours to tear down: dropping it here would shut the
+        // socket it shares with the parent and join a watch thread this process does not
+        // have. Its cached values were zeroed by the kernel at fork (MADV_WIPEONFORK).
+        std::mem::forget(inherited);
         Ok(fresh)
     }
 }
@@ -209,15 +337,16 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (socket_path=None))]
-    fn new(py: Python<'_>, socket_path: Option<PathBuf>) -> PyResult<Client> {
+    #[pyo3(signature = (socket_path=None, cache=false))]
+    fn new(py: Python<'_>, socket_path: Option<PathBuf>, cache: bool) -> PyResult<Client> {
         let path = socket_path.unwrap_or_else(rust::default_socket_path);
         let connect_path = path.clone();
         let client = py
-            .detach(move || rust::Client::connect(connect_path))
+            .detach(move || connect(connect_path, cache))
             .map_err(|e| to_py_err(py, e))?;
         Ok(Client {
             path,
+            cache,
             live: Mutex::new(Some(Live {
                 pid: std::process::id(),
                 client: Arc::new(client),
@@ -296,6 +425,28 @@ impl Client {
             .collect()
     }
 
+    /// Watches secrets for changes (every secret the caller may read, when `names` is empty)
+    /// on a connection of its own.
+    #[pyo3(signature = (names=None))]
+    fn watch(&self, py: Python<'_>, names: Option<Vec<String>>) -> PyResult<Watch> {
+        let client = self.client(py)?;
+        let names = names.unwrap_or_default();
+        let watch = py
+            .detach(|| client.watch(&names))
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(Watch {
+            stopper: watch.stopper(),
+            names: watch.names().to_vec(),
+            inner: Mutex::new(watch),
+        })
+    }
+
+    /// Whether the client-side cache is on.
+    #[getter]
+    fn cached(&self) -> bool {
+        self.cache
+    }
+
     /// Closes the connection; later calls raise `secretd.Error`.
     fn close(&self) {
         self.lock().take();
@@ -313,6 +464,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Client>()?;
     m.add_class::<Secret>()?;
+    m.add_class::<Watch>()?;
+    m.add_class::<ChangeEvent>()?;
     m.add("Error", py.get_type::<Error>())?;
     m.add("NotFound", py.get_type::<NotFound>())?;
     m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;

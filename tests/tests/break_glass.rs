@@ -3,13 +3,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use secretd_client::{Client, SourceKind};
 use secretd_gsm_fake::{FakeGsm, Fault};
-use support::{Daemon, TestEnv, cli, is_root, secretd_bin};
+use support::{Daemon, TestEnv, break_glass_apply, cli, is_root, keygen, secretd_bin};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 const GSM_VALUE: &[u8] = b"Omni-Key-from-GSM-1111!";
@@ -30,27 +28,7 @@ fn setup() -> Setup {
     let fake = FakeGsm::start().expect("fake");
     fake.add_version(API_KEY, GSM_VALUE);
     let env = TestEnv::new();
-    let out = cli(
-        &[
-            "keygen",
-            "--out-private",
-            env.path("bg.pem").to_str().expect("utf8"),
-            "--out-public",
-            env.path("bg.pub.pem").to_str().expect("utf8"),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(env.path("bg.pem"))
-            .expect("key")
-            .permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600);
+    keygen(&env);
     let config = env.config(
         "socket_mode = \"0666\"\nrefresh_interval = \"5m\"",
         &format!(
@@ -81,49 +59,6 @@ allow = ["*"]
     Setup { env, fake, config }
 }
 
-/// `secretd break-glass apply NAME --value-file - --ttl TTL --public-key PUB [extra]` with
-/// the value on stdin.
-fn apply(
-    socket: &str,
-    name: &str,
-    value: &[u8],
-    ttl: &str,
-    public: &str,
-    extra: &[&str],
-) -> (i32, String) {
-    let mut child = Command::new(secretd_bin())
-        .args([
-            "break-glass",
-            "apply",
-            name,
-            "--value-file",
-            "-",
-            "--ttl",
-            ttl,
-            "--public-key",
-            public,
-            "--socket",
-            socket,
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(value)
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 fn served(daemon: &Daemon) -> (Vec<u8>, SourceKind) {
     let s = Client::connect(&daemon.socket)
         .expect("connect")
@@ -140,7 +75,7 @@ fn an_override_outranks_gsm_survives_a_restart_during_an_outage_and_expires() {
     let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
     assert_eq!(served(&daemon), (GSM_VALUE.to_vec(), SourceKind::Gsm));
 
-    let (code, out) = apply(&socket, "trading_api_key", EMERGENCY, "6s", &public, &[]);
+    let (code, out) = break_glass_apply(&socket, "trading_api_key", EMERGENCY, "6s", &public, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("serving the break-glass value until"), "{out}");
     let applied = Instant::now();
@@ -228,7 +163,7 @@ fn sealed_elsewhere_submitted_then_cleared_at_once() {
     let socket = daemon.socket.to_str().expect("utf8").to_owned();
     let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
     let envelope = env.path("emergency.sbg");
-    let (code, out) = apply(
+    let (code, out) = break_glass_apply(
         &socket,
         "trading_api_key",
         EMERGENCY,
@@ -313,7 +248,7 @@ fn every_bad_envelope_is_refused_alike_changes_nothing_and_is_rate_limited() {
     let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
     let seal = |name: &str, ttl: &str, key: &str, file: &str| {
         let path = env.path(file);
-        let (code, out) = apply(
+        let (code, out) = break_glass_apply(
             &socket,
             name,
             EMERGENCY,

@@ -293,3 +293,34 @@ fn c_api_has_no_leaks_under_valgrind() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn c_watch_callback_and_cached_client() {
+    if !gcc_or_skip("c_watch_callback_and_cached_client") {
+        return;
+    }
+    let (env, config) = daemon_env();
+    let daemon = env.start(&config);
+    let exe = c_test(&env, "test_watch");
+    let rotated = "Omni-Key-rotated-by-watch-test!";
+    let mut child = Command::new(&exe)
+        .args([
+            daemon.socket.to_str().expect("utf8"),
+            "trading_api_key",
+            KEY,
+            rotated,
+        ])
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("line").expect("read"), "ready");
+    env.write_value("trading_api_key", rotated.as_bytes());
+    let admin = secretd_client::Client::connect(&daemon.socket).expect("connect");
+    admin.refresh(Some("trading_api_key")).expect("refresh");
+    writeln!(child.stdin.take().expect("stdin"), "go").expect("write");
+    assert_eq!(lines.next().expect("line").expect("read"), "changed 2");
+    assert!(child.wait().expect("wait").success());
+}

@@ -6,7 +6,7 @@ use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use secretd_client::{Client, SecretStatus};
+use secretd_client::{ChangeEvent, Client, SecretStatus};
 use serde_json::json;
 
 use crate::status_json::{rfc3339, status_json};
@@ -26,6 +26,42 @@ pub(super) fn get(socket: Option<PathBuf>, name: &str) -> Result<(), String> {
     stdout
         .write_all(secret.expose())
         .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+pub(super) fn watch(socket: Option<PathBuf>, names: &[String]) -> Result<(), String> {
+    let client = connect(socket)?;
+    let watch = client.watch(names).map_err(|e| e.to_string())?;
+    eprintln!("secretd: watching {}", watch.names().join(", "));
+    let mut stdout = std::io::stdout().lock();
+    for item in watch {
+        let line = match item {
+            Ok(event) => change_json(&event),
+            Err(e @ secretd_client::Error::Daemon(_)) => return Err(e.to_string()),
+            Err(e) => {
+                eprintln!("secretd: watch interrupted ({e}); resubscribing");
+                continue;
+            }
+        };
+        writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One watch event as a JSON line. Never a value.
+fn change_json(event: &ChangeEvent) -> serde_json::Value {
+    match event {
+        ChangeEvent::Changed(c) => json!({
+            "event": "changed",
+            "name": c.name,
+            "version": c.version,
+            "source": c.source.as_str(),
+            "fingerprint": c.fingerprint,
+            "at": rfc3339(Some(c.at_ms)),
+        }),
+        ChangeEvent::Lagged => json!({"event": "lagged"}),
+    }
 }
 
 pub(super) fn status(socket: Option<PathBuf>, as_json: bool) -> Result<(), String> {

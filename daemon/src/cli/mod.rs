@@ -83,6 +83,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print one JSON line per change of these secrets (all you may read, when none are
+    /// given) until interrupted; resubscribes by itself when the daemon restarts.
+    Watch {
+        /// Catalog names.
+        names: Vec<String>,
+    },
     /// Admin: fetch one secret (or all) from its source now; prints each result.
     Refresh {
         /// The catalog name; every secret when omitted.
@@ -215,6 +221,7 @@ pub fn main() -> ExitCode {
         Command::Get { name } => client_cmds::get(cli.socket, &name),
         Command::Status { json } => client_cmds::status(cli.socket, json),
         Command::Refresh { name } => client_cmds::refresh(cli.socket, name.as_deref()),
+        Command::Watch { names } => client_cmds::watch(cli.socket, &names),
         Command::Rotation { step } => {
             use secretd_client::RotationStep as S;
             let (name, step) = match step {

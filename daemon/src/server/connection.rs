@@ -143,6 +143,29 @@ impl Connection {
                 Ok(r) => Ok(r),
                 Err(e) => Err(WireError::new(ErrorCode::ProtocolViolation, e.to_string())),
             };
+            if let Ok(Request::Watch { names }) = &request {
+                let subscription = match session.subscribe(names, &mut outbuf) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode watch answer");
+                        break;
+                    }
+                };
+                self.shared.metrics.request("watch", outcome(&outbuf));
+                if write_frame(&mut writer, &mut outbuf).await.is_err() {
+                    break;
+                }
+                if let Some(subscription) = subscription {
+                    // Reads counted so far are written now: a watch can last for days.
+                    session.flush();
+                    let lagged = &self.shared.metrics.watch_lagged;
+                    subscription
+                        .stream(&mut reader, &mut writer, &mut outbuf, &cancel, lagged)
+                        .await;
+                    break;
+                }
+                continue;
+            }
             let written = match request {
                 Ok(request) => match session.respond(&request, &mut outbuf).await {
                     Ok(()) => {
@@ -240,7 +263,7 @@ fn eof_is_truncation(e: std::io::Error) -> FrameError {
     }
 }
 
-async fn write_response(
+pub(super) async fn write_response(
     writer: &mut &Stream,
     response: &Response<'_>,
     buf: &mut Vec<u8>,
@@ -251,7 +274,7 @@ async fn write_response(
 
 /// Writes the encoded frame in `buf` under [`WRITE_TIMEOUT`], then wipes `buf` (responses
 /// carry secret values).
-async fn write_frame(writer: &mut &Stream, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+pub(super) async fn write_frame(writer: &mut &Stream, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let result = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(buf)).await;
     wipe(buf);
     match result {

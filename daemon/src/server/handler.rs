@@ -83,6 +83,8 @@ impl<'a> Session<'a> {
             }
             Request::BreakGlassClear { name } => self.break_glass_clear(name, out).await,
             Request::Metrics => self.metrics(out),
+            // The connection layer turns the connection into a stream for these.
+            Request::Watch { .. } => error(out, ErrorCode::Internal, "unexpected watch"),
             // The connection layer answers hellos; one here is a bug in that layer.
             Request::Hello(_) => error(out, ErrorCode::Internal, "unexpected hello"),
         }

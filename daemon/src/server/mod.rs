@@ -4,6 +4,7 @@
 mod admin;
 mod connection;
 mod handler;
+mod watch;
 
 use std::io;
 use std::sync::Arc;

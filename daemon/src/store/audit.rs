@@ -40,10 +40,12 @@ pub enum Action {
     DaemonStart = 9,
     /// Records past retention were pruned.
     AuditPrune = 10,
+    /// A client subscribed to changes of a secret (or was refused).
+    Watch = 11,
 }
 
 impl Action {
-    const ALL: [Action; 10] = [
+    const ALL: [Action; 11] = [
         Action::Read,
         Action::Refresh,
         Action::BreakGlassApply,
@@ -54,6 +56,7 @@ impl Action {
         Action::MetadataWrite,
         Action::DaemonStart,
         Action::AuditPrune,
+        Action::Watch,
     ];
 
     /// The stable snake_case name.
@@ -69,6 +72,7 @@ impl Action {
             Action::MetadataWrite => "metadata_write",
             Action::DaemonStart => "daemon_start",
             Action::AuditPrune => "audit_prune",
+            Action::Watch => "watch",
         }
     }
 

@@ -330,3 +330,72 @@ impl RawConn {
         matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
     }
 }
+
+/// Runs `secretd keygen` into `bg.pem` / `bg.pub.pem` in the env and checks the private key's
+/// mode.
+pub fn keygen(env: &TestEnv) {
+    let out = cli(
+        &[
+            "keygen",
+            "--out-private",
+            env.path("bg.pem").to_str().expect("utf8"),
+            "--out-public",
+            env.path("bg.pub.pem").to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(env.path("bg.pem"))
+            .expect("key")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// `secretd break-glass apply NAME --value-file - --ttl TTL --public-key PUB [extra]` with
+/// the value on stdin.
+pub fn break_glass_apply(
+    socket: &str,
+    name: &str,
+    value: &[u8],
+    ttl: &str,
+    public: &str,
+    extra: &[&str],
+) -> (i32, String) {
+    let mut child = Command::new(secretd_bin())
+        .args([
+            "break-glass",
+            "apply",
+            name,
+            "--value-file",
+            "-",
+            "--ttl",
+            ttl,
+            "--public-key",
+            public,
+            "--socket",
+            socket,
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(value)
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
