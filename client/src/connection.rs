@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use secretd_proto::frame::{decode_body, encode_frame, read_frame};
+use secretd_proto::frame::{HEADER_LEN, decode_body, encode_frame, read_frame, read_reply};
 use secretd_proto::{ClientHello, ErrorCode, PROTOCOL_VERSION, Request, Response};
 use zeroize::Zeroize;
 
@@ -56,6 +56,16 @@ impl Connection {
         let result = self.exchange(req);
         self.buf.zeroize();
         result
+    }
+
+    /// Sends a request whose answer starts a stream (watch), reading exactly the answer's
+    /// frame and nothing of what follows it.
+    pub(crate) fn call_opening_stream(&mut self, req: &Request) -> Result<Response<'static>> {
+        encode_frame(req, &mut self.buf)?;
+        let written = self.stream.write_all(&self.buf).map_err(Error::Io);
+        self.buf.zeroize();
+        written?;
+        self.receive()
     }
 
     /// Like [`Connection::call`], waiting up to `timeout` for the response instead of the
@@ -121,7 +131,7 @@ impl Connection {
     fn exchange(&mut self, req: &Request) -> Result<Response<'static>> {
         encode_frame(req, &mut self.buf)?;
         self.stream.write_all(&self.buf).map_err(Error::Io)?;
-        read_frame(&mut self.stream, &mut self.buf)?;
-        Ok(decode_body::<Response<'static>>(&self.buf)?)
+        read_reply(&mut self.stream, &mut self.buf)?;
+        Ok(decode_body::<Response<'static>>(&self.buf[HEADER_LEN..])?)
     }
 }

@@ -312,7 +312,7 @@ fn subscribe(
     let request = Request::Watch {
         names: names.to_vec(),
     };
-    match conn.call(&request)? {
+    match conn.call_opening_stream(&request)? {
         Response::Watching(watching) => {
             conn.wait_forever()?;
             stop.register(&conn)?;

@@ -115,6 +115,50 @@ pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
     Ok(msg)
 }
 
+/// The first read of [`read_reply`]: a reply to a get (about 150 bytes) arrives in one read.
+const REPLY_FIRST_READ: usize = 1024;
+
+/// Reads the one frame that answers a request into `buf` (header included: the body is
+/// `buf[HEADER_LEN..]`), usually in a single `read` where [`read_frame`] needs two. Only for
+/// request/response streams: bytes beyond the frame are a protocol error, since nothing may
+/// follow a reply. `buf`'s old contents are wiped first; a buffer outgrown mid-read is wiped
+/// before it is released.
+pub fn read_reply<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    buf.zeroize();
+    buf.resize(REPLY_FIRST_READ, 0);
+    let mut have = 0;
+    while have < HEADER_LEN {
+        match reader.read(&mut buf[have..]) {
+            Ok(0) if have == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&buf[..HEADER_LEN]);
+    let total = HEADER_LEN + body_len(header)?;
+    if have > total {
+        return Err(FrameError::TrailingBytes {
+            extra: have - total,
+        });
+    }
+    if total > buf.len() {
+        let mut bigger = vec![0u8; total];
+        bigger[..have].copy_from_slice(&buf[..have]);
+        buf.zeroize();
+        *buf = bigger;
+    }
+    buf.truncate(total);
+    reader
+        .read_exact(&mut buf[have..])
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })
+}
+
 /// Reads one frame body from a blocking reader into `buf` (wiped first, then sized exactly).
 ///
 /// Returns [`FrameError::Closed`] on a clean end of stream before the first prefix byte.
@@ -253,6 +297,40 @@ mod tests {
             Err(FrameError::Decode(_))
         ));
         assert!(decode_body::<Request>(&[]).is_err());
+    }
+
+    #[test]
+    fn read_reply_takes_exactly_one_frame() {
+        let mut small = Vec::new();
+        encode_frame(&Request::Status, &mut small).expect("encode");
+        let mut big = Vec::new();
+        let name = "n".repeat(100);
+        let names = vec![name; 60]; // a body larger than the first read
+        encode_frame(&Request::Watch { names }, &mut big).expect("encode");
+        for frame in [&small, &big] {
+            let mut buf = b"old contents".to_vec();
+            read_reply(&mut frame.as_slice(), &mut buf).expect("read");
+            assert_eq!(&buf, frame);
+        }
+        let mut two = small.clone();
+        two.extend_from_slice(&small);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_reply(&mut two.as_slice(), &mut buf),
+            Err(FrameError::TrailingBytes { .. })
+        ));
+        assert!(matches!(
+            read_reply(&mut &big[..big.len() - 1], &mut buf),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_reply(&mut &b""[..], &mut buf),
+            Err(FrameError::Closed)
+        ));
+        assert!(matches!(
+            read_reply(&mut &[0u8, 0, 0, 0][..], &mut buf),
+            Err(FrameError::Empty)
+        ));
     }
 
     #[test]

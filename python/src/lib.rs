@@ -7,7 +7,8 @@
 #![allow(unsafe_op_in_unsafe_fn)] // pyo3's macros
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::secretd_client as rust;
@@ -157,11 +158,19 @@ impl Secret {
     }
 }
 
+/// Forks this process has been through (counted in the child by a `pthread_atfork` handler),
+/// so a client notices it runs in a child without a `getpid` syscall on every call.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::AcqRel);
+}
+
 /// The connection and the process that made it. After `os.fork()` the child must not use
-/// the parent's socket, so a pid change means reconnect.
+/// the parent's socket, so a fork since connecting means reconnect.
 struct Live {
     /// The process that connected.
-    pid: u32,
+    forks: u64,
     /// The thread-safe Rust client.
     client: Arc<rust::Client>,
 }
@@ -306,10 +315,10 @@ impl Client {
     /// The Rust client for this process, reconnecting after a fork. The lock is never held
     /// while the GIL is released.
     fn client(&self, py: Python<'_>) -> PyResult<Arc<rust::Client>> {
-        let pid = std::process::id();
+        let forks = FORKS.load(Ordering::Acquire);
         match self.lock().as_ref() {
             None => return Err(Error::new_err("the client is closed")),
-            Some(live) if live.pid == pid => return Ok(live.client.clone()),
+            Some(live) if live.forks == forks => return Ok(live.client.clone()),
             Some(_) => {}
         }
         let path = self.path.clone();
@@ -323,7 +332,7 @@ impl Client {
             return Err(Error::new_err("the client is closed"));
         }
         let inherited = slot.replace(Live {
-            pid,
+            forks,
             client: fresh.clone(),
         });
         // The parent's client is not ours to tear down: dropping it here would shut the
@@ -348,7 +357,7 @@ impl Client {
             path,
             cache,
             live: Mutex::new(Some(Live {
-                pid: std::process::id(),
+                forks: FORKS.load(Ordering::Acquire),
                 client: Arc::new(client),
             })),
         })
@@ -462,6 +471,11 @@ impl Client {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    static AT_FORK: Once = Once::new();
+    // SAFETY: registers a handler that only touches an atomic, which is async-signal-safe.
+    AT_FORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(count_fork_in_child));
+    });
     m.add_class::<Client>()?;
     m.add_class::<Secret>()?;
     m.add_class::<Watch>()?;

@@ -1,0 +1,322 @@
+//! The measured cases. Each returns a [`Row`]; all run against the same daemon in one process
+//! run, so their ratios are comparable even on a noisy machine.
+
+use std::io::{BufRead, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use secretd_client::Client;
+use secretd_proto::frame::encode_frame;
+use secretd_proto::{Request, Response, SecretReply, SecretValue, SourceKind};
+
+use crate::fixture::{NAME, VALUE};
+use crate::stats::Row;
+
+/// Operations before measuring, so connections, caches and branch predictors are warm.
+const WARMUP: usize = 1_000;
+
+/// The exact request and response frames a get of the bench secret puts on the wire.
+fn wire_frames() -> (Vec<u8>, Vec<u8>) {
+    let mut request = Vec::new();
+    encode_frame(&Request::Get { name: NAME.into() }, &mut request).unwrap_or_default();
+    let mut response = Vec::new();
+    let reply = Response::Secret(SecretReply {
+        version: "1".into(),
+        source: SourceKind::File,
+        fetched_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_300_000,
+        value: SecretValue::Borrowed(VALUE),
+    });
+    encode_frame(&reply, &mut response).unwrap_or_default();
+    (request, response)
+}
+
+/// Reads one length-prefixed frame (header, then body), as every client does.
+fn read_frame(stream: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    buf.resize(u32::from_le_bytes(header) as usize, 0);
+    stream.read_exact(buf)
+}
+
+/// A plain Unix-socket echo server answering each request frame with a response frame of the
+/// same size as the daemon's: the physical floor of a local request/response.
+fn spawn_echo_server(path: &Path, response: Vec<u8>) -> std::io::Result<()> {
+    let listener = UnixListener::bind(path)?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let response = response.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while read_frame(&mut stream, &mut buf).is_ok() {
+                    if stream.write_all(&response).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Runs `op` `n` times on each of `threads` threads (after `warmup` untimed calls) and times
+/// every call.
+fn measure<S, F>(case: &str, threads: usize, n: usize, warmup: usize, setup: S) -> Row
+where
+    S: Fn() -> F + Sync,
+    F: FnMut(),
+{
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let (samples, wall) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (barrier, setup) = (&barrier, &setup);
+                scope.spawn(move || {
+                    let mut op = setup();
+                    for _ in 0..warmup {
+                        op();
+                    }
+                    let mut samples = Vec::with_capacity(n);
+                    barrier.wait();
+                    for _ in 0..n {
+                        let t = Instant::now();
+                        op();
+                        samples.push(t.elapsed().as_nanos() as u64);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        let samples: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect();
+        (samples, started.elapsed())
+    });
+    Row::new(case, samples, wall)
+}
+
+/// `raw-uds-pingpong` with `threads` clients.
+pub fn raw_pingpong(dir: &Path, threads: usize, n: usize) -> Result<Row, String> {
+    let path = dir.join("echo.sock");
+    let (request, response) = wire_frames();
+    if !path.exists() {
+        spawn_echo_server(&path, response).map_err(|e| format!("echo server: {e}"))?;
+    }
+    let case = if threads == 1 {
+        "raw-uds-pingpong".to_string()
+    } else {
+        format!("raw-uds-pingpong x{threads}")
+    };
+    Ok(measure(&case, threads, n, WARMUP, || {
+        let mut stream = UnixStream::connect(&path).unwrap_or_else(|e| panic!("connect echo: {e}"));
+        let mut buf = Vec::new();
+        let request = request.clone();
+        move || {
+            stream
+                .write_all(&request)
+                .unwrap_or_else(|e| panic!("echo write: {e}"));
+            read_frame(&mut stream, &mut buf).unwrap_or_else(|e| panic!("echo read: {e}"));
+        }
+    }))
+}
+
+/// `rust-client-get x4`: `threads` clients in threads of this process, each on its own
+/// connection, against `raw-uds-pingpong x4` run the same way.
+pub fn rust_get_threads(socket: &Path, threads: usize, n: usize) -> Row {
+    let case = format!("rust-client-get x{threads}");
+    measure(&case, threads, n, WARMUP, || {
+        let client = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
+        move || {
+            let secret = client.get(NAME).unwrap_or_else(|e| panic!("get: {e}"));
+            assert_eq!(secret.len(), VALUE.len());
+        }
+    })
+}
+
+/// `rust-client-get` (or `cached`) in a child process of its own, like the C and Python
+/// harnesses, so the three languages are compared like for like.
+pub fn rust_get_external(socket: &Path, n: usize, cached: bool) -> Result<Row, String> {
+    let case = if cached {
+        "rust-client-get cached"
+    } else {
+        "rust-client-get"
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("{case}: {e}"))?;
+    external(
+        case,
+        Command::new(exe)
+            .arg(HARNESS_ARG)
+            .arg(if cached { "cached" } else { "plain" })
+            .arg(socket)
+            .arg(n.to_string())
+            .arg(WARMUP.to_string()),
+    )
+}
+
+/// The argument that makes this binary a Rust client harness (see [`harness`]).
+pub const HARNESS_ARG: &str = "__rust-harness";
+
+/// Harness mode: `__rust-harness plain|cached SOCKET N WARMUP` prints one get latency in
+/// nanoseconds per line, like bench/c/bench_get.c.
+pub fn harness(args: &[String]) -> Result<(), String> {
+    let [mode, socket, n, warmup] = args else {
+        return Err("usage: __rust-harness plain|cached SOCKET N WARMUP".into());
+    };
+    let n: usize = n.parse().map_err(|_| "N must be a number")?;
+    let warmup: usize = warmup.parse().map_err(|_| "WARMUP must be a number")?;
+    let client = Client::connect(socket).map_err(|e| e.to_string())?;
+    let client = if mode == "cached" {
+        client.with_cache().map_err(|e| e.to_string())?
+    } else {
+        client
+    };
+    for _ in 0..warmup {
+        client.get(NAME).map_err(|e| e.to_string())?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let secret = client.get(NAME).map_err(|e| e.to_string())?;
+        drop(secret);
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    let mut out = String::with_capacity(n * 8);
+    for s in samples {
+        out.push_str(&s.to_string());
+        out.push('\n');
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+/// A new connection for every read: hello, get, close. Every read is then a connection's first
+/// and is audited as its own record (steady-state reads are aggregated), so this row shows
+/// what an unaggregated audit trail would cost.
+pub fn connect_get(socket: &Path, n: usize) -> Row {
+    measure("rust-connect+get (1 audit record each)", 1, n, 100, || {
+        move || {
+            let client = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
+            client.get(NAME).unwrap_or_else(|e| panic!("get: {e}"));
+        }
+    })
+}
+
+/// Runs an external harness that prints one latency in nanoseconds per line.
+fn external(case: &str, cmd: &mut Command) -> Result<Row, String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{case}: cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{case}: harness failed ({})", out.status));
+    }
+    let samples: Vec<u64> = out
+        .stdout
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if samples.is_empty() {
+        return Err(format!("{case}: harness printed no samples"));
+    }
+    // Throughput from the samples themselves: process start-up is not part of a get.
+    let busy: u64 = samples.iter().sum();
+    Ok(Row::new(case, samples, Duration::from_nanos(busy)))
+}
+
+/// `c-ffi-get`: a C program compiled with gcc -O2 against libsecretd.so.
+pub fn c_get(
+    dir: &Path,
+    source: &Path,
+    include: &Path,
+    lib_dir: &Path,
+    socket: &Path,
+    n: usize,
+) -> Result<Row, String> {
+    let exe = dir.join("bench_get_c");
+    // Installed as a system would: the file under its SONAME, the link name beside it.
+    let lib = dir.join("lib");
+    if !lib.exists() {
+        std::fs::create_dir(&lib).map_err(|e| format!("c-ffi-get: {e}"))?;
+        std::fs::copy(lib_dir.join("libsecretd.so"), lib.join("libsecretd.so.0"))
+            .map_err(|e| format!("c-ffi-get: copy libsecretd.so: {e}"))?;
+        std::os::unix::fs::symlink("libsecretd.so.0", lib.join("libsecretd.so"))
+            .map_err(|e| format!("c-ffi-get: {e}"))?;
+    }
+    let lib_dir = lib.as_path();
+    if !exe.exists() {
+        let status = Command::new("gcc")
+            .args(["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"])
+            .arg(format!("-I{}", include.display()))
+            .arg(source)
+            .arg("-o")
+            .arg(&exe)
+            .arg(format!("-L{}", lib_dir.display()))
+            .arg("-lsecretd")
+            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+            .status()
+            .map_err(|e| format!("c-ffi-get: gcc: {e}"))?;
+        if !status.success() {
+            return Err("c-ffi-get: gcc failed".into());
+        }
+    }
+    external(
+        "c-ffi-get",
+        Command::new(&exe)
+            .arg(socket)
+            .arg(NAME)
+            .arg(n.to_string())
+            .arg(WARMUP.to_string()),
+    )
+}
+
+/// `python-get`: the real extension module, timed in Python with `perf_counter_ns`.
+pub fn python_get(python: &Path, script: &Path, socket: &Path, n: usize) -> Result<Row, String> {
+    external(
+        "python-get",
+        Command::new(python)
+            .arg(script)
+            .arg(socket)
+            .arg(NAME)
+            .arg(n.to_string())
+            .arg(WARMUP.to_string()),
+    )
+}
+
+/// `cli-get`: `secretd get NAME`, process spawn included.
+pub fn cli_get(secretd: &Path, socket: &Path, n: usize) -> Row {
+    measure("cli-get", 1, n, 5, || {
+        move || {
+            let status = Command::new(secretd)
+                .args(["get", NAME, "--socket"])
+                .arg(socket)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("run secretd get: {e}"));
+            assert!(status.success(), "secretd get failed");
+        }
+    })
+}
+
+/// Opens `count` clients that each read once and stay connected; returns them.
+pub fn idle_clients(socket: &Path, count: usize) -> Vec<Client> {
+    (0..count)
+        .map(|_| {
+            let c = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
+            c.get(NAME).unwrap_or_else(|e| panic!("get: {e}"));
+            c
+        })
+        .collect()
+}
+
+/// Gives a freshly started process a moment to settle before its memory is read.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}

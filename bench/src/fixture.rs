@@ -1,0 +1,83 @@
+//! The daemon under measurement: the real `secretd` binary on a socket in a temp directory,
+//! serving one 64-byte file secret.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The secret every case reads.
+pub const NAME: &str = "bench_key";
+/// Its value: 64 bytes, the size of a typical exchange API secret.
+pub const VALUE: &[u8; 64] = b"Omni-Bench-Key-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL!";
+
+/// A running daemon; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The process.
+    child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `secretd` with a config in `dir` and waits until it answers.
+    pub fn start(secretd: &Path, dir: &Path) -> Result<Daemon, String> {
+        let value = dir.join("bench_key.value");
+        std::fs::write(&value, VALUE).map_err(|e| format!("write value: {e}"))?;
+        std::fs::set_permissions(&value, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod value: {e}"))?;
+        let socket = dir.join("run/secretd.sock");
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let config = format!(
+            "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\nadmin_uids = [{uid}]\n\n\
+             [[secret]]\nname = \"{NAME}\"\nsource = \"file\"\npath = \"{}\"\n\n\
+             [[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n",
+            socket.display(),
+            dir.join("secretd.redb").display(),
+            value.display()
+        );
+        let config_path = dir.join("secretd.toml");
+        std::fs::write(&config_path, config).map_err(|e| format!("write config: {e}"))?;
+        let log =
+            std::fs::File::create(dir.join("secretd.log")).map_err(|e| format!("log file: {e}"))?;
+        let child = Command::new(secretd)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("SECRETD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", secretd.display()))?;
+        let daemon = Daemon { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while secretd_client::Client::connect(&daemon.socket)
+            .and_then(|c| c.get(NAME))
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                return Err("the daemon did not start serving within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(daemon)
+    }
+
+    /// The daemon's resident set size in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

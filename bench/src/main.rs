@@ -1,0 +1,338 @@
+//! `cargo run --release -p secretd-bench -- [--quick] [--python PATH] [--no-build]`
+//!
+//! Starts the real daemon with a 64-byte secret and measures a read from every client
+//! language against a plain Unix-socket round trip of the same frame sizes, all in one run, then
+//! prints a Markdown table (BENCHMARKS.md explains it) and the daemon's memory.
+
+mod cases;
+mod fixture;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use stats::Row;
+
+/// How many operations each case runs.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Single-client latency cases.
+    single: usize,
+    /// Per thread, in the four-client cases.
+    per_thread: usize,
+    /// The cached case (cheap, so more samples).
+    cached: usize,
+    /// A new connection per read.
+    connect: usize,
+    /// Process spawns.
+    cli: usize,
+}
+
+/// Rounds the samples of every case are spread over: as many as there are cases, so each case
+/// runs once in every position of the order.
+const ROUNDS: usize = 9;
+
+const FULL: Sizes = Sizes {
+    single: 50_000,
+    per_thread: 25_000,
+    cached: 500_000,
+    connect: 5_000,
+    cli: 200,
+};
+
+const QUICK: Sizes = Sizes {
+    single: 2_000,
+    per_thread: 1_000,
+    cached: 20_000,
+    connect: 300,
+    cli: 20,
+};
+
+/// Command-line options.
+#[derive(Debug)]
+struct Options {
+    /// Fewer samples (a smoke run for CI).
+    quick: bool,
+    /// The Python interpreter with `secretd` installed.
+    python: Option<PathBuf>,
+    /// Do not run `cargo build` for the daemon and libsecretd first.
+    no_build: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        quick: false,
+        python: None,
+        no_build: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--no-build" => options.no_build = true,
+            "--python" => {
+                options.python = Some(args.next().ok_or("--python needs a path")?.into());
+            }
+            "-h" | "--help" => {
+                return Err("usage: secretd-bench [--quick] [--python PATH] [--no-build]".into());
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(options)
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+/// The directory holding this executable: target/<profile>, where cargo also puts `secretd`
+/// and `libsecretd.so`.
+fn profile_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+    exe.parent()
+        .map(Path::to_owned)
+        .ok_or_else(|| "executable has no directory".into())
+}
+
+/// Builds the daemon and the C library in this profile, so the comparison is like for like.
+fn build_prerequisites(profile_dir: &Path) -> Result<(), String> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(()); // not run by cargo: use what is there
+    };
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "secretd", "-p", "secretd-ffi"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| "cargo build of secretd and secretd-ffi failed".into())
+}
+
+/// `--python`, else `$SECRETD_VENV`'s, else python/.venv's interpreter, if it imports secretd.
+fn find_python(given: Option<PathBuf>) -> Option<PathBuf> {
+    let candidates = given.into_iter().chain(
+        std::env::var_os("SECRETD_VENV")
+            .map(|v| PathBuf::from(v).join("bin/python"))
+            .into_iter()
+            .chain(std::iter::once(workspace().join("python/.venv/bin/python"))),
+    );
+    candidates.into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import secretd"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("secretd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == cases::HARNESS_ARG) {
+        return cases::harness(&args[1..]);
+    }
+    let options = parse_args()?;
+    let sizes = if options.quick { QUICK } else { FULL };
+    let profile_dir = profile_dir()?;
+    if !options.no_build {
+        build_prerequisites(&profile_dir)?;
+    }
+    let secretd = profile_dir.join("secretd");
+    let dir = tempfile::Builder::new()
+        .prefix("secretd-bench-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let daemon = fixture::Daemon::start(&secretd, dir.path())?;
+    cases::settle();
+    let rss_idle = daemon.rss_kib();
+    let socket = daemon.socket.clone();
+    let mut notes = Vec::new();
+
+    let c_source = workspace().join("bench/c/bench_get.c");
+    let include = workspace().join("include");
+    let have_c = profile_dir.join("libsecretd.so").exists();
+    if !have_c {
+        notes.push("c-ffi-get skipped: libsecretd.so not built".into());
+    }
+    let python = find_python(options.python);
+    if python.is_none() {
+        notes.push(
+            "python-get skipped: no interpreter with secretd installed (pass --python, or run \
+             scripts/test once to create python/.venv)"
+                .into(),
+        );
+    }
+    let py_script = workspace().join("bench/python/bench_get.py");
+    let d = dir.path();
+    let s = &socket;
+    // Every case runs a share of its samples in each round, and each round starts one case
+    // later, so a slow minute of a noisy machine and the after-effects of one case on the next
+    // (a busy daemon's threads, warm or cold caches) hit every row alike.
+    type Case<'a> = Box<dyn Fn(usize) -> Result<Row, String> + 'a>;
+    let cases: Vec<(usize, Case)> = vec![
+        (sizes.single, Box::new(|n| cases::raw_pingpong(d, 1, n))),
+        (
+            sizes.single,
+            Box::new(|n| cases::rust_get_external(s, n, false)),
+        ),
+        (sizes.per_thread, Box::new(|n| cases::raw_pingpong(d, 4, n))),
+        (
+            sizes.per_thread,
+            Box::new(|n| Ok(cases::rust_get_threads(s, 4, n))),
+        ),
+        (
+            sizes.single,
+            Box::new(|n| {
+                if !have_c {
+                    return Err(String::new());
+                }
+                cases::c_get(d, &c_source, &include, &profile_dir, s, n)
+            }),
+        ),
+        (
+            sizes.single,
+            Box::new(|n| match &python {
+                Some(py) => cases::python_get(py, &py_script, s, n),
+                None => Err(String::new()),
+            }),
+        ),
+        (sizes.cli, Box::new(|n| Ok(cases::cli_get(&secretd, s, n)))),
+        (
+            sizes.cached,
+            Box::new(|n| cases::rust_get_external(s, n, true)),
+        ),
+        (sizes.connect, Box::new(|n| Ok(cases::connect_get(s, n)))),
+    ];
+    let mut all: Vec<Option<Row>> = cases.iter().map(|_| None).collect();
+    for round in 0..ROUNDS {
+        for k in 0..cases.len() {
+            let i = (k + round) % cases.len();
+            let ((n, case), slot) = (&cases[i], &mut all[i]);
+            match case((*n / ROUNDS).max(1)) {
+                Ok(row) => match slot {
+                    Some(pooled) => pooled.merge(row),
+                    None => *slot = Some(row),
+                },
+                Err(e) if e.is_empty() => {}
+                Err(e) => notes.push(e),
+            }
+        }
+    }
+    let all: Vec<Row> = all.into_iter().flatten().collect();
+
+    let clients = cases::idle_clients(&socket, 100);
+    cases::settle();
+    let rss_100 = daemon.rss_kib();
+    drop(clients);
+
+    let profile = profile_dir
+        .file_name()
+        .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+    println!(
+        "secretd-bench ({} run, {profile} build) on {}\n",
+        if options.quick { "quick" } else { "full" },
+        machine()
+    );
+    let (Some(raw), raw_x4) = (
+        find(&all, "raw-uds-pingpong"),
+        find(&all, "raw-uds-pingpong x4"),
+    ) else {
+        return Err("the raw-uds-pingpong baseline did not run".into());
+    };
+    stats::print_table(&all, raw, raw_x4);
+    println!();
+    let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!(
+        "daemon RSS: {} idle, {} with 100 connected clients",
+        mib(rss_idle),
+        mib(rss_100)
+    );
+    println!();
+    print_targets(&all);
+    notes.dedup();
+    for note in notes {
+        println!("note: {note}");
+    }
+    Ok(())
+}
+
+fn find<'a>(rows: &'a [Row], case: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.case == case)
+}
+
+/// The issue's targets, as ratios measured in this run.
+fn print_targets(rows: &[Row]) {
+    let (Some(raw), Some(raw4), Some(get), Some(get4)) = (
+        find(rows, "raw-uds-pingpong"),
+        find(rows, "raw-uds-pingpong x4"),
+        find(rows, "rust-client-get"),
+        find(rows, "rust-client-get x4"),
+    ) else {
+        return;
+    };
+    let check = |ok: bool| if ok { "ok" } else { "MISSED" };
+    let p50 = get.quantile_us(0.5) / raw.quantile_us(0.5);
+    let p99 = get.quantile_us(0.99) / raw.quantile_us(0.99);
+    let tput = get4.ops_per_sec / raw4.ops_per_sec;
+    println!("targets (ratios from this run):");
+    println!(
+        "- rust-client-get p50 / raw p50 = {p50:.2} (≤ 1.5: {})",
+        check(p50 <= 1.5)
+    );
+    println!(
+        "- rust-client-get p99 / raw p99 = {p99:.2} (≤ 3: {})",
+        check(p99 <= 3.0)
+    );
+    println!(
+        "- x4 throughput / raw x4 = {tput:.2} (≥ 0.7: {})",
+        check(tput >= 0.7)
+    );
+    if let Some(c) = find(rows, "c-ffi-get") {
+        let d = c.quantile_us(0.5) - get.quantile_us(0.5);
+        println!(
+            "- c-ffi-get p50 − rust p50 = {d:+.2} µs (≤ 1: {})",
+            check(d <= 1.0)
+        );
+    }
+    if let Some(py) = find(rows, "python-get") {
+        let d = py.quantile_us(0.5) - get.quantile_us(0.5);
+        println!(
+            "- python-get p50 − rust p50 = {d:+.2} µs (≤ 5: {})",
+            check(d <= 5.0)
+        );
+    }
+    if let Some(cached) = find(rows, "rust-client-get cached") {
+        let p = cached.quantile_us(0.5);
+        println!("- cached get p50 = {p:.3} µs (< 1: {})", check(p < 1.0));
+    }
+    println!();
+}
