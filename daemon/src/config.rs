@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 /// Connections served at once, unless `daemon.max_connections` says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections one uid may hold at once, unless `daemon.max_connections_per_uid` says
+/// otherwise (never more than `max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
 /// The hard ceiling on `daemon.max_connections` (each connection holds a file descriptor).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 /// The shortest accepted refresh interval or TTL; anything shorter would hammer the source.
@@ -71,6 +74,7 @@ struct RawDaemon {
     max_stale: Option<String>,
     metrics_listen: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
     audit_retention: Option<String>,
     rotation_check_interval: Option<String>,
     rotation_warning: Option<String>,
@@ -159,6 +163,8 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one uid may hold at once.
+    pub max_connections_per_uid: usize,
     /// How long audit records are kept.
     pub audit_retention: Duration,
     /// How often rotation due dates are checked.
@@ -398,6 +404,15 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             "daemon.max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}"
         )));
     }
+    let max_connections_per_uid = match raw.max_connections_per_uid {
+        Some(n) if n == 0 || n > max_connections => {
+            return Err(invalid(format!(
+                "daemon.max_connections_per_uid must be between 1 and max_connections ({max_connections})"
+            )));
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections),
+    };
     Ok(DaemonConfig {
         socket,
         socket_mode: match raw.socket_mode {
@@ -428,6 +443,7 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             })
             .transpose()?,
         max_connections,
+        max_connections_per_uid,
         audit_retention: match raw.audit_retention {
             Some(t) => parse_duration("daemon.audit_retention", &t)?,
             None => Duration::from_secs(90 * 24 * 3600),

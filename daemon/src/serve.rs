@@ -26,6 +26,8 @@ use crate::{monitor, process, refresh};
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections and refreshers to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the daemon checks that its socket file is still the one it bound.
+pub const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,9 @@ pub enum ServeError {
     /// The fingerprint key or the audit writer could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// The socket file was removed or replaced while serving.
+    #[error("the socket {} was removed or replaced while serving", .0.display())]
+    SocketLost(std::path::PathBuf),
     /// Memory protections were refused.
     #[error("cannot protect process memory (core dumps, ptrace): {0}")]
     Harden(std::io::Error),
@@ -68,14 +73,56 @@ pub async fn run(
             return Err(e);
         }
     };
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = tokio::spawn(watch_socket(
+        socket_file.clone(),
+        cancel.clone(),
+        lost.clone(),
+    ));
     let result = serve_bound(config, store, key, audit, listener, &socket_file, cancel).await;
+    watchdog.abort();
+    let socket_path = socket_file.path().to_owned();
     socket_file.remove();
     // Every audit handle is gone now; the writer drains its queue and ends.
     let joined = tokio::task::spawn_blocking(move || audit_thread.join());
     if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
         tracing::warn!("the audit writer did not finish within the shutdown grace period");
     }
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ServeError::SocketLost(socket_path));
+    }
     result
+}
+
+/// Checks every [`SOCKET_CHECK_INTERVAL`] that the socket path still holds the socket this
+/// daemon bound. If it was removed or replaced, new clients can no longer reach this daemon
+/// (or reach an impostor), so it shuts down and exits with an error: a supervisor restarts it
+/// and it binds afresh. Sockets systemd created are systemd's to watch.
+async fn watch_socket(
+    socket: SocketFile,
+    cancel: CancellationToken,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) {
+    if !socket.is_ours_to_watch() {
+        return;
+    }
+    let mut tick = tokio::time::interval(SOCKET_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !socket.still_ours() {
+            tracing::error!(
+                event = "socket.lost",
+                path = %socket.path().display(),
+                "the socket was removed or replaced; shutting down so a supervisor restarts secretd"
+            );
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            cancel.cancel();
+            return;
+        }
+    }
 }
 
 /// The store, the fingerprint key, the audit writer and its thread.
@@ -225,7 +272,10 @@ async fn serve_bound(
     server::serve(
         listener,
         shared,
-        config.daemon.max_connections,
+        (
+            config.daemon.max_connections,
+            config.daemon.max_connections_per_uid,
+        ),
         cancel.clone(),
         tracker.clone(),
     )

@@ -54,7 +54,7 @@ fn unsafe_path(path: &Path, why: impl Into<String>) -> SocketError {
 }
 
 /// The socket file this daemon created; removed at shutdown only if it is still ours.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SocketFile {
     /// Where it is.
     path: PathBuf,
@@ -67,6 +67,11 @@ impl SocketFile {
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether this daemon created the file (so watches it); false for systemd's sockets.
+    pub fn is_ours_to_watch(&self) -> bool {
+        self.identity.is_some()
     }
 
     /// Whether the path still holds the socket this daemon bound (not removed, not replaced).

@@ -8,6 +8,8 @@
 
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod locked;
 pub mod message;
 pub mod paths;

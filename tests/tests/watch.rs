@@ -213,7 +213,11 @@ fn a_subscriber_sees_only_names_it_may_read_and_the_cli_prints_json_lines() {
 fn a_thousand_subscribers_all_get_the_event() {
     const SUBSCRIBERS: usize = 1000;
     let env = TestEnv::new();
-    let daemon = file_daemon(&env, &["k"], "max_connections = 1100");
+    let daemon = file_daemon(
+        &env,
+        &["k"],
+        "max_connections = 1100\nmax_connections_per_uid = 1100",
+    );
     let admin = Client::connect(&daemon.socket).expect("connect");
     let started = Instant::now();
     let mut watches: Vec<_> = (0..SUBSCRIBERS)

@@ -312,13 +312,16 @@ fn wipe(buf: &mut Vec<u8>) {
     }
 }
 
-/// Tells a client over the connection limit to come back later, then closes.
-pub(super) async fn refuse_busy(stream: Stream) {
+/// Tells a client over a connection limit to come back later, then closes.
+pub(super) async fn refuse_busy(stream: Stream, refusal: super::limits::Refusal) {
     let mut writer = &stream;
-    let busy = Response::Error(WireError::new(
-        ErrorCode::Busy,
-        "secretd is at its connection limit; retry shortly",
-    ));
+    let message = match refusal {
+        super::limits::Refusal::Total => "secretd is at its connection limit; retry shortly",
+        super::limits::Refusal::PerUid => {
+            "this uid holds as many connections as secretd allows one uid; close some or retry"
+        }
+    };
+    let busy = Response::Error(WireError::new(ErrorCode::Busy, message));
     let mut buf = Vec::new();
     let _ = write_response(&mut writer, &busy, &mut buf).await;
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod connection;
 mod handler;
+mod limits;
 mod watch;
 
 use std::io;
@@ -12,7 +13,6 @@ use std::time::Duration;
 
 use interprocess::local_socket::tokio::Listener;
 use interprocess::local_socket::traits::tokio::Listener as _;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,14 +60,15 @@ pub struct Shared {
 }
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.
+/// `max_connections` caps all connections, `max_per_uid` those of one uid.
 pub async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
-    max_connections: usize,
+    (max_connections, max_per_uid): (usize, usize),
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let admission = limits::Admission::new(max_connections, max_per_uid);
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -92,7 +93,7 @@ pub async fn serve(
                 continue;
             }
         };
-        match slots.clone().try_acquire_owned() {
+        match admission.admit(peer.uid) {
             Ok(permit) => {
                 let conn = connection::Connection::new(stream, peer, shared.clone());
                 let cancel = cancel.clone();
@@ -104,14 +105,19 @@ pub async fn serve(
                     drop(permit);
                 });
             }
-            Err(_) => {
+            Err(refusal) => {
+                let why = match refusal {
+                    limits::Refusal::Total => "connection limit reached; refusing",
+                    limits::Refusal::PerUid => "per-uid connection limit reached; refusing",
+                };
                 tracing::warn!(
                     uid = peer.uid,
                     pid = peer.pid,
                     max_connections,
-                    "connection limit reached; refusing"
+                    max_per_uid,
+                    "{why}"
                 );
-                tracker.spawn(connection::refuse_busy(stream));
+                tracker.spawn(connection::refuse_busy(stream, refusal));
             }
         }
     }

@@ -1,0 +1,312 @@
+//! Hostile and broken clients against the real daemon: slow senders, readers that never read,
+//! thousands of connections, random garbage, clients that vanish mid-response, per-uid caps,
+//! admin operations racing each other, the socket pulled from under the daemon. After each,
+//! the daemon is alive, serves a well-behaved client promptly, and its memory stays bounded.
+//! (Malformed frames of every kind are in foundation.rs; a broken or hanging GSM in gsm.rs.)
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use secretd_client::{Client, ErrorCode};
+use secretd_proto::Request;
+use support::{Daemon, RawConn, TestEnv, is_root, probe_bin};
+
+const KEY: &[u8] = b"Omni-Key-Hostile-Test-0123456789!";
+/// How much the daemon's memory may grow across one scenario.
+const RSS_SLACK_KIB: u64 = 64 * 1024;
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+fn start(env: &TestEnv, daemon_extra: &str) -> Daemon {
+    let rest = format!(
+        "{}[[policy]]\nuids = [{}, 65534]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", KEY),
+        euid()
+    );
+    let extra = format!("socket_mode = \"0666\"\n{daemon_extra}");
+    env.start(&env.config(&extra, &rest))
+}
+
+fn rss_kib(daemon: &Daemon) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .expect("daemon RSS")
+}
+
+/// The daemon is alive, answers a fresh client within a second, and grew by less than the
+/// slack since `baseline`.
+fn assert_healthy(daemon: &Daemon, baseline_kib: u64, after: &str) {
+    let t = Instant::now();
+    let client = Client::connect(&daemon.socket).unwrap_or_else(|e| panic!("after {after}: {e}"));
+    assert_eq!(client.get("trading_api_key").expect("get").expose(), KEY);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "after {after}: a read took {:?}",
+        t.elapsed()
+    );
+    let rss = rss_kib(daemon);
+    assert!(
+        rss < baseline_kib + RSS_SLACK_KIB,
+        "after {after}: RSS grew from {baseline_kib} KiB to {rss} KiB"
+    );
+}
+
+fn greeted_raw(daemon: &Daemon) -> UnixStream {
+    RawConn::greeted(&daemon.socket).stream
+}
+
+#[test]
+fn slow_senders_and_short_frames_are_cut_off_without_delaying_others() {
+    let env = TestEnv::new();
+    let daemon = start(&env, "");
+    let base = rss_kib(&daemon);
+    // 200 slowloris connections: half send one header byte, half a header promising 1000
+    // bytes and then 10.
+    let mut slow: Vec<UnixStream> = (0..200)
+        .map(|i| {
+            let mut s = greeted_raw(&daemon);
+            if i % 2 == 0 {
+                s.write_all(&[9]).expect("write");
+            } else {
+                s.write_all(&1000u32.to_le_bytes()).expect("write");
+                s.write_all(&[1; 10]).expect("write");
+            }
+            s
+        })
+        .collect();
+    assert_healthy(&daemon, base, "200 slow senders");
+    // The frame deadline (5 s) closes every one of them.
+    std::thread::sleep(Duration::from_secs(6));
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut sink = Vec::new();
+        s.read_to_end(&mut sink)
+            .expect("the daemon closed a slow sender");
+    }
+    assert_healthy(&daemon, base, "slow senders were cut off");
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_is_closed() {
+    let env = TestEnv::new();
+    let daemon = start(&env, "");
+    let base = rss_kib(&daemon);
+    let mut greedy = greeted_raw(&daemon);
+    let mut frame = Vec::new();
+    secretd_proto::frame::encode_frame(
+        &Request::Get {
+            name: "trading_api_key".into(),
+        },
+        &mut frame,
+    )
+    .expect("encode");
+    // Pipeline requests and never read: the daemon's writes back up, its write deadline
+    // passes, and it closes the connection (our writes then fail).
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(20) {
+        if greedy.write_all(&frame).is_err() {
+            break;
+        }
+        sent += 1;
+        if sent.is_multiple_of(1000) {
+            assert_healthy(&daemon, base, "a reader that stopped reading");
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the daemon never gave up on it"
+    );
+    eprintln!("sent {sent} unread requests before the daemon closed the connection");
+    assert_healthy(&daemon, base, "a reader that stopped reading");
+}
+
+#[test]
+fn thousands_of_connections_garbage_and_vanishing_clients() {
+    let env = TestEnv::new();
+    let daemon = start(
+        &env,
+        "max_connections = 4000\nmax_connections_per_uid = 4000",
+    );
+    let base = rss_kib(&daemon);
+
+    let many: Vec<UnixStream> = (0..3000).map(|_| greeted_raw(&daemon)).collect();
+    let with_3000 = rss_kib(&daemon);
+    eprintln!("RSS {base} KiB idle, {with_3000} KiB with 3000 connections");
+    assert_healthy(&daemon, base, "3000 open connections");
+    drop(many);
+
+    // Random bytes, with and without a hello first.
+    let mut seed = 0x5eed_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..500 {
+        let mut s = if i % 2 == 0 {
+            greeted_raw(&daemon)
+        } else {
+            UnixStream::connect(&daemon.socket).expect("connect")
+        };
+        let len = (next() % 300) as usize;
+        let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let _ = s.write_all(&junk);
+    }
+    assert_healthy(&daemon, base, "500 clients sending garbage");
+
+    // Clients that ask for a value and vanish before (or while) it is written.
+    for _ in 0..500 {
+        let mut s = greeted_raw(&daemon);
+        let mut frame = Vec::new();
+        secretd_proto::frame::encode_frame(
+            &Request::Get {
+                name: "trading_api_key".into(),
+            },
+            &mut frame,
+        )
+        .expect("encode");
+        for _ in 0..20 {
+            let _ = s.write_all(&frame);
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    assert_healthy(&daemon, base, "500 clients vanishing mid-response");
+}
+
+#[test]
+fn one_uid_cannot_take_every_connection() {
+    let env = TestEnv::new();
+    let daemon = start(&env, "max_connections = 10\nmax_connections_per_uid = 3");
+    std::thread::sleep(Duration::from_millis(200)); // let wait_ready's probe close
+    let held: Vec<Client> = (0..3)
+        .map(|_| Client::connect(&daemon.socket).expect("connect"))
+        .collect();
+    match Client::connect(&daemon.socket) {
+        Err(e) => {
+            assert_eq!(e.code(), Some(ErrorCode::Busy), "{e}");
+            assert!(e.to_string().contains("uid"), "{e}");
+        }
+        Ok(_) => panic!("a fourth connection of one uid was admitted"),
+    }
+    if is_root() {
+        // Another uid still gets in.
+        let socket = daemon.socket.to_str().expect("utf8");
+        let out = env.run_as_nobody(&probe_bin(), &[socket, "get", "trading_api_key"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("ok get trading_api_key"), "{stdout}");
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Client::connect(&daemon.socket).is_err() {
+        assert!(Instant::now() < deadline, "slots were not given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn admin_operations_racing_each_other_and_reads_keep_the_audit_chain_sound() {
+    let env = TestEnv::new();
+    let daemon = start(&env, "");
+    let base = rss_kib(&daemon);
+    let socket = daemon.socket.clone();
+    let stop = Instant::now() + Duration::from_secs(3);
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let socket = socket.clone();
+            let env = &env;
+            scope.spawn(move || {
+                let client = Client::connect(&socket).expect("connect");
+                let mut i = 0u64;
+                while Instant::now() < stop {
+                    i += 1;
+                    match (t + i) % 6 {
+                        0 => {
+                            let value = format!("Omni-Key-Hostile-Test-{i:010}!");
+                            env.write_value("trading_api_key", value.as_bytes());
+                            client.refresh(Some("trading_api_key")).expect("refresh");
+                        }
+                        1 => drop(client.audit_tail(50, None).expect("tail")),
+                        2 => assert!(client.audit_verify().expect("verify").broken_seq.is_none()),
+                        3 => drop(client.status().expect("status")),
+                        4 => drop(client.metrics().expect("metrics")),
+                        _ => drop(client.get("trading_api_key").expect("get")),
+                    }
+                }
+            });
+        }
+    });
+    env.write_value("trading_api_key", KEY);
+    let admin = Client::connect(&socket).expect("connect");
+    admin.refresh(Some("trading_api_key")).expect("refresh");
+    let verified = admin.audit_verify().expect("verify");
+    assert!(verified.broken_seq.is_none(), "{verified:?}");
+    assert!(verified.checked > 10, "{verified:?}");
+    assert_healthy(&daemon, base, "racing admin operations");
+}
+
+#[test]
+fn the_daemon_exits_when_its_socket_is_removed_or_replaced() {
+    for replace in [false, true] {
+        let env = TestEnv::new();
+        let mut daemon = start(&env, "");
+        std::fs::remove_file(&daemon.socket).expect("remove socket");
+        if replace {
+            let _impostor =
+                std::os::unix::net::UnixListener::bind(&daemon.socket).expect("impostor");
+            let status = daemon.wait_exit(Duration::from_secs(10));
+            let status = status.expect("the daemon kept running with its socket replaced");
+            assert!(!status.success());
+            assert!(
+                daemon.socket.exists(),
+                "the daemon removed someone else's socket"
+            );
+        } else {
+            let status = daemon.wait_exit(Duration::from_secs(10));
+            let status = status.expect("the daemon kept running without its socket");
+            assert!(!status.success());
+        }
+        assert!(daemon.log().contains("socket.lost"), "{}", daemon.log());
+    }
+}
+
+#[test]
+fn a_hello_from_a_slow_client_does_not_hold_a_slot_forever() {
+    let env = TestEnv::new();
+    let daemon = start(&env, "max_connections = 2\nmax_connections_per_uid = 2");
+    std::thread::sleep(Duration::from_millis(200));
+    // Two connections that never say hello fill the daemon, until the hello deadline (5 s).
+    let silent: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&daemon.socket).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        Client::connect(&daemon.socket).is_err(),
+        "the limit did not apply"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Client::connect(&daemon.socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "silent connections held their slots"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(silent);
+}

@@ -1,0 +1,204 @@
+//! Memory hygiene of the real daemon: a canary value generated at run time is served, rotated
+//! away and dropped; afterwards the daemon's memory (read through /proc/PID/mem, which needs
+//! root since the daemon makes itself non-dumpable) holds no copy of it, neither its database
+//! nor its log ever held one, and the value it serves now sits in a locked, no-dump mapping.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use secretd_client::Client;
+use support::{TestEnv, is_root};
+
+/// A readable mapping of the daemon: start, end, and its smaps flags.
+struct Region {
+    start: u64,
+    end: u64,
+    name: String,
+}
+
+fn readable_regions(pid: u32) -> Vec<Region> {
+    let maps = std::fs::File::open(format!("/proc/{pid}/maps")).expect("maps");
+    BufReader::new(maps)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let name = fields.nth(3).unwrap_or("").to_owned();
+            let (lo, hi) = range.split_once('-')?;
+            let readable = perms.starts_with('r') && name != "[vvar]" && name != "[vvar_vclock]";
+            if !readable {
+                return None;
+            }
+            Some(Region {
+                start: u64::from_str_radix(lo, 16).ok()?,
+                end: u64::from_str_radix(hi, 16).ok()?,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Every address in the daemon's readable memory where `needle` occurs.
+fn find_in_memory(pid: u32, needle: &[u8]) -> Vec<(u64, String)> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open /proc/PID/mem");
+    let mut hits = Vec::new();
+    const CHUNK: u64 = 1 << 20;
+    for region in readable_regions(pid) {
+        let mut at = region.start;
+        while at < region.end {
+            // Overlap chunks so a needle across a chunk boundary is still found.
+            let len = (region.end - at).min(CHUNK + needle.len() as u64);
+            let mut buf = vec![0u8; len as usize];
+            if let Ok(n) = mem.read_at(&mut buf, at) {
+                buf.truncate(n);
+                for i in buf
+                    .windows(needle.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == needle)
+                {
+                    hits.push((at + i.0 as u64, region.name.clone()));
+                }
+            }
+            at += CHUNK;
+        }
+    }
+    hits.sort();
+    hits.dedup();
+    hits
+}
+
+/// The `VmFlags` of the smaps entry containing `addr`.
+fn vm_flags(pid: u32, addr: u64) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+        {
+            inside = (lo..hi).contains(&addr);
+        }
+        if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+            return flags.trim().to_owned();
+        }
+    }
+    String::new()
+}
+
+/// A value no build could contain: random per run.
+fn canary(label: &str) -> Vec<u8> {
+    let mut bytes = [0u8; 16];
+    getrandom(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("Canary-{label}-{hex}!").into_bytes()
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("urandom");
+}
+
+fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+}
+
+#[test]
+fn a_rotated_away_value_leaves_no_copy_in_memory_disk_or_logs() {
+    if !is_root() {
+        eprintln!(
+            "skipped: reading another process's memory needs root (the daemon is non-dumpable)"
+        );
+        return;
+    }
+    let old = canary("old");
+    let new = canary("new");
+    let env = TestEnv::new();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let rest = format!(
+        "{}[[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n",
+        env.file_secret("trading_api_key", &old)
+    );
+    let daemon = env.start(&env.config("", &rest));
+    let pid = daemon.pid();
+
+    // Served through every path that touches the value: plain reads, a cached client, a
+    // watcher, status (fingerprints) and the audit trail.
+    let client = Client::connect(&daemon.socket).expect("connect");
+    for _ in 0..100 {
+        assert_eq!(
+            client.get("trading_api_key").expect("get").expose(),
+            &old[..]
+        );
+    }
+    let cached = Client::connect(&daemon.socket)
+        .expect("connect")
+        .with_cache()
+        .expect("cache");
+    assert_eq!(
+        cached.get("trading_api_key").expect("get").expose(),
+        &old[..]
+    );
+    let mut watch = client.watch(["trading_api_key"]).expect("watch");
+    client.status().expect("status");
+
+    // Rotate it away.
+    env.write_value("trading_api_key", &new);
+    client.refresh(Some("trading_api_key")).expect("refresh");
+    assert!(matches!(watch.next(), Some(Ok(_))));
+    for _ in 0..100 {
+        assert_eq!(
+            client.get("trading_api_key").expect("get").expose(),
+            &new[..]
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cached.get("trading_api_key").expect("get").expose() != &new[..] {
+        assert!(
+            Instant::now() < deadline,
+            "the cached client never saw the new value"
+        );
+    }
+    drop((client, cached, watch));
+    // Let connections close and the aggregated audit records flush.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let old_hits = find_in_memory(pid, &old);
+    assert!(
+        old_hits.is_empty(),
+        "the rotated-away value is still in daemon memory at {old_hits:x?}"
+    );
+    let new_hits = find_in_memory(pid, &new);
+    eprintln!("live value copies: {new_hits:x?}");
+    assert!(
+        !new_hits.is_empty(),
+        "the scan cannot find even the live value: it proves nothing"
+    );
+    for (addr, _) in &new_hits {
+        let flags = vm_flags(pid, *addr);
+        assert!(
+            flags.split_whitespace().any(|f| f == "dd"),
+            "a copy of the live value at {addr:#x} is not excluded from core dumps ({flags}); copies: {new_hits:x?}"
+        );
+        assert!(
+            flags.split_whitespace().any(|f| f == "lo"),
+            "a copy of the live value at {addr:#x} is not locked ({flags})"
+        );
+    }
+
+    for value in [&old, &new] {
+        for file in ["secretd.redb", "secretd.toml.log"] {
+            assert!(
+                !file_contains(&env.path(file), value),
+                "{file} holds a secret value"
+            );
+        }
+    }
+}
