@@ -118,16 +118,11 @@ pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
 /// The first read of [`read_reply`]: a reply to a get (about 150 bytes) arrives in one read.
 const REPLY_FIRST_READ: usize = 1024;
 
-/// Reads the one frame that answers a request into `buf` (header included: the body is
-/// `buf[HEADER_LEN..]`), usually in a single `read` where [`read_frame`] needs two. Only for
-/// request/response streams: bytes beyond the frame are a protocol error, since nothing may
-/// follow a reply. `buf`'s old contents are wiped first; a buffer outgrown mid-read is wiped
-/// before it is released.
-pub fn read_reply<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
-    buf.zeroize();
-    buf.resize(REPLY_FIRST_READ, 0);
+/// Reads into `buf` until at least `min` bytes arrived; returns how many did. A clean end of
+/// stream before the first byte is [`FrameError::Closed`], one after it [`FrameError::Truncated`].
+fn read_at_least<R: Read>(reader: &mut R, buf: &mut [u8], min: usize) -> Result<usize, FrameError> {
     let mut have = 0;
-    while have < HEADER_LEN {
+    while have < min {
         match reader.read(&mut buf[have..]) {
             Ok(0) if have == 0 => return Err(FrameError::Closed),
             Ok(0) => return Err(FrameError::Truncated),
@@ -136,6 +131,18 @@ pub fn read_reply<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), Fram
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
+    Ok(have)
+}
+
+/// Reads the one frame that answers a request into `buf` (header included: the body is
+/// `buf[HEADER_LEN..]`), usually in a single `read` where [`read_frame`] needs two. Only for
+/// request/response streams: bytes beyond the frame are a protocol error, since nothing may
+/// follow a reply. `buf`'s old contents are wiped first; a buffer outgrown mid-read is wiped
+/// before it is released.
+pub fn read_reply<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    buf.zeroize();
+    buf.resize(REPLY_FIRST_READ, 0);
+    let have = read_at_least(reader, buf, HEADER_LEN)?;
     let mut header = [0u8; HEADER_LEN];
     header.copy_from_slice(&buf[..HEADER_LEN]);
     let total = HEADER_LEN + body_len(header)?;
@@ -164,16 +171,7 @@ pub fn read_reply<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), Fram
 /// Returns [`FrameError::Closed`] on a clean end of stream before the first prefix byte.
 pub fn read_frame<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        match reader.read(&mut header[got..]) {
-            Ok(0) if got == 0 => return Err(FrameError::Closed),
-            Ok(0) => return Err(FrameError::Truncated),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FrameError::Io(e)),
-        }
-    }
+    read_at_least(reader, &mut header, HEADER_LEN)?;
     let len = body_len(header)?;
     buf.zeroize();
     buf.reserve_exact(len);

@@ -177,6 +177,31 @@ fn c_api_permission_denied_for_another_uid() {
     );
 }
 
+/// Starts a C test that talks over stdin/stdout (`SOCKET trading_api_key KEY NEW_VALUE`).
+fn spawn_interactive(
+    exe: &Path,
+    socket: &Path,
+    new_value: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = Command::new(exe)
+        .args([
+            socket.to_str().expect("utf8"),
+            "trading_api_key",
+            KEY,
+            new_value,
+        ])
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
 #[test]
 fn c_client_survives_a_daemon_restart() {
     if !gcc_or_skip("c_client_survives_a_daemon_restart") {
@@ -186,18 +211,7 @@ fn c_client_survives_a_daemon_restart() {
     let mut daemon = env.start(&config);
     let exe = c_test(&env, "test_restart");
     let rotated = "Omni-Key-after-restart-0000!";
-    let mut child = Command::new(&exe)
-        .args([
-            daemon.socket.to_str().expect("utf8"),
-            "trading_api_key",
-            KEY,
-            rotated,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = spawn_interactive(&exe, &daemon.socket, rotated);
     assert_eq!(lines.next().expect("line").expect("read"), "READY");
     assert!(daemon.stop().success());
     env.write_value("trading_api_key", rotated.as_bytes());
@@ -303,19 +317,7 @@ fn c_watch_callback_and_cached_client() {
     let daemon = env.start(&config);
     let exe = c_test(&env, "test_watch");
     let rotated = "Omni-Key-rotated-by-watch-test!";
-    let mut child = Command::new(&exe)
-        .args([
-            daemon.socket.to_str().expect("utf8"),
-            "trading_api_key",
-            KEY,
-            rotated,
-        ])
-        .env("ASAN_OPTIONS", "detect_leaks=1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = spawn_interactive(&exe, &daemon.socket, rotated);
     assert_eq!(lines.next().expect("line").expect("read"), "ready");
     env.write_value("trading_api_key", rotated.as_bytes());
     let admin = secretd_client::Client::connect(&daemon.socket).expect("connect");

@@ -62,6 +62,16 @@ fn assert_healthy(daemon: &Daemon, baseline_kib: u64, after: &str) {
     );
 }
 
+/// A framed `Get` of the test secret.
+fn get_frame() -> Vec<u8> {
+    let mut frame = Vec::new();
+    let get = Request::Get {
+        name: "trading_api_key".into(),
+    };
+    secretd_proto::frame::encode_frame(&get, &mut frame).expect("encode");
+    frame
+}
+
 fn greeted_raw(daemon: &Daemon) -> UnixStream {
     RawConn::greeted(&daemon.socket).stream
 }
@@ -104,14 +114,7 @@ fn a_client_that_never_reads_its_responses_is_closed() {
     let daemon = start(&env, "");
     let base = rss_kib(&daemon);
     let mut greedy = greeted_raw(&daemon);
-    let mut frame = Vec::new();
-    secretd_proto::frame::encode_frame(
-        &Request::Get {
-            name: "trading_api_key".into(),
-        },
-        &mut frame,
-    )
-    .expect("encode");
+    let frame = get_frame();
     // Pipeline requests and never read: the daemon's writes back up, its write deadline
     // passes, and it closes the connection (our writes then fail).
     greedy
@@ -171,17 +174,23 @@ fn thousands_of_connections_garbage_and_vanishing_clients() {
     }
     assert_healthy(&daemon, base, "500 clients sending garbage");
 
+    // A Get whose name is not UTF-8: a protocol violation, answered and closed.
+    let mut c = RawConn::greeted(&daemon.socket);
+    let mut body = vec![1, 0, 0, 0];
+    body.extend_from_slice(&2u64.to_le_bytes());
+    body.extend_from_slice(&[0xff, 0xfe]);
+    c.send_body(&body);
+    match c.recv() {
+        Some(secretd_proto::Response::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::ProtocolViolation);
+        }
+        other => panic!("a non-UTF-8 name got {other:?}"),
+    }
+
     // Clients that ask for a value and vanish before (or while) it is written.
     for _ in 0..500 {
         let mut s = greeted_raw(&daemon);
-        let mut frame = Vec::new();
-        secretd_proto::frame::encode_frame(
-            &Request::Get {
-                name: "trading_api_key".into(),
-            },
-            &mut frame,
-        )
-        .expect("encode");
+        let frame = get_frame();
         for _ in 0..20 {
             let _ = s.write_all(&frame);
         }
