@@ -33,8 +33,16 @@ struct Cached {
     expires_at: SystemTime,
 }
 
+/// Forks this process went through, counted in the child by a `pthread_atfork` handler. The
+/// cache's pages are wiped in a forked child (`MADV_WIPEONFORK`) and its watch thread does not
+/// exist there, so a cache made before a fork must never serve after it.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::SeqCst);
+}
+
 /// Values and the state that decides whether they may be served.
-#[derive(Default)]
 pub(crate) struct ClientCache {
     /// Name → value.
     entries: RwLock<HashMap<String, Cached>>,
@@ -42,6 +50,24 @@ pub(crate) struct ClientCache {
     generation: AtomicU64,
     /// Whether the watch is subscribed; nothing is cached or served while it is not.
     live: AtomicBool,
+    /// [`FORKS`] when the cache was made: a different count means this is a forked child.
+    born: u64,
+}
+
+impl Default for ClientCache {
+    fn default() -> ClientCache {
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: the handler only touches an atomic, which is async-signal-safe.
+        AT_FORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(count_fork_in_child));
+        });
+        ClientCache {
+            entries: RwLock::default(),
+            generation: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            born: FORKS.load(Ordering::SeqCst),
+        }
+    }
 }
 
 /// A cache and the watch that keeps it honest; dropping it stops the watch.
@@ -82,7 +108,7 @@ pub(crate) struct Ticket(u64);
 impl ClientCache {
     /// A copy of the cached value of `name`, if it may be served.
     pub(crate) fn get(&self, name: &str) -> Option<Secret> {
-        if !self.live.load(Ordering::Acquire) {
+        if !self.live.load(Ordering::Acquire) || FORKS.load(Ordering::Relaxed) != self.born {
             return None;
         }
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
@@ -101,7 +127,8 @@ impl ClientCache {
     /// Taken before fetching from the daemon; see [`ClientCache::insert`].
     pub(crate) fn ticket(&self) -> Option<Ticket> {
         let ticket = Ticket(self.generation.load(Ordering::SeqCst));
-        self.live.load(Ordering::SeqCst).then_some(ticket)
+        let serving = self.live.load(Ordering::SeqCst) && FORKS.load(Ordering::SeqCst) == self.born;
+        serving.then_some(ticket)
     }
 
     /// Caches a value fetched after `ticket` was taken, unless something was invalidated since.
@@ -137,5 +164,68 @@ impl ClientCache {
     /// How many values are cached (tests and diagnostics).
     pub(crate) fn len(&self) -> usize {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cached_with(value: &[u8]) -> ClientCache {
+        let cache = ClientCache::default();
+        cache.live.store(true, Ordering::SeqCst);
+        let ticket = cache.ticket().expect("live");
+        let secret = Secret::from_parts(
+            value,
+            "1".into(),
+            SourceKind::File,
+            SystemTime::now(),
+            SystemTime::now() + Duration::from_secs(300),
+        );
+        cache.insert(ticket, "k", &secret);
+        cache
+    }
+
+    #[test]
+    fn a_change_during_a_fetch_keeps_the_fetched_value_out() {
+        let cache = cached_with(b"v1");
+        assert_eq!(cache.get("k").expect("hit").expose(), b"v1");
+        let ticket = cache.ticket().expect("live");
+        cache.invalidate(Some("k"));
+        let fetched_before_the_change = cached_with(b"old").get("k").expect("hit");
+        cache.insert(ticket, "k", &fetched_before_the_change);
+        assert!(cache.get("k").is_none(), "a stale fetch was cached");
+        cache.live.store(false, Ordering::SeqCst);
+        assert!(
+            cache.ticket().is_none(),
+            "nothing is cached while the watch is down"
+        );
+    }
+
+    #[test]
+    fn a_forked_child_never_serves_from_the_parents_cache() {
+        let cache = cached_with(b"parent-value");
+        // SAFETY: the child only reads atomics and a map (no allocation on the miss path),
+        // then leaves with _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                let code = if cache.get("k").is_none() && cache.ticket().is_none() {
+                    0
+                } else {
+                    1
+                };
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            -1 => panic!("fork failed"),
+            child => {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+                assert!(cache.get("k").is_some(), "the parent still serves");
+            }
+        }
     }
 }
