@@ -49,8 +49,7 @@ impl Admission {
     /// Takes a slot for `uid`, or says which limit is reached.
     pub(super) fn admit(&self, uid: u32) -> Result<Slot, Refusal> {
         let mut counts = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(uid).or_insert(0);
-        if *count >= self.max_per_uid {
+        if counts.get(&uid).is_some_and(|n| *n >= self.max_per_uid) {
             return Err(Refusal::PerUid);
         }
         let permit = self
@@ -58,7 +57,7 @@ impl Admission {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::Total)?;
-        *count += 1;
+        *counts.entry(uid).or_insert(0) += 1;
         Ok(Slot {
             _permit: permit,
             per_uid: self.per_uid.clone(),
@@ -92,7 +91,12 @@ mod tests {
         let _s3 = a.admit(2).expect("uid 2");
         assert_eq!(a.admit(3).expect_err("full"), Refusal::Total);
         drop(s1);
-        assert!(a.admit(1).is_ok(), "a freed slot is reusable");
+        let _again = a.admit(1).expect("a freed slot is reusable");
         assert_eq!(a.per_uid.lock().expect("lock").get(&1), Some(&2));
+        assert_eq!(
+            a.per_uid.lock().expect("lock").get(&3),
+            None,
+            "refusals leave no entry"
+        );
     }
 }
