@@ -11,6 +11,16 @@ int main(int argc, char **argv) {
     secretd::Secret key = client.get(argv[2]);
     std::printf("%s: %zu bytes, version %s, source %s\n", argv[2], key.expose().size(),
                 std::string(key.version()).c_str(), std::string(key.source()).c_str());
+    // A cached client answers repeat reads from its own locked memory; a watch reports
+    // changes (none arrive in this short run; the destructor stops it).
+    secretd::Client cached = secretd::Client::cached(argv[1]);
+    if (cached.get(argv[2]).expose() != cached.get(argv[2]).expose()) return 1;
+    {
+      secretd::Watch watch(cached, {argv[2]}, [](const secretd::ChangeEvent &ev) {
+        std::printf("change of %s to version %s\n", ev.name.c_str(), ev.version.c_str());
+      });
+      std::printf("watching %s\n", argv[2]);
+    }
     try {
       client.get("trading_not_there");
       return 1;

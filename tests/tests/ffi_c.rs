@@ -254,6 +254,7 @@ fn cpp_raii_wrapper_compiles_and_runs() {
         "{out}"
     );
     assert!(out.contains("missing name:"), "{out}");
+    assert!(out.contains("watching trading_api_key"), "{out}");
     assert!(!out.contains(KEY), "the example must not print the value");
 }
 
