@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use secretd_client::{ChangeEvent, Client, SecretChange, SourceKind};
 use secretd_gsm_fake::FakeGsm;
 use secretd_proto::{Request, Response};
-use support::{RawConn, TestEnv, break_glass_apply, cli, is_root, keygen, secretd_bin};
+use support::{RawConn, TestEnv, break_glass_apply, is_root, keygen, secretd_bin};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 /// The latency bound the watch issue sets for an event after the change is in the cache.
@@ -46,6 +46,16 @@ fn change_file(env: &TestEnv, admin: &Client, name: &str, value: &str) -> Instan
     let outcomes = admin.refresh(Some(name)).expect("refresh");
     assert!(outcomes[0].error.is_none(), "{outcomes:?}");
     Instant::now()
+}
+
+/// A hand-made connection subscribed to `name` that reads only when the test says so.
+fn raw_watcher(daemon: &support::Daemon, name: &str) -> RawConn {
+    let mut conn = RawConn::greeted(&daemon.socket);
+    conn.send(&Request::Watch {
+        names: vec![name.to_owned()],
+    });
+    assert!(matches!(conn.recv(), Some(Response::Watching(_))));
+    conn
 }
 
 /// Collects a watch's items with their arrival times.
@@ -248,11 +258,7 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
     let admin = Client::connect(&daemon.socket).expect("connect");
     let reader = Client::connect(&daemon.socket).expect("connect");
 
-    let mut stalled = RawConn::greeted(&daemon.socket);
-    stalled.send(&Request::Watch {
-        names: vec![name.clone()],
-    });
-    assert!(matches!(stalled.recv(), Some(Response::Watching(_))));
+    let mut stalled = raw_watcher(&daemon, &name);
     let (_handle, rx) = collect(&admin, &[&name]);
 
     let mut slowest = Duration::ZERO;
@@ -410,7 +416,6 @@ fn a_cached_client_serves_locally_and_follows_changes() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(cached.cached_len(), 0);
-    let _ = cli(&["--version"], &[]);
 }
 
 #[test]
@@ -420,11 +425,7 @@ fn a_watcher_that_falls_behind_gets_lagged_then_the_latest_change() {
     let env = TestEnv::new();
     let daemon = file_daemon(&env, &[&name], "");
     let admin = Client::connect(&daemon.socket).expect("connect");
-    let mut slow = RawConn::greeted(&daemon.socket);
-    slow.send(&Request::Watch {
-        names: vec![name.clone()],
-    });
-    assert!(matches!(slow.recv(), Some(Response::Watching(_))));
+    let mut slow = raw_watcher(&daemon, &name);
 
     let started = Instant::now();
     let changes = 600;
