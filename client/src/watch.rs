@@ -57,6 +57,14 @@ pub struct WatchHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How one resubscription attempt ended.
+enum Attempt {
+    /// With what `next()` returns: `Lagged` after success, the refusal, or `None` when stopped.
+    Settled(Option<Result<ChangeEvent>>),
+    /// A transient failure; the backoff pause is over.
+    Retry,
+}
+
 #[derive(Default)]
 struct StopSignal {
     /// Whether the watch was stopped.
@@ -155,37 +163,37 @@ impl Watch {
     /// Resubscribes, waiting out failures with backoff until it works, is refused or stopped.
     fn resubscribe(&mut self) -> Option<Result<ChangeEvent>> {
         loop {
-            if let Some(item) = self.attempt(None) {
-                return item;
+            match self.attempt(None) {
+                Attempt::Settled(item) => return item,
+                Attempt::Retry => {}
             }
         }
     }
 
-    /// One resubscription attempt. `Some(item)` when it settled something (`Lagged` after
-    /// success, the refusal, or `None` when stopped); `None` after a transient failure and a
-    /// backoff pause of at most `max_pause`.
-    fn attempt(&mut self, max_pause: Option<Duration>) -> Option<Option<Result<ChangeEvent>>> {
+    /// One resubscription attempt; after a transient failure it pauses (at most `max_pause`)
+    /// before saying [`Attempt::Retry`].
+    fn attempt(&mut self, max_pause: Option<Duration>) -> Attempt {
         if self.stop.stopped() {
-            return Some(None);
+            return Attempt::Settled(None);
         }
         match subscribe(&self.path, &self.requested, self.timeout, &self.stop) {
             Ok((conn, watching)) => {
                 self.conn = Some(conn);
                 self.watching = watching;
                 self.backoff = RESUBSCRIBE_MIN_BACKOFF;
-                Some(Some(Ok(ChangeEvent::Lagged)))
+                Attempt::Settled(Some(Ok(ChangeEvent::Lagged)))
             }
             Err(e @ Error::Daemon(_)) if e.code() != Some(secretd_proto::ErrorCode::Busy) => {
                 self.finished = true;
-                Some(Some(Err(e)))
+                Attempt::Settled(Some(Err(e)))
             }
             Err(_) => {
                 let pause = max_pause.map_or(self.backoff, |m| m.min(self.backoff));
                 if !self.stop.pause(pause) {
-                    return Some(None);
+                    return Attempt::Settled(None);
                 }
                 self.backoff = (self.backoff * 2).min(RESUBSCRIBE_MAX_BACKOFF);
-                None
+                Attempt::Retry
             }
         }
     }
@@ -200,8 +208,8 @@ impl Watch {
         }
         let Some(conn) = self.conn.as_ref() else {
             return match self.attempt(Some(timeout)) {
-                Some(item) => item.map(|r| r.map(Some)),
-                None => Some(Ok(None)),
+                Attempt::Settled(item) => item.map(|r| r.map(Some)),
+                Attempt::Retry => Some(Ok(None)),
             };
         };
         match conn.readable_within(timeout) {

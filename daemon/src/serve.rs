@@ -73,14 +73,16 @@ pub async fn run(
             return Err(e);
         }
     };
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = tokio::spawn(watch_socket(
-        socket_file.clone(),
-        cancel.clone(),
-        lost.clone(),
-    ));
+    let watchdog = tokio::spawn(watch_socket(socket_file.clone(), cancel.clone()));
     let result = serve_bound(config, store, key, audit, listener, &socket_file, cancel).await;
-    watchdog.abort();
+    // Finished means it saw the socket lost (true) or the shutdown (false); a setup error
+    // can return before either, so a running watchdog is stopped here.
+    let lost = if watchdog.is_finished() {
+        watchdog.await.unwrap_or(false)
+    } else {
+        watchdog.abort();
+        false
+    };
     let socket_path = socket_file.path().to_owned();
     socket_file.remove();
     // Every audit handle is gone now; the writer drains its queue and ends.
@@ -88,7 +90,7 @@ pub async fn run(
     if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
         tracing::warn!("the audit writer did not finish within the shutdown grace period");
     }
-    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+    if lost {
         return Err(ServeError::SocketLost(socket_path));
     }
     result
@@ -97,19 +99,17 @@ pub async fn run(
 /// Checks every [`SOCKET_CHECK_INTERVAL`] that the socket path still holds the socket this
 /// daemon bound. If it was removed or replaced, new clients can no longer reach this daemon
 /// (or reach an impostor), so it shuts down and exits with an error: a supervisor restarts it
-/// and it binds afresh. Sockets systemd created are systemd's to watch.
-async fn watch_socket(
-    socket: SocketFile,
-    cancel: CancellationToken,
-    lost: Arc<std::sync::atomic::AtomicBool>,
-) {
+/// and it binds afresh. Sockets systemd created are systemd's to watch. Returns whether the
+/// socket was lost.
+async fn watch_socket(socket: SocketFile, cancel: CancellationToken) -> bool {
     if !socket.is_ours_to_watch() {
-        return;
+        cancel.cancelled().await;
+        return false;
     }
     let mut tick = tokio::time::interval(SOCKET_CHECK_INTERVAL);
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return false,
             _ = tick.tick() => {}
         }
         if !socket.still_ours() {
@@ -118,9 +118,8 @@ async fn watch_socket(
                 path = %socket.path().display(),
                 "the socket was removed or replaced; shutting down so a supervisor restarts secretd"
             );
-            lost.store(true, std::sync::atomic::Ordering::SeqCst);
             cancel.cancel();
-            return;
+            return true;
         }
     }
 }

@@ -6,7 +6,7 @@ use secretd_client::{Client, EntryState, ErrorCode, SourceKind};
 use secretd_proto::{ClientHello, Request, Response};
 mod support;
 
-use support::{RawConn, TestEnv, cli, is_root, probe_bin};
+use support::{RawConn, TestEnv, cli, euid, is_root, probe_bin};
 
 const KEY: &[u8] = b"Omni-Key-1234567890-abcdef!";
 const PASSPHRASE: &[u8] = b"Pass-phrase-Zyx-987#";
@@ -17,15 +17,10 @@ fn two_secret_env() -> (TestEnv, String) {
         "{}{}[[policy]]\nuids = [{uid}]\nallow = [\"trading_*\"]\n",
         env.file_secret("trading_api_key", KEY),
         env.file_secret("trading_api_passphrase", PASSPHRASE),
-        uid = unsafe_euid(),
+        uid = euid(),
     );
     let config = env.config("", &rest);
     (env, config)
-}
-
-fn unsafe_euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 fn expect_code<T: std::fmt::Debug>(r: secretd_client::Result<T>, code: ErrorCode) {
@@ -288,11 +283,7 @@ fn stale_socket_is_replaced_and_unsafe_paths_refused() {
 #[test]
 fn connection_limit_answers_busy() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        unsafe_euid()
-    );
+    let rest = env.readable_files(&[("trading_api_key", KEY)]);
     let daemon = env.start(&env.config("max_connections = 2", &rest));
     // wait_ready's probe connection may still be closing; give it a moment.
     std::thread::sleep(Duration::from_millis(200));
@@ -320,7 +311,7 @@ fn unloadable_secret_answers_unavailable_without_blocking_others() {
     let rest = format!(
         "{}[[secret]]\nname = \"trading_missing\"\nsource = \"env\"\nenv = \"SECRETD_TEST_SURELY_UNSET_VAR\"\n\n[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
         env.file_secret("trading_api_key", KEY),
-        unsafe_euid()
+        euid()
     );
     let daemon = env.start(&env.config("", &rest));
     let client = Client::connect(&daemon.socket).expect("connect");

@@ -7,15 +7,10 @@ use std::time::{Duration, Instant};
 
 use secretd_client::{Client, EntryState, ErrorCode, SourceKind};
 use secretd_gsm_fake::{FakeGsm, Fault, VersionState};
-use support::{TestEnv, cli, is_root, probe_bin};
+use support::{TestEnv, cli, euid, is_root, probe_bin};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 const CLIENT_SECRET: &str = "projects/apex-test/secrets/omni-client-secret";
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
 
 /// A config with two GSM secrets: `trading_api_key` (short id, `latest`) and
 /// `trading_client_secret` (full resource, pinned to version 1).

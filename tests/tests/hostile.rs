@@ -12,16 +12,11 @@ use std::time::{Duration, Instant};
 
 use secretd_client::{Client, ErrorCode};
 use secretd_proto::Request;
-use support::{Daemon, RawConn, TestEnv, is_root, probe_bin};
+use support::{Daemon, RawConn, TestEnv, euid, is_root, probe_bin};
 
 const KEY: &[u8] = b"Omni-Key-Hostile-Test-0123456789!";
 /// How much the daemon's memory may grow across one scenario.
 const RSS_SLACK_KIB: u64 = 64 * 1024;
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
 
 fn start(env: &TestEnv, daemon_extra: &str) -> Daemon {
     let rest = format!(

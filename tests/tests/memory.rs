@@ -120,12 +120,7 @@ fn a_rotated_away_value_leaves_no_copy_in_memory_disk_or_logs() {
     let old = canary("old");
     let new = canary("new");
     let env = TestEnv::new();
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    let rest = format!(
-        "{}[[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", &old)
-    );
+    let rest = env.readable_files(&[("trading_api_key", &old)]);
     let daemon = env.start(&env.config("", &rest));
     let pid = daemon.pid();
 

@@ -12,14 +12,9 @@ use std::time::{Duration, Instant};
 
 use secretd_client::Client;
 use secretd_gsm_fake::{FakeGsm, Fault};
-use support::{TestEnv, cli, secretd_bin};
+use support::{TestEnv, cli, euid, secretd_bin};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -209,14 +204,24 @@ fn metrics_healthz_and_status_over_http_and_the_socket() {
     assert!(!log.contains("Omni-Key"));
 }
 
+/// Makes `fd` the child's fd 3, as systemd passes a socket (`LISTEN_FDS=1`).
+fn pass_as_fd_3(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec, so clear it explicitly.
+            if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn socket_activation_and_readiness_notification() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", b"Omni-Key-1234567890-abcdef!"),
-        euid()
-    );
+    let rest = env.readable_files(&[("trading_api_key", b"Omni-Key-1234567890-abcdef!")]);
     let socket = env.path("activated.sock");
     let config_path = env.path("secretd.toml");
     // The config names another path: an activated daemon must use the socket it was given.
@@ -236,16 +241,7 @@ fn socket_activation_and_readiness_notification() {
         .arg(&config_path)
         .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2) are made.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself keeps close-on-exec, so clear it explicitly.
-            if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_as_fd_3(&mut cmd, fd);
     let mut child = cmd.spawn().expect("spawn");
     drop(listener);
 
@@ -278,16 +274,7 @@ fn socket_activation_and_readiness_notification() {
         .env("LISTEN_PID", "1")
         .env("LISTEN_FDS", "1")
         .stderr(Stdio::null());
-    // SAFETY: as above.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself keeps close-on-exec, so clear it explicitly.
-            if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_as_fd_3(&mut cmd, fd);
     let mut child = cmd.spawn().expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(20);
     while Client::connect(env.socket()).is_err() {
@@ -305,13 +292,11 @@ fn socket_activation_and_readiness_notification() {
 #[test]
 fn check_passes_a_good_catalog_and_names_each_violation_of_a_weak_one() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}{}{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", b"Omni-Key-1234567890-abcdef!"),
-        env.file_secret("trading_client_secret", b"short"),
-        env.file_secret("trading_api_passphrase", b"alllowercaseandlongenough"),
-        euid()
-    );
+    let rest = env.readable_files(&[
+        ("trading_api_key", b"Omni-Key-1234567890-abcdef!"),
+        ("trading_client_secret", b"short"),
+        ("trading_api_passphrase", b"alllowercaseandlongenough"),
+    ]);
     let config = env.config("", &rest);
     let daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8");

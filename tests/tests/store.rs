@@ -8,16 +8,11 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use secretd_client::{Client, RotationStep};
 use secretd_gsm_fake::FakeGsm;
-use support::{TestEnv, cli, is_root, probe_bin};
+use support::{TestEnv, cli, euid, is_root, probe_bin};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const KEY: &[u8] = b"Omni-Key-1234567890-abcdef!";
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
 
 fn gsm_env(fake: &FakeGsm) -> (TestEnv, String) {
     let env = TestEnv::new();
@@ -293,11 +288,7 @@ fn audit_rows(env: &TestEnv) -> Vec<(u64, Vec<u8>)> {
 #[test]
 fn tampering_deleting_or_reordering_records_breaks_verify_and_pruning_does_not() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        euid()
-    );
+    let rest = env.readable_files(&[("trading_api_key", KEY)]);
     let config = env.config("audit_retention = \"2s\"", &rest);
     let verify = |env: &TestEnv| {
         let mut daemon = env.start(&config);
@@ -392,11 +383,7 @@ fn tampering_deleting_or_reordering_records_breaks_verify_and_pruning_does_not()
 #[test]
 fn kill_9_during_a_burst_of_audited_reads_leaves_a_verifiable_chain() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        euid()
-    );
+    let rest = env.readable_files(&[("trading_api_key", KEY)]);
     let config = env.config("", &rest);
     let daemon = env.start(&config);
     let socket = daemon.socket.clone();
@@ -429,11 +416,7 @@ fn kill_9_during_a_burst_of_audited_reads_leaves_a_verifiable_chain() {
 #[test]
 fn a_second_daemon_on_the_same_database_exits_with_a_clear_message() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        euid()
-    );
+    let rest = env.readable_files(&[("trading_api_key", KEY)]);
     let _first = env.start(&env.config("", &rest));
     let other_socket = env.path("other/secretd.sock");
     let second_config = format!(
@@ -550,12 +533,10 @@ fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
 fn the_rotation_monitor_logs_near_expiry_and_overdue_secrets() {
     const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
     let env = TestEnv::new();
-    let rest = format!(
-        "{}{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        env.file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
-        euid()
-    );
+    let rest = env.readable_files(&[
+        ("trading_api_key", KEY),
+        ("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
+    ]);
     // Due in 12 months, warned 400 days ahead: near expiry at once.
     let config = env.config("rotation_warning = \"400d\"", &rest);
     let mut daemon = env.start(&config);

@@ -12,18 +12,13 @@ use std::time::{Duration, Instant};
 use secretd_client::{ChangeEvent, Client, SecretChange, SourceKind};
 use secretd_gsm_fake::FakeGsm;
 use secretd_proto::{Request, Response};
-use support::{RawConn, TestEnv, break_glass_apply, is_root, keygen, secretd_bin};
+use support::{RawConn, TestEnv, break_glass_apply, euid, is_root, keygen, secretd_bin};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 /// The latency bound the watch issue sets for an event after the change is in the cache.
 const EVENT_BOUND: Duration = Duration::from_millis(100);
 
 type Item = (Instant, secretd_client::Result<ChangeEvent>);
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
 
 /// A daemon serving file secrets `names` (value `<name>-1`), readable by this uid (all) and
 /// by uid 65534 (only `public_feed`, when listed).

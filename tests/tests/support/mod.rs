@@ -25,10 +25,20 @@ pub fn probe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_secretd-probe"))
 }
 
+/// The uid the tests run as.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Whether tests that switch uid can run (they need root).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    euid() == 0
+}
+
+/// A `[[policy]]` letting the test's own uid read every secret.
+pub fn policy_for_me() -> String {
+    format!("[[policy]]\nuids = [{}]\nallow = [\"*\"]\n", euid())
 }
 
 /// A temp directory holding secret files, configs and sockets.
@@ -81,6 +91,16 @@ impl TestEnv {
             "[[secret]]\nname = \"{name}\"\nsource = \"file\"\npath = \"{}\"\n\n",
             path.display()
         )
+    }
+
+    /// `[[secret]]` blocks for file sources, then [`policy_for_me`].
+    pub fn readable_files(&self, secrets: &[(&str, &[u8])]) -> String {
+        let mut rest: String = secrets
+            .iter()
+            .map(|(name, value)| self.file_secret(name, value))
+            .collect();
+        rest += &policy_for_me();
+        rest
     }
 
     /// A config with `[daemon]` pointing at this env's socket, `daemon_extra` lines added to
@@ -268,6 +288,17 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run secretd")
+}
+
+/// [`cli`], asserting it succeeded (its stderr is the failure message).
+pub fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = cli(args, env);
+    assert!(
+        out.status.success(),
+        "secretd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A raw connection speaking frames by hand, for sending what a real client never would.
