@@ -36,7 +36,7 @@ impl Connection {
             stream,
             buf: Vec::new(),
         };
-        match conn.call(&Request::Hello(ClientHello::new(CLIENT_LABEL)))? {
+        match conn.hello()? {
             Response::Hello(h) if h.protocol_version == PROTOCOL_VERSION => Ok(conn),
             Response::Hello(h) => Err(Error::Protocol(format!(
                 "daemon answered hello with protocol version {}, expected {PROTOCOL_VERSION}",
@@ -48,6 +48,26 @@ impl Connection {
                 "daemon answered hello with a {} message",
                 other.kind()
             ))),
+        }
+    }
+
+    /// The hello exchange. A daemon that refuses a connection (`Busy`) answers at once and
+    /// closes without reading, so sending the hello can fail with a broken pipe while the
+    /// refusal waits in the receive buffer: read it, so the caller learns why.
+    fn hello(&mut self) -> Result<Response<'static>> {
+        match self.call(&Request::Hello(ClientHello::new(CLIENT_LABEL))) {
+            Err(Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                let refusal = read_reply(&mut self.stream, &mut self.buf)
+                    .and_then(|()| decode_body::<Response<'static>>(&self.buf[HEADER_LEN..]));
+                self.buf.zeroize();
+                refusal.map_err(|_| Error::Io(e))
+            }
+            other => other,
         }
     }
 
