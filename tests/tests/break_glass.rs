@@ -117,11 +117,8 @@ fn an_override_outranks_gsm_survives_a_restart_during_an_outage_and_expires() {
     let (value, source) = served(&daemon);
     assert_eq!(source, SourceKind::Gsm);
     assert_eq!(value, b"Omni-Key-from-GSM-v2-3333!");
-    let log = daemon.log();
-    assert!(
-        log.contains("omni.alert.break_glass_applied")
-            && log.contains("omni.alert.break_glass_cleared")
-    );
+    let log = daemon.wait_for_log("omni.alert.break_glass_cleared");
+    assert!(log.contains("omni.alert.break_glass_applied"), "{log}");
     assert!(
         !log.contains("Emergency-Key"),
         "the value leaked into the log"

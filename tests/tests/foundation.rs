@@ -285,10 +285,8 @@ fn connection_limit_answers_busy() {
     let env = TestEnv::new();
     let rest = env.readable_files(&[("trading_api_key", KEY)]);
     let daemon = env.start(&env.config("max_connections = 2", &rest));
-    // wait_ready's probe connection may still be closing; give it a moment.
-    std::thread::sleep(Duration::from_millis(200));
-    let a = Client::connect(&daemon.socket).expect("first");
-    let b = Client::connect(&daemon.socket).expect("second");
+    let a = daemon.connect_admitted();
+    let b = daemon.connect_admitted();
     expect_code(Client::connect(&daemon.socket), ErrorCode::Busy);
     drop(a);
     // The freed slot is usable again once the daemon notices the close.

@@ -220,7 +220,7 @@ fn outages_serve_the_old_value_until_max_stale_then_heal() {
         client.status().expect("status")[0].state,
         EntryState::Expired
     );
-    assert!(daemon.log().contains("omni.alert.cache_failure"));
+    daemon.wait_for_log("omni.alert.cache_failure");
 
     // GSM recovers: fresh again without anyone asking.
     fake.set_fault(None);

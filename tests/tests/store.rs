@@ -500,7 +500,7 @@ fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
         "{err}"
     );
     assert!(err.to_string().contains("audit"), "{err}");
-    assert!(daemon.log().contains("omni.alert.audit_failure"));
+    daemon.wait_for_log("omni.alert.audit_failure");
     let again = Client::connect(&daemon.socket)
         .expect("connect")
         .get("trading_api_key");
@@ -523,7 +523,7 @@ fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(daemon.log().contains("omni.alert.audit_recovered"));
+    daemon.wait_for_log("omni.alert.audit_recovered");
     let (code, out, _) = run_cli(daemon.socket.to_str().expect("utf8"), &["audit", "verify"]);
     assert_eq!(code, 0, "{out}");
     eprintln!("refused after {after} audited connections on a full disk");
@@ -540,13 +540,8 @@ fn the_rotation_monitor_logs_near_expiry_and_overdue_secrets() {
     // Due in 12 months, warned 400 days ahead: near expiry at once.
     let config = env.config("rotation_warning = \"400d\"", &rest);
     let mut daemon = env.start(&config);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        daemon.log().contains("secret.near_expiry"),
-        "{}",
-        daemon.log()
-    );
-    assert!(!daemon.log().contains("omni.rotation_overdue"));
+    let log = daemon.wait_for_log("secret.near_expiry");
+    assert!(!log.contains("omni.rotation_overdue"), "{log}");
     assert!(daemon.stop().success());
 
     // Make one secret a year overdue, straight in the database.
@@ -571,8 +566,7 @@ fn the_rotation_monitor_logs_near_expiry_and_overdue_secrets() {
     drop(db);
 
     let daemon = env.start(&config);
-    std::thread::sleep(Duration::from_millis(200));
-    let log = daemon.log();
+    let log = daemon.wait_for_log("omni.rotation_overdue");
     let overdue: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("omni.rotation_overdue"))

@@ -226,6 +226,26 @@ impl Daemon {
         }
     }
 
+    /// Connects a client that holds one of the daemon's connection slots.
+    ///
+    /// A slot freed by a client that just closed (such as [`Daemon::wait_ready`]'s probe) is
+    /// given back only once the daemon notices the close, so `Busy` is retried for a while.
+    pub fn connect_admitted(&self) -> secretd_client::Client {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match secretd_client::Client::connect(&self.socket) {
+                Ok(c) => return c,
+                Err(e)
+                    if e.code() == Some(secretd_client::ErrorCode::Busy)
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("no slot was given back: {e}"),
+            }
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -234,6 +254,25 @@ impl Daemon {
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits (up to 10 s) until the log contains `needle` and returns the log.
+    ///
+    /// A log line can trail the change a client observes (an alert is written after its audit
+    /// record is durable), so a test that saw the change must wait for the line, not read once.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never logged {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends SIGTERM and waits for exit.
