@@ -300,23 +300,13 @@ fn every_bad_envelope_is_refused_alike_changes_nothing_and_is_rate_limited() {
 
     // Five different bad envelopes, one identical answer each.
     let other = TestEnv::new();
-    let out = cli(
-        &[
-            "keygen",
-            "--out-private",
-            other.path("k.pem").to_str().expect("u"),
-            "--out-public",
-            other.path("k.pub").to_str().expect("u"),
-        ],
-        &[],
-    );
-    assert!(out.status.success());
+    keygen(&other);
     let base = seal("trading_api_key", "25m", &public, "base.sbg");
     let bad = [
         seal(
             "trading_api_key",
             "25m",
-            other.path("k.pub").to_str().expect("u"),
+            other.path("bg.pub.pem").to_str().expect("u"),
             "wrong-key.sbg",
         ),
         rewrite(&base, &|b| {

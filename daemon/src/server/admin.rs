@@ -29,13 +29,7 @@ impl Session<'_> {
                 pid = self.peer.pid,
                 "admin operation denied"
             );
-            let mut event = AuditEvent::new(
-                action_of(op),
-                "",
-                self.actor(ActorType::Client),
-                Outcome::Denied,
-            );
-            event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
+            let mut event = self.denied_event(action_of(op), "");
             event.detail = format!("{op} denied: not an admin");
             self.shared.audit.record(event);
             return Some(error(

@@ -65,6 +65,14 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The audit record of a request refused by policy or the admin list.
+    pub(super) fn denied_event(&self, action: Action, name: &str) -> AuditEvent {
+        let mut event =
+            AuditEvent::new(action, name, self.actor(ActorType::Client), Outcome::Denied);
+        event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
+        event
+    }
+
     /// Encodes the response to `request` as a frame into `out`.
     pub(super) async fn respond(
         &mut self,
@@ -187,14 +195,10 @@ impl<'a> Session<'a> {
                 pid = self.peer.pid,
                 "read denied by policy"
             );
-            let mut event = AuditEvent::new(
-                Action::Read,
-                name,
-                self.actor(ActorType::Client),
-                Outcome::Denied,
-            );
-            event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
-            let recorded = self.shared.audit.record(event);
+            let recorded = self
+                .shared
+                .audit
+                .record(self.denied_event(Action::Read, name));
             if let Some(i) = idx {
                 self.denials[i].recorded_first = recorded;
             }

@@ -108,14 +108,9 @@ impl Session<'_> {
             pid = self.peer.pid,
             "watch denied by policy"
         );
-        let mut event = AuditEvent::new(
-            Action::Watch,
-            name,
-            self.actor(ActorType::Client),
-            Outcome::Denied,
-        );
-        event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
-        self.shared.audit.record(event);
+        self.shared
+            .audit
+            .record(self.denied_event(Action::Watch, name));
         error(
             out,
             ErrorCode::PermissionDenied,
