@@ -26,6 +26,19 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// for a small catalog of credentials, not a database.
 pub const MAX_SECRETS: usize = 1024;
 
+/// Default `daemon.refresh_interval`: the TTL of a secret that sets none.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default `daemon.max_stale`.
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
+/// Default `daemon.audit_retention`: 90 days.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Default `daemon.rotation_check_interval`.
+pub const DEFAULT_ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Default `daemon.rotation_warning`: 30 days.
+pub const DEFAULT_ROTATION_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default `break_glass.max_ttl`.
+pub const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(3600);
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -276,8 +289,6 @@ pub struct PolicyConfig {
     pub allow: GlobSet,
     /// Names a matching peer may not read, whatever any policy allows.
     pub deny: GlobSet,
-    /// The allow patterns as written, for messages.
-    pub allow_patterns: Vec<String>,
 }
 
 /// Parses a humane duration (`"5m"`, `"25m"`, `"12h"`), naming the key on error.
@@ -287,6 +298,19 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
             "{key} = {text:?} is not a duration like \"5m\": {e}"
         ))
     })
+}
+
+/// The duration at `key`, or `default` when the key is absent: the one place config turns an
+/// optional humane duration into a value.
+fn duration_or(
+    key: &str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match text {
+        Some(t) => parse_duration(key, &t),
+        None => Ok(default),
+    }
 }
 
 fn parse_mode(text: &str) -> Result<u32, ConfigError> {
@@ -340,10 +364,11 @@ impl Config {
             .map(|b| -> Result<BreakGlassConfig, ConfigError> {
                 Ok(BreakGlassConfig {
                     private_key: b.private_key,
-                    max_ttl: match b.max_ttl {
-                        Some(t) => parse_duration("break_glass.max_ttl", &t)?,
-                        None => Duration::from_secs(3600),
-                    },
+                    max_ttl: duration_or(
+                        "break_glass.max_ttl",
+                        b.max_ttl,
+                        DEFAULT_BREAK_GLASS_MAX_TTL,
+                    )?,
                 })
             })
             .transpose()?;
@@ -391,10 +416,11 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             socket.display()
         )));
     }
-    let refresh_interval = match raw.refresh_interval {
-        Some(t) => parse_duration("daemon.refresh_interval", &t)?,
-        None => Duration::from_secs(300),
-    };
+    let refresh_interval = duration_or(
+        "daemon.refresh_interval",
+        raw.refresh_interval,
+        DEFAULT_REFRESH_INTERVAL,
+    )?;
     if refresh_interval < MIN_TTL {
         return Err(invalid("daemon.refresh_interval must be at least 1s"));
     }
@@ -428,10 +454,7 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             .unwrap_or_else(|| PathBuf::from("/var/lib/secretd/secretd.redb")),
         admin_uids: raw.admin_uids.unwrap_or_else(|| vec![0]),
         refresh_interval,
-        max_stale: match raw.max_stale {
-            Some(t) => parse_duration("daemon.max_stale", &t)?,
-            None => Duration::from_secs(3600),
-        },
+        max_stale: duration_or("daemon.max_stale", raw.max_stale, DEFAULT_MAX_STALE)?,
         metrics_listen: raw
             .metrics_listen
             .map(|a| {
@@ -444,26 +467,25 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             .transpose()?,
         max_connections,
         max_connections_per_uid,
-        audit_retention: match raw.audit_retention {
-            Some(t) => parse_duration("daemon.audit_retention", &t)?,
-            None => Duration::from_secs(90 * 24 * 3600),
-        },
-        rotation_check_interval: match raw.rotation_check_interval {
-            Some(t) => parse_duration("daemon.rotation_check_interval", &t)?,
-            None => Duration::from_secs(15 * 60),
-        },
-        rotation_warning: match raw.rotation_warning {
-            Some(t) => parse_duration("daemon.rotation_warning", &t)?,
-            None => Duration::from_secs(30 * 24 * 3600),
-        },
+        audit_retention: duration_or(
+            "daemon.audit_retention",
+            raw.audit_retention,
+            DEFAULT_AUDIT_RETENTION,
+        )?,
+        rotation_check_interval: duration_or(
+            "daemon.rotation_check_interval",
+            raw.rotation_check_interval,
+            DEFAULT_ROTATION_CHECK_INTERVAL,
+        )?,
+        rotation_warning: duration_or(
+            "daemon.rotation_warning",
+            raw.rotation_warning,
+            DEFAULT_ROTATION_WARNING,
+        )?,
     })
 }
 
 fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
-    let duration = |key: &str, v: Option<String>, default: Duration| match v {
-        Some(t) => parse_duration(key, &t),
-        None => Ok(default),
-    };
     let endpoint = g
         .endpoint
         .unwrap_or_else(|| "https://secretmanager.googleapis.com".into());
@@ -486,12 +508,12 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
         endpoint,
         credentials_file: g.credentials_file,
         anonymous: g.anonymous,
-        attempt_timeout: duration(
+        attempt_timeout: duration_or(
             "gsm.attempt_timeout",
             g.attempt_timeout,
             DEFAULT_GSM_ATTEMPT_TIMEOUT,
         )?,
-        retry_budget: duration("gsm.retry_budget", g.retry_budget, DEFAULT_GSM_RETRY_BUDGET)?,
+        retry_budget: duration_or("gsm.retry_budget", g.retry_budget, DEFAULT_GSM_RETRY_BUDGET)?,
         max_attempts,
     })
 }
@@ -574,10 +596,11 @@ fn validate_secret(
             )));
         }
     };
-    let ttl = match s.ttl {
-        Some(t) => parse_duration(&format!("secret {name:?} ttl"), &t)?,
-        None => daemon.refresh_interval,
-    };
+    let ttl = duration_or(
+        &format!("secret {name:?} ttl"),
+        s.ttl,
+        daemon.refresh_interval,
+    )?;
     if ttl < MIN_TTL {
         return Err(invalid(format!("secret {name:?}: ttl must be at least 1s")));
     }
@@ -626,7 +649,6 @@ fn validate_policy(index: usize, p: RawPolicy) -> Result<PolicyConfig, ConfigErr
         deny: compile_globs(&format!("{key} deny"), &p.deny)?,
         uids: p.uids,
         gids: p.gids,
-        allow_patterns: p.allow,
     })
 }
 

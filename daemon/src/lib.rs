@@ -1,28 +1,23 @@
 //! secretd: the daemon and its command-line interface.
 //!
-//! Layers, each using only those above it:
-//! `config` → `source` → `cache` → `refresh` → `policy`/`peer` → `server` → `serve` → `cli`.
+//! The crate is grouped by the path data takes; docs/design.md draws it. Layers, each using
+//! only those before it:
+//!
+//! 1. `util` (time, lock recovery) and `config` (the validated TOML);
+//! 2. `store`: the redb file, metadata rows, persisted break-glass envelopes;
+//! 3. `audit`: records, the hash chain over them, the group-committing writer, retention;
+//! 4. `metrics`: the Prometheus series every layer above counts into;
+//! 5. `catalog`: values in locked memory, sources, refreshers, break-glass precedence;
+//! 6. `server`: the socket, peer credentials, policy, connections, handlers, watch, HTTP;
+//! 7. `runtime`: serve wiring, process hygiene, systemd, dev mode, housekeeping;
+//! 8. `cli`: the `secretd` command, the only thing outside the crate uses.
 
-pub mod audit_log;
-pub mod break_glass;
-pub mod cache;
+mod audit;
+mod catalog;
 pub mod cli;
-pub mod config;
-pub mod dev;
-pub mod fingerprint;
-pub mod http;
-pub mod metrics;
-pub mod monitor;
-pub mod peer;
-pub mod policy;
-pub mod process;
-pub mod refresh;
-pub mod secret_bytes;
-pub mod serve;
-pub mod server;
-pub mod socket;
-pub mod source;
-pub mod status_json;
-pub mod store;
-pub mod systemd;
-pub mod time;
+mod config;
+mod metrics;
+mod runtime;
+mod server;
+mod store;
+mod util;

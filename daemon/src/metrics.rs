@@ -1,6 +1,8 @@
 //! Prometheus metrics. Counters on the read path are registered per secret and source at
 //! startup, so counting a read is one atomic add: no label lookup, no lock. Point-in-time
-//! values (cache age, break-glass, rotation overdue, audit queue) are filled in at scrape time.
+//! values (cache age, break-glass, rotation overdue, audit queue) are filled in at scrape time
+//! from a [`Gauges`] snapshot the server takes (`server::scrape`), so this module sits below
+//! the catalog it counts for and the refresher can report into it.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -8,30 +10,38 @@ use prometheus::{
 };
 use secretd_proto::SourceKind;
 
-use crate::audit_log::AuditLog;
-use crate::cache::Cache;
-use crate::store::{Store, now_ms};
+/// Point-in-time values of one secret, taken at scrape time.
+#[derive(Debug)]
+pub(crate) struct SlotGauges<'a> {
+    /// The catalog name.
+    pub(crate) name: &'a str,
+    /// Where the served value came from and how old it is, if there is one.
+    pub(crate) age: Option<(SourceKind, f64)>,
+    /// Whether a break-glass override is served.
+    pub(crate) break_glass: bool,
+    /// Whether the secret is past its rotation due date.
+    pub(crate) rotation_overdue: bool,
+}
 
-/// Every source kind, in label order.
-const SOURCES: [SourceKind; 4] = [
-    SourceKind::Gsm,
-    SourceKind::BreakGlass,
-    SourceKind::Env,
-    SourceKind::File,
-];
+/// Point-in-time values of the daemon, taken at scrape time.
+#[derive(Debug)]
+pub(crate) struct Gauges<'a> {
+    /// One row per catalog secret.
+    pub(crate) slots: Vec<SlotGauges<'a>>,
+    /// Audit events queued and not yet committed.
+    pub(crate) audit_queue: usize,
+    /// Open watch subscriptions.
+    pub(crate) watchers: usize,
+}
 
-fn source_index(kind: SourceKind) -> usize {
-    match kind {
-        SourceKind::Gsm => 0,
-        SourceKind::BreakGlass => 1,
-        SourceKind::Env => 2,
-        SourceKind::File => 3,
-    }
+/// A count as a gauge value, saturating.
+fn gauge<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }
 
 /// All of secretd's series.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// What `/metrics` renders.
     registry: Registry,
     /// `omni_secret_reads_total{secret_type,source}`, pre-resolved per slot and source.
@@ -47,7 +57,7 @@ pub struct Metrics {
     /// `omni_secret_rotation_overdue{secret_type}`: 1 past rotation_due_at.
     rotation_overdue: IntGaugeVec,
     /// `omni_secretd_connections`: open client connections.
-    pub connections: IntGauge,
+    pub(crate) connections: IntGauge,
     /// `omni_secretd_requests_total{op,result}`.
     requests: IntCounterVec,
     /// `omni_secretd_audit_queue_depth`: audit events not yet committed.
@@ -55,14 +65,16 @@ pub struct Metrics {
     /// `omni_secretd_watchers`: open watch subscriptions.
     watchers: IntGauge,
     /// `omni_secretd_watch_lagged_total`: times a watcher fell behind and was told to re-read.
-    pub watch_lagged: IntCounter,
+    pub(crate) watch_lagged: IntCounter,
     /// `omni_secretd_unlocked_buffers`: value buffers that could not be locked into RAM.
     unlocked_buffers: IntGauge,
 }
 
 impl Metrics {
-    /// Registers every series for the catalog in `cache`.
-    pub fn new(cache: &Cache) -> Result<Metrics, prometheus::Error> {
+    /// Registers every series for a catalog of `secrets` (names, in slot order).
+    pub(crate) fn new<'a>(
+        secrets: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let reads_vec = IntCounterVec::new(
             Opts::new(
@@ -139,10 +151,9 @@ impl Metrics {
         registry.register(Box::new(watchers.clone()))?;
         registry.register(Box::new(watch_lagged.clone()))?;
         registry.register(Box::new(unlocked_buffers.clone()))?;
-        let reads = cache
-            .slots()
-            .iter()
-            .map(|slot| SOURCES.map(|k| reads_vec.with_label_values(&[&*slot.name, k.as_str()])))
+        let reads = secrets
+            .into_iter()
+            .map(|name| SourceKind::ALL.map(|k| reads_vec.with_label_values(&[name, k.as_str()])))
             .collect();
         Ok(Metrics {
             registry,
@@ -162,58 +173,49 @@ impl Metrics {
     }
 
     /// Counts a value served from slot `idx`.
-    pub fn read(&self, idx: usize, source: SourceKind) {
+    pub(crate) fn read(&self, idx: usize, source: SourceKind) {
         if let Some(counters) = self.reads.get(idx) {
-            counters[source_index(source)].inc();
+            counters[source.index()].inc();
         }
     }
 
     /// Counts a failed fetch.
-    pub fn failure(&self, secret: &str, reason: &str) {
+    pub(crate) fn failure(&self, secret: &str, reason: &str) {
         self.failures.with_label_values(&[secret, reason]).inc();
     }
 
     /// Records how long a fetch took.
-    pub fn refresh_took(&self, secret: &str, seconds: f64) {
+    pub(crate) fn refresh_took(&self, secret: &str, seconds: f64) {
         self.refresh_latency
             .with_label_values(&[secret])
             .observe(seconds);
     }
 
     /// Counts an answered request.
-    pub fn request(&self, op: &str, result: &str) {
+    pub(crate) fn request(&self, op: &str, result: &str) {
         self.requests.with_label_values(&[op, result]).inc();
     }
 
-    /// Renders the Prometheus text format, refreshing point-in-time gauges first.
-    pub fn render(&self, cache: &Cache, store: &Store, audit: &AuditLog) -> String {
-        let metas = store.all_meta().unwrap_or_default();
-        let now = now_ms();
+    /// Renders the Prometheus text format, setting point-in-time gauges from `now` first.
+    pub(crate) fn render(&self, now: &Gauges<'_>) -> String {
         self.cache_age.reset();
-        for idx in 0..cache.slots().len() {
-            let row = cache.status(idx);
-            if let (Some(source), Some(age)) = (row.cache_source, row.age_ms) {
+        for row in &now.slots {
+            if let Some((source, age)) = row.age {
                 self.cache_age
-                    .with_label_values(&[&row.name, source.as_str()])
-                    .set(age as f64 / 1000.0);
+                    .with_label_values(&[row.name, source.as_str()])
+                    .set(age);
             }
-            let overridden = cache.slot(idx).active_override().is_some();
             self.break_glass_active
-                .with_label_values(&[&row.name])
-                .set(i64::from(overridden));
-            let overdue = metas
-                .get(&row.name)
-                .is_some_and(|m| now > m.rotation_due_at_ms);
+                .with_label_values(&[row.name])
+                .set(i64::from(row.break_glass));
             self.rotation_overdue
-                .with_label_values(&[&row.name])
-                .set(i64::from(overdue));
+                .with_label_values(&[row.name])
+                .set(i64::from(row.rotation_overdue));
         }
-        self.audit_queue
-            .set(i64::try_from(audit.depth()).unwrap_or(i64::MAX));
-        self.watchers
-            .set(i64::try_from(cache.watchers()).unwrap_or(i64::MAX));
+        self.audit_queue.set(gauge(now.audit_queue));
+        self.watchers.set(gauge(now.watchers));
         self.unlocked_buffers
-            .set(i64::try_from(secretd_proto::locked::unlocked_buffers()).unwrap_or(i64::MAX));
+            .set(gauge(secretd_proto::locked::unlocked_buffers()));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");

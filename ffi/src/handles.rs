@@ -31,12 +31,7 @@ pub struct secretd_secret {
 
 /// A source's stable name as a static C string.
 pub(crate) fn source_name(source: SourceKind) -> &'static CStr {
-    match source {
-        SourceKind::Gsm => c"gsm",
-        SourceKind::BreakGlass => c"break_glass",
-        SourceKind::Env => c"env",
-        SourceKind::File => c"file",
-    }
+    source.as_c_str()
 }
 
 /// The library's version, e.g. "0.1.0". Static; never free it.

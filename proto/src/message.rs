@@ -86,14 +86,34 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// Every kind, in declaration order: `ALL[kind.index()] == kind`.
+    pub const ALL: [SourceKind; 4] = [
+        SourceKind::Gsm,
+        SourceKind::BreakGlass,
+        SourceKind::Env,
+        SourceKind::File,
+    ];
+
+    /// The stable lowercase name as a C string: the one table of names, which the C API lends
+    /// out and [`SourceKind::as_str`] reads.
+    pub fn as_c_str(self) -> &'static std::ffi::CStr {
+        match self {
+            SourceKind::Gsm => c"gsm",
+            SourceKind::BreakGlass => c"break_glass",
+            SourceKind::Env => c"env",
+            SourceKind::File => c"file",
+        }
+    }
+
     /// The stable lowercase name (`gsm`, `break_glass`, `env`, `file`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Gsm => "gsm",
-            SourceKind::BreakGlass => "break_glass",
-            SourceKind::Env => "env",
-            SourceKind::File => "file",
-        }
+        // The names above are ASCII, so this never falls back.
+        self.as_c_str().to_str().unwrap_or("unknown")
+    }
+
+    /// The position in [`SourceKind::ALL`], for tables indexed by kind.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -430,5 +450,14 @@ mod tests {
         assert!(validate_name("é").is_err());
         assert!(validate_name(&"a".repeat(MAX_NAME_LEN)).is_ok());
         assert!(validate_name(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn source_kinds_have_one_table() {
+        for (i, kind) in SourceKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i);
+            assert_eq!(kind.as_str().as_bytes(), kind.as_c_str().to_bytes());
+        }
+        assert_eq!(SourceKind::BreakGlass.as_str(), "break_glass");
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use secretd_client::{Client, SecretStatus};
 
-use crate::break_glass::{envelope, keys};
-use crate::source::{MAX_SECRET_LEN, read_bounded};
+use crate::catalog::break_glass::{envelope, keys};
+use crate::catalog::source::{MAX_SECRET_LEN, read_bounded};
 
 fn connect(socket: Option<PathBuf>) -> Result<Client, String> {
     let path = socket.unwrap_or_else(secretd_client::default_socket_path);
@@ -48,7 +48,7 @@ pub(super) fn apply(
     if ttl.is_zero() {
         return Err("--ttl must be positive".into());
     }
-    let public = keys::load_public(public_key)?;
+    let public = keys::load_public(public_key).map_err(|e| e.to_string())?;
     let (value, oversize) = if value_file == Path::new("-") {
         read_bounded(&mut std::io::stdin().lock())
     } else {
@@ -59,8 +59,13 @@ pub(super) fn apply(
         return Err(format!("the value must be 1 to {MAX_SECRET_LEN} bytes"));
     }
     let expires = SystemTime::now() + ttl;
-    let sealed = envelope::seal(&public, name, crate::time::unix_ms(expires), value.expose())
-        .map_err(|e| e.to_string())?;
+    let sealed = envelope::seal(
+        &public,
+        name,
+        crate::util::time::unix_ms(expires),
+        value.expose(),
+    )
+    .map_err(|e| e.to_string())?;
     drop(value);
     match out {
         Some(path) => {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use secretd_client::{Client, EntryState};
 
 use crate::config::Config;
-use crate::dev::DEMO_CATALOG;
-use crate::store::now_ms;
+use crate::runtime::dev::DEMO_CATALOG;
+use crate::util::time::now_ms;
 
 /// The shortest acceptable value.
 pub const MIN_VALUE_LEN: usize = 16;

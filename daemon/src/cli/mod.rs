@@ -241,13 +241,15 @@ pub fn main() -> ExitCode {
             out_private,
             out_public,
             bits,
-        } => crate::break_glass::keys::generate(bits, &out_private, &out_public).map(|()| {
-            println!(
-                "wrote {} (keep it on the daemon host, 0600) and {}",
-                out_private.display(),
-                out_public.display()
-            );
-        }),
+        } => crate::catalog::break_glass::keys::generate(bits, &out_private, &out_public)
+            .map_err(|e| e.to_string())
+            .map(|()| {
+                println!(
+                    "wrote {} (keep it on the daemon host, 0600) and {}",
+                    out_private.display(),
+                    out_public.display()
+                );
+            }),
         Command::BreakGlass { cmd } => match cmd {
             BreakGlassCmd::Apply {
                 name,

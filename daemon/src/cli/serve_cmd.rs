@@ -30,14 +30,14 @@ pub(super) fn run(
     // With this variable set the Google client logs every response, payloads included.
     // SAFETY: no other thread exists yet (the runtime starts below), so nothing reads the
     // environment concurrently.
-    unsafe { std::env::remove_var(crate::source::gsm::GOOGLE_LOGGING_ENV) };
+    unsafe { std::env::remove_var(crate::catalog::source::gsm::GOOGLE_LOGGING_ENV) };
     init_logging(log_format);
     // Also before any thread: it clears the LISTEN_* variables.
-    let activated = crate::systemd::take_activated_socket();
+    let activated = crate::runtime::systemd::take_activated_socket();
     let mut config = if dev {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
-        crate::dev::dev_config(euid).map_err(|e| e.to_string())?
+        crate::runtime::dev::dev_config(euid).map_err(|e| e.to_string())?
     } else {
         let path = config.ok_or("serve needs --config FILE or --dev")?;
         Config::load(&path).map_err(|e| e.to_string())?
@@ -53,7 +53,7 @@ pub(super) fn run(
     runtime.block_on(async {
         let cancel = CancellationToken::new();
         let signals = watch_signals(cancel.clone())?;
-        let result = crate::serve::run(config, cancel.clone(), activated).await;
+        let result = crate::runtime::serve::run(config, cancel.clone(), activated).await;
         signals.abort();
         result.map_err(|e| e.to_string())
     })

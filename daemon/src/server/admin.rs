@@ -1,25 +1,28 @@
-//! Admin operations: refresh, rotation, audit. Each needs an `admin_uids` caller, is refused
-//! while the audit trail is failing, and is recorded durably before it is answered.
+//! Admin operations: refresh, rotation, audit, metrics. Each needs an `admin_uids` caller, is
+//! refused while the audit trail is failing, and is recorded durably before it is answered.
 
-use secretd_proto::frame::{FrameError, encode_frame};
 use secretd_proto::{
     AuditEntry, AuditVerification, ErrorCode, RefreshOutcome, Response, RotationStep, WireError,
     validate_name,
 };
 
-use super::handler::{Session, audit_down, error};
-use crate::break_glass::BreakGlassError;
-use crate::refresh::REFRESH_WAIT;
-use crate::store::audit::{Action, ActorType, AuditEvent, Outcome};
+use super::reply::{Answer, Reply, audit_down};
+use super::scrape;
+use super::session::Session;
+use crate::audit::{self, Action, ActorType, AuditEvent, Outcome};
+use crate::catalog::refresh::REFRESH_WAIT;
 use crate::store::metadata::{Step, transition};
-use crate::store::now_ms;
+use crate::util::time::now_ms;
 
 /// Most records one `audit tail` returns.
-pub const MAX_AUDIT_TAIL: u32 = 10_000;
+pub(crate) const MAX_AUDIT_TAIL: u32 = 10_000;
 
 impl Session<'_> {
-    /// Checks the caller is an admin and the audit trail works; answers the refusal if not.
-    fn admin_gate(&self, op: &str, out: &mut Vec<u8>) -> Option<Result<(), FrameError>> {
+    /// Lets the request through if the caller is an admin and the audit trail works; the
+    /// refusal otherwise. A refusal is audited under `action`; operations that have no audit
+    /// action of their own (audit tail and verify, metrics) are recorded under `refresh`, with
+    /// the operation named in the record's detail.
+    pub(super) fn admin_gate(&self, op: &'static str, action: Action) -> Result<(), WireError> {
         if !self.access.admin {
             tracing::warn!(
                 event = "access.denied",
@@ -29,11 +32,10 @@ impl Session<'_> {
                 pid = self.peer.pid,
                 "admin operation denied"
             );
-            let mut event = self.denied_event(action_of(op), "");
+            let mut event = self.denied_event(action, "");
             event.detail = format!("{op} denied: not an admin");
             self.shared.audit.record(event);
-            return Some(error(
-                out,
+            return Err(WireError::new(
                 ErrorCode::PermissionDenied,
                 format!(
                     "{op} is an admin operation; uid {} is not in admin_uids",
@@ -42,19 +44,16 @@ impl Session<'_> {
             ));
         }
         if !self.shared.audit.healthy() {
-            return Some(audit_down(out));
+            return Err(audit_down());
         }
-        None
+        Ok(())
     }
 
-    /// Resolves a catalog name for an admin operation, answering the error if it is bad.
-    fn slot_index(&self, name: &str, out: &mut Vec<u8>) -> Result<usize, Result<(), FrameError>> {
-        if let Err(why) = validate_name(name) {
-            return Err(error(out, ErrorCode::InvalidRequest, why));
-        }
-        self.shared.cache.index_of(name).ok_or_else(|| {
-            error(
-                out,
+    /// Resolves a catalog name for an admin operation.
+    pub(super) fn slot_index(&self, name: &str) -> Result<usize, WireError> {
+        validate_name(name).map_err(|why| WireError::new(ErrorCode::InvalidRequest, why))?;
+        self.shared.catalog.index_of(name).ok_or_else(|| {
+            WireError::new(
                 ErrorCode::NotFound,
                 format!("secret {name:?} is not in the catalog"),
             )
@@ -63,16 +62,16 @@ impl Session<'_> {
 
     /// Fetches slots now and waits for fetches that started after the request.
     async fn refresh_slots(&self, targets: &[usize]) -> Vec<RefreshOutcome> {
-        let cache = &self.shared.cache;
+        let catalog = &self.shared.catalog;
         // Ask every refresher first so the fetches run side by side, then collect.
         let tickets: Vec<_> = targets
             .iter()
-            .map(|&i| cache.slot(i).request_refresh())
+            .map(|&i| catalog.slot(i).trigger.request())
             .collect();
         let deadline = tokio::time::Instant::now() + REFRESH_WAIT;
         let mut outcomes = Vec::with_capacity(targets.len());
         for (&idx, ticket) in targets.iter().zip(tickets) {
-            let slot = cache.slot(idx);
+            let slot = catalog.slot(idx);
             let finished = ticket.wait(deadline).await;
             let error = if !finished {
                 Some(format!(
@@ -94,20 +93,11 @@ impl Session<'_> {
         outcomes
     }
 
-    pub(super) async fn refresh(
-        &mut self,
-        name: Option<&str>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
-        if let Some(refused) = self.admin_gate("refresh", out) {
-            return refused;
-        }
+    pub(super) async fn refresh(&mut self, name: Option<&str>) -> Answer {
+        self.admin_gate("refresh", Action::Refresh)?;
         let targets: Vec<usize> = match name {
-            None => (0..self.shared.cache.slots().len()).collect(),
-            Some(name) => match self.slot_index(name, out) {
-                Ok(i) => vec![i],
-                Err(answered) => return answered,
-            },
+            None => (0..self.shared.catalog.slots().len()).collect(),
+            Some(name) => vec![self.slot_index(name)?],
         };
         tracing::info!(
             uid = self.peer.uid,
@@ -129,17 +119,12 @@ impl Session<'_> {
         event.detail = format!("on demand, {} secrets", outcomes.len());
         if let Err(e) = self.shared.audit.record_durable(event).await {
             tracing::error!(error = %e, "refresh could not be audited");
-            return audit_down(out);
+            return Err(audit_down());
         }
-        encode_frame(&Response::Refreshed(outcomes), out)
+        Ok(Reply::Plain(Response::Refreshed(outcomes)))
     }
 
-    pub(super) async fn rotation(
-        &mut self,
-        name: &str,
-        step: &RotationStep,
-        out: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
+    pub(super) async fn rotation(&mut self, name: &str, step: &RotationStep) -> Answer {
         let (action, step) = match step {
             RotationStep::Begin { version } => {
                 (Action::RotationBegin, Step::Begin(version.clone()))
@@ -147,55 +132,45 @@ impl Session<'_> {
             RotationStep::Promote => (Action::RotationPromote, Step::Promote),
             RotationStep::Abort => (Action::RotationAbort, Step::Abort),
         };
-        if let Some(refused) = self.admin_gate(action.as_str(), out) {
-            return refused;
-        }
-        let idx = match self.slot_index(name, out) {
-            Ok(i) => i,
-            Err(answered) => return answered,
-        };
+        self.admin_gate(action.as_str(), action)?;
+        let idx = self.slot_index(name)?;
         let store = &self.shared.store;
-        let meta = match store.meta(name) {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                return error(
-                    out,
-                    ErrorCode::Internal,
-                    format!("no metadata for {name:?}"),
-                );
-            }
-            Err(e) => return error(out, ErrorCode::Internal, e.to_string()),
-        };
+        let internal =
+            |e: &dyn std::fmt::Display| WireError::new(ErrorCode::Internal, e.to_string());
+        let meta = store
+            .meta(name)
+            .map_err(|e| internal(&e))?
+            .ok_or_else(|| internal(&format_args!("no metadata for {name:?}")))?;
         let mut event = AuditEvent::new(action, name, self.actor(ActorType::Admin), Outcome::Ok);
         let next = match transition(&meta, &step, now_ms()) {
             Ok(next) => next,
             Err(why) => {
                 event.outcome = Outcome::Failed;
                 event.error_code = Some(ErrorCode::InvalidRequest.as_u16());
-                event.detail.clone_from(&why);
+                event.detail = why.to_string();
                 let _ = self.shared.audit.record_durable(event).await;
-                return error(out, ErrorCode::InvalidRequest, why);
+                return Err(WireError::new(ErrorCode::InvalidRequest, why.to_string()));
             }
         };
         let source = &self.shared.sources[idx];
-        if let Err(why) = source.pin_version(next.rotating_version.as_deref()) {
-            return error(out, ErrorCode::InvalidRequest, why);
-        }
+        source
+            .pin_version(next.rotating_version.as_deref())
+            .map_err(|why| WireError::new(ErrorCode::InvalidRequest, why.to_string()))?;
         let fetched = self.refresh_slots(&[idx]).await.remove(0);
         if let (Step::Begin(version), Some(e)) = (&step, &fetched.error) {
             // The new version cannot be served: stay where we were.
-            let _ = source.pin_version(meta.rotating_version.as_deref());
+            if let Err(e) = source.pin_version(meta.rotating_version.as_deref()) {
+                tracing::error!(secret = name, error = %e, "cannot restore the previous pin");
+            }
             self.refresh_slots(&[idx]).await;
             event.outcome = Outcome::Failed;
             event.version.clone_from(version);
             event.detail = format!("version {version} could not be fetched: {}", e.message);
             let _ = self.shared.audit.record_durable(event.clone()).await;
-            return error(out, ErrorCode::Unavailable, event.detail);
+            return Err(WireError::new(ErrorCode::Unavailable, event.detail));
         }
-        if let Err(e) = store.put_meta(&next) {
-            return error(out, ErrorCode::Internal, e.to_string());
-        }
-        if let Some(entry) = self.shared.cache.slot(idx).current() {
+        store.put_meta(&next).map_err(|e| internal(&e))?;
+        if let Some(entry) = self.shared.catalog.slot(idx).current() {
             event.version.clone_from(&entry.version);
             event.fingerprint.clone_from(&entry.fingerprint);
         }
@@ -206,36 +181,24 @@ impl Session<'_> {
         );
         if let Err(e) = self.shared.audit.record_durable(event.clone()).await {
             tracing::error!(error = %e, "rotation could not be audited");
-            return audit_down(out);
+            return Err(audit_down());
         }
         if action == Action::RotationPromote {
             tracing::info!(event = "secret.rotated", secret = name, version = %event.version, "rotation promoted");
         } else {
             tracing::info!(secret = name, step = action.as_str(), version = %event.version, "rotation step");
         }
-        let Some(row) = self.status().into_iter().find(|r| r.name == name) else {
-            return error(out, ErrorCode::Internal, "status row missing");
-        };
-        encode_frame(&Response::Rotated(row), out)
+        Ok(Reply::Plain(Response::Rotated(self.status_row(idx)?)))
     }
 
-    pub(super) fn audit_tail(
-        &mut self,
-        limit: u32,
-        secret: Option<&str>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
-        if let Some(refused) = self.admin_gate("audit_tail", out) {
-            return refused;
-        }
-        let records = match self
-            .shared
-            .store
-            .audit_tail(limit.min(MAX_AUDIT_TAIL) as usize, secret)
-        {
-            Ok(r) => r,
-            Err(e) => return error(out, ErrorCode::Internal, e.to_string()),
-        };
+    pub(super) fn audit_tail(&mut self, limit: u32, secret: Option<&str>) -> Answer {
+        self.admin_gate("audit_tail", Action::Refresh)?;
+        let records = audit::tail(
+            &self.shared.store,
+            limit.min(MAX_AUDIT_TAIL) as usize,
+            secret,
+        )
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
         let entries = records
             .into_iter()
             .map(|(seq, e, hash)| AuditEntry {
@@ -257,114 +220,24 @@ impl Session<'_> {
                 hash: hex::encode(hash),
             })
             .collect();
-        encode_frame(&Response::AuditRecords(entries), out)
+        Ok(Reply::Plain(Response::AuditRecords(entries)))
     }
 
-    pub(super) fn audit_verify(&mut self, out: &mut Vec<u8>) -> Result<(), FrameError> {
-        if let Some(refused) = self.admin_gate("audit_verify", out) {
-            return refused;
-        }
-        match self.shared.store.audit_verify() {
-            Ok(v) => encode_frame(
-                &Response::AuditVerified(AuditVerification {
-                    checked: v.checked,
-                    first_seq: v.first_seq,
-                    last_seq: v.last_seq,
-                    broken_seq: v.broken.as_ref().map(|b| b.0),
-                    reason: v.broken.map(|b| b.1),
-                }),
-                out,
-            ),
-            Err(e) => error(out, ErrorCode::Internal, e.to_string()),
-        }
-    }
-}
-
-impl Session<'_> {
-    fn status_row(&self, idx: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
-        let name = self.shared.cache.slot(idx).name.to_string();
-        match self.status().into_iter().find(|r| r.name == name) {
-            Some(row) => encode_frame(&Response::BreakGlass(row), out),
-            None => error(out, ErrorCode::Internal, "status row missing"),
-        }
+    pub(super) fn audit_verify(&mut self) -> Answer {
+        self.admin_gate("audit_verify", Action::Refresh)?;
+        let v = audit::verify(&self.shared.store)
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(Reply::Plain(Response::AuditVerified(AuditVerification {
+            checked: v.checked,
+            first_seq: v.first_seq,
+            last_seq: v.last_seq,
+            broken_seq: v.broken.as_ref().map(|b| b.0),
+            reason: v.broken.map(|b| b.1),
+        })))
     }
 
-    fn break_glass_error(
-        &self,
-        op: Action,
-        e: BreakGlassError,
-        out: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
-        let code = match &e {
-            BreakGlassError::NotConfigured
-            | BreakGlassError::Rejected
-            | BreakGlassError::NotActive(_) => ErrorCode::InvalidRequest,
-            BreakGlassError::RateLimited => ErrorCode::Busy,
-            BreakGlassError::Internal(_) => ErrorCode::Internal,
-        };
-        let mut event = AuditEvent::new(op, "", self.actor(ActorType::Admin), Outcome::Failed);
-        event.error_code = Some(code.as_u16());
-        event.detail = e.to_string();
-        self.shared.audit.record(event);
-        tracing::warn!(uid = self.peer.uid, pid = self.peer.pid, op = op.as_str(), error = %e, "break-glass request refused");
-        error(out, code, e.to_string())
-    }
-
-    pub(super) async fn break_glass_apply(
-        &mut self,
-        envelope: Vec<u8>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
-        if let Some(refused) = self.admin_gate("break_glass_apply", out) {
-            return refused;
-        }
-        let actor = self.actor(ActorType::Admin);
-        match self.shared.break_glass.apply(envelope, actor).await {
-            Ok(idx) => self.status_row(idx, out),
-            Err(e) => self.break_glass_error(Action::BreakGlassApply, e, out),
-        }
-    }
-
-    pub(super) async fn break_glass_clear(
-        &mut self,
-        name: &str,
-        out: &mut Vec<u8>,
-    ) -> Result<(), FrameError> {
-        if let Some(refused) = self.admin_gate("break_glass_clear", out) {
-            return refused;
-        }
-        let idx = match self.slot_index(name, out) {
-            Ok(i) => i,
-            Err(answered) => return answered,
-        };
-        let actor = self.actor(ActorType::Admin);
-        match self.shared.break_glass.clear(idx, actor, "cleared").await {
-            Ok(()) => self.status_row(idx, out),
-            Err(e) => self.break_glass_error(Action::BreakGlassClear, e, out),
-        }
-    }
-}
-
-impl Session<'_> {
-    pub(super) fn metrics(&mut self, out: &mut Vec<u8>) -> Result<(), FrameError> {
-        if let Some(refused) = self.admin_gate("metrics", out) {
-            return refused;
-        }
-        let s = self.shared;
-        encode_frame(
-            &Response::Metrics(s.metrics.render(&s.cache, &s.store, &s.audit)),
-            out,
-        )
-    }
-}
-
-fn action_of(op: &str) -> Action {
-    match op {
-        "break_glass_apply" => Action::BreakGlassApply,
-        "break_glass_clear" => Action::BreakGlassClear,
-        "rotation_begin" => Action::RotationBegin,
-        "rotation_promote" => Action::RotationPromote,
-        "rotation_abort" => Action::RotationAbort,
-        _ => Action::Refresh,
+    pub(super) fn metrics(&mut self) -> Answer {
+        self.admin_gate("metrics", Action::Refresh)?;
+        Ok(Reply::Plain(Response::Metrics(scrape::render(self.shared))))
     }
 }

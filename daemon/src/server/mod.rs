@@ -1,10 +1,23 @@
-//! The socket server: accept loop → [`connection`] (frames, deadlines) → [`handler`]
-//! (requests against cache and policy).
+//! The socket server, along the path a request takes: `socket` (bind or adopt the listener)
+//! → this accept loop with `peer` credentials and `admission` caps → `connection` (hello,
+//! then the request loop over a `framed` socket) → `session` (the peer's `policy` access and
+//! audit tallies) → a handler (`read`, `admin`, `break_glass`, `watch`) returning a `reply`.
+//! Beside it, `http` serves `/metrics` (`scrape`), `/healthz` and `/status` (`status_json`).
 
 mod admin;
+mod admission;
+mod break_glass;
 mod connection;
-mod handler;
-mod limits;
+mod framed;
+pub(crate) mod http;
+pub(crate) mod peer;
+pub(crate) mod policy;
+mod read;
+mod reply;
+mod scrape;
+mod session;
+pub(crate) mod socket;
+pub(crate) mod status_json;
 mod watch;
 
 use std::io;
@@ -16,59 +29,59 @@ use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit_log::AuditLog;
-use crate::break_glass::BreakGlass;
-use crate::cache::Cache;
+use crate::audit::AuditLog;
+use crate::catalog::Catalog;
+use crate::catalog::break_glass::BreakGlass;
+use crate::catalog::source::Source;
 use crate::metrics::Metrics;
-use crate::peer::Peer;
-use crate::policy::Policy;
-use crate::source::Source;
 use crate::store::Store;
+use peer::Peer;
+use policy::Policy;
 
 /// How long a new connection may take to send its hello.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may sit between requests before the daemon closes it (clients
 /// reconnect transparently).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the rest of a frame may take once its first byte arrived (slow senders).
-pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long writing one response may take (clients that stop reading).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after an accept error such as EMFILE, so the loop does not spin.
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a connection writes its aggregated read counts to the audit trail (also at
 /// disconnect).
-pub const AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// State every connection shares.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The values.
-    pub cache: Arc<Cache>,
+    pub(crate) catalog: Arc<Catalog>,
     /// Who may read what.
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// Metadata and the audit trail.
-    pub store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     /// The audit writer.
-    pub audit: AuditLog,
+    pub(crate) audit: AuditLog,
     /// Each slot's source, by slot index (rotation pins versions on them).
-    pub sources: Vec<Arc<dyn Source>>,
+    pub(crate) sources: Vec<Arc<dyn Source>>,
     /// Break-glass overrides.
-    pub break_glass: Arc<BreakGlass>,
+    pub(crate) break_glass: Arc<BreakGlass>,
     /// Counters and gauges.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.
 /// `max_connections` caps all connections, `max_per_uid` those of one uid.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
     (max_connections, max_per_uid): (usize, usize),
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let admission = limits::Admission::new(max_connections, max_per_uid);
+    let admission = admission::Admission::new(max_connections, max_per_uid);
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -107,8 +120,8 @@ pub async fn serve(
             }
             Err(refusal) => {
                 let why = match refusal {
-                    limits::Refusal::Total => "connection limit reached; refusing",
-                    limits::Refusal::PerUid => "per-uid connection limit reached; refusing",
+                    admission::Refusal::Total => "connection limit reached; refusing",
+                    admission::Refusal::PerUid => "per-uid connection limit reached; refusing",
                 };
                 tracing::warn!(
                     uid = peer.uid,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How long a rotation lasts: rotation_due_at moves 12 months per promotion.
-pub const ROTATION_PERIOD_MS: i64 = 365 * 24 * 3600 * 1000;
+pub(crate) const ROTATION_PERIOD_MS: i64 = 365 * 24 * 3600 * 1000;
 
 /// Lifecycle of a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,29 +68,55 @@ pub enum Step {
     Abort,
 }
 
+/// Why a rotation step is not allowed from the current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TransitionError {
+    /// Deprecated secrets are kept for reference only.
+    #[error("{name} is deprecated and cannot be rotated")]
+    Deprecated {
+        /// The secret.
+        name: String,
+    },
+    /// One rotation at a time.
+    #[error("{name} is already rotating to version {version}; promote or abort it first")]
+    AlreadyRotating {
+        /// The secret.
+        name: String,
+        /// The version being validated.
+        version: String,
+    },
+    /// Promote and abort need a rotation in progress.
+    #[error("{name} is not rotating; begin a rotation first")]
+    NotRotating {
+        /// The secret.
+        name: String,
+    },
+}
+
 /// Applies `step` at `now_ms`, or explains why the transition is not allowed.
-pub fn transition(meta: &SecretMeta, step: &Step, now_ms: i64) -> Result<SecretMeta, String> {
+pub(crate) fn transition(
+    meta: &SecretMeta,
+    step: &Step,
+    now_ms: i64,
+) -> Result<SecretMeta, TransitionError> {
     let mut next = meta.clone();
+    let name = || meta.name.clone();
     match (meta.status, step) {
         (Status::Deprecated, _) => {
-            return Err(format!("{} is deprecated and cannot be rotated", meta.name));
+            return Err(TransitionError::Deprecated { name: name() });
         }
         (Status::Active, Step::Begin(v)) => {
             next.status = Status::Rotating;
             next.rotating_version = Some(v.clone());
         }
         (Status::Rotating, Step::Begin(_)) => {
-            return Err(format!(
-                "{} is already rotating to version {}; promote or abort it first",
-                meta.name,
-                meta.rotating_version.as_deref().unwrap_or("?")
-            ));
+            return Err(TransitionError::AlreadyRotating {
+                name: name(),
+                version: meta.rotating_version.clone().unwrap_or_else(|| "?".into()),
+            });
         }
         (Status::Active, Step::Promote | Step::Abort) => {
-            return Err(format!(
-                "{} is not rotating; begin a rotation first",
-                meta.name
-            ));
+            return Err(TransitionError::NotRotating { name: name() });
         }
         (Status::Rotating, Step::Promote) => {
             next.status = Status::Active;

@@ -24,40 +24,43 @@ const MAGIC: &[u8; 4] = b"SBG1";
 /// Bound into the associated data so ciphertexts cannot be reused by another protocol.
 const AAD_CONTEXT: &[u8] = b"secretd-break-glass-v1";
 /// The largest envelope accepted (a 64 KiB value plus headers and a large RSA key).
-pub const MAX_ENVELOPE: usize = 80 * 1024;
+pub(crate) const MAX_ENVELOPE: usize = 80 * 1024;
 /// The smallest RSA key accepted.
-pub const MIN_RSA_BITS: usize = 3072;
+pub(crate) const MIN_RSA_BITS: usize = 3072;
 const ARMOR_BEGIN: &str = "-----BEGIN SECRETD BREAK-GLASS-----";
 const ARMOR_END: &str = "-----END SECRETD BREAK-GLASS-----";
 
 /// Why sealing failed (client side; may be specific).
 #[derive(Debug, thiserror::Error)]
-pub enum SealError {
+pub(crate) enum SealError {
     /// The public key is too small.
     #[error("the public key has {0} bits; break-glass needs at least {MIN_RSA_BITS}")]
     WeakKey(usize),
     /// A field does not fit the format.
     #[error("{0}")]
     TooLarge(&'static str),
-    /// The crypto library failed.
+    /// AES-GCM refused the key or the value.
+    #[error("sealing failed: AES-256-GCM refused the key or the value")]
+    Aead,
+    /// RSA-OAEP could not wrap the key.
     #[error("sealing failed: {0}")]
-    Crypto(String),
+    Rsa(#[source] rsa::Error),
 }
 
 /// The one error for any envelope that does not open: wrong key, tampering, truncation. It says
 /// nothing about which check failed, so a caller cannot use it as an oracle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("break-glass envelope rejected")]
-pub struct Rejected;
+pub(crate) struct Rejected;
 
 /// A verified, decrypted envelope.
-pub struct Opened {
+pub(crate) struct Opened {
     /// The catalog name the value is for.
-    pub name: String,
+    pub(crate) name: String,
     /// When the override ends, Unix ms.
-    pub expires_at_ms: i64,
+    pub(crate) expires_at_ms: i64,
     /// The emergency value.
-    pub value: Zeroizing<Vec<u8>>,
+    pub(crate) value: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Opened {
@@ -82,7 +85,7 @@ fn aad(name: &str, expires_at_ms: i64) -> Vec<u8> {
 }
 
 /// Seals `value` for `name` until `expires_at_ms` with the daemon's public key.
-pub fn seal(
+pub(crate) fn seal(
     public: &RsaPublicKey,
     name: &str,
     expires_at_ms: i64,
@@ -98,8 +101,7 @@ pub fn seal(
     OsRng.fill_bytes(&mut key[..]);
     let mut nonce = [0u8; 12];
     OsRng.fill_bytes(&mut nonce);
-    let cipher =
-        Aes256Gcm::new_from_slice(&key[..]).map_err(|e| SealError::Crypto(e.to_string()))?;
+    let cipher = Aes256Gcm::new_from_slice(&key[..]).map_err(|_| SealError::Aead)?;
     let ciphertext = cipher
         .encrypt(
             Nonce::from_slice(&nonce),
@@ -108,10 +110,10 @@ pub fn seal(
                 aad: &aad(name, expires_at_ms),
             },
         )
-        .map_err(|e| SealError::Crypto(e.to_string()))?;
+        .map_err(|_| SealError::Aead)?;
     let wrapped = public
         .encrypt(&mut OsRng, Oaep::new::<Sha256>(), &key[..])
-        .map_err(|e| SealError::Crypto(e.to_string()))?;
+        .map_err(SealError::Rsa)?;
     let mut out = Vec::with_capacity(64 + name.len() + wrapped.len() + ciphertext.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&name_len.to_le_bytes());
@@ -173,7 +175,7 @@ fn parse(envelope: &[u8]) -> Option<Parts<'_>> {
 
 /// Opens an envelope with the daemon's private key. Every failure is the same [`Rejected`],
 /// and no partial plaintext is ever returned.
-pub fn open(private: &RsaPrivateKey, envelope: &[u8]) -> Result<Opened, Rejected> {
+pub(crate) fn open(private: &RsaPrivateKey, envelope: &[u8]) -> Result<Opened, Rejected> {
     if envelope.len() > MAX_ENVELOPE {
         return Err(Rejected);
     }
@@ -203,12 +205,12 @@ pub fn open(private: &RsaPrivateKey, envelope: &[u8]) -> Result<Opened, Rejected
 }
 
 /// The armored text form of an envelope.
-pub fn armor(envelope: &[u8]) -> String {
+pub(crate) fn armor(envelope: &[u8]) -> String {
     format!("{ARMOR_BEGIN}\n{}\n{ARMOR_END}\n", B64.encode(envelope))
 }
 
 /// Reads an armored (or bare base64) envelope.
-pub fn dearmor(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn dearmor(text: &str) -> Option<Vec<u8>> {
     let body: String = text
         .lines()
         .map(str::trim)

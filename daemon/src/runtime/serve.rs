@@ -7,31 +7,34 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit_log::AuditLog;
-use crate::break_glass::BreakGlass;
-use crate::cache::Cache;
+use super::{housekeeping, process, systemd};
+use crate::audit::{self, Action, Actor, AuditEvent, AuditLog, Outcome};
+use crate::catalog::Catalog;
+use crate::catalog::break_glass::BreakGlass;
+use crate::catalog::break_glass::keys::KeyError;
+use crate::catalog::fingerprint::{self, FingerprintKey};
+use crate::catalog::refresh;
+use crate::catalog::source::{self, BuildError};
 use crate::config::Config;
-use crate::fingerprint::{self, FingerprintKey};
-use crate::policy::Policy;
+use crate::metrics::Metrics;
+use crate::server::policy::Policy;
+use crate::server::socket::{self, SocketError, SocketFile};
 use crate::server::{self, Shared};
-use crate::socket::{self, SocketError, SocketFile};
-use crate::source::{self, BuildError};
-use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
 use crate::store::metadata::Status;
-use crate::store::{Store, StoreError, now_ms};
-use crate::{monitor, process, refresh};
+use crate::store::{Store, StoreError};
+use crate::util::time::now_ms;
 
 /// How long startup waits for every secret's first fetch before serving anyway (secrets still
 /// missing answer `Unavailable` until their refresher succeeds).
-pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections and refreshers to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the daemon checks that its socket file is still the one it bound.
-pub const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// A catalog entry cannot be served by this build.
     #[error(transparent)]
     Source(#[from] BuildError),
@@ -41,9 +44,31 @@ pub enum ServeError {
     /// The database could not be opened or written.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The fingerprint key or the audit writer could not be set up.
-    #[error("{0}")]
-    Setup(String),
+    /// The fingerprint key beside the database could not be read or created.
+    #[error("fingerprint key {}: {source}", path.display())]
+    FingerprintKey {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The audit writer thread could not be started.
+    #[error("cannot start the audit writer: {0}")]
+    AuditWriter(#[source] std::io::Error),
+    /// The break-glass private key could not be loaded.
+    #[error("break_glass.private_key: {0}")]
+    BreakGlassKey(#[source] KeyError),
+    /// The metrics could not be registered (a duplicate series: a bug).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    /// The HTTP listener could not bind.
+    #[error("daemon.metrics_listen {addr}: {source}")]
+    MetricsListen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The socket file was removed or replaced while serving.
     #[error("the socket {} was removed or replaced while serving", .0.display())]
     SocketLost(std::path::PathBuf),
@@ -53,7 +78,7 @@ pub enum ServeError {
 }
 
 /// Runs the daemon until `cancel` fires.
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     cancel: CancellationToken,
     activated: Option<std::os::fd::OwnedFd>,
@@ -137,12 +162,13 @@ type OpenedStore = (
 fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
     let store = Arc::new(Store::open(&config.daemon.db)?);
     let key_path = fingerprint::key_path(&config.daemon.db);
-    let key =
-        Arc::new(FingerprintKey::load_or_create(&key_path).map_err(|e| {
-            ServeError::Setup(format!("fingerprint key {}: {e}", key_path.display()))
-        })?);
-    let (audit, thread) = AuditLog::start(store.clone())
-        .map_err(|e| ServeError::Setup(format!("cannot start the audit writer: {e}")))?;
+    let key = Arc::new(FingerprintKey::load_or_create(&key_path).map_err(|source| {
+        ServeError::FingerprintKey {
+            path: key_path.clone(),
+            source,
+        }
+    })?);
+    let (audit, thread) = AuditLog::start(store.clone()).map_err(ServeError::AuditWriter)?;
     Ok((store, key, audit, thread))
 }
 
@@ -165,7 +191,7 @@ async fn serve_bound(
         event.detail = format!("status {}", meta.status.as_str());
         audit.record(event);
     }
-    monitor::prune(&store, &audit, config.daemon.audit_retention);
+    audit::prune(&store, &audit, config.daemon.audit_retention);
 
     let sources = source::build_all(&config).await?;
     // A rotation in progress survives restarts: pin its version before the first fetch.
@@ -179,26 +205,25 @@ async fn serve_bound(
         }
     }
 
-    let cache = Arc::new(Cache::new(&config));
+    let catalog = Arc::new(Catalog::new(&config));
     let tracker = TaskTracker::new();
     let break_glass = BreakGlass::new(
         config.break_glass.as_ref(),
-        cache.clone(),
+        catalog.clone(),
         store.clone(),
         audit.clone(),
         key.clone(),
         tracker.clone(),
         cancel.clone(),
     )
-    .map_err(ServeError::Setup)?;
+    .map_err(ServeError::BreakGlassKey)?;
     let metrics = Arc::new(
-        crate::metrics::Metrics::new(&cache)
-            .map_err(|e| ServeError::Setup(format!("cannot register metrics: {e}")))?,
+        Metrics::new(catalog.slots().iter().map(|s| &*s.name)).map_err(ServeError::Metrics)?,
     );
     // Overrides persisted before a restart are served from the start, even if the source is down.
     break_glass.restore().await;
     let mut first_fetches = refresh::spawn_all(
-        cache.clone(),
+        catalog.clone(),
         sources.clone(),
         audit.clone(),
         key,
@@ -220,7 +245,7 @@ async fn serve_bound(
             tracing::warn!("startup deadline passed before every secret loaded; serving what is loaded");
         }
     }
-    let missing: Vec<&str> = cache
+    let missing: Vec<&str> = catalog
         .slots()
         .iter()
         .filter(|s| s.current().is_none())
@@ -234,7 +259,7 @@ async fn serve_bound(
     }
 
     let shared = Arc::new(Shared {
-        cache,
+        catalog,
         policy: Policy::new(config.daemon.admin_uids.clone(), config.policies.clone()),
         store: store.clone(),
         audit: audit.clone(),
@@ -243,11 +268,11 @@ async fn serve_bound(
         metrics,
     });
     if let Some(addr) = config.daemon.metrics_listen {
-        crate::http::start(addr, shared.clone(), cancel.clone(), &tracker)
+        server::http::start(addr, shared.clone(), cancel.clone(), &tracker)
             .await
-            .map_err(|e| ServeError::Setup(format!("daemon.metrics_listen {addr}: {e}")))?;
+            .map_err(|source| ServeError::MetricsListen { addr, source })?;
     }
-    tracker.spawn(monitor::run(
+    tracker.spawn(housekeeping::run(
         store,
         audit.clone(),
         config.daemon.clone(),
@@ -261,7 +286,7 @@ async fn serve_bound(
     started.recorded_at_ms = now_ms();
     audit.record(started);
     drop(audit);
-    crate::systemd::notify("READY=1");
+    systemd::notify("READY=1");
     tracing::info!(
         event = "daemon.ready",
         socket = %socket_file.path().display(),
@@ -280,7 +305,7 @@ async fn serve_bound(
     )
     .await;
 
-    crate::systemd::notify("STOPPING=1");
+    systemd::notify("STOPPING=1");
     tracing::info!("shutting down");
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

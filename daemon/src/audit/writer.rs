@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::Store;
-use crate::store::audit::AuditEvent;
+use super::event::AuditEvent;
+use super::table;
+use crate::store::{Store, StoreError};
 
 /// Events waiting for the writer at most; beyond it producers are refused (fail closed).
 pub const AUDIT_QUEUE: usize = 65_536;
@@ -18,13 +19,27 @@ pub const AUDIT_QUEUE: usize = 65_536;
 pub const AUDIT_BATCH: usize = 1024;
 /// After a failed commit: how long between attempts to reopen the store and retry the batch.
 pub const AUDIT_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-/// How long an admin operation waits for its record to be durable.
-pub const AUDIT_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why an event is not durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// An earlier commit failed and none has succeeded since: audited requests are refused.
+    #[error("the audit store is failing")]
+    Failing,
+    /// The writer thread has ended (shutdown).
+    #[error("the audit writer has stopped")]
+    Stopped,
+    /// The commit of this event's batch failed (shared by every waiter of the batch).
+    #[error("cannot write the audit trail: {0}")]
+    Commit(#[source] Arc<StoreError>),
+}
 
 /// A queued event, with an optional waiter for its commit.
 struct Job {
+    /// What to record.
     event: AuditEvent,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Told the outcome of the commit, for admin operations that wait for durability.
+    done: Option<oneshot::Sender<Result<(), AuditError>>>,
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -87,9 +102,9 @@ impl AuditLog {
     }
 
     /// Enqueues an event and waits until it is durable.
-    pub async fn record_durable(&self, event: AuditEvent) -> Result<(), String> {
+    pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditError> {
         if !self.healthy() {
-            return Err("the audit store is failing".into());
+            return Err(AuditError::Failing);
         }
         let (done, wait) = oneshot::channel();
         self.depth.fetch_add(1, Ordering::Relaxed);
@@ -103,16 +118,17 @@ impl AuditLog {
             .is_err()
         {
             self.depth.fetch_sub(1, Ordering::Relaxed);
-            return Err("the audit writer has stopped".into());
+            return Err(AuditError::Stopped);
         }
-        wait.await
-            .unwrap_or_else(|_| Err("the audit writer has stopped".into()))
+        wait.await.unwrap_or(Err(AuditError::Stopped))
     }
 }
 
 /// What the writer thread shares with the handles.
 struct WriterState {
+    /// Cleared by a failed commit, set again by the next successful one.
     healthy: Arc<AtomicBool>,
+    /// Decremented as batches finish.
     depth: Arc<AtomicUsize>,
 }
 
@@ -125,8 +141,8 @@ impl WriterState {
         store: &Store,
         events: &[AuditEvent],
         rx: &mpsc::Receiver<Job>,
-    ) -> Result<(), String> {
-        let mut result = store.append_audit(events).map_err(|e| e.to_string());
+    ) -> Result<(), AuditError> {
+        let mut result = table::append(store, events);
         if let Err(e) = &result {
             self.healthy.store(false, Ordering::Relaxed);
             tracing::error!(
@@ -139,10 +155,7 @@ impl WriterState {
         while result.is_err() {
             std::thread::sleep(AUDIT_RETRY_INTERVAL);
             let stopping = rx.is_closed();
-            result = store
-                .reopen()
-                .and_then(|()| store.append_audit(events))
-                .map_err(|e| e.to_string());
+            result = store.reopen().and_then(|()| table::append(store, events));
             if let Err(e) = &result
                 && stopping
             {
@@ -156,7 +169,7 @@ impl WriterState {
                 "audit trail writable again"
             );
         }
-        result
+        result.map_err(|e| AuditError::Commit(Arc::new(e)))
     }
 
     fn run(self, store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {

@@ -10,32 +10,32 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit_log::AuditLog;
-use crate::cache::Cache;
-use crate::fingerprint::FingerprintKey;
+use super::Catalog;
+use super::fingerprint::FingerprintKey;
+use super::source::{FailureReason, Source, SourceError};
+use crate::audit::{Action, Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
-use crate::source::{FailureReason, Source, SourceError};
-use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
+use crate::util::time::millis;
 
 /// The longest one fetch may take before it counts as a timeout.
-pub const FETCH_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 /// The first retry delay after a failure; it doubles per consecutive failure.
-pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Consecutive failures after which each further failure logs `omni.alert.cache_failure`.
-pub const ALERT_AFTER_FAILURES: u32 = 3;
+pub(crate) const ALERT_AFTER_FAILURES: u32 = 3;
 /// Fetches in flight at once across all secrets, so a restart does not burst the source.
-pub const REFRESH_CONCURRENCY: usize = 4;
+pub(crate) const REFRESH_CONCURRENCY: usize = 4;
 /// How long an on-demand `refresh` waits for its fetch.
-pub const REFRESH_WAIT: Duration = Duration::from_secs(FETCH_DEADLINE.as_secs() + 5);
+pub(crate) const REFRESH_WAIT: Duration = Duration::from_secs(FETCH_DEADLINE.as_secs() + 5);
 
 /// Refreshes happen at this fraction of the TTL, jittered, so values never expire while the
 /// source is healthy and a fleet restarted together spreads its requests.
 const REFRESH_AT: (f64, f64) = (0.75, 0.9);
 
-/// Starts one refresher per cache slot. Each tries its first fetch at once; the returned
+/// Starts one refresher per catalog slot. Each tries its first fetch at once; the returned
 /// receiver yields one message per slot when that first attempt finished (either way).
-pub fn spawn_all(
-    cache: Arc<Cache>,
+pub(crate) fn spawn_all(
+    catalog: Arc<Catalog>,
     sources: Vec<Arc<dyn Source>>,
     audit: AuditLog,
     key: Arc<FingerprintKey>,
@@ -47,7 +47,7 @@ pub fn spawn_all(
     let limiter = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
     for (idx, source) in sources.into_iter().enumerate() {
         let refresher = Refresher {
-            cache: cache.clone(),
+            catalog: catalog.clone(),
             idx,
             source,
             limiter: limiter.clone(),
@@ -62,8 +62,8 @@ pub fn spawn_all(
 
 /// The refresh loop of one slot.
 struct Refresher {
-    /// The cache holding the slot.
-    cache: Arc<Cache>,
+    /// The catalog holding the slot.
+    catalog: Arc<Catalog>,
     /// Which slot.
     idx: usize,
     /// Where its value comes from.
@@ -80,7 +80,7 @@ struct Refresher {
 
 impl Refresher {
     async fn run(self, cancel: CancellationToken, first_done: mpsc::Sender<()>) {
-        let slot = self.cache.slot(self.idx);
+        let slot = self.catalog.slot(self.idx);
         let mut first_done = Some(first_done);
         loop {
             let outcome = tokio::select! {
@@ -101,22 +101,22 @@ impl Refresher {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
-                _ = slot.refresh_now.notified() => {}
+                _ = slot.trigger.now.notified() => {}
             }
         }
     }
 
     async fn fetch_once(&self) -> Result<(), SourceError> {
-        let slot = self.cache.slot(self.idx);
+        let slot = self.catalog.slot(self.idx);
         let _permit =
             self.limiter.acquire().await.map_err(|_| {
                 SourceError::new(FailureReason::Unavailable, "daemon is shutting down")
             })?;
-        let attempt = slot.begin_attempt();
+        let attempt = slot.trigger.begin_attempt();
         let started = std::time::Instant::now();
         let result = self.fetch_and_install().await;
         let mut event = AuditEvent::new(Action::Refresh, &slot.name, Actor::daemon(), Outcome::Ok);
-        event.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        event.duration_ms = millis(started.elapsed(), u32::MAX);
         self.metrics
             .refresh_took(&slot.name, started.elapsed().as_secs_f64());
         match &result {
@@ -137,12 +137,12 @@ impl Refresher {
         if !self.audit.record(event) {
             tracing::warn!(secret = %slot.name, "refresh could not be audited");
         }
-        slot.end_attempt(attempt);
+        slot.trigger.end_attempt(attempt);
         result
     }
 
     async fn fetch_and_install(&self) -> Result<(), SourceError> {
-        let slot = self.cache.slot(self.idx);
+        let slot = self.catalog.slot(self.idx);
         let fetched = tokio::time::timeout(FETCH_DEADLINE, self.source.fetch())
             .await
             .map_err(|_| {
@@ -170,7 +170,7 @@ impl Refresher {
     }
 
     fn failed(&self, error: SourceError) {
-        let slot = self.cache.slot(self.idx);
+        let slot = self.catalog.slot(self.idx);
         let reason = error.reason.as_str();
         let message = error.message.clone();
         let failures = slot.record_failure(error);

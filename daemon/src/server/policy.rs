@@ -5,9 +5,9 @@
 //! denies it (deny wins). Decisions over the catalog are computed once per connection, so the
 //! read path looks up a bool, not a glob.
 
-use crate::cache::Cache;
+use super::peer::Peer;
+use crate::catalog::Catalog;
 use crate::config::PolicyConfig;
-use crate::peer::Peer;
 
 /// The daemon's access rules.
 #[derive(Debug)]
@@ -35,8 +35,8 @@ impl Policy {
         Policy { admin_uids, rules }
     }
 
-    /// Everything `peer` may do with the catalog in `cache`.
-    pub fn access_for(&self, peer: &Peer, cache: &Cache) -> Access {
+    /// Everything `peer` may do with `catalog`.
+    pub fn access_for(&self, peer: &Peer, catalog: &Catalog) -> Access {
         let matching: Vec<usize> = self
             .rules
             .iter()
@@ -44,7 +44,7 @@ impl Policy {
             .filter(|(_, r)| r.uids.contains(&peer.uid) || r.gids.iter().any(|g| peer.in_group(*g)))
             .map(|(i, _)| i)
             .collect();
-        let readable = cache
+        let readable = catalog
             .slots()
             .iter()
             .map(|slot| self.allows(&matching, &slot.name))
@@ -116,24 +116,24 @@ deny = ["trading_client_secret"]
     #[test]
     fn allow_deny_and_groups() {
         let config = Config::parse(CONFIG).expect("config");
-        let cache = Cache::new(&config);
+        let catalog = Catalog::new(&config);
         let policy = Policy::new(config.daemon.admin_uids.clone(), config.policies.clone());
 
-        let bot = policy.access_for(&peer(1001, 1001, &[]), &cache);
+        let bot = policy.access_for(&peer(1001, 1001, &[]), &catalog);
         assert!(bot.can_read(0) && bot.can_read(1) && !bot.can_read(2));
         assert!(!bot.admin);
         assert!(policy.would_allow(&bot, "trading_new"));
         assert!(!policy.would_allow(&bot, "other"));
 
         // Matching both rules: the group rule's deny wins over the uid rule's allow.
-        let both = policy.access_for(&peer(1001, 5, &[2001]), &cache);
+        let both = policy.access_for(&peer(1001, 5, &[2001]), &catalog);
         assert!(both.can_read(0) && !both.can_read(1) && both.can_read(2));
 
-        let stranger = policy.access_for(&peer(4242, 4242, &[]), &cache);
+        let stranger = policy.access_for(&peer(4242, 4242, &[]), &catalog);
         assert!((0..3).all(|i| !stranger.can_read(i)));
         assert!(!policy.would_allow(&stranger, "anything"));
 
-        let root = policy.access_for(&peer(0, 0, &[]), &cache);
+        let root = policy.access_for(&peer(0, 0, &[]), &catalog);
         assert!(root.admin && !root.can_read(0), "admin does not imply read");
     }
 }

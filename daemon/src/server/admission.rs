@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::util::lock::Recover;
+
 /// Connection limits and the counts that enforce them.
 #[derive(Debug)]
 pub(super) struct Admission {
@@ -48,7 +50,7 @@ impl Admission {
 
     /// Takes a slot for `uid`, or says which limit is reached.
     pub(super) fn admit(&self, uid: u32) -> Result<Slot, Refusal> {
-        let mut counts = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.per_uid.lock().recover();
         if counts.get(&uid).is_some_and(|n| *n >= self.max_per_uid) {
             return Err(Refusal::PerUid);
         }
@@ -68,7 +70,7 @@ impl Admission {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.per_uid.lock().recover();
         if let Some(n) = counts.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -8,7 +8,7 @@
 //! Never format an `AccessSecretVersionResponse` or `SecretPayload` with `{:?}`: their Debug
 //! prints the payload.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,43 +20,63 @@ use google_cloud_secretmanager_v1::client::SecretManagerService;
 use secretd_proto::SourceKind;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{FailureReason, FetchFuture, Fetched, Source, SourceError, check_value};
+use super::{FailureReason, FetchFuture, Fetched, PinError, Source, SourceError, check_value};
+use crate::catalog::secret_bytes::SecretBytes;
 use crate::config::GsmConfig;
-use crate::secret_bytes::SecretBytes;
+use crate::util::lock::Recover;
 
 /// Environment variable that makes the Google client log every response, payload included.
 /// The daemon removes it from its environment before anything starts.
-pub const GOOGLE_LOGGING_ENV: &str = "GOOGLE_CLOUD_RUST_LOGGING";
+pub(crate) const GOOGLE_LOGGING_ENV: &str = "GOOGLE_CLOUD_RUST_LOGGING";
 
 /// Longest GSM error message carried into logs and status.
 const MAX_ERROR_MESSAGE: usize = 300;
 
 /// Why the GSM client could not be created.
 #[derive(Debug, thiserror::Error)]
-pub enum GsmSetupError {
-    /// The credentials file could not be read or used.
-    #[error("gsm.credentials_file {path}: {why}")]
+pub(crate) enum GsmSetupError {
+    /// The credentials file could not be read.
+    #[error("gsm.credentials_file {}: {source}", path.display())]
+    CredentialsFile {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The credentials file is not a service-account key.
+    #[error("gsm.credentials_file {}: {why}", path.display())]
+    NotServiceAccount {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (never its content).
+        why: &'static str,
+    },
+    /// google-cloud-auth refused the key.
+    #[error("gsm.credentials_file {}: {source}", path.display())]
     Credentials {
         /// The file.
-        path: String,
-        /// Why.
-        why: String,
+        path: PathBuf,
+        /// google-cloud-auth's reason.
+        source: google_cloud_auth::build_errors::Error,
     },
     /// Application Default Credentials could not be set up.
     #[error("cannot set up Application Default Credentials: {0}")]
-    Adc(String),
+    Adc(#[source] google_cloud_auth::build_errors::Error),
+    /// The retry backoff could not be built (a bug in the constants below).
+    #[error("cannot create the Secret Manager client: {0}")]
+    Backoff(#[source] google_cloud_gax::exponential_backoff::Error),
     /// The client could not be built.
     #[error("cannot create the Secret Manager client: {0}")]
-    Client(String),
+    Client(#[source] google_cloud_gax::client_builder::Error),
 }
 
 /// Builds the one Secret Manager client every GSM secret shares.
-pub async fn connect(cfg: &GsmConfig) -> Result<SecretManagerService, GsmSetupError> {
+pub(crate) async fn connect(cfg: &GsmConfig) -> Result<SecretManagerService, GsmSetupError> {
     let backoff = ExponentialBackoffBuilder::new()
         .with_initial_delay(Duration::from_millis(200))
         .with_maximum_delay(Duration::from_secs(2))
         .build()
-        .map_err(|e| GsmSetupError::Client(e.to_string()))?;
+        .map_err(GsmSetupError::Backoff)?;
     let builder = SecretManagerService::builder()
         .with_endpoint(cfg.endpoint.clone())
         .with_retry_policy(
@@ -73,41 +93,48 @@ pub async fn connect(cfg: &GsmConfig) -> Result<SecretManagerService, GsmSetupEr
     } else {
         google_cloud_auth::credentials::Builder::default()
             .build()
-            .map_err(|e| GsmSetupError::Adc(e.to_string()))?
+            .map_err(GsmSetupError::Adc)?
     };
     builder
         .with_credentials(credentials)
         .build()
         .await
-        .map_err(|e| GsmSetupError::Client(e.to_string()))
+        .map_err(GsmSetupError::Client)
 }
 
 fn service_account_credentials(
     path: &Path,
 ) -> Result<google_cloud_auth::credentials::Credentials, GsmSetupError> {
-    let fail = |why: String| GsmSetupError::Credentials {
-        path: path.display().to_string(),
+    // The key file holds a private key: keep our copy of the text in wiped memory.
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        GsmSetupError::CredentialsFile {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
+    let not_service_account = |why| GsmSetupError::NotServiceAccount {
+        path: path.to_owned(),
         why,
     };
-    // The key file holds a private key: keep our copy of the text in wiped memory.
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|_| fail("is not a JSON key file".into()))?;
+        serde_json::from_str(&text).map_err(|_| not_service_account("is not a JSON key file"))?;
     if json.get("type").and_then(|t| t.as_str()) != Some("service_account") {
-        return Err(fail(
+        return Err(not_service_account(
             "is not a service-account key; for other credential kinds use \
-             GOOGLE_APPLICATION_CREDENTIALS (Application Default Credentials)"
-                .into(),
+             GOOGLE_APPLICATION_CREDENTIALS (Application Default Credentials)",
         ));
     }
     google_cloud_auth::credentials::service_account::Builder::new(json)
         .build()
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|source| GsmSetupError::Credentials {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// One catalog entry's secret version in GSM.
 #[derive(Debug)]
-pub struct GsmSource {
+pub(crate) struct GsmSource {
     /// The shared client.
     client: SecretManagerService,
     /// `projects/P/secrets/S`.
@@ -120,7 +147,7 @@ pub struct GsmSource {
 
 impl GsmSource {
     /// A source for `resource` (`projects/P/secrets/S`) at `version` (`latest` or a number).
-    pub fn new(client: SecretManagerService, resource: &str, version: &str) -> GsmSource {
+    pub(crate) fn new(client: SecretManagerService, resource: &str, version: &str) -> GsmSource {
         GsmSource {
             client,
             resource: resource.to_owned(),
@@ -130,7 +157,7 @@ impl GsmSource {
     }
 
     fn version_name(&self) -> String {
-        let pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let pinned = self.pinned.lock().recover();
         format!(
             "{}/versions/{}",
             self.resource,
@@ -184,13 +211,13 @@ impl Source for GsmSource {
         Box::pin(self.access())
     }
 
-    fn pin_version(&self, version: Option<&str>) -> Result<(), String> {
+    fn pin_version(&self, version: Option<&str>) -> Result<(), PinError> {
         if let Some(v) = version
             && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v == "0")
         {
-            return Err(format!("version {v:?} is not a GSM version number"));
+            return Err(PinError::NotAVersion(v.to_owned()));
         }
-        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = version.map(str::to_owned);
+        *self.pinned.lock().recover() = version.map(str::to_owned);
         Ok(())
     }
 }

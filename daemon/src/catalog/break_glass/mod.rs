@@ -6,37 +6,40 @@
 //! read path, and failures are rate-limited: the `rsa` crate's RUSTSEC-2023-0071 (a timing
 //! side channel) needs many observed decryptions to matter.
 
-pub mod envelope;
-pub mod keys;
+pub(crate) mod envelope;
+pub(crate) mod keys;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use rsa::RsaPrivateKey;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit_log::AuditLog;
-use crate::cache::Cache;
+use super::Catalog;
+use super::fingerprint::FingerprintKey;
+use super::secret_bytes::SecretBytes;
+use super::slot::BREAK_GLASS_VERSION;
+use super::source::check_value;
+use crate::audit::{Action, Actor, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::config::BreakGlassConfig;
-use crate::fingerprint::FingerprintKey;
-use crate::secret_bytes::SecretBytes;
-use crate::source::check_value;
-use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
-use crate::store::{Store, now_ms};
+use crate::store::{Store, StoreError};
+use crate::util::lock::Recover;
+use crate::util::time::{from_unix_ms, millis, now_ms, unix_ms};
 use envelope::{MAX_ENVELOPE, Opened, Rejected};
+use keys::KeyError;
 
 /// Failed envelopes accepted per [`FAILURE_WINDOW`]; beyond that, attempts are refused
 /// without decrypting.
-pub const MAX_FAILURES: u32 = 5;
+pub(crate) const MAX_FAILURES: u32 = 5;
 /// The rate-limit window for failed envelopes.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Allowance for the clock of the machine that sealed an envelope running ahead of ours.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Why an apply or clear did not happen.
 #[derive(Debug, thiserror::Error)]
-pub enum BreakGlassError {
+pub(crate) enum BreakGlassError {
     /// No `[break_glass]` section.
     #[error("break-glass is not configured on this host ([break_glass] private_key)")]
     NotConfigured,
@@ -49,9 +52,15 @@ pub enum BreakGlassError {
     /// Nothing to clear.
     #[error("no break-glass override is active for {0:?}")]
     NotActive(String),
-    /// The store or the audit trail failed; nothing was changed that the caller relies on.
-    #[error("{0}")]
-    Internal(String),
+    /// The store failed before the override took effect.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The apply could not be audited, so it was rolled back.
+    #[error("not applied: {0}")]
+    NotAudited(#[source] AuditError),
+    /// The decryption task died (a panic in the crypto library).
+    #[error("break-glass decryption failed unexpectedly")]
+    Decryption,
 }
 
 impl From<Rejected> for BreakGlassError {
@@ -62,13 +71,13 @@ impl From<Rejected> for BreakGlassError {
 
 /// Break-glass state and operations.
 #[derive(Debug)]
-pub struct BreakGlass {
+pub(crate) struct BreakGlass {
     /// The private key that opens envelopes, if configured.
     key: Option<Arc<RsaPrivateKey>>,
     /// The longest override accepted.
     max_ttl: Duration,
     /// Where overrides are served from.
-    cache: Arc<Cache>,
+    catalog: Arc<Catalog>,
     /// Where envelopes and metadata persist.
     store: Arc<Store>,
     /// Where applies, clears and expiries are recorded.
@@ -83,29 +92,24 @@ pub struct BreakGlass {
     cancel: CancellationToken,
 }
 
-fn to_system(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
 impl BreakGlass {
     /// Loads the private key (if configured).
-    pub fn new(
+    pub(crate) fn new(
         cfg: Option<&BreakGlassConfig>,
-        cache: Arc<Cache>,
+        catalog: Arc<Catalog>,
         store: Arc<Store>,
         audit: AuditLog,
         fingerprints: Arc<FingerprintKey>,
         tracker: TaskTracker,
         cancel: CancellationToken,
-    ) -> Result<Arc<BreakGlass>, String> {
+    ) -> Result<Arc<BreakGlass>, KeyError> {
         let key = cfg
             .map(|c| keys::load_private(&c.private_key).map(Arc::new))
-            .transpose()
-            .map_err(|e| format!("break_glass.private_key: {e}"))?;
+            .transpose()?;
         Ok(Arc::new(BreakGlass {
             key,
             max_ttl: cfg.map_or(Duration::ZERO, |c| c.max_ttl),
-            cache,
+            catalog,
             store,
             audit,
             fingerprints,
@@ -116,7 +120,7 @@ impl BreakGlass {
     }
 
     fn rate_limited(&self) -> bool {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.failures.lock().recover();
         if f.0.elapsed() > FAILURE_WINDOW {
             *f = (Instant::now(), 0);
         }
@@ -124,7 +128,7 @@ impl BreakGlass {
     }
 
     fn count_failure(&self) {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.failures.lock().recover();
         f.1 = f.1.saturating_add(1);
     }
 
@@ -140,14 +144,12 @@ impl BreakGlass {
         } else {
             tokio::task::spawn_blocking(move || envelope::open(&key, &envelope))
                 .await
-                .map_err(|_| BreakGlassError::Internal("decryption task failed".into()))?
+                .map_err(|_| BreakGlassError::Decryption)?
         };
         let checked = opened.and_then(|o| {
-            let idx = self.cache.index_of(&o.name).ok_or(Rejected)?;
+            let idx = self.catalog.index_of(&o.name).ok_or(Rejected)?;
             let now = now_ms();
-            let limit = now.saturating_add(
-                i64::try_from((self.max_ttl + CLOCK_SKEW).as_millis()).unwrap_or(i64::MAX),
-            );
+            let limit = now.saturating_add(millis(self.max_ttl + CLOCK_SKEW, i64::MAX));
             if o.expires_at_ms <= now
                 || o.expires_at_ms > limit
                 || check_value(o.value.len()).is_err()
@@ -163,7 +165,7 @@ impl BreakGlass {
     }
 
     /// Applies an override from `envelope` for `actor`. Returns the slot index.
-    pub async fn apply(
+    pub(crate) async fn apply(
         self: &Arc<Self>,
         envelope: Vec<u8>,
         actor: Actor,
@@ -172,29 +174,27 @@ impl BreakGlass {
         let (idx, opened) = self.verify(envelope).await?;
         let name = opened.name.clone();
         let expires_at_ms = opened.expires_at_ms;
-        let internal = |e: crate::store::StoreError| BreakGlassError::Internal(e.to_string());
-        self.store.put_envelope(&name, &sealed).map_err(internal)?;
-        self.set_metadata(&name, Some(expires_at_ms))
-            .map_err(internal)?;
+        self.store.put_envelope(&name, &sealed)?;
+        self.set_metadata(&name, Some(expires_at_ms))?;
         let fingerprint = self.install(idx, opened);
         let mut event = AuditEvent::new(Action::BreakGlassApply, &name, actor, Outcome::Ok);
-        event.version = "break-glass".into();
+        event.version = BREAK_GLASS_VERSION.into();
         event.fingerprint = fingerprint;
         event.detail = format!(
             "until {}",
-            humantime::format_rfc3339_seconds(to_system(expires_at_ms))
+            humantime::format_rfc3339_seconds(from_unix_ms(expires_at_ms))
         );
         if let Err(e) = self.audit.record_durable(event).await {
             // Unaudited overrides must not stand.
             self.remove(idx, &name);
-            return Err(BreakGlassError::Internal(format!("not applied: {e}")));
+            return Err(BreakGlassError::NotAudited(e));
         }
         tracing::error!(
             event = "omni.alert.break_glass_applied",
             secret = %name,
             uid = actor.uid,
             pid = actor.pid,
-            expires_at = %humantime::format_rfc3339_seconds(to_system(expires_at_ms)),
+            expires_at = %humantime::format_rfc3339_seconds(from_unix_ms(expires_at_ms)),
             "break-glass value applied; it outranks the normal source until it expires"
         );
         Ok(idx)
@@ -203,14 +203,14 @@ impl BreakGlass {
     fn install(self: &Arc<Self>, idx: usize, opened: Opened) -> String {
         let fingerprint = self.fingerprints.fingerprint(&opened.value);
         let expires_at_ms = opened.expires_at_ms;
-        self.cache.slot(idx).set_override(
+        self.catalog.slot(idx).set_override(
             SecretBytes::from_zeroizing(opened.value),
             fingerprint.clone(),
-            to_system(expires_at_ms),
+            from_unix_ms(expires_at_ms),
         );
         let me = self.clone();
         self.tracker.spawn(async move {
-            let wait = to_system(expires_at_ms)
+            let wait = from_unix_ms(expires_at_ms)
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
             tokio::select! {
@@ -222,16 +222,16 @@ impl BreakGlass {
     }
 
     async fn expire(self: &Arc<Self>, idx: usize, expires_at_ms: i64) {
-        let slot = self.cache.slot(idx);
+        let slot = self.catalog.slot(idx);
         let still_this = slot
             .override_expiry()
-            .is_some_and(|e| crate::time::unix_ms(e) == expires_at_ms);
+            .is_some_and(|e| unix_ms(e) == expires_at_ms);
         if still_this {
             let _ = self.clear(idx, Actor::daemon(), "expired").await;
         }
     }
 
-    fn set_metadata(&self, name: &str, until: Option<i64>) -> Result<(), crate::store::StoreError> {
+    fn set_metadata(&self, name: &str, until: Option<i64>) -> Result<(), StoreError> {
         if let Some(mut meta) = self.store.meta(name)? {
             meta.break_glass_enabled_until_ms = until;
             self.store.put_meta(&meta)?;
@@ -242,7 +242,7 @@ impl BreakGlass {
     /// Drops the override and its persisted envelope; the normal value is served at once and
     /// refreshed from its source.
     fn remove(&self, idx: usize, name: &str) -> bool {
-        let slot = self.cache.slot(idx);
+        let slot = self.catalog.slot(idx);
         let had = slot.clear_override();
         if let Err(e) = self
             .store
@@ -252,18 +252,18 @@ impl BreakGlass {
             tracing::error!(secret = name, error = %e, "cannot forget the break-glass envelope");
         }
         // Dropping the request's ticket is fine: the refresh runs anyway.
-        let _ = slot.request_refresh();
+        let _ = slot.trigger.request();
         had
     }
 
     /// Clears the override of slot `idx` (`reason`: "cleared" by an operator, or "expired").
-    pub async fn clear(
+    pub(crate) async fn clear(
         self: &Arc<Self>,
         idx: usize,
         actor: Actor,
         reason: &str,
     ) -> Result<(), BreakGlassError> {
-        let name = self.cache.slot(idx).name.to_string();
+        let name = self.catalog.slot(idx).name.to_string();
         if !self.remove(idx, &name) {
             return Err(BreakGlassError::NotActive(name));
         }
@@ -283,7 +283,7 @@ impl BreakGlass {
     }
 
     /// Reinstates persisted overrides after a restart (dropping expired or unreadable ones).
-    pub async fn restore(self: &Arc<Self>) {
+    pub(crate) async fn restore(self: &Arc<Self>) {
         let envelopes = match self.store.envelopes() {
             Ok(e) => e,
             Err(e) => {
@@ -299,13 +299,13 @@ impl BreakGlass {
             let opened = tokio::task::spawn_blocking(move || envelope::open(&key, &sealed)).await;
             match opened {
                 Ok(Ok(o)) if o.expires_at_ms > now_ms() && o.name == name => {
-                    if let Some(idx) = self.cache.index_of(&name) {
+                    if let Some(idx) = self.catalog.index_of(&name) {
                         let until = o.expires_at_ms;
                         self.install(idx, o);
                         tracing::warn!(
                             event = "omni.alert.break_glass_applied",
                             secret = %name,
-                            expires_at = %humantime::format_rfc3339_seconds(to_system(until)),
+                            expires_at = %humantime::format_rfc3339_seconds(from_unix_ms(until)),
                             "break-glass override restored after restart"
                         );
                         continue;

@@ -10,14 +10,14 @@ use super::{
 
 /// A value that is the whole content of a file (development and tests).
 #[derive(Debug)]
-pub struct FileSource {
+pub(super) struct FileSource {
     /// The file.
     path: PathBuf,
 }
 
 impl FileSource {
     /// A source reading `path`.
-    pub fn new(path: PathBuf) -> FileSource {
+    pub(super) fn new(path: PathBuf) -> FileSource {
         FileSource { path }
     }
 }

@@ -15,8 +15,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::server::Shared;
-use crate::status_json::status_json;
+use super::Shared;
+use super::scrape;
+use super::status_json::status_json;
 
 /// Requests on one HTTP connection are short; a slow scraper gets cut off after this.
 const HTTP_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -33,7 +34,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Reply 
 }
 
 /// Binds `addr` (failing startup if it cannot) and serves until `cancel` fires.
-pub async fn start(
+pub(crate) async fn start(
     addr: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -82,15 +83,13 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            shared
-                .metrics
-                .render(&shared.cache, &shared.store, &shared.audit),
+            scrape::render(shared),
         ),
         "/healthz" => healthz(shared),
         "/status" => {
-            let rows: Vec<_> = (0..shared.cache.slots().len())
+            let rows: Vec<_> = (0..shared.catalog.slots().len())
                 .map(|i| {
-                    let mut row = shared.cache.status(i);
+                    let mut row = shared.catalog.status(i);
                     if let Ok(Some(meta)) = shared.store.meta(&row.name) {
                         row.metadata_status = Some(meta.status.as_str().into());
                         row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
@@ -112,8 +111,8 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
 /// trail is writable.
 fn healthz(shared: &Shared) -> Reply {
     let mut reasons = Vec::new();
-    for i in 0..shared.cache.slots().len() {
-        let row = shared.cache.status(i);
+    for i in 0..shared.catalog.slots().len() {
+        let row = shared.catalog.status(i);
         match row.state {
             EntryState::Fresh | EntryState::Stale => {}
             EntryState::Expired => reasons.push(format!("{}: stale past max_stale", row.name)),

@@ -61,6 +61,7 @@ impl FingerprintKey {
     }
 
     /// A key from bytes (tests).
+    #[cfg(test)]
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> FingerprintKey {
         FingerprintKey(Zeroizing::new(bytes))
     }

@@ -36,11 +36,6 @@ impl SecretBytes {
         self.0.is_empty()
     }
 
-    /// Whether the value is locked into RAM (false when `RLIMIT_MEMLOCK` ran out).
-    pub fn is_locked(&self) -> bool {
-        self.0.is_locked()
-    }
-
     /// Equality in time that depends only on the lengths, not on where the bytes differ.
     pub fn ct_eq(&self, other: &SecretBytes) -> bool {
         let (a, b) = (self.expose(), other.expose());

@@ -5,21 +5,22 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::audit_log::AuditLog;
+use crate::audit::{self, AuditLog};
 use crate::config::DaemonConfig;
-use crate::store::audit::{Action, Actor, AuditEvent, Outcome};
-use crate::store::{Store, now_ms};
+use crate::store::Store;
+use crate::util::time::{millis, now_ms};
 
 /// How often records past retention are pruned.
-pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+pub(crate) const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Checks rotation due dates every `rotation_check_interval` (and at once), and prunes the
 /// audit trail every [`PRUNE_INTERVAL`], until cancelled.
-pub async fn run(store: Arc<Store>, audit: AuditLog, cfg: DaemonConfig, cancel: CancellationToken) {
+pub(crate) async fn run(
+    store: Arc<Store>,
+    audit: AuditLog,
+    cfg: DaemonConfig,
+    cancel: CancellationToken,
+) {
     let mut rotation = tokio::time::interval(cfg.rotation_check_interval);
     let mut prune_timer = tokio::time::interval(PRUNE_INTERVAL);
     prune_timer.tick().await; // startup already pruned
@@ -27,14 +28,14 @@ pub async fn run(store: Arc<Store>, audit: AuditLog, cfg: DaemonConfig, cancel: 
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = rotation.tick() => check_rotations(&store, cfg.rotation_warning),
-            _ = prune_timer.tick() => prune(&store, &audit, cfg.audit_retention),
+            _ = prune_timer.tick() => audit::prune(&store, &audit, cfg.audit_retention),
         }
     }
 }
 
 /// Logs `omni.rotation_overdue` for overdue secrets and `secret.near_expiry` for those due
 /// within `warning`.
-pub fn check_rotations(store: &Store, warning: Duration) {
+fn check_rotations(store: &Store, warning: Duration) {
     let metas = match store.all_meta() {
         Ok(m) => m,
         Err(e) => {
@@ -53,7 +54,7 @@ pub fn check_rotations(store: &Store, warning: Duration) {
                 status = meta.status.as_str(),
                 "secret rotation is overdue"
             );
-        } else if due - now < ms(warning) {
+        } else if due - now < millis(warning, i64::MAX) {
             tracing::warn!(
                 event = "secret.near_expiry",
                 secret = %meta.name,
@@ -61,23 +62,5 @@ pub fn check_rotations(store: &Store, warning: Duration) {
                 "secret rotation is due soon"
             );
         }
-    }
-}
-
-/// Removes audit records older than `retention`, keeping the chain verifiable.
-pub fn prune(store: &Store, audit: &AuditLog, retention: Duration) {
-    match store.prune(now_ms().saturating_sub(ms(retention))) {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!(removed = n, "pruned audit records past retention");
-            let mut event = AuditEvent::new(Action::AuditPrune, "", Actor::daemon(), Outcome::Ok);
-            event.count = n;
-            event.detail = format!(
-                "removed {n} records older than {}",
-                humantime::format_duration(retention)
-            );
-            audit.record(event);
-        }
-        Err(e) => tracing::error!(error = %e, "cannot prune the audit trail"),
     }
 }

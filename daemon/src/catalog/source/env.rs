@@ -4,20 +4,20 @@ use secretd_proto::SourceKind;
 use zeroize::Zeroizing;
 
 use super::{FailureReason, FetchFuture, Fetched, Source, SourceError, check_value};
-use crate::secret_bytes::SecretBytes;
+use crate::catalog::secret_bytes::SecretBytes;
 
 /// A value from one of the daemon's environment variables (development: the same catalog
 /// names resolve on a laptop without a cloud account). The process environment keeps its own
 /// copy, which no one can wipe: never use this source in production.
 #[derive(Debug)]
-pub struct EnvSource {
+pub(super) struct EnvSource {
     /// The variable's name.
     var: String,
 }
 
 impl EnvSource {
     /// A source reading `var`.
-    pub fn new(var: String) -> EnvSource {
+    pub(super) fn new(var: String) -> EnvSource {
         EnvSource { var }
     }
 }

@@ -3,7 +3,7 @@
 
 mod env;
 mod file;
-pub mod gsm;
+pub(crate) mod gsm;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,28 +11,28 @@ use std::sync::Arc;
 
 use secretd_proto::SourceKind;
 
+use super::secret_bytes::SecretBytes;
 use crate::config::{Config, SourceConfig};
-use crate::secret_bytes::SecretBytes;
 
-pub use env::EnvSource;
-pub use file::FileSource;
+use env::EnvSource;
+use file::FileSource;
 
 /// The largest value any source may deliver (GSM's own payload limit).
-pub const MAX_SECRET_LEN: usize = 64 * 1024;
+pub(crate) const MAX_SECRET_LEN: usize = 64 * 1024;
 
 /// A value fresh from its source.
 #[derive(Debug)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The value.
-    pub value: SecretBytes,
+    pub(crate) value: SecretBytes,
     /// The source's own version, when it has one (GSM's version number). Local sources leave
     /// it to the cache, which counts changes.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 /// Why a fetch failed, in categories that decide retries, alerts and metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureReason {
+pub(crate) enum FailureReason {
     /// The source says the secret or version does not exist.
     NotFound,
     /// The source refused the daemon's credentials.
@@ -49,7 +49,7 @@ pub enum FailureReason {
 impl FailureReason {
     /// Whether retrying soon may help (outages, timeouts, corruption in transit), as opposed
     /// to conditions an operator must fix (a missing secret, a refused credential).
-    pub fn is_transient(self) -> bool {
+    pub(crate) fn is_transient(self) -> bool {
         matches!(
             self,
             FailureReason::Unavailable | FailureReason::Timeout | FailureReason::InvalidPayload
@@ -57,7 +57,7 @@ impl FailureReason {
     }
 
     /// The stable snake_case name (metrics label, log field).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailureReason::NotFound => "not_found",
             FailureReason::PermissionDenied => "permission_denied",
@@ -71,16 +71,16 @@ impl FailureReason {
 /// A failed fetch. The message describes the failure, never the value.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-pub struct SourceError {
+pub(crate) struct SourceError {
     /// The category.
-    pub reason: FailureReason,
+    pub(crate) reason: FailureReason,
     /// A sentence for operators.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl SourceError {
     /// Builds an error.
-    pub fn new(reason: FailureReason, message: impl Into<String>) -> SourceError {
+    pub(crate) fn new(reason: FailureReason, message: impl Into<String>) -> SourceError {
         SourceError {
             reason,
             message: message.into(),
@@ -89,10 +89,11 @@ impl SourceError {
 }
 
 /// What a source's fetch returns.
-pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, SourceError>> + Send + 'a>>;
+pub(crate) type FetchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Fetched, SourceError>> + Send + 'a>>;
 
 /// A place a value can be fetched from.
-pub trait Source: Send + Sync + std::fmt::Debug {
+pub(crate) trait Source: Send + Sync + std::fmt::Debug {
     /// Which kind of source this is.
     fn kind(&self) -> SourceKind;
 
@@ -104,18 +105,26 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 
     /// Pins a specific version (a rotation being validated), or returns to the configured
     /// alias with `None`. Only sources with versions support it.
-    fn pin_version(&self, version: Option<&str>) -> Result<(), String> {
+    fn pin_version(&self, version: Option<&str>) -> Result<(), PinError> {
         let _ = version;
-        Err(format!(
-            "{} has no versions; only gsm secrets can be rotated",
-            self.describe()
-        ))
+        Err(PinError::Unversioned(self.describe()))
     }
+}
+
+/// Why a version cannot be pinned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PinError {
+    /// The source has no versions (env, file).
+    #[error("{0} has no versions; only gsm secrets can be rotated")]
+    Unversioned(String),
+    /// The text is not a version number.
+    #[error("version {0:?} is not a GSM version number")]
+    NotAVersion(String),
 }
 
 /// Why the sources could not be built from the config.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     /// The GSM client could not be created.
     #[error(transparent)]
     Gsm(#[from] gsm::GsmSetupError),
@@ -129,7 +138,7 @@ pub enum BuildError {
 
 /// Builds the source of every catalog entry, in config order. The GSM client is created
 /// once, and only when some secret uses it.
-pub async fn build_all(config: &Config) -> Result<Vec<Arc<dyn Source>>, BuildError> {
+pub(crate) async fn build_all(config: &Config) -> Result<Vec<Arc<dyn Source>>, BuildError> {
     let gsm_client = match &config.gsm {
         Some(gsm)
             if config
@@ -162,7 +171,9 @@ pub async fn build_all(config: &Config) -> Result<Vec<Arc<dyn Source>>, BuildErr
 /// Reads at most [`MAX_SECRET_LEN`] + 1 bytes into a fixed scratch buffer and copies the
 /// exact value out: no growing `Vec`, so no stray copies. Returns the value and whether the
 /// input was longer than the limit.
-pub fn read_bounded(reader: &mut impl std::io::Read) -> std::io::Result<(SecretBytes, bool)> {
+pub(crate) fn read_bounded(
+    reader: &mut impl std::io::Read,
+) -> std::io::Result<(SecretBytes, bool)> {
     let mut scratch = zeroize::Zeroizing::new(vec![0u8; MAX_SECRET_LEN + 1]);
     let mut len = 0;
     while len < scratch.len() {

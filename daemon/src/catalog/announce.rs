@@ -1,0 +1,90 @@
+//! Change announcements: each slot tells watchers when the value it serves changes (a new
+//! version or value, an override applied, cleared or expired). One pre-encoded event frame per
+//! change goes to every watcher through one broadcast channel; it never carries a value, and
+//! sending never waits for a watcher (a slow one lags, see `server::watch`).
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use secretd_proto::frame::encode_frame;
+use secretd_proto::{ChangeEvent, Response, SecretChange, SourceKind};
+use tokio::sync::broadcast;
+
+use super::entry::Entry;
+use crate::util::lock::Recover;
+use crate::util::time::unix_ms;
+
+/// How many change notices a watcher may fall behind before it is told it lagged.
+pub(crate) const WATCH_QUEUE: usize = 256;
+
+/// A change of the value a slot serves, as broadcast to watchers.
+#[derive(Debug, Clone)]
+pub(crate) struct Notice {
+    /// The slot's index (watchers filter on it without comparing names).
+    pub(crate) slot: usize,
+    /// The `Response::Event` frame, encoded once for every watcher. Holds no value.
+    pub(crate) frame: Arc<[u8]>,
+}
+
+/// What a slot last announced: a new notice goes out only when this changes.
+type Served = (String, String, SourceKind);
+
+/// One slot's announcer.
+#[derive(Debug)]
+pub(crate) struct Announcer {
+    /// The slot's index, carried by its notices.
+    index: usize,
+    /// Where changes are announced (shared by all slots).
+    events: broadcast::Sender<Notice>,
+    /// The version, fingerprint and source last announced; the lock also keeps
+    /// announcements of one slot in order.
+    announced: Mutex<Option<Served>>,
+}
+
+impl Announcer {
+    /// The announcer of slot `index`.
+    pub(crate) fn new(index: usize, events: broadcast::Sender<Notice>) -> Announcer {
+        Announcer {
+            index,
+            events,
+            announced: Mutex::new(None),
+        }
+    }
+
+    /// Announces what `served` returns (read under the announcer's lock, so two changes of one
+    /// slot are announced in the order they happened), if it differs from the last
+    /// announcement. Never blocks on watchers.
+    pub(crate) fn announce(&self, name: &str, served: impl FnOnce() -> Option<Arc<Entry>>) {
+        let mut announced = self.announced.lock().recover();
+        let Some(served) = served() else {
+            return;
+        };
+        let key = (
+            served.version.clone(),
+            served.fingerprint.clone(),
+            served.source,
+        );
+        if announced.as_ref() == Some(&key) {
+            return;
+        }
+        *announced = Some(key);
+        let change = SecretChange {
+            name: name.to_owned(),
+            version: served.version.clone(),
+            source: served.source,
+            fingerprint: served.fingerprint.clone(),
+            at_ms: unix_ms(SystemTime::now()),
+        };
+        let mut frame = Vec::new();
+        let event = Response::Event(ChangeEvent::Changed(change));
+        if let Err(e) = encode_frame(&event, &mut frame) {
+            tracing::error!(secret = name, error = %e, "cannot encode a change event");
+            return;
+        }
+        // An error only means nobody is watching.
+        let _ = self.events.send(Notice {
+            slot: self.index,
+            frame: frame.into(),
+        });
+    }
+}

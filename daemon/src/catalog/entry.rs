@@ -1,0 +1,119 @@
+//! One cached value and what is known about it. Immutable: a refresh or an override builds a
+//! whole new [`Entry`] and swaps it in, so a reader holding an `Arc<Entry>` encodes exactly
+//! what it read, from locked memory, while the slot moves on.
+
+use std::time::{Duration, SystemTime};
+
+use secretd_proto::{EntryState, ErrorCode, SourceKind, WireError};
+use tokio::time::Instant;
+
+use super::secret_bytes::SecretBytes;
+
+/// One cached value.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The value.
+    pub(crate) value: SecretBytes,
+    /// The source's version (GSM's number, or a counter of changes for local sources).
+    pub(crate) version: String,
+    /// Where the value came from.
+    pub(crate) source: SourceKind,
+    /// When it was fetched (reported to clients).
+    pub(crate) fetched_at: SystemTime,
+    /// When it is due for refresh (reported to clients).
+    pub(crate) expires_at: SystemTime,
+    /// Keyed HMAC-SHA256 of the value (hex), for status and audit.
+    pub(crate) fingerprint: String,
+    /// When it was fetched, on the monotonic clock: staleness never follows a wall-clock jump.
+    fetched_mono: Instant,
+    /// How long it is fresh.
+    ttl: Duration,
+}
+
+impl Entry {
+    /// A value fetched (or applied) now, fresh for `ttl`.
+    pub(crate) fn new(
+        value: SecretBytes,
+        version: String,
+        source: SourceKind,
+        fingerprint: String,
+        ttl: Duration,
+    ) -> Entry {
+        let now = SystemTime::now();
+        Entry {
+            value,
+            version,
+            source,
+            fetched_at: now,
+            expires_at: now + ttl,
+            fingerprint,
+            fetched_mono: Instant::now(),
+            ttl,
+        }
+    }
+
+    /// A value applied now that is fresh until the wall-clock time `expires_at` (a break-glass
+    /// override: its expiry is what the envelope says, to the millisecond).
+    pub(crate) fn until(
+        value: SecretBytes,
+        version: String,
+        source: SourceKind,
+        fingerprint: String,
+        expires_at: SystemTime,
+    ) -> Entry {
+        let now = SystemTime::now();
+        Entry {
+            value,
+            version,
+            source,
+            fetched_at: now,
+            expires_at,
+            fingerprint,
+            fetched_mono: Instant::now(),
+            ttl: expires_at.duration_since(now).unwrap_or_default(),
+        }
+    }
+
+    /// How servable the entry is at `now`.
+    pub(crate) fn state(&self, now: Instant, max_stale: Duration) -> EntryState {
+        let age = self.age(now);
+        if age < self.ttl {
+            EntryState::Fresh
+        } else if age < self.ttl + max_stale {
+            EntryState::Stale
+        } else {
+            EntryState::Expired
+        }
+    }
+
+    /// Whether it is still within its TTL (break-glass overrides end there, with no stale
+    /// period).
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        self.age(now) < self.ttl
+    }
+
+    /// Age at `now`.
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.fetched_mono)
+    }
+}
+
+/// Why a read cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unservable {
+    /// Nothing was ever loaded.
+    NeverLoaded,
+    /// The value is older than its TTL plus `max_stale`.
+    TooStale,
+}
+
+impl Unservable {
+    /// The error a client gets.
+    pub(crate) fn to_wire(self, name: &str) -> WireError {
+        let why = match self {
+            Unservable::NeverLoaded => "has not been loaded from its source yet",
+            Unservable::TooStale => "is stale past max_stale while its source is failing",
+        };
+        WireError::new(ErrorCode::Unavailable, format!("secret {name:?} {why}"))
+    }
+}

@@ -1,0 +1,72 @@
+//! How a slot's refresher is woken early and how an admin's on-demand refresh waits for its
+//! fetch. Kept beside the refresher (`refresh`) and below the slot that owns it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// How a slot's refresher is woken early, and how an on-demand refresh waits for a fetch that
+/// started after it asked (not for one already in flight, which may predate the change the
+/// operator wants picked up).
+#[derive(Debug)]
+pub(crate) struct RefreshTrigger {
+    /// Wakes the refresher for an immediate fetch.
+    pub(super) now: Notify,
+    /// Fetch attempts started so far.
+    attempts_started: AtomicU64,
+    /// The number of the last finished attempt.
+    attempts_done: watch::Sender<u64>,
+}
+
+impl Default for RefreshTrigger {
+    fn default() -> Self {
+        RefreshTrigger {
+            now: Notify::new(),
+            attempts_started: AtomicU64::new(0),
+            attempts_done: watch::Sender::new(0),
+        }
+    }
+}
+
+impl RefreshTrigger {
+    /// Marks the start of a fetch attempt and returns its number.
+    pub(super) fn begin_attempt(&self) -> u64 {
+        self.attempts_started.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Marks attempt `n` finished (after its outcome was installed or recorded).
+    pub(super) fn end_attempt(&self, n: u64) {
+        self.attempts_done.send_replace(n);
+    }
+
+    /// Asks the refresher for a fetch now. The ticket resolves when a fetch that started
+    /// after this call has finished.
+    pub(crate) fn request(&self) -> RefreshTicket {
+        let ticket = RefreshTicket {
+            target: self.attempts_started.load(Ordering::SeqCst) + 1,
+            done: self.attempts_done.subscribe(),
+        };
+        self.now.notify_one();
+        ticket
+    }
+}
+
+/// A pending on-demand refresh of one slot.
+#[derive(Debug)]
+pub(crate) struct RefreshTicket {
+    /// The first attempt number that started after the request.
+    target: u64,
+    /// Finished attempt numbers.
+    done: watch::Receiver<u64>,
+}
+
+impl RefreshTicket {
+    /// Waits until the requested fetch finished; false if `deadline` passed first.
+    pub(crate) async fn wait(mut self, deadline: Instant) -> bool {
+        let target = self.target;
+        tokio::time::timeout_at(deadline, self.done.wait_for(|n| *n >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}

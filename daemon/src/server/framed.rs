@@ -1,0 +1,214 @@
+//! A framed connection: it owns the socket's halves and the two scratch buffers, reads whole
+//! request frames under their deadlines, and writes replies. Every buffer that held a request
+//! or a reply is wiped after use (requests can carry envelopes, replies carry values).
+//!
+//! Nothing here assumes which runtime thread drives it: it is a plain value the connection
+//! task owns.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Stream;
+use secretd_proto::frame::{FrameError, HEADER_LEN, body_len, decode_body, encode_frame};
+use secretd_proto::{ErrorCode, Request, Response, WireError};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::time::Instant;
+use zeroize::Zeroize;
+
+use super::reply::Reply;
+use super::{FRAME_READ_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
+
+/// Requests are small; this buffer usually takes a whole frame in one read.
+const READ_BUFFER: usize = 1024;
+/// Scratch buffers above this size are released after use rather than kept per connection.
+const KEEP_BUFFER: usize = 16 * 1024;
+
+/// Why reading the next request stopped.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReadError {
+    /// The frame layer failed: closed, truncated, oversize, or an I/O error.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// No request arrived in time.
+    #[error("no request within {0:?}")]
+    Idle(Duration),
+    /// A frame started but did not finish in time.
+    #[error("frame not completed within {FRAME_READ_TIMEOUT:?}")]
+    SlowFrame,
+}
+
+impl ReadError {
+    /// The error the client is told before the connection closes, when there is one to tell
+    /// (a closed or idle connection has nobody listening).
+    pub(super) fn violation(&self) -> Option<WireError> {
+        match self {
+            ReadError::Frame(FrameError::Empty | FrameError::TooLarge { .. }) => Some(
+                WireError::new(ErrorCode::ProtocolViolation, self.to_string()),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The reading side of a shared stream (`&Stream` reads and writes; interprocess recommends
+/// sharing the stream over splitting it).
+#[derive(Debug)]
+struct ReadSide(Arc<Stream>);
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+/// One client connection's socket and buffers.
+#[derive(Debug)]
+pub(super) struct Framed {
+    /// Buffered reads: `fill_buf` lets the loop wait for a first byte without consuming
+    /// anything, which makes that wait safe to cancel.
+    reader: BufReader<ReadSide>,
+    /// The same stream, for writes.
+    stream: Arc<Stream>,
+    /// The body of the frame being read; wiped after decoding.
+    inbuf: Vec<u8>,
+    /// The frame being written; wiped after every write.
+    outbuf: Vec<u8>,
+}
+
+impl Framed {
+    /// Takes over an accepted stream.
+    pub(super) fn new(stream: Stream) -> Framed {
+        let stream = Arc::new(stream);
+        Framed {
+            reader: BufReader::with_capacity(READ_BUFFER, ReadSide(stream.clone())),
+            stream,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+        }
+    }
+
+    /// Waits until the next frame's first byte has arrived or `deadline` passes. Cancel-safe:
+    /// consumes nothing.
+    pub(super) async fn wait_for_data(&mut self, deadline: Instant) -> Result<(), ReadError> {
+        let available = tokio::time::timeout_at(deadline, self.reader.fill_buf())
+            .await
+            .map_err(|_| ReadError::Idle(IDLE_TIMEOUT))?
+            .map_err(FrameError::Io)?;
+        if available.is_empty() {
+            return Err(FrameError::Closed.into());
+        }
+        Ok(())
+    }
+
+    /// Reads the frame whose first byte is buffered, within [`FRAME_READ_TIMEOUT`], and
+    /// decodes it. A frame that reads but does not decode is the inner `Err`: the client gets
+    /// a protocol violation. Not cancel-safe: never race it against anything.
+    pub(super) async fn read_request(&mut self) -> Result<Result<Request, WireError>, ReadError> {
+        let (reader, buf) = (&mut self.reader, &mut self.inbuf);
+        tokio::time::timeout(FRAME_READ_TIMEOUT, async {
+            let mut header = [0u8; HEADER_LEN];
+            reader
+                .read_exact(&mut header)
+                .await
+                .map_err(eof_is_truncation)?;
+            let len = body_len(header)?;
+            buf.clear();
+            buf.resize(len, 0);
+            reader.read_exact(buf).await.map_err(eof_is_truncation)?;
+            Ok::<(), FrameError>(())
+        })
+        .await
+        .map_err(|_| ReadError::SlowFrame)??;
+        let request = decode_body::<Request>(&self.inbuf)
+            .map_err(|e| WireError::new(ErrorCode::ProtocolViolation, e.to_string()));
+        wipe(&mut self.inbuf);
+        Ok(request)
+    }
+
+    /// Waits up to `wait` for a frame, then reads it.
+    pub(super) async fn read_request_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Result<Request, WireError>, ReadError> {
+        self.wait_for_data(Instant::now() + wait).await?;
+        self.read_request().await
+    }
+
+    /// Encodes and writes `reply`. A reply too large to encode becomes an `Internal` error
+    /// (logged), so the client is never left waiting.
+    pub(super) async fn send(&mut self, reply: &Reply) -> Result<(), FrameError> {
+        if let Err(e) = reply.encode(&mut self.outbuf) {
+            wipe(&mut self.outbuf);
+            tracing::error!(error = %e, "cannot encode a response");
+            let internal = WireError::new(ErrorCode::Internal, "response too large");
+            return self.send_response(&Response::Error(internal)).await;
+        }
+        self.flush_out().await
+    }
+
+    /// Encodes and writes a protocol-level response (hello, violations, `Busy`).
+    pub(super) async fn send_response(
+        &mut self,
+        response: &Response<'_>,
+    ) -> Result<(), FrameError> {
+        encode_frame(response, &mut self.outbuf)?;
+        self.flush_out().await
+    }
+
+    /// Writes already encoded frames in one go (a watcher's batch of events).
+    pub(super) async fn send_encoded<'a>(
+        &mut self,
+        frames: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), FrameError> {
+        self.outbuf.clear();
+        for frame in frames {
+            self.outbuf.extend_from_slice(frame);
+        }
+        if self.outbuf.is_empty() {
+            return Ok(());
+        }
+        self.flush_out().await
+    }
+
+    /// Resolves when the client sends anything or closes: true if it sent bytes. Cancel-safe.
+    pub(super) async fn client_spoke(&mut self) -> bool {
+        matches!(self.reader.fill_buf().await, Ok(b) if !b.is_empty())
+    }
+
+    /// Writes `outbuf` under [`WRITE_TIMEOUT`], then wipes it.
+    async fn flush_out(&mut self) -> Result<(), FrameError> {
+        let mut writer = &*self.stream;
+        let result = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&self.outbuf)).await;
+        wipe(&mut self.outbuf);
+        match result {
+            Ok(r) => r.map_err(FrameError::Io),
+            Err(_) => Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client did not read its response in time",
+            ))),
+        }
+    }
+}
+
+fn eof_is_truncation(e: std::io::Error) -> FrameError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(e)
+    }
+}
+
+/// Zeroes a scratch buffer; releases it when it grew large, so one big frame does not make
+/// every later wipe expensive.
+fn wipe(buf: &mut Vec<u8>) {
+    buf.zeroize();
+    if buf.capacity() > KEEP_BUFFER {
+        *buf = Vec::new();
+    }
+}

@@ -1,0 +1,138 @@
+//! Reading: `Get` (a value, under the peer's access rights, audited before it is answered)
+//! and `Status` (what the caller may see, never values).
+
+use secretd_proto::{ErrorCode, Response, SecretStatus, WireError, validate_name};
+
+use super::reply::{Answer, Reply, audit_down};
+use super::session::Session;
+use crate::audit::{Action, ActorType, AuditEvent, Outcome};
+use crate::catalog::entry::Entry;
+
+impl Session<'_> {
+    pub(super) fn get(&mut self, name: &str) -> Answer {
+        validate_name(name).map_err(|why| WireError::new(ErrorCode::InvalidRequest, why))?;
+        let catalog = &self.shared.catalog;
+        let Some(idx) = catalog.index_of(name) else {
+            return Err(if self.shared.policy.would_allow(&self.access, name) {
+                WireError::new(
+                    ErrorCode::NotFound,
+                    format!("secret {name:?} is not in the catalog"),
+                )
+            } else {
+                self.denied(None, name)
+            });
+        };
+        if !self.access.can_read(idx) {
+            return Err(self.denied(Some(idx), name));
+        }
+        let entry = catalog
+            .read(idx)
+            .map_err(|unservable| unservable.to_wire(name))?;
+        if !self.audit_read(idx, &entry) {
+            return Err(audit_down());
+        }
+        self.shared.metrics.read(idx, entry.source);
+        Ok(Reply::Secret(entry))
+    }
+
+    /// Counts a read; records it at once if it is this connection's first of the secret.
+    /// False means the audit trail cannot take it, and the read must be refused.
+    fn audit_read(&mut self, idx: usize, entry: &Entry) -> bool {
+        let audit = &self.shared.audit;
+        if !audit.healthy() {
+            return false;
+        }
+        let actor = self.actor(ActorType::Client);
+        let tally = &mut self.reads[idx];
+        if tally.version != entry.version {
+            tally.version.clone_from(&entry.version);
+            tally.fingerprint.clone_from(&entry.fingerprint);
+        }
+        if tally.recorded_first {
+            tally.pending += 1;
+            return true;
+        }
+        let mut event = AuditEvent::new(
+            Action::Read,
+            &self.shared.catalog.slot(idx).name,
+            actor,
+            Outcome::Ok,
+        );
+        event.version.clone_from(&tally.version);
+        event.fingerprint.clone_from(&tally.fingerprint);
+        tally.recorded_first = audit.record(event);
+        tally.recorded_first
+    }
+
+    /// Refuses a read by policy: logged and audited on the first refusal per connection and
+    /// secret, counted after that.
+    fn denied(&mut self, idx: Option<usize>, name: &str) -> WireError {
+        let first = match idx {
+            Some(i) => {
+                let tally = &mut self.denials[i];
+                if tally.recorded_first {
+                    tally.pending += 1;
+                }
+                !tally.recorded_first
+            }
+            // Names outside the catalog: recorded every time, since there is no slot to
+            // count them against (they are rare unless someone is probing).
+            None => true,
+        };
+        if first {
+            tracing::warn!(
+                event = "access.denied",
+                secret = name,
+                uid = self.peer.uid,
+                gid = self.peer.gid,
+                pid = self.peer.pid,
+                "read denied by policy"
+            );
+            let recorded = self
+                .shared
+                .audit
+                .record(self.denied_event(Action::Read, name));
+            if let Some(i) = idx {
+                self.denials[i].recorded_first = recorded;
+            }
+        }
+        WireError::new(
+            ErrorCode::PermissionDenied,
+            format!("uid {} may not read secret {name:?}", self.peer.uid),
+        )
+    }
+
+    pub(super) fn status(&self) -> Reply {
+        Reply::Plain(Response::Status(self.status_rows()))
+    }
+
+    /// Status rows the caller may see, with metadata merged in.
+    pub(super) fn status_rows(&self) -> Vec<SecretStatus> {
+        let catalog = &self.shared.catalog;
+        let metas = self.shared.store.all_meta().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read secret metadata for status");
+            Default::default()
+        });
+        (0..catalog.slots().len())
+            .filter(|&i| self.access.admin || self.access.can_read(i))
+            .map(|i| {
+                let mut row = catalog.status(i);
+                if let Some(meta) = metas.get(&row.name) {
+                    row.metadata_status = Some(meta.status.as_str().into());
+                    row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
+                    row.break_glass_expires_at_ms = meta.break_glass_enabled_until_ms;
+                }
+                row
+            })
+            .collect()
+    }
+
+    /// The status row of slot `idx`, as the answer to an admin operation on it.
+    pub(super) fn status_row(&self, idx: usize) -> Result<SecretStatus, WireError> {
+        let name = &self.shared.catalog.slot(idx).name;
+        self.status_rows()
+            .into_iter()
+            .find(|r| *r.name == **name)
+            .ok_or_else(|| WireError::new(ErrorCode::Internal, "status row missing"))
+    }
+}

@@ -1,0 +1,74 @@
+//! What a handler answers: a [`Reply`]. The connection encodes it, counts it in the request
+//! metrics and wipes the buffer it was encoded into, in one place (`Framed::send`), so no
+//! handler touches frame bytes and nothing reads a reply's kind back out of them.
+
+use std::sync::Arc;
+
+use secretd_proto::frame::{FrameError, encode_frame};
+use secretd_proto::{ErrorCode, Response, SecretReply, SecretValue, WireError};
+
+use super::watch::Subscription;
+use crate::catalog::entry::Entry;
+use crate::util::time::unix_ms;
+
+/// The answer to one request.
+#[derive(Debug)]
+pub(super) enum Reply {
+    /// A value. It stays in the entry's locked buffer until it is encoded straight into the
+    /// outgoing frame, which is wiped after the write.
+    Secret(Arc<Entry>),
+    /// A granted watch: `Watching` with the names goes out, then the connection streams
+    /// change events.
+    Watch(Subscription),
+    /// Every other answer, none of which carries a value.
+    Plain(Response<'static>),
+}
+
+/// A handler's result: `Err` is a refusal (not an admin, a bad name, the audit trail down, a
+/// failed step), answered as that error; `Ok` the answer to the work itself. `?` ends a
+/// handler early with its refusal.
+pub(super) type Answer = Result<Reply, WireError>;
+
+/// The refusal when the audit trail cannot record a request (fail closed).
+pub(super) fn audit_down() -> WireError {
+    WireError::new(
+        ErrorCode::Unavailable,
+        "the audit trail cannot be written; requests are refused until it recovers",
+    )
+}
+
+impl Reply {
+    /// The `result` label of `omni_secretd_requests_total`: "ok", or the error code's name.
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            Reply::Plain(Response::Error(e)) => e.code.as_str(),
+            _ => "ok",
+        }
+    }
+
+    /// Encodes the reply as one frame into `out`.
+    pub(super) fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        match self {
+            Reply::Secret(entry) => encode_frame(
+                &Response::Secret(SecretReply {
+                    version: entry.version.clone(),
+                    source: entry.source,
+                    fetched_at_ms: unix_ms(entry.fetched_at),
+                    expires_at_ms: unix_ms(entry.expires_at),
+                    value: SecretValue::Borrowed(entry.value.expose()),
+                }),
+                out,
+            ),
+            Reply::Watch(subscription) => {
+                encode_frame(&Response::Watching(subscription.names().to_vec()), out)
+            }
+            Reply::Plain(response) => encode_frame(response, out),
+        }
+    }
+}
+
+impl From<WireError> for Reply {
+    fn from(e: WireError) -> Reply {
+        Reply::Plain(Response::Error(e))
+    }
+}

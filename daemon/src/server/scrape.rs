@@ -1,0 +1,37 @@
+//! Scrape time: the point-in-time gauges (`metrics::Gauges`) taken from the catalog, the
+//! store and the audit writer, rendered for `/metrics` and the `Metrics` request alike.
+
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::metrics::{Gauges, SlotGauges};
+use crate::util::time::now_ms;
+
+/// The Prometheus text, gauges as of now.
+pub(super) fn render(shared: &Shared) -> String {
+    let metas = shared.store.all_meta().unwrap_or_default();
+    let now = now_ms();
+    let mono = Instant::now();
+    let slots = shared
+        .catalog
+        .slots()
+        .iter()
+        .map(|slot| {
+            let overridden = slot.active_override();
+            let served = overridden.clone().or_else(|| slot.current());
+            SlotGauges {
+                name: &slot.name,
+                age: served.map(|e| (e.source, e.age(mono).as_secs_f64())),
+                break_glass: overridden.is_some(),
+                rotation_overdue: metas
+                    .get(&*slot.name)
+                    .is_some_and(|m| now > m.rotation_due_at_ms),
+            }
+        })
+        .collect();
+    shared.metrics.render(&Gauges {
+        slots,
+        audit_queue: shared.audit.depth(),
+        watchers: shared.catalog.watchers(),
+    })
+}

@@ -1,0 +1,118 @@
+//! A connection's view of the daemon: who the peer is, what it may do, and its read counts
+//! for the audit trail. [`Session::respond`] hands each request to the handler that answers
+//! it (`read`, `admin`, `break_glass`, `watch`) and returns the [`Reply`].
+
+use secretd_proto::{ErrorCode, Request, WireError};
+
+use super::Shared;
+use super::peer::Peer;
+use super::policy::Access;
+use super::reply::Reply;
+use crate::audit::{Action, Actor, ActorType, AuditEvent, Outcome};
+
+/// Reads (or denials) of one secret on this connection. The first is recorded at once, the
+/// rest are counted and written by [`Session::flush`], so a bot reading 100k times a second
+/// costs the audit trail one record a minute.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    /// Whether the first event was recorded.
+    pub(super) recorded_first: bool,
+    /// Events since the last record.
+    pub(super) pending: u64,
+    /// The version last read.
+    pub(super) version: String,
+    /// Its fingerprint.
+    pub(super) fingerprint: String,
+}
+
+/// A connection's view of the daemon: its peer and what that peer may do.
+pub(super) struct Session<'a> {
+    /// Catalog, policy, store, audit.
+    pub(super) shared: &'a Shared,
+    /// Who is asking.
+    pub(super) peer: &'a Peer,
+    /// Rights computed once at accept.
+    pub(super) access: Access,
+    /// Successful reads per slot.
+    pub(super) reads: Vec<Tally>,
+    /// Denied reads per slot (a denial is logged once per connection and name, too).
+    pub(super) denials: Vec<Tally>,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(shared: &'a Shared, peer: &'a Peer) -> Session<'a> {
+        let access = shared.policy.access_for(peer, &shared.catalog);
+        let n = shared.catalog.slots().len();
+        Session {
+            shared,
+            peer,
+            access,
+            reads: (0..n).map(|_| Tally::default()).collect(),
+            denials: (0..n).map(|_| Tally::default()).collect(),
+        }
+    }
+
+    /// The reply to `request`.
+    pub(super) async fn respond(&mut self, request: Request) -> Reply {
+        let answer = match request {
+            Request::Get { name } => self.get(&name),
+            Request::Status => Ok(self.status()),
+            Request::Refresh { name } => self.refresh(name.as_deref()).await,
+            Request::Rotation { name, step } => self.rotation(&name, &step).await,
+            Request::AuditTail { limit, secret } => self.audit_tail(limit, secret.as_deref()),
+            Request::AuditVerify => self.audit_verify(),
+            Request::BreakGlassApply { envelope } => self.break_glass_apply(envelope).await,
+            Request::BreakGlassClear { name } => self.break_glass_clear(&name).await,
+            Request::Metrics => self.metrics(),
+            Request::Watch { names } => self.subscribe(&names),
+            // The connection answers the hello before any request reaches a session.
+            Request::Hello(_) => Err(WireError::new(ErrorCode::Internal, "unexpected hello")),
+        };
+        answer.unwrap_or_else(Reply::from)
+    }
+
+    /// The peer as an audit actor.
+    pub(super) fn actor(&self, kind: ActorType) -> Actor {
+        Actor {
+            kind,
+            uid: self.peer.uid,
+            gid: self.peer.gid,
+            pid: self.peer.pid,
+        }
+    }
+
+    /// The audit record of a request refused by policy or the admin list.
+    pub(super) fn denied_event(&self, action: Action, name: &str) -> AuditEvent {
+        let mut event =
+            AuditEvent::new(action, name, self.actor(ActorType::Client), Outcome::Denied);
+        event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
+        event
+    }
+
+    /// Writes the counts gathered since the last flush as aggregated records.
+    pub(super) fn flush(&mut self) {
+        let actor = self.actor(ActorType::Client);
+        for (tallies, outcome) in [
+            (&mut self.reads, Outcome::Ok),
+            (&mut self.denials, Outcome::Denied),
+        ] {
+            for (idx, tally) in tallies.iter_mut().enumerate() {
+                if tally.pending == 0 {
+                    continue;
+                }
+                let name = &self.shared.catalog.slot(idx).name;
+                let mut event = AuditEvent::new(Action::Read, name, actor, outcome);
+                event.count = std::mem::take(&mut tally.pending);
+                event.version.clone_from(&tally.version);
+                event.fingerprint.clone_from(&tally.fingerprint);
+                event.detail = "aggregated".into();
+                if outcome == Outcome::Denied {
+                    event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
+                }
+                if !self.shared.audit.record(event) {
+                    tracing::error!(secret = %name, "aggregated reads could not be audited");
+                }
+            }
+        }
+    }
+}
