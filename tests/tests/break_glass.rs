@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use secretd_client::{Client, SourceKind};
 use secretd_gsm_fake::{FakeGsm, Fault};
 use support::{
-    Daemon, TestEnv, break_glass_apply, cli, cli_ok, euid, is_root, keygen, secretd_bin,
+    Daemon, TestEnv, break_glass_apply, cli, cli_ok, is_root, keygen, secretd_bin, wait_until,
 };
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
@@ -26,33 +26,17 @@ fn setup() -> Setup {
     fake.add_version(API_KEY, GSM_VALUE);
     let env = TestEnv::new();
     keygen(&env);
-    let config = env.config(
-        "socket_mode = \"0666\"\nrefresh_interval = \"5m\"",
-        &format!(
-            r#"[gsm]
-endpoint = "{}"
-anonymous = true
-attempt_timeout = "300ms"
-retry_budget = "600ms"
-
-[break_glass]
-private_key = "{}"
-max_ttl = "1h"
-
-[[secret]]
-name = "trading_api_key"
-source = "gsm"
-gcp_secret = "{API_KEY}"
-
-[[policy]]
-uids = [{}]
-allow = ["*"]
-"#,
-            fake.endpoint(),
-            env.path("bg.pem").display(),
-            euid()
-        ),
-    );
+    let config = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .daemon("refresh_interval", "5m")
+        .gsm(&fake.endpoint())
+        .gsm_set("attempt_timeout", "300ms")
+        .gsm_set("retry_budget", "600ms")
+        .break_glass(&env.path("bg.pem"))
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .build();
     Setup { env, fake, config }
 }
 
@@ -109,11 +93,10 @@ fn an_override_outranks_gsm_survives_a_restart_during_an_outage_and_expires() {
     fake.set_fault(None);
 
     // After the TTL the normal source is back without anyone asking.
-    let deadline = applied + Duration::from_secs(15);
-    while served(&daemon).1 == SourceKind::BreakGlass {
-        assert!(Instant::now() < deadline, "the override never expired");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let left = (applied + Duration::from_secs(15)).saturating_duration_since(Instant::now());
+    wait_until("the override to expire", left, || {
+        (served(&daemon).1 != SourceKind::BreakGlass).then_some(())
+    });
     let (value, source) = served(&daemon);
     assert_eq!(source, SourceKind::Gsm);
     assert_eq!(value, b"Omni-Key-from-GSM-v2-3333!");

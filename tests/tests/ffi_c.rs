@@ -125,11 +125,12 @@ fn gcc_or_skip(test: &str) -> bool {
 
 fn daemon_env() -> (TestEnv, String) {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}[[policy]]\nuids = [0]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY.as_bytes()),
-    );
-    let config = env.config("socket_mode = \"0666\"", &rest);
+    let config = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .file_secret("trading_api_key", KEY.as_bytes())
+        .policy(&[0], &["*"], &[])
+        .build();
     (env, config)
 }
 

@@ -6,20 +6,19 @@ use secretd_client::{Client, EntryState, ErrorCode, SourceKind};
 use secretd_proto::{ClientHello, Request, Response};
 mod support;
 
-use support::{RawConn, TestEnv, cli, euid, is_root, probe_bin};
+use support::{RawConn, TestEnv, cli, euid, is_root, probe_bin, wait_until};
 
 const KEY: &[u8] = b"Omni-Key-1234567890-abcdef!";
 const PASSPHRASE: &[u8] = b"Pass-phrase-Zyx-987#";
 
 fn two_secret_env() -> (TestEnv, String) {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}{}[[policy]]\nuids = [{uid}]\nallow = [\"trading_*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        env.file_secret("trading_api_passphrase", PASSPHRASE),
-        uid = euid(),
-    );
-    let config = env.config("", &rest);
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .file_secret("trading_api_passphrase", PASSPHRASE)
+        .policy(&[euid()], &["trading_*"], &[])
+        .build();
     (env, config)
 }
 
@@ -86,12 +85,15 @@ fn other_uid_is_checked_by_kernel_credentials() {
         return;
     }
     let env = TestEnv::new();
-    let rest = format!(
-        "{}{}[[policy]]\nuids = [0]\nallow = [\"*\"]\n[[policy]]\nuids = [65534]\nallow = [\"public_*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        env.file_secret("public_banner", b"hello-public-value"),
-    );
-    let daemon = env.start(&env.config("socket_mode = \"0666\"", &rest));
+    let config = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .file_secret("trading_api_key", KEY)
+        .file_secret("public_banner", b"hello-public-value")
+        .policy(&[0], &["*"], &[])
+        .policy(&[65534], &["public_*"], &[])
+        .build();
+    let daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8 path");
 
     let out = env.run_as_nobody(
@@ -283,35 +285,32 @@ fn stale_socket_is_replaced_and_unsafe_paths_refused() {
 #[test]
 fn connection_limit_answers_busy() {
     let env = TestEnv::new();
-    let rest = env.readable_files(&[("trading_api_key", KEY)]);
-    let daemon = env.start(&env.config("max_connections = 2", &rest));
+    let config = env
+        .conf()
+        .daemon("max_connections", 2)
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
     let a = daemon.connect_admitted();
     let b = daemon.connect_admitted();
     expect_code(Client::connect(&daemon.socket), ErrorCode::Busy);
     drop(a);
     // The freed slot is usable again once the daemon notices the close.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let c = loop {
-        match Client::connect(&daemon.socket) {
-            Ok(c) => break c,
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("slot never freed: {e}"),
-        }
-    };
+    let c = daemon.connect_admitted();
     assert!(c.get("trading_api_key").is_ok() && b.get("trading_api_key").is_ok());
 }
 
 #[test]
 fn unloadable_secret_answers_unavailable_without_blocking_others() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}[[secret]]\nname = \"trading_missing\"\nsource = \"env\"\nenv = \"SECRETD_TEST_SURELY_UNSET_VAR\"\n\n[[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        euid()
-    );
-    let daemon = env.start(&env.config("", &rest));
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .env_secret("trading_missing", "SECRETD_TEST_SURELY_UNSET_VAR")
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
     let client = Client::connect(&daemon.socket).expect("connect");
     expect_code(client.get("trading_missing"), ErrorCode::Unavailable);
     assert_eq!(client.get("trading_api_key").expect("get").expose(), KEY);
@@ -407,14 +406,9 @@ fn dev_mode_serves_the_omni_catalog_to_a_bare_secretd_get() {
         .spawn()
         .expect("spawn dev daemon");
     let socket = runtime.join("secretd-dev/secretd.sock");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while Client::connect(&socket).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dev daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the dev daemon to start", Duration::from_secs(20), || {
+        Client::connect(&socket).ok()
+    });
     // No --socket and no SECRETD_SOCKET: the CLI finds the dev socket by itself (unless a
     // production daemon runs on this machine, in which case that one wins).
     if !std::path::Path::new(secretd_proto::paths::DEFAULT_SOCKET).exists() {

@@ -7,44 +7,27 @@ use std::time::{Duration, Instant};
 
 use secretd_client::{Client, EntryState, ErrorCode, SourceKind};
 use secretd_gsm_fake::{FakeGsm, Fault, VersionState};
-use support::{TestEnv, cli, euid, is_root, probe_bin};
+use support::{TestEnv, cli, is_root, probe_bin, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 const CLIENT_SECRET: &str = "projects/apex-test/secrets/omni-client-secret";
 
 /// A config with two GSM secrets: `trading_api_key` (short id, `latest`) and
 /// `trading_client_secret` (full resource, pinned to version 1).
-fn gsm_config(env: &TestEnv, fake: &FakeGsm, daemon_extra: &str) -> String {
-    env.config(
-        &format!("{daemon_extra}\nsocket_mode = \"0666\""),
-        &format!(
-            r#"[gsm]
-project = "apex-test"
-endpoint = "{endpoint}"
-anonymous = true
-attempt_timeout = "300ms"
-retry_budget = "1s"
-max_attempts = 2
-
-[[secret]]
-name = "trading_api_key"
-source = "gsm"
-gcp_secret = "omni-trading-api-key"
-
-[[secret]]
-name = "trading_client_secret"
-source = "gsm"
-gcp_secret = "{CLIENT_SECRET}"
-version = "1"
-
-[[policy]]
-uids = [{euid}]
-allow = ["*"]
-"#,
-            endpoint = fake.endpoint(),
-            euid = euid(),
-        ),
-    )
+fn gsm_config(env: &TestEnv, fake: &FakeGsm, daemon: &[(&str, &str)]) -> String {
+    let mut conf = env.conf().daemon("socket_mode", "0666");
+    for (key, value) in daemon {
+        conf = conf.daemon(key, *value);
+    }
+    conf.gsm(&fake.endpoint())
+        .gsm_set("project", "apex-test")
+        .gsm_set("attempt_timeout", "300ms")
+        .gsm_set("max_attempts", 2)
+        .gsm_secret("trading_api_key", "omni-trading-api-key")
+        .gsm_secret("trading_client_secret", CLIENT_SECRET)
+        .with("version", "1")
+        .readable_by_me()
+        .build()
 }
 
 fn seeded_fake() -> FakeGsm {
@@ -54,21 +37,13 @@ fn seeded_fake() -> FakeGsm {
     fake
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 #[test]
 fn values_load_from_gsm_and_new_versions_arrive_within_one_interval() {
     let fake = seeded_fake();
     let env = TestEnv::new();
     // The Google client's own logging switch must not make payloads reach the log.
     let daemon = env.start_with_env(
-        &gsm_config(&env, &fake, "refresh_interval = \"2s\""),
+        &gsm_config(&env, &fake, &[("refresh_interval", "2s")]),
         &[
             ("GOOGLE_CLOUD_RUST_LOGGING", "true"),
             ("SECRETD_LOG", "trace"),
@@ -85,7 +60,7 @@ fn values_load_from_gsm_and_new_versions_arrive_within_one_interval() {
     fake.add_version(CLIENT_SECRET, b"Omni-Client-v2-DDDD-4444!");
     let added = Instant::now();
     wait_until("version 2", Duration::from_secs(3), || {
-        client.get("trading_api_key").expect("get").version() == "2"
+        (client.get("trading_api_key").expect("get").version() == "2").then_some(())
     });
     assert!(added.elapsed() < Duration::from_secs(2) + Duration::from_millis(500));
     assert_eq!(
@@ -124,7 +99,7 @@ fn values_load_from_gsm_and_new_versions_arrive_within_one_interval() {
 fn refresh_now_is_admin_only_and_picks_up_a_new_version_at_once() {
     let fake = seeded_fake();
     let env = TestEnv::new();
-    let daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"5m\""));
+    let daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "5m")]));
     let socket = daemon.socket.to_str().expect("utf8");
     let client = Client::connect(&daemon.socket).expect("connect");
     assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
@@ -169,7 +144,7 @@ fn outages_serve_the_old_value_until_max_stale_then_heal() {
     let daemon = env.start(&gsm_config(
         &env,
         &fake,
-        "refresh_interval = \"1s\"\nmax_stale = \"2s\"",
+        &[("refresh_interval", "1s"), ("max_stale", "2s")],
     ));
     let socket = daemon.socket.to_str().expect("utf8");
     let client = Client::connect(&daemon.socket).expect("connect");
@@ -204,18 +179,17 @@ fn outages_serve_the_old_value_until_max_stale_then_heal() {
     let age = |c: &Client| c.status().expect("status")[0].age_ms.expect("age");
     let first_age = age(&client);
     wait_until("stale state", Duration::from_secs(3), || {
-        client.status().expect("status")[0].state == EntryState::Stale
+        (client.status().expect("status")[0].state == EntryState::Stale).then_some(())
     });
     assert!(
         client.get("trading_api_key").is_ok(),
         "stale values are served"
     );
     assert!(age(&client) > first_age);
-    wait_until(
-        "unavailable",
-        Duration::from_secs(5),
-        || matches!(client.get("trading_api_key"), Err(e) if e.code() == Some(ErrorCode::Unavailable)),
-    );
+    wait_until("unavailable", Duration::from_secs(5), || {
+        let refused = client.get("trading_api_key");
+        matches!(refused, Err(e) if e.code() == Some(ErrorCode::Unavailable)).then_some(())
+    });
     assert_eq!(
         client.status().expect("status")[0].state,
         EntryState::Expired
@@ -225,7 +199,7 @@ fn outages_serve_the_old_value_until_max_stale_then_heal() {
     // GSM recovers: fresh again without anyone asking.
     fake.set_fault(None);
     wait_until("recovery", Duration::from_secs(4), || {
-        client.get("trading_api_key").is_ok()
+        client.get("trading_api_key").ok()
     });
     assert_eq!(client.status().expect("status")[0].state, EntryState::Fresh);
 }
@@ -234,7 +208,7 @@ fn outages_serve_the_old_value_until_max_stale_then_heal() {
 fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
     let fake = seeded_fake();
     let env = TestEnv::new();
-    let daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"5m\""));
+    let daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "5m")]));
     let socket = daemon.socket.to_str().expect("utf8");
     let client = Client::connect(&daemon.socket).expect("connect");
     fake.add_version(API_KEY, b"Omni-Key-v2-CCCC-3333!");
@@ -287,7 +261,7 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
 fn refresh_cadence_has_no_stampede_and_permanent_errors_back_off() {
     let fake = seeded_fake();
     let env = TestEnv::new();
-    let daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"1s\""));
+    let daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "1s")]));
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(4500));
     let elapsed = started.elapsed().as_secs_f64();
@@ -307,7 +281,7 @@ fn refresh_cadence_has_no_stampede_and_permanent_errors_back_off() {
         let fake = seeded_fake();
         fake.set_fault(Some(fault));
         let env = TestEnv::new();
-        let _daemon = env.start(&gsm_config(&env, &fake, "refresh_interval = \"10s\""));
+        let _daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "10s")]));
         std::thread::sleep(Duration::from_secs(3));
         fake.access_count(API_KEY)
     };

@@ -12,20 +12,24 @@ use std::time::{Duration, Instant};
 
 use secretd_client::{Client, ErrorCode};
 use secretd_proto::Request;
-use support::{Daemon, RawConn, TestEnv, euid, is_root, probe_bin};
+use support::{Daemon, RawConn, TestEnv, euid, is_root, probe_bin, wait_until};
 
 const KEY: &[u8] = b"Omni-Key-Hostile-Test-0123456789!";
 /// How much the daemon's memory may grow across one scenario.
 const RSS_SLACK_KIB: u64 = 64 * 1024;
 
-fn start(env: &TestEnv, daemon_extra: &str) -> Daemon {
-    let rest = format!(
-        "{}[[policy]]\nuids = [{}, 65534]\nallow = [\"*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        euid()
-    );
-    let extra = format!("socket_mode = \"0666\"\n{daemon_extra}");
-    env.start(&env.config(&extra, &rest))
+/// The daemon serving `trading_api_key` to this uid and uid 65534, with `[daemon]` limits
+/// from `limits`.
+fn start(env: &TestEnv, limits: &[(&str, i64)]) -> Daemon {
+    let mut conf = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .file_secret("trading_api_key", KEY)
+        .policy(&[euid(), 65534], &["*"], &[]);
+    for (key, value) in limits {
+        conf = conf.daemon(key, *value);
+    }
+    env.start(&conf.build())
 }
 
 fn rss_kib(daemon: &Daemon) -> u64 {
@@ -74,7 +78,7 @@ fn greeted_raw(daemon: &Daemon) -> UnixStream {
 #[test]
 fn slow_senders_and_short_frames_are_cut_off_without_delaying_others() {
     let env = TestEnv::new();
-    let daemon = start(&env, "");
+    let daemon = start(&env, &[]);
     let base = rss_kib(&daemon);
     // 200 slowloris connections: half send one header byte, half a header promising 1000
     // bytes and then 10.
@@ -106,7 +110,7 @@ fn slow_senders_and_short_frames_are_cut_off_without_delaying_others() {
 #[test]
 fn a_client_that_never_reads_its_responses_is_closed() {
     let env = TestEnv::new();
-    let daemon = start(&env, "");
+    let daemon = start(&env, &[]);
     let base = rss_kib(&daemon);
     let mut greedy = greeted_raw(&daemon);
     let frame = get_frame();
@@ -139,7 +143,7 @@ fn thousands_of_connections_garbage_and_vanishing_clients() {
     let env = TestEnv::new();
     let daemon = start(
         &env,
-        "max_connections = 4000\nmax_connections_per_uid = 4000",
+        &[("max_connections", 4000), ("max_connections_per_uid", 4000)],
     );
     let base = rss_kib(&daemon);
 
@@ -197,7 +201,10 @@ fn thousands_of_connections_garbage_and_vanishing_clients() {
 #[test]
 fn one_uid_cannot_take_every_connection() {
     let env = TestEnv::new();
-    let daemon = start(&env, "max_connections = 10\nmax_connections_per_uid = 3");
+    let daemon = start(
+        &env,
+        &[("max_connections", 10), ("max_connections_per_uid", 3)],
+    );
     let held: Vec<Client> = (0..3).map(|_| daemon.connect_admitted()).collect();
     match Client::connect(&daemon.socket) {
         Err(e) => {
@@ -214,17 +221,15 @@ fn one_uid_cannot_take_every_connection() {
         assert!(stdout.starts_with("ok get trading_api_key"), "{stdout}");
     }
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Client::connect(&daemon.socket).is_err() {
-        assert!(Instant::now() < deadline, "slots were not given back");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the slots to be given back", Duration::from_secs(5), || {
+        Client::connect(&daemon.socket).ok()
+    });
 }
 
 #[test]
 fn admin_operations_racing_each_other_and_reads_keep_the_audit_chain_sound() {
     let env = TestEnv::new();
-    let daemon = start(&env, "");
+    let daemon = start(&env, &[]);
     let base = rss_kib(&daemon);
     let socket = daemon.socket.clone();
     let stop = Instant::now() + Duration::from_secs(3);
@@ -266,7 +271,7 @@ fn admin_operations_racing_each_other_and_reads_keep_the_audit_chain_sound() {
 fn the_daemon_exits_when_its_socket_is_removed_or_replaced() {
     for replace in [false, true] {
         let env = TestEnv::new();
-        let mut daemon = start(&env, "");
+        let mut daemon = start(&env, &[]);
         std::fs::remove_file(&daemon.socket).expect("remove socket");
         if replace {
             let _impostor =
@@ -290,7 +295,10 @@ fn the_daemon_exits_when_its_socket_is_removed_or_replaced() {
 #[test]
 fn a_hello_from_a_slow_client_does_not_hold_a_slot_forever() {
     let env = TestEnv::new();
-    let daemon = start(&env, "max_connections = 2\nmax_connections_per_uid = 2");
+    let daemon = start(
+        &env,
+        &[("max_connections", 2), ("max_connections_per_uid", 2)],
+    );
     // Let wait_ready's probe give its slot back (the connection count is not observable
     // without taking a slot).
     std::thread::sleep(Duration::from_millis(200));
@@ -299,18 +307,13 @@ fn a_hello_from_a_slow_client_does_not_hold_a_slot_forever() {
         .map(|_| UnixStream::connect(&daemon.socket).expect("connect"))
         .collect();
     // The daemon accepts them in its own time; a client is refused once it has.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Client::connect(&daemon.socket).is_ok() {
-        assert!(Instant::now() < deadline, "the limit did not apply");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Client::connect(&daemon.socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "silent connections held their slots"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the limit to apply", Duration::from_secs(2), || {
+        Client::connect(&daemon.socket).is_err().then_some(())
+    });
+    wait_until(
+        "the hello deadline to free the silent connections' slots",
+        Duration::from_secs(10),
+        || Client::connect(&daemon.socket).ok(),
+    );
     drop(silent);
 }

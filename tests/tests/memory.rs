@@ -7,10 +7,10 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secretd_client::Client;
-use support::{TestEnv, is_root};
+use support::{TestEnv, is_root, wait_until};
 
 /// A readable mapping of the daemon: start, end, and its smaps flags.
 struct Region {
@@ -120,8 +120,12 @@ fn a_rotated_away_value_leaves_no_copy_in_memory_disk_or_logs() {
     let old = canary("old");
     let new = canary("new");
     let env = TestEnv::new();
-    let rest = env.readable_files(&[("trading_api_key", &old)]);
-    let daemon = env.start(&env.config("", &rest));
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", &old)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
     let pid = daemon.pid();
 
     // Served through every path that touches the value: plain reads, a cached client, a
@@ -154,13 +158,11 @@ fn a_rotated_away_value_leaves_no_copy_in_memory_disk_or_logs() {
             &new[..]
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cached.get("trading_api_key").expect("get").expose() != &new[..] {
-        assert!(
-            Instant::now() < deadline,
-            "the cached client never saw the new value"
-        );
-    }
+    wait_until(
+        "the cached client to see the new value",
+        Duration::from_secs(5),
+        || (cached.get("trading_api_key").expect("get").expose() == &new[..]).then_some(()),
+    );
     drop((client, cached, watch));
     // Let connections close and the aggregated audit records flush.
     std::thread::sleep(Duration::from_millis(500));

@@ -8,11 +8,11 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secretd_client::Client;
 use secretd_gsm_fake::{FakeGsm, Fault};
-use support::{TestEnv, cli, euid, secretd_bin};
+use support::{TestEnv, cli, secretd_bin, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 
@@ -65,17 +65,18 @@ fn metrics_healthz_and_status_over_http_and_the_socket() {
     fake.add_version(API_KEY, b"Omni-Key-from-GSM-1111!");
     let env = TestEnv::new();
     let port = free_port();
-    let config = env.config(
-        &format!("metrics_listen = \"127.0.0.1:{port}\"\nrefresh_interval = \"1s\"\nmax_stale = \"1s\""),
-        &format!(
-            "[gsm]\nendpoint = \"{}\"\nanonymous = true\nattempt_timeout = \"200ms\"\nretry_budget = \"400ms\"\n\n\
-             [[secret]]\nname = \"trading_api_key\"\nsource = \"gsm\"\ngcp_secret = \"{API_KEY}\"\n\n{}\
-             [[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-            fake.endpoint(),
-            env.file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
-            euid()
-        ),
-    );
+    let config = env
+        .conf()
+        .daemon("metrics_listen", format!("127.0.0.1:{port}"))
+        .daemon("refresh_interval", "1s")
+        .daemon("max_stale", "1s")
+        .gsm(&fake.endpoint())
+        .gsm_set("attempt_timeout", "200ms")
+        .gsm_set("retry_budget", "400ms")
+        .gsm_secret("trading_api_key", API_KEY)
+        .file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!")
+        .readable_by_me()
+        .build();
     let daemon = env.start_with_env(&config, &[("SECRETD_LOG_FORMAT", "json")]);
     let client = Client::connect(&daemon.socket).expect("connect");
     for _ in 0..3 {
@@ -108,16 +109,14 @@ fn metrics_healthz_and_status_over_http_and_the_socket() {
         "{text}"
     );
     // Only this client once wait_ready's probe connection has been noticed closing.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, text) = http_get(port, "/metrics");
-        let open = series(&text, "omni_secretd_connections", &[]);
-        if open == Some(1.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "connections: {open:?}\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "omni_secretd_connections == 1",
+        Duration::from_secs(5),
+        || {
+            let (_, text) = http_get(port, "/metrics");
+            (series(&text, "omni_secretd_connections", &[]) == Some(1.0)).then_some(())
+        },
+    );
     assert!(text.contains("omni_secret_refresh_duration_seconds_bucket"));
     assert!(series(&text, "omni_secretd_audit_queue_depth", &[]).is_some());
     assert_eq!(
@@ -159,15 +158,10 @@ fn metrics_healthz_and_status_over_http_and_the_socket() {
 
     // GSM fails past max_stale: failures counted by reason, /healthz 503 with a reason.
     fake.set_fault(Some(Fault::Unavailable));
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let body = loop {
+    let body = wait_until("/healthz to turn 503", Duration::from_secs(8), || {
         let (code, body) = http_get(port, "/healthz");
-        if code == 503 {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "healthz never turned 503");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        (code == 503).then_some(body)
+    });
     let reason: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(reason["status"], "unhealthy");
     assert!(
@@ -191,11 +185,9 @@ fn metrics_healthz_and_status_over_http_and_the_socket() {
         "{text}"
     );
     fake.set_fault(None);
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while http_get(port, "/healthz").0 != 200 {
-        assert!(Instant::now() < deadline, "healthz never recovered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("/healthz to recover", Duration::from_secs(8), || {
+        (http_get(port, "/healthz").0 == 200).then_some(())
+    });
 
     // JSON logs with stable event fields, never a value.
     let log = daemon.log();
@@ -231,11 +223,15 @@ fn pass_as_fd_3(cmd: &mut Command, fd: std::os::fd::RawFd) {
 #[test]
 fn socket_activation_and_readiness_notification() {
     let env = TestEnv::new();
-    let rest = env.readable_files(&[("trading_api_key", b"Omni-Key-1234567890-abcdef!")]);
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", b"Omni-Key-1234567890-abcdef!")
+        .readable_by_me()
+        .build();
     let socket = env.path("activated.sock");
     let config_path = env.path("secretd.toml");
     // The config names another path: an activated daemon must use the socket it was given.
-    std::fs::write(&config_path, env.config("", &rest)).expect("config");
+    std::fs::write(&config_path, config).expect("config");
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
     let notify_path = env.path("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
@@ -286,14 +282,11 @@ fn socket_activation_and_readiness_notification() {
         .stderr(Stdio::null());
     pass_as_fd_3(&mut cmd, fd);
     let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Client::connect(env.socket()).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon did not bind its own socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the daemon to bind its own socket",
+        Duration::from_secs(20),
+        || Client::connect(env.socket()).ok(),
+    );
     // SAFETY: kill with a valid pid and signal number.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert!(child.wait().expect("wait").success());
@@ -302,12 +295,13 @@ fn socket_activation_and_readiness_notification() {
 #[test]
 fn check_passes_a_good_catalog_and_names_each_violation_of_a_weak_one() {
     let env = TestEnv::new();
-    let rest = env.readable_files(&[
-        ("trading_api_key", b"Omni-Key-1234567890-abcdef!"),
-        ("trading_client_secret", b"short"),
-        ("trading_api_passphrase", b"alllowercaseandlongenough"),
-    ]);
-    let config = env.config("", &rest);
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", b"Omni-Key-1234567890-abcdef!")
+        .file_secret("trading_client_secret", b"short")
+        .file_secret("trading_api_passphrase", b"alllowercaseandlongenough")
+        .readable_by_me()
+        .build();
     let daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8");
 

@@ -3,12 +3,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use secretd_client::{Client, RotationStep};
 use secretd_gsm_fake::FakeGsm;
-use support::{TestEnv, cli, euid, is_root, probe_bin};
+use support::{TestEnv, cli, euid, is_root, probe_bin, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -16,29 +16,15 @@ const KEY: &[u8] = b"Omni-Key-1234567890-abcdef!";
 
 fn gsm_env(fake: &FakeGsm) -> (TestEnv, String) {
     let env = TestEnv::new();
-    let rest = format!(
-        r#"[gsm]
-endpoint = "{}"
-anonymous = true
-attempt_timeout = "500ms"
-retry_budget = "1s"
-
-[[secret]]
-name = "trading_api_key"
-source = "gsm"
-gcp_secret = "{API_KEY}"
-owner = "trading-platform"
-
-{}
-[[policy]]
-uids = [{}]
-allow = ["*"]
-"#,
-        fake.endpoint(),
-        env.file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
-        euid()
-    );
-    let config = env.config("socket_mode = \"0666\"", &rest);
+    let config = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .gsm(&fake.endpoint())
+        .gsm_secret("trading_api_key", API_KEY)
+        .with("owner", "trading-platform")
+        .file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!")
+        .readable_by_me()
+        .build();
     (env, config)
 }
 
@@ -167,13 +153,12 @@ fn rotation_survives_restart_and_invalid_transitions_are_refused() {
 #[test]
 fn audit_records_aggregated_reads_denials_and_refreshes_and_never_values() {
     let env = TestEnv::new();
-    let rest = format!(
-        "{}{}[[policy]]\nuids = [{}]\nallow = [\"*\"]\ndeny = [\"blocked_*\"]\n",
-        env.file_secret("trading_api_key", KEY),
-        env.file_secret("blocked_secret", b"Blocked-Value-7777-QQQ!"),
-        euid()
-    );
-    let config = env.config("", &rest);
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .file_secret("blocked_secret", b"Blocked-Value-7777-QQQ!")
+        .policy(&[euid()], &["*"], &["blocked_*"])
+        .build();
     let mut daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8").to_owned();
     {
@@ -194,15 +179,15 @@ fn audit_records_aggregated_reads_denials_and_refreshes_and_never_values() {
         .expect("fingerprint");
     assert_eq!(fingerprint.len(), 64);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let records = loop {
-        let records = client.audit_tail(1000, None).expect("tail");
-        let aggregated = records.iter().any(|r| r.action == "read" && r.count == 999);
-        if aggregated || Instant::now() > deadline {
-            break records;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let records = wait_until(
+        "the aggregated record of 999 reads",
+        Duration::from_secs(5),
+        || {
+            let records = client.audit_tail(1000, None).expect("tail");
+            let aggregated = records.iter().any(|r| r.action == "read" && r.count == 999);
+            aggregated.then_some(records)
+        },
+    );
     let reads: Vec<_> = records
         .iter()
         .filter(|r| r.action == "read" && r.secret == "trading_api_key" && r.result == "ok")
@@ -288,8 +273,12 @@ fn audit_rows(env: &TestEnv) -> Vec<(u64, Vec<u8>)> {
 #[test]
 fn tampering_deleting_or_reordering_records_breaks_verify_and_pruning_does_not() {
     let env = TestEnv::new();
-    let rest = env.readable_files(&[("trading_api_key", KEY)]);
-    let config = env.config("audit_retention = \"2s\"", &rest);
+    let config = env
+        .conf()
+        .daemon("audit_retention", "2s")
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
     let verify = |env: &TestEnv| {
         let mut daemon = env.start(&config);
         for _ in 0..3 {
@@ -383,8 +372,11 @@ fn tampering_deleting_or_reordering_records_breaks_verify_and_pruning_does_not()
 #[test]
 fn kill_9_during_a_burst_of_audited_reads_leaves_a_verifiable_chain() {
     let env = TestEnv::new();
-    let rest = env.readable_files(&[("trading_api_key", KEY)]);
-    let config = env.config("", &rest);
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
     let daemon = env.start(&config);
     let socket = daemon.socket.clone();
     let burst = std::thread::spawn(move || {
@@ -416,14 +408,15 @@ fn kill_9_during_a_burst_of_audited_reads_leaves_a_verifiable_chain() {
 #[test]
 fn a_second_daemon_on_the_same_database_exits_with_a_clear_message() {
     let env = TestEnv::new();
-    let rest = env.readable_files(&[("trading_api_key", KEY)]);
-    let _first = env.start(&env.config("", &rest));
+    let conf = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me();
+    let _first = env.start(&conf.build());
     let other_socket = env.path("other/secretd.sock");
-    let second_config = format!(
-        "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\n\n{rest}",
-        other_socket.display(),
-        env.path("secretd.redb").display()
-    );
+    let second_config = conf
+        .daemon("socket", other_socket.to_str().expect("utf8"))
+        .build();
     let mut second = env.spawn(&second_config, "second.toml");
     let status = second.wait_exit(Duration::from_secs(15)).expect("exits");
     assert_eq!(status.code(), Some(1));
@@ -454,12 +447,12 @@ fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
     let env = TestEnv::new();
     let dbdir = env.path("dbfs");
     std::fs::create_dir(&dbdir).expect("db dir");
-    let config = format!(
-        "[daemon]\nsocket = \"{}\"\ndb = \"{}/secretd.redb\"\n\n{}[[policy]]\nuids = [0]\nallow = [\"*\"]\n",
-        env.socket().display(),
-        dbdir.display(),
-        env.file_secret("trading_api_key", KEY),
-    );
+    let config = env
+        .conf()
+        .daemon("db", format!("{}/secretd.redb", dbdir.display()))
+        .file_secret("trading_api_key", KEY)
+        .policy(&[0], &["*"], &[])
+        .build();
     // The database lives on an 8 MiB tmpfs mounted in the daemon's own mount namespace.
     let script = "mount -t tmpfs -o size=8m secretd-test \"$0\" && exec \"$@\"";
     let dir = dbdir.to_str().expect("utf8");
@@ -508,21 +501,14 @@ fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
 
     // Space comes back: the writer reopens the store, commits what it held, and reads resume.
     std::fs::remove_file(&filler).expect("remove filler");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if Client::connect(&daemon.socket)
-            .expect("connect")
-            .get("trading_api_key")
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "reads did not resume after space came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "reads to resume after space came back",
+        Duration::from_secs(10),
+        || {
+            let client = Client::connect(&daemon.socket).expect("connect");
+            client.get("trading_api_key").ok()
+        },
+    );
     daemon.wait_for_log("omni.alert.audit_recovered");
     let (code, out, _) = run_cli(daemon.socket.to_str().expect("utf8"), &["audit", "verify"]);
     assert_eq!(code, 0, "{out}");
@@ -533,12 +519,14 @@ fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
 fn the_rotation_monitor_logs_near_expiry_and_overdue_secrets() {
     const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
     let env = TestEnv::new();
-    let rest = env.readable_files(&[
-        ("trading_api_key", KEY),
-        ("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!"),
-    ]);
     // Due in 12 months, warned 400 days ahead: near expiry at once.
-    let config = env.config("rotation_warning = \"400d\"", &rest);
+    let config = env
+        .conf()
+        .daemon("rotation_warning", "400d")
+        .file_secret("trading_api_key", KEY)
+        .file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!")
+        .readable_by_me()
+        .build();
     let mut daemon = env.start(&config);
     let log = daemon.wait_for_log("secret.near_expiry");
     assert!(!log.contains("omni.rotation_overdue"), "{log}");

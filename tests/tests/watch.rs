@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use secretd_client::{ChangeEvent, Client, SecretChange, SourceKind};
 use secretd_gsm_fake::FakeGsm;
 use secretd_proto::{Request, Response};
-use support::{RawConn, TestEnv, break_glass_apply, euid, is_root, keygen, secretd_bin};
+use support::{
+    RawConn, TestEnv, break_glass_apply, euid, is_root, keygen, secretd_bin, wait_until,
+};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 /// The latency bound the watch issue sets for an event after the change is in the cache.
@@ -22,17 +24,20 @@ type Item = (Instant, secretd_client::Result<ChangeEvent>);
 
 /// A daemon serving file secrets `names` (value `<name>-1`), readable by this uid (all) and
 /// by uid 65534 (only `public_feed`, when listed).
-fn file_daemon(env: &TestEnv, names: &[&str], daemon_extra: &str) -> support::Daemon {
-    let mut rest = String::new();
-    for name in names {
-        rest += &env.file_secret(name, format!("{name}-1").as_bytes());
+fn file_daemon(env: &TestEnv, names: &[&str], max_connections: Option<i64>) -> support::Daemon {
+    let mut conf = env.conf().daemon("socket_mode", "0666");
+    if let Some(n) = max_connections {
+        conf = conf
+            .daemon("max_connections", n)
+            .daemon("max_connections_per_uid", n);
     }
-    rest += &format!(
-        "[[policy]]\nuids = [{}]\nallow = [\"*\"]\n\n[[policy]]\nuids = [65534]\nallow = [\"public_feed\"]\n",
-        euid()
-    );
-    let extra = format!("socket_mode = \"0666\"\n{daemon_extra}");
-    env.start(&env.config(&extra, &rest))
+    for name in names {
+        conf = conf.file_secret(name, format!("{name}-1").as_bytes());
+    }
+    let conf = conf
+        .readable_by_me()
+        .policy(&[65534], &["public_feed"], &[]);
+    env.start(&conf.build())
 }
 
 /// Rewrites a file secret and has the daemon pick it up now; returns when it is served.
@@ -91,17 +96,14 @@ fn events_follow_gsm_versions_and_break_glass_apply_and_clear() {
     fake.add_version(API_KEY, b"Omni-Key-from-GSM-1111!");
     let env = TestEnv::new();
     keygen(&env);
-    let config = env.config(
-        "socket_mode = \"0666\"",
-        &format!(
-            "[gsm]\nendpoint = \"{}\"\nanonymous = true\n\n[break_glass]\nprivate_key = \"{}\"\nmax_ttl = \"1h\"\n\n\
-             [[secret]]\nname = \"trading_api_key\"\nsource = \"gsm\"\ngcp_secret = \"{API_KEY}\"\n\n\
-             [[policy]]\nuids = [{}]\nallow = [\"*\"]\n",
-            fake.endpoint(),
-            env.path("bg.pem").display(),
-            euid()
-        ),
-    );
+    let config = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .gsm(&fake.endpoint())
+        .break_glass(&env.path("bg.pem"))
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .build();
     let daemon = env.start(&config);
     let admin = Client::connect(&daemon.socket).expect("connect");
     let (_handle, rx) = collect(&admin, &["trading_api_key"]);
@@ -157,7 +159,7 @@ fn a_subscriber_sees_only_names_it_may_read_and_the_cli_prints_json_lines() {
         return;
     }
     let env = TestEnv::new();
-    let daemon = file_daemon(&env, &["trading_api_key", "public_feed"], "");
+    let daemon = file_daemon(&env, &["trading_api_key", "public_feed"], None);
     let socket = daemon.socket.to_str().expect("utf8");
     let admin = Client::connect(&daemon.socket).expect("connect");
 
@@ -218,11 +220,7 @@ fn a_subscriber_sees_only_names_it_may_read_and_the_cli_prints_json_lines() {
 fn a_thousand_subscribers_all_get_the_event() {
     const SUBSCRIBERS: usize = 1000;
     let env = TestEnv::new();
-    let daemon = file_daemon(
-        &env,
-        &["k"],
-        "max_connections = 1100\nmax_connections_per_uid = 1100",
-    );
+    let daemon = file_daemon(&env, &["k"], Some(1100));
     let admin = Client::connect(&daemon.socket).expect("connect");
     let started = Instant::now();
     let mut watches: Vec<_> = (0..SUBSCRIBERS)
@@ -249,7 +247,7 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
     // (212992 bytes by default) fills and the daemon's write to it blocks.
     let name = format!("k{}", "x".repeat(120));
     let env = TestEnv::new();
-    let daemon = file_daemon(&env, &[&name], "");
+    let daemon = file_daemon(&env, &[&name], None);
     let admin = Client::connect(&daemon.socket).expect("connect");
     let reader = Client::connect(&daemon.socket).expect("connect");
 
@@ -266,17 +264,10 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
         assert_eq!(got.expose(), format!("value-{i}").as_bytes());
     }
     let last = (changes + 1).to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, c) = next_change(&rx, &name);
-        if c.version == last {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reading watcher never saw version {last}"
-        );
-    }
+    let what = format!("the reading watcher to see version {last}");
+    wait_until(what.as_str(), Duration::from_secs(10), || {
+        (next_change(&rx, &name).1.version == last).then_some(())
+    });
     eprintln!("slowest get while a watcher stalled: {slowest:?}");
     assert!(
         slowest < Duration::from_secs(1),
@@ -305,7 +296,7 @@ fn a_subscriber_that_never_reads_does_not_hold_up_anyone() {
 #[test]
 fn a_watch_resumes_after_the_daemon_restarts() {
     let env = TestEnv::new();
-    let mut daemon = file_daemon(&env, &["k"], "");
+    let mut daemon = file_daemon(&env, &["k"], None);
     let client = Client::connect(&daemon.socket).expect("connect");
     let (_handle, rx) = collect(&client, &["k"]);
     daemon.stop();
@@ -345,7 +336,7 @@ fn gets_served(admin: &Client) -> u64 {
 #[test]
 fn a_cached_client_serves_locally_and_follows_changes() {
     let env = TestEnv::new();
-    let mut daemon = file_daemon(&env, &["k"], "");
+    let mut daemon = file_daemon(&env, &["k"], None);
     let admin = Client::connect(&daemon.socket).expect("connect");
     let cached = Client::connect(&daemon.socket)
         .expect("connect")
@@ -418,7 +409,7 @@ fn a_watcher_that_falls_behind_gets_lagged_then_the_latest_change() {
     // About 250-byte events: ~160 fill the socket, the next 256 overflow the watch queue.
     let name = format!("k{}", "x".repeat(120));
     let env = TestEnv::new();
-    let daemon = file_daemon(&env, &[&name], "");
+    let daemon = file_daemon(&env, &[&name], None);
     let admin = Client::connect(&daemon.socket).expect("connect");
     let mut slow = raw_watcher(&daemon, &name);
 

@@ -1,6 +1,8 @@
 #![allow(dead_code)] // each test file uses a different part of the support
-//! Test support: a temp directory with secret files, a config, and the real daemon binary
-//! running on a socket inside it.
+//! Test support: a temp directory with secret files, a config ([`config::ConfigBuilder`]),
+//! the real daemon binary running on a socket inside it, and [`wait_until`] for every wait.
+
+pub mod config;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -36,12 +38,49 @@ pub fn is_root() -> bool {
     euid() == 0
 }
 
-/// A `[[policy]]` letting the test's own uid read every secret.
-pub fn policy_for_me() -> String {
-    format!("[[policy]]\nuids = [{}]\nallow = [\"*\"]\n", euid())
+/// What a test waits for, named in the failure: a fixed text, or a closure called only on
+/// failure (to show what was last seen, such as the daemon's log).
+pub trait Waiting {
+    /// The description.
+    fn describe(&self) -> String;
+}
+
+impl Waiting for &str {
+    fn describe(&self) -> String {
+        (*self).to_owned()
+    }
+}
+
+impl<F: Fn() -> String> Waiting for F {
+    fn describe(&self) -> String {
+        self()
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for at most `timeout`, and returns
+/// what it found; panics naming `what` if the time runs out. Tests never sleep a fixed time
+/// and hope: they wait for the state, with a generous deadline.
+pub fn wait_until<T>(
+    what: impl Waiting,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {}",
+            what.describe()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A temp directory holding secret files, configs and sockets.
+#[derive(Debug)]
 pub struct TestEnv {
     /// The directory (world-traversable, so another uid can reach a 0666 socket inside).
     pub dir: tempfile::TempDir,
@@ -82,35 +121,6 @@ impl TestEnv {
         std::fs::write(&path, value).expect("write value");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         path
-    }
-
-    /// A `[[secret]]` block for a file source.
-    pub fn file_secret(&self, name: &str, value: &[u8]) -> String {
-        let path = self.write_value(name, value);
-        format!(
-            "[[secret]]\nname = \"{name}\"\nsource = \"file\"\npath = \"{}\"\n\n",
-            path.display()
-        )
-    }
-
-    /// `[[secret]]` blocks for file sources, then [`policy_for_me`].
-    pub fn readable_files(&self, secrets: &[(&str, &[u8])]) -> String {
-        let mut rest: String = secrets
-            .iter()
-            .map(|(name, value)| self.file_secret(name, value))
-            .collect();
-        rest += &policy_for_me();
-        rest
-    }
-
-    /// A config with `[daemon]` pointing at this env's socket, `daemon_extra` lines added to
-    /// `[daemon]`, then `rest` (secrets and policies).
-    pub fn config(&self, daemon_extra: &str, rest: &str) -> String {
-        format!(
-            "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\n{daemon_extra}\n\n{rest}",
-            self.socket().display(),
-            self.path("secretd.redb").display()
-        )
     }
 
     /// Writes `config` and starts the daemon on it, waiting until it answers.
@@ -214,16 +224,10 @@ pub struct Daemon {
 impl Daemon {
     /// Waits until the socket accepts a client and answers a hello.
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if secretd_client::Client::connect(&self.socket).is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("daemon did not start; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let started = || format!("the daemon to start; log:\n{}", self.log());
+        wait_until(started, START_TIMEOUT, || {
+            secretd_client::Client::connect(&self.socket).ok()
+        });
     }
 
     /// Connects a client that holds one of the daemon's connection slots.
@@ -231,19 +235,13 @@ impl Daemon {
     /// A slot freed by a client that just closed (such as [`Daemon::wait_ready`]'s probe) is
     /// given back only once the daemon notices the close, so `Busy` is retried for a while.
     pub fn connect_admitted(&self) -> secretd_client::Client {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        wait_until("a connection slot", Duration::from_secs(5), || {
             match secretd_client::Client::connect(&self.socket) {
-                Ok(c) => return c,
-                Err(e)
-                    if e.code() == Some(secretd_client::ErrorCode::Busy)
-                        && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("no slot was given back: {e}"),
+                Ok(c) => Some(c),
+                Err(e) if e.code() == Some(secretd_client::ErrorCode::Busy) => None,
+                Err(e) => panic!("connect failed: {e}"),
             }
-        }
+        })
     }
 
     /// The process id.
@@ -261,18 +259,10 @@ impl Daemon {
     /// A log line can trail the change a client observes (an alert is written after its audit
     /// record is durable), so a test that saw the change must wait for the line, not read once.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon never logged {needle:?}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = || format!("the daemon to log {needle:?}; log:\n{}", self.log());
+        wait_until(what, Duration::from_secs(10), || {
+            Some(self.log()).filter(|log| log.contains(needle))
+        })
     }
 
     /// Sends SIGTERM and waits for exit.
@@ -306,6 +296,8 @@ impl Drop for Daemon {
     }
 }
 
+/// The child's exit status, if it exits within `timeout` (`None` is an answer here, not a
+/// failure: a caller may then kill it).
 fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {

@@ -1,0 +1,166 @@
+//! A typed builder for the daemon's TOML config, so tests state what they configure instead of
+//! formatting TOML by hand (values are escaped by the `toml` crate, never spliced into text).
+
+use std::path::Path;
+
+use toml::{Table, Value};
+
+use super::{TestEnv, euid};
+
+/// The `[gsm]` settings every GSM test starts from: anonymous (the fake takes no token) and
+/// short timeouts, so an injected outage costs the test a second, not the production budget.
+const FAST_GSM: [(&str, &str); 2] = [("attempt_timeout", "500ms"), ("retry_budget", "1s")];
+
+/// Builds a config for one [`TestEnv`]: its socket and database are set from the start.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder<'a> {
+    /// Where secret files are written.
+    env: &'a TestEnv,
+    /// `[daemon]`.
+    daemon: Table,
+    /// `[gsm]`, once a GSM endpoint is set.
+    gsm: Option<Table>,
+    /// `[break_glass]`, once a key is set.
+    break_glass: Option<Table>,
+    /// `[[secret]]` entries, in order.
+    secrets: Vec<Table>,
+    /// `[[policy]]` entries, in order.
+    policies: Vec<Table>,
+}
+
+impl TestEnv {
+    /// A config for this env's socket and database, to be filled in.
+    pub fn conf(&self) -> ConfigBuilder<'_> {
+        let mut daemon = Table::new();
+        daemon.insert("socket".into(), path_value(&self.socket()));
+        daemon.insert("db".into(), path_value(&self.path("secretd.redb")));
+        ConfigBuilder {
+            env: self,
+            daemon,
+            gsm: None,
+            break_glass: None,
+            secrets: Vec::new(),
+            policies: Vec::new(),
+        }
+    }
+}
+
+fn path_value(path: &Path) -> Value {
+    Value::String(path.to_str().expect("utf-8 path").to_owned())
+}
+
+fn strings(items: &[&str]) -> Value {
+    Value::Array(items.iter().map(|s| Value::from(*s)).collect())
+}
+
+impl ConfigBuilder<'_> {
+    /// Sets `[daemon] key = value`.
+    pub fn daemon(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.daemon.insert(key.into(), value.into());
+        self
+    }
+
+    /// A `[gsm]` section for `endpoint`, anonymous, with short timeouts.
+    pub fn gsm(mut self, endpoint: &str) -> Self {
+        let mut gsm = Table::new();
+        gsm.insert("endpoint".into(), endpoint.into());
+        gsm.insert("anonymous".into(), true.into());
+        for (k, v) in FAST_GSM {
+            gsm.insert(k.into(), v.into());
+        }
+        self.gsm = Some(gsm);
+        self
+    }
+
+    /// Sets `[gsm] key = value` (after [`ConfigBuilder::gsm`]).
+    pub fn gsm_set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.gsm
+            .as_mut()
+            .expect("call gsm(endpoint) first")
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// A `[break_glass]` section with this private key.
+    pub fn break_glass(mut self, private_key: &Path) -> Self {
+        let mut table = Table::new();
+        table.insert("private_key".into(), path_value(private_key));
+        self.break_glass = Some(table);
+        self
+    }
+
+    fn secret(mut self, name: &str, source: &str, key: &str, value: Value) -> Self {
+        let mut table = Table::new();
+        table.insert("name".into(), name.into());
+        table.insert("source".into(), source.into());
+        table.insert(key.into(), value);
+        self.secrets.push(table);
+        self
+    }
+
+    /// A `file` secret whose value is written (mode 0600) into the env now.
+    pub fn file_secret(self, name: &str, value: &[u8]) -> Self {
+        let path = self.env.write_value(name, value);
+        self.secret(name, "file", "path", path_value(&path))
+    }
+
+    /// An `env` secret read from the daemon's variable `var`.
+    pub fn env_secret(self, name: &str, var: &str) -> Self {
+        self.secret(name, "env", "env", var.into())
+    }
+
+    /// A `gsm` secret (`gcp_secret` as a full resource or an id in `[gsm] project`).
+    pub fn gsm_secret(self, name: &str, gcp_secret: &str) -> Self {
+        self.secret(name, "gsm", "gcp_secret", gcp_secret.into())
+    }
+
+    /// Sets `key = value` on the last `[[secret]]` (`version`, `ttl`, `owner`, ...).
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.secrets
+            .last_mut()
+            .expect("add a secret first")
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// A `[[policy]]` for `uids` allowing and denying the given patterns.
+    pub fn policy(mut self, uids: &[u32], allow: &[&str], deny: &[&str]) -> Self {
+        let mut table = Table::new();
+        table.insert(
+            "uids".into(),
+            Value::Array(uids.iter().map(|u| Value::from(*u)).collect()),
+        );
+        table.insert("allow".into(), strings(allow));
+        if !deny.is_empty() {
+            table.insert("deny".into(), strings(deny));
+        }
+        self.policies.push(table);
+        self
+    }
+
+    /// A `[[policy]]` letting the test's own uid read every secret.
+    pub fn readable_by_me(self) -> Self {
+        self.policy(&[euid()], &["*"], &[])
+    }
+
+    /// The TOML text.
+    pub fn build(&self) -> String {
+        let mut root = Table::new();
+        root.insert("daemon".into(), Value::Table(self.daemon.clone()));
+        if let Some(gsm) = &self.gsm {
+            root.insert("gsm".into(), Value::Table(gsm.clone()));
+        }
+        if let Some(bg) = &self.break_glass {
+            root.insert("break_glass".into(), Value::Table(bg.clone()));
+        }
+        let array =
+            |tables: &[Table]| Value::Array(tables.iter().cloned().map(Value::Table).collect());
+        if !self.secrets.is_empty() {
+            root.insert("secret".into(), array(&self.secrets));
+        }
+        if !self.policies.is_empty() {
+            root.insert("policy".into(), array(&self.policies));
+        }
+        toml::to_string(&root).expect("a table always serializes")
+    }
+}
