@@ -92,11 +92,15 @@ fn an_override_outranks_gsm_survives_a_restart_during_an_outage_and_expires() {
     );
     fake.set_fault(None);
 
-    // After the TTL the normal source is back without anyone asking.
+    // After the TTL the normal source is back without anyone asking. One connection polls,
+    // so its reads are aggregated into one audit record instead of one per poll.
     let left = (applied + Duration::from_secs(15)).saturating_duration_since(Instant::now());
+    let poller = Client::connect(&daemon.socket).expect("connect");
     wait_until("the override to expire", left, || {
-        (served(&daemon).1 != SourceKind::BreakGlass).then_some(())
+        let source = poller.get("trading_api_key").expect("get").source();
+        (source != SourceKind::BreakGlass).then_some(())
     });
+    drop(poller);
     let (value, source) = served(&daemon);
     assert_eq!(source, SourceKind::Gsm);
     assert_eq!(value, b"Omni-Key-from-GSM-v2-3333!");

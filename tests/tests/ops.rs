@@ -59,11 +59,10 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[test]
-fn metrics_healthz_and_status_over_http_and_the_socket() {
-    let fake = FakeGsm::start().expect("fake");
+/// A daemon with a GSM secret and a file secret, its HTTP listener on a free port, JSON logs,
+/// and a 1 s refresh and `max_stale` so an outage shows within seconds.
+fn http_daemon(env: &TestEnv, fake: &FakeGsm) -> (support::Daemon, u16) {
     fake.add_version(API_KEY, b"Omni-Key-from-GSM-1111!");
-    let env = TestEnv::new();
     let port = free_port();
     let config = env
         .conf()
@@ -78,6 +77,14 @@ fn metrics_healthz_and_status_over_http_and_the_socket() {
         .readable_by_me()
         .build();
     let daemon = env.start_with_env(&config, &[("SECRETD_LOG_FORMAT", "json")]);
+    (daemon, port)
+}
+
+#[test]
+fn metrics_over_http_and_the_socket_count_reads_requests_and_connections_never_values() {
+    let fake = FakeGsm::start().expect("fake");
+    let env = TestEnv::new();
+    let (daemon, port) = http_daemon(&env, &fake);
     let client = Client::connect(&daemon.socket).expect("connect");
     for _ in 0..3 {
         client.get("trading_api_key").expect("get");
@@ -147,6 +154,13 @@ fn metrics_healthz_and_status_over_http_and_the_socket() {
     );
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("omni_secret_reads_total"));
+}
+
+#[test]
+fn status_and_healthz_over_http_follow_an_outage_and_json_logs_name_it() {
+    let fake = FakeGsm::start().expect("fake");
+    let env = TestEnv::new();
+    let (daemon, port) = http_daemon(&env, &fake);
 
     let (code, body) = http_get(port, "/status");
     assert_eq!(code, 200);

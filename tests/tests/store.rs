@@ -39,21 +39,22 @@ fn run_cli(socket: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn rotation_survives_restart_and_invalid_transitions_are_refused() {
+/// A fake with versions 1 and 2 of the API key, and a daemon serving it from `latest`.
+fn two_versions() -> (FakeGsm, TestEnv, String) {
     let fake = FakeGsm::start().expect("fake");
     fake.add_version(API_KEY, b"Omni-Key-v1-AAAA-1111!");
     fake.add_version(API_KEY, b"Omni-Key-v2-BBBB-2222!");
     let (env, config) = gsm_env(&fake);
-    let mut daemon = env.start(&config);
+    (fake, env, config)
+}
+
+#[test]
+fn invalid_rotation_steps_are_refused_with_a_clear_line_and_audited() {
+    let (_fake, env, config) = two_versions();
+    let daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8").to_owned();
     let client = Client::connect(&daemon.socket).expect("connect");
     assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
-    let row = &client.status().expect("status")[0];
-    assert_eq!(row.metadata_status.as_deref(), Some("active"));
-    let due = row.rotation_due_at_ms.expect("due");
-
-    // Invalid transitions, each refused with a clear line.
     for (args, expect) in [
         (
             vec!["rotation", "promote", "trading_api_key"],
@@ -88,6 +89,26 @@ fn rotation_survives_restart_and_invalid_transitions_are_refused() {
         "2",
         "unchanged"
     );
+    let (code, tail, _) = run_cli(
+        &socket,
+        &["audit", "tail", "-n", "200", "--secret", "trading_api_key"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        tail.contains("failed"),
+        "refused transitions are audited:\n{tail}"
+    );
+}
+
+#[test]
+fn a_rotation_and_its_pin_survive_a_restart_and_promote_returns_to_latest() {
+    let (_fake, env, config) = two_versions();
+    let mut daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let row = &client.status().expect("status")[0];
+    assert_eq!(row.metadata_status.as_deref(), Some("active"));
+    let due = row.rotation_due_at_ms.expect("due");
 
     let (code, out, err) = run_cli(
         &socket,
@@ -144,10 +165,6 @@ fn rotation_survives_restart_and_invalid_transitions_are_refused() {
     ] {
         assert!(tail.contains(action), "{action} missing from:\n{tail}");
     }
-    assert!(
-        tail.contains("failed"),
-        "refused transitions are audited:\n{tail}"
-    );
 }
 
 #[test]

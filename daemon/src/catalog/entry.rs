@@ -31,7 +31,7 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// A value fetched (or applied) now, fresh for `ttl`.
+    /// A value fetched now, fresh for `ttl`.
     pub(crate) fn new(
         value: SecretBytes,
         version: String,
@@ -40,16 +40,7 @@ impl Entry {
         ttl: Duration,
     ) -> Entry {
         let now = SystemTime::now();
-        Entry {
-            value,
-            version,
-            source,
-            fetched_at: now,
-            expires_at: now + ttl,
-            fingerprint,
-            fetched_mono: Instant::now(),
-            ttl,
-        }
+        Entry::starting(value, version, source, fingerprint, now, now + ttl, ttl)
     }
 
     /// A value applied now that is fresh until the wall-clock time `expires_at` (a break-glass
@@ -62,6 +53,20 @@ impl Entry {
         expires_at: SystemTime,
     ) -> Entry {
         let now = SystemTime::now();
+        let ttl = expires_at.duration_since(now).unwrap_or_default();
+        Entry::starting(value, version, source, fingerprint, now, expires_at, ttl)
+    }
+
+    /// An entry fetched at `now` (wall clock; the monotonic clock is read here).
+    fn starting(
+        value: SecretBytes,
+        version: String,
+        source: SourceKind,
+        fingerprint: String,
+        now: SystemTime,
+        expires_at: SystemTime,
+        ttl: Duration,
+    ) -> Entry {
         Entry {
             value,
             version,
@@ -70,7 +75,7 @@ impl Entry {
             expires_at,
             fingerprint,
             fetched_mono: Instant::now(),
-            ttl: expires_at.duration_since(now).unwrap_or_default(),
+            ttl,
         }
     }
 
