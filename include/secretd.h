@@ -53,6 +53,9 @@ typedef enum {
   SECRETD_RESULT_IO = 11,
   // The daemon speaks another protocol version.
   SECRETD_RESULT_UNSUPPORTED_VERSION = 12,
+  // The daemon did not answer within the request timeout (5 s by default); the next call
+  // reconnects.
+  SECRETD_RESULT_TIMEOUT = 13,
 } secretd_result;
 
 // What a watch event reports. The numbers are stable.

@@ -250,9 +250,7 @@ impl Client {
         let mut guard = self.lock();
         let had_connection = guard.is_some();
         match self.call_on(&mut guard, req, slow) {
-            Err(e) if e.breaks_connection() && had_connection => {
-                self.call_on(&mut guard, req, slow)
-            }
+            Err(e) if e.worth_a_retry() && had_connection => self.call_on(&mut guard, req, slow),
             other => other,
         }
     }

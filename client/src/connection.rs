@@ -3,11 +3,13 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secretd_proto::frame::{HEADER_LEN, decode_body, encode_frame, read_frame, read_reply};
-use secretd_proto::{ClientHello, ErrorCode, PROTOCOL_VERSION, Request, Response};
+use secretd_proto::{
+    ClientHello, ErrorCode, FrameError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response,
+};
 use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
@@ -19,6 +21,10 @@ const CLIENT_LABEL: &str = concat!("secretd-client/", env!("CARGO_PKG_VERSION"))
 pub(crate) struct Connection {
     /// The stream, with read and write timeouts set.
     stream: UnixStream,
+    /// The socket path, for error messages.
+    path: PathBuf,
+    /// The read timeout in force, for error messages.
+    timeout: Duration,
     /// Frame scratch, reused between requests and wiped after each one, since responses
     /// carry secret values.
     buf: Vec<u8>,
@@ -34,12 +40,18 @@ impl Connection {
         stream.set_write_timeout(Some(timeout)).map_err(Error::Io)?;
         let mut conn = Connection {
             stream,
+            path: path.to_owned(),
+            timeout,
             buf: Vec::new(),
         };
         match conn.hello()? {
-            Response::Hello(h) if h.protocol_version == PROTOCOL_VERSION => Ok(conn),
+            Response::Hello(h)
+                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) =>
+            {
+                Ok(conn)
+            }
             Response::Hello(h) => Err(Error::Protocol(format!(
-                "daemon answered hello with protocol version {}, expected {PROTOCOL_VERSION}",
+                "daemon answered hello with protocol version {}, expected {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                 h.protocol_version
             ))),
             Response::Error(e) if e.code == ErrorCode::Busy => Err(Error::Daemon(e)),
@@ -99,7 +111,9 @@ impl Connection {
         self.stream
             .set_read_timeout(Some(timeout))
             .map_err(Error::Io)?;
+        self.timeout = timeout;
         let result = self.call(req);
+        self.timeout = usual;
         self.stream
             .set_read_timeout(Some(usual))
             .map_err(Error::Io)?;
@@ -150,8 +164,13 @@ impl Connection {
 
     fn exchange(&mut self, req: &Request) -> Result<Response<'static>> {
         encode_frame(req, &mut self.buf)?;
-        self.stream.write_all(&self.buf).map_err(Error::Io)?;
-        read_reply(&mut self.stream, &mut self.buf)?;
+        let written = self.stream.write_all(&self.buf);
+        written.map_err(|e| Error::from_io(e, &self.path, self.timeout))?;
+        let read = read_reply(&mut self.stream, &mut self.buf);
+        read.map_err(|e| match e {
+            FrameError::Io(io) => Error::from_io(io, &self.path, self.timeout),
+            other => other.into(),
+        })?;
         Ok(decode_body::<Response<'static>>(&self.buf[HEADER_LEN..])?)
     }
 }

@@ -1,5 +1,6 @@
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use secretd_proto::{ErrorCode, FrameError, WireError};
 
@@ -9,8 +10,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Why a client call failed. Never contains a secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No daemon answered at the socket path.
-    #[error("cannot connect to secretd at {}: {source}", path.display())]
+    /// No daemon answered at the socket path: no socket file, nobody listening on it, or not
+    /// allowed to reach it.
+    #[error("{}", connect_message(path, source))]
     Connect {
         /// The socket path tried.
         path: PathBuf,
@@ -26,6 +28,15 @@ pub enum Error {
     /// The connection failed while a request was in flight, and reconnecting did not help.
     #[error("connection to secretd failed: {0}")]
     Io(io::Error),
+    /// The daemon did not answer within the request timeout. The connection is dropped (a late
+    /// answer must never be read as the answer to the next request); the next call reconnects.
+    #[error("timed out after {} waiting for secretd at {}", seconds(*after), path.display())]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+        /// How long the request waited.
+        after: Duration,
+    },
     /// The caller passed an argument no daemon would accept.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
@@ -42,7 +53,54 @@ impl Error {
 
     /// Whether the connection is unusable after this error (so the next call reconnects).
     pub(crate) fn breaks_connection(&self) -> bool {
+        matches!(
+            self,
+            Error::Io(_) | Error::Protocol(_) | Error::Timeout { .. }
+        )
+    }
+
+    /// Whether retrying on a fresh connection may help: the connection broke, but the daemon
+    /// did not simply fail to answer in time (a retry would only double the wait).
+    pub(crate) fn worth_a_retry(&self) -> bool {
         matches!(self, Error::Io(_) | Error::Protocol(_))
+    }
+
+    /// The error for an I/O failure on the connection to `path` whose timeout is `after`:
+    /// a timeout reads as one.
+    pub(crate) fn from_io(e: io::Error, path: &Path, after: Duration) -> Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                path: path.to_owned(),
+                after,
+            },
+            _ => Error::Io(e),
+        }
+    }
+}
+
+/// A duration as people write it: whole seconds when it is whole ("5s"), else milliseconds.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// What a failed connect means, in the operator's words.
+fn connect_message(path: &Path, source: &io::Error) -> String {
+    let path = path.display();
+    match source.kind() {
+        io::ErrorKind::NotFound => format!("secretd is not running at {path} (no socket)"),
+        io::ErrorKind::ConnectionRefused => format!(
+            "secretd refused the connection at {path} (the socket exists but no daemon is \
+             listening: it stopped or is restarting)"
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "cannot connect to secretd at {path}: permission denied (the socket's mode or group \
+             does not let this user in)"
+        ),
+        _ => format!("cannot connect to secretd at {path}: {source}"),
     }
 }
 

@@ -36,6 +36,16 @@ pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600
 pub const DEFAULT_ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// Default `daemon.rotation_warning`: 30 days.
 pub const DEFAULT_ROTATION_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default `daemon.first_fetch_wait`: how long a read of a secret that has not loaded yet
+/// waits for that secret's first fetch.
+pub const DEFAULT_FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
+/// The longest accepted `daemon.first_fetch_wait` (clients time out after 5 s).
+pub const MAX_FIRST_FETCH_WAIT: Duration = Duration::from_secs(4);
+/// The environment variable systemd sets to the directory of a unit's credentials.
+pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// The credential name `LoadCredential(Encrypted)=` gives the last-known-good key.
+pub const LAST_KNOWN_GOOD_CREDENTIAL: &str = "secretd-lkg-key";
+
 /// Default `break_glass.max_ttl`.
 pub const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(3600);
 
@@ -91,6 +101,9 @@ struct RawDaemon {
     audit_retention: Option<String>,
     rotation_check_interval: Option<String>,
     rotation_warning: Option<String>,
+    first_fetch_wait: Option<String>,
+    last_known_good: Option<PathBuf>,
+    last_known_good_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +197,19 @@ pub struct DaemonConfig {
     pub rotation_check_interval: Duration,
     /// How long before its due date a secret logs `secret.near_expiry`.
     pub rotation_warning: Duration,
+    /// How long a read of a never-loaded secret waits for that secret's first fetch.
+    pub first_fetch_wait: Duration,
+    /// The sealed last-known-good file and its key, when enabled.
+    pub last_known_good: Option<LastKnownGoodConfig>,
+}
+
+/// `[daemon] last_known_good` and where its key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastKnownGoodConfig {
+    /// The sealed file.
+    pub path: PathBuf,
+    /// The 32-byte key file: `last_known_good_key`, or systemd's credential.
+    pub key: PathBuf,
 }
 
 /// A group given by name or number.
@@ -424,6 +450,48 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
     if refresh_interval < MIN_TTL {
         return Err(invalid("daemon.refresh_interval must be at least 1s"));
     }
+    let first_fetch_wait = duration_or(
+        "daemon.first_fetch_wait",
+        raw.first_fetch_wait,
+        DEFAULT_FIRST_FETCH_WAIT,
+    )?;
+    if first_fetch_wait > MAX_FIRST_FETCH_WAIT {
+        return Err(invalid(format!(
+            "daemon.first_fetch_wait must be at most {}s, under the clients' 5 s timeout",
+            MAX_FIRST_FETCH_WAIT.as_secs()
+        )));
+    }
+    let last_known_good = match (raw.last_known_good, raw.last_known_good_key) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(invalid(
+                "daemon.last_known_good_key is set but daemon.last_known_good is not",
+            ));
+        }
+        (Some(path), key) => {
+            let key = key.or_else(|| {
+                std::env::var_os(CREDENTIALS_DIRECTORY_ENV)
+                    .filter(|d| !d.is_empty())
+                    .map(|d| PathBuf::from(d).join(LAST_KNOWN_GOOD_CREDENTIAL))
+            });
+            let Some(key) = key else {
+                return Err(invalid(format!(
+                    "daemon.last_known_good needs a key: set daemon.last_known_good_key, or run \
+                     under systemd with LoadCredentialEncrypted={LAST_KNOWN_GOOD_CREDENTIAL} \
+                     (a key beside the file would protect nothing)"
+                )));
+            };
+            for (k, p) in [("last_known_good", &path), ("last_known_good_key", &key)] {
+                if !p.is_absolute() {
+                    return Err(invalid(format!(
+                        "daemon.{k} = {:?} must be an absolute path",
+                        p.display()
+                    )));
+                }
+            }
+            Some(LastKnownGoodConfig { path, key })
+        }
+    };
     let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 || max_connections > MAX_CONNECTIONS_LIMIT {
         return Err(invalid(format!(
@@ -482,6 +550,8 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             raw.rotation_warning,
             DEFAULT_ROTATION_WARNING,
         )?,
+        first_fetch_wait,
+        last_known_good,
     })
 }
 

@@ -45,7 +45,7 @@ pub(crate) struct Metrics {
     /// What `/metrics` renders.
     registry: Registry,
     /// `omni_secret_reads_total{secret_type,source}`, pre-resolved per slot and source.
-    reads: Vec<[IntCounter; 4]>,
+    reads: Vec<[IntCounter; SourceKind::ALL.len()]>,
     /// `omni_secret_failures_total{secret_type,reason}`: failed fetches by reason.
     failures: IntCounterVec,
     /// `omni_secret_cache_age_seconds{secret_type,source}`.

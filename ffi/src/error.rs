@@ -36,6 +36,9 @@ pub enum secretd_result {
     Io = 11,
     /// The daemon speaks another protocol version.
     UnsupportedVersion = 12,
+    /// The daemon did not answer within the request timeout (5 s by default); the next call
+    /// reconnects.
+    Timeout = 13,
 }
 
 impl secretd_result {
@@ -56,6 +59,7 @@ impl secretd_result {
             secretd_result::Busy => "secretd is at its connection limit; retry shortly",
             secretd_result::Io => "connection to secretd failed or timed out",
             secretd_result::UnsupportedVersion => "secretd speaks another protocol version",
+            secretd_result::Timeout => "timed out waiting for secretd",
         }
     }
 
@@ -65,6 +69,7 @@ impl secretd_result {
             Error::Connect { .. } => secretd_result::ConnectFailed,
             Error::Protocol(_) => secretd_result::Protocol,
             Error::Io(_) => secretd_result::Io,
+            Error::Timeout { .. } => secretd_result::Timeout,
             Error::InvalidArgument(_) => secretd_result::InvalidArgument,
             Error::Daemon(w) => match w.code {
                 ErrorCode::NotFound => secretd_result::NotFound,

@@ -1,16 +1,17 @@
 /* Every function of the C API against a real daemon, including its error and NULL paths.
- * Usage: test_basic SOCKET NAME EXPECTED_VALUE */
+ * Usage: test_basic SOCKET NAME EXPECTED_VALUE STUCK_SOCKET
+ * STUCK_SOCKET accepts connections and never answers (the timeout path). */
 #include <string.h>
 
 #include "secretd.h"
 #include "check.h"
 
 int main(int argc, char **argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: test_basic SOCKET NAME EXPECTED_VALUE\n");
+  if (argc != 5) {
+    fprintf(stderr, "usage: test_basic SOCKET NAME EXPECTED_VALUE STUCK_SOCKET\n");
     return 2;
   }
-  const char *socket = argv[1], *name = argv[2], *expected = argv[3];
+  const char *socket = argv[1], *name = argv[2], *expected = argv[3], *stuck = argv[4];
 
   CHECK(secretd_version() != NULL && strlen(secretd_version()) > 0);
 
@@ -23,6 +24,15 @@ int main(int argc, char **argv) {
   char detail[256];
   size_t detail_len = secretd_last_error_message(detail, sizeof detail);
   CHECK(detail_len > 0 && strstr(detail, "/nonexistent/secretd.sock") != NULL);
+  CHECK(strstr(detail, "secretd is not running at /nonexistent/secretd.sock (no socket)") != NULL);
+
+  /* A daemon that never answers: a timeout, told as one, out untouched. */
+  CHECK_RESULT(secretd_client_connect(stuck, &client), SECRETD_RESULT_TIMEOUT);
+  CHECK(client == (secretd_client *)0x1);
+  secretd_last_error_message(detail, sizeof detail);
+  CHECK(strstr(detail, "timed out after 5s waiting for secretd at ") != NULL);
+  CHECK(secretd_error_message(SECRETD_RESULT_TIMEOUT, detail, sizeof detail) > 0);
+  CHECK(strstr(detail, "timed out") != NULL);
 
   client = NULL;
   CHECK_RESULT(secretd_client_connect(socket, &client), SECRETD_RESULT_OK);

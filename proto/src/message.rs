@@ -8,8 +8,18 @@ use bincode::{Decode, Encode};
 use crate::error::WireError;
 use crate::value::SecretValue;
 
-/// The protocol version this build speaks. Sent by both sides in the hello exchange.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. A client sends it in its hello; the daemon answers
+/// with the version both speak (the lower of the two), and sends that client only what that
+/// version knows.
+///
+/// - 1: the first release.
+/// - 2: [`SourceKind::LastKnownGood`]. A version-1 client is told `Gsm` instead, which is
+///   where a last-known-good value came from.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version the daemon still serves, so clients built against earlier
+/// releases keep working after an upgrade.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The first four bytes of every client hello, so a daemon can tell a secretd client from a
 /// stray program that happened to connect.
@@ -83,15 +93,19 @@ pub enum SourceKind {
     Env,
     /// A file readable by the daemon (development and tests).
     File,
+    /// The daemon's sealed copy of the last values it fetched from GSM, served after a restart
+    /// while GSM does not answer (protocol version 2 and later).
+    LastKnownGood,
 }
 
 impl SourceKind {
     /// Every kind, in declaration order: `ALL[kind.index()] == kind`.
-    pub const ALL: [SourceKind; 4] = [
+    pub const ALL: [SourceKind; 5] = [
         SourceKind::Gsm,
         SourceKind::BreakGlass,
         SourceKind::Env,
         SourceKind::File,
+        SourceKind::LastKnownGood,
     ];
 
     /// The stable lowercase name as a C string: the one table of names, which the C API lends
@@ -102,10 +116,20 @@ impl SourceKind {
             SourceKind::BreakGlass => c"break_glass",
             SourceKind::Env => c"env",
             SourceKind::File => c"file",
+            SourceKind::LastKnownGood => c"last_known_good",
         }
     }
 
-    /// The stable lowercase name (`gsm`, `break_glass`, `env`, `file`).
+    /// This kind as a client speaking `protocol` knows it: kinds newer than its version are
+    /// reported as the kind they stand in for.
+    pub fn for_protocol(self, protocol: u16) -> SourceKind {
+        match self {
+            SourceKind::LastKnownGood if protocol < 2 => SourceKind::Gsm,
+            other => other,
+        }
+    }
+
+    /// The stable lowercase name (`gsm`, `break_glass`, `env`, `file`, `last_known_good`).
     pub fn as_str(self) -> &'static str {
         // The names above are ASCII, so this never falls back.
         self.as_c_str().to_str().unwrap_or("unknown")

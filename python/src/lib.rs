@@ -44,6 +44,12 @@ create_exception!(
 );
 create_exception!(
     secretd,
+    Timeout,
+    Unavailable,
+    "The daemon did not answer within the request timeout (5 s by default)."
+);
+create_exception!(
+    secretd,
     ProtocolError,
     Error,
     "The daemon and this library do not understand each other."
@@ -70,6 +76,7 @@ fn to_py_err(py: Python<'_>, e: RustError) -> PyErr {
             }
             _ => Error::new_err(message),
         },
+        RustError::Timeout { .. } => Timeout::new_err(message),
         RustError::Io(_) | RustError::InvalidArgument(_) => Error::new_err(message),
     };
     let code = e.code().map(ErrorCode::as_u16);
@@ -484,6 +491,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NotFound", py.get_type::<NotFound>())?;
     m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;
     m.add("Unavailable", py.get_type::<Unavailable>())?;
+    m.add("Timeout", py.get_type::<Timeout>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("ConnectError", py.get_type::<ConnectError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

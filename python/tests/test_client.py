@@ -69,13 +69,24 @@ def test_exception_classes_map_codes(daemon: Daemon) -> None:
     with pytest.raises(secretd.ConnectError) as e5:
         secretd.Client("/nonexistent/secretd.sock")
     assert e5.value.code is None and "/nonexistent/secretd.sock" in str(e5.value)
+    assert "secretd is not running at /nonexistent/secretd.sock (no socket)" in str(e5.value)
     assert issubclass(secretd.ProtocolError, secretd.Error)
     for cls in (secretd.NotFound, secretd.PermissionDenied, secretd.Unavailable,
-                secretd.ProtocolError, secretd.ConnectError):
+                secretd.Timeout, secretd.ProtocolError, secretd.ConnectError):
         assert issubclass(cls, secretd.Error)
     client.close()
     with pytest.raises(secretd.Error, match="closed"):
         client.get("trading_api_key")
+
+
+def test_a_daemon_that_does_not_answer_in_time_raises_timeout(tmp_path: Path) -> None:
+    path = str(tmp_path / "stuck.sock")
+    with FakeDaemon(path, delay=7.0):
+        client = secretd.Client(path)
+        with pytest.raises(secretd.Timeout) as e:
+            client.get("trading_api_key")
+        assert isinstance(e.value, secretd.Unavailable) and e.value.code is None
+        assert f"timed out after 5s waiting for secretd at {path}" in str(e.value)
 
 
 def test_protocol_error_from_a_daemon_speaking_another_version(tmp_path: Path) -> None:

@@ -142,9 +142,13 @@ fn c_api_basics_and_many_threads_on_one_client() {
     let (env, config) = daemon_env();
     let daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8");
+    // A socket that accepts connections (the kernel's backlog) and never answers.
+    let stuck_path = env.path("stuck.sock");
+    let _stuck = std::os::unix::net::UnixListener::bind(&stuck_path).expect("bind stuck socket");
+    let stuck = stuck_path.to_str().expect("utf8");
     let out = run(
         &c_test(&env, "test_basic"),
-        &[socket, "trading_api_key", KEY],
+        &[socket, "trading_api_key", KEY, stuck],
     );
     assert!(out.contains("checks passed"), "{out}");
     let out = run(
@@ -274,6 +278,8 @@ fn c_api_has_no_leaks_under_valgrind() {
     }
     let (env, config) = daemon_env();
     let daemon = env.start(&config);
+    let stuck_path = env.path("stuck.sock");
+    let _stuck = std::os::unix::net::UnixListener::bind(&stuck_path).expect("bind stuck socket");
     let exe = compile(
         &env,
         "gcc",
@@ -300,6 +306,7 @@ fn c_api_has_no_leaks_under_valgrind() {
             daemon.socket.to_str().expect("utf8"),
             "trading_api_key",
             KEY,
+            stuck_path.to_str().expect("utf8"),
         ])
         .output()
         .expect("valgrind");

@@ -24,6 +24,19 @@ pub(crate) struct Notice {
     pub(crate) slot: usize,
     /// The `Response::Event` frame, encoded once for every watcher. Holds no value.
     pub(crate) frame: Arc<[u8]>,
+    /// The same event for watchers speaking protocol version 1, when it differs (a source kind
+    /// that version does not know).
+    pub(crate) legacy: Option<Arc<[u8]>>,
+}
+
+impl Notice {
+    /// The frame for a watcher speaking `protocol`.
+    pub(crate) fn frame_for(&self, protocol: u16) -> &Arc<[u8]> {
+        match &self.legacy {
+            Some(legacy) if protocol < 2 => legacy,
+            _ => &self.frame,
+        }
+    }
 }
 
 /// What a slot last announced: a new notice goes out only when this changes.
@@ -75,16 +88,30 @@ impl Announcer {
             fingerprint: served.fingerprint.clone(),
             at_ms: unix_ms(SystemTime::now()),
         };
-        let mut frame = Vec::new();
-        let event = Response::Event(ChangeEvent::Changed(change));
-        if let Err(e) = encode_frame(&event, &mut frame) {
-            tracing::error!(secret = name, error = %e, "cannot encode a change event");
+        let legacy_source = served.source.for_protocol(1);
+        let legacy = (legacy_source != served.source).then(|| SecretChange {
+            source: legacy_source,
+            ..change.clone()
+        });
+        let encode = |change: SecretChange| -> Option<Arc<[u8]>> {
+            let mut frame = Vec::new();
+            let event = Response::Event(ChangeEvent::Changed(change));
+            match encode_frame(&event, &mut frame) {
+                Ok(()) => Some(frame.into()),
+                Err(e) => {
+                    tracing::error!(secret = name, error = %e, "cannot encode a change event");
+                    None
+                }
+            }
+        };
+        let Some(frame) = encode(change) else {
             return;
-        }
+        };
         // An error only means nobody is watching.
         let _ = self.events.send(Notice {
             slot: self.index,
-            frame: frame.into(),
+            frame,
+            legacy: legacy.and_then(encode),
         });
     }
 }

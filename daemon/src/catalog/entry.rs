@@ -57,6 +57,35 @@ impl Entry {
         Entry::starting(value, version, source, fingerprint, now, expires_at, ttl)
     }
 
+    /// A value fetched at `fetched_at` by an earlier run of the daemon, restored from the
+    /// last-known-good file: served as stale from the start (it has no fresh period), and
+    /// expired at `fetched_at + ttl + max_stale`, as an in-memory value whose source kept
+    /// failing would be. The monotonic origin is placed where the value's TTL ran out.
+    pub(crate) fn restored(
+        value: SecretBytes,
+        version: String,
+        fingerprint: String,
+        fetched_at: SystemTime,
+        ttl: Duration,
+    ) -> Entry {
+        let fresh_until = fetched_at + ttl;
+        let now = Instant::now();
+        let stale_since = match SystemTime::now().duration_since(fresh_until) {
+            Ok(past) => now.checked_sub(past).unwrap_or(now),
+            Err(ahead) => now + ahead.duration(),
+        };
+        Entry {
+            value,
+            version,
+            source: SourceKind::LastKnownGood,
+            fetched_at,
+            expires_at: fresh_until,
+            fingerprint,
+            fetched_mono: stale_since,
+            ttl: Duration::ZERO,
+        }
+    }
+
     /// An entry fetched at `now` (wall clock; the monotonic clock is read here).
     fn starting(
         value: SecretBytes,
@@ -104,21 +133,30 @@ impl Entry {
 }
 
 /// Why a read cannot be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unservable {
-    /// Nothing was ever loaded.
-    NeverLoaded,
+    /// Nothing was ever loaded; the first fetch failed, with this reason.
+    NeverLoaded(String),
+    /// Nothing was ever loaded and the first fetch is still running.
+    Loading,
     /// The value is older than its TTL plus `max_stale`.
     TooStale,
 }
 
 impl Unservable {
     /// The error a client gets.
-    pub(crate) fn to_wire(self, name: &str) -> WireError {
-        let why = match self {
-            Unservable::NeverLoaded => "has not been loaded from its source yet",
-            Unservable::TooStale => "is stale past max_stale while its source is failing",
+    pub(crate) fn to_wire(&self, name: &str) -> WireError {
+        let message = match self {
+            Unservable::NeverLoaded(why) => {
+                format!("secret {name:?} has not been loaded from its source yet: {why}")
+            }
+            Unservable::Loading => format!(
+                "secret {name:?} has not been loaded from its source yet: its first fetch is still running"
+            ),
+            Unservable::TooStale => {
+                format!("secret {name:?} is stale past max_stale while its source is failing")
+            }
         };
-        WireError::new(ErrorCode::Unavailable, format!("secret {name:?} {why}"))
+        WireError::new(ErrorCode::Unavailable, message)
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod announce;
 pub(crate) mod break_glass;
 pub(crate) mod entry;
 pub(crate) mod fingerprint;
+pub(crate) mod last_known_good;
 pub(crate) mod refresh;
 pub(crate) mod secret_bytes;
 pub(crate) mod slot;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secretd_proto::{EntryState, ErrorCode, SecretStatus, WireError};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -42,8 +43,13 @@ pub(crate) struct Catalog {
     index: HashMap<Arc<str>, usize>,
     /// How long past expiry a value is still served.
     max_stale: Duration,
+    /// How long a read of a secret that never loaded waits for its first fetch.
+    first_fetch_wait: Duration,
     /// Change notices for watchers (each slot's announcer holds a sender).
     events: broadcast::Sender<Notice>,
+    /// Signalled after every successful GSM fetch: the last-known-good writer (when enabled)
+    /// seals the catalog again.
+    pub(crate) dirty: Notify,
 }
 
 impl Catalog {
@@ -72,7 +78,9 @@ impl Catalog {
             slots,
             index,
             max_stale: config.daemon.max_stale,
+            first_fetch_wait: config.daemon.first_fetch_wait,
             events,
+            dirty: Notify::new(),
         }
     }
 
@@ -108,10 +116,30 @@ impl Catalog {
         if let Some(o) = slot.active_override() {
             return Ok(o);
         }
-        let entry = slot.current().ok_or(Unservable::NeverLoaded)?;
+        let Some(entry) = slot.current() else {
+            return Err(match slot.health().last_error {
+                Some(e) => Unservable::NeverLoaded(e.message),
+                None => Unservable::Loading,
+            });
+        };
         match entry.state(Instant::now(), self.max_stale) {
             EntryState::Fresh | EntryState::Stale => Ok(entry),
             EntryState::Expired | EntryState::Missing => Err(Unservable::TooStale),
+        }
+    }
+
+    /// [`Catalog::read`], except that a secret whose first fetch is still running is waited
+    /// for, up to `first_fetch_wait`: a daemon serves from the moment its socket is ready, and
+    /// a read that arrives a moment early should not fail for it. No read waits on another
+    /// secret.
+    pub(crate) async fn read_or_wait(&self, idx: usize) -> Result<Arc<Entry>, Unservable> {
+        match self.read(idx) {
+            Err(Unservable::Loading) => {
+                let deadline = Instant::now() + self.first_fetch_wait;
+                self.slots[idx].trigger.first_attempt(deadline).await;
+                self.read(idx)
+            }
+            other => other,
         }
     }
 
@@ -171,7 +199,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fresh_stale_expired_on_the_monotonic_clock() {
         let c = cache("5m", "1h");
-        assert_eq!(c.read(0).expect_err("empty"), Unservable::NeverLoaded);
+        assert_eq!(c.read(0).expect_err("empty"), Unservable::Loading);
         assert_eq!(c.status(0).state, EntryState::Missing);
         c.slot(0)
             .install(fetched(b"v1"), SourceKind::Env, String::new());

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secretd_proto::SourceKind;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -158,6 +159,9 @@ impl Refresher {
         let had = slot.current().map(|e| e.version.clone());
         let fingerprint = self.key.fingerprint(fetched.value.expose());
         let version = slot.install(fetched, self.source.kind(), fingerprint);
+        if self.source.kind() == SourceKind::Gsm {
+            self.catalog.dirty.notify_one();
+        }
         if had.as_deref() != Some(version.as_str()) {
             tracing::info!(
                 secret = %slot.name,

@@ -174,6 +174,19 @@ impl Slot {
         version
     }
 
+    /// Serves a value restored from the last-known-good file until the source answers.
+    pub(crate) fn restore(
+        &self,
+        value: SecretBytes,
+        version: String,
+        fingerprint: String,
+        fetched_at: SystemTime,
+    ) {
+        let entry = Entry::restored(value, version, fingerprint, fetched_at, self.ttl);
+        *self.values.current.write().recover() = Some(Arc::new(entry));
+        self.announce();
+    }
+
     /// Records a failed refresh; the old value stays. Returns the consecutive failure count.
     pub(crate) fn record_failure(&self, error: SourceError) -> u32 {
         let mut health = self.health.lock().recover();

@@ -40,6 +40,15 @@ impl RefreshTrigger {
         self.attempts_done.send_replace(n);
     }
 
+    /// Waits until the first fetch attempt has finished or `deadline` passes; true if it
+    /// finished.
+    pub(crate) async fn first_attempt(&self, deadline: Instant) -> bool {
+        let mut done = self.attempts_done.subscribe();
+        tokio::time::timeout_at(deadline, done.wait_for(|n| *n >= 1))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Asks the refresher for a fetch now. The ticket resolves when a fetch that started
     /// after this call has finished.
     pub(crate) fn request(&self) -> RefreshTicket {

@@ -13,6 +13,7 @@ use crate::catalog::Catalog;
 use crate::catalog::break_glass::BreakGlass;
 use crate::catalog::break_glass::keys::KeyError;
 use crate::catalog::fingerprint::{self, FingerprintKey};
+use crate::catalog::last_known_good::{self, LastKnownGood};
 use crate::catalog::refresh;
 use crate::catalog::source::{self, BuildError};
 use crate::config::Config;
@@ -24,9 +25,6 @@ use crate::store::metadata::Status;
 use crate::store::{Store, StoreError};
 use crate::util::time::now_ms;
 
-/// How long startup waits for every secret's first fetch before serving anyway (secrets still
-/// missing answer `Unavailable` until their refresher succeeds).
-pub(crate) const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections and refreshers to finish.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the daemon checks that its socket file is still the one it bound.
@@ -61,6 +59,9 @@ pub(crate) enum ServeError {
     /// The metrics could not be registered (a duplicate series: a bug).
     #[error("cannot register metrics: {0}")]
     Metrics(#[source] prometheus::Error),
+    /// Last-known-good is configured but its key or the host's machine id is unusable.
+    #[error(transparent)]
+    LastKnownGood(#[from] last_known_good::SetupError),
     /// The HTTP listener could not bind.
     #[error("daemon.metrics_listen {addr}: {source}")]
     MetricsListen {
@@ -222,7 +223,17 @@ async fn serve_bound(
     );
     // Overrides persisted before a restart are served from the start, even if the source is down.
     break_glass.restore().await;
-    let mut first_fetches = refresh::spawn_all(
+    // So are the last values fetched from GSM, when the host keeps a sealed copy.
+    if let Some(cfg) = &config.daemon.last_known_good {
+        let lkg = Arc::new(LastKnownGood::open(cfg).map_err(ServeError::LastKnownGood)?);
+        lkg.restore(&config, &catalog, &key, &audit);
+        tracker.spawn(last_known_good::run_writer(
+            lkg,
+            catalog.clone(),
+            cancel.clone(),
+        ));
+    }
+    let first_fetches = refresh::spawn_all(
         catalog.clone(),
         sources.clone(),
         audit.clone(),
@@ -231,32 +242,14 @@ async fn serve_bound(
         &tracker,
         cancel.clone(),
     );
+    // Serving starts now: a read of a secret still loading waits for that secret alone
+    // (`first_fetch_wait`), never for the others.
+    tracker.spawn(report_first_fetches(
+        catalog.clone(),
+        first_fetches,
+        cancel.clone(),
+    ));
     let expected = config.secrets.len();
-    let waited = tokio::time::timeout(STARTUP_DEADLINE, async {
-        for _ in 0..expected {
-            if first_fetches.recv().await.is_none() {
-                break;
-            }
-        }
-    });
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        r = waited => if r.is_err() {
-            tracing::warn!("startup deadline passed before every secret loaded; serving what is loaded");
-        }
-    }
-    let missing: Vec<&str> = catalog
-        .slots()
-        .iter()
-        .filter(|s| s.current().is_none())
-        .map(|s| &*s.name)
-        .collect();
-    if !missing.is_empty() {
-        tracing::warn!(
-            ?missing,
-            "secrets not loaded yet; reads answer Unavailable until they are"
-        );
-    }
 
     let shared = Arc::new(Shared {
         catalog,
@@ -315,4 +308,43 @@ async fn serve_bound(
         tracing::warn!("some tasks did not finish within the shutdown grace period");
     }
     Ok(())
+}
+
+/// Logs once every secret's first fetch has finished: how many loaded, and which did not
+/// (those answer `Unavailable` until their refresher succeeds).
+async fn report_first_fetches(
+    catalog: Arc<Catalog>,
+    mut first_fetches: tokio::sync::mpsc::Receiver<()>,
+    cancel: CancellationToken,
+) {
+    let all = async {
+        for _ in 0..catalog.slots().len() {
+            if first_fetches.recv().await.is_none() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        () = all => {}
+    }
+    let missing: Vec<&str> = catalog
+        .slots()
+        .iter()
+        .filter(|s| s.current().is_none())
+        .map(|s| &*s.name)
+        .collect();
+    if missing.is_empty() {
+        tracing::info!(
+            event = "catalog.loaded",
+            secrets = catalog.slots().len(),
+            "every secret loaded"
+        );
+    } else {
+        tracing::warn!(
+            event = "catalog.loaded",
+            ?missing,
+            "secrets not loaded yet; reads answer Unavailable until they are"
+        );
+    }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use interprocess::local_socket::tokio::Stream;
 use secretd_proto::{
-    ErrorCode, MAGIC, PROTOCOL_VERSION, Request, Response, ServerHello, WireError,
+    ErrorCode, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, ServerHello,
+    WireError,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +63,10 @@ impl Connection {
         if self.framed.send_response(&response).await.is_err() || answer.is_err() {
             return;
         }
-        let mut session = Session::new(&self.shared, &self.peer);
+        let protocol = answer
+            .as_ref()
+            .map_or(PROTOCOL_VERSION, |h| h.protocol_version);
+        let mut session = Session::new(&self.shared, &self.peer, protocol);
         serve_requests(&mut self.framed, &mut session, &cancel).await;
         session.flush();
         tracing::debug!(
@@ -111,7 +115,7 @@ async fn serve_requests(
             Err(violation) => {
                 let peer = session.peer;
                 tracing::debug!(uid = peer.uid, pid = peer.pid, error = %violation, "protocol violation");
-                let _ = framed.send(&Reply::from(violation)).await;
+                let _ = framed.send(&Reply::from(violation), session.protocol).await;
                 return;
             }
         };
@@ -119,36 +123,44 @@ async fn serve_requests(
         let op = request.op();
         let reply = session.respond(request).await;
         session.shared.metrics.request(op, reply.outcome());
-        if framed.send(&reply).await.is_err() {
+        if framed.send(&reply, session.protocol).await.is_err() {
             return;
         }
         if let Reply::Watch(subscription) = reply {
             // Reads counted so far are written now: a watch can last for days.
             session.flush();
             subscription
-                .stream(framed, cancel, &session.shared.metrics.watch_lagged)
+                .stream(
+                    framed,
+                    cancel,
+                    session.protocol,
+                    &session.shared.metrics.watch_lagged,
+                )
                 .await;
             return;
         }
     }
 }
 
-/// The answer to the first frame: it must be a hello with our magic and protocol version.
+/// The answer to the first frame: it must be a hello with our magic, from a client whose
+/// protocol version this daemon still serves. The answer names the version both speak: the
+/// client's, or ours if the client is newer.
 fn answer_hello(request: Result<Request, WireError>) -> Result<ServerHello, WireError> {
     match request? {
         Request::Hello(h) if h.magic != MAGIC => Err(WireError::new(
             ErrorCode::ProtocolViolation,
             "bad hello magic",
         )),
-        Request::Hello(h) if h.protocol_version != PROTOCOL_VERSION => Err(WireError::new(
+        Request::Hello(h) if h.protocol_version < MIN_PROTOCOL_VERSION => Err(WireError::new(
             ErrorCode::UnsupportedVersion,
             format!(
-                "this daemon speaks protocol version {PROTOCOL_VERSION}, the client sent {}",
+                "this daemon speaks protocol versions {MIN_PROTOCOL_VERSION} to \
+                 {PROTOCOL_VERSION}, the client sent {}",
                 h.protocol_version
             ),
         )),
-        Request::Hello(_) => Ok(ServerHello {
-            protocol_version: PROTOCOL_VERSION,
+        Request::Hello(h) => Ok(ServerHello {
+            protocol_version: h.protocol_version.min(PROTOCOL_VERSION),
             daemon_version: env!("CARGO_PKG_VERSION").into(),
         }),
         other => Err(WireError::new(

@@ -140,10 +140,10 @@ impl Framed {
         self.read_request().await
     }
 
-    /// Encodes and writes `reply`. A reply too large to encode becomes an `Internal` error
+    /// Encodes and writes `reply` for a client speaking `protocol`. A reply too large to encode becomes an `Internal` error
     /// (logged), so the client is never left waiting.
-    pub(super) async fn send(&mut self, reply: &Reply) -> Result<(), FrameError> {
-        if let Err(e) = reply.encode(&mut self.outbuf) {
+    pub(super) async fn send(&mut self, reply: &Reply, protocol: u16) -> Result<(), FrameError> {
+        if let Err(e) = reply.encode(&mut self.outbuf, protocol) {
             wipe(&mut self.outbuf);
             tracing::error!(error = %e, "cannot encode a response");
             let internal = WireError::new(ErrorCode::Internal, "response too large");

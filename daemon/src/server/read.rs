@@ -9,7 +9,7 @@ use crate::audit::{Action, ActorType, AuditEvent, Outcome};
 use crate::catalog::entry::Entry;
 
 impl Session<'_> {
-    pub(super) fn get(&mut self, name: &str) -> Answer {
+    pub(super) async fn get(&mut self, name: &str) -> Answer {
         validate_name(name).map_err(|why| WireError::new(ErrorCode::InvalidRequest, why))?;
         let catalog = &self.shared.catalog;
         let Some(idx) = catalog.index_of(name) else {
@@ -26,7 +26,8 @@ impl Session<'_> {
             return Err(self.denied(Some(idx), name));
         }
         let entry = catalog
-            .read(idx)
+            .read_or_wait(idx)
+            .await
             .map_err(|unservable| unservable.to_wire(name))?;
         if !self.audit_read(idx, &entry) {
             return Err(audit_down());

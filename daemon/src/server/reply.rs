@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use secretd_proto::frame::{FrameError, encode_frame};
-use secretd_proto::{ErrorCode, Response, SecretReply, SecretValue, WireError};
+use secretd_proto::{
+    ErrorCode, PROTOCOL_VERSION, Response, SecretReply, SecretStatus, SecretValue, WireError,
+};
 
 use super::watch::Subscription;
 use crate::catalog::entry::Entry;
@@ -46,13 +48,13 @@ impl Reply {
         }
     }
 
-    /// Encodes the reply as one frame into `out`.
-    pub(super) fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    /// Encodes the reply as one frame into `out`, as a client speaking `protocol` reads it.
+    pub(super) fn encode(&self, out: &mut Vec<u8>, protocol: u16) -> Result<(), FrameError> {
         match self {
             Reply::Secret(entry) => encode_frame(
                 &Response::Secret(SecretReply {
                     version: entry.version.clone(),
-                    source: entry.source,
+                    source: entry.source.for_protocol(protocol),
                     fetched_at_ms: unix_ms(entry.fetched_at),
                     expires_at_ms: unix_ms(entry.expires_at),
                     value: SecretValue::Borrowed(entry.value.expose()),
@@ -62,7 +64,10 @@ impl Reply {
             Reply::Watch(subscription) => {
                 encode_frame(&Response::Watching(subscription.names().to_vec()), out)
             }
-            Reply::Plain(response) => encode_frame(response, out),
+            Reply::Plain(response) => match older(response, protocol) {
+                Some(downgraded) => encode_frame(&downgraded, out),
+                None => encode_frame(response, out),
+            },
         }
     }
 }
@@ -70,5 +75,24 @@ impl Reply {
 impl From<WireError> for Reply {
     fn from(e: WireError) -> Reply {
         Reply::Plain(Response::Error(e))
+    }
+}
+
+/// A value-free response as a client speaking an older `protocol` reads it (newer source
+/// kinds become the kinds they stand in for), or `None` when it reads the response as it is.
+fn older(response: &Response<'static>, protocol: u16) -> Option<Response<'static>> {
+    if protocol >= PROTOCOL_VERSION {
+        return None;
+    }
+    let row = |s: &SecretStatus| SecretStatus {
+        cache_source: s.cache_source.map(|k| k.for_protocol(protocol)),
+        configured_source: s.configured_source.for_protocol(protocol),
+        ..s.clone()
+    };
+    match response {
+        Response::Status(rows) => Some(Response::Status(rows.iter().map(row).collect())),
+        Response::Rotated(s) => Some(Response::Rotated(row(s))),
+        Response::BreakGlass(s) => Some(Response::BreakGlass(row(s))),
+        _ => None,
     }
 }

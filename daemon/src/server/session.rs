@@ -37,10 +37,12 @@ pub(super) struct Session<'a> {
     pub(super) reads: Vec<Tally>,
     /// Denied reads per slot (a denial is logged once per connection and name, too).
     pub(super) denials: Vec<Tally>,
+    /// The protocol version agreed in the hello: replies carry only what it knows.
+    pub(super) protocol: u16,
 }
 
 impl<'a> Session<'a> {
-    pub(super) fn new(shared: &'a Shared, peer: &'a Peer) -> Session<'a> {
+    pub(super) fn new(shared: &'a Shared, peer: &'a Peer, protocol: u16) -> Session<'a> {
         let access = shared.policy.access_for(peer, &shared.catalog);
         let n = shared.catalog.slots().len();
         Session {
@@ -49,13 +51,14 @@ impl<'a> Session<'a> {
             access,
             reads: (0..n).map(|_| Tally::default()).collect(),
             denials: (0..n).map(|_| Tally::default()).collect(),
+            protocol,
         }
     }
 
     /// The reply to `request`.
     pub(super) async fn respond(&mut self, request: Request) -> Reply {
         let answer = match request {
-            Request::Get { name } => self.get(&name),
+            Request::Get { name } => self.get(&name).await,
             Request::Status => Ok(self.status()),
             Request::Refresh { name } => self.refresh(name.as_deref()).await,
             Request::Rotation { name, step } => self.rotation(&name, &step).await,

@@ -117,6 +117,7 @@ impl Subscription {
         mut self,
         framed: &mut Framed,
         cancel: &CancellationToken,
+        protocol: u16,
         lagged_total: &prometheus::IntCounter,
     ) {
         let mut pending: BTreeMap<usize, Arc<[u8]>> = BTreeMap::new();
@@ -140,7 +141,7 @@ impl Subscription {
                     return;
                 }
                 r = self.notices.recv() => match r {
-                    Ok(n) => self.keep(n, &mut pending),
+                    Ok(n) => self.keep(&n, protocol, &mut pending),
                     Err(RecvError::Lagged(_)) => lagged = true,
                     Err(RecvError::Closed) => return,
                 },
@@ -148,7 +149,7 @@ impl Subscription {
             // Coalesce whatever else is queued: the newest event per name wins.
             loop {
                 match self.notices.try_recv() {
-                    Ok(n) => self.keep(n, &mut pending),
+                    Ok(n) => self.keep(&n, protocol, &mut pending),
                     Err(TryRecvError::Lagged(_)) => lagged = true,
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 }
@@ -165,9 +166,9 @@ impl Subscription {
         }
     }
 
-    fn keep(&self, notice: Notice, pending: &mut BTreeMap<usize, Arc<[u8]>>) {
+    fn keep(&self, notice: &Notice, protocol: u16, pending: &mut BTreeMap<usize, Arc<[u8]>>) {
         if self.watched.get(notice.slot).copied().unwrap_or(false) {
-            pending.insert(notice.slot, notice.frame);
+            pending.insert(notice.slot, notice.frame_for(protocol).clone());
         }
     }
 }
