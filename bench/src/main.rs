@@ -6,6 +6,7 @@
 
 mod cases;
 mod fixture;
+mod restart;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ struct Sizes {
     connect: usize,
     /// Process spawns.
     cli: usize,
+    /// Daemon restarts per restart-gap row.
+    restarts: usize,
 }
 
 /// Rounds the samples of every case are spread over: as many as there are cases, so each case
@@ -38,6 +41,7 @@ const FULL: Sizes = Sizes {
     cached: 500_000,
     connect: 5_000,
     cli: 200,
+    restarts: 20,
 };
 
 const QUICK: Sizes = Sizes {
@@ -46,6 +50,7 @@ const QUICK: Sizes = Sizes {
     cached: 20_000,
     connect: 300,
     cli: 20,
+    restarts: 2,
 };
 
 /// Command-line options.
@@ -249,6 +254,17 @@ fn run() -> Result<(), String> {
     }
     let all: Vec<Row> = all.into_iter().flatten().collect();
 
+    // Restarts last: each scenario runs its own daemon and fake GSM in a directory of its own.
+    let mut gaps = Vec::new();
+    for scenario in restart::Scenario::ALL {
+        for held in [true, false] {
+            match restart::measure(&secretd, dir.path(), scenario, held, sizes.restarts) {
+                Ok(row) => gaps.push(row),
+                Err(e) => notes.push(format!("restart gap: {e}")),
+            }
+        }
+    }
+
     let clients = cases::idle_clients(&socket, 100);
     cases::settle();
     let rss_100 = daemon.rss_kib();
@@ -278,6 +294,7 @@ fn run() -> Result<(), String> {
     );
     println!();
     print_targets(&all);
+    restart::print_table(&gaps);
     notes.dedup();
     for note in notes {
         println!("note: {note}");

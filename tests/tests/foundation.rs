@@ -192,13 +192,25 @@ fn malformed_input_gets_an_error_or_a_close_and_others_keep_being_served() {
     assert_eq!(protocol_error(c.recv()), ErrorCode::ProtocolViolation);
     assert!(c.is_closed());
 
-    // A hello with the wrong protocol version, and one with the wrong magic.
+    // A hello from a client older than the daemon still serves, one from a newer client is
+    // answered with the version both speak, and one with the wrong magic is refused.
+    let mut c = RawConn::connect(&socket);
+    c.send(&Request::Hello(ClientHello {
+        protocol_version: 0,
+        ..ClientHello::new("ancient")
+    }));
+    assert_eq!(protocol_error(c.recv()), ErrorCode::UnsupportedVersion);
     let mut c = RawConn::connect(&socket);
     c.send(&Request::Hello(ClientHello {
         protocol_version: 999,
         ..ClientHello::new("future")
     }));
-    assert_eq!(protocol_error(c.recv()), ErrorCode::UnsupportedVersion);
+    match c.recv() {
+        Some(Response::Hello(h)) => {
+            assert_eq!(h.protocol_version, secretd_proto::PROTOCOL_VERSION);
+        }
+        other => panic!("expected a negotiated hello, got {other:?}"),
+    }
     let mut c = RawConn::connect(&socket);
     c.send(&Request::Hello(ClientHello {
         magic: *b"HTTP",

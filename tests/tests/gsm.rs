@@ -282,6 +282,10 @@ fn refresh_cadence_has_no_stampede_and_permanent_errors_back_off() {
         fake.set_fault(Some(fault));
         let env = TestEnv::new();
         let _daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "10s")]));
+        // The daemon serves before its first fetch finishes: count from that fetch on.
+        wait_until("the first fetch", Duration::from_secs(10), || {
+            (fake.access_count(API_KEY) >= 1).then_some(())
+        });
         std::thread::sleep(Duration::from_secs(3));
         fake.access_count(API_KEY)
     };

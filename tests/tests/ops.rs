@@ -307,6 +307,40 @@ fn socket_activation_and_readiness_notification() {
 }
 
 #[test]
+fn an_activated_socket_whose_file_is_gone_is_refused_at_startup() {
+    let env = TestEnv::new();
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", b"Omni-Key-1234567890-abcdef!")
+        .readable_by_me()
+        .build();
+    let config_path = env.path("secretd.toml");
+    std::fs::write(&config_path, config).expect("config");
+    // What a unit without RuntimeDirectoryPreserve= does on a restart: the directory, and the
+    // socket file in it, are removed while systemd keeps the listening socket.
+    let socket = env.path("gone.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    std::fs::remove_file(&socket).expect("remove the socket file");
+    let log = env.path("gone.log");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"", "sh"])
+        .arg(secretd_bin())
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stderr(std::fs::File::create(&log).expect("log"));
+    pass_as_fd_3(&mut cmd, listener.as_raw_fd());
+    let status = cmd.status().expect("run");
+    drop(listener);
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(log.contains("no longer exists"), "{log}");
+    assert!(
+        !env.socket().exists(),
+        "it did not fall back to another socket"
+    );
+}
+
+#[test]
 fn check_passes_a_good_catalog_and_names_each_violation_of_a_weak_one() {
     let env = TestEnv::new();
     let config = env

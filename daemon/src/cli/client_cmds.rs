@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secretd_client::{ChangeEvent, Client, SecretStatus};
 use serde_json::json;
 
-use crate::server::status_json::{rfc3339, status_json};
+use crate::server::status_json::{rfc3339, state_name, status_json};
 
 fn connect(socket: Option<PathBuf>) -> Result<Client, String> {
     let path = socket.unwrap_or_else(secretd_client::default_socket_path);
@@ -241,7 +241,7 @@ fn status_table(list: &[SecretStatus]) -> String {
             s.name.clone(),
             s.configured_source.to_string(),
             s.cache_source.map_or("-".into(), |k| k.to_string()),
-            s.state.as_str().into(),
+            state_name(s).into(),
             s.version.clone().unwrap_or_else(|| "-".into()),
             s.age_ms
                 .map_or("-".into(), |ms| human(Duration::from_millis(ms))),

@@ -132,8 +132,26 @@ pub fn bind(cfg: &DaemonConfig) -> Result<(Listener, SocketFile), SocketError> {
     ))
 }
 
-/// Adopts a listening socket passed by systemd socket activation.
+/// Adopts a listening socket passed by systemd socket activation. A socket whose file no
+/// longer exists is refused: no client can reach it (a unit whose `RuntimeDirectory=` was
+/// removed on a restart took the socket file with it), so serving on it would black the host
+/// out while looking healthy.
 pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> Result<(Listener, SocketFile), SocketError> {
+    use std::os::fd::AsRawFd;
+    let bound = bound_path(fd.as_raw_fd()).map_err(io_err(path))?;
+    if let Some(bound) = &bound {
+        match std::fs::symlink_metadata(bound) {
+            Ok(meta) if meta.file_type().is_socket() => {}
+            _ => {
+                return Err(unsafe_path(
+                    bound,
+                    "systemd passed a socket whose file no longer exists, so no client can \
+                     reach it (keep the runtime directory across restarts: \
+                     RuntimeDirectoryPreserve=yes)",
+                ));
+            }
+        }
+    }
     let listener = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)
         .map_err(|e| SocketError::Io {
             path: path.to_owned(),
@@ -142,10 +160,44 @@ pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> Result<(Listener, SocketF
     Ok((
         Listener::from(listener),
         SocketFile {
-            path: path.to_owned(),
+            path: bound.unwrap_or_else(|| path.to_owned()),
             identity: None,
         },
     ))
+}
+
+/// The filesystem path a Unix socket is bound to, if it is bound to one (not abstract, not
+/// unnamed).
+fn bound_path(fd: std::os::fd::RawFd) -> io::Result<Option<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr and len are valid for writes of the sizes given.
+    let rc = unsafe { libc::getsockname(fd, (&raw mut addr).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if addr.sun_family != libc::AF_UNIX as libc::sa_family_t {
+        return Err(io::Error::other(
+            "systemd passed a socket that is not a Unix socket",
+        ));
+    }
+    let offset = std::mem::size_of::<libc::sa_family_t>();
+    let path_len = (len as usize)
+        .saturating_sub(offset)
+        .min(addr.sun_path.len());
+    let raw: Vec<u8> = addr.sun_path[..path_len].iter().map(|c| *c as u8).collect();
+    match raw.first() {
+        // Unnamed, or an abstract address: no file to check.
+        None | Some(0) => Ok(None),
+        Some(_) => {
+            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+            Ok(Some(PathBuf::from(std::ffi::OsStr::from_bytes(
+                &raw[..end],
+            ))))
+        }
+    }
 }
 
 /// The directory mode that lets exactly the socket's audience reach it.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use secretd_proto::SecretStatus;
+use secretd_proto::{EntryState, SecretStatus};
 use serde_json::{Value, json};
 
 /// Unix milliseconds as RFC 3339 with milliseconds (UTC).
@@ -11,13 +11,23 @@ pub fn rfc3339(ms: Option<i64>) -> Option<String> {
     Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
 }
 
+/// The state as people read it: a secret with nothing loaded and no failure yet is `loading`
+/// (its first fetch is running), not `missing`.
+pub fn state_name(s: &SecretStatus) -> &'static str {
+    if s.state == EntryState::Missing && s.last_error.is_none() {
+        "loading"
+    } else {
+        s.state.as_str()
+    }
+}
+
 /// One status row as JSON. Never a value.
 pub fn status_json(s: &SecretStatus) -> Value {
     json!({
         "name": s.name,
         "source": s.configured_source.as_str(),
         "cacheSource": s.cache_source.map(|k| k.as_str()),
-        "state": s.state.as_str(),
+        "state": state_name(s),
         "version": s.version,
         "fetchedAt": rfc3339(s.fetched_at_ms),
         "expiresAt": rfc3339(s.expires_at_ms),
