@@ -56,6 +56,8 @@ typedef enum {
   // The daemon did not answer within the request timeout (5 s by default); the next call
   // reconnects.
   SECRETD_RESULT_TIMEOUT = 13,
+  // The process behind the socket cannot be the real daemon; nothing was sent to it.
+  SECRETD_RESULT_UNTRUSTED_SERVER = 14,
 } secretd_result;
 
 // What a watch event reports. The numbers are stable.

@@ -36,6 +36,11 @@ impl Connection {
             path: path.to_owned(),
             source,
         })?;
+        // Before a single byte goes out: is this the real daemon?
+        crate::trust::check(&stream, path).map_err(|d| Error::UntrustedServer {
+            path: path.to_owned(),
+            why: d.0,
+        })?;
         stream.set_read_timeout(Some(timeout)).map_err(Error::Io)?;
         stream.set_write_timeout(Some(timeout)).map_err(Error::Io)?;
         let mut conn = Connection {

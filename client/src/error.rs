@@ -19,6 +19,15 @@ pub enum Error {
         /// The operating system's reason.
         source: io::Error,
     },
+    /// The process behind the socket cannot be the real daemon (wrong user, or a socket in a
+    /// directory others can write); nothing was sent to it.
+    #[error("refusing to talk to the process at {}: {why}", path.display())]
+    UntrustedServer {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed the check.
+        why: String,
+    },
     /// The daemon answered with an error.
     #[error("{0}")]
     Daemon(#[from] WireError),

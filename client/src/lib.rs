@@ -12,6 +12,10 @@
 //! connection). It reconnects by itself when the daemon restarts. Values come back as
 //! [`Secret`], which wipes its memory when dropped and never prints its value.
 //!
+//! Before it sends anything, every connection checks that the process behind the socket can
+//! be the real daemon (root, the caller, or the socket's owner, in a directory nobody else
+//! can write); an impostor gets [`Error::UntrustedServer`] and not a byte.
+//!
 //! [`Client::watch`] streams [`ChangeEvent`]s (rotations, break-glass apply and clear) on a
 //! connection of its own; [`Client::with_cache`] serves repeat reads from locked local memory
 //! that those events keep current.
@@ -21,6 +25,7 @@ mod client;
 mod connection;
 mod error;
 mod secret;
+mod trust;
 mod watch;
 
 pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};

@@ -317,13 +317,23 @@ pub struct PolicyConfig {
     pub deny: GlobSet,
 }
 
+/// The longest duration any key accepts: far beyond any sane setting, and far below what would
+/// overflow the clock arithmetic it feeds.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Parses a humane duration (`"5m"`, `"25m"`, `"12h"`), naming the key on error.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text).map_err(|e| {
+    let d = humantime::parse_duration(text).map_err(|e| {
         invalid(format!(
             "{key} = {text:?} is not a duration like \"5m\": {e}"
         ))
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(invalid(format!(
+            "{key} = {text:?} is longer than 100 years"
+        )));
+    }
+    Ok(d)
 }
 
 /// The duration at `key`, or `default` when the key is absent: the one place config turns an
@@ -337,6 +347,19 @@ fn duration_or(
         Some(t) => parse_duration(key, &t),
         None => Ok(default),
     }
+}
+
+/// [`duration_or`] for keys where zero makes no sense (an interval, a timeout, a period).
+fn positive_duration_or(
+    key: &str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = duration_or(key, text, default)?;
+    if d.is_zero() {
+        return Err(invalid(format!("{key} must be longer than zero")));
+    }
+    Ok(d)
 }
 
 fn parse_mode(text: &str) -> Result<u32, ConfigError> {
@@ -390,7 +413,7 @@ impl Config {
             .map(|b| -> Result<BreakGlassConfig, ConfigError> {
                 Ok(BreakGlassConfig {
                     private_key: b.private_key,
-                    max_ttl: duration_or(
+                    max_ttl: positive_duration_or(
                         "break_glass.max_ttl",
                         b.max_ttl,
                         DEFAULT_BREAK_GLASS_MAX_TTL,
@@ -535,12 +558,12 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             .transpose()?,
         max_connections,
         max_connections_per_uid,
-        audit_retention: duration_or(
+        audit_retention: positive_duration_or(
             "daemon.audit_retention",
             raw.audit_retention,
             DEFAULT_AUDIT_RETENTION,
         )?,
-        rotation_check_interval: duration_or(
+        rotation_check_interval: positive_duration_or(
             "daemon.rotation_check_interval",
             raw.rotation_check_interval,
             DEFAULT_ROTATION_CHECK_INTERVAL,
@@ -578,12 +601,16 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
         endpoint,
         credentials_file: g.credentials_file,
         anonymous: g.anonymous,
-        attempt_timeout: duration_or(
+        attempt_timeout: positive_duration_or(
             "gsm.attempt_timeout",
             g.attempt_timeout,
             DEFAULT_GSM_ATTEMPT_TIMEOUT,
         )?,
-        retry_budget: duration_or("gsm.retry_budget", g.retry_budget, DEFAULT_GSM_RETRY_BUDGET)?,
+        retry_budget: positive_duration_or(
+            "gsm.retry_budget",
+            g.retry_budget,
+            DEFAULT_GSM_RETRY_BUDGET,
+        )?,
         max_attempts,
     })
 }
@@ -786,6 +813,22 @@ deny = []
 
     fn err(text: &str) -> String {
         Config::parse(text).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn zero_intervals_and_absurd_durations_are_refused() {
+        for key in ["audit_retention", "rotation_check_interval"] {
+            let e = err(&format!("[daemon]\n{key} = \"0s\""));
+            assert!(e.contains(key) && e.contains("longer than zero"), "{e}");
+        }
+        let e = err("[gsm]\nattempt_timeout = \"0s\"");
+        assert!(e.contains("gsm.attempt_timeout"), "{e}");
+        let e = err("[daemon]\nmax_stale = \"200years\"");
+        assert!(e.contains("max_stale") && e.contains("100 years"), "{e}");
+        let e = err("[daemon]\nfirst_fetch_wait = \"10s\"");
+        assert!(e.contains("first_fetch_wait"), "{e}");
+        let e = err("[daemon]\nlast_known_good = \"/var/lib/secretd/lkg\"");
+        assert!(e.contains("needs a key") || std::env::var_os("CREDENTIALS_DIRECTORY").is_some());
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum secretd_result {
     /// The daemon did not answer within the request timeout (5 s by default); the next call
     /// reconnects.
     Timeout = 13,
+    /// The process behind the socket cannot be the real daemon; nothing was sent to it.
+    UntrustedServer = 14,
 }
 
 impl secretd_result {
@@ -60,6 +62,9 @@ impl secretd_result {
             secretd_result::Io => "connection to secretd failed or timed out",
             secretd_result::UnsupportedVersion => "secretd speaks another protocol version",
             secretd_result::Timeout => "timed out waiting for secretd",
+            secretd_result::UntrustedServer => {
+                "the process behind the socket cannot be secretd; nothing was sent to it"
+            }
         }
     }
 
@@ -70,6 +75,7 @@ impl secretd_result {
             Error::Protocol(_) => secretd_result::Protocol,
             Error::Io(_) => secretd_result::Io,
             Error::Timeout { .. } => secretd_result::Timeout,
+            Error::UntrustedServer { .. } => secretd_result::UntrustedServer,
             Error::InvalidArgument(_) => secretd_result::InvalidArgument,
             Error::Daemon(w) => match w.code {
                 ErrorCode::NotFound => secretd_result::NotFound,

@@ -33,6 +33,8 @@ int main(int argc, char **argv) {
   CHECK(strstr(detail, "timed out after 5s waiting for secretd at ") != NULL);
   CHECK(secretd_error_message(SECRETD_RESULT_TIMEOUT, detail, sizeof detail) > 0);
   CHECK(strstr(detail, "timed out") != NULL);
+  CHECK(secretd_error_message(SECRETD_RESULT_UNTRUSTED_SERVER, detail, sizeof detail) > 0);
+  CHECK(strstr(detail, "cannot be secretd") != NULL);
 
   client = NULL;
   CHECK_RESULT(secretd_client_connect(socket, &client), SECRETD_RESULT_OK);

@@ -61,6 +61,13 @@ create_exception!(
     "No daemon answered at the socket path."
 );
 
+create_exception!(
+    secretd,
+    UntrustedServer,
+    ConnectError,
+    "The process behind the socket cannot be the real daemon; nothing was sent to it."
+);
+
 /// Converts a client error into the matching exception, with `.code` set.
 fn to_py_err(py: Python<'_>, e: RustError) -> PyErr {
     let message = e.to_string();
@@ -77,6 +84,7 @@ fn to_py_err(py: Python<'_>, e: RustError) -> PyErr {
             _ => Error::new_err(message),
         },
         RustError::Timeout { .. } => Timeout::new_err(message),
+        RustError::UntrustedServer { .. } => UntrustedServer::new_err(message),
         RustError::Io(_) | RustError::InvalidArgument(_) => Error::new_err(message),
     };
     let code = e.code().map(ErrorCode::as_u16);
@@ -492,6 +500,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;
     m.add("Unavailable", py.get_type::<Unavailable>())?;
     m.add("Timeout", py.get_type::<Timeout>())?;
+    m.add("UntrustedServer", py.get_type::<UntrustedServer>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("ConnectError", py.get_type::<ConnectError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -89,6 +89,18 @@ def test_a_daemon_that_does_not_answer_in_time_raises_timeout(tmp_path: Path) ->
         assert f"timed out after 5s waiting for secretd at {path}" in str(e.value)
 
 
+def test_a_socket_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    path = str(shared / "secretd.sock")
+    with FakeDaemon(path):
+        with pytest.raises(secretd.UntrustedServer) as e:
+            secretd.Client(path)
+    assert isinstance(e.value, secretd.ConnectError) and e.value.code is None
+    assert "writable by others" in str(e.value)
+
+
 def test_protocol_error_from_a_daemon_speaking_another_version(tmp_path: Path) -> None:
     path = str(tmp_path / "future.sock")
     with FakeDaemon(path, hello_version=99):

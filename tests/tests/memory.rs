@@ -199,3 +199,35 @@ fn a_rotated_away_value_leaves_no_copy_in_memory_disk_or_logs() {
         }
     }
 }
+
+#[test]
+fn a_refused_memory_lock_is_logged_once() {
+    let env = TestEnv::new();
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", b"Omni-Key-Unlocked-0000!")
+        .file_secret("webhook_shared_secret", b"Webhook-Unlocked-1111!")
+        .readable_by_me()
+        .build();
+    // No lockable memory at all (and, for root, no CAP_IPC_LOCK to ignore the limit): every
+    // value buffer stays unlocked.
+    let daemon = env.spawn_wrapped(
+        &config,
+        "secretd.toml",
+        &[],
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+            "prlimit",
+            "--memlock=0:0",
+        ],
+    );
+    daemon.wait_ready();
+    let client = Client::connect(&daemon.socket).expect("connect");
+    for name in ["trading_api_key", "webhook_shared_secret"] {
+        client.get(name).expect("served unlocked all the same");
+    }
+    let log = daemon.wait_for_log("memory.unlocked");
+    assert_eq!(log.matches("memory.unlocked").count(), 1, "{log}");
+}

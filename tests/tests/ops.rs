@@ -77,6 +77,11 @@ fn http_daemon(env: &TestEnv, fake: &FakeGsm) -> (support::Daemon, u16) {
         .readable_by_me()
         .build();
     let daemon = env.start_with_env(&config, &[("SECRETD_LOG_FORMAT", "json")]);
+    // The daemon serves before its first fetches finish; these scenarios start from a loaded
+    // catalog (healthy), checked without a read, which would count in the metrics.
+    wait_until("a healthy daemon", Duration::from_secs(10), || {
+        (http_get(port, "/healthz").0 == 200).then_some(())
+    });
     (daemon, port)
 }
 
@@ -405,6 +410,24 @@ fn check_passes_a_good_catalog_and_names_each_violation_of_a_weak_one() {
     assert!(
         !report.contains("short") && !report.contains("alllowercase"),
         "values in the report"
+    );
+
+    // Without --socket, the check talks to the daemon the config names.
+    let out = cli(
+        &[
+            "check",
+            "--config",
+            env.path("check.toml").to_str().expect("utf8"),
+            "--require",
+            "trading_api_key",
+        ],
+        &[("SECRETD_SOCKET", "/nonexistent/secretd.sock")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 
     // A bad config is a violation too.

@@ -1,7 +1,13 @@
 //! The one type that holds secret values inside the daemon.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use secretd_proto::LockedBuf;
 use zeroize::Zeroizing;
+
+/// Whether a buffer that could not be locked was reported: once per process is enough (the
+/// `omni_secretd_unlocked_buffers` gauge keeps the count).
+static REPORTED_UNLOCKED: AtomicBool = AtomicBool::new(false);
 
 /// A secret value: one exact-size buffer in its own locked, no-dump, wipe-on-fork mapping,
 /// wiped on drop, never printed.
@@ -13,7 +19,15 @@ pub struct SecretBytes(LockedBuf);
 impl SecretBytes {
     /// Copies `bytes` into a new locked buffer. The caller wipes its own copy.
     pub fn copy_from(bytes: &[u8]) -> SecretBytes {
-        SecretBytes(LockedBuf::copy_from(bytes))
+        let buf = LockedBuf::copy_from(bytes);
+        if !buf.is_locked() && !REPORTED_UNLOCKED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                event = "memory.unlocked",
+                "cannot lock secret memory into RAM (RLIMIT_MEMLOCK is too low): values may be \
+                 swapped to disk; raise LimitMEMLOCK (omni_secretd_unlocked_buffers counts them)"
+            );
+        }
+        SecretBytes(buf)
     }
 
     /// Takes a zeroizing buffer: copies it into locked memory, then wipes it.

@@ -50,19 +50,25 @@ pub(super) fn run(
     let min_ttl = parse("--min-ttl", min_ttl)?;
     let min_rotation = parse("--min-rotation", min_rotation)?;
     let mut violations = Vec::new();
+    // The daemon to check: --socket, else the one the config names, else the default.
+    let mut config_socket = None;
     if let Some(path) = &config {
         match Config::load(path) {
-            Ok(c) if required.is_empty() => {
-                required = c.secrets.into_iter().map(|s| s.name).collect()
+            Ok(c) => {
+                config_socket = Some(c.daemon.socket.clone());
+                if required.is_empty() {
+                    required = c.secrets.into_iter().map(|s| s.name).collect();
+                }
             }
-            Ok(_) => {}
             Err(e) => violations.push(format!("{}: {e}", path.display())),
         }
     }
     if required.is_empty() {
         required = DEMO_CATALOG.iter().map(|(n, _)| n.to_string()).collect();
     }
-    let path = socket.unwrap_or_else(secretd_client::default_socket_path);
+    let path = socket
+        .or(config_socket)
+        .unwrap_or_else(secretd_client::default_socket_path);
     match Client::connect(&path) {
         Err(e) => violations.push(format!("cannot check the live catalog: {e}")),
         Ok(client) => check_live(&client, &required, min_ttl, min_rotation, &mut violations),

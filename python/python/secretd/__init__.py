@@ -35,6 +35,7 @@ from ._native import (
     Secret,
     Timeout,
     Unavailable,
+    UntrustedServer,
     Watch,
     __version__,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "Secret",
     "Timeout",
     "Unavailable",
+    "UntrustedServer",
     "Watch",
     "__version__",
 ]

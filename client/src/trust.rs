@@ -1,0 +1,104 @@
+//! Who is allowed to answer: before a client sends a byte, it checks that the process on the
+//! other end of the socket can be the real daemon. Anyone can create a socket; a forged
+//! `webhook_shared_secret` served from one lets its author forge webhooks.
+//!
+//! The rules:
+//! - the server (the kernel's `SO_PEERCRED`, never what it says) runs as root, as the caller,
+//!   or as the owner of the socket file. Under socket activation systemd created the listener,
+//!   so the peer is root;
+//! - the socket's directory is not writable by group or others, so nobody else could have put
+//!   the socket there or can swap it;
+//! - the derived development socket (`$XDG_RUNTIME_DIR/secretd-dev/` or `/tmp/secretd-dev-UID/`,
+//!   used when neither `SECRETD_SOCKET` nor the production socket exists) must sit in a
+//!   directory owned by the caller and be served by the caller or root: another local user
+//!   could create that directory first.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// Why a server is not trusted (the caller turns it into `Error::UntrustedServer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Distrust(pub(crate) String);
+
+/// The uid of the process on the other end of `stream`.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for writes of the sizes given; the fd is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Checks the server behind `stream`, connected at `path`, as described in the module docs.
+pub(crate) fn check(stream: &UnixStream, path: &Path) -> Result<(), Distrust> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let server =
+        peer_uid(stream).map_err(|e| Distrust(format!("cannot read its credentials: {e}")))?;
+    let socket = std::fs::symlink_metadata(path)
+        .map_err(|e| Distrust(format!("cannot inspect the socket file: {e}")))?;
+    if !socket.file_type().is_socket() {
+        return Err(Distrust("the path is not a socket".into()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let dir_meta = std::fs::metadata(dir)
+        .map_err(|e| Distrust(format!("cannot inspect {}: {e}", dir.display())))?;
+    let dir_mode = dir_meta.mode() & 0o7777;
+    if dir_mode & 0o022 != 0 {
+        return Err(Distrust(format!(
+            "its directory {} is writable by others (mode {dir_mode:o}), so anyone could have \
+             put a socket there",
+            dir.display()
+        )));
+    }
+    if is_derived_dev_socket(path, me) {
+        if dir_meta.uid() != me {
+            return Err(Distrust(format!(
+                "the development directory {} belongs to uid {}, not to you (uid {me})",
+                dir.display(),
+                dir_meta.uid()
+            )));
+        }
+        if server != me && server != 0 {
+            return Err(Distrust(format!(
+                "the development socket is served by uid {server}, not by you (uid {me}) or root"
+            )));
+        }
+        return Ok(());
+    }
+    if server == 0 || server == me || server == socket.uid() {
+        Ok(())
+    } else {
+        Err(Distrust(format!(
+            "it is served by uid {server}, which is neither root, you (uid {me}), nor the \
+             socket's owner (uid {})",
+            socket.uid()
+        )))
+    }
+}
+
+/// Whether `path` is the development socket a client derives by itself for `euid`.
+fn is_derived_dev_socket(path: &Path, euid: u32) -> bool {
+    path == secretd_proto::paths::dev_socket(euid)
+        || path
+            == Path::new(&format!("/tmp/secretd-dev-{euid}"))
+                .join(secretd_proto::paths::SOCKET_FILE)
+}

@@ -1,0 +1,106 @@
+//! Clients trust only the daemon: a socket that another local user could have planted is
+//! refused by every client before it is sent a byte (the C API and the Python package use the
+//! same Rust client; their own suites check their error codes).
+
+mod support;
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::Duration;
+
+use secretd_client::{Client, Error};
+use support::{TestEnv, cli, is_root};
+
+/// Accepts one connection and returns every byte the client sent before closing.
+fn bytes_received(listener: &UnixListener) -> Vec<u8> {
+    listener.set_nonblocking(false).expect("blocking");
+    let (mut conn, _) = listener.accept().expect("accept");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got);
+    got
+}
+
+/// A listener at `dir/secretd.sock`, `dir` created with `mode`.
+fn plant(dir: &Path, mode: u32) -> UnixListener {
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    UnixListener::bind(dir.join("secretd.sock")).expect("bind")
+}
+
+#[test]
+fn a_socket_in_a_directory_others_can_write_is_refused_before_a_byte_is_sent() {
+    let env = TestEnv::new();
+    let dir = env.path("shared");
+    let listener = plant(&dir, 0o777);
+    let socket = dir.join("secretd.sock");
+    let client = std::thread::spawn({
+        let socket = socket.clone();
+        move || Client::connect(&socket)
+    });
+    assert!(
+        bytes_received(&listener).is_empty(),
+        "the client sent bytes to an untrusted socket"
+    );
+    let err = client.join().expect("client").expect_err("untrusted");
+    assert!(matches!(err, Error::UntrustedServer { .. }), "{err:?}");
+    assert!(err.to_string().contains("writable by others"), "{err}");
+
+    // The CLI too (it is a client like any other).
+    let out = cli(
+        &[
+            "get",
+            "trading_api_key",
+            "--socket",
+            socket.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to talk to the process at"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_development_directory_created_by_another_user_is_refused() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test must run there"
+        );
+        eprintln!("SKIPPED: giving a directory to another uid needs root");
+        return;
+    }
+    if Path::new(secretd_proto::paths::DEFAULT_SOCKET).exists() {
+        eprintln!("SKIPPED: a production daemon runs here, so clients would not fall back");
+        return;
+    }
+    // Another user got to the derived development directory first and serves from it.
+    let env = TestEnv::new();
+    let xdg = env.path("xdg");
+    std::fs::create_dir(&xdg).expect("xdg");
+    let dev = xdg.join("secretd-dev");
+    let listener = plant(&dev, 0o755);
+    std::os::unix::fs::chown(&dev, Some(65534), Some(65534)).expect("chown");
+    let xdg_str = xdg.to_str().expect("utf8").to_owned();
+    let client = std::thread::spawn(move || {
+        cli(
+            &["get", "webhook_shared_secret"],
+            &[("XDG_RUNTIME_DIR", &xdg_str)],
+        )
+    });
+    assert!(
+        bytes_received(&listener).is_empty(),
+        "the client sent bytes to an impostor"
+    );
+    let out = client.join().expect("cli");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+}
