@@ -15,6 +15,13 @@ use serde::Deserialize;
 
 /// Connections served at once, unless `daemon.max_connections` says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// HTTP connections served at once, unless `daemon.http_max_connections` says otherwise.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
+/// Refusals one uid may cause in a minute, unless `daemon.max_denials_per_minute_per_uid` says
+/// otherwise.
+pub const DEFAULT_MAX_DENIALS_PER_MINUTE: u64 = 600;
+/// The most HTTP connections `daemon.http_max_connections` may allow.
+pub const MAX_HTTP_CONNECTIONS: usize = 4096;
 /// Connections one uid may hold at once, unless `daemon.max_connections_per_uid` says
 /// otherwise (never more than `max_connections`).
 pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
@@ -96,6 +103,9 @@ struct RawDaemon {
     refresh_interval: Option<String>,
     max_stale: Option<String>,
     metrics_listen: Option<String>,
+    metrics_listen_public: Option<bool>,
+    http_max_connections: Option<usize>,
+    max_denials_per_minute_per_uid: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_uid: Option<usize>,
     audit_retention: Option<String>,
@@ -187,8 +197,15 @@ pub struct DaemonConfig {
     pub max_stale: Duration,
     /// Where the HTTP metrics listener binds, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// HTTP connections served at once on `metrics_listen`.
+    pub http_max_connections: usize,
+    /// Refusals one uid may cause in a minute before its connections are closed.
+    pub max_denials_per_minute_per_uid: u64,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Whether `max_connections` was set in the file (then it is never lowered to fit the
+    /// file-descriptor limit: the daemon refuses to start instead).
+    pub max_connections_explicit: bool,
     /// Connections one uid may hold at once.
     pub max_connections_per_uid: usize,
     /// How long audit records are kept.
@@ -515,6 +532,43 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             Some(LastKnownGoodConfig { path, key })
         }
     };
+    let metrics_listen: Option<SocketAddr> = raw
+        .metrics_listen
+        .map(|a| {
+            a.parse().map_err(|_| {
+                invalid(format!(
+                    "daemon.metrics_listen = {a:?} is not an address like \"127.0.0.1:9464\""
+                ))
+            })
+        })
+        .transpose()?;
+    if let Some(addr) = metrics_listen
+        && !addr.ip().is_loopback()
+        && raw.metrics_listen_public != Some(true)
+    {
+        return Err(invalid(format!(
+            "daemon.metrics_listen = \"{addr}\" is not on loopback; /metrics and /status name \
+             every secret, version and fingerprint: set metrics_listen_public = true to serve \
+             them beyond this host"
+        )));
+    }
+    let http_max_connections = raw
+        .http_max_connections
+        .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
+    if http_max_connections == 0 || http_max_connections > MAX_HTTP_CONNECTIONS {
+        return Err(invalid(format!(
+            "daemon.http_max_connections must be between 1 and {MAX_HTTP_CONNECTIONS}"
+        )));
+    }
+    let max_denials_per_minute_per_uid = raw
+        .max_denials_per_minute_per_uid
+        .unwrap_or(DEFAULT_MAX_DENIALS_PER_MINUTE);
+    if max_denials_per_minute_per_uid == 0 {
+        return Err(invalid(
+            "daemon.max_denials_per_minute_per_uid must be at least 1",
+        ));
+    }
+    let max_connections_explicit = raw.max_connections.is_some();
     let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 || max_connections > MAX_CONNECTIONS_LIMIT {
         return Err(invalid(format!(
@@ -546,17 +600,11 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
         admin_uids: raw.admin_uids.unwrap_or_else(|| vec![0]),
         refresh_interval,
         max_stale: duration_or("daemon.max_stale", raw.max_stale, DEFAULT_MAX_STALE)?,
-        metrics_listen: raw
-            .metrics_listen
-            .map(|a| {
-                a.parse().map_err(|_| {
-                    invalid(format!(
-                        "daemon.metrics_listen = {a:?} is not an address like \"127.0.0.1:9464\""
-                    ))
-                })
-            })
-            .transpose()?,
+        metrics_listen,
+        http_max_connections,
+        max_denials_per_minute_per_uid,
         max_connections,
+        max_connections_explicit,
         max_connections_per_uid,
         audit_retention: positive_duration_or(
             "daemon.audit_retention",

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use secretd_client::{Client, ErrorCode};
 use secretd_proto::Request;
+use support::http::{free_port, try_http_get};
 use support::{Daemon, RawConn, TestEnv, euid, is_root, probe_bin, wait_until};
 
 const KEY: &[u8] = b"Omni-Key-Hostile-Test-0123456789!";
@@ -316,4 +317,185 @@ fn a_hello_from_a_slow_client_does_not_hold_a_slot_forever() {
         || Client::connect(&daemon.socket).ok(),
     );
     drop(silent);
+}
+
+/// The open-files limits of `pid` (soft, hard), from /proc.
+fn open_files_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn idle_floods_of_the_metrics_port_and_the_socket_leave_reads_and_scrapes_working() {
+    let env = TestEnv::new();
+    let port = free_port();
+    let config = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .daemon("metrics_listen", format!("127.0.0.1:{port}"))
+        .file_secret("trading_api_key", KEY)
+        .policy(&[euid(), 65534], &["*"], &[])
+        .build();
+    // A soft limit of 1024, as many distributions set it: the daemon raises it to the hard one.
+    let daemon = env.spawn_wrapped(
+        &config,
+        "secretd.toml",
+        &[],
+        &["prlimit", "--nofile=1024:8192"],
+    );
+    daemon.wait_ready();
+    assert_eq!(open_files_limit(daemon.pid()), (8192, 8192));
+
+    // 1,100 idle TCP connections: the first 64 hold HTTP slots until the header deadline, the
+    // rest are closed at once; none costs the daemon a descriptor it needs.
+    let tcp: Vec<_> = (0..1100)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    let client = daemon.connect_admitted();
+    assert_eq!(client.get("trading_api_key").expect("get").expose(), KEY);
+    wait_until("/metrics to answer again", Duration::from_secs(20), || {
+        try_http_get(port, "/metrics")
+            .ok()
+            .filter(|(code, _)| *code == 200)
+    });
+    drop(tcp);
+
+    // 1,100 idle socket connections from one uid: its cap (512) holds, and the daemon still
+    // has descriptors for everyone else.
+    let uds: Vec<_> = (0..1100)
+        .filter_map(|_| UnixStream::connect(&daemon.socket).ok())
+        .collect();
+    assert!(uds.len() >= 512);
+    if is_root() {
+        let socket = daemon.socket.to_str().expect("utf8");
+        let out = env.run_as_nobody(&probe_bin(), &[socket, "get", "trading_api_key"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("ok get trading_api_key"), "{stdout}");
+    }
+    assert!(
+        try_http_get(port, "/healthz").is_ok_and(|(code, _)| code == 200),
+        "the HTTP listener still answers"
+    );
+    assert!(
+        !daemon.log().contains("Too many open files"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn connection_limits_must_fit_under_the_open_files_limit() {
+    let env = TestEnv::new();
+    let conf = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me();
+    // The default max_connections (1024) does not fit under 512 open files: lowered, logged.
+    let wrapper = ["prlimit", "--nofile=512:512"];
+    let daemon = env.spawn_wrapped(&conf.build(), "default.toml", &[], &wrapper);
+    daemon.wait_ready();
+    let log = daemon.wait_for_log("limits.clamped");
+    assert!(log.contains("max_connections=256"), "{log}");
+    drop(daemon);
+
+    // An explicit one that does not fit refuses startup with one clear line.
+    let explicit = conf.daemon("max_connections", 1024).build();
+    let mut daemon = env.spawn_wrapped(&explicit, "explicit.toml", &[], &wrapper);
+    let status = daemon.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        daemon
+            .log()
+            .contains("does not fit under the open-files limit of 512"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_denial_flood_from_another_uid_grows_the_database_and_the_log_only_a_little() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test must run there"
+        );
+        eprintln!("SKIPPED: flooding as another uid needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    // uid 65534 has no policy at all: every read it asks for is refused.
+    let config = env
+        .conf()
+        .daemon("socket_mode", "0666")
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
+    let db = env.path("secretd.redb");
+    let db_before = std::fs::metadata(&db).expect("db").len();
+    // The daemon under test logs at debug; production logs at info, and that is what counts.
+    let info_lines = || {
+        daemon
+            .log()
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .count()
+    };
+    let log_before = info_lines();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good = {
+        let (socket, stop) = (daemon.socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let client = Client::connect(&socket).expect("connect");
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(
+                    client.get("trading_api_key").expect("a good read").expose(),
+                    KEY
+                );
+                reads += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            reads
+        })
+    };
+    let socket = daemon.socket.to_str().expect("utf8");
+    let out = env.run_as_nobody(&probe_bin(), &[socket, "flood", "20"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = good.join().expect("the good client never failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let requests: u64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("flood output: {stdout}"));
+    assert!(
+        requests > 600,
+        "the flood was too slow to test anything: {stdout}"
+    );
+    assert!(reads > 100, "the good client was starved: {reads} reads");
+
+    let db_growth = std::fs::metadata(&db)
+        .expect("db")
+        .len()
+        .saturating_sub(db_before);
+    let log_growth = info_lines() - log_before;
+    eprintln!(
+        "{}: database +{db_growth} bytes, log +{log_growth} lines, {reads} good reads",
+        stdout.trim()
+    );
+    assert!(
+        db_growth < 2 * 1024 * 1024,
+        "database grew {db_growth} bytes"
+    );
+    assert!(log_growth < 200, "log grew {log_growth} lines");
 }

@@ -579,3 +579,42 @@ fn the_rotation_monitor_logs_near_expiry_and_overdue_secrets() {
     assert_eq!(overdue.len(), 1, "{log}");
     assert!(overdue[0].contains("trading_api_key"));
 }
+
+#[test]
+fn a_version_change_mid_connection_flushes_the_reads_of_the_old_version() {
+    let env = TestEnv::new();
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
+    let admin = Client::connect(&daemon.socket).expect("admin");
+    let reader = Client::connect(&daemon.socket).expect("reader");
+    for _ in 0..5 {
+        assert_eq!(reader.get("trading_api_key").expect("get").version(), "1");
+    }
+    env.write_value("trading_api_key", b"Omni-Key-Rotated-0987654321!");
+    admin.refresh(Some("trading_api_key")).expect("refresh");
+    for _ in 0..3 {
+        assert_eq!(reader.get("trading_api_key").expect("get").version(), "2");
+    }
+    drop(reader);
+    // Per version, the reads of that version: the old count is written when the version
+    // changes, not merged into the new one at disconnect.
+    let per_version = wait_until("the reader's records", Duration::from_secs(10), || {
+        let records = admin
+            .audit_tail(100, Some("trading_api_key"))
+            .expect("tail");
+        let count = |v: &str| -> u64 {
+            records
+                .iter()
+                .filter(|r| r.action == "read" && r.result == "ok" && r.version == v)
+                .map(|r| r.count)
+                .sum()
+        };
+        let counts = (count("1"), count("2"));
+        (counts.1 == 3).then_some(counts)
+    });
+    assert_eq!(per_version, (5, 3));
+}

@@ -4,7 +4,7 @@
 use crate::util::time::now_ms;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Action {
     /// A value was read (or a read refused); aggregated per connection and secret.

@@ -20,3 +20,32 @@ pub fn harden() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Descriptors kept free beside client and HTTP connections: the store, the GSM client's
+/// connections, the log, the socket watchdog, the last-known-good writer, and slack.
+pub(crate) const FD_RESERVE: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit (a default soft limit of 1024 would
+/// let a flood of idle connections starve the store and GSM of descriptors). Returns the
+/// limit now in force.
+pub(crate) fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes a valid rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads a valid rlimit struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
+}

@@ -18,6 +18,7 @@ use crate::catalog::refresh;
 use crate::catalog::source::{self, BuildError};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::server::denials::Denials;
 use crate::server::policy::Policy;
 use crate::server::socket::{self, SocketError, SocketFile};
 use crate::server::{self, Shared};
@@ -73,6 +74,22 @@ pub(crate) enum ServeError {
     /// The socket file was removed or replaced while serving.
     #[error("the socket {} was removed or replaced while serving", .0.display())]
     SocketLost(std::path::PathBuf),
+    /// The connection limits do not fit under the open-files limit.
+    #[error(
+        "daemon.max_connections = {max_connections} (plus {http} HTTP connections and {reserve} \
+         descriptors for the store and GSM) does not fit under the open-files limit of {limit}; \
+         lower it or raise LimitNOFILE"
+    )]
+    FdLimit {
+        /// The configured limit.
+        max_connections: usize,
+        /// `http_max_connections`, when the HTTP listener is on.
+        http: usize,
+        /// [`process::FD_RESERVE`].
+        reserve: u64,
+        /// The open-files limit in force.
+        limit: u64,
+    },
     /// Memory protections were refused.
     #[error("cannot protect process memory (core dumps, ptrace): {0}")]
     Harden(std::io::Error),
@@ -80,11 +97,12 @@ pub(crate) enum ServeError {
 
 /// Runs the daemon until `cancel` fires.
 pub(crate) async fn run(
-    config: Config,
+    mut config: Config,
     cancel: CancellationToken,
     activated: Option<std::os::fd::OwnedFd>,
 ) -> Result<(), ServeError> {
     process::harden().map_err(ServeError::Harden)?;
+    fit_connections_to_fd_limit(&mut config)?;
     // Bind before anything else: a second daemon on the same socket must fail here, not after
     // it has loaded secrets and hit the source.
     let (listener, socket_file) = match activated {
@@ -120,6 +138,47 @@ pub(crate) async fn run(
         return Err(ServeError::SocketLost(socket_path));
     }
     result
+}
+
+/// Raises the open-files limit to its hard limit and makes the connection limits fit under it:
+/// a default `max_connections` is lowered (with a warning), an explicit one that does not fit
+/// refuses startup.
+fn fit_connections_to_fd_limit(config: &mut Config) -> Result<(), ServeError> {
+    let limit = match process::raise_fd_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit; connection limits unchecked");
+            return Ok(());
+        }
+    };
+    let d = &mut config.daemon;
+    let http = if d.metrics_listen.is_some() {
+        d.http_max_connections
+    } else {
+        0
+    };
+    let budget = limit.saturating_sub(process::FD_RESERVE + http as u64);
+    let budget = usize::try_from(budget).unwrap_or(usize::MAX);
+    if d.max_connections <= budget {
+        return Ok(());
+    }
+    if d.max_connections_explicit || budget == 0 {
+        return Err(ServeError::FdLimit {
+            max_connections: d.max_connections,
+            http,
+            reserve: process::FD_RESERVE,
+            limit,
+        });
+    }
+    tracing::warn!(
+        event = "limits.clamped",
+        open_files = limit,
+        max_connections = budget,
+        "the default max_connections does not fit under the open-files limit; lowered (raise LimitNOFILE for more)"
+    );
+    d.max_connections = budget;
+    d.max_connections_per_uid = d.max_connections_per_uid.min(budget);
+    Ok(())
 }
 
 /// Checks every [`SOCKET_CHECK_INTERVAL`] that the socket path still holds the socket this
@@ -259,11 +318,19 @@ async fn serve_bound(
         sources,
         break_glass,
         metrics,
+        denials: Denials::new(config.daemon.max_denials_per_minute_per_uid),
     });
+    tracker.spawn(roll_denials(shared.clone(), cancel.clone()));
     if let Some(addr) = config.daemon.metrics_listen {
-        server::http::start(addr, shared.clone(), cancel.clone(), &tracker)
-            .await
-            .map_err(|source| ServeError::MetricsListen { addr, source })?;
+        server::http::start(
+            addr,
+            config.daemon.http_max_connections,
+            shared.clone(),
+            cancel.clone(),
+            &tracker,
+        )
+        .await
+        .map_err(|source| ServeError::MetricsListen { addr, source })?;
     }
     tracker.spawn(housekeeping::run(
         store,
@@ -346,5 +413,22 @@ async fn report_first_fetches(
             ?missing,
             "secrets not loaded yet; reads answer Unavailable until they are"
         );
+    }
+}
+
+/// How often the refusal ledger checks whether its minute is over.
+const DENIAL_ROLL_TICK: Duration = Duration::from_secs(5);
+
+/// Writes the refusal ledger's aggregated records as each minute ends, and at shutdown.
+async fn roll_denials(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(DENIAL_ROLL_TICK);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                shared.denials.roll(&shared.audit, true);
+                return;
+            }
+            _ = tick.tick() => shared.denials.roll(&shared.audit, false),
+        }
     }
 }

@@ -22,19 +22,11 @@ impl Session<'_> {
     /// refusal otherwise. A refusal is audited under `action`; operations that have no audit
     /// action of their own (audit tail and verify, metrics) are recorded under `refresh`, with
     /// the operation named in the record's detail.
-    pub(super) fn admin_gate(&self, op: &'static str, action: Action) -> Result<(), WireError> {
+    pub(super) fn admin_gate(&mut self, op: &'static str, action: Action) -> Result<(), WireError> {
         if !self.access.admin {
-            tracing::warn!(
-                event = "access.denied",
-                op,
-                uid = self.peer.uid,
-                gid = self.peer.gid,
-                pid = self.peer.pid,
-                "admin operation denied"
-            );
             let mut event = self.denied_event(action, "");
             event.detail = format!("{op} denied: not an admin");
-            self.shared.audit.record(event);
+            self.refuse(action, op, false, "admin operation denied", event);
             return Err(WireError::new(
                 ErrorCode::PermissionDenied,
                 format!(

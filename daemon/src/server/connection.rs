@@ -123,7 +123,7 @@ async fn serve_requests(
         let op = request.op();
         let reply = session.respond(request).await;
         session.shared.metrics.request(op, reply.outcome());
-        if framed.send(&reply, session.protocol).await.is_err() {
+        if framed.send(&reply, session.protocol).await.is_err() || session.closing {
             return;
         }
         if let Reply::Watch(subscription) = reply {

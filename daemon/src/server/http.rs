@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use secretd_proto::EntryState;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,10 @@ use super::scrape;
 use super::status_json::status_json;
 
 /// Requests on one HTTP connection are short; a slow scraper gets cut off after this.
-const HTTP_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const HTTP_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a connection may take to send a request's headers (idle connections included):
+/// a connection that says nothing gives its slot back after this.
+pub(crate) const HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Reply = Response<Full<Bytes>>;
 
@@ -34,8 +37,11 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Reply 
 }
 
 /// Binds `addr` (failing startup if it cannot) and serves until `cancel` fires.
+/// At most `max_connections` are served at once; one more is closed at once (an HTTP client
+/// retries), so idle or slow connections cannot take the daemon's file descriptors.
 pub(crate) async fn start(
     addr: SocketAddr,
+    max_connections: usize,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
@@ -44,6 +50,7 @@ pub(crate) async fn start(
     let bound = listener.local_addr()?;
     tracing::info!(listen = %bound, "metrics and health endpoints listening");
     let conns = tracker.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tracker.spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -56,6 +63,11 @@ pub(crate) async fn start(
                     }
                 },
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Over the cap: closed unread.
+                drop(stream);
+                continue;
+            };
             let shared = shared.clone();
             conns.spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -63,8 +75,11 @@ pub(crate) async fn start(
                     async move { Ok::<_, Infallible>(route(&shared, &req)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HTTP_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
                 let _ = tokio::time::timeout(HTTP_CONNECTION_TIMEOUT, conn).await;
+                drop(slot);
             });
         }
     });

@@ -8,6 +8,7 @@ mod admin;
 mod admission;
 mod break_glass;
 mod connection;
+pub(crate) mod denials;
 mod framed;
 pub(crate) mod http;
 pub(crate) mod peer;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) break_glass: Arc<BreakGlass>,
     /// Counters and gauges.
     pub(crate) metrics: Arc<Metrics>,
+    /// Refusals, aggregated and rate-limited per uid.
+    pub(crate) denials: denials::Denials,
 }
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.

@@ -44,8 +44,21 @@ impl Session<'_> {
             return false;
         }
         let actor = self.actor(ActorType::Client);
+        let name = &self.shared.catalog.slot(idx).name;
         let tally = &mut self.reads[idx];
-        if tally.version != entry.version {
+        if tally.version != entry.version || tally.fingerprint != entry.fingerprint {
+            // The value changed under this connection: the reads counted so far were of the
+            // old one, and an audit after a compromise must show who kept reading it.
+            if tally.pending > 0 {
+                let mut event = AuditEvent::new(Action::Read, name, actor, Outcome::Ok);
+                event.count = std::mem::take(&mut tally.pending);
+                event.version.clone_from(&tally.version);
+                event.fingerprint.clone_from(&tally.fingerprint);
+                event.detail = "aggregated".into();
+                if !audit.record(event) {
+                    return false;
+                }
+            }
             tally.version.clone_from(&entry.version);
             tally.fingerprint.clone_from(&entry.fingerprint);
         }
@@ -53,49 +66,29 @@ impl Session<'_> {
             tally.pending += 1;
             return true;
         }
-        let mut event = AuditEvent::new(
-            Action::Read,
-            &self.shared.catalog.slot(idx).name,
-            actor,
-            Outcome::Ok,
-        );
+        let mut event = AuditEvent::new(Action::Read, name, actor, Outcome::Ok);
         event.version.clone_from(&tally.version);
         event.fingerprint.clone_from(&tally.fingerprint);
         tally.recorded_first = audit.record(event);
         tally.recorded_first
     }
 
-    /// Refuses a read by policy: logged and audited on the first refusal per connection and
-    /// secret, counted after that.
+    /// Refuses a read by policy (see `denials` for how refusals are recorded and limited).
+    /// Repeats of a catalog secret are counted by this connection and written when it
+    /// flushes.
     fn denied(&mut self, idx: Option<usize>, name: &str) -> WireError {
-        let first = match idx {
-            Some(i) => {
-                let tally = &mut self.denials[i];
-                if tally.recorded_first {
-                    tally.pending += 1;
-                }
-                !tally.recorded_first
-            }
-            // Names outside the catalog: recorded every time, since there is no slot to
-            // count them against (they are rare unless someone is probing).
-            None => true,
-        };
-        if first {
-            tracing::warn!(
-                event = "access.denied",
-                secret = name,
-                uid = self.peer.uid,
-                gid = self.peer.gid,
-                pid = self.peer.pid,
-                "read denied by policy"
-            );
-            let recorded = self
-                .shared
-                .audit
-                .record(self.denied_event(Action::Read, name));
-            if let Some(i) = idx {
-                self.denials[i].recorded_first = recorded;
-            }
+        let event = self.denied_event(Action::Read, name);
+        let count_here = self.refuse(
+            Action::Read,
+            name,
+            idx.is_some(),
+            "read denied by policy",
+            event,
+        );
+        if let Some(i) = idx
+            && count_here
+        {
+            self.denials[i].pending += 1;
         }
         WireError::new(
             ErrorCode::PermissionDenied,

@@ -39,6 +39,9 @@ pub(super) struct Session<'a> {
     pub(super) denials: Vec<Tally>,
     /// The protocol version agreed in the hello: replies carry only what it knows.
     pub(super) protocol: u16,
+    /// Set when the peer's uid went past its refusal limit: the connection closes after this
+    /// reply.
+    pub(super) closing: bool,
 }
 
 impl<'a> Session<'a> {
@@ -52,6 +55,7 @@ impl<'a> Session<'a> {
             reads: (0..n).map(|_| Tally::default()).collect(),
             denials: (0..n).map(|_| Tally::default()).collect(),
             protocol,
+            closing: false,
         }
     }
 
@@ -82,6 +86,42 @@ impl<'a> Session<'a> {
             gid: self.peer.gid,
             pid: self.peer.pid,
         }
+    }
+
+    /// Notes a refusal in the daemon-wide ledger and does what it says: logs `why` (within the
+    /// minute's budget), records `event` at once if it is the first of its kind this minute,
+    /// and marks the connection for closing when the uid is past its limit. Returns whether
+    /// the refusal still has to be counted (by the caller, when it counts per connection).
+    pub(super) fn refuse(
+        &mut self,
+        action: Action,
+        key: &str,
+        counted_by_connection: bool,
+        why: &str,
+        event: AuditEvent,
+    ) -> bool {
+        let verdict = self
+            .shared
+            .denials
+            .note(self.peer, action, key, counted_by_connection);
+        if verdict.log {
+            tracing::warn!(
+                event = "access.denied",
+                secret = key,
+                op = action.as_str(),
+                uid = self.peer.uid,
+                gid = self.peer.gid,
+                pid = self.peer.pid,
+                "{why}"
+            );
+        }
+        if verdict.record {
+            self.shared.audit.record(event);
+        }
+        if verdict.close {
+            self.closing = true;
+        }
+        !verdict.record && !verdict.close
     }
 
     /// The audit record of a request refused by policy or the admin list.

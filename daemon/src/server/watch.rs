@@ -88,16 +88,8 @@ impl Session<'_> {
     }
 
     fn refuse_watch(&mut self, name: &str) -> WireError {
-        tracing::warn!(
-            event = "access.denied",
-            secret = name,
-            uid = self.peer.uid,
-            pid = self.peer.pid,
-            "watch denied by policy"
-        );
-        self.shared
-            .audit
-            .record(self.denied_event(Action::Watch, name));
+        let event = self.denied_event(Action::Watch, name);
+        self.refuse(Action::Watch, name, false, "watch denied by policy", event);
         WireError::new(
             ErrorCode::PermissionDenied,
             format!("uid {} may not watch secret {name:?}", self.peer.uid),

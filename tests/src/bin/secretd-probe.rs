@@ -3,6 +3,10 @@
 //!
 //! Usage: `secretd-probe SOCKET (get NAME | refresh NAME | status)...`
 //! Output lines: `ok get NAME VERSION SOURCE LEN`, `err get NAME CODE`, `ok status N NAME,...`.
+//!
+//! `secretd-probe SOCKET flood SECONDS` reads a new unknown name in a tight loop for SECONDS,
+//! reconnecting whenever the daemon closes the connection, and prints
+//! `flood REQUESTS REFUSED CLOSED` (what a hostile local user can do with no policy at all).
 
 use std::process::ExitCode;
 
@@ -12,6 +16,11 @@ fn main() -> ExitCode {
         eprintln!("usage: secretd-probe SOCKET (get NAME | status)...");
         return ExitCode::from(2);
     };
+    if let [op, seconds] = ops
+        && op == "flood"
+    {
+        return flood(socket, seconds.parse().unwrap_or(1.0));
+    }
     let client = match secretd_client::Client::connect(socket) {
         Ok(c) => c,
         Err(e) => {
@@ -55,5 +64,34 @@ fn main() -> ExitCode {
             }
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// Requests unknown names as fast as possible for `seconds`.
+fn flood(socket: &str, seconds: f64) -> ExitCode {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let (mut requests, mut refused, mut closed) = (0u64, 0u64, 0u64);
+    let mut client = None;
+    while std::time::Instant::now() < until {
+        if client.is_none() {
+            client = secretd_client::Client::connect(socket).ok();
+            if client.is_none() {
+                closed += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        requests += 1;
+        match c.get(&format!("flood_{requests}")) {
+            Err(e) if e.code().is_some() => refused += 1,
+            Err(_) => {
+                closed += 1;
+                client = None;
+            }
+            Ok(_) => {}
+        }
+    }
+    println!("flood {requests} {refused} {closed}");
     ExitCode::SUCCESS
 }

@@ -3,6 +3,7 @@
 //! the real daemon binary running on a socket inside it, and [`wait_until`] for every wait.
 
 pub mod config;
+pub mod http;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
