@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::{TestEnv, is_root};
+use support::{TestEnv, can_run, is_root};
 
 const KEY: &str = "Omni-Key-1234567890-abcdef!";
 
@@ -163,8 +163,11 @@ fn c_api_permission_denied_for_another_uid() {
     if !gcc_or_skip("c_api_permission_denied") {
         return;
     }
-    if !is_root() {
-        eprintln!("SKIPPED c_api_permission_denied: needs root to run as uid 65534");
+    if !can_run(
+        is_root(),
+        "c_api_permission_denied",
+        "root to run as uid 65534",
+    ) {
         return;
     }
     let (env, config) = daemon_env();

@@ -6,7 +6,7 @@ use secretd_client::{Client, EntryState, ErrorCode, SourceKind};
 use secretd_proto::{ClientHello, Request, Response};
 mod support;
 
-use support::{RawConn, TestEnv, cli, euid, is_root, probe_bin, wait_until};
+use support::{RawConn, TestEnv, can_run, cli, euid, is_root, probe_bin, wait_until};
 
 const KEY: &[u8] = b"Omni-Key-1234567890-abcdef!";
 const PASSPHRASE: &[u8] = b"Pass-phrase-Zyx-987#";
@@ -78,10 +78,11 @@ fn get_and_status_round_trip() {
 
 #[test]
 fn other_uid_is_checked_by_kernel_credentials() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED other_uid_is_checked_by_kernel_credentials: needs root to run a client as uid 65534"
-        );
+    if !can_run(
+        is_root(),
+        "other_uid_is_checked_by_kernel_credentials",
+        "root to run a client as uid 65534",
+    ) {
         return;
     }
     let env = TestEnv::new();

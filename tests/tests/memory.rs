@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use secretd_client::Client;
-use support::{TestEnv, is_root, wait_until};
+use support::{TestEnv, can_run, is_root, wait_until};
 
 /// A readable mapping of the daemon: start, end, and its smaps flags.
 struct Region {
@@ -111,10 +111,11 @@ fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
 
 #[test]
 fn a_rotated_away_value_leaves_no_copy_in_memory_disk_or_logs() {
-    if !is_root() {
-        eprintln!(
-            "skipped: reading another process's memory needs root (the daemon is non-dumpable)"
-        );
+    if !can_run(
+        is_root(),
+        "a_rotated_away_value_leaves_no_copy",
+        "root to read another process's memory (the daemon is non-dumpable)",
+    ) {
         return;
     }
     let old = canary("old");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use secretd_client::{Client, RotationStep};
 use secretd_gsm_fake::FakeGsm;
-use support::{TestEnv, cli, euid, is_root, probe_bin, wait_until};
+use support::{TestEnv, can_run, cli, euid, is_root, probe_bin, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -145,7 +145,11 @@ fn a_rotation_and_its_pin_survive_a_restart_and_promote_returns_to_latest() {
         .expect_err("not rotating");
     assert!(err.to_string().contains("not rotating"));
 
-    if is_root() {
+    if can_run(
+        is_root(),
+        "the check as another uid",
+        "root to run as uid 65534",
+    ) {
         let out = env.run_as_nobody(&probe_bin(), &[&socket, "refresh", "trading_api_key"]);
         assert!(String::from_utf8_lossy(&out.stdout).contains("permission_denied"));
     }
@@ -457,8 +461,11 @@ fn mount_namespaces_work() -> bool {
 
 #[test]
 fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
-    if !is_root() || !mount_namespaces_work() {
-        eprintln!("SKIPPED fail-closed test: needs root and mount namespaces for a small tmpfs");
+    if !can_run(
+        is_root() && mount_namespaces_work(),
+        "a_full_disk_makes_reads_fail_closed",
+        "root and mount namespaces for a small tmpfs",
+    ) {
         return;
     }
     let env = TestEnv::new();

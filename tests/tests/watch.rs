@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use secretd_client::{ChangeEvent, Client, SecretChange, SourceKind};
 use secretd_gsm_fake::FakeGsm;
 use secretd_proto::{Request, Response};
-use support::{RawConn, TestEnv, break_glass_apply, euid, is_root, keygen, secretd_bin};
+use support::{RawConn, TestEnv, break_glass_apply, can_run, euid, is_root, keygen, secretd_bin};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 /// The latency bound the watch issue sets for an event after the change is in the cache.
@@ -152,8 +152,11 @@ fn events_follow_gsm_versions_and_break_glass_apply_and_clear() {
 
 #[test]
 fn a_subscriber_sees_only_names_it_may_read_and_the_cli_prints_json_lines() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run a client as another uid");
+    if !can_run(
+        is_root(),
+        "a_subscriber_sees_only_names_it_may_read",
+        "root to run a client as another uid",
+    ) {
         return;
     }
     let env = TestEnv::new();

@@ -39,6 +39,21 @@ pub fn is_root() -> bool {
     euid() == 0
 }
 
+/// Whether a test that needs `capability` (root, namespaces, ...) can run. Outside CI it may
+/// skip, saying why; CI runs as root on a machine that has what the tests need, so there a
+/// test that cannot run fails loudly instead of passing without testing anything.
+pub fn can_run(available: bool, test: &str, capability: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs {capability}; CI must provide it"
+    );
+    eprintln!("SKIPPED {test}: needs {capability}");
+    false
+}
+
 /// What a test waits for, named in the failure: a fixed text, or a closure called only on
 /// failure (to show what was last seen, such as the daemon's log).
 pub trait Waiting {
