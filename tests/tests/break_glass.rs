@@ -351,3 +351,121 @@ fn every_bad_envelope_is_refused_alike_changes_nothing_and_is_rate_limited() {
         .count();
     assert!(failed >= 7, "{failed} failed applies audited");
 }
+
+/// Seals `value` for `name` into `file` with the CLI (no daemon involved) and returns the path.
+fn seal_to_file(
+    env: &TestEnv,
+    socket: &str,
+    name: &str,
+    public: &str,
+    file: &str,
+) -> std::path::PathBuf {
+    let path = env.path(file);
+    let (code, out) = break_glass_apply(
+        socket,
+        name,
+        EMERGENCY,
+        "20m",
+        public,
+        &["--out", path.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 0, "{out}");
+    path
+}
+
+/// `secretd break-glass submit FILE`: (exit code, stderr).
+fn submit(socket: &str, path: &std::path::Path) -> (Option<i32>, String) {
+    let out = cli(
+        &[
+            "break-glass",
+            "submit",
+            path.to_str().expect("utf8"),
+            "--socket",
+            socket,
+        ],
+        &[],
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_envelope_is_applied_at_most_once() {
+    let Setup {
+        env,
+        fake: _fake,
+        config,
+    } = setup();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
+    let envelope = seal_to_file(&env, &socket, "trading_api_key", &public, "once.sbg");
+    assert_eq!(submit(&socket, &envelope).0, Some(0));
+    cli_ok(
+        &[
+            "break-glass",
+            "clear",
+            "trading_api_key",
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
+    // Replaying the cleared override's envelope: refused, and the normal value stays.
+    let (code, err) = submit(&socket, &envelope);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("applied before"), "{err}");
+    assert_eq!(served(&daemon).1, SourceKind::Gsm);
+    let tail = Client::connect(&daemon.socket)
+        .expect("c")
+        .audit_tail(100, Some("trading_api_key"))
+        .expect("tail");
+    assert_eq!(
+        tail.iter()
+            .filter(|r| r.action == "break_glass_apply" && r.result == "ok")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn racing_admins_get_no_more_than_five_decryptions_a_minute() {
+    let Setup {
+        env,
+        fake: _fake,
+        config,
+    } = setup();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    // Sealed for another key: every one fails to open.
+    let out = cli(
+        &[
+            "keygen",
+            "--out-private",
+            env.path("other.pem").to_str().expect("utf8"),
+            "--out-public",
+            env.path("other.pub.pem").to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let other = env.path("other.pub.pem").to_str().expect("utf8").to_owned();
+    let bad = seal_to_file(&env, &socket, "trading_api_key", &other, "bad.sbg");
+    let outcomes: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| submit(&socket, &bad).1))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("submit"))
+            .collect()
+    });
+    let rejected = outcomes
+        .iter()
+        .filter(|e| e.contains("envelope rejected"))
+        .count();
+    let limited = outcomes.iter().filter(|e| e.contains("too many")).count();
+    assert_eq!((rejected, limited), (5, 3), "{outcomes:?}");
+}

@@ -15,6 +15,8 @@ use crate::store::{Store, StoreError};
 
 /// Events waiting for the writer at most; beyond it producers are refused (fail closed).
 pub const AUDIT_QUEUE: usize = 65_536;
+/// How long an admin operation waits for its record to be durable before it is refused.
+pub const AUDIT_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Events committed in one transaction at most.
 pub const AUDIT_BATCH: usize = 1024;
 /// After a failed commit: how long between attempts to reopen the store and retry the batch.
@@ -29,6 +31,9 @@ pub enum AuditError {
     /// The writer thread has ended (shutdown).
     #[error("the audit writer has stopped")]
     Stopped,
+    /// The record was not durable within [`AUDIT_DURABLE_TIMEOUT`].
+    #[error("the audit record was not durable within {}s", AUDIT_DURABLE_TIMEOUT.as_secs())]
+    Timeout,
     /// The commit of this event's batch failed (shared by every waiter of the batch).
     #[error("cannot write the audit trail: {0}")]
     Commit(#[source] Arc<StoreError>),
@@ -101,8 +106,15 @@ impl AuditLog {
         ok
     }
 
-    /// Enqueues an event and waits until it is durable.
+    /// Enqueues an event and waits until it is durable, at most [`AUDIT_DURABLE_TIMEOUT`]: an
+    /// admin operation is refused rather than left hanging on a failing disk.
     pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditError> {
+        tokio::time::timeout(AUDIT_DURABLE_TIMEOUT, self.record_durable_unbounded(event))
+            .await
+            .unwrap_or(Err(AuditError::Timeout))
+    }
+
+    async fn record_durable_unbounded(&self, event: AuditEvent) -> Result<(), AuditError> {
         if !self.healthy() {
             return Err(AuditError::Failing);
         }

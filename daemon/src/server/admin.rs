@@ -145,9 +145,28 @@ impl Session<'_> {
             }
         };
         let source = &self.shared.sources[idx];
-        source
-            .pin_version(next.rotating_version.as_deref())
-            .map_err(|why| WireError::new(ErrorCode::InvalidRequest, why.to_string()))?;
+        // Audit before effect: the step is recorded durably before the served version moves
+        // (a failed begin adds a second, failed record).
+        let mut intent = event.clone();
+        if let Step::Begin(version) = &step {
+            intent.version.clone_from(version);
+        }
+        intent.detail = format!(
+            "status {} -> {} requested",
+            meta.status.as_str(),
+            next.status.as_str()
+        );
+        if let Err(e) = self.shared.audit.record_durable(intent).await {
+            tracing::error!(error = %e, "rotation could not be audited");
+            return Err(audit_down());
+        }
+        if let Err(why) = source.pin_version(next.rotating_version.as_deref()) {
+            event.outcome = Outcome::Failed;
+            event.error_code = Some(ErrorCode::InvalidRequest.as_u16());
+            event.detail = why.to_string();
+            let _ = self.shared.audit.record_durable(event).await;
+            return Err(WireError::new(ErrorCode::InvalidRequest, why.to_string()));
+        }
         let fetched = self.refresh_slots(&[idx]).await.remove(0);
         if let (Step::Begin(version), Some(e)) = (&step, &fetched.error) {
             // The new version cannot be served: stay where we were.

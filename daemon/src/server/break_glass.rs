@@ -33,7 +33,8 @@ impl Session<'_> {
         let code = match e {
             BreakGlassError::NotConfigured
             | BreakGlassError::Rejected
-            | BreakGlassError::NotActive(_) => ErrorCode::InvalidRequest,
+            | BreakGlassError::NotActive(_)
+            | BreakGlassError::Replayed => ErrorCode::InvalidRequest,
             BreakGlassError::RateLimited => ErrorCode::Busy,
             BreakGlassError::Store(_)
             | BreakGlassError::NotAudited(_)

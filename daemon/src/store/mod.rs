@@ -20,7 +20,9 @@ use crate::config::{Config, SourceConfig};
 use crate::util::lock::Recover;
 use crate::util::time::now_ms;
 use metadata::{SecretMeta, Status};
-use tables::{AUDIT, BREAK_GLASS, KEY_SCHEMA_VERSION, META, SCHEMA_VERSION, SECRETS};
+use tables::{
+    AUDIT, BREAK_GLASS, BREAK_GLASS_USED, KEY_SCHEMA_VERSION, META, SCHEMA_VERSION, SECRETS,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +247,48 @@ impl Store {
         Ok(txn.commit()?)
     }
 
+    /// Whether the envelope with `id` was applied before (and has not expired by `now_ms`).
+    pub fn envelope_used(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(BREAK_GLASS_USED)?;
+        let Some(v) = table.get(id)? else {
+            return Ok(false);
+        };
+        let until = v
+            .value()
+            .try_into()
+            .map(i64::from_le_bytes)
+            .map_err(|_| StoreError::corrupt(format!("break_glass_used {id}")))?;
+        Ok(until > now_ms)
+    }
+
+    /// Remembers that the envelope with `id` was applied, until `expires_at_ms`, and forgets
+    /// ids that expired before `now_ms`.
+    pub fn remember_envelope(
+        &self,
+        id: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        {
+            let mut table = txn.open_table(BREAK_GLASS_USED)?;
+            let mut expired = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                let until = v.value().try_into().map(i64::from_le_bytes).unwrap_or(0);
+                if until <= now_ms {
+                    expired.push(k.value().to_owned());
+                }
+            }
+            for k in &expired {
+                table.remove(k.as_str())?;
+            }
+            table.insert(id, &expires_at_ms.to_le_bytes()[..])?;
+        }
+        Ok(txn.commit()?)
+    }
+
     /// Every stored envelope.
     pub fn envelopes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.read()?;
@@ -297,6 +341,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(SECRETS)?;
         txn.open_table(AUDIT)?;
         txn.open_table(BREAK_GLASS)?;
+        txn.open_table(BREAK_GLASS_USED)?;
     }
     txn.commit()?;
     Ok(db)

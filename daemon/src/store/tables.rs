@@ -27,3 +27,8 @@ pub const KEY_AUDIT_CHECKPOINT: &str = "audit_checkpoint";
 /// Active break-glass overrides: name → the sealed envelope exactly as submitted (never the
 /// plaintext), so a restart during an outage keeps the override until it expires.
 pub const BREAK_GLASS: TableDefinition<&str, &[u8]> = TableDefinition::new("break_glass");
+
+/// Break-glass envelopes already applied: envelope id (hex SHA-256 of its bytes) → the
+/// override's expiry, Unix ms (i64 LE). An envelope is applied at most once; ids are dropped
+/// once past their expiry (an expired envelope is refused anyway).
+pub const BREAK_GLASS_USED: TableDefinition<&str, &[u8]> = TableDefinition::new("break_glass_used");

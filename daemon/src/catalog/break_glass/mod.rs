@@ -37,6 +37,15 @@ pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Allowance for the clock of the machine that sealed an envelope running ahead of ours.
 pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
+/// The reason an override ended by itself.
+const EXPIRED: &str = "expired";
+
+/// An envelope's id: the hex SHA-256 of its bytes.
+fn envelope_id(envelope: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(envelope))
+}
+
 /// Why an apply or clear did not happen.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BreakGlassError {
@@ -58,6 +67,9 @@ pub(crate) enum BreakGlassError {
     /// The apply could not be audited, so it was rolled back.
     #[error("not applied: {0}")]
     NotAudited(#[source] AuditError),
+    /// The envelope was applied before (a replay of a cleared or still active override).
+    #[error("this envelope was applied before; seal a new one")]
+    Replayed,
     /// The decryption task died (a panic in the crypto library).
     #[error("break-glass decryption failed unexpectedly")]
     Decryption,
@@ -86,6 +98,8 @@ pub(crate) struct BreakGlass {
     fingerprints: Arc<FingerprintKey>,
     /// Start of the current rate-limit window and failures in it.
     failures: Mutex<(Instant, u32)>,
+    /// Held while an envelope is opened: decryptions happen one at a time.
+    opening: tokio::sync::Mutex<()>,
     /// Expiry timers run here.
     tracker: TaskTracker,
     /// Stops expiry timers at shutdown.
@@ -114,6 +128,7 @@ impl BreakGlass {
             audit,
             fingerprints,
             failures: Mutex::new((Instant::now(), 0)),
+            opening: tokio::sync::Mutex::new(()),
             tracker,
             cancel,
         }))
@@ -132,13 +147,23 @@ impl BreakGlass {
         f.1 = f.1.saturating_add(1);
     }
 
+    fn uncount_failure(&self) {
+        let mut f = self.failures.lock().recover();
+        f.1 = f.1.saturating_sub(1);
+    }
+
     /// Opens an envelope and checks what it binds: a catalog name, an expiry in the future
     /// and no further than `max_ttl` away, an acceptable value.
+    ///
+    /// Envelopes are opened one at a time, and each counts as a failure until it opened: so
+    /// admins racing each other cannot get more than [`MAX_FAILURES`] decryptions a window.
     async fn verify(&self, envelope: Vec<u8>) -> Result<(usize, Opened), BreakGlassError> {
         let key = self.key.clone().ok_or(BreakGlassError::NotConfigured)?;
+        let _one_at_a_time = self.opening.lock().await;
         if self.rate_limited() {
             return Err(BreakGlassError::RateLimited);
         }
+        self.count_failure();
         let opened = if envelope.len() > MAX_ENVELOPE {
             Err(Rejected)
         } else {
@@ -158,37 +183,46 @@ impl BreakGlass {
             }
             Ok((idx, o))
         });
-        checked.map_err(|e| {
-            self.count_failure();
-            e.into()
-        })
+        if checked.is_ok() {
+            self.uncount_failure();
+        }
+        Ok(checked?)
     }
 
     /// Applies an override from `envelope` for `actor`. Returns the slot index.
+    ///
+    /// Audit before effect: the override is persisted and served only once its audit record is
+    /// durable. An envelope is applied at most once: its id (a hash of its bytes) is remembered
+    /// until it expires, so a cleared override cannot be replayed.
     pub(crate) async fn apply(
         self: &Arc<Self>,
         envelope: Vec<u8>,
         actor: Actor,
     ) -> Result<usize, BreakGlassError> {
+        let id = envelope_id(&envelope);
         let sealed = envelope.clone();
         let (idx, opened) = self.verify(envelope).await?;
+        let now = now_ms();
+        if self.store.envelope_used(&id, now)? {
+            return Err(BreakGlassError::Replayed);
+        }
         let name = opened.name.clone();
         let expires_at_ms = opened.expires_at_ms;
-        self.store.put_envelope(&name, &sealed)?;
-        self.set_metadata(&name, Some(expires_at_ms))?;
-        let fingerprint = self.install(idx, opened);
         let mut event = AuditEvent::new(Action::BreakGlassApply, &name, actor, Outcome::Ok);
         event.version = BREAK_GLASS_VERSION.into();
-        event.fingerprint = fingerprint;
+        event.fingerprint = self.fingerprints.fingerprint(&opened.value);
         event.detail = format!(
             "until {}",
             humantime::format_rfc3339_seconds(from_unix_ms(expires_at_ms))
         );
-        if let Err(e) = self.audit.record_durable(event).await {
-            // Unaudited overrides must not stand.
-            self.remove(idx, &name);
-            return Err(BreakGlassError::NotAudited(e));
-        }
+        self.audit
+            .record_durable(event)
+            .await
+            .map_err(BreakGlassError::NotAudited)?;
+        self.store.remember_envelope(&id, expires_at_ms, now)?;
+        self.store.put_envelope(&name, &sealed)?;
+        self.set_metadata(&name, Some(expires_at_ms))?;
+        self.install(idx, opened);
         tracing::error!(
             event = "omni.alert.break_glass_applied",
             secret = %name,
@@ -200,12 +234,12 @@ impl BreakGlass {
         Ok(idx)
     }
 
-    fn install(self: &Arc<Self>, idx: usize, opened: Opened) -> String {
+    fn install(self: &Arc<Self>, idx: usize, opened: Opened) {
         let fingerprint = self.fingerprints.fingerprint(&opened.value);
         let expires_at_ms = opened.expires_at_ms;
         self.catalog.slot(idx).set_override(
             SecretBytes::from_zeroizing(opened.value),
-            fingerprint.clone(),
+            fingerprint,
             from_unix_ms(expires_at_ms),
         );
         let me = self.clone();
@@ -218,7 +252,6 @@ impl BreakGlass {
                 _ = tokio::time::sleep(wait) => me.expire(idx, expires_at_ms).await,
             }
         });
-        fingerprint
     }
 
     async fn expire(self: &Arc<Self>, idx: usize, expires_at_ms: i64) {
@@ -227,7 +260,7 @@ impl BreakGlass {
             .override_expiry()
             .is_some_and(|e| unix_ms(e) == expires_at_ms);
         if still_this {
-            let _ = self.clear(idx, Actor::daemon(), "expired").await;
+            let _ = self.clear(idx, Actor::daemon(), EXPIRED).await;
         }
     }
 
@@ -257,6 +290,8 @@ impl BreakGlass {
     }
 
     /// Clears the override of slot `idx` (`reason`: "cleared" by an operator, or "expired").
+    /// Audit before effect: the override ends once the record is durable (an expiry ends it
+    /// regardless: serving it longer than its envelope allows is not an option).
     pub(crate) async fn clear(
         self: &Arc<Self>,
         idx: usize,
@@ -264,14 +299,19 @@ impl BreakGlass {
         reason: &str,
     ) -> Result<(), BreakGlassError> {
         let name = self.catalog.slot(idx).name.to_string();
-        if !self.remove(idx, &name) {
+        if self.catalog.slot(idx).override_expiry().is_none() {
             return Err(BreakGlassError::NotActive(name));
         }
         let mut event = AuditEvent::new(Action::BreakGlassClear, &name, actor, Outcome::Ok);
         event.detail = reason.into();
-        if let Err(e) = self.audit.record_durable(event).await {
-            tracing::error!(secret = %name, error = %e, "break-glass clear could not be audited");
+        let audited = self.audit.record_durable(event).await;
+        if let Err(e) = &audited {
+            if reason != EXPIRED {
+                return Err(BreakGlassError::NotAudited(e.clone()));
+            }
+            tracing::error!(secret = %name, error = %e, "break-glass expiry could not be audited");
         }
+        self.remove(idx, &name);
         tracing::warn!(
             event = "omni.alert.break_glass_cleared",
             secret = %name,
