@@ -469,3 +469,44 @@ fn racing_admins_get_no_more_than_five_decryptions_a_minute() {
     let limited = outcomes.iter().filter(|e| e.contains("too many")).count();
     assert_eq!((rejected, limited), (5, 3), "{outcomes:?}");
 }
+
+#[test]
+fn a_host_bound_envelope_is_applied_only_on_its_host() {
+    let Setup {
+        env,
+        fake: _fake,
+        config,
+    } = setup();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
+    let this_host = std::fs::read_to_string("/etc/machine-id")
+        .expect("machine id")
+        .trim()
+        .to_owned();
+    let sealed_for = |host: &str, file: &str| {
+        let path = env.path(file);
+        let (code, out) = break_glass_apply(
+            &socket,
+            "trading_api_key",
+            EMERGENCY,
+            "20m",
+            &public,
+            &["--host", host, "--out", path.to_str().expect("utf8")],
+        );
+        assert_eq!(code, 0, "{out}");
+        path
+    };
+    let elsewhere = sealed_for("ffffffffffffffffffffffffffffffff", "elsewhere.sbg");
+    let (code, err) = submit(&socket, &elsewhere);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("envelope rejected"), "{err}");
+    assert_eq!(served(&daemon).1, SourceKind::Gsm);
+
+    let here = sealed_for(&this_host, "here.sbg");
+    assert_eq!(submit(&socket, &here).0, Some(0));
+    assert_eq!(
+        served(&daemon),
+        (EMERGENCY.to_vec(), SourceKind::BreakGlass)
+    );
+}

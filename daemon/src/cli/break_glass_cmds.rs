@@ -41,6 +41,7 @@ pub(super) fn apply(
     value_file: &Path,
     ttl: &str,
     public_key: &Path,
+    host: Option<&str>,
     out: Option<&Path>,
 ) -> Result<(), String> {
     secretd_proto::validate_name(name).map_err(str::to_owned)?;
@@ -63,6 +64,7 @@ pub(super) fn apply(
         &public,
         name,
         crate::util::time::unix_ms(expires),
+        host,
         value.expose(),
     )
     .map_err(|e| e.to_string())?;

@@ -138,6 +138,10 @@ enum BreakGlassCmd {
         /// The daemon's break-glass public key.
         #[arg(long, value_name = "PUB.pem")]
         public_key: PathBuf,
+        /// Bind the envelope to one host: its machine id (`cat /etc/machine-id` on it). Any
+        /// other host holding the private key refuses it.
+        #[arg(long, value_name = "MACHINE_ID")]
+        host: Option<String>,
         /// Write the sealed envelope here instead of applying it (for `break-glass submit`).
         #[arg(long, value_name = "ENVELOPE")]
         out: Option<PathBuf>,
@@ -256,6 +260,7 @@ pub fn main() -> ExitCode {
                 value_file,
                 ttl,
                 public_key,
+                host,
                 out,
             } => break_glass_cmds::apply(
                 cli.socket,
@@ -263,6 +268,7 @@ pub fn main() -> ExitCode {
                 &value_file,
                 &ttl,
                 &public_key,
+                host.as_deref(),
                 out.as_deref(),
             ),
             BreakGlassCmd::Submit { envelope } => break_glass_cmds::submit(cli.socket, &envelope),

@@ -1,12 +1,14 @@
 //! The break-glass envelope: an emergency value sealed for the daemon's RSA key.
 //!
 //! RSA-OAEP (SHA-256, MGF1-SHA256) wraps a random AES-256-GCM key; GCM encrypts the value with
-//! associated data that binds the secret name and the expiry, so neither can be changed
-//! without the daemon noticing. Layout (all integers little-endian):
+//! associated data that binds the secret name, the expiry and, optionally, the one host (its
+//! machine id) that may apply it, so none can be changed without the daemon noticing. Layout
+//! (all integers little-endian):
 //!
 //! ```text
 //! "SBG1" | u16 name_len | name | i64 expires_at_ms | u16 wrapped_len | wrapped AES key
 //!        | nonce [12] | u32 ct_len | ciphertext with 16-byte tag
+//! "SBG2" | u16 name_len | name | u16 host_len | host | i64 expires_at_ms | (as SBG1)
 //! ```
 //!
 //! As a file it is armored base64 between `-----BEGIN/END SECRETD BREAK-GLASS-----` lines.
@@ -19,8 +21,12 @@ use rsa::sha2::Sha256;
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
 use zeroize::Zeroizing;
 
-/// The envelope format's magic and version.
+/// The envelope format's magic and version: not bound to a host.
 const MAGIC: &[u8; 4] = b"SBG1";
+/// The format bound to one host's machine id.
+const MAGIC_HOST: &[u8; 4] = b"SBG2";
+/// The longest host id (a machine id is 32 hex digits).
+pub(crate) const MAX_HOST_LEN: usize = 255;
 /// Bound into the associated data so ciphertexts cannot be reused by another protocol.
 const AAD_CONTEXT: &[u8] = b"secretd-break-glass-v1";
 /// The largest envelope accepted (a 64 KiB value plus headers and a large RSA key).
@@ -59,6 +65,8 @@ pub(crate) struct Opened {
     pub(crate) name: String,
     /// When the override ends, Unix ms.
     pub(crate) expires_at_ms: i64,
+    /// The only host (machine id) that may apply it, when bound.
+    pub(crate) host: Option<String>,
     /// The emergency value.
     pub(crate) value: Zeroizing<Vec<u8>>,
 }
@@ -68,6 +76,7 @@ impl std::fmt::Debug for Opened {
         f.debug_struct("Opened")
             .field("name", &self.name)
             .field("expires_at_ms", &self.expires_at_ms)
+            .field("host", &self.host)
             .field(
                 "value",
                 &format_args!("[REDACTED; {} bytes]", self.value.len()),
@@ -76,21 +85,31 @@ impl std::fmt::Debug for Opened {
     }
 }
 
-fn aad(name: &str, expires_at_ms: i64) -> Vec<u8> {
+fn aad(name: &str, expires_at_ms: i64, host: Option<&str>) -> Vec<u8> {
     let mut aad = AAD_CONTEXT.to_vec();
     aad.extend_from_slice(&(name.len() as u16).to_le_bytes());
     aad.extend_from_slice(name.as_bytes());
     aad.extend_from_slice(&expires_at_ms.to_le_bytes());
+    if let Some(host) = host {
+        aad.extend_from_slice(b"host");
+        aad.extend_from_slice(&(host.len() as u16).to_le_bytes());
+        aad.extend_from_slice(host.as_bytes());
+    }
     aad
 }
 
-/// Seals `value` for `name` until `expires_at_ms` with the daemon's public key.
+/// Seals `value` for `name` until `expires_at_ms` with the daemon's public key, for any host
+/// holding the private key or only for `host` (a machine id).
 pub(crate) fn seal(
     public: &RsaPublicKey,
     name: &str,
     expires_at_ms: i64,
+    host: Option<&str>,
     value: &[u8],
 ) -> Result<Vec<u8>, SealError> {
+    if host.is_some_and(|h| h.is_empty() || h.len() > MAX_HOST_LEN) {
+        return Err(SealError::TooLarge("the host id must be 1 to 255 bytes"));
+    }
     use rsa::traits::PublicKeyParts;
     let bits = public.size() * 8;
     if bits < MIN_RSA_BITS {
@@ -107,7 +126,7 @@ pub(crate) fn seal(
             Nonce::from_slice(&nonce),
             Payload {
                 msg: value,
-                aad: &aad(name, expires_at_ms),
+                aad: &aad(name, expires_at_ms, host),
             },
         )
         .map_err(|_| SealError::Aead)?;
@@ -115,9 +134,13 @@ pub(crate) fn seal(
         .encrypt(&mut OsRng, Oaep::new::<Sha256>(), &key[..])
         .map_err(SealError::Rsa)?;
     let mut out = Vec::with_capacity(64 + name.len() + wrapped.len() + ciphertext.len());
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(if host.is_some() { MAGIC_HOST } else { MAGIC });
     out.extend_from_slice(&name_len.to_le_bytes());
     out.extend_from_slice(name.as_bytes());
+    if let Some(host) = host {
+        out.extend_from_slice(&(host.len() as u16).to_le_bytes());
+        out.extend_from_slice(host.as_bytes());
+    }
     out.extend_from_slice(&expires_at_ms.to_le_bytes());
     out.extend_from_slice(&(wrapped.len() as u16).to_le_bytes());
     out.extend_from_slice(&wrapped);
@@ -137,6 +160,7 @@ pub(crate) fn seal(
 /// Parsed, unauthenticated fields.
 struct Parts<'a> {
     name: &'a [u8],
+    host: Option<&'a [u8]>,
     expires_at_ms: i64,
     wrapped: &'a [u8],
     nonce: &'a [u8],
@@ -153,11 +177,19 @@ fn parse(envelope: &[u8]) -> Option<Parts<'_>> {
         rest = tail;
         Some(head)
     };
-    if take(4)? != MAGIC {
-        return None;
-    }
+    let bound = match take(4)? {
+        m if m == MAGIC => false,
+        m if m == MAGIC_HOST => true,
+        _ => return None,
+    };
     let name_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let name = take(name_len)?;
+    let host = if bound {
+        let host_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+        Some(take(host_len)?)
+    } else {
+        None
+    };
     let expires_at_ms = i64::from_le_bytes(take(8)?.try_into().ok()?);
     let wrapped_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let wrapped = take(wrapped_len)?;
@@ -166,6 +198,7 @@ fn parse(envelope: &[u8]) -> Option<Parts<'_>> {
     let ciphertext = take(ct_len)?;
     rest.is_empty().then_some(Parts {
         name,
+        host,
         expires_at_ms,
         wrapped,
         nonce,
@@ -181,6 +214,10 @@ pub(crate) fn open(private: &RsaPrivateKey, envelope: &[u8]) -> Result<Opened, R
     }
     let parts = parse(envelope).ok_or(Rejected)?;
     let name = std::str::from_utf8(parts.name).map_err(|_| Rejected)?;
+    let host = parts
+        .host
+        .map(|h| std::str::from_utf8(h).map_err(|_| Rejected))
+        .transpose()?;
     let key = Zeroizing::new(
         private
             .decrypt(Oaep::new::<Sha256>(), parts.wrapped)
@@ -193,13 +230,14 @@ pub(crate) fn open(private: &RsaPrivateKey, envelope: &[u8]) -> Result<Opened, R
             Nonce::from_slice(parts.nonce),
             Payload {
                 msg: parts.ciphertext,
-                aad: &aad(name, parts.expires_at_ms),
+                aad: &aad(name, parts.expires_at_ms, host),
             },
         )
         .map_err(|_| Rejected)?;
     Ok(Opened {
         name: name.to_owned(),
         expires_at_ms: parts.expires_at_ms,
+        host: host.map(str::to_owned),
         value: Zeroizing::new(value),
     })
 }
@@ -236,7 +274,14 @@ mod tests {
     #[test]
     fn seal_open_and_every_tampering_is_rejected() {
         let (private, public) = keys();
-        let env = seal(public, "trading_api_key", 1_800_000_000_000, b"emergency").expect("seal");
+        let env = seal(
+            public,
+            "trading_api_key",
+            1_800_000_000_000,
+            None,
+            b"emergency",
+        )
+        .expect("seal");
         let opened = open(private, &env).expect("open");
         assert_eq!(opened.name, "trading_api_key");
         assert_eq!(opened.expires_at_ms, 1_800_000_000_000);
@@ -261,8 +306,37 @@ mod tests {
 
         let other = RsaPrivateKey::new(&mut OsRng, 2048).expect("small key");
         assert!(matches!(
-            seal(&other.to_public_key(), "k", 1, b"v"),
+            seal(&other.to_public_key(), "k", 1, None, b"v"),
             Err(SealError::WeakKey(2048))
         ));
+    }
+
+    #[test]
+    fn a_host_bound_envelope_names_its_host_and_every_tampering_is_rejected() {
+        let (private, public) = keys();
+        let host = "0123456789abcdef0123456789abcdef";
+        let env = seal(
+            public,
+            "trading_api_key",
+            1_800_000_000_000,
+            Some(host),
+            b"emergency",
+        )
+        .expect("seal");
+        assert_eq!(&env[..4], b"SBG2");
+        let opened = open(private, &env).expect("open");
+        assert_eq!(opened.host.as_deref(), Some(host));
+        for i in 0..env.len() {
+            let mut bad = env.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                open(private, &bad).is_err(),
+                "byte {i} flipped and accepted"
+            );
+        }
+        // Turning a bound envelope into an unbound one breaks the tag.
+        let mut unbound = env.clone();
+        unbound[3] = b'1';
+        assert!(open(private, &unbound).is_err());
     }
 }

@@ -98,6 +98,9 @@ pub(crate) struct BreakGlass {
     fingerprints: Arc<FingerprintKey>,
     /// Start of the current rate-limit window and failures in it.
     failures: Mutex<(Instant, u32)>,
+    /// This host's machine id, which a host-bound envelope must name (`None` when unreadable:
+    /// then every host-bound envelope is refused).
+    machine_id: Option<String>,
     /// Held while an envelope is opened: decryptions happen one at a time.
     opening: tokio::sync::Mutex<()>,
     /// Expiry timers run here.
@@ -129,6 +132,7 @@ impl BreakGlass {
             fingerprints,
             failures: Mutex::new((Instant::now(), 0)),
             opening: tokio::sync::Mutex::new(()),
+            machine_id: crate::util::host::machine_id().ok(),
             tracker,
             cancel,
         }))
@@ -175,7 +179,12 @@ impl BreakGlass {
             let idx = self.catalog.index_of(&o.name).ok_or(Rejected)?;
             let now = now_ms();
             let limit = now.saturating_add(millis(self.max_ttl + CLOCK_SKEW, i64::MAX));
-            if o.expires_at_ms <= now
+            let foreign = o
+                .host
+                .as_deref()
+                .is_some_and(|h| self.machine_id.as_deref() != Some(h));
+            if foreign
+                || o.expires_at_ms <= now
                 || o.expires_at_ms > limit
                 || check_value(o.value.len()).is_err()
             {

@@ -27,13 +27,12 @@ use super::fingerprint::FingerprintKey;
 use super::secret_bytes::SecretBytes;
 use crate::audit::{Action, Actor, AuditEvent, AuditLog, Outcome};
 use crate::config::{Config, LastKnownGoodConfig};
+use crate::util::host::{MACHINE_ID, machine_id};
 use crate::util::time::{from_unix_ms, millis, now_ms, unix_ms};
 use seal::{KEY_LEN, MAX_FILE, Unsealable};
 
 /// The least time between two writes of the file.
 pub(crate) const WRITE_INTERVAL: Duration = Duration::from_secs(1);
-/// Where the host's machine id is read (systemd's, stable across reboots, unique per host).
-const MACHINE_ID: &str = "/etc/machine-id";
 
 /// Why last-known-good cannot be used on this host (startup fails: the operator asked for it).
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +121,7 @@ impl LastKnownGood {
         Ok(LastKnownGood {
             path: cfg.path.clone(),
             key: load_key(&cfg.key)?,
-            machine_id: machine_id()?,
+            machine_id: machine_id().map_err(SetupError::MachineId)?,
         })
     }
 
@@ -313,17 +312,4 @@ fn load_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SetupError> {
         return Err(SetupError::KeyLength(path.to_owned()));
     }
     Ok(key)
-}
-
-/// This host's machine id.
-fn machine_id() -> Result<String, SetupError> {
-    let id = std::fs::read_to_string(MACHINE_ID).map_err(SetupError::MachineId)?;
-    let id = id.trim();
-    if id.is_empty() {
-        return Err(SetupError::MachineId(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the file is empty",
-        )));
-    }
-    Ok(id.to_owned())
 }
