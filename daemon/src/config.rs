@@ -50,6 +50,10 @@ pub const DEFAULT_FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
 pub const MAX_FIRST_FETCH_WAIT: Duration = Duration::from_secs(4);
 /// The environment variable systemd sets to the directory of a unit's credentials.
 pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// Default `daemon.audit_anchor_interval`.
+pub const DEFAULT_AUDIT_ANCHOR_INTERVAL: Duration = Duration::from_secs(300);
+/// The credential name `LoadCredential(Encrypted)=` gives the audit chain key.
+pub const AUDIT_KEY_CREDENTIAL: &str = "secretd-audit-key";
 /// The credential name `LoadCredential(Encrypted)=` gives the last-known-good key.
 pub const LAST_KNOWN_GOOD_CREDENTIAL: &str = "secretd-lkg-key";
 
@@ -112,6 +116,8 @@ struct RawDaemon {
     rotation_check_interval: Option<String>,
     rotation_warning: Option<String>,
     first_fetch_wait: Option<String>,
+    audit_key: Option<PathBuf>,
+    audit_anchor_interval: Option<String>,
     last_known_good: Option<PathBuf>,
     last_known_good_key: Option<PathBuf>,
 }
@@ -216,6 +222,11 @@ pub struct DaemonConfig {
     pub rotation_warning: Duration,
     /// How long a read of a never-loaded secret waits for that secret's first fetch.
     pub first_fetch_wait: Duration,
+    /// The audit chain's key file, when set (else systemd's credential, else a file beside the
+    /// database).
+    pub audit_key: Option<PathBuf>,
+    /// How often the chain's head is logged as `audit.anchor`.
+    pub audit_anchor_interval: Duration,
     /// The sealed last-known-good file and its key, when enabled.
     pub last_known_good: Option<LastKnownGoodConfig>,
 }
@@ -501,6 +512,20 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             MAX_FIRST_FETCH_WAIT.as_secs()
         )));
     }
+    let audit_anchor_interval = positive_duration_or(
+        "daemon.audit_anchor_interval",
+        raw.audit_anchor_interval,
+        DEFAULT_AUDIT_ANCHOR_INTERVAL,
+    )?;
+    let audit_key = raw.audit_key;
+    if let Some(k) = &audit_key
+        && !k.is_absolute()
+    {
+        return Err(invalid(format!(
+            "daemon.audit_key = {:?} must be an absolute path",
+            k.display()
+        )));
+    }
     let last_known_good = match (raw.last_known_good, raw.last_known_good_key) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -622,6 +647,8 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             DEFAULT_ROTATION_WARNING,
         )?,
         first_fetch_wait,
+        audit_key,
+        audit_anchor_interval,
         last_known_good,
     })
 }

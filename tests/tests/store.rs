@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -624,4 +625,127 @@ fn a_version_change_mid_connection_flushes_the_reads_of_the_old_version() {
         (counts.1 == 3).then_some(counts)
     });
     assert_eq!(per_version, (5, 3));
+}
+
+/// The last `audit.anchor` the daemon logged: `SEQ:HASH`.
+fn last_anchor(log: &str) -> String {
+    log.lines()
+        .rev()
+        .filter(|l| l.contains("audit.anchor"))
+        .filter_map(|l| {
+            let seq = l.split("seq=").nth(1)?.split_whitespace().next()?;
+            let hash = l.split("hash=").nth(1)?.split_whitespace().next()?;
+            Some(format!("{seq}:{}", hash.trim_matches('"')))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no audit.anchor in:\n{log}"))
+}
+
+#[test]
+fn truncation_and_rollback_are_caught_by_an_anchor_and_a_copy_verifies_offline() {
+    let env = TestEnv::new();
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let read_a_few = |daemon: &support::Daemon| {
+        for _ in 0..3 {
+            Client::connect(&daemon.socket)
+                .expect("connect")
+                .get("trading_api_key")
+                .expect("get");
+        }
+    };
+    // First run: its state is what a rollback will restore.
+    let mut daemon = env.start(&config);
+    read_a_few(&daemon);
+    assert!(daemon.stop().success());
+    let old_db = std::fs::read(env.path("secretd.redb")).expect("db");
+    // Second run: more records; the anchor logged at shutdown is what the journal keeps.
+    let mut daemon = env.start(&config);
+    read_a_few(&daemon);
+    assert!(daemon.stop().success());
+    let anchor = last_anchor(&daemon.log());
+    std::fs::copy(env.path("secretd.redb"), env.path("copy.redb")).expect("copy");
+    std::fs::copy(
+        env.path("secretd.redb.audit-key"),
+        env.path("copy.redb.audit-key"),
+    )
+    .expect("copy key");
+    let verify_head = |anchor: &str| {
+        let mut daemon = env.start(&config);
+        let socket = daemon.socket.to_str().expect("utf8").to_owned();
+        let result = run_cli(&socket, &["audit", "verify", "--head", anchor]);
+        assert!(daemon.stop().success());
+        result
+    };
+
+    let (code, out, err) = verify_head(&anchor);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok: ") && l.contains(" records, head ")),
+        "{out}"
+    );
+
+    // Rolled back to the first run's database: the chain verifies, the anchor does not.
+    std::fs::write(env.path("secretd.redb"), &old_db).expect("roll back");
+    let (code, _, err) = verify_head(&anchor);
+    assert_eq!(code, 1);
+    assert!(err.contains("truncated or rolled back"), "{err}");
+
+    // Truncated: the newest records deleted.
+    std::fs::copy(env.path("copy.redb"), env.path("secretd.redb")).expect("restore");
+    let rows = audit_rows(&env);
+    with_audit_table(&env, |t| {
+        for (seq, _) in rows.iter().rev().take(4) {
+            t.remove(*seq).expect("remove");
+        }
+    });
+    let (code, _, err) = verify_head(&anchor);
+    assert_eq!(code, 1);
+    assert!(err.contains("truncated or rolled back"), "{err}");
+
+    // The copy, offline, with its key.
+    let copy = env.path("copy.redb");
+    let out = cli(
+        &[
+            "audit",
+            "verify",
+            "--db",
+            copy.to_str().expect("utf8"),
+            "--head",
+            &anchor,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("head {anchor} is in the chain"))
+    );
+    // And with another key it does not verify.
+    std::fs::write(env.path("other.key"), [7u8; 32]).expect("key");
+    std::fs::set_permissions(
+        env.path("other.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    let out = cli(
+        &[
+            "audit",
+            "verify",
+            "--db",
+            copy.to_str().expect("utf8"),
+            "--key",
+            env.path("other.key").to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken at seq"));
 }

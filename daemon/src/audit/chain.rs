@@ -1,10 +1,17 @@
 //! Audit records: canonical encoding and the hash chain.
 //!
 //! Stored value = prev_hash (32) ‖ hash (32) ‖ body, where
-//! hash = SHA-256(prev_hash ‖ seq as u64 LE ‖ body). Binding the sequence number makes a deleted,
-//! reordered or altered record break the chain at that point. docs/schema.md has the layout.
+//! hash = HMAC-SHA256(key, prev_hash ‖ seq as u64 LE ‖ body) under a key kept outside the
+//! database. Records written before keyed chains (by an earlier release) keep their
+//! SHA-256(prev_hash ‖ seq ‖ body); `Chaining` says from which sequence number the key
+//! applies. Binding the sequence number makes a deleted, reordered or altered record break the
+//! chain at that point; the key means nobody without it can rewrite the chain to match.
+//! docs/schema.md has the layout.
 
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+
+use crate::util::key_file::Key;
 
 use super::event::{Action, ActorType, AuditEvent, Outcome};
 
@@ -113,8 +120,44 @@ pub fn decode_body(body: &[u8]) -> Option<AuditEvent> {
     c.0.is_empty().then_some(event)
 }
 
-/// The chain hash of a record.
-pub fn chain_hash(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
+/// How records are hashed: under the key from `keyed_from` on, with plain SHA-256 before (the
+/// records an earlier release wrote, before the database was upgraded).
+#[derive(Clone, Copy)]
+pub(crate) struct Chaining<'a> {
+    /// The chain key.
+    pub(crate) key: &'a Key,
+    /// The first sequence number hashed under the key.
+    pub(crate) keyed_from: u64,
+}
+
+impl std::fmt::Debug for Chaining<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chaining")
+            .field("key", &"[REDACTED]")
+            .field("keyed_from", &self.keyed_from)
+            .finish()
+    }
+}
+
+impl Chaining<'_> {
+    /// The chain hash of record `seq`.
+    pub(crate) fn hash(&self, prev: &Hash, seq: u64, body: &[u8]) -> Hash {
+        if seq < self.keyed_from {
+            return legacy_hash(prev, seq, body);
+        }
+        // HMAC takes keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key[..]) else {
+            return [0; HASH_LEN];
+        };
+        mac.update(prev);
+        mac.update(&seq.to_le_bytes());
+        mac.update(body);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// The unkeyed hash earlier releases chained with.
+pub(crate) fn legacy_hash(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(seq.to_le_bytes());
@@ -123,8 +166,13 @@ pub fn chain_hash(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
 }
 
 /// A stored value: prev_hash ‖ hash ‖ body.
-pub fn encode_stored(prev: &Hash, seq: u64, body: &[u8]) -> (Vec<u8>, Hash) {
-    let hash = chain_hash(prev, seq, body);
+pub(crate) fn encode_stored(
+    chaining: Chaining<'_>,
+    prev: &Hash,
+    seq: u64,
+    body: &[u8],
+) -> (Vec<u8>, Hash) {
+    let hash = chaining.hash(prev, seq, body);
     let mut out = Vec::with_capacity(2 * HASH_LEN + body.len());
     out.extend_from_slice(prev);
     out.extend_from_slice(&hash);
@@ -153,10 +201,14 @@ pub struct Verification {
     pub last_seq: u64,
     /// The first record that does not verify, and why.
     pub broken: Option<(u64, String)>,
+    /// The hash of the last record checked (the chain's head when nothing is broken).
+    pub head: Option<Hash>,
 }
 
-/// Walks records in key order from a checkpoint (`first_seq`, `prev_hash`).
-pub fn verify<'a>(
+/// Walks records in key order from a checkpoint (`first_seq`, `prev_hash`). With
+/// `chaining` = `None`, every record is checked as an unkeyed (legacy) one.
+pub(crate) fn verify<'a>(
+    chaining: Option<Chaining<'_>>,
     first_seq: u64,
     mut prev: Hash,
     records: impl IntoIterator<Item = (u64, &'a [u8])>,
@@ -166,6 +218,7 @@ pub fn verify<'a>(
         first_seq,
         last_seq: first_seq.saturating_sub(1),
         broken: None,
+        head: None,
     };
     for (expected, (seq, stored)) in (first_seq..).zip(records) {
         let fail = |why: &str| Some((expected.min(seq), why.to_owned()));
@@ -185,7 +238,11 @@ pub fn verify<'a>(
             v.broken = fail("prev_hash does not match the previous record (reordered or removed)");
             return v;
         }
-        if chain_hash(&prev, seq, body) != stored_hash {
+        let expected_hash = match chaining {
+            Some(c) => c.hash(&prev, seq, body),
+            None => legacy_hash(&prev, seq, body),
+        };
+        if expected_hash != stored_hash {
             v.broken = fail("hash does not match the record's content (altered)");
             return v;
         }
@@ -196,6 +253,7 @@ pub fn verify<'a>(
         prev = stored_hash;
         v.checked += 1;
         v.last_seq = seq;
+        v.head = Some(stored_hash);
     }
     v
 }
@@ -223,11 +281,21 @@ mod tests {
         }
     }
 
+    fn key() -> Key {
+        zeroize::Zeroizing::new([9; crate::util::key_file::KEY_LEN])
+    }
+
+    fn chaining(key: &Key) -> Chaining<'_> {
+        Chaining { key, keyed_from: 1 }
+    }
+
     fn chain(n: u64) -> Vec<(u64, Vec<u8>)> {
+        let key = key();
         let mut prev = [0u8; HASH_LEN];
         (1..=n)
             .map(|seq| {
-                let (stored, hash) = encode_stored(&prev, seq, &encode_body(&event("k")));
+                let (stored, hash) =
+                    encode_stored(chaining(&key), &prev, seq, &encode_body(&event("k")));
                 prev = hash;
                 (seq, stored)
             })
@@ -235,11 +303,43 @@ mod tests {
     }
 
     fn run(records: &[(u64, Vec<u8>)]) -> Verification {
+        let key = key();
         verify(
+            Some(chaining(&key)),
             1,
             [0; HASH_LEN],
             records.iter().map(|(s, v)| (*s, v.as_slice())),
         )
+    }
+
+    #[test]
+    fn a_chain_rewritten_without_the_key_does_not_verify() {
+        let good = chain(3);
+        assert_eq!(run(&good).broken, None);
+        // Someone who can write the database alters record 2 and recomputes every hash after
+        // it, as an unkeyed chain would let them.
+        let mut forged = good.clone();
+        let mut prev = split_stored(&forged[0].1).expect("split").1;
+        for (seq, stored) in forged.iter_mut().skip(1) {
+            let mut e = event("k");
+            e.count = 1;
+            let (new, hash) = {
+                let body = encode_body(&e);
+                let hash = legacy_hash(&prev, *seq, &body);
+                let mut out = prev.to_vec();
+                out.extend_from_slice(&hash);
+                out.extend_from_slice(&body);
+                (out, hash)
+            };
+            *stored = new;
+            prev = hash;
+        }
+        assert_eq!(run(&forged).broken.expect("caught").0, 2);
+        // The head of a good chain is its last record's hash.
+        assert_eq!(
+            run(&good).head,
+            Some(split_stored(&good[2].1).expect("split").1)
+        );
     }
 
     #[test]
@@ -278,7 +378,9 @@ mod tests {
 
         // A pruned prefix verifies from its checkpoint.
         let (_, hash_of_2, _) = split_stored(&good[1].1).expect("split");
+        let key = key();
         let tail = verify(
+            Some(chaining(&key)),
             3,
             hash_of_2,
             good[2..].iter().map(|(s, v)| (*s, v.as_slice())),

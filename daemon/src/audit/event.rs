@@ -29,10 +29,12 @@ pub enum Action {
     AuditPrune = 10,
     /// A client subscribed to changes of a secret (or was refused).
     Watch = 11,
+    /// The chain was keyed: the first keyed record, committing to the unkeyed head.
+    AuditUpgrade = 12,
 }
 
 impl Action {
-    const ALL: [Action; 11] = [
+    const ALL: [Action; 12] = [
         Action::Read,
         Action::Refresh,
         Action::BreakGlassApply,
@@ -44,6 +46,7 @@ impl Action {
         Action::DaemonStart,
         Action::AuditPrune,
         Action::Watch,
+        Action::AuditUpgrade,
     ];
 
     /// The stable snake_case name.
@@ -60,6 +63,7 @@ impl Action {
             Action::DaemonStart => "daemon_start",
             Action::AuditPrune => "audit_prune",
             Action::Watch => "watch",
+            Action::AuditUpgrade => "audit_upgrade",
         }
     }
 

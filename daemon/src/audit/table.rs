@@ -3,17 +3,99 @@
 
 use redb::{Durability, ReadableTable};
 
-use super::chain::{self, HASH_LEN, Hash, Verification};
+use super::chain::{self, Chaining, HASH_LEN, Hash, Verification};
 use super::event::AuditEvent;
-use crate::store::tables::{AUDIT, KEY_AUDIT_CHECKPOINT, META};
+use crate::store::tables::{AUDIT, KEY_AUDIT_CHECKPOINT, KEY_AUDIT_KEYED_FROM, META};
 use crate::store::{Store, StoreError};
+use crate::util::key_file::Key;
+
+/// What opening the chain under its key found.
+#[derive(Debug)]
+pub(crate) enum Keying {
+    /// The chain is keyed already, or empty and keyed from its next record.
+    Keyed,
+    /// A database an earlier release wrote: its unkeyed records were checked, and the keyed
+    /// chain starts with the next record (which must commit to this head).
+    Upgraded {
+        /// The unkeyed chain's last record.
+        head_seq: u64,
+        /// Its hash.
+        head_hash: Hash,
+        /// The unkeyed chain's verification.
+        legacy: Verification,
+    },
+}
+
+/// The first sequence number hashed under the key.
+fn keyed_from(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
+    match meta.get(KEY_AUDIT_KEYED_FROM)? {
+        // A database that has not been opened by a keyed build yet: nothing is keyed.
+        None => Ok(u64::MAX),
+        Some(v) => v
+            .value()
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| StoreError::corrupt("audit_keyed_from")),
+    }
+}
+
+/// Starts keyed chaining on this database: a new or empty chain is keyed from its next record;
+/// an unkeyed one (an earlier release's) is verified as it is, and keyed from the record after
+/// its head.
+pub(crate) fn open_keyed(store: &Store) -> Result<Keying, StoreError> {
+    let txn = store.write()?;
+    let keying = {
+        let mut meta = txn.open_table(META)?;
+        if meta.get(KEY_AUDIT_KEYED_FROM)?.is_some() {
+            return Ok(Keying::Keyed);
+        }
+        let table = txn.open_table(AUDIT)?;
+        let (first, prev) = checkpoint(&meta)?;
+        let last = table.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+        let (keyed_from, keying) = match last {
+            None => (first, Keying::Keyed),
+            Some((head_seq, stored)) => {
+                let head_hash = chain::split_stored(&stored)
+                    .ok_or_else(|| StoreError::corrupt(format!("audit record {head_seq}")))?
+                    .1;
+                let mut rows = Vec::new();
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    rows.push((k.value(), v.value().to_vec()));
+                }
+                let legacy = chain::verify(
+                    None,
+                    first,
+                    prev,
+                    rows.iter().map(|(s, v)| (*s, v.as_slice())),
+                );
+                (
+                    head_seq + 1,
+                    Keying::Upgraded {
+                        head_seq,
+                        head_hash,
+                        legacy,
+                    },
+                )
+            }
+        };
+        meta.insert(KEY_AUDIT_KEYED_FROM, &keyed_from.to_le_bytes()[..])?;
+        keying
+    };
+    txn.commit()?;
+    Ok(keying)
+}
 
 /// Appends events to the chain in one durable transaction (group commit).
-pub(crate) fn append(store: &Store, events: &[AuditEvent]) -> Result<(), StoreError> {
+pub(crate) fn append(store: &Store, key: &Key, events: &[AuditEvent]) -> Result<(), StoreError> {
     let mut txn = store.write()?;
     txn.set_durability(Durability::Immediate)?;
     {
         let meta = txn.open_table(META)?;
+        let chaining = Chaining {
+            key,
+            keyed_from: keyed_from(&meta)?,
+        };
         let mut table = txn.open_table(AUDIT)?;
         let (mut seq, mut prev) = match table.last()? {
             Some((k, v)) => {
@@ -28,7 +110,8 @@ pub(crate) fn append(store: &Store, events: &[AuditEvent]) -> Result<(), StoreEr
         };
         for event in events {
             seq += 1;
-            let (stored, hash) = chain::encode_stored(&prev, seq, &chain::encode_body(event));
+            let (stored, hash) =
+                chain::encode_stored(chaining, &prev, seq, &chain::encode_body(event));
             table.insert(seq, stored.as_slice())?;
             prev = hash;
         }
@@ -63,28 +146,80 @@ pub(crate) fn tail(
     Ok(out)
 }
 
-/// Walks the whole chain from its checkpoint.
-pub(crate) fn verify(store: &Store) -> Result<Verification, StoreError> {
+/// Walks the whole chain from its checkpoint, under `key`.
+pub(crate) fn verify(store: &Store, key: &Key) -> Result<Verification, StoreError> {
     let txn = store.read()?;
     let meta = txn.open_table(META)?;
     let (first, prev) = checkpoint(&meta)?;
+    let chaining = Chaining {
+        key,
+        keyed_from: keyed_from(&meta)?,
+    };
     let table = txn.open_table(AUDIT)?;
     let mut rows = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
         rows.push((k.value(), v.value().to_vec()));
     }
-    Ok(chain::verify(
+    let mut v = chain::verify(
+        Some(chaining),
         first,
         prev,
         rows.iter().map(|(s, v)| (*s, v.as_slice())),
+    );
+    if v.broken.is_none()
+        && first > 1
+        && first >= chaining.keyed_from
+        && !checkpoint_confirmed(&rows, first, &prev)
+    {
+        v.broken = Some((
+            first,
+            "the prune checkpoint does not match its audit_prune record (moved or forged)".into(),
+        ));
+    }
+    Ok(v)
+}
+
+/// The hash of record `seq`, if the chain holds it.
+pub(crate) fn record_hash(store: &Store, seq: u64) -> Result<Option<Hash>, StoreError> {
+    let txn = store.read()?;
+    let table = txn.open_table(AUDIT)?;
+    let Some(v) = table.get(seq)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        chain::split_stored(v.value())
+            .ok_or_else(|| StoreError::corrupt(format!("audit record {seq}")))?
+            .1,
     ))
 }
 
+/// The chain's last record: (seq, hash), if there is one.
+pub(crate) fn head(store: &Store) -> Result<Option<(u64, Hash)>, StoreError> {
+    let txn = store.read()?;
+    let table = txn.open_table(AUDIT)?;
+    let Some((k, v)) = table.last()? else {
+        return Ok(None);
+    };
+    let seq = k.value();
+    let hash = chain::split_stored(v.value())
+        .ok_or_else(|| StoreError::corrupt(format!("audit record {seq}")))?
+        .1;
+    Ok(Some((seq, hash)))
+}
+
 /// Removes records older than `cutoff_ms` from the start of the chain, moving the
-/// checkpoint so the rest still verifies. Returns how many were removed.
-pub(crate) fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
-    let txn = store.write()?;
+/// checkpoint so the rest still verifies, and appends `record` (completed with the count and
+/// the new checkpoint) in the same transaction. Returns how many were removed.
+pub(crate) fn prune(
+    store: &Store,
+    key: &Key,
+    cutoff_ms: i64,
+    mut record: AuditEvent,
+    older_than: &str,
+) -> Result<u64, StoreError> {
+    let mut txn = store.write()?;
+    txn.set_durability(Durability::Immediate)?;
     let mut removed = 0;
     {
         let mut meta = txn.open_table(META)?;
@@ -110,10 +245,48 @@ pub(crate) fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
             cp.extend_from_slice(&hash);
             meta.insert(KEY_AUDIT_CHECKPOINT, cp.as_slice())?;
             removed = doomed.len() as u64;
+            record.count = removed;
+            record.detail = format!(
+                "removed {removed} records older than {older_than}; {CHECKPOINT_TAG}{}:{}",
+                seq + 1,
+                hex::encode(hash)
+            );
+            // The record goes after the last kept one (or right after the checkpoint).
+            let (head_seq, head) = match table.last()? {
+                Some((k, v)) => (
+                    k.value(),
+                    chain::split_stored(v.value())
+                        .ok_or_else(|| StoreError::corrupt(format!("audit record {}", k.value())))?
+                        .1,
+                ),
+                None => (seq, hash),
+            };
+            let chaining = Chaining {
+                key,
+                keyed_from: keyed_from(&meta)?,
+            };
+            let (stored, _) =
+                chain::encode_stored(chaining, &head, head_seq + 1, &chain::encode_body(&record));
+            table.insert(head_seq + 1, stored.as_slice())?;
         }
     }
     txn.commit()?;
     Ok(removed)
+}
+
+/// How an `audit_prune` record names the checkpoint it set: `checkpoint SEQ:HASH`.
+const CHECKPOINT_TAG: &str = "checkpoint ";
+
+/// Whether the newest `audit_prune` record among `rows` names the checkpoint
+/// (`first`, `prev`). Only checkpoints a keyed build set are checked (`first >= keyed_from`);
+/// earlier releases did not name them.
+fn checkpoint_confirmed(rows: &[(u64, Vec<u8>)], first: u64, prev: &Hash) -> bool {
+    let expected = format!("{CHECKPOINT_TAG}{first}:{}", hex::encode(prev));
+    rows.iter()
+        .rev()
+        .filter_map(|(_, stored)| chain::decode_body(chain::split_stored(stored)?.2))
+        .find(|e| e.action == super::event::Action::AuditPrune)
+        .is_some_and(|e| e.detail.ends_with(&expected))
 }
 
 /// The chain's starting point: (first_seq, prev_hash); (1, zeros) before any pruning.
@@ -137,5 +310,109 @@ fn checkpoint(
                 .map_err(|_| StoreError::corrupt("audit_checkpoint"))?;
             Ok((first, prev))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::{Action, Actor, Outcome};
+
+    fn events(n: usize) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|_| AuditEvent::new(Action::Read, "k", Actor::daemon(), Outcome::Ok))
+            .collect()
+    }
+
+    #[test]
+    fn an_earlier_releases_chain_is_verified_then_keyed_from_its_head_on() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let key = zeroize::Zeroizing::new([3u8; 32]);
+        // What an earlier release left: records chained without a key, and no keyed_from.
+        append(&store, &key, &events(3)).expect("legacy records");
+        match open_keyed(&store).expect("open keyed") {
+            Keying::Upgraded {
+                head_seq, legacy, ..
+            } => {
+                assert_eq!(head_seq, 3);
+                assert_eq!((legacy.checked, legacy.broken), (3, None));
+            }
+            other => panic!("expected an upgrade, got {other:?}"),
+        }
+        assert!(matches!(open_keyed(&store).expect("again"), Keying::Keyed));
+        append(&store, &key, &events(2)).expect("keyed records");
+        let v = verify(&store, &key).expect("verify");
+        assert_eq!((v.checked, v.broken), (5, None));
+        // The keyed part does not verify under another key; the unkeyed part still does.
+        let other = zeroize::Zeroizing::new([4u8; 32]);
+        assert_eq!(
+            verify(&store, &other)
+                .expect("verify")
+                .broken
+                .expect("broken")
+                .0,
+            4
+        );
+        assert_eq!(head(&store).expect("head").map(|h| h.0), Some(5));
+        assert_eq!(
+            record_hash(&store, 5).expect("hash"),
+            head(&store).expect("head").map(|h| h.1)
+        );
+    }
+
+    #[test]
+    fn a_new_database_is_keyed_from_its_first_record() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let key = zeroize::Zeroizing::new([5u8; 32]);
+        assert!(matches!(open_keyed(&store).expect("open"), Keying::Keyed));
+        append(&store, &key, &events(2)).expect("append");
+        assert_eq!(verify(&store, &key).expect("verify").broken, None);
+        let other = zeroize::Zeroizing::new([6u8; 32]);
+        assert_eq!(
+            verify(&store, &other)
+                .expect("verify")
+                .broken
+                .expect("broken")
+                .0,
+            1
+        );
+    }
+
+    #[test]
+    fn pruning_verifies_and_a_checkpoint_moved_by_hand_is_caught() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let key = zeroize::Zeroizing::new([8u8; 32]);
+        open_keyed(&store).expect("open");
+        let mut old = events(5);
+        for e in &mut old {
+            e.recorded_at_ms = 1_000;
+        }
+        append(&store, &key, &old).expect("old");
+        append(&store, &key, &events(2)).expect("new");
+        let record = AuditEvent::new(Action::AuditPrune, "", Actor::daemon(), Outcome::Ok);
+        assert_eq!(prune(&store, &key, 2_000, record, "1s").expect("prune"), 5);
+        let v = verify(&store, &key).expect("verify");
+        assert_eq!((v.first_seq, v.checked, v.broken), (6, 3, None));
+
+        // Someone drops record 6 and moves the checkpoint past it to hide that.
+        let hash_of_6 = record_hash(&store, 6).expect("hash").expect("record 6");
+        let txn = store.write().expect("txn");
+        {
+            let mut table = txn.open_table(AUDIT).expect("audit");
+            table.remove(6u64).expect("remove");
+            let mut meta = txn.open_table(META).expect("meta");
+            let mut cp = 7u64.to_le_bytes().to_vec();
+            cp.extend_from_slice(&hash_of_6);
+            meta.insert(KEY_AUDIT_CHECKPOINT, cp.as_slice())
+                .expect("checkpoint");
+        }
+        txn.commit().expect("commit");
+        let v = verify(&store, &key).expect("verify");
+        let (seq, why) = v.broken.expect("caught");
+        assert_eq!(seq, 7);
+        assert!(why.contains("checkpoint"), "{why}");
     }
 }

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::chain::{Hash, Verification};
 use super::event::AuditEvent;
 use super::table;
 use crate::store::{Store, StoreError};
+use crate::util::key_file::Key;
 
 /// Events waiting for the writer at most; beyond it producers are refused (fail closed).
 pub const AUDIT_QUEUE: usize = 65_536;
@@ -56,17 +58,23 @@ pub struct AuditLog {
     healthy: Arc<AtomicBool>,
     /// Events queued and not yet committed (for metrics and tests).
     depth: Arc<AtomicUsize>,
+    /// The key the chain is hashed under (never in the database).
+    key: Arc<Key>,
 }
 
 impl AuditLog {
     /// Starts the writer thread over `store`. It ends once every handle is dropped and the
     /// queue is drained.
-    pub fn start(store: Arc<Store>) -> std::io::Result<(AuditLog, std::thread::JoinHandle<()>)> {
+    pub fn start(
+        store: Arc<Store>,
+        key: Arc<Key>,
+    ) -> std::io::Result<(AuditLog, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE);
         let log = AuditLog {
             tx,
             healthy: Arc::new(AtomicBool::new(true)),
             depth: Arc::new(AtomicUsize::new(0)),
+            key,
         };
         let writer = log.clone_state();
         let handle = std::thread::Builder::new()
@@ -79,7 +87,30 @@ impl AuditLog {
         WriterState {
             healthy: self.healthy.clone(),
             depth: self.depth.clone(),
+            key: self.key.clone(),
         }
+    }
+
+    /// Walks the whole chain under the key.
+    pub(crate) fn verify(&self, store: &Store) -> Result<Verification, StoreError> {
+        table::verify(store, &self.key)
+    }
+
+    /// Prunes records older than `cutoff_ms` and appends `record` (an `audit_prune`, completed
+    /// with the count and the new checkpoint) in the same transaction. Returns how many went.
+    pub(crate) fn prune(
+        &self,
+        store: &Store,
+        cutoff_ms: i64,
+        record: AuditEvent,
+        older_than: &str,
+    ) -> Result<u64, StoreError> {
+        table::prune(store, &self.key, cutoff_ms, record, older_than)
+    }
+
+    /// The chain's last record, (seq, hash).
+    pub(crate) fn head(store: &Store) -> Result<Option<(u64, Hash)>, StoreError> {
+        table::head(store)
     }
 
     /// Whether audited requests may proceed.
@@ -142,6 +173,8 @@ struct WriterState {
     healthy: Arc<AtomicBool>,
     /// Decremented as batches finish.
     depth: Arc<AtomicUsize>,
+    /// The chain key.
+    key: Arc<Key>,
 }
 
 impl WriterState {
@@ -154,7 +187,7 @@ impl WriterState {
         events: &[AuditEvent],
         rx: &mpsc::Receiver<Job>,
     ) -> Result<(), AuditError> {
-        let mut result = table::append(store, events);
+        let mut result = table::append(store, &self.key, events);
         if let Err(e) = &result {
             self.healthy.store(false, Ordering::Relaxed);
             tracing::error!(
@@ -167,7 +200,9 @@ impl WriterState {
         while result.is_err() {
             std::thread::sleep(AUDIT_RETRY_INTERVAL);
             let stopping = rx.is_closed();
-            result = store.reopen().and_then(|()| table::append(store, events));
+            result = store
+                .reopen()
+                .and_then(|()| table::append(store, &self.key, events));
             if let Err(e) = &result
                 && stopping
             {

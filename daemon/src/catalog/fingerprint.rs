@@ -2,8 +2,8 @@
 //! the database (never in it). Operators compare fingerprints across hosts that share the key
 //! file; without the key a low-entropy secret cannot be brute-forced from its fingerprint.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -32,32 +32,7 @@ pub fn key_path(db: &Path) -> PathBuf {
 impl FingerprintKey {
     /// Loads the key, creating it (random, mode 0600) on first start.
     pub fn load_or_create(path: &Path) -> std::io::Result<FingerprintKey> {
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        match std::fs::File::open(path) {
-            Ok(mut f) => {
-                let mode = f.metadata()?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    return Err(std::io::Error::other(format!(
-                        "{} is readable by others (mode {:o}); it must be 0600",
-                        path.display(),
-                        mode & 0o777
-                    )));
-                }
-                f.read_exact(&mut key[..])?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                getrandom::fill(&mut key[..]).map_err(|e| std::io::Error::other(e.to_string()))?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)?;
-                f.write_all(&key[..])?;
-                f.sync_all()?;
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(FingerprintKey(key))
+        crate::util::key_file::load_or_create(path).map(FingerprintKey)
     }
 
     /// A key from bytes (tests).

@@ -188,25 +188,6 @@ pub(super) fn audit_tail(
         .map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
-pub(super) fn audit_verify(socket: Option<PathBuf>) -> Result<(), String> {
-    let client = connect(socket)?;
-    let v = client.audit_verify().map_err(|e| e.to_string())?;
-    match v.broken_seq {
-        None => {
-            println!(
-                "audit chain ok: {} records verified (seq {}..={})",
-                v.checked, v.first_seq, v.last_seq
-            );
-            Ok(())
-        }
-        Some(seq) => Err(format!(
-            "audit chain broken at seq {seq}: {} ({} records verified before it)",
-            v.reason.unwrap_or_default(),
-            v.checked
-        )),
-    }
-}
-
 fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 usage error.
 
+mod audit_cmds;
 mod break_glass_cmds;
 mod check_cmd;
 mod client_cmds;
@@ -195,8 +196,20 @@ enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Walk the hash chain; exit 1 and name the first bad record if it is broken.
-    Verify,
+    /// Walk the hash chain; exit 1 and name the first bad record if it is broken. The last line
+    /// is `ok: N records, head SEQ:HASH`.
+    Verify {
+        /// Also require this record (an `audit.anchor` from the shipped log) to be in the chain
+        /// with this hash: a truncated or rolled-back database fails.
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
+        /// Verify a copy of the database offline instead of asking the daemon.
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// With --db: the audit key (default: the copy's path plus `.audit-key`).
+        #[arg(long, value_name = "FILE", requires = "db")]
+        key: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the `secretd` binary.
@@ -239,7 +252,10 @@ pub fn main() -> ExitCode {
             AuditCmd::Tail { n, secret, json } => {
                 client_cmds::audit_tail(cli.socket, n, secret.as_deref(), json)
             }
-            AuditCmd::Verify => client_cmds::audit_verify(cli.socket),
+            AuditCmd::Verify { head, db, key } => match db {
+                Some(db) => audit_cmds::verify_offline(&db, key.as_deref(), head.as_deref()),
+                None => audit_cmds::verify_online(cli.socket, head.as_deref()),
+            },
         },
         Command::Keygen {
             out_private,

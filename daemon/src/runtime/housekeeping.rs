@@ -1,4 +1,4 @@
-//! Periodic housekeeping: rotation due dates and audit retention.
+//! Periodic housekeeping: rotation due dates, audit retention, and audit anchors.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,9 @@ use crate::util::time::{millis, now_ms};
 /// How often records past retention are pruned.
 pub(crate) const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Checks rotation due dates every `rotation_check_interval` (and at once), and prunes the
-/// audit trail every [`PRUNE_INTERVAL`], until cancelled.
+/// Checks rotation due dates every `rotation_check_interval` (and at once), prunes the audit
+/// trail every [`PRUNE_INTERVAL`], and logs the audit chain's head every
+/// `audit_anchor_interval` (and at once), until cancelled.
 pub(crate) async fn run(
     store: Arc<Store>,
     audit: AuditLog,
@@ -24,11 +25,13 @@ pub(crate) async fn run(
     let mut rotation = tokio::time::interval(cfg.rotation_check_interval);
     let mut prune_timer = tokio::time::interval(PRUNE_INTERVAL);
     prune_timer.tick().await; // startup already pruned
+    let mut anchor = tokio::time::interval(cfg.audit_anchor_interval);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = rotation.tick() => check_rotations(&store, cfg.rotation_warning),
             _ = prune_timer.tick() => audit::prune(&store, &audit, cfg.audit_retention),
+            _ = anchor.tick() => super::serve::log_anchor(&store),
         }
     }
 }

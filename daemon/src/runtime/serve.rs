@@ -16,7 +16,7 @@ use crate::catalog::fingerprint::{self, FingerprintKey};
 use crate::catalog::last_known_good::{self, LastKnownGood};
 use crate::catalog::refresh;
 use crate::catalog::source::{self, BuildError};
-use crate::config::Config;
+use crate::config::{AUDIT_KEY_CREDENTIAL, CREDENTIALS_DIRECTORY_ENV, Config};
 use crate::metrics::Metrics;
 use crate::server::denials::Denials;
 use crate::server::policy::Policy;
@@ -24,7 +24,9 @@ use crate::server::socket::{self, SocketError, SocketFile};
 use crate::server::{self, Shared};
 use crate::store::metadata::Status;
 use crate::store::{Store, StoreError};
+use crate::util::key_file;
 use crate::util::time::now_ms;
+use std::path::PathBuf;
 
 /// How long shutdown waits for connections and refreshers to finish.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -48,6 +50,14 @@ pub(crate) enum ServeError {
     FingerprintKey {
         /// The key file.
         path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The audit chain's key could not be read or created.
+    #[error("audit key {}: {source}", path.display())]
+    AuditKey {
+        /// The key file.
+        path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -117,6 +127,7 @@ pub(crate) async fn run(
             return Err(e);
         }
     };
+    let store_for_anchor = store.clone();
     let watchdog = tokio::spawn(watch_socket(socket_file.clone(), cancel.clone()));
     let result = serve_bound(config, store, key, audit, listener, &socket_file, cancel).await;
     // Finished means it saw the socket lost (true) or the shutdown (false); a setup error
@@ -134,6 +145,7 @@ pub(crate) async fn run(
     if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
         tracing::warn!("the audit writer did not finish within the shutdown grace period");
     }
+    log_anchor(&store_for_anchor);
     if lost {
         return Err(ServeError::SocketLost(socket_path));
     }
@@ -218,7 +230,8 @@ type OpenedStore = (
 );
 
 /// Opens the database (exclusively: a second daemon on the same file fails here with a clear
-/// message), the fingerprint key beside it, and the audit writer.
+/// message), the fingerprint key beside it, the audit chain's key, and the audit writer. A
+/// database an earlier release wrote gets its keyed chain started here.
 fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
     let store = Arc::new(Store::open(&config.daemon.db)?);
     let key_path = fingerprint::key_path(&config.daemon.db);
@@ -228,8 +241,83 @@ fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
             source,
         }
     })?);
-    let (audit, thread) = AuditLog::start(store.clone()).map_err(ServeError::AuditWriter)?;
+    let (audit_key_path, create) = audit_key_path(config);
+    let audit_key = if create {
+        key_file::load_or_create(&audit_key_path)
+    } else {
+        key_file::load(&audit_key_path)
+    }
+    .map_err(|source| ServeError::AuditKey {
+        path: audit_key_path.clone(),
+        source,
+    })?;
+    let keying = audit::open_keyed(&store)?;
+    let (audit, thread) =
+        AuditLog::start(store.clone(), Arc::new(audit_key)).map_err(ServeError::AuditWriter)?;
+    if let audit::Keying::Upgraded {
+        head_seq,
+        head_hash,
+        legacy,
+    } = keying
+    {
+        let verdict = match &legacy.broken {
+            None => format!("unkeyed chain verified ({} records)", legacy.checked),
+            Some((seq, why)) => {
+                tracing::error!(
+                    event = "omni.alert.audit_chain_broken",
+                    seq,
+                    reason = %why,
+                    "the unkeyed audit chain of this database is broken; keyed chaining starts anyway"
+                );
+                format!("unkeyed chain broken at seq {seq}: {why}")
+            }
+        };
+        let mut event = AuditEvent::new(Action::AuditUpgrade, "", Actor::daemon(), Outcome::Ok);
+        event.detail = format!(
+            "keyed chain starts here; unkeyed head {head_seq}:{}; {verdict}",
+            hex::encode(head_hash)
+        );
+        audit.record(event);
+        tracing::warn!(
+            event = "audit.upgraded",
+            head_seq,
+            "the audit chain is keyed from here on"
+        );
+    }
     Ok((store, key, audit, thread))
+}
+
+/// Where the audit chain's key is, and whether to create it: `audit_key`, else systemd's
+/// credential `secretd-audit-key` when present, else a file beside the database (created on
+/// first start).
+fn audit_key_path(config: &Config) -> (PathBuf, bool) {
+    if let Some(path) = &config.daemon.audit_key {
+        return (path.clone(), false);
+    }
+    if let Some(dir) = std::env::var_os(CREDENTIALS_DIRECTORY_ENV).filter(|d| !d.is_empty()) {
+        let path = PathBuf::from(dir).join(AUDIT_KEY_CREDENTIAL);
+        if path.exists() {
+            return (path, false);
+        }
+    }
+    let mut beside = config.daemon.db.as_os_str().to_owned();
+    beside.push(".audit-key");
+    (PathBuf::from(beside), true)
+}
+
+/// Logs the chain's head as `audit.anchor`: shipped off the host with the journal, anchors are
+/// what a truncated or rolled-back database cannot match (`secretd audit verify --head`).
+pub(crate) fn log_anchor(store: &Store) {
+    match AuditLog::head(store) {
+        Ok(Some((seq, hash))) => tracing::info!(
+            event = "audit.anchor",
+            seq,
+            hash = %hex::encode(hash),
+            "audit chain head"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cannot read the audit chain's head"),
+    }
 }
 
 async fn serve_bound(

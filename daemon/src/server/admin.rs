@@ -236,7 +236,10 @@ impl Session<'_> {
 
     pub(super) fn audit_verify(&mut self) -> Answer {
         self.admin_gate("audit_verify", Action::Refresh)?;
-        let v = audit::verify(&self.shared.store)
+        let v = self
+            .shared
+            .audit
+            .verify(&self.shared.store)
             .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
         Ok(Reply::Plain(Response::AuditVerified(AuditVerification {
             checked: v.checked,

@@ -4,7 +4,7 @@
 //! audit tallies) → a handler (`read`, `admin`, `break_glass`, `watch`) returning a `reply`.
 //! Beside it, `http` serves `/metrics` (`scrape`), `/healthz` and `/status` (`status_json`).
 
-mod admin;
+pub(crate) mod admin;
 mod admission;
 mod break_glass;
 mod connection;

@@ -23,6 +23,9 @@ pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub const KEY_SCHEMA_VERSION: &str = "schema_version";
 /// Key of the audit checkpoint in `META`.
 pub const KEY_AUDIT_CHECKPOINT: &str = "audit_checkpoint";
+/// Key in `META` of the first audit sequence number chained under the audit key (u64 LE).
+/// Absent in a database an earlier release wrote, until a keyed build opens it.
+pub const KEY_AUDIT_KEYED_FROM: &str = "audit_keyed_from";
 
 /// Active break-glass overrides: name → the sealed envelope exactly as submitted (never the
 /// plaintext), so a restart during an outage keeps the override until it expires.

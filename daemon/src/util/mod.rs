@@ -3,5 +3,6 @@
 //! Nothing here knows about secrets, the store or the protocol.
 
 pub(crate) mod host;
+pub(crate) mod key_file;
 pub(crate) mod lock;
 pub(crate) mod time;
