@@ -25,41 +25,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// The outcome of a secretd call. The numbers are stable: never renumbered or reused.
-typedef enum {
-  // Success.
-  SECRETD_RESULT_OK = 0,
-  // The name is not in the daemon's catalog.
-  SECRETD_RESULT_NOT_FOUND = 1,
-  // The daemon's policy does not let this process's uid/groups read the secret.
-  SECRETD_RESULT_PERMISSION_DENIED = 2,
-  // The secret has no servable value right now (never loaded, or stale past max_stale).
-  SECRETD_RESULT_UNAVAILABLE = 3,
-  // No daemon answered at the socket path.
-  SECRETD_RESULT_CONNECT_FAILED = 4,
-  // The daemon's bytes did not follow the protocol.
-  SECRETD_RESULT_PROTOCOL = 5,
-  // An argument no daemon would accept (a malformed name, non-UTF-8 text).
-  SECRETD_RESULT_INVALID_ARGUMENT = 6,
-  // A required pointer argument was NULL.
-  SECRETD_RESULT_NULL_PARAMETER = 7,
-  // A bug inside the library panicked; the call had no effect.
-  SECRETD_RESULT_PANIC = 8,
-  // A bug or unexpected failure inside the daemon.
-  SECRETD_RESULT_INTERNAL = 9,
-  // The daemon is at its connection limit; retry shortly.
-  SECRETD_RESULT_BUSY = 10,
-  // The connection failed mid-request (after one transparent reconnect) or timed out.
-  SECRETD_RESULT_IO = 11,
-  // The daemon speaks another protocol version.
-  SECRETD_RESULT_UNSUPPORTED_VERSION = 12,
-  // The daemon did not answer within the request timeout (5 s by default); the next call
-  // reconnects.
-  SECRETD_RESULT_TIMEOUT = 13,
-  // The process behind the socket cannot be the real daemon; nothing was sent to it.
-  SECRETD_RESULT_UNTRUSTED_SERVER = 14,
-} secretd_result;
-
 // What a watch event reports. The numbers are stable.
 typedef enum {
   // A watched secret now serves a different value: read it again with `secretd_get`.
@@ -84,6 +49,13 @@ typedef struct secretd_secret secretd_secret;
 // A running watch. Opaque. Stop and free it with `secretd_watch_stop`.
 typedef struct secretd_watch_handle secretd_watch_handle;
 
+// The outcome of a secretd call: `SECRETD_RESULT_OK` (0) or one of the `SECRETD_RESULT_*`
+// codes. A plain integer rather than a C enum, as rustls-ffi does: a code this header does not
+// name (from a newer library, or garbage) is never undefined behaviour, and
+// `secretd_error_message` answers any integer. The numbers are stable: never renumbered or
+// reused.
+typedef uint32_t secretd_result;
+
 // One event, lent to the callback: every pointer is valid only during the call. Never holds
 // a value. For `LAGGED` and `ERROR` the strings are empty.
 typedef struct {
@@ -107,6 +79,51 @@ typedef struct {
 // this watch wait meanwhile). May call `secretd_get` on any client, and may call
 // `secretd_watch_stop` on its own watch (which then returns without waiting).
 typedef void (*secretd_watch_callback)(const secretd_change_event *event, void *user_data);
+
+// Success.
+#define SECRETD_RESULT_OK 0
+
+// The name is not in the daemon's catalog.
+#define SECRETD_RESULT_NOT_FOUND 1
+
+// The daemon's policy does not let this process's uid/groups read the secret.
+#define SECRETD_RESULT_PERMISSION_DENIED 2
+
+// The secret has no servable value right now (never loaded, or stale past max_stale).
+#define SECRETD_RESULT_UNAVAILABLE 3
+
+// No daemon answered at the socket path.
+#define SECRETD_RESULT_CONNECT_FAILED 4
+
+// The daemon's bytes did not follow the protocol.
+#define SECRETD_RESULT_PROTOCOL 5
+
+// An argument no daemon would accept (a malformed name, non-UTF-8 text).
+#define SECRETD_RESULT_INVALID_ARGUMENT 6
+
+// A required pointer argument was NULL.
+#define SECRETD_RESULT_NULL_PARAMETER 7
+
+// A bug inside the library panicked; the call had no effect.
+#define SECRETD_RESULT_PANIC 8
+
+// The daemon reported an internal error.
+#define SECRETD_RESULT_INTERNAL 9
+
+// The daemon is at a connection limit; retry shortly.
+#define SECRETD_RESULT_BUSY 10
+
+// The connection failed.
+#define SECRETD_RESULT_IO 11
+
+// The daemon speaks another protocol version.
+#define SECRETD_RESULT_UNSUPPORTED_VERSION 12
+
+// The daemon did not answer within the request timeout; the next call reconnects.
+#define SECRETD_RESULT_TIMEOUT 13
+
+// The process behind the socket cannot be the real daemon; nothing was sent to it.
+#define SECRETD_RESULT_UNTRUSTED_SERVER 14
 
 #ifdef __cplusplus
 extern "C" {

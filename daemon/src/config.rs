@@ -407,6 +407,12 @@ fn parse_mode(text: &str) -> Result<u32, ConfigError> {
             "daemon.socket_mode = {text:?} must let the owner read and write"
         )));
     }
+    if mode & 0o002 != 0 {
+        return Err(invalid(format!(
+            "daemon.socket_mode = {text:?} lets every local user connect; grant a group \
+             instead (socket_mode = \"0660\" with socket_group)"
+        )));
+    }
     Ok(mode)
 }
 
@@ -911,6 +917,7 @@ deny = []
         assert!(err("[daemon]\nsokcet = \"/x\"").contains("sokcet"));
         assert!(err("[daemon]\nsocket_mode = \"999\"").contains("socket_mode"));
         assert!(err("[daemon]\nsocket_mode = \"0044\"").contains("owner"));
+        assert!(err("[daemon]\nsocket_mode = \"0666\"").contains("socket_group"));
         assert!(err("[daemon]\nrefresh_interval = \"soon\"").contains("refresh_interval"));
         assert!(err("[daemon]\nsocket = \"relative.sock\"").contains("absolute"));
         let dup = "[[secret]]\nname=\"a\"\nsource=\"env\"\nenv=\"A\"\n[[secret]]\nname=\"a\"\nsource=\"env\"\nenv=\"B\"";

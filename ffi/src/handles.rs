@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ::secretd_client as rust_client;
 use rust_client::{Client, Secret, SourceKind};
 
-use crate::error::{fail, fail_with, guard, guard_value, secretd_result};
+use crate::error::{Code, SECRETD_RESULT_OK, fail, fail_with, guard, guard_value, secretd_result};
 
 /// A connection to the daemon. Opaque. Thread-safe: one client may be shared by many threads
 /// (their requests take turns on its one connection). Reconnects after a daemon restart.
@@ -81,7 +81,7 @@ unsafe fn connect(
 ) -> secretd_result {
     guard(|| {
         if out.is_null() {
-            return fail(secretd_result::NullParameter, "out is NULL");
+            return fail(Code::NullParameter, "out is NULL");
         }
         let path = if socket_path_or_null.is_null() {
             rust_client::default_socket_path()
@@ -97,7 +97,7 @@ unsafe fn connect(
                 let handle = Box::into_raw(Box::new(secretd_client { client }));
                 // SAFETY: `out` is non-NULL and valid per the contract.
                 unsafe { *out = handle };
-                secretd_result::Ok
+                SECRETD_RESULT_OK
             }
             Err(e) => fail_with(&e),
         }
@@ -133,14 +133,11 @@ pub unsafe extern "C" fn secretd_get(
 ) -> secretd_result {
     guard(|| {
         if client.is_null() || name.is_null() || out.is_null() {
-            return fail(
-                secretd_result::NullParameter,
-                "client, name and out must not be NULL",
-            );
+            return fail(Code::NullParameter, "client, name and out must not be NULL");
         }
         // SAFETY: non-NULL and NUL-terminated per the contract.
         let Ok(name) = unsafe { CStr::from_ptr(name) }.to_str() else {
-            return fail(secretd_result::InvalidArgument, "name is not UTF-8");
+            return fail(Code::InvalidArgument, "name is not UTF-8");
         };
         // SAFETY: non-NULL and live per the contract.
         let client = unsafe { &(*client).client };
@@ -149,10 +146,7 @@ pub unsafe extern "C" fn secretd_get(
             Err(e) => return fail_with(&e),
         };
         let Ok(version) = CString::new(secret.version()) else {
-            return fail(
-                secretd_result::Protocol,
-                "daemon sent a version containing NUL",
-            );
+            return fail(Code::Protocol, "daemon sent a version containing NUL");
         };
         let source = source_name(secret.source());
         let handle = Box::into_raw(Box::new(secretd_secret {
@@ -162,7 +156,7 @@ pub unsafe extern "C" fn secretd_get(
         }));
         // SAFETY: `out` is non-NULL and valid per the contract.
         unsafe { *out = handle };
-        secretd_result::Ok
+        SECRETD_RESULT_OK
     })
 }
 

@@ -16,7 +16,15 @@ mod error;
 mod handles;
 mod watch;
 
-pub use error::{secretd_error_message, secretd_last_error_message, secretd_result};
+pub use error::{
+    SECRETD_RESULT_BUSY, SECRETD_RESULT_CONNECT_FAILED, SECRETD_RESULT_INTERNAL,
+    SECRETD_RESULT_INVALID_ARGUMENT, SECRETD_RESULT_IO, SECRETD_RESULT_NOT_FOUND,
+    SECRETD_RESULT_NULL_PARAMETER, SECRETD_RESULT_OK, SECRETD_RESULT_PANIC,
+    SECRETD_RESULT_PERMISSION_DENIED, SECRETD_RESULT_PROTOCOL, SECRETD_RESULT_TIMEOUT,
+    SECRETD_RESULT_UNAVAILABLE, SECRETD_RESULT_UNSUPPORTED_VERSION,
+    SECRETD_RESULT_UNTRUSTED_SERVER, secretd_error_message, secretd_last_error_message,
+    secretd_result,
+};
 pub use handles::{
     secretd_client, secretd_client_connect, secretd_client_connect_cached, secretd_client_free,
     secretd_get, secretd_secret, secretd_secret_data, secretd_secret_free, secretd_secret_len,

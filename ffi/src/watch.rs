@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use ::secretd_client as rust_client;
 use rust_client::{ChangeEvent, WatchHandle};
 
-use crate::error::{fail, fail_with, guard, guard_value, secretd_result};
+use crate::error::{Code, SECRETD_RESULT_OK, fail, fail_with, guard, guard_value, secretd_result};
 use crate::handles::{secretd_client, source_name};
 
 /// What a watch event reports. The numbers are stable.
@@ -85,13 +85,13 @@ impl Target {
                     secretd_event_kind::Changed,
                     Some(strings),
                     c.at_ms,
-                    secretd_result::Ok,
+                    SECRETD_RESULT_OK,
                 )
             }
-            Ok(ChangeEvent::Lagged) => (secretd_event_kind::Lagged, None, 0, secretd_result::Ok),
+            Ok(ChangeEvent::Lagged) => (secretd_event_kind::Lagged, None, 0, SECRETD_RESULT_OK),
             Err(e) => {
-                let code = secretd_result::from_error(&e);
-                (secretd_event_kind::Error, None, 0, code)
+                let code = Code::from_error(&e);
+                (secretd_event_kind::Error, None, 0, code as secretd_result)
             }
         };
         let ptr = |i: usize| {
@@ -135,11 +135,11 @@ pub unsafe extern "C" fn secretd_watch(
 ) -> secretd_result {
     guard(|| {
         let Some(callback) = callback else {
-            return fail(secretd_result::NullParameter, "callback is NULL");
+            return fail(Code::NullParameter, "callback is NULL");
         };
         if client.is_null() || out.is_null() || (names.is_null() && count > 0) {
             return fail(
-                secretd_result::NullParameter,
+                Code::NullParameter,
                 "client, out and (when count > 0) names must not be NULL",
             );
         }
@@ -148,11 +148,11 @@ pub unsafe extern "C" fn secretd_watch(
             // SAFETY: `names` holds `count` pointers per the contract.
             let p = unsafe { *names.add(i) };
             if p.is_null() {
-                return fail(secretd_result::NullParameter, "a name is NULL");
+                return fail(Code::NullParameter, "a name is NULL");
             }
             // SAFETY: NUL-terminated per the contract.
             let Ok(name) = unsafe { CStr::from_ptr(p) }.to_str() else {
-                return fail(secretd_result::InvalidArgument, "a name is not UTF-8");
+                return fail(Code::InvalidArgument, "a name is not UTF-8");
             };
             list.push(name);
         }
@@ -171,7 +171,7 @@ pub unsafe extern "C" fn secretd_watch(
                 let watch = Box::into_raw(Box::new(secretd_watch_handle { handle }));
                 // SAFETY: `out` is non-NULL and valid per the contract.
                 unsafe { *out = watch };
-                secretd_result::Ok
+                SECRETD_RESULT_OK
             }
             Err(e) => fail_with(&e),
         }

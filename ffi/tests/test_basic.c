@@ -81,6 +81,9 @@ int main(int argc, char **argv) {
   CHECK(secretd_error_message(SECRETD_RESULT_OK, big, sizeof big) == strlen("success"));
   CHECK(strcmp(big, "success") == 0);
   CHECK(secretd_error_message(SECRETD_RESULT_PANIC, big, sizeof big) > 0);
+  /* Any integer is a valid argument: a code this header does not name is described as such. */
+  CHECK(secretd_error_message((secretd_result)999, big, sizeof big) > 0);
+  CHECK(strstr(big, "unknown") != NULL);
 
   secretd_client_free(client);
   printf("test_basic: %d checks passed\n", checks_run);

@@ -41,7 +41,7 @@ fn setup(env: &TestEnv) -> (FakeGsm, String) {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .daemon("first_fetch_wait", "1s")
         .daemon(
             "last_known_good",

@@ -29,7 +29,7 @@ fn setup() -> Setup {
     keygen(&env);
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .daemon("refresh_interval", "5m")
         .gsm(&fake.endpoint())
         .gsm_set("attempt_timeout", "300ms")

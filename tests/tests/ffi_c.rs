@@ -127,7 +127,7 @@ fn daemon_env() -> (TestEnv, String) {
     let env = TestEnv::new();
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .file_secret("trading_api_key", KEY.as_bytes())
         .policy(&[0], &["*"], &[])
         .build();

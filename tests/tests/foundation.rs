@@ -88,7 +88,7 @@ fn other_uid_is_checked_by_kernel_credentials() {
     let env = TestEnv::new();
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .file_secret("trading_api_key", KEY)
         .file_secret("public_banner", b"hello-public-value")
         .policy(&[0], &["*"], &[])

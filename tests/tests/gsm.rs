@@ -15,7 +15,7 @@ const CLIENT_SECRET: &str = "projects/apex-test/secrets/omni-client-secret";
 /// A config with two GSM secrets: `trading_api_key` (short id, `latest`) and
 /// `trading_client_secret` (full resource, pinned to version 1).
 fn gsm_config(env: &TestEnv, fake: &FakeGsm, daemon: &[(&str, &str)]) -> String {
-    let mut conf = env.conf().daemon("socket_mode", "0666");
+    let mut conf = env.conf().shared_with_nobody();
     for (key, value) in daemon {
         conf = conf.daemon(key, *value);
     }

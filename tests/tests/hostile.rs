@@ -24,7 +24,7 @@ const RSS_SLACK_KIB: u64 = 64 * 1024;
 fn start(env: &TestEnv, limits: &[(&str, i64)]) -> Daemon {
     let mut conf = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .file_secret("trading_api_key", KEY)
         .policy(&[euid(), 65534], &["*"], &[]);
     for (key, value) in limits {
@@ -343,7 +343,7 @@ fn idle_floods_of_the_metrics_port_and_the_socket_leave_reads_and_scrapes_workin
     let port = free_port();
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .daemon("metrics_listen", format!("127.0.0.1:{port}"))
         .file_secret("trading_api_key", KEY)
         .policy(&[euid(), 65534], &["*"], &[])
@@ -437,7 +437,7 @@ fn a_denial_flood_from_another_uid_grows_the_database_and_the_log_only_a_little(
     // uid 65534 has no policy at all: every read it asks for is refused.
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .file_secret("trading_api_key", KEY)
         .readable_by_me()
         .build();

@@ -19,7 +19,7 @@ fn gsm_env(fake: &FakeGsm) -> (TestEnv, String) {
     let env = TestEnv::new();
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .gsm(&fake.endpoint())
         .gsm_secret("trading_api_key", API_KEY)
         .with("owner", "trading-platform")

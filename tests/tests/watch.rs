@@ -23,7 +23,7 @@ type Item = (Instant, secretd_client::Result<ChangeEvent>);
 /// A daemon serving file secrets `names` (value `<name>-1`), readable by this uid (all) and
 /// by uid 65534 (only `public_feed`, when listed).
 fn file_daemon(env: &TestEnv, names: &[&str], max_connections: Option<i64>) -> support::Daemon {
-    let mut conf = env.conf().daemon("socket_mode", "0666");
+    let mut conf = env.conf().shared_with_nobody();
     if let Some(n) = max_connections {
         conf = conf
             .daemon("max_connections", n)
@@ -96,7 +96,7 @@ fn events_follow_gsm_versions_and_break_glass_apply_and_clear() {
     keygen(&env);
     let config = env
         .conf()
-        .daemon("socket_mode", "0666")
+        .shared_with_nobody()
         .gsm(&fake.endpoint())
         .break_glass(&env.path("bg.pem"))
         .gsm_secret("trading_api_key", API_KEY)

@@ -60,6 +60,19 @@ impl ConfigBuilder<'_> {
         self
     }
 
+    /// Lets uid/gid 65534 (`TestEnv::run_as_nobody`) reach the socket: mode 0660 and the
+    /// socket's group 65534 (the daemon refuses a socket every local user could write). Giving
+    /// a file to another group needs root; without it the socket stays private (and the tests
+    /// that run as 65534 skip, outside CI).
+    pub fn shared_with_nobody(self) -> Self {
+        if super::is_root() {
+            self.daemon("socket_mode", "0660")
+                .daemon("socket_group", "65534")
+        } else {
+            self
+        }
+    }
+
     /// A `[gsm]` section for `endpoint`, anonymous, with short timeouts.
     pub fn gsm(mut self, endpoint: &str) -> Self {
         let mut gsm = Table::new();

@@ -98,7 +98,7 @@ pub fn wait_until<T>(
 /// A temp directory holding secret files, configs and sockets.
 #[derive(Debug)]
 pub struct TestEnv {
-    /// The directory (world-traversable, so another uid can reach a 0666 socket inside).
+    /// The directory (world-traversable, so uid 65534 can reach a socket shared with its group).
     pub dir: tempfile::TempDir,
 }
 
