@@ -1,17 +1,19 @@
 /* Every function of the C API against a real daemon, including its error and NULL paths.
- * Usage: test_basic SOCKET NAME EXPECTED_VALUE STUCK_SOCKET
- * STUCK_SOCKET accepts connections and never answers (the timeout path). */
+ * Usage: test_basic SOCKET NAME EXPECTED_VALUE STUCK_SOCKET IMPOSTOR_SOCKET
+ * STUCK_SOCKET accepts connections and never answers (the timeout path); IMPOSTOR_SOCKET sits
+ * in a directory every user can write (the untrusted-server path). */
 #include <string.h>
 
 #include "secretd.h"
 #include "check.h"
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: test_basic SOCKET NAME EXPECTED_VALUE STUCK_SOCKET\n");
+  if (argc != 6) {
+    fprintf(stderr, "usage: test_basic SOCKET NAME EXPECTED_VALUE STUCK_SOCKET IMPOSTOR_SOCKET\n");
     return 2;
   }
-  const char *socket = argv[1], *name = argv[2], *expected = argv[3], *stuck = argv[4];
+  const char *socket = argv[1], *name = argv[2], *expected = argv[3], *stuck = argv[4],
+             *impostor = argv[5];
 
   CHECK(secretd_version() != NULL && strlen(secretd_version()) > 0);
 
@@ -31,6 +33,11 @@ int main(int argc, char **argv) {
   CHECK(client == (secretd_client *)0x1);
   secretd_last_error_message(detail, sizeof detail);
   CHECK(strstr(detail, "timed out after 5s waiting for secretd at ") != NULL);
+  /* A socket anyone could have planted: refused before a byte is sent, out untouched. */
+  CHECK_RESULT(secretd_client_connect(impostor, &client), SECRETD_RESULT_UNTRUSTED_SERVER);
+  CHECK(client == (secretd_client *)0x1);
+  secretd_last_error_message(detail, sizeof detail);
+  CHECK(strstr(detail, "writable by others") != NULL);
   CHECK(secretd_error_message(SECRETD_RESULT_TIMEOUT, detail, sizeof detail) > 0);
   CHECK(strstr(detail, "timed out") != NULL);
   CHECK(secretd_error_message(SECRETD_RESULT_UNTRUSTED_SERVER, detail, sizeof detail) > 0);

@@ -123,6 +123,24 @@ fn gcc_or_skip(test: &str) -> bool {
     false
 }
 
+/// Two sockets test_basic needs besides the daemon's: one that accepts connections (the
+/// kernel's backlog) and never answers, and one in a directory every user can write.
+fn odd_sockets(env: &TestEnv) -> (String, String, [std::os::unix::net::UnixListener; 2]) {
+    use std::os::unix::fs::PermissionsExt;
+    let stuck = env.path("stuck.sock");
+    let stuck_listener = std::os::unix::net::UnixListener::bind(&stuck).expect("bind stuck");
+    let shared = env.path("shared");
+    std::fs::create_dir(&shared).expect("shared dir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let impostor = shared.join("secretd.sock");
+    let impostor_listener = std::os::unix::net::UnixListener::bind(&impostor).expect("bind");
+    (
+        stuck.to_str().expect("utf8").to_owned(),
+        impostor.to_str().expect("utf8").to_owned(),
+        [stuck_listener, impostor_listener],
+    )
+}
+
 fn daemon_env() -> (TestEnv, String) {
     let env = TestEnv::new();
     let config = env
@@ -142,13 +160,10 @@ fn c_api_basics_and_many_threads_on_one_client() {
     let (env, config) = daemon_env();
     let daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8");
-    // A socket that accepts connections (the kernel's backlog) and never answers.
-    let stuck_path = env.path("stuck.sock");
-    let _stuck = std::os::unix::net::UnixListener::bind(&stuck_path).expect("bind stuck socket");
-    let stuck = stuck_path.to_str().expect("utf8");
+    let (stuck, impostor, _listeners) = odd_sockets(&env);
     let out = run(
         &c_test(&env, "test_basic"),
-        &[socket, "trading_api_key", KEY, stuck],
+        &[socket, "trading_api_key", KEY, &stuck, &impostor],
     );
     assert!(out.contains("checks passed"), "{out}");
     let out = run(
@@ -281,8 +296,7 @@ fn c_api_has_no_leaks_under_valgrind() {
     }
     let (env, config) = daemon_env();
     let daemon = env.start(&config);
-    let stuck_path = env.path("stuck.sock");
-    let _stuck = std::os::unix::net::UnixListener::bind(&stuck_path).expect("bind stuck socket");
+    let (stuck, impostor, _listeners) = odd_sockets(&env);
     let exe = compile(
         &env,
         "gcc",
@@ -309,7 +323,8 @@ fn c_api_has_no_leaks_under_valgrind() {
             daemon.socket.to_str().expect("utf8"),
             "trading_api_key",
             KEY,
-            stuck_path.to_str().expect("utf8"),
+            &stuck,
+            &impostor,
         ])
         .output()
         .expect("valgrind");
