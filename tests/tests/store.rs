@@ -29,6 +29,14 @@ fn gsm_env(fake: &FakeGsm) -> (TestEnv, String) {
     (env, config)
 }
 
+/// A config serving only `trading_api_key` (a file, value [`KEY`]) to this uid.
+fn key_only(env: &TestEnv) -> String {
+    env.conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build()
+}
+
 fn run_cli(socket: &str, args: &[&str]) -> (i32, String, String) {
     let mut all = args.to_vec();
     all.extend(["--socket", socket]);
@@ -394,11 +402,7 @@ fn tampering_deleting_or_reordering_records_breaks_verify_and_pruning_does_not()
 #[test]
 fn kill_9_during_a_burst_of_audited_reads_leaves_a_verifiable_chain() {
     let env = TestEnv::new();
-    let config = env
-        .conf()
-        .file_secret("trading_api_key", KEY)
-        .readable_by_me()
-        .build();
+    let config = key_only(&env);
     let daemon = env.start(&config);
     let socket = daemon.socket.clone();
     let burst = std::thread::spawn(move || {
@@ -591,11 +595,7 @@ fn the_rotation_monitor_logs_near_expiry_and_overdue_secrets() {
 #[test]
 fn a_version_change_mid_connection_flushes_the_reads_of_the_old_version() {
     let env = TestEnv::new();
-    let config = env
-        .conf()
-        .file_secret("trading_api_key", KEY)
-        .readable_by_me()
-        .build();
+    let config = key_only(&env);
     let daemon = env.start(&config);
     let admin = Client::connect(&daemon.socket).expect("admin");
     let reader = Client::connect(&daemon.socket).expect("reader");
@@ -644,11 +644,7 @@ fn last_anchor(log: &str) -> String {
 #[test]
 fn truncation_and_rollback_are_caught_by_an_anchor_and_a_copy_verifies_offline() {
     let env = TestEnv::new();
-    let config = env
-        .conf()
-        .file_secret("trading_api_key", KEY)
-        .readable_by_me()
-        .build();
+    let config = key_only(&env);
     let read_a_few = |daemon: &support::Daemon| {
         for _ in 0..3 {
             Client::connect(&daemon.socket)
