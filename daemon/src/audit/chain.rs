@@ -17,8 +17,10 @@ use super::event::{Action, ActorType, AuditEvent, Outcome};
 
 /// Bytes of a SHA-256 hash.
 pub const HASH_LEN: usize = 32;
-/// The body format this build writes.
-const BODY_FORMAT: u8 = 1;
+/// The body format this build writes: 2 adds the attested program after `detail`.
+const BODY_FORMAT: u8 = 2;
+/// The first format, which has no program; still read.
+const BODY_FORMAT_1: u8 = 1;
 /// The longest text field kept in a record (longer text is cut at a char boundary).
 const MAX_TEXT: usize = 1024;
 
@@ -48,7 +50,7 @@ pub fn encode_body(e: &AuditEvent) -> Vec<u8> {
     out.extend_from_slice(&e.pid.unwrap_or(-1).to_le_bytes());
     out.extend_from_slice(&e.duration_ms.to_le_bytes());
     out.extend_from_slice(&e.count.to_le_bytes());
-    for text in [&e.secret, &e.version, &e.fingerprint, &e.detail] {
+    for text in [&e.secret, &e.version, &e.fingerprint, &e.detail, &e.program] {
         put_text(&mut out, text);
     }
     out
@@ -78,7 +80,8 @@ impl<'a> Cursor<'a> {
 /// Parses a canonical body (for `audit tail`).
 pub fn decode_body(body: &[u8]) -> Option<AuditEvent> {
     let mut c = Cursor(body);
-    if c.array::<1>()?[0] != BODY_FORMAT {
+    let format = c.array::<1>()?[0];
+    if format != BODY_FORMAT && format != BODY_FORMAT_1 {
         return None;
     }
     let recorded_at_ms = i64::from_le_bytes(c.array()?);
@@ -116,6 +119,11 @@ pub fn decode_body(body: &[u8]) -> Option<AuditEvent> {
         duration_ms,
         count,
         detail: c.text()?,
+        program: if format == BODY_FORMAT {
+            c.text()?
+        } else {
+            String::new()
+        },
     };
     c.0.is_empty().then_some(event)
 }
@@ -278,6 +286,7 @@ mod tests {
             duration_ms: 0,
             count: 5,
             detail: String::new(),
+            program: "exe=/opt/bots/mm sha256=0123456789abcdef".into(),
         }
     }
 

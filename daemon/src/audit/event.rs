@@ -149,10 +149,12 @@ pub struct AuditEvent {
     pub count: u64,
     /// A short explanation (error text, a version change); never a value.
     pub detail: String,
+    /// The attested program of a client (`exe=... sha256=... unit=...`), "" for the daemon.
+    pub program: String,
 }
 
-/// Who acted: kind, uid, gid, pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who acted: kind, uid, gid, pid, and the program the kernel attested.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     /// Client, admin or daemon.
     pub kind: ActorType,
@@ -162,6 +164,8 @@ pub struct Actor {
     pub gid: u32,
     /// pid, if known.
     pub pid: Option<i32>,
+    /// The attested program, for clients.
+    pub program: Option<std::sync::Arc<str>>,
 }
 
 impl Actor {
@@ -174,13 +178,14 @@ impl Actor {
             uid,
             gid,
             pid: i32::try_from(std::process::id()).ok(),
+            program: None,
         }
     }
 }
 
 impl AuditEvent {
     /// An event happening now, with no version, fingerprint or detail yet.
-    pub fn new(action: Action, secret: &str, actor: Actor, outcome: Outcome) -> AuditEvent {
+    pub fn new(action: Action, secret: &str, actor: &Actor, outcome: Outcome) -> AuditEvent {
         AuditEvent {
             recorded_at_ms: now_ms(),
             action,
@@ -196,6 +201,7 @@ impl AuditEvent {
             duration_ms: 0,
             count: 1,
             detail: String::new(),
+            program: actor.program.as_deref().unwrap_or_default().to_owned(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::util::time::{millis, now_ms};
 /// caught) commit in one transaction.
 pub(crate) fn prune(store: &Store, audit: &AuditLog, retention: Duration) {
     let cutoff = now_ms().saturating_sub(millis(retention, i64::MAX));
-    let record = AuditEvent::new(Action::AuditPrune, "", Actor::daemon(), Outcome::Ok);
+    let record = AuditEvent::new(Action::AuditPrune, "", &Actor::daemon(), Outcome::Ok);
     let older_than = humantime::format_duration(retention).to_string();
     match audit.prune(store, cutoff, record, &older_than) {
         Ok(0) => {}

@@ -320,7 +320,7 @@ mod tests {
 
     fn events(n: usize) -> Vec<AuditEvent> {
         (0..n)
-            .map(|_| AuditEvent::new(Action::Read, "k", Actor::daemon(), Outcome::Ok))
+            .map(|_| AuditEvent::new(Action::Read, "k", &Actor::daemon(), Outcome::Ok))
             .collect()
     }
 
@@ -392,7 +392,7 @@ mod tests {
         }
         append(&store, &key, &old).expect("old");
         append(&store, &key, &events(2)).expect("new");
-        let record = AuditEvent::new(Action::AuditPrune, "", Actor::daemon(), Outcome::Ok);
+        let record = AuditEvent::new(Action::AuditPrune, "", &Actor::daemon(), Outcome::Ok);
         assert_eq!(prune(&store, &key, 2_000, record, "1s").expect("prune"), 5);
         let v = verify(&store, &key).expect("verify");
         assert_eq!((v.first_seq, v.checked, v.broken), (6, 3, None));

@@ -116,7 +116,7 @@ impl Refresher {
         let attempt = slot.trigger.begin_attempt();
         let started = std::time::Instant::now();
         let result = self.fetch_and_install().await;
-        let mut event = AuditEvent::new(Action::Refresh, &slot.name, Actor::daemon(), Outcome::Ok);
+        let mut event = AuditEvent::new(Action::Refresh, &slot.name, &Actor::daemon(), Outcome::Ok);
         event.duration_ms = millis(started.elapsed(), u32::MAX);
         self.metrics
             .refresh_took(&slot.name, started.elapsed().as_secs_f64());

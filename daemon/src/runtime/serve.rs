@@ -272,7 +272,7 @@ fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
                 format!("unkeyed chain broken at seq {seq}: {why}")
             }
         };
-        let mut event = AuditEvent::new(Action::AuditUpgrade, "", Actor::daemon(), Outcome::Ok);
+        let mut event = AuditEvent::new(Action::AuditUpgrade, "", &Actor::daemon(), Outcome::Ok);
         event.detail = format!(
             "keyed chain starts here; unkeyed head {head_seq}:{}; {verdict}",
             hex::encode(head_hash)
@@ -333,7 +333,7 @@ async fn serve_bound(
         let mut event = AuditEvent::new(
             Action::MetadataWrite,
             &meta.name,
-            Actor::daemon(),
+            &Actor::daemon(),
             Outcome::Ok,
         );
         event.detail = format!("status {}", meta.status.as_str());
@@ -426,7 +426,7 @@ async fn serve_bound(
         config.daemon.clone(),
         cancel.clone(),
     ));
-    let mut started = AuditEvent::new(Action::DaemonStart, "", Actor::daemon(), Outcome::Ok);
+    let mut started = AuditEvent::new(Action::DaemonStart, "", &Actor::daemon(), Outcome::Ok);
     started.detail = format!(
         "secretd {} serving {expected} secrets",
         env!("CARGO_PKG_VERSION")

@@ -101,7 +101,7 @@ impl Session<'_> {
         let mut event = AuditEvent::new(
             Action::Refresh,
             name.unwrap_or(""),
-            self.actor(ActorType::Admin),
+            &self.actor(ActorType::Admin),
             if outcomes.iter().all(|o| o.error.is_none()) {
                 Outcome::Ok
             } else {
@@ -133,7 +133,7 @@ impl Session<'_> {
             .meta(name)
             .map_err(|e| internal(&e))?
             .ok_or_else(|| internal(&format_args!("no metadata for {name:?}")))?;
-        let mut event = AuditEvent::new(action, name, self.actor(ActorType::Admin), Outcome::Ok);
+        let mut event = AuditEvent::new(action, name, &self.actor(ActorType::Admin), Outcome::Ok);
         let next = match transition(&meta, &step, now_ms()) {
             Ok(next) => next,
             Err(why) => {
@@ -227,7 +227,13 @@ impl Session<'_> {
                 fingerprint: e.fingerprint,
                 duration_ms: e.duration_ms,
                 count: e.count,
-                detail: e.detail,
+                // The wire's audit entry has no program field (protocol 2): the attested
+                // program rides in the detail.
+                detail: match (e.detail.is_empty(), e.program.is_empty()) {
+                    (_, true) => e.detail,
+                    (true, false) => format!("program {}", e.program),
+                    (false, false) => format!("{}; program {}", e.detail, e.program),
+                },
                 hash: hex::encode(hash),
             })
             .collect();

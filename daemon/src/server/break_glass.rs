@@ -40,7 +40,7 @@ impl Session<'_> {
             | BreakGlassError::NotAudited(_)
             | BreakGlassError::Decryption => ErrorCode::Internal,
         };
-        let mut event = AuditEvent::new(op, "", self.actor(ActorType::Admin), Outcome::Failed);
+        let mut event = AuditEvent::new(op, "", &self.actor(ActorType::Admin), Outcome::Failed);
         event.error_code = Some(code.as_u16());
         event.detail = e.to_string();
         self.shared.audit.record(event);

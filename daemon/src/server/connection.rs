@@ -46,6 +46,7 @@ impl Connection {
             uid = peer.uid,
             gid = peer.gid,
             pid = peer.pid,
+            program = %peer.attested.describe(),
             "client connected"
         );
         let hello = tokio::select! {

@@ -50,7 +50,7 @@ pub(crate) struct Verdict {
 type Key = (u32, Action, Box<str>);
 
 /// One key's refusals this window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Count {
     /// Refusals beyond the first, to aggregate when the window ends (0 when a connection
     /// counts them).
@@ -120,6 +120,7 @@ impl Denials {
             uid: peer.uid,
             gid: peer.gid,
             pid: peer.pid,
+            program: Some(peer.attested.describe().into()),
         };
         let mut l = self.ledger.lock().recover();
         let total = l.per_uid.entry(peer.uid).or_insert(0);
@@ -176,14 +177,14 @@ impl Denials {
             if count.pending == 0 {
                 continue;
             }
-            let mut event = AuditEvent::new(*action, name, count.actor, Outcome::Denied);
+            let mut event = AuditEvent::new(*action, name, &count.actor, Outcome::Denied);
             event.count = count.pending;
             event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
             event.detail = "aggregated".into();
             audit.record(event);
         }
         for (uid, (n, actor)) in &ended.over_limit {
-            let mut event = AuditEvent::new(Action::Read, "", *actor, Outcome::Denied);
+            let mut event = AuditEvent::new(Action::Read, "", actor, Outcome::Denied);
             event.count = *n;
             event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
             event.detail = "past max_denials_per_minute_per_uid; connections closed".into();
@@ -215,6 +216,7 @@ mod tests {
             gid: uid,
             groups: Vec::new(),
             pid: None,
+            attested: Default::default(),
         }
     }
 

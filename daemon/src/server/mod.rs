@@ -6,6 +6,7 @@
 
 pub(crate) mod admin;
 mod admission;
+pub(crate) mod attest;
 mod break_glass;
 mod connection;
 pub(crate) mod denials;
@@ -102,7 +103,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let peer = match Peer::of(&stream) {
+        let peer = match Peer::of(&stream, shared.policy.needs_hash()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "dropping connection without peer credentials");

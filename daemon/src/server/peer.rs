@@ -23,11 +23,14 @@ pub struct Peer {
     pub groups: Vec<u32>,
     /// Process id, for logs and audit only: pids are reused, so never for decisions.
     pub pid: Option<i32>,
+    /// The program behind the connection, attested at accept (`attest`).
+    pub attested: super::attest::Attested,
 }
 
 impl Peer {
-    /// Reads the peer's credentials from an accepted stream.
-    pub fn of(stream: &Stream) -> io::Result<Peer> {
+    /// Reads the peer's credentials from an accepted stream, and attests its program (hashing
+    /// the executable only when `hash`: some policy selects by hash).
+    pub fn of(stream: &Stream, hash: bool) -> io::Result<Peer> {
         let creds = stream.peer_creds()?;
         let (uid, gid) = match (creds.euid(), creds.egid()) {
             (Some(u), Some(g)) => (u, g),
@@ -38,14 +41,17 @@ impl Peer {
                 ));
             }
         };
-        let groups = match stream {
-            Stream::UdSocket(s) => peer_groups(std::os::fd::AsFd::as_fd(s))?,
+        let fd = match stream {
+            Stream::UdSocket(s) => std::os::fd::AsFd::as_fd(s),
         };
+        let groups = peer_groups(fd)?;
+        let pid = creds.pid();
         Ok(Peer {
             uid,
             gid,
             groups,
-            pid: creds.pid(),
+            pid,
+            attested: super::attest::attest(fd, pid, hash),
         })
     }
 

@@ -5,9 +5,32 @@
 //! denies it (deny wins). Decisions over the catalog are computed once per connection, so the
 //! read path looks up a bool, not a glob.
 
+use super::attest::Attested;
 use super::peer::Peer;
 use crate::catalog::Catalog;
-use crate::config::PolicyConfig;
+use crate::config::{PolicyConfig, Selectors};
+
+/// Whether every selector present matches what was attested. An attribute that could not be
+/// read (or an executable replaced or deleted since the process started) matches no selector
+/// that names it.
+fn selected(s: &Selectors, a: &Attested) -> bool {
+    let exe = s
+        .exe
+        .as_ref()
+        .is_none_or(|g| a.exe.as_ref().is_some_and(|p| g.is_match(p)));
+    let hash = s.exe_sha256.as_ref().is_none_or(|hashes| {
+        a.exe.is_some() && a.exe_sha256.as_ref().is_some_and(|h| hashes.contains(h))
+    });
+    let unit = s
+        .systemd_unit
+        .as_ref()
+        .is_none_or(|g| a.unit.as_ref().is_some_and(|u| g.is_match(u)));
+    let cgroup = s
+        .cgroup
+        .as_ref()
+        .is_none_or(|g| a.cgroup.as_ref().is_some_and(|c| g.is_match(c)));
+    exe && hash && unit && cgroup
+}
 
 /// The daemon's access rules.
 #[derive(Debug)]
@@ -41,7 +64,10 @@ impl Policy {
             .rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.uids.contains(&peer.uid) || r.gids.iter().any(|g| peer.in_group(*g)))
+            .filter(|(_, r)| {
+                (r.uids.contains(&peer.uid) || r.gids.iter().any(|g| peer.in_group(*g)))
+                    && selected(&r.selectors, &peer.attested)
+            })
             .map(|(i, _)| i)
             .collect();
         let readable = catalog
@@ -54,6 +80,11 @@ impl Policy {
             readable,
             matching,
         }
+    }
+
+    /// Whether some rule selects by the executable's hash (only then is it computed).
+    pub fn needs_hash(&self) -> bool {
+        self.rules.iter().any(|r| r.selectors.needs_hash())
     }
 
     fn allows(&self, matching: &[usize], name: &str) -> bool {
@@ -110,6 +141,7 @@ deny = ["trading_client_secret"]
             gid,
             groups: groups.to_vec(),
             pid: None,
+            attested: Attested::default(),
         }
     }
 

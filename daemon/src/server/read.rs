@@ -50,7 +50,7 @@ impl Session<'_> {
             // The value changed under this connection: the reads counted so far were of the
             // old one, and an audit after a compromise must show who kept reading it.
             if tally.pending > 0 {
-                let mut event = AuditEvent::new(Action::Read, name, actor, Outcome::Ok);
+                let mut event = AuditEvent::new(Action::Read, name, &actor, Outcome::Ok);
                 event.count = std::mem::take(&mut tally.pending);
                 event.version.clone_from(&tally.version);
                 event.fingerprint.clone_from(&tally.fingerprint);
@@ -66,7 +66,7 @@ impl Session<'_> {
             tally.pending += 1;
             return true;
         }
-        let mut event = AuditEvent::new(Action::Read, name, actor, Outcome::Ok);
+        let mut event = AuditEvent::new(Action::Read, name, &actor, Outcome::Ok);
         event.version.clone_from(&tally.version);
         event.fingerprint.clone_from(&tally.fingerprint);
         tally.recorded_first = audit.record(event);

@@ -42,6 +42,8 @@ pub(super) struct Session<'a> {
     /// Set when the peer's uid went past its refusal limit: the connection closes after this
     /// reply.
     pub(super) closing: bool,
+    /// The attested program, as audit records and logs name it.
+    pub(super) program: std::sync::Arc<str>,
 }
 
 impl<'a> Session<'a> {
@@ -56,6 +58,7 @@ impl<'a> Session<'a> {
             denials: (0..n).map(|_| Tally::default()).collect(),
             protocol,
             closing: false,
+            program: peer.attested.describe().into(),
         }
     }
 
@@ -78,13 +81,14 @@ impl<'a> Session<'a> {
         answer.unwrap_or_else(Reply::from)
     }
 
-    /// The peer as an audit actor.
+    /// The peer as an audit actor, with the program the kernel attested.
     pub(super) fn actor(&self, kind: ActorType) -> Actor {
         Actor {
             kind,
             uid: self.peer.uid,
             gid: self.peer.gid,
             pid: self.peer.pid,
+            program: Some(self.program.clone()),
         }
     }
 
@@ -112,6 +116,7 @@ impl<'a> Session<'a> {
                 uid = self.peer.uid,
                 gid = self.peer.gid,
                 pid = self.peer.pid,
+                program = %self.program,
                 "{why}"
             );
         }
@@ -126,8 +131,12 @@ impl<'a> Session<'a> {
 
     /// The audit record of a request refused by policy or the admin list.
     pub(super) fn denied_event(&self, action: Action, name: &str) -> AuditEvent {
-        let mut event =
-            AuditEvent::new(action, name, self.actor(ActorType::Client), Outcome::Denied);
+        let mut event = AuditEvent::new(
+            action,
+            name,
+            &self.actor(ActorType::Client),
+            Outcome::Denied,
+        );
         event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
         event
     }
@@ -144,7 +153,7 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 let name = &self.shared.catalog.slot(idx).name;
-                let mut event = AuditEvent::new(Action::Read, name, actor, outcome);
+                let mut event = AuditEvent::new(Action::Read, name, &actor, outcome);
                 event.count = std::mem::take(&mut tally.pending);
                 event.version.clone_from(&tally.version);
                 event.fingerprint.clone_from(&tally.fingerprint);

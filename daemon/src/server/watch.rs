@@ -74,7 +74,7 @@ impl Session<'_> {
             if !self
                 .shared
                 .audit
-                .record(AuditEvent::new(Action::Watch, name, actor, Outcome::Ok))
+                .record(AuditEvent::new(Action::Watch, name, &actor, Outcome::Ok))
             {
                 return Err(audit_down());
             }

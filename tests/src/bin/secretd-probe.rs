@@ -1,7 +1,7 @@
 //! Runs several requests on ONE client connection and prints one line per result, so tests
 //! can check what another uid sees and that a denial does not end the connection.
 //!
-//! Usage: `secretd-probe SOCKET (get NAME | refresh NAME | status)...`
+//! Usage: `secretd-probe SOCKET [delay MS] (get NAME | refresh NAME | status)...`
 //! Output lines: `ok get NAME VERSION SOURCE LEN`, `err get NAME CODE`, `ok status N NAME,...`.
 //!
 //! `secretd-probe SOCKET flood SECONDS` reads a new unknown name in a tight loop for SECONDS,
@@ -21,6 +21,14 @@ fn main() -> ExitCode {
     {
         return flood(socket, seconds.parse().unwrap_or(1.0));
     }
+    // `delay MS` first: wait before connecting (so a test can change the binary meanwhile).
+    let ops = match ops {
+        [op, ms, rest @ ..] if op == "delay" => {
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+            rest
+        }
+        other => other,
+    };
     let client = match secretd_client::Client::connect(socket) {
         Ok(c) => c,
         Err(e) => {

@@ -217,7 +217,7 @@ impl BreakGlass {
         }
         let name = opened.name.clone();
         let expires_at_ms = opened.expires_at_ms;
-        let mut event = AuditEvent::new(Action::BreakGlassApply, &name, actor, Outcome::Ok);
+        let mut event = AuditEvent::new(Action::BreakGlassApply, &name, &actor, Outcome::Ok);
         event.version = BREAK_GLASS_VERSION.into();
         event.fingerprint = self.fingerprints.fingerprint(&opened.value);
         event.detail = format!(
@@ -311,7 +311,7 @@ impl BreakGlass {
         if self.catalog.slot(idx).override_expiry().is_none() {
             return Err(BreakGlassError::NotActive(name));
         }
-        let mut event = AuditEvent::new(Action::BreakGlassClear, &name, actor, Outcome::Ok);
+        let mut event = AuditEvent::new(Action::BreakGlassClear, &name, &actor, Outcome::Ok);
         event.detail = reason.into();
         let audited = self.audit.record_durable(event).await;
         if let Err(e) = &audited {

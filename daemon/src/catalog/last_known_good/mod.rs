@@ -174,7 +174,7 @@ impl LastKnownGood {
                 from_unix_ms(record.fetched_at_ms),
             );
             let mut event =
-                AuditEvent::new(Action::Refresh, &record.name, Actor::daemon(), Outcome::Ok);
+                AuditEvent::new(Action::Refresh, &record.name, &Actor::daemon(), Outcome::Ok);
             event.version.clone_from(&version);
             event.fingerprint = fingerprint;
             event.detail = "restored from last_known_good".into();

@@ -1,0 +1,171 @@
+//! Workload attestation: policies bound to the program (path, content hash) and to the systemd
+//! unit or cgroup, enforced by the real daemon on copies of one client binary run by one uid.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use secretd_client::Client;
+use std::time::Duration;
+
+use support::{TestEnv, can_run, euid, is_root, probe_bin, wait_until};
+
+const KEY: &[u8] = b"Omni-Key-Attested-0123456789!";
+
+/// A copy of the probe client at `rel` inside the env (mode 0755).
+fn probe_copy(env: &TestEnv, rel: &str) -> PathBuf {
+    let path = env.path(rel);
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+    std::fs::copy(probe_bin(), &path).expect("copy probe");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Runs `probe SOCKET args...` and returns its first output line.
+fn probe(bin: &Path, socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run probe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("hash")
+        .to_owned()
+}
+
+/// A config serving `trading_api_key` to this uid under `selectors` (TOML `key = [values]`).
+fn config_with(env: &TestEnv, selector: &str, values: &[&str]) -> String {
+    let conf = env.conf().file_secret("trading_api_key", KEY).build();
+    let list: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    format!(
+        "{conf}\n[[policy]]\nuids = [{}]\nallow = [\"trading_*\"]\n{selector} = [{}]\n",
+        euid(),
+        list.join(", ")
+    )
+}
+
+#[test]
+fn a_policy_bound_to_a_program_path_lets_it_read_and_refuses_another_copy() {
+    let env = TestEnv::new();
+    let mm = probe_copy(&env, "bots/mm/secretd-probe");
+    let report = probe_copy(&env, "bots/report/secretd-probe");
+    let daemon = env.start(&config_with(&env, "exe", &[mm.to_str().expect("utf8")]));
+    assert!(probe(&mm, &daemon.socket, &["get", "trading_api_key"]).starts_with("ok get"));
+    assert_eq!(
+        probe(&report, &daemon.socket, &["get", "trading_api_key"]),
+        "err get trading_api_key permission_denied"
+    );
+    // Every record names the attested program.
+    let log = daemon.wait_for_log("access.denied");
+    assert!(log.contains(&format!("exe={}", report.display())), "{log}");
+    let admin = Client::connect(&daemon.socket).expect("admin");
+    let program = format!("exe={}", mm.display());
+    wait_until(
+        "the read record naming the program",
+        Duration::from_secs(10),
+        || {
+            let tail = admin.audit_tail(50, Some("trading_api_key")).expect("tail");
+            tail.iter()
+                .any(|r| r.action == "read" && r.result == "ok" && r.detail.contains(&program))
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn exe_sha256_refuses_a_binary_replaced_on_disk_after_it_started() {
+    let env = TestEnv::new();
+    let bot = probe_copy(&env, "bots/mm/secretd-probe");
+    let hash = sha256_of(&bot);
+    let daemon = env.start(&config_with(&env, "exe_sha256", &[&hash]));
+    assert!(probe(&bot, &daemon.socket, &["get", "trading_api_key"]).starts_with("ok get"));
+    // Start the bot, then replace its binary on disk before it connects: the running process
+    // no longer matches what is at its path, so it matches no selector that names its program.
+    let child = Command::new(&bot)
+        .arg(&daemon.socket)
+        .args(["delay", "1500", "get", "trading_api_key"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bot");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let replacement = env.path("bots/mm/.new");
+    std::fs::copy(support::secretd_bin(), &replacement).expect("copy");
+    std::fs::rename(&replacement, &bot).expect("replace the binary");
+    let out = child.wait_with_output().expect("bot");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "err get trading_api_key permission_denied"
+    );
+}
+
+/// Where a test can make a cgroup a unit would have: the `name=systemd` v1 hierarchy on hybrid
+/// hosts, else the unified v2 root.
+fn cgroup_root() -> Option<PathBuf> {
+    let v1 = Path::new("/sys/fs/cgroup/systemd");
+    if v1.join("cgroup.procs").exists() {
+        return Some(v1.to_owned());
+    }
+    let v2 = Path::new("/sys/fs/cgroup");
+    v2.join("cgroup.controllers")
+        .exists()
+        .then(|| v2.to_owned())
+}
+
+#[test]
+fn a_unit_and_cgroup_binding_selects_the_process_whatever_its_program() {
+    let root = cgroup_root();
+    if !can_run(
+        is_root() && root.is_some(),
+        "a_unit_and_cgroup_binding",
+        "root and a writable cgroup hierarchy",
+    ) {
+        return;
+    }
+    let root = root.expect("checked");
+    let unit = format!("mm-bot-{}.service", std::process::id());
+    let dir = root.join("system.slice").join(&unit);
+    std::fs::create_dir_all(&dir).expect("make the unit's cgroup");
+    let env = TestEnv::new();
+    let bot = probe_copy(&env, "bots/mm/secretd-probe");
+    let base = config_with(&env, "systemd_unit", &["mm-bot-*.service"]);
+    let config = format!("{base}cgroup = [\"/system.slice/mm-bot-*.service\"]\n");
+    let daemon = env.start(&config);
+    // The same program, inside the unit's cgroup (as systemd would place a Python bot, whose
+    // executable is the interpreter), and outside it.
+    let procs = dir.join("cgroup.procs");
+    let inside = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec \"$1\" \"$2\" get trading_api_key")
+        .arg(&procs)
+        .arg(&bot)
+        .arg(&daemon.socket)
+        .output()
+        .expect("run inside the unit");
+    let outside = probe(&bot, &daemon.socket, &["get", "trading_api_key"]);
+    let _ = std::fs::remove_dir(&dir);
+    assert!(
+        String::from_utf8_lossy(&inside.stdout).starts_with("ok get"),
+        "{}{}",
+        String::from_utf8_lossy(&inside.stdout),
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    assert_eq!(outside, "err get trading_api_key permission_denied");
+    let log = daemon.log();
+    assert!(log.contains(&format!("unit={unit}")), "{log}");
+}
