@@ -200,7 +200,12 @@ pub fn harness(args: &[String]) -> Result<(), String> {
 /// and is audited as its own record (steady-state reads are aggregated), so this row shows
 /// what an unaggregated audit trail would cost.
 pub fn connect_get(socket: &Path, n: usize) -> Row {
-    measure("rust-connect+get (1 audit record each)", 1, n, 100, || {
+    connect_get_as("rust-connect+get (1 audit record each)", socket, n)
+}
+
+/// [`connect_get`] under a `case` name (the attested variant runs against another daemon).
+pub fn connect_get_as(case: &str, socket: &Path, n: usize) -> Row {
+    measure(case, 1, n, 100, || {
         move || {
             let client = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
             client.get(NAME).unwrap_or_else(|e| panic!("get: {e}"));
@@ -319,4 +324,17 @@ pub fn idle_clients(socket: &Path, count: usize) -> Vec<Client> {
 /// Gives a freshly started process a moment to settle before its memory is read.
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(300));
+}
+
+/// The hex SHA-256 of a file (`sha256sum`, so the bench needs no hashing crate).
+pub fn sha256_file(path: &Path) -> Result<String, String> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| "sha256sum printed nothing".into())
 }

@@ -23,6 +23,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `secretd` with a config in `dir` and waits until it answers.
     pub fn start(secretd: &Path, dir: &Path) -> Result<Daemon, String> {
+        Daemon::start_with(secretd, dir, "")
+    }
+
+    /// [`Daemon::start`], with `selectors` (TOML lines) added to the policy: the bench's own
+    /// program, attested at every connect.
+    pub fn start_with(secretd: &Path, dir: &Path, selectors: &str) -> Result<Daemon, String> {
         let value = dir.join("bench_key.value");
         std::fs::write(&value, VALUE).map_err(|e| format!("write value: {e}"))?;
         std::fs::set_permissions(&value, std::fs::Permissions::from_mode(0o600))
@@ -33,7 +39,7 @@ impl Daemon {
         let config = format!(
             "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\nadmin_uids = [{uid}]\n\n\
              [[secret]]\nname = \"{NAME}\"\nsource = \"file\"\npath = \"{}\"\n\n\
-             [[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n",
+             [[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n{selectors}",
             socket.display(),
             dir.join("secretd.redb").display(),
             value.display()

@@ -33,7 +33,7 @@ struct Sizes {
 
 /// Rounds the samples of every case are spread over: as many as there are cases, so each case
 /// runs once in every position of the order.
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 10;
 
 const FULL: Sizes = Sizes {
     single: 50_000,
@@ -177,6 +177,18 @@ fn run() -> Result<(), String> {
         .tempdir()
         .map_err(|e| format!("temp dir: {e}"))?;
     let daemon = fixture::Daemon::start(&secretd, dir.path())?;
+    // The same, with the policy bound to this program (path and content hash): every connect
+    // pays for attestation.
+    let attested_dir = dir.path().join("attested");
+    std::fs::create_dir_all(&attested_dir).map_err(|e| format!("attested dir: {e}"))?;
+    let me = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let selectors = format!(
+        "exe = [{:?}]\nexe_sha256 = [{:?}]\n",
+        me.display().to_string(),
+        cases::sha256_file(&me)?
+    );
+    let attested = fixture::Daemon::start_with(&secretd, &attested_dir, &selectors)?;
+    let attested_socket = attested.socket.clone();
     cases::settle();
     let rss_idle = daemon.rss_kib();
     let socket = daemon.socket.clone();
@@ -236,6 +248,16 @@ fn run() -> Result<(), String> {
             Box::new(|n| cases::rust_get_external(s, n, true)),
         ),
         (sizes.connect, Box::new(|n| Ok(cases::connect_get(s, n)))),
+        (
+            sizes.connect,
+            Box::new(|n| {
+                Ok(cases::connect_get_as(
+                    "rust-connect+get attested (exe + sha256)",
+                    &attested_socket,
+                    n,
+                ))
+            }),
+        ),
     ];
     let mut all: Vec<Option<Row>> = cases.iter().map(|_| None).collect();
     for round in 0..ROUNDS {
@@ -345,6 +367,16 @@ fn print_targets(rows: &[Row]) {
         println!(
             "- python-get p50 − rust p50 = {d:+.2} µs (≤ 5: {})",
             check(d <= 5.0)
+        );
+    }
+    if let (Some(plain), Some(attested)) = (
+        find(rows, "rust-connect+get (1 audit record each)"),
+        find(rows, "rust-connect+get attested (exe + sha256)"),
+    ) {
+        let r = attested.quantile_us(0.5) / plain.quantile_us(0.5);
+        println!(
+            "- connect+get attested p50 / connect+get p50 = {r:.2} (≤ 1.5: {})",
+            check(r <= 1.5)
         );
     }
     if let Some(cached) = find(rows, "rust-client-get cached") {
