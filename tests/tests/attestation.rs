@@ -169,3 +169,54 @@ fn a_unit_and_cgroup_binding_selects_the_process_whatever_its_program() {
     let log = daemon.log();
     assert!(log.contains(&format!("unit={unit}")), "{log}");
 }
+
+#[test]
+fn check_hints_at_a_policy_that_trusts_a_whole_uid_running_several_programs() {
+    let env = TestEnv::new();
+    let by_uid = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&by_uid);
+    std::fs::write(env.path("by-uid.toml"), &by_uid).expect("config");
+    let socket = daemon.socket.to_str().expect("utf8");
+    // This uid runs the test, the daemon, cargo...: several programs.
+    let out = support::cli(
+        &[
+            "check",
+            "--config",
+            env.path("by-uid.toml").to_str().expect("utf8"),
+            "--socket",
+            socket,
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "hint: policy #1 grants trading_* secrets to uid {} alone",
+            euid()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a hint is not a failure: {stdout}"
+    );
+
+    let bound = config_with(&env, "exe", &["/opt/bots/mm"]);
+    std::fs::write(env.path("bound.toml"), bound).expect("config");
+    let out = support::cli(
+        &[
+            "check",
+            "--config",
+            env.path("bound.toml").to_str().expect("utf8"),
+            "--socket",
+            socket,
+        ],
+        &[],
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hint:"));
+}

@@ -56,6 +56,9 @@ pub(super) fn run(
         match Config::load(path) {
             Ok(c) => {
                 config_socket = Some(c.daemon.socket.clone());
+                for hint in uid_only_hints(&c) {
+                    println!("hint: {hint}");
+                }
                 if required.is_empty() {
                     required = c.secrets.into_iter().map(|s| s.name).collect();
                 }
@@ -152,6 +155,67 @@ fn check_live(
             ));
         }
     }
+}
+
+/// Hints (never violations) for policies that grant `trading_*` names by uid alone while other
+/// programs of that uid run on this host: any of them can read those keys.
+fn uid_only_hints(config: &Config) -> Vec<String> {
+    let mut hints = Vec::new();
+    for (i, policy) in config.policies.iter().enumerate() {
+        let selected = policy.selectors.exe.is_some()
+            || policy.selectors.exe_sha256.is_some()
+            || policy.selectors.systemd_unit.is_some()
+            || policy.selectors.cgroup.is_some();
+        let grants_trading = config
+            .secrets
+            .iter()
+            .any(|s| s.name.starts_with("trading_") && policy.allow.is_match(&s.name));
+        if selected || !grants_trading {
+            continue;
+        }
+        for uid in &policy.uids {
+            let programs = programs_of(*uid);
+            if programs.len() > 1 {
+                hints.push(format!(
+                    "policy #{} grants trading_* secrets to uid {uid} alone, and {} programs of \
+                     that uid run here ({}): bind it to the program with exe, systemd_unit or \
+                     cgroup",
+                    i + 1,
+                    programs.len(),
+                    programs
+                        .iter()
+                        .take(4)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+    }
+    hints
+}
+
+/// The distinct executables of the processes of `uid` that this user can see.
+fn programs_of(uid: u32) -> std::collections::BTreeSet<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut programs = std::collections::BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return programs;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let is_pid = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid || std::fs::metadata(&path).map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        if let Ok(exe) = std::fs::read_link(path.join("exe")) {
+            programs.insert(exe.display().to_string());
+        }
+    }
+    programs
 }
 
 #[cfg(test)]
