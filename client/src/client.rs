@@ -5,8 +5,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use secretd_proto::{
-    AuditEntry, AuditVerification, ChangeEvent, MAX_WATCH_NAMES, RefreshOutcome, Request, Response,
-    RotationStep, SecretStatus, validate_name,
+    AuditEntry, AuditVerification, ChangeEvent, ConnectionInfo, MAX_WATCH_NAMES, RefreshOutcome,
+    Request, Response, RotationStep, SecretStatus, validate_name,
 };
 
 use crate::cache::CachedReads;
@@ -231,6 +231,30 @@ impl Client {
     }
 
     /// Admin: the Prometheus text exposition, as `/metrics` serves it.
+    /// Admin: every open connection and what the daemon attested of its peer (the program,
+    /// its hash when a policy selects by it, its systemd unit and cgroup). Needs a daemon that
+    /// speaks protocol 3.
+    pub fn connections(&self) -> Result<Vec<ConnectionInfo>> {
+        let protocol = {
+            let mut guard = self.lock();
+            let conn = match guard.as_mut() {
+                Some(conn) => conn,
+                None => guard.insert(Connection::open(&self.path, self.timeout)?),
+            };
+            conn.protocol
+        };
+        if protocol < 3 {
+            return Err(Error::Protocol(format!(
+                "the daemon speaks protocol {protocol}; listing connections needs 3 (upgrade it)"
+            )));
+        }
+        match self.call(&Request::Connections)? {
+            Response::Connections(list) => Ok(list),
+            other => Err(unexpected("connections", &other)),
+        }
+    }
+
+    /// Admin: the Prometheus text.
     pub fn metrics(&self) -> Result<String> {
         match self.call(&Request::Metrics)? {
             Response::Metrics(text) => Ok(text),

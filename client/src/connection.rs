@@ -25,6 +25,8 @@ pub(crate) struct Connection {
     path: PathBuf,
     /// The read timeout in force, for error messages.
     timeout: Duration,
+    /// The protocol version agreed in the hello.
+    pub(crate) protocol: u16,
     /// Frame scratch, reused between requests and wiped after each one, since responses
     /// carry secret values.
     buf: Vec<u8>,
@@ -47,12 +49,14 @@ impl Connection {
             stream,
             path: path.to_owned(),
             timeout,
+            protocol: PROTOCOL_VERSION,
             buf: Vec::new(),
         };
         match conn.hello()? {
             Response::Hello(h)
                 if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) =>
             {
+                conn.protocol = h.protocol_version;
                 Ok(conn)
             }
             Response::Hello(h) => Err(Error::Protocol(format!(

@@ -15,7 +15,9 @@ use crate::value::SecretValue;
 /// - 1: the first release.
 /// - 2: [`SourceKind::LastKnownGood`]. A version-1 client is told `Gsm` instead, which is
 ///   where a last-known-good value came from.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - 3: [`Request::Connections`] and [`Response::Connections`] (admins: what was attested of
+///   each open connection). Clients send it only to a daemon that answered version 3.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version the daemon still serves, so clients built against earlier
 /// releases keep working after an upgrade.
@@ -225,6 +227,31 @@ pub enum Request {
         /// Catalog names, at most [`MAX_WATCH_NAMES`].
         names: Vec<String>,
     },
+    /// Admin (protocol 3): every open connection, with what was attested of its peer.
+    Connections,
+}
+
+/// One open connection, as `status --connections` shows it. Never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ConnectionInfo {
+    /// The peer's uid.
+    pub uid: u32,
+    /// The peer's gid.
+    pub gid: u32,
+    /// The peer's pid, if known.
+    pub pid: Option<i32>,
+    /// The attested executable (`None`: unreadable, or replaced or deleted since it started).
+    pub exe: Option<String>,
+    /// The hex SHA-256 of the executable, when a policy selects by hash.
+    pub exe_sha256: Option<String>,
+    /// The systemd unit its cgroup names.
+    pub systemd_unit: Option<String>,
+    /// Its cgroup.
+    pub cgroup: Option<String>,
+    /// When it connected, Unix milliseconds.
+    pub connected_at_ms: i64,
+    /// The protocol version agreed in its hello.
+    pub protocol_version: u16,
 }
 
 /// The most names one watch request may list.
@@ -349,6 +376,7 @@ impl Request {
             Request::BreakGlassClear { .. } => "break_glass_clear",
             Request::Metrics => "metrics",
             Request::Watch { .. } => "watch",
+            Request::Connections => "connections",
         }
     }
 }
@@ -426,6 +454,8 @@ pub enum Response<'a> {
     Watching(Vec<String>),
     /// A change on a watched connection.
     Event(ChangeEvent),
+    /// The answer to [`Request::Connections`] (protocol 3).
+    Connections(Vec<ConnectionInfo>),
 }
 
 /// What one refresh achieved.
@@ -455,6 +485,7 @@ impl Response<'_> {
             Response::Metrics(_) => "metrics",
             Response::Watching(_) => "watching",
             Response::Event(_) => "event",
+            Response::Connections(_) => "connections",
         }
     }
 }

@@ -220,3 +220,27 @@ fn check_hints_at_a_policy_that_trusts_a_whole_uid_running_several_programs() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hint:"));
 }
+
+#[test]
+fn status_connections_shows_admins_what_was_attested_of_each_peer() {
+    let env = TestEnv::new();
+    let daemon = env.start(&config_with(&env, "exe", &["/opt/bots/mm"]));
+    let held = Client::connect(&daemon.socket).expect("a connection to show");
+    let socket = daemon.socket.to_str().expect("utf8");
+    let out = support::cli_ok(
+        &["status", "--connections", "--json", "--socket", socket],
+        &[],
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let me = std::env::current_exe().expect("exe");
+    let mine = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["pid"] == serde_json::json!(std::process::id()))
+        .unwrap_or_else(|| panic!("this process is not listed: {rows}"));
+    assert_eq!(mine["exe"], me.display().to_string());
+    assert_eq!(mine["uid"], euid());
+    assert_eq!(mine["protocolVersion"], secretd_proto::PROTOCOL_VERSION);
+    drop(held);
+}

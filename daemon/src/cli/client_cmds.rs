@@ -188,6 +188,41 @@ pub(super) fn audit_tail(
         .map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
+pub(super) fn connections(socket: Option<PathBuf>, as_json: bool) -> Result<(), String> {
+    let list = connect(socket)?.connections().map_err(|e| e.to_string())?;
+    if as_json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|c| {
+                json!({
+                    "uid": c.uid, "gid": c.gid, "pid": c.pid, "exe": c.exe,
+                    "exeSha256": c.exe_sha256, "systemdUnit": c.systemd_unit,
+                    "cgroup": c.cgroup, "connectedAt": rfc3339(Some(c.connected_at_ms)),
+                    "protocolVersion": c.protocol_version,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!("PID\tUID\tEXE\tSHA256\tUNIT\tCGROUP");
+    for c in &list {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            c.pid.map_or("-".into(), |p| p.to_string()),
+            c.uid,
+            or_dash(&c.exe),
+            c.exe_sha256
+                .as_deref()
+                .map_or("-", |h| &h[..h.len().min(16)]),
+            or_dash(&c.systemd_unit),
+            or_dash(&c.cgroup),
+        );
+    }
+    Ok(())
+}
+
 fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }

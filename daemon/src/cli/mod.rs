@@ -83,6 +83,9 @@ enum Command {
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Admin: the open connections and what was attested of each peer, instead.
+        #[arg(long)]
+        connections: bool,
     },
     /// Print one JSON line per change of these secrets (all you may read, when none are
     /// given) until interrupted; resubscribes by itself when the daemon restarts.
@@ -236,7 +239,11 @@ pub fn main() -> ExitCode {
             min_rotation,
         } => check_cmd::run(cli.socket, config, required, &min_ttl, &min_rotation),
         Command::Get { name } => client_cmds::get(cli.socket, &name),
-        Command::Status { json } => client_cmds::status(cli.socket, json),
+        Command::Status {
+            json,
+            connections: true,
+        } => client_cmds::connections(cli.socket, json),
+        Command::Status { json, .. } => client_cmds::status(cli.socket, json),
         Command::Refresh { name } => client_cmds::refresh(cli.socket, name.as_deref()),
         Command::Watch { names } => client_cmds::watch(cli.socket, &names),
         Command::Rotation { step } => {

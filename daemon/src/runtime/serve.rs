@@ -407,6 +407,7 @@ async fn serve_bound(
         break_glass,
         metrics,
         denials: Denials::new(config.daemon.max_denials_per_minute_per_uid),
+        connections: Default::default(),
     });
     tracker.spawn(roll_denials(shared.clone(), cancel.clone()));
     if let Some(addr) = config.daemon.metrics_listen {

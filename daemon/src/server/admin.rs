@@ -256,6 +256,13 @@ impl Session<'_> {
         })))
     }
 
+    pub(super) fn connections(&mut self) -> Answer {
+        self.admin_gate("connections", Action::Refresh)?;
+        Ok(Reply::Plain(Response::Connections(
+            self.shared.connections.list(),
+        )))
+    }
+
     pub(super) fn metrics(&mut self) -> Answer {
         self.admin_gate("metrics", Action::Refresh)?;
         Ok(Reply::Plain(Response::Metrics(scrape::render(self.shared))))

@@ -67,6 +67,7 @@ impl Connection {
         let protocol = answer
             .as_ref()
             .map_or(PROTOCOL_VERSION, |h| h.protocol_version);
+        let _registered = self.shared.connections.register(&self.peer, protocol);
         let mut session = Session::new(&self.shared, &self.peer, protocol);
         serve_requests(&mut self.framed, &mut session, &cancel).await;
         session.flush();

@@ -15,6 +15,7 @@ pub(crate) mod http;
 pub(crate) mod peer;
 pub(crate) mod policy;
 mod read;
+mod registry;
 mod reply;
 mod scrape;
 mod session;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Refusals, aggregated and rate-limited per uid.
     pub(crate) denials: denials::Denials,
+    /// Every open connection and what was attested of it, for `status --connections`.
+    pub(crate) connections: registry::Registry,
 }
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.

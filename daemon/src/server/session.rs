@@ -75,6 +75,7 @@ impl<'a> Session<'a> {
             Request::BreakGlassClear { name } => self.break_glass_clear(&name).await,
             Request::Metrics => self.metrics(),
             Request::Watch { names } => self.subscribe(&names),
+            Request::Connections => self.connections(),
             // The connection answers the hello before any request reaches a session.
             Request::Hello(_) => Err(WireError::new(ErrorCode::Internal, "unexpected hello")),
         };
