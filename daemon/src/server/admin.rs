@@ -227,7 +227,7 @@ impl Session<'_> {
                 fingerprint: e.fingerprint,
                 duration_ms: e.duration_ms,
                 count: e.count,
-                // The wire's audit entry has no program field (protocol 2): the attested
+                // The wire's audit entry has no program field: the attested
                 // program rides in the detail.
                 detail: match (e.detail.is_empty(), e.program.is_empty()) {
                     (_, true) => e.detail,
