@@ -114,6 +114,25 @@ fn exe_sha256_refuses_a_binary_replaced_on_disk_after_it_started() {
     );
 }
 
+/// A Python bot speaking the wire protocol by hand (docs/protocol.md): hello, then `Get`;
+/// prints `secret` or `error CODE`.
+const PYTHON_BOT: &str = r#"
+import socket, struct, sys
+def frame(body): return struct.pack("<I", len(body)) + body
+def text(t): return struct.pack("<Q", len(t)) + t.encode()
+def recv(s):
+    n = struct.unpack("<I", s.recv(4, socket.MSG_WAITALL))[0]
+    return s.recv(n, socket.MSG_WAITALL)
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(frame(struct.pack("<I", 0) + b"SCRD" + struct.pack("<H", 3) + text("python-bot")))
+recv(s)
+s.sendall(frame(struct.pack("<I", 1) + text("trading_api_key")))
+body = recv(s)
+tag = struct.unpack("<I", body[:4])[0]
+print("secret" if tag == 1 else "error %d" % struct.unpack("<H", body[4:6])[0])
+"#;
+
 /// Where a test can make a cgroup a unit would have: the `name=systemd` v1 hierarchy on hybrid
 /// hosts, else the unified v2 root.
 fn cgroup_root() -> Option<PathBuf> {
@@ -128,7 +147,7 @@ fn cgroup_root() -> Option<PathBuf> {
 }
 
 #[test]
-fn a_unit_and_cgroup_binding_selects_the_process_whatever_its_program() {
+fn a_unit_and_cgroup_binding_selects_an_interpreted_bot_whatever_its_interpreter() {
     let root = cgroup_root();
     if !can_run(
         is_root() && root.is_some(),
@@ -142,30 +161,38 @@ fn a_unit_and_cgroup_binding_selects_the_process_whatever_its_program() {
     let dir = root.join("system.slice").join(&unit);
     std::fs::create_dir_all(&dir).expect("make the unit's cgroup");
     let env = TestEnv::new();
-    let bot = probe_copy(&env, "bots/mm/secretd-probe");
     let base = config_with(&env, "systemd_unit", &["mm-bot-*.service"]);
     let config = format!("{base}cgroup = [\"/system.slice/mm-bot-*.service\"]\n");
     let daemon = env.start(&config);
-    // The same program, inside the unit's cgroup (as systemd would place a Python bot, whose
-    // executable is the interpreter), and outside it.
+    // An interpreted bot: python3 speaking the protocol by hand (its executable is the
+    // interpreter, which every Python program shares), inside the unit's cgroup as systemd
+    // would place it, and the same script outside it.
     let procs = dir.join("cgroup.procs");
+    let script = env.path("bot.py");
+    std::fs::write(&script, PYTHON_BOT).expect("script");
     let inside = Command::new("sh")
         .arg("-c")
-        .arg("echo $$ > \"$0\" && exec \"$1\" \"$2\" get trading_api_key")
+        .arg("echo $$ > \"$0\" && exec python3 \"$1\" \"$2\"")
         .arg(&procs)
-        .arg(&bot)
+        .arg(&script)
         .arg(&daemon.socket)
         .output()
         .expect("run inside the unit");
-    let outside = probe(&bot, &daemon.socket, &["get", "trading_api_key"]);
+    let outside = Command::new("python3")
+        .arg(&script)
+        .arg(&daemon.socket)
+        .output()
+        .expect("run outside");
     let _ = std::fs::remove_dir(&dir);
-    assert!(
-        String::from_utf8_lossy(&inside.stdout).starts_with("ok get"),
-        "{}{}",
-        String::from_utf8_lossy(&inside.stdout),
-        String::from_utf8_lossy(&inside.stderr)
-    );
-    assert_eq!(outside, "err get trading_api_key permission_denied");
+    let said = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert_eq!(said(&inside).trim(), "secret", "{}", said(&inside));
+    assert_eq!(said(&outside).trim(), "error 2", "{}", said(&outside));
     let log = daemon.log();
     assert!(log.contains(&format!("unit={unit}")), "{log}");
 }
