@@ -260,4 +260,30 @@ mod tests {
         assert!(attested.describe().starts_with("exe="));
         drop(b);
     }
+
+    #[test]
+    fn a_peer_gone_before_attestation_attests_nothing_whatever_now_holds_its_pid() {
+        // A client connects and exits before the daemon attests it: its pid may by then belong
+        // to another program, so nothing may be read by pid; the pidfd knows it is gone.
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let status = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])")
+            .arg(&path)
+            .status()
+            .expect("python3");
+        assert!(status.success());
+        let (conn, _) = listener.accept().expect("accept");
+        // SAFETY: the fd of `conn` is open for the duration of the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(conn.as_raw_fd()) };
+        assert_eq!(attest(fd, None, true), Attested::default());
+        // And this kernel gives pidfds at all (CI's does): the pidfd path is what ran above.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert!(
+            peer_pidfd(a.as_raw_fd()).is_some() || std::env::var_os("CI").is_none(),
+            "CI's kernel must give pidfds of peers (SO_PEERPIDFD)"
+        );
+    }
 }
