@@ -313,7 +313,7 @@ impl Client {
     }
 }
 
-fn unexpected(op: &str, got: &Response<'_>) -> Error {
+pub(crate) fn unexpected(op: &str, got: &Response<'_>) -> Error {
     Error::Protocol(format!(
         "daemon answered {op} with a {} message",
         got.kind()

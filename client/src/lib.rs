@@ -20,6 +20,8 @@
 //! connection of its own; [`Client::with_cache`] serves repeat reads from locked local memory
 //! that those events keep current.
 
+#[cfg(feature = "tokio")]
+mod async_client;
 mod cache;
 mod client;
 mod connection;
@@ -28,6 +30,8 @@ mod secret;
 mod trust;
 mod watch;
 
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, MAX_ASYNC_CONNECTIONS};
 pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};
 pub use error::{Error, Result};
 pub use secret::Secret;

@@ -14,7 +14,7 @@
 //!   could create that directory first.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -23,8 +23,8 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Distrust(pub(crate) String);
 
-/// The uid of the process on the other end of `stream`.
-fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+/// The uid of the process on the other end of the socket `fd`.
+fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -34,7 +34,7 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     // SAFETY: cred and len are valid for writes of the sizes given; the fd is open.
     let rc = unsafe {
         libc::getsockopt(
-            stream.as_raw_fd(),
+            fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&raw mut cred).cast(),
@@ -49,10 +49,14 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
 
 /// Checks the server behind `stream`, connected at `path`, as described in the module docs.
 pub(crate) fn check(stream: &UnixStream, path: &Path) -> Result<(), Distrust> {
+    check_fd(stream.as_fd(), path)
+}
+
+/// [`check`] for any connected socket.
+pub(crate) fn check_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<(), Distrust> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let server =
-        peer_uid(stream).map_err(|e| Distrust(format!("cannot read its credentials: {e}")))?;
+    let server = peer_uid(fd).map_err(|e| Distrust(format!("cannot read its credentials: {e}")))?;
     let socket = std::fs::symlink_metadata(path)
         .map_err(|e| Distrust(format!("cannot inspect the socket file: {e}")))?;
     if !socket.file_type().is_socket() {
