@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use secretd_client::Client;
+use secretd_client::{AsyncClient, Client};
 use secretd_proto::frame::encode_frame;
 use secretd_proto::{Request, Response, SecretReply, SecretValue, SourceKind};
 
@@ -137,6 +137,58 @@ pub fn rust_get_threads(socket: &Path, threads: usize, n: usize) -> Row {
             assert_eq!(secret.len(), VALUE.len());
         }
     })
+}
+
+/// `rust-async-get` (x`tasks`): one `AsyncClient` shared by `tasks` tokio tasks on a
+/// two-thread runtime, each timing its own `await`s. Set beside `rust-client-get` (x4), it
+/// shows what the task hop and the connection pool cost over a blocking client per thread.
+pub fn rust_async_get(socket: &Path, tasks: usize, n: usize) -> Row {
+    let case = if tasks == 1 {
+        "rust-async-get".to_string()
+    } else {
+        format!("rust-async-get x{tasks}")
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    let (samples, wall) = runtime.block_on(async {
+        let client = AsyncClient::connect(socket)
+            .await
+            .unwrap_or_else(|e| panic!("async connect: {e}"));
+        for _ in 0..WARMUP {
+            client
+                .get(NAME)
+                .await
+                .unwrap_or_else(|e| panic!("get: {e}"));
+        }
+        let started = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut samples = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let t = Instant::now();
+                        let secret = client
+                            .get(NAME)
+                            .await
+                            .unwrap_or_else(|e| panic!("get: {e}"));
+                        samples.push(t.elapsed().as_nanos() as u64);
+                        assert_eq!(secret.len(), VALUE.len());
+                    }
+                    samples
+                })
+            })
+            .collect();
+        let mut samples = Vec::with_capacity(n * tasks);
+        for handle in handles {
+            samples.extend(handle.await.unwrap_or_default());
+        }
+        (samples, started.elapsed())
+    });
+    Row::new(case, samples, wall)
 }
 
 /// `rust-client-get` (or `cached`) in a child process of its own, like the C and Python

@@ -33,7 +33,7 @@ struct Sizes {
 
 /// Rounds the samples of every case are spread over: as many as there are cases, so each case
 /// runs once in every position of the order.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 12;
 
 const FULL: Sizes = Sizes {
     single: 50_000,
@@ -228,6 +228,14 @@ fn run() -> Result<(), String> {
         ),
         (
             sizes.single,
+            Box::new(|n| Ok(cases::rust_async_get(s, 1, n))),
+        ),
+        (
+            sizes.per_thread,
+            Box::new(|n| Ok(cases::rust_async_get(s, 4, n))),
+        ),
+        (
+            sizes.single,
             Box::new(|n| {
                 if !have_c {
                     return Err(String::new());
@@ -360,6 +368,13 @@ fn print_targets(rows: &[Row]) {
         println!(
             "- c-ffi-get p50 − rust p50 = {d:+.2} µs (≤ 1: {})",
             check(d <= 1.0)
+        );
+    }
+    if let Some(a) = find(rows, "rust-async-get") {
+        let d = a.quantile_us(0.5) - get.quantile_us(0.5);
+        println!(
+            "- rust-async-get p50 − rust p50 = {d:+.2} µs (≤ 3: {})",
+            check(d <= 3.0)
         );
     }
     if let Some(py) = find(rows, "python-get") {

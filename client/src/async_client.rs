@@ -1,15 +1,19 @@
 //! The tokio client (`tokio` feature): [`AsyncClient`].
 //!
-//! Cancellation safety is the point of its design. Every request runs on a task of its own
-//! that owns the connection it uses, from the request's first byte to its answer's last; the
-//! caller only awaits that task's result. A caller's future dropped at any await point (a
-//! `timeout`, a `select!`) leaves the task to finish the exchange and put the connection back
-//! in the pool, in step: the next call never reads an answer meant for a cancelled one, and a
-//! cancellation costs no reconnect (no hello, no audit record, no slot of the per-uid cap).
+//! Cancellation safety is the point of its design. A request runs in the caller's own future
+//! on a pooled connection, and the connection records every byte it has written and read as it
+//! goes (each step is a non-blocking `try_write`/`try_read` after a readiness wait, so nothing is
+//! lost at an await point). When the caller's future is dropped mid-exchange (a `timeout`, a
+//! `select!`), the guard holding the connection hands it to a task that finishes the exchange
+//! from where it stopped, discards the answer and puts the connection back in the pool, in step:
+//! the next call never reads an answer meant for a cancelled one, and a cancellation costs no
+//! reconnect (no hello, no audit record, no slot of the per-uid cap). The common path, with no
+//! cancellation, costs no task hop.
 //!
 //! Many tasks share one client: up to [`MAX_ASYNC_CONNECTIONS`] requests run at once, each on a
 //! pooled connection; more wait their turn.
 
+use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,15 +26,20 @@ use secretd_proto::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroize;
 
+use crate::async_watch::AsyncWatch;
 use crate::client::{DEFAULT_TIMEOUT, REFRESH_TIMEOUT, unexpected};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
 /// Requests one [`AsyncClient`] runs at once, each on a connection of its own; more wait.
 pub const MAX_ASYNC_CONNECTIONS: usize = 8;
+
+/// The first read of an answer asks for this much, so a typical answer (header and body) comes
+/// in one `recv`.
+const FIRST_READ: usize = 4096;
 
 /// The label this library sends in its hello.
 const CLIENT_LABEL: &str = concat!("secretd-client-async/", env!("CARGO_PKG_VERSION"));
@@ -51,22 +60,31 @@ struct Inner {
     timeout: Duration,
     /// Idle connections, in step, ready for a request.
     idle: Mutex<Vec<AsyncConnection>>,
-    /// One permit per request in flight.
+    /// One permit per request in flight (a cancelled request's finishing task keeps its own).
     slots: Arc<Semaphore>,
 }
 
-/// One greeted connection.
+/// One greeted connection and the progress of the exchange on it.
 #[derive(Debug)]
-struct AsyncConnection {
+pub(crate) struct AsyncConnection {
     /// The socket.
     stream: UnixStream,
-    /// Frame scratch, wiped after every exchange (answers carry values).
-    buf: Vec<u8>,
+    /// The request frame being sent.
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    sent: usize,
+    /// The answer frame (header and body) being read; wiped after every exchange, as answers
+    /// carry values.
+    input: Vec<u8>,
+    /// Bytes of `input` already read.
+    got: usize,
+    /// The whole answer frame's length, once its header is in.
+    expected: Option<usize>,
 }
 
 impl AsyncConnection {
     /// Connects, checks who answers (before a byte is sent), and says hello.
-    async fn open(path: &Path, timeout: Duration) -> Result<AsyncConnection> {
+    pub(crate) async fn open(path: &Path, timeout: Duration) -> Result<AsyncConnection> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| Error::Connect {
@@ -79,16 +97,14 @@ impl AsyncConnection {
         })?;
         let mut conn = AsyncConnection {
             stream,
-            buf: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            input: Vec::new(),
+            got: 0,
+            expected: None,
         };
-        match conn
-            .exchange(
-                &Request::Hello(ClientHello::new(CLIENT_LABEL)),
-                path,
-                timeout,
-            )
-            .await?
-        {
+        conn.start(&Request::Hello(ClientHello::new(CLIENT_LABEL)))?;
+        match conn.finish(path, timeout).await? {
             Response::Hello(h)
                 if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) =>
             {
@@ -106,14 +122,58 @@ impl AsyncConnection {
         }
     }
 
-    /// Sends one request and reads its answer, within `timeout`.
-    async fn exchange(
-        &mut self,
-        req: &Request,
-        path: &Path,
-        timeout: Duration,
-    ) -> Result<Response<'static>> {
-        let result = tokio::time::timeout(timeout, self.exchange_unbounded(req))
+    /// Sends a request that turns the connection into a stream (a watch) and reads its first
+    /// answer; the rest come from [`AsyncConnection::receive`]. Only for a connection that is
+    /// never pooled again.
+    pub(crate) async fn open_stream(&mut self, req: &Request) -> Result<Response<'static>> {
+        self.start(req)?;
+        let written = self.stream.write_all(&self.out).await.map_err(Error::Io);
+        self.out.clear();
+        written?;
+        self.receive().await
+    }
+
+    /// Reads one whole frame (on a stream, where frames come unasked).
+    pub(crate) async fn receive(&mut self) -> Result<Response<'static>> {
+        let mut header = [0u8; HEADER_LEN];
+        self.stream
+            .read_exact(&mut header)
+            .await
+            .map_err(Error::Io)?;
+        let len = body_len(header)?;
+        self.input.clear();
+        self.input.resize(len, 0);
+        let read = self
+            .stream
+            .read_exact(&mut self.input)
+            .await
+            .map_err(Error::Io);
+        let answer = read.and_then(|_| Ok(decode_body::<Response<'static>>(&self.input)?));
+        self.input.zeroize();
+        answer
+    }
+
+    /// Queues `req` as the exchange to drive.
+    fn start(&mut self, req: &Request) -> Result<()> {
+        if let Err(e) = encode_frame(req, &mut self.out) {
+            // Nothing of it was sent: the connection stays in step.
+            self.out.clear();
+            return Err(e.into());
+        }
+        self.sent = 0;
+        self.got = 0;
+        self.expected = None;
+        Ok(())
+    }
+
+    /// Whether no exchange is under way: the connection may go back to the pool.
+    fn in_step(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Drives the exchange to its end within `timeout` and decodes the answer.
+    async fn finish(&mut self, path: &Path, timeout: Duration) -> Result<Response<'static>> {
+        let driven = tokio::time::timeout(timeout, self.drive())
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Timeout {
@@ -121,26 +181,94 @@ impl AsyncConnection {
                     after: timeout,
                 })
             });
-        self.buf.zeroize();
-        result
+        let answer = driven.and_then(|()| {
+            Ok(decode_body::<Response<'static>>(
+                &self.input[HEADER_LEN..self.got],
+            )?)
+        });
+        self.input.zeroize();
+        self.out.clear();
+        answer
     }
 
-    async fn exchange_unbounded(&mut self, req: &Request) -> Result<Response<'static>> {
-        encode_frame(req, &mut self.buf)?;
-        self.stream.write_all(&self.buf).await.map_err(Error::Io)?;
-        let mut header = [0u8; HEADER_LEN];
-        self.stream
-            .read_exact(&mut header)
-            .await
-            .map_err(Error::Io)?;
-        let len = body_len(header)?;
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        self.stream
-            .read_exact(&mut self.buf)
-            .await
-            .map_err(Error::Io)?;
-        Ok(decode_body::<Response<'static>>(&self.buf)?)
+    /// Writes the rest of the request and reads the rest of the answer. Cancel-safe: every
+    /// byte moved is counted before the next await, so a later call resumes where this stopped.
+    async fn drive(&mut self) -> Result<()> {
+        while self.sent < self.out.len() {
+            self.stream.writable().await.map_err(Error::Io)?;
+            match self.stream.try_write(&self.out[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        if self.input.len() < FIRST_READ {
+            self.input.resize(FIRST_READ, 0);
+        }
+        loop {
+            if let Some(total) = self.expected
+                && self.got == total
+            {
+                return Ok(());
+            }
+            let end = self.expected.unwrap_or(self.input.len());
+            self.stream.readable().await.map_err(Error::Io)?;
+            match self.stream.try_read(&mut self.input[self.got..end]) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => self.got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Error::Io(e)),
+            }
+            if self.expected.is_none() && self.got >= HEADER_LEN {
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&self.input[..HEADER_LEN]);
+                let total = HEADER_LEN + body_len(header)?;
+                if self.got > total {
+                    return Err(Error::Protocol(
+                        "daemon sent more than one answer to one request".into(),
+                    ));
+                }
+                if self.input.len() < total {
+                    self.input.resize(total, 0);
+                }
+                self.expected = Some(total);
+            }
+        }
+    }
+}
+
+/// A connection lent to one request. Dropped with the exchange unfinished (the caller's
+/// future was cancelled), it hands the connection to a task that finishes the exchange and
+/// pools it.
+struct Lent {
+    /// The pool to return to.
+    inner: Arc<Inner>,
+    /// The connection; taken when the request settles it itself.
+    conn: Option<AsyncConnection>,
+    /// The request's slot, held until the connection is back.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if conn.in_step() {
+            self.inner.put_idle(conn);
+            return;
+        }
+        let (inner, permit) = (self.inner.clone(), self.permit.take());
+        // Without a runtime (it is shutting down) the connection is simply closed.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _permit = permit;
+                // The answer is discarded (and wiped); only a connection in step is pooled.
+                if conn.finish(&inner.path, inner.timeout).await.is_ok() {
+                    inner.put_idle(conn);
+                }
+            });
+        }
     }
 }
 
@@ -195,63 +323,71 @@ impl AsyncClient {
         }
     }
 
-    /// Runs `req` on a task of its own (see the module docs) and returns its answer.
+    /// Watches secrets for changes on a connection of its own: a `futures` `Stream` of
+    /// [`ChangeEvent`]s (never values: read the new value with [`AsyncClient::get`]). An empty
+    /// list watches every secret the caller may read. Names the caller may not read are refused
+    /// here, as is a name not in the catalog. See [`AsyncWatch`] for reconnection.
+    pub async fn watch<I, S>(&self, names: I) -> Result<AsyncWatch>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names = crate::client::watch_names(names)?;
+        AsyncWatch::open(self.inner.path.clone(), names, self.inner.timeout).await
+    }
+
+    /// Runs `req` on a pooled connection (a fresh one when none is idle), retried once on a
+    /// fresh connection when a pooled one turns out to be dead (the daemon restarted).
     async fn call(&self, req: Request, slow: Option<Duration>) -> Result<Response<'static>> {
-        let permit = self
-            .inner
+        let inner = &self.inner;
+        let permit = inner
             .slots
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Protocol("the client was shut down".into()))?;
-        let (tx, rx) = oneshot::channel();
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let answer = inner.run(req, slow, permit).await;
-            // The caller may be gone (cancelled): the exchange still finished in step.
-            let _ = tx.send(answer);
-        });
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Protocol("the request task ended early".into())))
+        let timeout = slow.unwrap_or(inner.timeout);
+        let pooled = inner.take_idle();
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => c,
+            None => AsyncConnection::open(&inner.path, inner.timeout).await?,
+        };
+        let mut lent = Lent {
+            inner: inner.clone(),
+            conn: Some(conn),
+            permit: Some(permit),
+        };
+        let mut result = lent.exchange(&req, timeout).await;
+        if reused && result.as_ref().is_err_and(Error::worth_a_retry) {
+            lent.conn = Some(AsyncConnection::open(&inner.path, inner.timeout).await?);
+            result = lent.exchange(&req, timeout).await;
+        }
+        match result {
+            Ok(Response::Error(e)) => Err(Error::Daemon(e)),
+            other => other,
+        }
+    }
+}
+
+impl Lent {
+    /// One exchange; the connection goes back to the pool when this returns (dropped instead
+    /// when the exchange failed: an I/O error, a protocol error or a timeout leaves it out of
+    /// step). Cancelled, the [`Drop`] of `self` finishes it.
+    async fn exchange(&mut self, req: &Request, timeout: Duration) -> Result<Response<'static>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Error::Protocol("no connection to send on".into()));
+        };
+        conn.start(req)?;
+        let result = conn.finish(&self.inner.path, timeout).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
     }
 }
 
 impl Inner {
-    /// One request on a pooled connection (a fresh one when none is idle), retried once on a
-    /// fresh connection when a pooled one turns out to be dead (the daemon restarted).
-    async fn run(
-        &self,
-        req: Request,
-        slow: Option<Duration>,
-        _permit: OwnedSemaphorePermit,
-    ) -> Result<Response<'static>> {
-        let timeout = slow.unwrap_or(self.timeout);
-        let pooled = self.take_idle();
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => AsyncConnection::open(&self.path, self.timeout).await?,
-        };
-        let mut result = conn.exchange(&req, &self.path, timeout).await;
-        if reused && result.as_ref().is_err_and(Error::worth_a_retry) {
-            conn = AsyncConnection::open(&self.path, self.timeout).await?;
-            result = conn.exchange(&req, &self.path, timeout).await;
-        }
-        match result {
-            // An I/O error, a protocol error or a timeout leaves the connection out of step:
-            // it is dropped, never pooled.
-            Err(e) if e.breaks_connection() => Err(e),
-            Ok(Response::Error(e)) => {
-                self.put_idle(conn);
-                Err(Error::Daemon(e))
-            }
-            other => {
-                self.put_idle(conn);
-                other
-            }
-        }
-    }
-
     fn take_idle(&self) -> Option<AsyncConnection> {
         self.idle
             .lock()

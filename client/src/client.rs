@@ -129,16 +129,7 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_owned()).collect();
-        if names.len() > MAX_WATCH_NAMES {
-            return Err(Error::InvalidArgument(
-                "a watch may list at most 1024 names",
-            ));
-        }
-        for name in &names {
-            validate_name(name).map_err(Error::InvalidArgument)?;
-        }
-        Watch::open(self.path.clone(), names, self.timeout)
+        Watch::open(self.path.clone(), watch_names(names)?, self.timeout)
     }
 
     /// [`Client::watch`] on a thread of its own, calling `callback` for every item until the
@@ -311,6 +302,24 @@ impl Client {
             guard
         })
     }
+}
+
+/// The names of a watch request, checked: at most [`MAX_WATCH_NAMES`], each a valid name.
+pub(crate) fn watch_names<I, S>(names: I) -> Result<Vec<String>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_owned()).collect();
+    if names.len() > MAX_WATCH_NAMES {
+        return Err(Error::InvalidArgument(
+            "a watch may list at most 1024 names",
+        ));
+    }
+    for name in &names {
+        validate_name(name).map_err(Error::InvalidArgument)?;
+    }
+    Ok(names)
 }
 
 pub(crate) fn unexpected(op: &str, got: &Response<'_>) -> Error {

@@ -22,6 +22,8 @@
 
 #[cfg(feature = "tokio")]
 mod async_client;
+#[cfg(feature = "tokio")]
+mod async_watch;
 mod cache;
 mod client;
 mod connection;
@@ -32,6 +34,8 @@ mod watch;
 
 #[cfg(feature = "tokio")]
 pub use async_client::{AsyncClient, MAX_ASYNC_CONNECTIONS};
+#[cfg(feature = "tokio")]
+pub use async_watch::AsyncWatch;
 pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};
 pub use error::{Error, Result};
 pub use secret::Secret;

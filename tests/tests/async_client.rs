@@ -1,13 +1,15 @@
 //! The tokio client against the real daemon: many tasks on one client, random cancellations at
 //! every await point that never put a connection out of step nor cost a reconnect each, and a
-//! daemon restart under a live client.
+//! daemon restart under a live client; the watch stream, through a restart and when dropped.
 
 mod support;
 
 use std::future::Future;
 use std::task::Poll;
+use std::time::Duration;
 
-use secretd_client::{AsyncClient, MAX_ASYNC_CONNECTIONS, SourceKind};
+use futures::StreamExt;
+use secretd_client::{AsyncClient, AsyncWatch, ChangeEvent, MAX_ASYNC_CONNECTIONS, SourceKind};
 use support::TestEnv;
 
 const A: &[u8] = b"Omni-Key-Async-AAAA-0000!";
@@ -44,13 +46,25 @@ async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> bool {
     false
 }
 
-/// Open connections, from the daemon's own gauge.
-fn open_connections(daemon: &support::Daemon) -> f64 {
-    let text = secretd_client::Client::connect(&daemon.socket)
+/// Yields to the scheduler `n` times.
+async fn yield_times(n: usize) {
+    for _ in 0..n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The daemon's metrics text.
+fn metrics(daemon: &support::Daemon) -> String {
+    secretd_client::Client::connect(&daemon.socket)
         .expect("admin")
         .metrics()
-        .expect("metrics");
-    text.lines()
+        .expect("metrics")
+}
+
+/// Open connections, from the daemon's own gauge.
+fn open_connections(daemon: &support::Daemon) -> f64 {
+    metrics(daemon)
+        .lines()
         .find(|l| l.starts_with("omni_secretd_connections "))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("gauge")
@@ -150,6 +164,162 @@ fn a_live_async_client_survives_a_daemon_restart() {
                 .expect("after restart")
                 .expose(),
             A
+        );
+    });
+}
+
+/// The next item of `watch`, within a generous deadline.
+async fn next_item(watch: &mut AsyncWatch) -> secretd_client::Result<ChangeEvent> {
+    tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("an item within 20 s")
+        .expect("the stream goes on")
+}
+
+/// Rewrites file secret `name` and has the daemon pick it up now.
+async fn change_file(env: &TestEnv, admin: &AsyncClient, name: &str, value: &[u8]) {
+    env.write_value(name, value);
+    let outcomes = admin.refresh(Some(name)).await.expect("refresh");
+    assert!(outcomes[0].error.is_none(), "{outcomes:?}");
+}
+
+#[test]
+fn the_watch_stream_follows_changes_and_resubscribes_after_a_restart() {
+    let env = TestEnv::new();
+    let config = two_secrets(&env);
+    let mut daemon = env.start(&config);
+    let rt = runtime();
+    let client = rt
+        .block_on(AsyncClient::connect(&daemon.socket))
+        .expect("connect");
+    let mut watch = rt.block_on(client.watch(["trading_a"])).expect("watch");
+    assert_eq!(watch.names(), ["trading_a"]);
+    rt.block_on(async {
+        change_file(&env, &client, "trading_b", b"unwatched").await;
+        change_file(&env, &client, "trading_a", b"Omni-Key-Async-AAAA-0002!").await;
+        match next_item(&mut watch).await.expect("event") {
+            ChangeEvent::Changed(c) => {
+                assert_eq!(c.name, "trading_a", "only the watched name");
+                assert_eq!(c.version, "2");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+
+    assert!(daemon.stop().success());
+    let _daemon = env.start(&config);
+    rt.block_on(async {
+        // The break shows as an error, the resubscription as Lagged...
+        let mut saw_error = false;
+        loop {
+            match next_item(&mut watch).await {
+                Err(_) => saw_error = true,
+                Ok(ChangeEvent::Lagged) => break,
+                Ok(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(saw_error, "the break is reported before Lagged");
+        // ...and changes flow again.
+        change_file(&env, &client, "trading_a", b"Omni-Key-Async-AAAA-0003!").await;
+        match next_item(&mut watch).await.expect("event") {
+            ChangeEvent::Changed(c) => assert_eq!(c.name, "trading_a"),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_watch_of_an_unknown_name_is_refused_and_a_dropped_stream_closes_its_connection() {
+    let env = TestEnv::new();
+    let daemon = env.start(&two_secrets(&env));
+    let rt = runtime();
+    rt.block_on(async {
+        let client = AsyncClient::connect(&daemon.socket).await.expect("connect");
+        let refused = client.watch(["no_such_secret"]).await;
+        assert!(refused.is_err(), "an unknown name is refused up front");
+        assert!(client.watch(["bad name!"]).await.is_err());
+
+        let before = open_connections(&daemon);
+        let watch = client.watch(Vec::<String>::new()).await.expect("watch all");
+        assert_eq!(watch.names().len(), 2, "every readable name");
+        support::wait_until(
+            "the watch connection is counted",
+            Duration::from_secs(20),
+            || (open_connections(&daemon) > before).then_some(()),
+        );
+        drop(watch);
+        support::wait_until(
+            "the dropped watch's connection is closed",
+            Duration::from_secs(20),
+            || (open_connections(&daemon) <= before).then_some(()),
+        );
+    });
+}
+
+#[test]
+fn many_tasks_cancelled_at_random_only_ever_see_their_own_answers() {
+    let env = TestEnv::new();
+    let daemon = env.start(&two_secrets(&env));
+    runtime().block_on(async {
+        let client = AsyncClient::connect(&daemon.socket).await.expect("connect");
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let (mut answered, mut timed_out) = (0u32, 0u32);
+                    for i in 0..500u32 {
+                        let (name, value) = if (i + t) % 2 == 0 {
+                            ("trading_a", A)
+                        } else {
+                            ("trading_b", B)
+                        };
+                        // Given up after a random number of turns of the scheduler (tokio's
+                        // timer ticks in milliseconds, far longer than a get), and every 50th
+                        // call under a real 1 ms `timeout`: from "gone before the first byte"
+                        // to "usually answered".
+                        let answer = if i % 50 == 0 {
+                            tokio::time::timeout(Duration::from_millis(1), client.get(name))
+                                .await
+                                .ok()
+                        } else {
+                            let turns = fastrand::usize(0..8);
+                            tokio::select! {
+                                biased;
+                                got = client.get(name) => Some(got),
+                                () = yield_times(turns) => None,
+                            }
+                        };
+                        match answer {
+                            Some(got) => {
+                                assert_eq!(got.expect("get").expose(), value, "task {t} call {i}");
+                                answered += 1;
+                            }
+                            None => timed_out += 1,
+                        }
+                    }
+                    (answered, timed_out)
+                })
+            })
+            .collect();
+        let (mut answered, mut timed_out) = (0, 0);
+        for task in tasks {
+            let (a, c) = task.await.expect("task");
+            answered += a;
+            timed_out += c;
+        }
+        assert!(
+            answered > 100 && timed_out > 100,
+            "{answered} answered, {timed_out} cancelled: the mix tested little"
+        );
+        // After all that, every pooled connection is still in step.
+        for _ in 0..50 {
+            assert_eq!(client.get("trading_a").await.expect("get").expose(), A);
+            assert_eq!(client.get("trading_b").await.expect("get").expose(), B);
+        }
+        let open = open_connections(&daemon);
+        assert!(
+            open <= (MAX_ASYNC_CONNECTIONS + 1) as f64,
+            "{open} connections after {timed_out} cancellations"
         );
     });
 }
