@@ -16,9 +16,11 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_core::Stream;
 use secretd_proto::frame::{HEADER_LEN, body_len, decode_body, encode_frame};
 use secretd_proto::{
     ClientHello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, SecretStatus,
@@ -27,9 +29,11 @@ use secretd_proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use zeroize::Zeroize;
 
 use crate::async_watch::AsyncWatch;
+use crate::cache::ClientCache;
 use crate::client::{DEFAULT_TIMEOUT, REFRESH_TIMEOUT, unexpected};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -49,6 +53,32 @@ const CLIENT_LABEL: &str = concat!("secretd-client-async/", env!("CARGO_PKG_VERS
 pub struct AsyncClient {
     /// What the clones share.
     inner: Arc<Inner>,
+    /// The client-side cache, when [`AsyncClient::with_cache`] turned it on (shared by the
+    /// clones made after that).
+    cache: Option<Arc<AsyncCache>>,
+}
+
+/// The client-side cache of an [`AsyncClient`] and the task that keeps it honest.
+struct AsyncCache {
+    /// The values (the same store as the blocking client's cache).
+    values: Arc<ClientCache>,
+    /// Applies the watch's items to `values`; aborted (closing the watch) when the last
+    /// client sharing this cache is dropped.
+    feeder: JoinHandle<()>,
+}
+
+impl Drop for AsyncCache {
+    fn drop(&mut self) {
+        self.feeder.abort();
+    }
+}
+
+impl std::fmt::Debug for AsyncCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncCache")
+            .field("entries", &self.values.len())
+            .finish()
+    }
 }
 
 /// The shared state.
@@ -284,6 +314,7 @@ impl AsyncClient {
                 idle: Mutex::new(vec![first]),
                 slots: Arc::new(Semaphore::new(MAX_ASYNC_CONNECTIONS)),
             }),
+            cache: None,
         })
     }
 
@@ -292,9 +323,58 @@ impl AsyncClient {
         AsyncClient::connect(crate::default_socket_path()).await
     }
 
-    /// Reads a secret.
+    /// Turns on the client-side cache, as [`crate::Client::with_cache`] does: values this
+    /// client (and its later clones) reads are kept in locked, no-dump memory and served
+    /// without a round trip until a change event, a `Lagged` event, a disconnect or the
+    /// value's expiry empties them. A watch on its own connection and task delivers the events.
+    pub async fn with_cache(mut self) -> Result<AsyncClient> {
+        if self.cache.is_none() {
+            let mut watch = self.watch(Vec::<String>::new()).await?;
+            let values = ClientCache::live();
+            let target = values.clone();
+            let feeder = tokio::spawn(async move {
+                while let Some(item) =
+                    std::future::poll_fn(|cx| Pin::new(&mut watch).poll_next(cx)).await
+                {
+                    target.apply(&item);
+                }
+                // The watch ended (refused on resubscription): never serve from the cache again.
+                target.apply(&Err(Error::Protocol("the cache's watch ended".into())));
+            });
+            self.cache = Some(Arc::new(AsyncCache { values, feeder }));
+        }
+        Ok(self)
+    }
+
+    /// Whether the client-side cache is on.
+    pub fn is_cached(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// How many values the client-side cache holds (0 when it is off).
+    pub fn cached_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.values.len())
+    }
+
+    /// Reads a secret (from the client-side cache when it is on and holds it).
     pub async fn get(&self, name: &str) -> Result<Secret> {
         validate_name(name).map_err(Error::InvalidArgument)?;
+        let Some(cache) = &self.cache else {
+            return self.fetch(name).await;
+        };
+        if let Some(hit) = cache.values.get(name) {
+            return Ok(hit);
+        }
+        let ticket = cache.values.ticket();
+        let secret = self.fetch(name).await?;
+        if let Some(ticket) = ticket {
+            cache.values.insert(ticket, name, &secret);
+        }
+        Ok(secret)
+    }
+
+    /// Reads a secret from the daemon.
+    async fn fetch(&self, name: &str) -> Result<Secret> {
         match self.call(Request::Get { name: name.into() }, None).await? {
             Response::Secret(reply) => Ok(Secret::from_reply(reply)),
             other => Err(unexpected("get", &other)),
@@ -324,7 +404,7 @@ impl AsyncClient {
     }
 
     /// Watches secrets for changes on a connection of its own: a `futures` `Stream` of
-    /// [`ChangeEvent`]s (never values: read the new value with [`AsyncClient::get`]). An empty
+    /// [`ChangeEvent`](crate::ChangeEvent)s (never values: read the new value with [`AsyncClient::get`]). An empty
     /// list watches every secret the caller may read. Names the caller may not read are refused
     /// here, as is a name not in the catalog. See [`AsyncWatch`] for reconnection.
     pub async fn watch<I, S>(&self, names: I) -> Result<AsyncWatch>

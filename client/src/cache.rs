@@ -81,20 +81,9 @@ pub(crate) struct CachedReads {
 impl CachedReads {
     /// Starts invalidating from `watch` (already subscribed).
     pub(crate) fn start(watch: Watch) -> crate::Result<CachedReads> {
-        let cache = Arc::new(ClientCache::default());
-        cache.live.store(true, Ordering::SeqCst);
+        let cache = ClientCache::live();
         let target = cache.clone();
-        let handle = watch.spawn(move |item| match item {
-            Ok(ChangeEvent::Changed(c)) => target.invalidate(Some(&c.name)),
-            Ok(ChangeEvent::Lagged) => {
-                target.invalidate(None);
-                target.live.store(true, Ordering::SeqCst);
-            }
-            Err(_) => {
-                target.live.store(false, Ordering::SeqCst);
-                target.invalidate(None);
-            }
-        })?;
+        let handle = watch.spawn(move |item| target.apply(&item))?;
         Ok(CachedReads {
             cache,
             _watch: handle,
@@ -106,6 +95,29 @@ impl CachedReads {
 pub(crate) struct Ticket(u64);
 
 impl ClientCache {
+    /// A cache for a watch that has just subscribed.
+    pub(crate) fn live() -> Arc<ClientCache> {
+        let cache = ClientCache::default();
+        cache.live.store(true, Ordering::SeqCst);
+        Arc::new(cache)
+    }
+
+    /// Applies one item of the watch that keeps this cache honest: a change empties its name,
+    /// `Lagged` (resubscribed) empties everything, and a break stops all serving until then.
+    pub(crate) fn apply(&self, item: &crate::Result<ChangeEvent>) {
+        match item {
+            Ok(ChangeEvent::Changed(c)) => self.invalidate(Some(&c.name)),
+            Ok(ChangeEvent::Lagged) => {
+                self.invalidate(None);
+                self.live.store(true, Ordering::SeqCst);
+            }
+            Err(_) => {
+                self.live.store(false, Ordering::SeqCst);
+                self.invalidate(None);
+            }
+        }
+    }
+
     /// A copy of the cached value of `name`, if it may be served.
     pub(crate) fn get(&self, name: &str) -> Option<Secret> {
         if !self.live.load(Ordering::Acquire) || FORKS.load(Ordering::Relaxed) != self.born {

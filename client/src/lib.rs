@@ -1,4 +1,4 @@
-//! Blocking client for `secretd`.
+//! Client for `secretd`: blocking, and for tokio with the `tokio` feature.
 //!
 //! ```no_run
 //! let client = secretd_client::Client::connect_default()?;
@@ -19,6 +19,9 @@
 //! [`Client::watch`] streams [`ChangeEvent`]s (rotations, break-glass apply and clear) on a
 //! connection of its own; [`Client::with_cache`] serves repeat reads from locked local memory
 //! that those events keep current.
+//!
+//! With the `tokio` feature, `AsyncClient` does the same for async programs: `get`, `status`,
+//! `refresh`, `watch` (a `futures` `Stream`) and `with_cache`, cancel-safe at every await point.
 
 #[cfg(feature = "tokio")]
 mod async_client;

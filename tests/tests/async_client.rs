@@ -323,3 +323,146 @@ fn many_tasks_cancelled_at_random_only_ever_see_their_own_answers() {
         );
     });
 }
+
+/// `omni_secretd_requests_total{op="get",result="ok"}`: reads the daemon served.
+fn gets_served(daemon: &support::Daemon) -> f64 {
+    metrics(daemon)
+        .lines()
+        .find(|l| l.starts_with("omni_secretd_requests_total{op=\"get\",result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_cached_async_client_serves_locally_and_follows_changes() {
+    let env = TestEnv::new();
+    let daemon = env.start(&two_secrets(&env));
+    runtime().block_on(async {
+        let plain = AsyncClient::connect(&daemon.socket).await.expect("connect");
+        let client = plain.clone().with_cache().await.expect("cache");
+        assert!(client.is_cached() && !plain.is_cached());
+        assert_eq!(client.get("trading_a").await.expect("get").expose(), A);
+        assert_eq!(client.cached_len(), 1);
+        let served = gets_served(&daemon);
+        for _ in 0..1000 {
+            assert_eq!(client.get("trading_a").await.expect("get").expose(), A);
+        }
+        assert_eq!(
+            gets_served(&daemon),
+            served,
+            "repeat reads never reach the daemon"
+        );
+
+        // A change empties the entry: the next read fetches the new value.
+        change_file(&env, &plain, "trading_a", b"Omni-Key-Async-AAAA-0002!").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = client.get("trading_a").await.expect("get");
+            if got.expose() == b"Omni-Key-Async-AAAA-0002!" {
+                break;
+            }
+            assert_eq!(got.expose(), A, "only the old or the new value");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the change never reached the cache"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
+#[test]
+fn a_cached_async_client_stops_serving_from_cache_when_the_daemon_goes() {
+    let env = TestEnv::new();
+    let config = two_secrets(&env);
+    let mut daemon = env.start(&config);
+    let rt = runtime();
+    let client = rt
+        .block_on(async {
+            let c = AsyncClient::connect(&daemon.socket)
+                .await?
+                .with_cache()
+                .await?;
+            c.get("trading_b").await?;
+            Ok::<_, secretd_client::Error>(c)
+        })
+        .expect("cached client");
+    assert!(daemon.stop().success());
+    // With the daemon gone the watch breaks, and the cache empties and stops serving: a read
+    // fails rather than serve a value nobody can vouch for any more.
+    support::wait_until("the cache empties", Duration::from_secs(20), || {
+        (client.cached_len() == 0).then_some(())
+    });
+    assert!(rt.block_on(client.get("trading_b")).is_err());
+    // Back up, it reads (and caches) again.
+    let _daemon = env.start(&config);
+    rt.block_on(async {
+        assert_eq!(
+            client
+                .get("trading_b")
+                .await
+                .expect("after restart")
+                .expose(),
+            B
+        );
+    });
+}
+
+/// The client crate's `tokio_reader` example, which `cargo test --workspace` builds beside this
+/// test's own binary.
+fn tokio_reader_example() -> Option<std::path::PathBuf> {
+    let deps = std::env::current_exe().ok()?.parent()?.to_owned();
+    let example = deps.parent()?.join("examples").join("tokio_reader");
+    example.exists().then_some(example)
+}
+
+#[test]
+fn the_readme_tokio_example_reads_and_follows_a_rotation() {
+    let Some(example) = tokio_reader_example() else {
+        support::can_run(
+            false,
+            "the tokio example",
+            "client/examples/tokio_reader built (cargo test --workspace builds it)",
+        );
+        return;
+    };
+    let env = TestEnv::new();
+    let daemon = env.start(&two_secrets(&env));
+    let mut child = std::process::Command::new(example)
+        .arg("trading_a")
+        .env("SECRETD_SOCKET", &daemon.socket)
+        .env("CHANGES", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the example");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let _ = tx.send(line.expect("read"));
+        }
+    });
+    let mut next_line = |what: &str| {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("the example printed no {what} within 20 s")
+            })
+    };
+    let first = next_line("first line");
+    assert_eq!(first, "trading_a: version 1 from file");
+    runtime().block_on(async {
+        let admin = AsyncClient::connect(&daemon.socket).await.expect("connect");
+        change_file(&env, &admin, "trading_a", b"Omni-Key-Async-AAAA-0002!").await;
+    });
+    let second = next_line("line after the change");
+    assert_eq!(second, "trading_a: version 2 from file");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let printed = format!("{first}\n{second}");
+    assert!(
+        !printed.contains("Omni-Key"),
+        "the example never prints a value"
+    );
+}
