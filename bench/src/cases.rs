@@ -335,15 +335,23 @@ pub fn c_get(
 }
 
 /// `python-get`: the real extension module, timed in Python with `perf_counter_ns`.
-pub fn python_get(python: &Path, script: &Path, socket: &Path, n: usize) -> Result<Row, String> {
+pub fn python_get(
+    case: &str,
+    python: &Path,
+    script: &Path,
+    socket: &Path,
+    n: usize,
+    mode: &str,
+) -> Result<Row, String> {
     external(
-        "python-get",
+        case,
         Command::new(python)
             .arg(script)
             .arg(socket)
             .arg(NAME)
             .arg(n.to_string())
-            .arg(WARMUP.to_string()),
+            .arg(WARMUP.to_string())
+            .arg(mode),
     )
 }
 

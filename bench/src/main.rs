@@ -33,7 +33,7 @@ struct Sizes {
 
 /// Rounds the samples of every case are spread over: as many as there are cases, so each case
 /// runs once in every position of the order.
-const ROUNDS: usize = 12;
+const ROUNDS: usize = 14;
 
 const FULL: Sizes = Sizes {
     single: 50_000,
@@ -246,7 +246,28 @@ fn run() -> Result<(), String> {
         (
             sizes.single,
             Box::new(|n| match &python {
-                Some(py) => cases::python_get(py, &py_script, s, n),
+                Some(py) => cases::python_get("python-get", py, &py_script, s, n, "sync"),
+                None => Err(String::new()),
+            }),
+        ),
+        (
+            sizes.single,
+            Box::new(|n| match &python {
+                Some(py) => cases::python_get("python-async-get", py, &py_script, s, n, "async"),
+                None => Err(String::new()),
+            }),
+        ),
+        (
+            sizes.single,
+            Box::new(|n| match &python {
+                Some(py) => cases::python_get(
+                    "python-async-get (executor, before)",
+                    py,
+                    &py_script,
+                    s,
+                    n,
+                    "executor",
+                ),
                 None => Err(String::new()),
             }),
         ),
@@ -382,6 +403,13 @@ fn print_targets(rows: &[Row]) {
         println!(
             "- python-get p50 − rust p50 = {d:+.2} µs (≤ 5: {})",
             check(d <= 5.0)
+        );
+    }
+    if let (Some(py), Some(pa)) = (find(rows, "python-get"), find(rows, "python-async-get")) {
+        let d = pa.quantile_us(0.5) - py.quantile_us(0.5);
+        println!(
+            "- python-async-get p50 − python-get p50 = {d:+.2} µs (≤ 15: {})",
+            check(d <= 15.0)
         );
     }
     if let (Some(plain), Some(attested)) = (

@@ -6,6 +6,10 @@
 
 #![allow(unsafe_op_in_unsafe_fn)] // pyo3's macros
 
+mod asyncio;
+mod bridge;
+mod runtime;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
@@ -402,28 +406,7 @@ impl Client {
         let list = py
             .detach(|| client.status())
             .map_err(|e| to_py_err(py, e))?;
-        list.into_iter()
-            .map(|s| {
-                let d = PyDict::new(py);
-                d.set_item("name", s.name)?;
-                d.set_item("source", s.configured_source.as_str())?;
-                d.set_item("cache_source", s.cache_source.map(|k| k.as_str()))?;
-                d.set_item("state", s.state.as_str())?;
-                d.set_item("version", s.version)?;
-                d.set_item("fetched_at", ms_to_seconds(s.fetched_at_ms))?;
-                d.set_item("expires_at", ms_to_seconds(s.expires_at_ms))?;
-                d.set_item("age_seconds", s.age_ms.map(|ms| ms as f64 / 1000.0))?;
-                d.set_item("last_error", s.last_error.map(|e| e.message))?;
-                d.set_item("metadata_status", s.metadata_status)?;
-                d.set_item("rotation_due_at", ms_to_seconds(s.rotation_due_at_ms))?;
-                d.set_item(
-                    "break_glass_expires_at",
-                    ms_to_seconds(s.break_glass_expires_at_ms),
-                )?;
-                d.set_item("fingerprint", s.fingerprint)?;
-                Ok(d)
-            })
-            .collect()
+        status_dicts(py, list)
     }
 
     /// Admin: fetches one secret (or all) from its source now; one dict per secret with
@@ -438,15 +421,7 @@ impl Client {
         let list = py
             .detach(|| client.refresh(name))
             .map_err(|e| to_py_err(py, e))?;
-        list.into_iter()
-            .map(|o| {
-                let d = PyDict::new(py);
-                d.set_item("name", o.name)?;
-                d.set_item("version", o.version)?;
-                d.set_item("error", o.error.map(|e| e.message))?;
-                Ok(d)
-            })
-            .collect()
+        refresh_dicts(py, list)
     }
 
     /// Watches secrets for changes (every secret the caller may read, when `names` is empty)
@@ -483,6 +458,48 @@ impl Client {
     }
 }
 
+/// `status` rows as dicts; never values.
+fn status_dicts(py: Python<'_>, list: Vec<rust::SecretStatus>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    list.into_iter()
+        .map(|s| {
+            let d = PyDict::new(py);
+            d.set_item("name", s.name)?;
+            d.set_item("source", s.configured_source.as_str())?;
+            d.set_item("cache_source", s.cache_source.map(|k| k.as_str()))?;
+            d.set_item("state", s.state.as_str())?;
+            d.set_item("version", s.version)?;
+            d.set_item("fetched_at", ms_to_seconds(s.fetched_at_ms))?;
+            d.set_item("expires_at", ms_to_seconds(s.expires_at_ms))?;
+            d.set_item("age_seconds", s.age_ms.map(|ms| ms as f64 / 1000.0))?;
+            d.set_item("last_error", s.last_error.map(|e| e.message))?;
+            d.set_item("metadata_status", s.metadata_status)?;
+            d.set_item("rotation_due_at", ms_to_seconds(s.rotation_due_at_ms))?;
+            d.set_item(
+                "break_glass_expires_at",
+                ms_to_seconds(s.break_glass_expires_at_ms),
+            )?;
+            d.set_item("fingerprint", s.fingerprint)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+/// `refresh` outcomes as dicts: `name`, `version` (on success), `error` (on failure).
+fn refresh_dicts(
+    py: Python<'_>,
+    list: Vec<rust::RefreshOutcome>,
+) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    list.into_iter()
+        .map(|o| {
+            let d = PyDict::new(py);
+            d.set_item("name", o.name)?;
+            d.set_item("version", o.version)?;
+            d.set_item("error", o.error.map(|e| e.message))?;
+            Ok(d)
+        })
+        .collect()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -492,6 +509,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         libc::pthread_atfork(None, None, Some(count_fork_in_child));
     });
     m.add_class::<Client>()?;
+    m.add_class::<asyncio::AsyncClient>()?;
+    m.add_class::<asyncio::AsyncWatch>()?;
     m.add_class::<Secret>()?;
     m.add_class::<Watch>()?;
     m.add_class::<ChangeEvent>()?;

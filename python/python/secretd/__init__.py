@@ -15,12 +15,15 @@ survives os.fork() (the child reconnects) and daemon restarts (it reconnects by 
 
     client = secretd.Client(cache=True)   # gets served from locked local memory, kept
                                           # current by a watch
+
+    async with secretd.AsyncClient() as client:   # asyncio, natively (no executor thread)
+        key = await client.get("trading_api_key")
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import warnings
 from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any, AsyncIterator, Dict, List, Optional, Type, Union
@@ -39,6 +42,8 @@ from ._native import (
     Watch,
     __version__,
 )
+from ._native import AsyncClient as _NativeAsyncClient
+from ._native import AsyncWatch as _NativeAsyncWatch
 from ._native import Client as _NativeClient
 
 __all__ = [
@@ -140,11 +145,14 @@ class Client:
 
 
 class AsyncClient:
-    """``Client`` for asyncio: the same calls as coroutines, run on an executor thread.
+    """``Client`` for asyncio: the same calls as coroutines, natively async.
 
-    The blocking client releases the GIL while it waits, so concurrent ``get`` calls (for
-    example under ``asyncio.gather``) do not stall the event loop. Connecting happens in the
-    constructor and is quick (a local socket).
+    Each call runs on secretd's own tokio runtime (two threads per process, made anew after
+    ``os.fork()``) and its result comes back to the event loop: no executor thread, and the
+    GIL is not held while waiting. Cancelling a task mid-call is safe: the exchange under way
+    finishes in the background, so the next call never sees its answer. Connecting happens in
+    the constructor and is quick (a local socket). ``executor=`` is accepted for compatibility
+    and ignored, with a ``DeprecationWarning``.
     """
 
     def __init__(
@@ -154,41 +162,55 @@ class AsyncClient:
         cache: bool = False,
         executor: Optional[Executor] = None,
     ) -> None:
-        self._client = Client(socket_path, cache=cache)
-        self._executor = executor
+        if executor is not None:
+            warnings.warn(
+                "secretd.AsyncClient(executor=...) is deprecated and ignored: "
+                "the client is natively async and uses no executor",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        path = os.fspath(socket_path) if socket_path is not None else None
+        self._native = _NativeAsyncClient(path, cache)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+    @property
+    def socket_path(self) -> str:
+        """The daemon's socket path."""
+        return os.fspath(self._native.socket_path)
 
     async def get(self, name: str) -> Secret:
-        """Reads a secret."""
-        secret: Secret = await self._run(self._client.get, name)
-        return secret
+        """Reads a secret. Raises NotFound, PermissionDenied, Unavailable or another Error."""
+        return await self._native.get(name)
 
     async def get_str(self, name: str) -> str:
-        """Reads a secret as UTF-8 text."""
-        text: str = await self._run(self._client.get_str, name)
-        return text
+        """Reads a secret as UTF-8 text (Python strings cannot be wiped)."""
+        secret = await self._native.get(name)
+        return secret.expose().decode("utf-8")
 
     async def status(self) -> List[Dict[str, Any]]:
-        """Describes every secret the caller may read."""
-        rows: List[Dict[str, Any]] = await self._run(self._client.status)
-        return rows
+        """Describes every secret the caller may read. Never values."""
+        return await self._native.status()
 
     async def refresh(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
         """Admin only: fetches one secret (or all) from its source now."""
-        rows: List[Dict[str, Any]] = await self._run(self._client.refresh, name)
-        return rows
+        return await self._native.refresh(name)
 
     async def watch(self, names: Optional[List[str]] = None) -> "AsyncWatch":
         """Watches secrets for changes; ``async for event in await client.watch([...])``."""
-        watch: Watch = await self._run(self._client.watch, names)
-        return AsyncWatch(watch, self._executor)
+        return AsyncWatch(await self._native.watch(names))
+
+    @property
+    def cached(self) -> bool:
+        """Whether the client-side cache is on."""
+        return self._native.cached
 
     async def close(self) -> None:
-        """Closes the connection."""
-        self._client.close()
+        """Closes the client. Further calls raise ``secretd.Error``."""
+        self._native.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._native.closed
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -201,36 +223,32 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"secretd.AsyncClient({self.socket_path!r}, {state})"
+
 
 class AsyncWatch:
-    """``Watch`` for asyncio: ``async for event in watch``. Each wait runs on an executor
-    thread (the GIL is released while it waits); ``aclose()`` ends it promptly."""
+    """A watch for asyncio: ``async for event in watch``. Survives daemon restarts (a "lagged"
+    event after resubscribing); ``aclose()`` ends it promptly and closes its connection."""
 
-    def __init__(self, watch: Watch, executor: Optional[Executor] = None) -> None:
-        self._watch = watch
-        self._executor = executor
+    def __init__(self, native: _NativeAsyncWatch) -> None:
+        self._native = native
 
     @property
     def names(self) -> List[str]:
         """The names watched."""
-        return self._watch.names
-
-    def _next(self) -> Optional[ChangeEvent]:
-        return next(self._watch, None)
+        return self._native.names
 
     def __aiter__(self) -> AsyncIterator[ChangeEvent]:
         return self
 
     async def __anext__(self) -> ChangeEvent:
-        loop = asyncio.get_running_loop()
-        event: Optional[ChangeEvent] = await loop.run_in_executor(self._executor, self._next)
-        if event is None:
-            raise StopAsyncIteration
-        return event
+        return await self._native.__anext__()
 
     async def aclose(self) -> None:
         """Ends the watch."""
-        self._watch.close()
+        self._native.close()
 
     async def __aenter__(self) -> "AsyncWatch":
         return self
