@@ -6,8 +6,7 @@
 //! it was in on its own and pools the connection again (see `secretd_client::AsyncClient`).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use ::secretd_client as rust;
 use futures::StreamExt;
@@ -15,76 +14,42 @@ use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 
 use crate::bridge::awaitable;
+use crate::per_process::PerProcess;
 use crate::runtime::runtime;
-use crate::{ChangeEvent, Error as PyError, FORKS, Secret, refresh_dicts, status_dicts, to_py_err};
+use crate::{ChangeEvent, Secret, refresh_dicts, status_dicts, to_py_err};
 
 /// A client error as the matching Python exception (taking the GIL to build it).
 fn py_err(e: rust::Error) -> PyErr {
     Python::attach(|py| to_py_err(py, e))
 }
 
-/// Connects, with the client-side cache when asked.
-async fn connect(path: PathBuf, cache: bool) -> rust::Result<rust::AsyncClient> {
-    let client = rust::AsyncClient::connect(path).await?;
-    if cache {
-        client.with_cache().await
-    } else {
-        Ok(client)
-    }
-}
-
-/// The Rust client and the fork generation that made it: a child must not use the parent's
-/// sockets (nor its runtime), so a fork since connecting means reconnect.
-struct Live {
-    /// [`FORKS`] when it connected.
-    forks: u64,
-    /// The tokio client (cheap to clone into each call's future).
-    client: rust::AsyncClient,
+/// Connects on this process's runtime, with the client-side cache when asked.
+fn connect(path: PathBuf, cache: bool) -> rust::Result<rust::AsyncClient> {
+    let rt =
+        runtime().map_err(|_| rust::Error::Protocol("the async runtime could not start".into()))?;
+    rt.block_on(async {
+        let client = rust::AsyncClient::connect(path).await?;
+        if cache {
+            client.with_cache().await
+        } else {
+            Ok(client)
+        }
+    })
 }
 
 /// A tokio client of the daemon whose calls are asyncio awaitables.
 #[pyclass(module = "secretd._native", frozen)]
 pub(crate) struct AsyncClient {
-    /// Where to connect.
-    path: PathBuf,
-    /// Whether the client-side cache is on (kept so a forked child turns it on again).
-    cache: bool,
-    /// `None` once closed.
-    live: Mutex<Option<Live>>,
+    /// The Rust client of this process (remade, on the child's runtime, after a fork).
+    inner: PerProcess<rust::AsyncClient>,
 }
 
 impl AsyncClient {
-    fn lock(&self) -> MutexGuard<'_, Option<Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The Rust client for this process; after a fork, a new one on the child's runtime
-    /// (connecting blocks briefly, with the GIL released, as the constructor does).
+    /// The Rust client for this process (reconnecting after a fork; connecting blocks briefly,
+    /// with the GIL released, as the constructor does).
     fn client(&self, py: Python<'_>) -> PyResult<rust::AsyncClient> {
-        let forks = FORKS.load(Ordering::Acquire);
-        match self.lock().as_ref() {
-            None => return Err(PyError::new_err("the client is closed")),
-            Some(live) if live.forks == forks => return Ok(live.client.clone()),
-            Some(_) => {}
-        }
-        let rt = runtime()?;
-        let (path, cache) = (self.path.clone(), self.cache);
-        let fresh = py
-            .detach(move || rt.block_on(connect(path, cache)))
-            .map_err(|e| to_py_err(py, e))?;
-        let mut slot = self.lock();
-        if slot.is_none() {
-            return Err(PyError::new_err("the client is closed"));
-        }
-        let inherited = slot.replace(Live {
-            forks,
-            client: fresh.clone(),
-        });
-        // The parent's client is not ours to tear down: its sockets are registered with the
-        // parent's epoll instance, which this process shares; dropping them here would
-        // deregister them there.
-        std::mem::forget(inherited);
-        Ok(fresh)
+        runtime()?;
+        self.inner.client(py, connect)
     }
 }
 
@@ -95,25 +60,16 @@ impl AsyncClient {
     #[pyo3(signature = (socket_path=None, cache=false))]
     fn new(py: Python<'_>, socket_path: Option<PathBuf>, cache: bool) -> PyResult<AsyncClient> {
         let path = socket_path.unwrap_or_else(rust::default_socket_path);
-        let rt = runtime()?;
-        let connect_path = path.clone();
-        let client = py
-            .detach(move || rt.block_on(connect(connect_path, cache)))
-            .map_err(|e| to_py_err(py, e))?;
+        runtime()?;
         Ok(AsyncClient {
-            path,
-            cache,
-            live: Mutex::new(Some(Live {
-                forks: FORKS.load(Ordering::Acquire),
-                client,
-            })),
+            inner: PerProcess::connect(py, path, cache, connect)?,
         })
     }
 
     /// The socket path.
     #[getter]
     fn socket_path(&self) -> PathBuf {
-        self.path.clone()
+        self.inner.path.clone()
     }
 
     /// Reads a secret: an awaitable of `Secret`.
@@ -172,18 +128,18 @@ impl AsyncClient {
     /// Whether the client-side cache is on.
     #[getter]
     fn cached(&self) -> bool {
-        self.cache
+        self.inner.cache
     }
 
     /// Closes the client; later calls raise `secretd.Error`. Calls under way finish.
     fn close(&self) {
-        self.lock().take();
+        self.inner.close();
     }
 
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.lock().is_none()
+        self.inner.closed()
     }
 }
 

@@ -8,11 +8,12 @@
 
 mod asyncio;
 mod bridge;
+mod per_process;
 mod runtime;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::secretd_client as rust;
@@ -21,6 +22,8 @@ use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use rust::{Error as RustError, ErrorCode};
+
+use crate::per_process::PerProcess;
 
 create_exception!(
     secretd,
@@ -185,34 +188,18 @@ extern "C" fn count_fork_in_child() {
     FORKS.fetch_add(1, Ordering::AcqRel);
 }
 
-/// The connection and the process that made it. After `os.fork()` the child must not use
-/// the parent's socket, so a fork since connecting means reconnect.
-struct Live {
-    /// The process that connected.
-    forks: u64,
-    /// The thread-safe Rust client.
-    client: Arc<rust::Client>,
-}
-
 /// A connection to the daemon, shared by threads.
 #[pyclass(module = "secretd._native", frozen)]
 struct Client {
-    /// Where to connect.
-    path: PathBuf,
-    /// Whether the client-side cache is on (kept so a forked child turns it on again).
-    cache: bool,
-    /// `None` once closed.
-    live: Mutex<Option<Live>>,
+    /// The Rust client of this process.
+    inner: PerProcess<Arc<rust::Client>>,
 }
 
 /// Connects, with the client-side cache when asked.
-fn connect(path: PathBuf, cache: bool) -> rust::Result<rust::Client> {
+fn connect(path: PathBuf, cache: bool) -> rust::Result<Arc<rust::Client>> {
     let client = rust::Client::connect(path)?;
-    if cache {
-        client.with_cache()
-    } else {
-        Ok(client)
-    }
+    let client = if cache { client.with_cache()? } else { client };
+    Ok(Arc::new(client))
 }
 
 /// How often a blocked `Watch.__next__` comes back to let Python handle signals (Ctrl-C).
@@ -327,38 +314,9 @@ impl Watch {
 }
 
 impl Client {
-    fn lock(&self) -> MutexGuard<'_, Option<Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The Rust client for this process, reconnecting after a fork. The lock is never held
-    /// while the GIL is released.
+    /// The Rust client for this process (reconnecting after a fork).
     fn client(&self, py: Python<'_>) -> PyResult<Arc<rust::Client>> {
-        let forks = FORKS.load(Ordering::Acquire);
-        match self.lock().as_ref() {
-            None => return Err(Error::new_err("the client is closed")),
-            Some(live) if live.forks == forks => return Ok(live.client.clone()),
-            Some(_) => {}
-        }
-        let path = self.path.clone();
-        let cache = self.cache;
-        let fresh = Arc::new(
-            py.detach(move || connect(path, cache))
-                .map_err(|e| to_py_err(py, e))?,
-        );
-        let mut slot = self.lock();
-        if slot.is_none() {
-            return Err(Error::new_err("the client is closed"));
-        }
-        let inherited = slot.replace(Live {
-            forks,
-            client: fresh.clone(),
-        });
-        // The parent's client is not ours to tear down: dropping it here would shut the
-        // socket it shares with the parent and join a watch thread this process does not
-        // have. Its cached values were zeroed by the kernel at fork (MADV_WIPEONFORK).
-        std::mem::forget(inherited);
-        Ok(fresh)
+        self.inner.client(py, connect)
     }
 }
 
@@ -368,24 +326,15 @@ impl Client {
     #[pyo3(signature = (socket_path=None, cache=false))]
     fn new(py: Python<'_>, socket_path: Option<PathBuf>, cache: bool) -> PyResult<Client> {
         let path = socket_path.unwrap_or_else(rust::default_socket_path);
-        let connect_path = path.clone();
-        let client = py
-            .detach(move || connect(connect_path, cache))
-            .map_err(|e| to_py_err(py, e))?;
         Ok(Client {
-            path,
-            cache,
-            live: Mutex::new(Some(Live {
-                forks: FORKS.load(Ordering::Acquire),
-                client: Arc::new(client),
-            })),
+            inner: PerProcess::connect(py, path, cache, connect)?,
         })
     }
 
     /// The socket path.
     #[getter]
     fn socket_path(&self) -> PathBuf {
-        self.path.clone()
+        self.inner.path.clone()
     }
 
     /// Reads a secret.
@@ -443,18 +392,18 @@ impl Client {
     /// Whether the client-side cache is on.
     #[getter]
     fn cached(&self) -> bool {
-        self.cache
+        self.inner.cache
     }
 
     /// Closes the connection; later calls raise `secretd.Error`.
     fn close(&self) {
-        self.lock().take();
+        self.inner.close();
     }
 
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.lock().is_none()
+        self.inner.closed()
     }
 }
 
