@@ -17,10 +17,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .unwrap_or_else(|| "trading_api_key".into());
     let changes: usize = std::env::var("CHANGES").map_or(Ok(1), |n| n.parse())?;
     let client = AsyncClient::connect_default().await?.with_cache().await?;
+    // Subscribe first, then read: a rotation between the two is then an event, not a gap.
+    let mut events = client.watch([name.as_str()]).await?;
     let key = client.get(&name).await?;
     println!("{name}: version {} from {}", key.version(), key.source());
 
-    let mut events = client.watch([name.as_str()]).await?;
     let mut seen = 0;
     while seen < changes {
         match events.next().await {
