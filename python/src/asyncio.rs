@@ -212,12 +212,11 @@ impl AsyncWatch {
 
     /// Ends the watch and closes its connection; a pending `__anext__` stops promptly.
     fn close(&self) {
-        self.closed.notify_waiters();
-        // Not awaited: when a pending `__anext__` holds the stream, it drops it on waking.
-        if let Ok(mut slot) = self.inner.try_lock() {
-            *slot = None;
-        } else {
-            self.closed.notify_one();
+        match self.inner.try_lock() {
+            Ok(mut slot) => *slot = None,
+            // A pending `__anext__` holds the stream: wake it (or, if it has not started
+            // waiting yet, leave it a permit) and it drops the stream itself.
+            Err(_) => self.closed.notify_one(),
         }
     }
 }

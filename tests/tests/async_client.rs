@@ -23,6 +23,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// One of the two secrets by parity: `trading_a` for even `i`, `trading_b` for odd.
+fn secret_for(i: u32) -> (&'static str, &'static [u8]) {
+    if i.is_multiple_of(2) {
+        ("trading_a", A)
+    } else {
+        ("trading_b", B)
+    }
+}
+
 fn two_secrets(env: &TestEnv) -> String {
     env.conf()
         .file_secret("trading_a", A)
@@ -81,11 +90,7 @@ fn a_hundred_tasks_share_one_client() {
                 let client = client.clone();
                 tokio::spawn(async move {
                     for _ in 0..20 {
-                        let (name, value) = if i % 2 == 0 {
-                            ("trading_a", A)
-                        } else {
-                            ("trading_b", B)
-                        };
+                        let (name, value) = secret_for(i);
                         let s = client.get(name).await.expect("get");
                         assert_eq!(s.expose(), value);
                         assert_eq!(s.source(), SourceKind::File);
@@ -109,20 +114,12 @@ fn cancelled_calls_never_leave_a_connection_out_of_step_nor_reconnect_each_time(
         let mut cancelled = 0;
         for i in 0..3000u32 {
             // A get of one secret, dropped at a random point (often before its answer)...
-            let (first, _) = if i % 2 == 0 {
-                ("trading_a", A)
-            } else {
-                ("trading_b", B)
-            };
+            let (first, _) = secret_for(i);
             if !poll_then_drop(client.get(first), fastrand::usize(0..6)).await {
                 cancelled += 1;
             }
             // ...and the next call, of the other secret, gets its own answer.
-            let (second, value) = if i % 2 == 0 {
-                ("trading_b", B)
-            } else {
-                ("trading_a", A)
-            };
+            let (second, value) = secret_for(i + 1);
             assert_eq!(
                 client.get(second).await.expect("get").expose(),
                 value,
@@ -270,11 +267,7 @@ fn many_tasks_cancelled_at_random_only_ever_see_their_own_answers() {
                 tokio::spawn(async move {
                     let (mut answered, mut timed_out) = (0u32, 0u32);
                     for i in 0..500u32 {
-                        let (name, value) = if (i + t) % 2 == 0 {
-                            ("trading_a", A)
-                        } else {
-                            ("trading_b", B)
-                        };
+                        let (name, value) = secret_for(i + t);
                         // Given up after a random number of turns of the scheduler (tokio's
                         // timer ticks in milliseconds, far longer than a get), and every 50th
                         // call under a real 1 ms `timeout`: from "gone before the first byte"
