@@ -81,6 +81,10 @@ pub(crate) struct Shared {
 
 /// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.
 /// `max_connections` caps all connections, `max_per_uid` those of one uid.
+///
+/// At shutdown the listener closes *before* the connections are told to finish: a client
+/// whose connection ends (a watch stream, say) and that reconnects at once must find the door
+/// shut, never be accepted by a daemon already on its way out and then cut off again.
 pub(crate) async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
@@ -89,6 +93,8 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let admission = admission::Admission::new(max_connections, max_per_uid);
+    // Connections follow this token, cancelled only once the listener is closed.
+    let leave = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -116,11 +122,11 @@ pub(crate) async fn serve(
         match admission.admit(peer.uid) {
             Ok(permit) => {
                 let conn = connection::Connection::new(stream, peer, shared.clone());
-                let cancel = cancel.clone();
+                let leave = leave.clone();
                 let open = shared.metrics.connections.clone();
                 open.inc();
                 tracker.spawn(async move {
-                    conn.run(cancel).await;
+                    conn.run(leave).await;
                     open.dec();
                     drop(permit);
                 });
@@ -141,6 +147,8 @@ pub(crate) async fn serve(
             }
         }
     }
+    drop(listener);
+    leave.cancel();
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
