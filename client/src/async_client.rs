@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_core::Stream;
-use secretd_proto::frame::{HEADER_LEN, body_len, decode_body, encode_frame};
+use secretd_proto::frame::{HEADER_LEN, body_len, encode_frame};
+use secretd_proto::legacy::decode_response;
 use secretd_proto::{
     ClientHello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, SecretStatus,
     validate_name,
@@ -110,6 +111,9 @@ pub(crate) struct AsyncConnection {
     got: usize,
     /// The whole answer frame's length, once its header is in.
     expected: Option<usize>,
+    /// The protocol version both sides speak, once the hello is answered (decides how status
+    /// rows are laid out).
+    protocol: u16,
 }
 
 impl AsyncConnection {
@@ -132,12 +136,14 @@ impl AsyncConnection {
             input: Vec::new(),
             got: 0,
             expected: None,
+            protocol: PROTOCOL_VERSION,
         };
         conn.start(&Request::Hello(ClientHello::new(CLIENT_LABEL)))?;
         match conn.finish(path, timeout).await? {
             Response::Hello(h)
                 if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) =>
             {
+                conn.protocol = h.protocol_version;
                 Ok(conn)
             }
             Response::Hello(h) => Err(Error::Protocol(format!(
@@ -178,7 +184,7 @@ impl AsyncConnection {
             .read_exact(&mut self.input)
             .await
             .map_err(Error::Io);
-        let answer = read.and_then(|_| Ok(decode_body::<Response<'static>>(&self.input)?));
+        let answer = read.and_then(|_| Ok(decode_response(&self.input, self.protocol)?));
         self.input.zeroize();
         answer
     }
@@ -212,8 +218,9 @@ impl AsyncConnection {
                 })
             });
         let answer = driven.and_then(|()| {
-            Ok(decode_body::<Response<'static>>(
+            Ok(decode_response(
                 &self.input[HEADER_LEN..self.got],
+                self.protocol,
             )?)
         });
         self.input.zeroize();

@@ -6,7 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secretd_proto::frame::{HEADER_LEN, decode_body, encode_frame, read_frame, read_reply};
+use secretd_proto::frame::{HEADER_LEN, encode_frame, read_frame, read_reply};
+use secretd_proto::legacy::decode_response;
 use secretd_proto::{
     ClientHello, ErrorCode, FrameError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response,
 };
@@ -84,7 +85,7 @@ impl Connection {
                 ) =>
             {
                 let refusal = read_reply(&mut self.stream, &mut self.buf)
-                    .and_then(|()| decode_body::<Response<'static>>(&self.buf[HEADER_LEN..]));
+                    .and_then(|()| decode_response(&self.buf[HEADER_LEN..], self.protocol));
                 self.buf.zeroize();
                 refusal.map_err(|_| Error::Io(e))
             }
@@ -133,7 +134,7 @@ impl Connection {
     /// stream's read timeout allows.
     pub(crate) fn receive(&mut self) -> Result<Response<'static>> {
         let result = read_frame(&mut self.stream, &mut self.buf)
-            .and_then(|()| decode_body::<Response<'static>>(&self.buf));
+            .and_then(|()| decode_response(&self.buf, self.protocol));
         self.buf.zeroize();
         Ok(result?)
     }
@@ -180,6 +181,6 @@ impl Connection {
             FrameError::Io(io) => Error::from_io(io, &self.path, self.timeout),
             other => other.into(),
         })?;
-        Ok(decode_body::<Response<'static>>(&self.buf[HEADER_LEN..])?)
+        Ok(decode_response(&self.buf[HEADER_LEN..], self.protocol)?)
     }
 }

@@ -127,6 +127,7 @@ struct RawDaemon {
 struct RawGsm {
     project: Option<String>,
     endpoint: Option<String>,
+    regional_endpoint: Option<String>,
     credentials_file: Option<PathBuf>,
     #[serde(default)]
     anonymous: bool,
@@ -260,6 +261,8 @@ pub struct GsmConfig {
     pub project: Option<String>,
     /// The API endpoint (overridable for tests and emulators).
     pub endpoint: String,
+    /// The endpoint of regional secrets, `{location}` standing for the secret's location.
+    pub regional_endpoint: String,
     /// A service-account key file instead of Application Default Credentials.
     pub credentials_file: Option<PathBuf>,
     /// Send no credentials (emulators and tests only).
@@ -271,6 +274,14 @@ pub struct GsmConfig {
     /// How many attempts one fetch may make (only UNAVAILABLE-like errors are retried).
     pub max_attempts: u32,
 }
+
+/// Default `[gsm] endpoint`.
+pub const DEFAULT_GSM_ENDPOINT: &str = "https://secretmanager.googleapis.com";
+/// Default `[gsm] regional_endpoint` (`{location}` is substituted).
+pub const DEFAULT_GSM_REGIONAL_ENDPOINT: &str =
+    "https://secretmanager.{location}.rep.googleapis.com";
+/// The longest GSM version alias (Google's limit).
+pub const MAX_VERSION_ALIAS_LEN: usize = 63;
 
 /// Default `[gsm] attempt_timeout`.
 pub const DEFAULT_GSM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -293,9 +304,9 @@ pub struct BreakGlassConfig {
 pub enum SourceConfig {
     /// A GSM secret and version alias.
     Gsm {
-        /// `projects/P/secrets/S`.
+        /// `projects/P/secrets/S` or `projects/P/locations/L/secrets/S`.
         resource: String,
-        /// `latest` or a version number.
+        /// `latest`, a version alias (`prod`), or a version number.
         version: String,
     },
     /// An environment variable of the daemon.
@@ -695,13 +706,19 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
 }
 
 fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
-    let endpoint = g
-        .endpoint
-        .unwrap_or_else(|| "https://secretmanager.googleapis.com".into());
-    if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-        return Err(invalid(format!(
-            "gsm.endpoint = {endpoint:?} must be an http:// or https:// URL"
-        )));
+    let endpoint = g.endpoint.unwrap_or_else(|| DEFAULT_GSM_ENDPOINT.into());
+    let regional_endpoint = g
+        .regional_endpoint
+        .unwrap_or_else(|| DEFAULT_GSM_REGIONAL_ENDPOINT.into());
+    for (key, url) in [
+        ("gsm.endpoint", &endpoint),
+        ("gsm.regional_endpoint", &regional_endpoint),
+    ] {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(invalid(format!(
+                "{key} = {url:?} must be an http:// or https:// URL"
+            )));
+        }
     }
     if g.anonymous && g.credentials_file.is_some() {
         return Err(invalid(
@@ -715,6 +732,7 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
     Ok(GsmConfig {
         project: g.project,
         endpoint,
+        regional_endpoint,
         credentials_file: g.credentials_file,
         anonymous: g.anonymous,
         attempt_timeout: positive_duration_or(
@@ -771,9 +789,10 @@ fn validate_secret(
             };
             validate_gcp_resource(&name, &resource)?;
             let version = s.version.unwrap_or_else(|| "latest".into());
-            if version != "latest" && version.parse::<u64>().map_or(true, |v| v == 0) {
+            if !is_version_or_alias(&version) {
                 return Err(invalid(format!(
-                    "secret {name:?}: version = {version:?} must be \"latest\" or a version number"
+                    "secret {name:?}: version = {version:?} must be \"latest\", a version \
+                     number, or a GSM version alias (a letter, then letters, digits, - or _)"
                 )));
             }
             SourceConfig::Gsm { resource, version }
@@ -826,12 +845,30 @@ fn validate_secret(
     })
 }
 
+/// `latest`, a version number (1, 2, ...), or an alias as GSM allows them.
+fn is_version_or_alias(version: &str) -> bool {
+    if version == "latest" {
+        return true;
+    }
+    if version.bytes().all(|b| b.is_ascii_digit()) {
+        return version.parse::<u64>().is_ok_and(|v| v > 0);
+    }
+    version.len() <= MAX_VERSION_ALIAS_LEN
+        && version.starts_with(|c: char| c.is_ascii_alphabetic())
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 fn validate_gcp_resource(name: &str, resource: &str) -> Result<(), ConfigError> {
     let parts: Vec<&str> = resource.split('/').collect();
-    let ok = parts.len() == 4
-        && parts[0] == "projects"
-        && parts[2] == "secrets"
-        && [parts[1], parts[3]].iter().all(|p| {
+    let names = match parts.as_slice() {
+        ["projects", p, "secrets", s] => vec![*p, *s],
+        ["projects", p, "locations", l, "secrets", s] => vec![*p, *l, *s],
+        _ => Vec::new(),
+    };
+    let ok = !names.is_empty()
+        && names.iter().all(|p| {
             !p.is_empty()
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
@@ -840,7 +877,8 @@ fn validate_gcp_resource(name: &str, resource: &str) -> Result<(), ConfigError> 
         Ok(())
     } else {
         Err(invalid(format!(
-            "secret {name:?}: gcp_secret = {resource:?} must look like \"projects/P/secrets/S\""
+            "secret {name:?}: gcp_secret = {resource:?} must look like \"projects/P/secrets/S\" \
+             or \"projects/P/locations/L/secrets/S\""
         )))
     }
 }

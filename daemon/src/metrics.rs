@@ -48,6 +48,9 @@ pub(crate) struct Metrics {
     reads: Vec<[IntCounter; SourceKind::ALL.len()]>,
     /// `omni_secret_failures_total{secret_type,reason}`: failed fetches by reason.
     failures: IntCounterVec,
+    /// `omni_secret_revocations_total{secret_type}`: served versions withdrawn because GSM
+    /// refused them (disabled or destroyed).
+    revocations: IntCounterVec,
     /// `omni_secret_cache_age_seconds{secret_type,source}`.
     cache_age: GaugeVec,
     /// `omni_secret_refresh_duration_seconds{secret_type}`.
@@ -89,6 +92,13 @@ impl Metrics {
                 "Failed fetches from a source, by reason",
             ),
             &["secret_type", "reason"],
+        )?;
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "omni_secret_revocations_total",
+                "Served versions withdrawn because GSM refused them (disabled or destroyed)",
+            ),
+            &["secret_type"],
         )?;
         let cache_age = GaugeVec::new(
             Opts::new("omni_secret_cache_age_seconds", "Age of the cached value"),
@@ -132,6 +142,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(reads_vec.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(revocations.clone()))?;
         registry.register(Box::new(cache_age.clone()))?;
         registry.register(Box::new(refresh_latency.clone()))?;
         registry.register(Box::new(break_glass_active.clone()))?;
@@ -159,6 +170,7 @@ impl Metrics {
             registry,
             reads,
             failures,
+            revocations,
             cache_age,
             refresh_latency,
             break_glass_active,
@@ -182,6 +194,11 @@ impl Metrics {
     /// Counts a failed fetch.
     pub(crate) fn failure(&self, secret: &str, reason: &str) {
         self.failures.with_label_values(&[secret, reason]).inc();
+    }
+
+    /// Counts a revoked version.
+    pub(crate) fn revoked(&self, secret: &str) {
+        self.revocations.with_label_values(&[secret]).inc();
     }
 
     /// Records how long a fetch took.

@@ -1,26 +1,42 @@
 //! A fake of Google Secret Manager's REST API (v1), close enough that the official Rust client
-//! cannot tell the difference, with faults a test can switch on.
+//! cannot tell the difference, with faults a test can switch on; and a fake of the GCE metadata
+//! server, so Application Default Credentials can be exercised end to end.
 //!
-//! Paths and JSON follow the real service: `GET /v1/projects/P/secrets/S/versions/V:access`
-//! answers `{"name": ".../versions/N", "payload": {"data": BASE64, "dataCrc32c": "DECIMAL"}}`;
-//! errors are `{"error": {"code": 404, "message": "...", "status": "NOT_FOUND"}}`. `latest`
-//! resolves to the newest enabled version. Get-secret, get-version and list-versions are served
-//! too, so a test can prove the daemon never calls them on its refresh path.
+//! It behaves as Google documents, not as is convenient:
+//! - `GET /v1/projects/P/secrets/S/versions/V:access` answers
+//!   `{"name": "projects/NUMBER/secrets/S/versions/N", "payload": {"data": BASE64,
+//!   "dataCrc32c": "DECIMAL"}}`: names come back with the project *number*.
+//! - `latest` is the newest created version whatever its state, so a disabled newest version
+//!   answers 400 `FAILED_PRECONDITION` ("... is in DISABLED state"), a destroyed one says
+//!   DESTROYED. Aliases (`prod`) resolve to the version they point at.
+//! - Regional secrets live at `projects/P/locations/L/secrets/S`.
+//! - Errors are `{"error": {"code": 404, "message": "...", "status": "NOT_FOUND"}}`; a 429 is
+//!   `RESOURCE_EXHAUSTED` with a `google.rpc.ErrorInfo` detail.
+//! - With [`Handle::require_auth`], a request without a valid bearer token answers 401
+//!   `UNAUTHENTICATED`. Valid are tokens the [`FakeMetadata`] server issued and self-signed
+//!   service-account JWTs (RS256, `kid`, `iss`, `scope`, `exp` checked) from a key registered
+//!   with [`Handle::trust_service_account`]. The default stays permissive.
+//!
+//! Get-secret, get-version and list-versions are served too, so a test can prove the daemon
+//! never calls them on its refresh path.
 //!
 //! Control, in process: [`FakeGsm`] methods. Over HTTP (for the binary and other languages):
 //! `POST /fake/versions {"secret": "projects/p/secrets/s", "data": "text"}`,
 //! `PUT /fake/fault {"fault": "unavailable"}` (or `null`), `GET /fake/requests`.
 
+mod auth;
+mod metadata;
 mod server;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use metadata::{FakeMetadata, METADATA_ACCOUNT};
 pub use server::serve;
 
-/// Something to go wrong on every access call until cleared.
+/// Something to go wrong on access calls until cleared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// HTTP 500 with an HTML body (a proxy in the way, say).
@@ -31,6 +47,10 @@ pub enum Fault {
     NotFound,
     /// HTTP 403 `PERMISSION_DENIED`.
     PermissionDenied,
+    /// HTTP 401 `UNAUTHENTICATED`, whatever the token.
+    Unauthenticated,
+    /// HTTP 429 `RESOURCE_EXHAUSTED` (quota), with an ErrorInfo detail as GSM sends it.
+    RateLimited,
     /// Accept the request and never answer.
     Hang,
     /// Answer correctly after this delay.
@@ -53,6 +73,8 @@ impl Fault {
             "unavailable" => Fault::Unavailable,
             "not_found" => Fault::NotFound,
             "permission_denied" => Fault::PermissionDenied,
+            "unauthenticated" => Fault::Unauthenticated,
+            "rate_limited" => Fault::RateLimited,
             "hang" => Fault::Hang,
             "slow" => Fault::Slow(Duration::from_millis(delay_ms.unwrap_or(1000))),
             "bad_base64" => Fault::BadBase64,
@@ -69,9 +91,9 @@ impl Fault {
 pub enum VersionState {
     /// Accessible.
     Enabled,
-    /// Access fails with FAILED_PRECONDITION.
+    /// Access fails with FAILED_PRECONDITION ("is in DISABLED state").
     Disabled,
-    /// Access fails with FAILED_PRECONDITION; the data is gone.
+    /// Access fails with FAILED_PRECONDITION ("is in DESTROYED state"); the data is gone.
     Destroyed,
 }
 
@@ -92,12 +114,40 @@ pub(crate) struct Version {
     pub(crate) state: Option<VersionState>,
 }
 
+/// A fault limited to one secret, optionally for its next `remaining` access calls only.
+#[derive(Debug, Clone)]
+pub(crate) struct SecretFault {
+    pub(crate) fault: Fault,
+    pub(crate) remaining: Option<u32>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    /// `projects/P/secrets/S` → versions; version N is at index N-1.
+    /// `projects/P[/locations/L]/secrets/S` (project id) → versions; N is at index N-1.
     pub(crate) secrets: HashMap<String, Vec<Version>>,
+    /// Secret → alias → version number.
+    pub(crate) aliases: HashMap<String, HashMap<String, usize>>,
+    /// The fault applied to every access call.
     pub(crate) fault: Option<Fault>,
+    /// Faults applied to one secret's access calls.
+    pub(crate) secret_faults: HashMap<String, SecretFault>,
     pub(crate) requests: Vec<Recorded>,
+    /// Whether requests need a valid bearer token.
+    pub(crate) require_auth: bool,
+    /// Access tokens the fake metadata server issued.
+    pub(crate) tokens: HashSet<String>,
+    /// Service-account keys whose self-signed JWTs are accepted, by `kid`.
+    pub(crate) service_accounts: HashMap<String, auth::TrustedKey>,
+    /// Requests refused for want of valid credentials.
+    pub(crate) unauthenticated: usize,
+}
+
+/// The project number GSM reports for a project id: stable, twelve digits, as real ones are.
+pub fn project_number(project_id: &str) -> String {
+    if project_id.bytes().all(|b| b.is_ascii_digit()) {
+        return project_id.to_owned();
+    }
+    (100_000_000_000u64 + u64::from(crc32c::crc32c(project_id.as_bytes()))).to_string()
 }
 
 /// Shared state of a running fake.
@@ -120,7 +170,7 @@ impl Handle {
         versions.len() as u64
     }
 
-    /// Changes a version's state.
+    /// Changes a version's state (disable, enable, destroy), as an operator would in GSM.
     pub fn set_version_state(&self, secret: &str, version: u64, new: VersionState) {
         let mut state = self.lock();
         if let Some(v) = state
@@ -135,9 +185,58 @@ impl Handle {
         }
     }
 
+    /// Points `alias` of `secret` at `version` (or removes it with `None`).
+    pub fn set_alias(&self, secret: &str, alias: &str, version: Option<u64>) {
+        let mut state = self.lock();
+        let aliases = state.aliases.entry(secret.to_owned()).or_default();
+        match version {
+            Some(v) => aliases.insert(alias.to_owned(), v as usize),
+            None => aliases.remove(alias),
+        };
+    }
+
     /// Sets or clears the fault applied to every access call.
     pub fn set_fault(&self, fault: Option<Fault>) {
         self.lock().fault = fault;
+    }
+
+    /// Applies `fault` to `secret`'s access calls: the next `times` of them, or all until
+    /// cleared with `None` (then the fault is ignored).
+    pub fn set_secret_fault(&self, secret: &str, fault: Option<Fault>, times: Option<u32>) {
+        let mut state = self.lock();
+        match fault {
+            Some(fault) => state.secret_faults.insert(
+                secret.to_owned(),
+                SecretFault {
+                    fault,
+                    remaining: times,
+                },
+            ),
+            None => state.secret_faults.remove(secret),
+        };
+    }
+
+    /// From now on, requests without a valid bearer token answer 401 UNAUTHENTICATED.
+    pub fn require_auth(&self) {
+        self.lock().require_auth = true;
+    }
+
+    /// Accepts self-signed JWTs of this service account: `kid` is the key file's
+    /// `private_key_id`, `public_key_pem` its public half (SPKI PEM).
+    pub fn trust_service_account(
+        &self,
+        email: &str,
+        kid: &str,
+        public_key_pem: &str,
+    ) -> Result<(), String> {
+        let key = auth::TrustedKey::new(email, public_key_pem)?;
+        self.lock().service_accounts.insert(kid.to_owned(), key);
+        Ok(())
+    }
+
+    /// How many requests were refused for want of valid credentials.
+    pub fn unauthenticated_count(&self) -> usize {
+        self.lock().unauthenticated
     }
 
     /// Every request so far, in order.
@@ -145,13 +244,15 @@ impl Handle {
         self.lock().requests.clone()
     }
 
-    /// How many access calls named `secret` (any version).
+    /// How many access calls named `secret` (any version; by project id or number).
     pub fn access_count(&self, secret: &str) -> usize {
-        let prefix = format!("/v1/{secret}/versions/");
+        let wanted = server::canonical(secret);
         self.lock()
             .requests
             .iter()
-            .filter(|r| r.path.starts_with(&prefix) && r.path.ends_with(":access"))
+            .filter_map(|r| r.path.strip_prefix("/v1/")?.strip_suffix(":access"))
+            .filter_map(|name| name.rsplit_once("/versions/"))
+            .filter(|(s, _)| server::canonical(s) == wanted)
             .count()
     }
 
@@ -165,55 +266,84 @@ impl Handle {
     }
 }
 
-/// A fake running on a loopback port in a background thread; stops on drop.
+/// An HTTP server on a loopback port in a background thread; stops on drop.
 #[derive(Debug)]
-pub struct FakeGsm {
+pub(crate) struct Running {
     /// Where it listens.
-    addr: SocketAddr,
-    /// Its state.
-    handle: Handle,
+    pub(crate) addr: SocketAddr,
     /// Stops the server.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server thread.
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl FakeGsm {
-    /// Starts a fake on 127.0.0.1 with an ephemeral port.
-    pub fn start() -> std::io::Result<FakeGsm> {
+impl Running {
+    /// Binds 127.0.0.1 on an ephemeral port and runs `serve` on it in a thread of its own.
+    pub(crate) fn start<F, Fut>(name: &str, serve: F) -> std::io::Result<Running>
+    where
+        F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let handle = Handle::default();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let served = handle.clone();
         let thread = std::thread::Builder::new()
-            .name("fake-gsm".into())
+            .name(name.into())
             .spawn(move || {
                 runtime.block_on(async move {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
                     tokio::select! {
-                        _ = serve(listener, served) => {}
+                        _ = serve(listener) => {}
                         _ = stopped => {}
                     }
                 });
             })?;
-        Ok(FakeGsm {
+        Ok(Running {
             addr,
-            handle,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A GSM fake running on a loopback port in a background thread; stops on drop.
+#[derive(Debug)]
+pub struct FakeGsm {
+    /// Its state.
+    handle: Handle,
+    /// The server.
+    running: Running,
+}
+
+impl FakeGsm {
+    /// Starts a fake on 127.0.0.1 with an ephemeral port.
+    pub fn start() -> std::io::Result<FakeGsm> {
+        let handle = Handle::default();
+        let served = handle.clone();
+        let running = Running::start("fake-gsm", move |listener| serve(listener, served))?;
+        Ok(FakeGsm { handle, running })
+    }
 
     /// The endpoint to configure as `[gsm] endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.running.addr)
     }
 
     /// The state, to add versions, inject faults and read the request log.
@@ -227,16 +357,5 @@ impl std::ops::Deref for FakeGsm {
 
     fn deref(&self) -> &Handle {
         &self.handle
-    }
-}
-
-impl Drop for FakeGsm {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }

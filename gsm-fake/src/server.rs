@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::{Fault, Handle, Recorded, VersionState};
+use crate::{Fault, Handle, Recorded, State, VersionState, auth, project_number};
 
 /// GSM's payload limit.
 const MAX_PAYLOAD: usize = 64 * 1024;
@@ -63,6 +63,11 @@ fn gsm_error(http: StatusCode, status: &str, message: &str) -> Reply {
 async fn route(handle: &Handle, req: Request<Incoming>) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     handle.lock().requests.push(Recorded {
         method: method.to_string(),
         path: path.clone(),
@@ -74,6 +79,15 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Reply {
             _ => return gsm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "bad body"),
         };
         return control_api(handle, &method, control, &body);
+    }
+    {
+        let mut state = handle.lock();
+        if state.require_auth
+            && let Some(why) = auth::refuse(&state, authorization.as_deref())
+        {
+            state.unauthenticated += 1;
+            return gsm_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why);
+        }
     }
     if method != Method::GET {
         return gsm_error(
@@ -91,23 +105,103 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Reply {
     metadata(handle, resource)
 }
 
-/// Splits `projects/P/secrets/S[/versions[/V]]` into the secret and the rest.
+/// Splits `projects/P[/locations/L]/secrets/S[/versions[/V]]` into the secret and the rest.
 fn split(resource: &str) -> Option<(String, Option<&str>)> {
     let parts: Vec<&str> = resource.split('/').collect();
-    if parts.len() < 4 || parts[0] != "projects" || parts[2] != "secrets" {
+    let at = match parts.as_slice() {
+        ["projects", _, "secrets", _, ..] => 4,
+        ["projects", _, "locations", _, "secrets", _, ..] => 6,
+        _ => return None,
+    };
+    if parts[..at].iter().any(|p| p.is_empty()) {
         return None;
     }
-    let secret = parts[..4].join("/");
-    match parts.len() {
-        4 => Some((secret, None)),
-        5 if parts[4] == "versions" => Some((secret, Some(""))),
-        6 if parts[4] == "versions" => Some((secret, Some(parts[5]))),
+    let secret = parts[..at].join("/");
+    match &parts[at..] {
+        [] => Some((secret, None)),
+        ["versions"] => Some((secret, Some(""))),
+        ["versions", v] => Some((secret, Some(v))),
         _ => None,
     }
 }
 
+/// A secret's name as GSM returns it: the project id replaced by its number.
+pub(crate) fn canonical(secret: &str) -> String {
+    let mut parts: Vec<String> = secret.split('/').map(str::to_owned).collect();
+    if parts.len() > 1 && parts[0] == "projects" {
+        parts[1] = project_number(&parts[1]);
+    }
+    parts.join("/")
+}
+
+/// The stored key of `secret` (named by project id or number).
+fn stored_key(state: &State, secret: &str) -> Option<String> {
+    if state.secrets.contains_key(secret) {
+        return Some(secret.to_owned());
+    }
+    let wanted = canonical(secret);
+    state
+        .secrets
+        .keys()
+        .find(|k| canonical(k) == wanted)
+        .cloned()
+}
+
+/// The fault for this access call: the secret's own (used up one call at a time), else the
+/// global one.
+fn take_fault(state: &mut State, secret: &str) -> Option<Fault> {
+    let key = stored_key(state, secret).unwrap_or_else(|| secret.to_owned());
+    if let Some(f) = state.secret_faults.get_mut(&key) {
+        let fault = f.fault.clone();
+        match &mut f.remaining {
+            Some(0) => {
+                state.secret_faults.remove(&key);
+            }
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    state.secret_faults.remove(&key);
+                }
+                return Some(fault);
+            }
+            None => return Some(fault),
+        }
+    }
+    state.fault.clone()
+}
+
+/// GSM's answer to a quota overrun: 429 RESOURCE_EXHAUSTED with an ErrorInfo detail.
+fn rate_limited() -> Reply {
+    json_reply(
+        StatusCode::TOO_MANY_REQUESTS,
+        &json!({"error": {
+            "code": 429,
+            "message": "Quota exceeded for quota metric 'Access requests' and limit 'Access \
+                        requests per minute per project' of service \
+                        'secretmanager.googleapis.com' (injected).",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "RATE_LIMIT_EXCEEDED",
+                "domain": "googleapis.com",
+                "metadata": {
+                    "service": "secretmanager.googleapis.com",
+                    "quota_metric": "secretmanager.googleapis.com/access_requests",
+                },
+            }],
+        }}),
+    )
+}
+
 async fn access(handle: &Handle, version_name: &str) -> Reply {
-    let fault = handle.lock().fault.clone();
+    let Some((secret, Some(version))) = split(version_name).filter(|(_, v)| v != &Some("")) else {
+        return gsm_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "malformed version name",
+        );
+    };
+    let fault = take_fault(&mut handle.lock(), &secret);
     match &fault {
         Some(Fault::Hang) => {
             tokio::time::sleep(HANG).await;
@@ -143,56 +237,65 @@ async fn access(handle: &Handle, version_name: &str) -> Reply {
                 "Permission 'secretmanager.versions.access' denied (injected).",
             );
         }
+        Some(Fault::Unauthenticated) => {
+            return gsm_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials (injected).",
+            );
+        }
+        Some(Fault::RateLimited) => return rate_limited(),
         _ => {}
     }
-    let Some((secret, Some(version))) = split(version_name).filter(|(_, v)| v != &Some("")) else {
-        return gsm_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
-            "malformed version name",
-        );
-    };
+    let named = canonical(&secret);
     let (number, data) = {
         let state = handle.lock();
-        let Some(versions) = state.secrets.get(&secret).filter(|v| !v.is_empty()) else {
+        let versions = stored_key(&state, &secret)
+            .and_then(|k| state.secrets.get(&k).map(|v| (k, v)))
+            .filter(|(_, v)| !v.is_empty());
+        let Some((key, versions)) = versions else {
             return gsm_error(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
-                &format!("Secret [{secret}] not found or has no versions."),
+                &format!("Secret [{named}] not found or has no versions."),
             );
         };
-        let number = if version == "latest" {
-            match versions
-                .iter()
-                .rposition(|v| v.state == Some(VersionState::Enabled))
-            {
-                Some(i) => i + 1,
-                None => {
-                    return gsm_error(
-                        StatusCode::NOT_FOUND,
-                        "NOT_FOUND",
-                        &format!("Secret [{secret}] has no enabled versions."),
-                    );
-                }
-            }
-        } else {
-            match version.parse::<usize>() {
-                Ok(n) if n >= 1 && n <= versions.len() => n,
-                _ => {
-                    return gsm_error(
-                        StatusCode::NOT_FOUND,
-                        "NOT_FOUND",
-                        &format!("Secret Version [{secret}/versions/{version}] not found."),
-                    );
-                }
+        let alias = state
+            .aliases
+            .get(&key)
+            .and_then(|a| a.get(version))
+            .copied();
+        // `latest` is the newest version created, whatever its state (Google's documented
+        // behaviour: a disabled newest version makes `latest` fail).
+        let number = match (version, alias, version.parse::<usize>()) {
+            ("latest", _, _) => versions.len(),
+            (_, Some(n), _) => n,
+            (_, None, Ok(n)) if n >= 1 && n <= versions.len() => n,
+            _ => {
+                return gsm_error(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    &format!("Secret Version [{named}/versions/{version}] not found."),
+                );
             }
         };
-        let v = &versions[number - 1];
-        if v.state != Some(VersionState::Enabled) {
+        let Some(v) = versions.get(number.wrapping_sub(1)) else {
+            return gsm_error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                &format!("Secret Version [{named}/versions/{version}] not found."),
+            );
+        };
+        let refused = match v.state {
+            Some(VersionState::Enabled) => None,
+            Some(VersionState::Disabled) => Some("DISABLED"),
+            Some(VersionState::Destroyed) | None => Some("DESTROYED"),
+        };
+        if let Some(state) = refused {
             return gsm_error(
                 StatusCode::BAD_REQUEST,
                 "FAILED_PRECONDITION",
-                &format!("Secret Version [{secret}/versions/{number}] is in DISABLED state."),
+                &format!("Secret Version [{named}/versions/{number}] is in {state} state."),
             );
         }
         (number, v.data.clone())
@@ -212,7 +315,7 @@ async fn access(handle: &Handle, version_name: &str) -> Reply {
     }
     json_reply(
         StatusCode::OK,
-        &json!({"name": format!("{secret}/versions/{number}"), "payload": payload}),
+        &json!({"name": format!("{named}/versions/{number}"), "payload": payload}),
     )
 }
 
@@ -232,7 +335,7 @@ fn metadata(handle: &Handle, resource: &str) -> Reply {
         return gsm_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown path");
     };
     let state = handle.lock();
-    let Some(versions) = state.secrets.get(&secret) else {
+    let Some(versions) = stored_key(&state, &secret).and_then(|k| state.secrets.get(&k)) else {
         return gsm_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -240,13 +343,13 @@ fn metadata(handle: &Handle, resource: &str) -> Reply {
         );
     };
     match version {
-        None => json_reply(StatusCode::OK, &json!({"name": secret})),
+        None => json_reply(StatusCode::OK, &json!({"name": canonical(&secret)})),
         Some("") => {
             let list: Vec<Value> = versions
                 .iter()
                 .enumerate()
                 .rev()
-                .map(|(i, v)| version_json(&secret, i + 1, v.state))
+                .map(|(i, v)| version_json(&canonical(&secret), i + 1, v.state))
                 .collect();
             json_reply(
                 StatusCode::OK,
@@ -256,7 +359,7 @@ fn metadata(handle: &Handle, resource: &str) -> Reply {
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n >= 1 && n <= versions.len() => json_reply(
                 StatusCode::OK,
-                &version_json(&secret, n, versions[n - 1].state),
+                &version_json(&canonical(&secret), n, versions[n - 1].state),
             ),
             _ => gsm_error(StatusCode::NOT_FOUND, "NOT_FOUND", "version not found"),
         },

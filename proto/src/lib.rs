@@ -10,6 +10,7 @@ pub mod error;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod legacy;
 pub mod locked;
 pub mod message;
 pub mod paths;

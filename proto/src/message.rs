@@ -17,7 +17,10 @@ use crate::value::SecretValue;
 ///   where a last-known-good value came from.
 /// - 3: [`Request::Connections`] and [`Response::Connections`] (admins: what was attested of
 ///   each open connection). Clients send it only to a daemon that answered version 3.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - 4: [`SecretStatus`] gains `last_error_reason`, `version_alias`, `gcp_secret`, `owner`,
+///   `last_rotated_at_ms` and `last_validated_at_ms`. Older peers exchange status rows in the
+///   version-3 layout ([`crate::legacy`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest protocol version the daemon still serves, so clients built against earlier
 /// releases keep working after an upgrade.
@@ -425,6 +428,21 @@ pub struct SecretStatus {
     pub break_glass_expires_at_ms: Option<i64>,
     /// Keyed fingerprint of the cached value (HMAC-SHA256, hex), once the store has a key.
     pub fingerprint: Option<String>,
+    /// Why the last refresh failed, as a stable name (`not_found`, `permission_denied`,
+    /// `unauthenticated`, `disabled`, `rate_limited`, `unavailable`, `timeout`,
+    /// `invalid_payload`). Protocol 4.
+    pub last_error_reason: Option<String>,
+    /// The configured version: `latest`, a GSM alias, or a number (GSM secrets). Protocol 4.
+    pub version_alias: Option<String>,
+    /// The full GSM resource name (`projects/P[/locations/L]/secrets/S`). Protocol 4.
+    pub gcp_secret: Option<String>,
+    /// The owning team, from the config. Protocol 4.
+    pub owner: Option<String>,
+    /// When the last rotation was promoted, Unix milliseconds. Protocol 4.
+    pub last_rotated_at_ms: Option<i64>,
+    /// When a value was last validated live (`rotation validate`), Unix milliseconds.
+    /// Protocol 4.
+    pub last_validated_at_ms: Option<i64>,
 }
 
 /// A response from the daemon. Exactly one per request.

@@ -428,6 +428,12 @@ fn status_dicts(py: Python<'_>, list: Vec<rust::SecretStatus>) -> PyResult<Vec<B
                 ms_to_seconds(s.break_glass_expires_at_ms),
             )?;
             d.set_item("fingerprint", s.fingerprint)?;
+            d.set_item("last_error_reason", s.last_error_reason)?;
+            d.set_item("version_alias", s.version_alias)?;
+            d.set_item("gcp_secret", s.gcp_secret)?;
+            d.set_item("owner", s.owner)?;
+            d.set_item("last_rotated_at", ms_to_seconds(s.last_rotated_at_ms))?;
+            d.set_item("last_validated_at", ms_to_seconds(s.last_validated_at_ms))?;
             Ok(d)
         })
         .collect()

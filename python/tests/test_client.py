@@ -117,6 +117,10 @@ def test_status_and_refresh(daemon: Daemon) -> None:
     assert key["state"] == "fresh" and key["version"] == "1"
     assert key["age_seconds"] is not None and key["expires_at"] > key["fetched_at"]
     assert rows["trading_missing"]["state"] == "missing"
+    # Protocol 4 fields: why the last refresh failed, as a stable name.
+    assert key["last_error_reason"] is None
+    assert rows["trading_missing"]["last_error_reason"] == "not_found"
+    assert key["version_alias"] is None and key["gcp_secret"] is None
     assert "not set" in rows["trading_missing"]["last_error"]
     assert "Omni-Key" not in repr(rows)
 

@@ -245,7 +245,8 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
     assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
     assert!(client.status().expect("status")[0].last_error.is_none());
 
-    // A disabled version: GSM's FAILED_PRECONDITION, reported as such.
+    // Disabling the served version in GSM revokes it: FAILED_PRECONDITION, reported as such,
+    // and the value is served no more (gsm_production.rs follows revocation everywhere).
     fake.set_fault(None);
     fake.set_version_state(CLIENT_SECRET, 1, VersionState::Disabled);
     let out = cli(
@@ -253,10 +254,10 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
         &[],
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("FailedPrecondition"));
-    assert!(
-        client.get("trading_client_secret").is_ok(),
-        "old value kept"
-    );
+    let refused = client
+        .get("trading_client_secret")
+        .expect_err("a disabled served version is revoked");
+    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
 }
 
 #[test]

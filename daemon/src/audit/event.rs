@@ -31,10 +31,12 @@ pub enum Action {
     Watch = 11,
     /// The chain was keyed: the first keyed record, committing to the unkeyed head.
     AuditUpgrade = 12,
+    /// GSM refused the version being served (disabled or destroyed): it is served no more.
+    Revoke = 13,
 }
 
 impl Action {
-    const ALL: [Action; 12] = [
+    const ALL: [Action; 13] = [
         Action::Read,
         Action::Refresh,
         Action::BreakGlassApply,
@@ -47,6 +49,7 @@ impl Action {
         Action::AuditPrune,
         Action::Watch,
         Action::AuditUpgrade,
+        Action::Revoke,
     ];
 
     /// The stable snake_case name.
@@ -64,6 +67,7 @@ impl Action {
             Action::AuditPrune => "audit_prune",
             Action::Watch => "watch",
             Action::AuditUpgrade => "audit_upgrade",
+            Action::Revoke => "revoke",
         }
     }
 

@@ -66,30 +66,38 @@ impl Announcer {
 
     /// Announces what `served` returns (read under the announcer's lock, so two changes of one
     /// slot are announced in the order they happened), if it differs from the last
-    /// announcement. Never blocks on watchers.
+    /// announcement. A value withdrawn (revoked) after one was announced is announced as a
+    /// change to an empty version and fingerprint: nothing is served. Never blocks on
+    /// watchers.
     pub(crate) fn announce(&self, name: &str, served: impl FnOnce() -> Option<Arc<Entry>>) {
         let mut announced = self.announced.lock().recover();
-        let Some(served) = served() else {
-            return;
+        let key = match served() {
+            Some(served) => (
+                served.version.clone(),
+                served.fingerprint.clone(),
+                served.source,
+            ),
+            None => match announced.as_ref() {
+                Some((version, _, source)) if !version.is_empty() => {
+                    (String::new(), String::new(), *source)
+                }
+                _ => return,
+            },
         };
-        let key = (
-            served.version.clone(),
-            served.fingerprint.clone(),
-            served.source,
-        );
         if announced.as_ref() == Some(&key) {
             return;
         }
-        *announced = Some(key);
+        *announced = Some(key.clone());
+        let (version, fingerprint, source) = key;
         let change = SecretChange {
             name: name.to_owned(),
-            version: served.version.clone(),
-            source: served.source,
-            fingerprint: served.fingerprint.clone(),
+            version,
+            source,
+            fingerprint,
             at_ms: unix_ms(SystemTime::now()),
         };
-        let legacy_source = served.source.for_protocol(1);
-        let legacy = (legacy_source != served.source).then(|| SecretChange {
+        let legacy_source = source.for_protocol(1);
+        let legacy = (legacy_source != source).then(|| SecretChange {
             source: legacy_source,
             ..change.clone()
         });

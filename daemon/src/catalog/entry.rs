@@ -141,6 +141,8 @@ pub(crate) enum Unservable {
     Loading,
     /// The value is older than its TTL plus `max_stale`.
     TooStale,
+    /// GSM refused the version that was served (disabled or destroyed): it was withdrawn.
+    Revoked(String),
 }
 
 impl Unservable {
@@ -152,6 +154,10 @@ impl Unservable {
             }
             Unservable::Loading => format!(
                 "secret {name:?} has not been loaded from its source yet: its first fetch is still running"
+            ),
+            Unservable::Revoked(version) => format!(
+                "secret {name:?}: version {version} was revoked in GSM (disabled or destroyed) \
+                 and is served no more; enable a version or move the alias"
             ),
             Unservable::TooStale => {
                 format!("secret {name:?} is stale past max_stale while its source is failing")

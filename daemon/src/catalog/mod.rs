@@ -117,9 +117,11 @@ impl Catalog {
             return Ok(o);
         }
         let Some(entry) = slot.current() else {
-            return Err(match slot.health().last_error {
-                Some(e) => Unservable::NeverLoaded(e.message),
-                None => Unservable::Loading,
+            let health = slot.health();
+            return Err(match (health.revoked, health.last_error) {
+                (Some(version), _) => Unservable::Revoked(version),
+                (None, Some(e)) => Unservable::NeverLoaded(e.message),
+                (None, None) => Unservable::Loading,
             });
         };
         match entry.state(Instant::now(), self.max_stale) {
@@ -161,6 +163,10 @@ impl Catalog {
             fetched_at_ms: entry.as_ref().map(|e| unix_ms(e.fetched_at)),
             expires_at_ms: entry.as_ref().map(|e| unix_ms(e.expires_at)),
             age_ms: entry.as_ref().map(|e| millis(e.age(now), u64::MAX)),
+            last_error_reason: health
+                .last_error
+                .as_ref()
+                .map(|e| e.reason.as_str().to_owned()),
             last_error: health
                 .last_error
                 .map(|e| WireError::new(ErrorCode::Unavailable, e.message)),
@@ -168,6 +174,12 @@ impl Catalog {
             rotation_due_at_ms: None,
             break_glass_expires_at_ms: overridden.map(|o| unix_ms(o.expires_at)),
             fingerprint: entry.as_ref().map(|e| e.fingerprint.clone()),
+            // The store's fields are merged in by the server (`merge_meta`).
+            version_alias: None,
+            gcp_secret: None,
+            owner: None,
+            last_rotated_at_ms: None,
+            last_validated_at_ms: None,
         }
     }
 }

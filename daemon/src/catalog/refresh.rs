@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Catalog;
 use super::fingerprint::FingerprintKey;
-use super::source::{FailureReason, Source, SourceError};
+use super::source::{FailureReason, Fetched, Source, SourceError};
 use crate::audit::{Action, Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
 use crate::util::time::millis;
@@ -26,6 +26,13 @@ pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub(crate) const ALERT_AFTER_FAILURES: u32 = 3;
 /// Fetches in flight at once across all secrets, so a restart does not burst the source.
 pub(crate) const REFRESH_CONCURRENCY: usize = 4;
+/// The longest wait between retries of a secret that never loaded: a host that booted into an
+/// outage serves as soon as the source is back, not a TTL later.
+pub(crate) const NEVER_LOADED_RETRY_CAP: Duration = Duration::from_secs(15);
+/// The first wait after a 429 (GSM's quota is per minute: retrying sooner only spends it).
+pub(crate) const RATE_LIMITED_FIRST_WAIT: Duration = Duration::from_secs(30);
+/// The longest wait after consecutive 429s.
+pub(crate) const RATE_LIMITED_MAX_WAIT: Duration = Duration::from_secs(600);
 /// How long an on-demand `refresh` waits for its fetch.
 pub(crate) const REFRESH_WAIT: Duration = Duration::from_secs(FETCH_DEADLINE.as_secs() + 5);
 
@@ -88,12 +95,18 @@ impl Refresher {
                 _ = cancel.cancelled() => return,
                 outcome = self.fetch_once() => outcome,
             };
+            let failures = slot.health().consecutive_failures;
             let delay = match outcome {
                 Ok(()) => jittered(slot.ttl, REFRESH_AT),
+                // GSM asked us to slow down: its wait wins over every shorter cap.
+                Err(e) if e.reason == FailureReason::RateLimited => rate_limited_wait(failures),
                 // A missing secret or a refused credential will not fix itself in a second:
                 // retry on the normal schedule instead of hammering the source.
                 Err(e) if !e.reason.is_transient() => jittered(slot.ttl, REFRESH_AT),
-                Err(_) => backoff(slot.health().consecutive_failures, slot.ttl),
+                Err(_) if slot.current().is_none() => {
+                    backoff(failures, slot.ttl.min(NEVER_LOADED_RETRY_CAP))
+                }
+                Err(_) => backoff(failures, slot.ttl),
             };
             if let Some(tx) = first_done.take() {
                 // The receiver may be gone once startup is over; that is fine.
@@ -143,8 +156,20 @@ impl Refresher {
     }
 
     async fn fetch_and_install(&self) -> Result<(), SourceError> {
-        let slot = self.catalog.slot(self.idx);
-        let fetched = tokio::time::timeout(FETCH_DEADLINE, self.source.fetch())
+        let fetched = match self.deadline(self.source.fetch()).await {
+            Err(e) if e.reason == FailureReason::Disabled => return Err(self.refused(e).await),
+            other => other?,
+        };
+        self.install(fetched);
+        Ok(())
+    }
+
+    /// Runs one fetch under [`FETCH_DEADLINE`].
+    async fn deadline(
+        &self,
+        fetch: impl Future<Output = Result<Fetched, SourceError>>,
+    ) -> Result<Fetched, SourceError> {
+        tokio::time::timeout(FETCH_DEADLINE, fetch)
             .await
             .map_err(|_| {
                 SourceError::new(
@@ -155,7 +180,71 @@ impl Refresher {
                         FETCH_DEADLINE.as_secs()
                     ),
                 )
-            })??;
+            })?
+    }
+
+    /// The source refused the configured version (disabled or destroyed). The version being
+    /// served may be another one (`latest` or an alias moved to a disabled version), so it is
+    /// checked by number, once: still allowed, it stays served (and fresh); refused too, it was
+    /// revoked, and is withdrawn at once. Returns the error to record, reason `disabled`.
+    async fn refused(&self, error: SourceError) -> SourceError {
+        let slot = self.catalog.slot(self.idx);
+        let Some(served) = slot.current() else {
+            return error;
+        };
+        let Some(check) = self.source.fetch_version(&served.version) else {
+            return error;
+        };
+        match self.deadline(check).await {
+            Ok(fetched) => {
+                self.install(fetched);
+                SourceError::new(
+                    FailureReason::Disabled,
+                    format!(
+                        "{}; still serving version {}, which GSM allows",
+                        error.message, served.version
+                    ),
+                )
+            }
+            Err(e) if e.reason == FailureReason::Disabled => {
+                self.revoke(&served.version, &e);
+                e
+            }
+            // Cannot tell (an outage): keep serving, report the original refusal.
+            Err(_) => error,
+        }
+    }
+
+    /// Withdraws `version`: GSM refused it by number, so an operator disabled or destroyed it
+    /// (how a leaked key is revoked).
+    fn revoke(&self, version: &str, why: &SourceError) {
+        let slot = self.catalog.slot(self.idx);
+        if !slot.revoke(version) {
+            return;
+        }
+        // The sealed last-known-good copy must not bring it back after a restart.
+        self.catalog.dirty.notify_one();
+        self.metrics.revoked(&slot.name);
+        let overridden = slot.active_override().is_some();
+        tracing::error!(
+            event = "omni.alert.version_revoked",
+            secret = %slot.name,
+            version,
+            break_glass_active = overridden,
+            error = %why.message,
+            "GSM refuses the version being served: it is served no more"
+        );
+        let mut event = AuditEvent::new(Action::Revoke, &slot.name, &Actor::daemon(), Outcome::Ok);
+        event.version = version.to_owned();
+        event.detail = format!("{}: {}", why.reason.as_str(), why.message);
+        if !self.audit.record(event) {
+            tracing::warn!(secret = %slot.name, "revocation could not be audited");
+        }
+    }
+
+    /// Serves a freshly fetched value.
+    fn install(&self, fetched: Fetched) {
+        let slot = self.catalog.slot(self.idx);
         let had = slot.current().map(|e| e.version.clone());
         let fingerprint = self.key.fingerprint(fetched.value.expose());
         let version = slot.install(fetched, self.source.kind(), fingerprint);
@@ -170,7 +259,6 @@ impl Refresher {
                 "loaded secret"
             );
         }
-        Ok(())
     }
 
     fn failed(&self, error: SourceError) {
@@ -204,6 +292,17 @@ fn jittered(base: Duration, range: (f64, f64)) -> Duration {
     base.mul_f64(range.0 + fastrand::f64() * (range.1 - range.0))
 }
 
+/// The wait after `failures` consecutive 429s: doubling from [`RATE_LIMITED_FIRST_WAIT`] up to
+/// [`RATE_LIMITED_MAX_WAIT`], each drawn from [w/2, w] so a fleet told to slow down together
+/// does not come back together.
+fn rate_limited_wait(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(10);
+    let w = RATE_LIMITED_FIRST_WAIT
+        .saturating_mul(1 << exp)
+        .min(RATE_LIMITED_MAX_WAIT);
+    jittered(w, (0.5, 1.0))
+}
+
 /// The wait after `failures` consecutive failures: doubling from [`FIRST_RETRY`], jittered by
 /// ±20%, never longer than the secret's refresh period.
 fn backoff(failures: u32, cap: Duration) -> Duration {
@@ -226,6 +325,18 @@ mod tests {
             assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600));
             assert!(backoff(30, cap) <= cap);
             assert!(backoff(3, Duration::from_secs(2)) <= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn rate_limited_waits_double_from_30s_within_half_to_full() {
+        for _ in 0..100 {
+            let first = rate_limited_wait(1);
+            assert!(first >= Duration::from_secs(15) && first <= Duration::from_secs(30));
+            let third = rate_limited_wait(3);
+            assert!(third >= Duration::from_secs(60) && third <= Duration::from_secs(120));
+            let many = rate_limited_wait(40);
+            assert!(many >= RATE_LIMITED_MAX_WAIT / 2 && many <= RATE_LIMITED_MAX_WAIT);
         }
     }
 

@@ -29,6 +29,8 @@ pub(crate) struct Health {
     pub(crate) consecutive_failures: u32,
     /// The most recent failure, cleared by a success.
     pub(crate) last_error: Option<SourceError>,
+    /// The version withdrawn because GSM refused it, until a value is installed again.
+    pub(crate) revoked: Option<String>,
 }
 
 /// The values a slot holds: the source's, and a break-glass override that outranks it.
@@ -185,6 +187,24 @@ impl Slot {
         let entry = Entry::restored(value, version, fingerprint, fetched_at, self.ttl);
         *self.values.current.write().recover() = Some(Arc::new(entry));
         self.announce();
+    }
+
+    /// Withdraws the source's value because its source revoked `version` (an active override
+    /// still outranks it), and tells watchers and cached clients. Returns whether a value was
+    /// withdrawn.
+    pub(crate) fn revoke(&self, version: &str) -> bool {
+        let withdrawn = {
+            let mut current = self.values.current.write().recover();
+            match current.as_ref() {
+                Some(e) if e.version == version => current.take().is_some(),
+                _ => false,
+            }
+        };
+        if withdrawn {
+            self.health.lock().recover().revoked = Some(version.to_owned());
+            self.announce();
+        }
+        withdrawn
     }
 
     /// Records a failed refresh; the old value stays. Returns the consecutive failure count.

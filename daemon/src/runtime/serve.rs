@@ -341,7 +341,7 @@ async fn serve_bound(
     }
     audit::prune(&store, &audit, config.daemon.audit_retention);
 
-    let sources = source::build_all(&config).await?;
+    let source::Built { sources, google } = source::build_all(&config).await?;
     // A rotation in progress survives restarts: pin its version before the first fetch.
     let metas = store.all_meta()?;
     for (secret, source) in config.secrets.iter().zip(&sources) {
@@ -355,6 +355,15 @@ async fn serve_bound(
 
     let catalog = Arc::new(Catalog::new(&config));
     let tracker = TaskTracker::new();
+    if let Some(google) = google {
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = source::gsm::probe(google) => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
     let break_glass = BreakGlass::new(
         config.break_glass.as_ref(),
         catalog.clone(),

@@ -113,7 +113,7 @@ impl Session<'_> {
             tracing::error!(error = %e, "refresh could not be audited");
             return Err(audit_down());
         }
-        Ok(Reply::Plain(Response::Refreshed(outcomes)))
+        Ok(Reply::plain(Response::Refreshed(outcomes)))
     }
 
     pub(super) async fn rotation(&mut self, name: &str, step: &RotationStep) -> Answer {
@@ -199,7 +199,7 @@ impl Session<'_> {
         } else {
             tracing::info!(secret = name, step = action.as_str(), version = %event.version, "rotation step");
         }
-        Ok(Reply::Plain(Response::Rotated(self.status_row(idx)?)))
+        Ok(Reply::plain(Response::Rotated(self.status_row(idx)?)))
     }
 
     pub(super) fn audit_tail(&mut self, limit: u32, secret: Option<&str>) -> Answer {
@@ -237,7 +237,7 @@ impl Session<'_> {
                 hash: hex::encode(hash),
             })
             .collect();
-        Ok(Reply::Plain(Response::AuditRecords(entries)))
+        Ok(Reply::plain(Response::AuditRecords(entries)))
     }
 
     pub(super) fn audit_verify(&mut self) -> Answer {
@@ -247,7 +247,7 @@ impl Session<'_> {
             .audit
             .verify(&self.shared.store)
             .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
-        Ok(Reply::Plain(Response::AuditVerified(AuditVerification {
+        Ok(Reply::plain(Response::AuditVerified(AuditVerification {
             checked: v.checked,
             first_seq: v.first_seq,
             last_seq: v.last_seq,
@@ -258,13 +258,13 @@ impl Session<'_> {
 
     pub(super) fn connections(&mut self) -> Answer {
         self.admin_gate("connections", Action::Refresh)?;
-        Ok(Reply::Plain(Response::Connections(
+        Ok(Reply::plain(Response::Connections(
             self.shared.connections.list(),
         )))
     }
 
     pub(super) fn metrics(&mut self) -> Answer {
         self.admin_gate("metrics", Action::Refresh)?;
-        Ok(Reply::Plain(Response::Metrics(scrape::render(self.shared))))
+        Ok(Reply::plain(Response::Metrics(scrape::render(self.shared))))
     }
 }

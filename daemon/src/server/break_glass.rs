@@ -13,7 +13,7 @@ impl Session<'_> {
         self.admin_gate("break_glass_apply", Action::BreakGlassApply)?;
         let actor = self.actor(ActorType::Admin);
         match self.shared.break_glass.apply(envelope, actor).await {
-            Ok(idx) => Ok(Reply::Plain(Response::BreakGlass(self.status_row(idx)?))),
+            Ok(idx) => Ok(Reply::plain(Response::BreakGlass(self.status_row(idx)?))),
             Err(e) => Err(self.refused(Action::BreakGlassApply, &e)),
         }
     }
@@ -23,7 +23,7 @@ impl Session<'_> {
         let idx = self.slot_index(name)?;
         let actor = self.actor(ActorType::Admin);
         match self.shared.break_glass.clear(idx, actor, "cleared").await {
-            Ok(()) => Ok(Reply::Plain(Response::BreakGlass(self.status_row(idx)?))),
+            Ok(()) => Ok(Reply::plain(Response::BreakGlass(self.status_row(idx)?))),
             Err(e) => Err(self.refused(Action::BreakGlassClear, &e)),
         }
     }

@@ -106,8 +106,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
                 .map(|i| {
                     let mut row = shared.catalog.status(i);
                     if let Ok(Some(meta)) = shared.store.meta(&row.name) {
-                        row.metadata_status = Some(meta.status.as_str().into());
-                        row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
+                        super::read::merge_meta(&mut row, &meta);
                     }
                     status_json(&row)
                 })

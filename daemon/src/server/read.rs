@@ -7,6 +7,7 @@ use super::reply::{Answer, Reply, audit_down};
 use super::session::Session;
 use crate::audit::{Action, ActorType, AuditEvent, Outcome};
 use crate::catalog::entry::Entry;
+use crate::store::metadata::SecretMeta;
 
 impl Session<'_> {
     pub(super) async fn get(&mut self, name: &str) -> Answer {
@@ -97,7 +98,7 @@ impl Session<'_> {
     }
 
     pub(super) fn status(&self) -> Reply {
-        Reply::Plain(Response::Status(self.status_rows()))
+        Reply::plain(Response::Status(self.status_rows()))
     }
 
     /// Status rows the caller may see, with metadata merged in.
@@ -112,9 +113,7 @@ impl Session<'_> {
             .map(|i| {
                 let mut row = catalog.status(i);
                 if let Some(meta) = metas.get(&row.name) {
-                    row.metadata_status = Some(meta.status.as_str().into());
-                    row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
-                    row.break_glass_expires_at_ms = meta.break_glass_enabled_until_ms;
+                    merge_meta(&mut row, meta);
                 }
                 row
             })
@@ -129,4 +128,16 @@ impl Session<'_> {
             .find(|r| *r.name == **name)
             .ok_or_else(|| WireError::new(ErrorCode::Internal, "status row missing"))
     }
+}
+
+/// Adds what the store knows of a secret to its status row.
+pub(super) fn merge_meta(row: &mut SecretStatus, meta: &SecretMeta) {
+    row.metadata_status = Some(meta.status.as_str().into());
+    row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
+    row.break_glass_expires_at_ms = meta.break_glass_enabled_until_ms;
+    row.version_alias.clone_from(&meta.gcp_version_alias);
+    row.gcp_secret.clone_from(&meta.gcp_secret_id);
+    row.owner.clone_from(&meta.owner);
+    row.last_rotated_at_ms = meta.last_rotated_at_ms;
+    row.last_validated_at_ms = meta.last_validated_at_ms;
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use secretd_proto::frame::{FrameError, encode_frame};
+use secretd_proto::legacy::encode_response;
 use secretd_proto::{
     ErrorCode, PROTOCOL_VERSION, Response, SecretReply, SecretStatus, SecretValue, WireError,
 };
@@ -22,8 +23,9 @@ pub(super) enum Reply {
     /// A granted watch: `Watching` with the names goes out, then the connection streams
     /// change events.
     Watch(Subscription),
-    /// Every other answer, none of which carries a value.
-    Plain(Response<'static>),
+    /// Every other answer, none of which carries a value (boxed: status rows make it large,
+    /// and the hot path answers `Secret`).
+    Plain(Box<Response<'static>>),
 }
 
 /// A handler's result: `Err` is a refusal (not an admin, a bad name, the audit trail down, a
@@ -40,10 +42,18 @@ pub(super) fn audit_down() -> WireError {
 }
 
 impl Reply {
+    /// A value-free answer.
+    pub(super) fn plain(response: Response<'static>) -> Reply {
+        Reply::Plain(Box::new(response))
+    }
+
     /// The `result` label of `omni_secretd_requests_total`: "ok", or the error code's name.
     pub(super) fn outcome(&self) -> &'static str {
         match self {
-            Reply::Plain(Response::Error(e)) => e.code.as_str(),
+            Reply::Plain(response) => match &**response {
+                Response::Error(e) => e.code.as_str(),
+                _ => "ok",
+            },
             _ => "ok",
         }
     }
@@ -65,8 +75,8 @@ impl Reply {
                 encode_frame(&Response::Watching(subscription.names().to_vec()), out)
             }
             Reply::Plain(response) => match older(response, protocol) {
-                Some(downgraded) => encode_frame(&downgraded, out),
-                None => encode_frame(response, out),
+                Some(downgraded) => encode_response(&downgraded, protocol, out),
+                None => encode_response(response, protocol, out),
             },
         }
     }
@@ -74,7 +84,7 @@ impl Reply {
 
 impl From<WireError> for Reply {
     fn from(e: WireError) -> Reply {
-        Reply::Plain(Response::Error(e))
+        Reply::plain(Response::Error(e))
     }
 }
 

@@ -94,6 +94,16 @@ impl ConfigBuilder<'_> {
         self
     }
 
+    /// Removes `[gsm] key` (after [`ConfigBuilder::gsm`]): `anonymous`, for the tests of real
+    /// credentials.
+    pub fn gsm_unset(mut self, key: &str) -> Self {
+        self.gsm
+            .as_mut()
+            .expect("call gsm(endpoint) first")
+            .remove(key);
+        self
+    }
+
     /// A `[break_glass]` section with this private key.
     pub fn break_glass(mut self, private_key: &Path) -> Self {
         let mut table = Table::new();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use secretd_proto::frame::{decode_body, encode_frame, read_frame};
+use secretd_proto::frame::{encode_frame, read_frame};
 use secretd_proto::{ClientHello, Request, Response};
 
 /// How long a daemon may take to start answering.
@@ -352,6 +352,8 @@ pub fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> Output {
 pub struct RawConn {
     /// The socket.
     pub stream: UnixStream,
+    /// The protocol version the daemon answered the hello with (how it lays out status rows).
+    pub protocol: u16,
 }
 
 impl RawConn {
@@ -361,7 +363,10 @@ impl RawConn {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        RawConn { stream }
+        RawConn {
+            stream,
+            protocol: secretd_proto::PROTOCOL_VERSION,
+        }
     }
 
     /// Connects and completes a good hello.
@@ -397,7 +402,14 @@ impl RawConn {
     pub fn recv(&mut self) -> Option<Response<'static>> {
         let mut buf = Vec::new();
         match read_frame(&mut self.stream, &mut buf) {
-            Ok(()) => Some(decode_body(&buf).expect("daemon sent a malformed response")),
+            Ok(()) => {
+                let response = secretd_proto::legacy::decode_response(&buf, self.protocol)
+                    .expect("daemon sent a malformed response");
+                if let Response::Hello(h) = &response {
+                    self.protocol = h.protocol_version;
+                }
+                Some(response)
+            }
             Err(_) => None,
         }
     }

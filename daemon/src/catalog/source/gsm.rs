@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use google_cloud_auth::credentials::Credentials;
 use google_cloud_gax::error::Error as GaxError;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::exponential_backoff::ExponentialBackoffBuilder;
@@ -32,121 +33,320 @@ pub(crate) const GOOGLE_LOGGING_ENV: &str = "GOOGLE_CLOUD_RUST_LOGGING";
 /// Longest GSM error message carried into logs and status.
 const MAX_ERROR_MESSAGE: usize = 300;
 
+/// How long the startup probe waits for a first token before it says what is wrong.
+pub(crate) const CREDENTIALS_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The line logged when Application Default Credentials find nothing at all.
+const NO_CREDENTIALS: &str =
+    "no Google credentials: set credentials_file, GOOGLE_APPLICATION_CREDENTIALS, or run on GCE";
+
 /// Why the GSM client could not be created.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum GsmSetupError {
     /// The credentials file could not be read.
-    #[error("gsm.credentials_file {}: {source}", path.display())]
+    #[error("Google credentials file {}: {source}", path.display())]
     CredentialsFile {
         /// The file.
         path: PathBuf,
         /// The operating system's reason.
         source: std::io::Error,
     },
-    /// The credentials file is not a service-account key.
-    #[error("gsm.credentials_file {}: {why}", path.display())]
-    NotServiceAccount {
+    /// The credentials file is not one google-cloud-auth can use.
+    #[error("Google credentials file {}: {why}", path.display())]
+    UnsupportedCredentials {
         /// The file.
         path: PathBuf,
         /// What is wrong with it (never its content).
-        why: &'static str,
+        why: String,
     },
-    /// google-cloud-auth refused the key.
-    #[error("gsm.credentials_file {}: {source}", path.display())]
+    /// google-cloud-auth refused the file.
+    #[error("Google credentials file {}: {source}", path.display())]
     Credentials {
         /// The file.
         path: PathBuf,
         /// google-cloud-auth's reason.
         source: google_cloud_auth::build_errors::Error,
     },
-    /// Application Default Credentials could not be set up.
-    #[error("cannot set up Application Default Credentials: {0}")]
-    Adc(#[source] google_cloud_auth::build_errors::Error),
+    /// The metadata-server credentials could not be set up.
+    #[error("cannot set up metadata-server credentials: {0}")]
+    MetadataServer(#[source] google_cloud_auth::build_errors::Error),
     /// The retry backoff could not be built (a bug in the constants below).
     #[error("cannot create the Secret Manager client: {0}")]
     Backoff(#[source] google_cloud_gax::exponential_backoff::Error),
     /// The client could not be built.
-    #[error("cannot create the Secret Manager client: {0}")]
-    Client(#[source] google_cloud_gax::client_builder::Error),
+    #[error("cannot create the Secret Manager client for {endpoint}: {source}")]
+    Client {
+        /// The endpoint it was for.
+        endpoint: String,
+        /// The builder's reason.
+        source: google_cloud_gax::client_builder::Error,
+    },
 }
 
-/// Builds the one Secret Manager client every GSM secret shares.
-pub(crate) async fn connect(cfg: &GsmConfig) -> Result<SecretManagerService, GsmSetupError> {
-    let backoff = ExponentialBackoffBuilder::new()
-        .with_initial_delay(Duration::from_millis(200))
-        .with_maximum_delay(Duration::from_secs(2))
-        .build()
-        .map_err(GsmSetupError::Backoff)?;
-    let builder = SecretManagerService::builder()
-        .with_endpoint(cfg.endpoint.clone())
-        .with_retry_policy(
-            Aip194Strict
-                .with_attempt_limit(cfg.max_attempts)
-                .with_time_limit(cfg.retry_budget),
-        )
-        .with_backoff_policy(backoff)
-        .with_attempt_timeout(cfg.attempt_timeout);
-    let credentials = if cfg.anonymous {
-        google_cloud_auth::credentials::anonymous::Builder::new().build()
-    } else if let Some(path) = &cfg.credentials_file {
-        service_account_credentials(path)?
-    } else {
-        google_cloud_auth::credentials::Builder::default()
-            .build()
-            .map_err(GsmSetupError::Adc)?
-    };
-    builder
-        .with_credentials(credentials)
-        .build()
-        .await
-        .map_err(GsmSetupError::Client)
+/// Which kind of Google credentials the daemon holds, as logged (`type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CredentialKind {
+    /// The GCE/GKE metadata server (the last step of Application Default Credentials).
+    MetadataServer,
+    /// A service-account key (self-signed JWTs, no token endpoint).
+    ServiceAccount,
+    /// Workload identity federation (an STS exchange of an external subject token).
+    ExternalAccount,
+    /// A service account impersonated by other credentials.
+    Impersonated,
+    /// A user's refresh token (`gcloud auth application-default login`).
+    AuthorizedUser,
+    /// No credentials (emulators and tests).
+    Anonymous,
 }
 
-fn service_account_credentials(
-    path: &Path,
-) -> Result<google_cloud_auth::credentials::Credentials, GsmSetupError> {
-    // The key file holds a private key: keep our copy of the text in wiped memory.
+impl CredentialKind {
+    /// The stable name logged as `type`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::MetadataServer => "metadata_server",
+            CredentialKind::ServiceAccount => "service_account",
+            CredentialKind::ExternalAccount => "external_account",
+            CredentialKind::Impersonated => "impersonated",
+            CredentialKind::AuthorizedUser => "authorized_user",
+            CredentialKind::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// The credentials every GSM client of this daemon shares, and what to log about them.
+#[derive(Debug, Clone)]
+pub(crate) struct GoogleCredentials {
+    /// What the clients send.
+    credentials: Credentials,
+    /// Which kind they are.
+    pub(crate) kind: CredentialKind,
+    /// Where they came from (a file, or Application Default Credentials' last step).
+    origin: String,
+    /// The account, when the file names it (the metadata server is asked at the probe).
+    account: Option<String>,
+}
+
+/// Resolves the credentials as Application Default Credentials would, keeping track of which
+/// kind they are: `anonymous`, else `credentials_file`, else `$GOOGLE_APPLICATION_CREDENTIALS`,
+/// else gcloud's well-known file, else the metadata server.
+pub(crate) fn credentials(cfg: &GsmConfig) -> Result<GoogleCredentials, GsmSetupError> {
+    if cfg.anonymous {
+        return Ok(GoogleCredentials {
+            credentials: google_cloud_auth::credentials::anonymous::Builder::new().build(),
+            kind: CredentialKind::Anonymous,
+            origin: "gsm.anonymous".into(),
+            account: None,
+        });
+    }
+    let file = cfg
+        .credentials_file
+        .clone()
+        .or_else(|| {
+            std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| well_known_file().filter(|p| p.exists()));
+    match file {
+        Some(path) => from_file(&path),
+        None => Ok(GoogleCredentials {
+            credentials: google_cloud_auth::credentials::mds::Builder::default()
+                .build()
+                .map_err(GsmSetupError::MetadataServer)?,
+            kind: CredentialKind::MetadataServer,
+            origin: "the metadata server".into(),
+            account: None,
+        }),
+    }
+}
+
+/// gcloud's Application Default Credentials file.
+fn well_known_file() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    Some(Path::new(&home).join(".config/gcloud/application_default_credentials.json"))
+}
+
+/// Builds credentials from a JSON file, dispatching on its `type` to the builder
+/// google-cloud-auth offers for it.
+fn from_file(path: &Path) -> Result<GoogleCredentials, GsmSetupError> {
+    use google_cloud_auth::credentials::user_account;
+    use google_cloud_auth::credentials::{external_account, impersonated, service_account};
+    // The file may hold a private key or a refresh token: keep our copy of the text in wiped
+    // memory.
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
         GsmSetupError::CredentialsFile {
             path: path.to_owned(),
             source,
         }
     })?);
-    let not_service_account = |why| GsmSetupError::NotServiceAccount {
+    let unsupported = |why: String| GsmSetupError::UnsupportedCredentials {
         path: path.to_owned(),
         why,
     };
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|_| not_service_account("is not a JSON key file"))?;
-    if json.get("type").and_then(|t| t.as_str()) != Some("service_account") {
-        return Err(not_service_account(
-            "is not a service-account key; for other credential kinds use \
-             GOOGLE_APPLICATION_CREDENTIALS (Application Default Credentials)",
-        ));
-    }
-    google_cloud_auth::credentials::service_account::Builder::new(json)
-        .build()
-        .map_err(|source| GsmSetupError::Credentials {
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| unsupported("is not a JSON credentials file".into()))?;
+    let text_of = |key: &str| json.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    // Impersonation URLs end in `serviceAccounts/EMAIL:generateAccessToken`.
+    let impersonated_account = || {
+        text_of("service_account_impersonation_url").and_then(|u| {
+            let (_, tail) = u.rsplit_once("serviceAccounts/")?;
+            Some(tail.split(':').next()?.to_owned())
+        })
+    };
+    let kind_name = text_of("type").unwrap_or_default();
+    let (kind, account) = match kind_name.as_str() {
+        "service_account" => (CredentialKind::ServiceAccount, text_of("client_email")),
+        "external_account" => (CredentialKind::ExternalAccount, impersonated_account()),
+        "impersonated_service_account" => (CredentialKind::Impersonated, impersonated_account()),
+        "authorized_user" => (CredentialKind::AuthorizedUser, None),
+        other => {
+            return Err(unsupported(format!(
+                "has type {other:?}; supported are service_account, external_account, \
+                 impersonated_service_account and authorized_user"
+            )));
+        }
+    };
+    let built = match kind {
+        CredentialKind::ServiceAccount => service_account::Builder::new(json).build(),
+        CredentialKind::ExternalAccount => external_account::Builder::new(json).build(),
+        CredentialKind::Impersonated => impersonated::Builder::new(json).build(),
+        _ => user_account::Builder::new(json).build(),
+    };
+    Ok(GoogleCredentials {
+        credentials: built.map_err(|source| GsmSetupError::Credentials {
             path: path.to_owned(),
             source,
+        })?,
+        kind,
+        origin: path.display().to_string(),
+        account,
+    })
+}
+
+/// Asks for a first token in the background (ADC never fails at build time: it falls back to
+/// the metadata server), then logs `event="gsm.credentials"` with the kind and account, never
+/// a token; or, within [`CREDENTIALS_PROBE_TIMEOUT`], one line saying what is missing. Serving
+/// does not wait for it.
+pub(crate) async fn probe(creds: GoogleCredentials) {
+    if creds.kind == CredentialKind::Anonymous {
+        tracing::info!(
+            event = "gsm.credentials",
+            r#type = "anonymous",
+            "GSM requests carry no credentials"
+        );
+        return;
+    }
+    let headers = creds.credentials.headers(http::Extensions::new());
+    let failure = match tokio::time::timeout(CREDENTIALS_PROBE_TIMEOUT, headers).await {
+        Ok(Ok(_)) => {
+            let account = match (&creds.account, creds.kind) {
+                (Some(a), _) => a.clone(),
+                (None, CredentialKind::MetadataServer) => metadata_account().await,
+                (None, _) => "unknown".into(),
+            };
+            tracing::info!(
+                event = "gsm.credentials",
+                r#type = creds.kind.as_str(),
+                account = %account,
+                origin = %creds.origin,
+                "Google credentials work"
+            );
+            return;
+        }
+        Ok(Err(e)) => clip(&e.to_string()),
+        Err(_) => format!("no token within {}s", CREDENTIALS_PROBE_TIMEOUT.as_secs()),
+    };
+    if creds.kind == CredentialKind::MetadataServer {
+        tracing::error!(
+            event = "gsm.credentials",
+            r#type = creds.kind.as_str(),
+            error = %failure,
+            "{NO_CREDENTIALS}"
+        );
+    } else {
+        tracing::error!(
+            event = "gsm.credentials",
+            r#type = creds.kind.as_str(),
+            account = creds.account.as_deref().unwrap_or("unknown"),
+            origin = %creds.origin,
+            error = %failure,
+            "cannot obtain a Google token; GSM secrets fail until this is fixed"
+        );
+    }
+}
+
+/// The metadata server's default service account, for the log line ("unknown" if it will not
+/// say).
+async fn metadata_account() -> String {
+    let Ok(signer) = google_cloud_auth::credentials::mds::Builder::default().build_signer() else {
+        return "unknown".into();
+    };
+    match tokio::time::timeout(CREDENTIALS_PROBE_TIMEOUT, signer.client_email()).await {
+        Ok(Ok(email)) => email,
+        _ => "unknown".into(),
+    }
+}
+
+/// Builds a Secret Manager client for `endpoint` (the global one, or a region's).
+pub(crate) async fn connect(
+    cfg: &GsmConfig,
+    endpoint: &str,
+    creds: &GoogleCredentials,
+) -> Result<SecretManagerService, GsmSetupError> {
+    let backoff = ExponentialBackoffBuilder::new()
+        .with_initial_delay(Duration::from_millis(200))
+        .with_maximum_delay(Duration::from_secs(2))
+        .build()
+        .map_err(GsmSetupError::Backoff)?;
+    SecretManagerService::builder()
+        .with_endpoint(endpoint.to_owned())
+        .with_retry_policy(
+            Aip194Strict
+                .with_attempt_limit(cfg.max_attempts)
+                .with_time_limit(cfg.retry_budget),
+        )
+        .with_backoff_policy(backoff)
+        .with_attempt_timeout(cfg.attempt_timeout)
+        .with_credentials(creds.credentials.clone())
+        .build()
+        .await
+        .map_err(|source| GsmSetupError::Client {
+            endpoint: endpoint.to_owned(),
+            source,
         })
+}
+
+/// The location of a regional secret (`projects/P/locations/L/secrets/S`), `None` for a
+/// global one.
+pub(crate) fn location_of(resource: &str) -> Option<&str> {
+    let mut parts = resource.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("projects"), Some(_), Some("locations"), Some(location)) => Some(location),
+        _ => None,
+    }
+}
+
+/// The endpoint serving `location`: `regional_endpoint` with `{location}` substituted.
+pub(crate) fn regional_endpoint(template: &str, location: &str) -> String {
+    template.replace("{location}", location)
 }
 
 /// One catalog entry's secret version in GSM.
 #[derive(Debug)]
 pub(crate) struct GsmSource {
-    /// The shared client.
+    /// The client for the secret's endpoint (global or regional).
     client: SecretManagerService,
-    /// `projects/P/secrets/S`.
+    /// `projects/P/secrets/S` or `projects/P/locations/L/secrets/S`.
     resource: String,
-    /// The configured version alias (`latest` or a number).
+    /// The configured version: `latest`, an alias such as `prod`, or a number.
     alias: String,
     /// A version pinned by a rotation in progress, overriding the alias.
     pinned: std::sync::Mutex<Option<String>>,
 }
 
 impl GsmSource {
-    /// A source for `resource` (`projects/P/secrets/S`) at `version` (`latest` or a number).
+    /// A source for `resource` at `version` (`latest`, an alias, or a number).
     pub(crate) fn new(client: SecretManagerService, resource: &str, version: &str) -> GsmSource {
         GsmSource {
             client,
@@ -165,8 +365,7 @@ impl GsmSource {
         )
     }
 
-    async fn access(&self) -> Result<Fetched, SourceError> {
-        let version_name = self.version_name();
+    async fn access(&self, version_name: String) -> Result<Fetched, SourceError> {
         let response = self
             .client
             .access_secret_version()
@@ -208,7 +407,12 @@ impl Source for GsmSource {
     }
 
     fn fetch(&self) -> FetchFuture<'_> {
-        Box::pin(self.access())
+        Box::pin(self.access(self.version_name()))
+    }
+
+    fn fetch_version(&self, version: &str) -> Option<FetchFuture<'_>> {
+        let name = format!("{}/versions/{version}", self.resource);
+        Some(Box::pin(self.access(name)))
     }
 
     fn pin_version(&self, version: Option<&str>) -> Result<(), PinError> {
@@ -261,14 +465,18 @@ fn clip(message: &str) -> String {
 }
 
 /// Maps a client error to a failure category. Only texts that cannot contain payload bytes
-/// are carried over: GSM's own status message, HTTP codes, network errors; never a
+/// or tokens are carried over: GSM's own status message, HTTP codes, network errors; never a
 /// deserializer's message, which may quote the response body.
 fn map_error(name: &str, e: &GaxError) -> SourceError {
     use FailureReason as R;
     if let Some(status) = e.status() {
         let reason = match status.code {
-            Code::NotFound | Code::FailedPrecondition => R::NotFound,
-            Code::PermissionDenied | Code::Unauthenticated => R::PermissionDenied,
+            Code::NotFound => R::NotFound,
+            // GSM's answer for a disabled or destroyed version (and a disabled CMEK key).
+            Code::FailedPrecondition => R::Disabled,
+            Code::PermissionDenied => R::PermissionDenied,
+            Code::Unauthenticated => R::Unauthenticated,
+            Code::ResourceExhausted => R::RateLimited,
             Code::DeadlineExceeded => R::Timeout,
             _ => R::Unavailable,
         };
@@ -285,9 +493,18 @@ fn map_error(name: &str, e: &GaxError) -> SourceError {
         return SourceError::new(R::Timeout, format!("GSM did not answer in time for {name}"));
     }
     if e.is_authentication() {
+        // A metadata server answering 5xx or an STS out of reach heals by itself; a key GSM
+        // refuses does not.
+        let transient = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<google_cloud_gax::error::CredentialsError>())
+            .is_some_and(|c| c.is_transient());
         return SourceError::new(
-            R::PermissionDenied,
-            format!("cannot obtain GSM credentials: {}", clip(&e.to_string())),
+            if transient {
+                R::Unavailable
+            } else {
+                R::Unauthenticated
+            },
+            format!("cannot obtain Google credentials: {}", clip(&e.to_string())),
         );
     }
     if e.is_deserialization() {
@@ -299,7 +516,9 @@ fn map_error(name: &str, e: &GaxError) -> SourceError {
     if let Some(code) = e.http_status_code() {
         let reason = match code {
             404 => R::NotFound,
-            401 | 403 => R::PermissionDenied,
+            401 => R::Unauthenticated,
+            403 => R::PermissionDenied,
+            429 => R::RateLimited,
             _ => R::Unavailable,
         };
         return SourceError::new(

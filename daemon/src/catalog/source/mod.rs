@@ -35,9 +35,18 @@ pub(crate) struct Fetched {
 pub(crate) enum FailureReason {
     /// The source says the secret or version does not exist.
     NotFound,
-    /// The source refused the daemon's credentials.
+    /// The source knows the daemon's credentials but they may not read this secret (IAM).
     PermissionDenied,
-    /// The source is down or overloaded; retrying helps.
+    /// The source did not accept the daemon's credentials at all (no token, a forged or
+    /// expired one, a key GSM does not know).
+    Unauthenticated,
+    /// The version exists but may not be read: disabled or destroyed in GSM (or its CMEK key
+    /// is disabled). For the version being served, this is a revocation.
+    Disabled,
+    /// The source asked the daemon to slow down (GSM's 429 RESOURCE_EXHAUSTED).
+    RateLimited,
+    /// The source is down or overloaded, or credentials could not be obtained for now
+    /// (metadata server 5xx, STS unreachable); retrying helps.
     Unavailable,
     /// The source did not answer in time.
     Timeout,
@@ -48,7 +57,8 @@ pub(crate) enum FailureReason {
 
 impl FailureReason {
     /// Whether retrying soon may help (outages, timeouts, corruption in transit), as opposed
-    /// to conditions an operator must fix (a missing secret, a refused credential).
+    /// to conditions an operator must fix (a missing secret, a refused credential, a disabled
+    /// version). A 429 is neither: it has its own, longer backoff.
     pub(crate) fn is_transient(self) -> bool {
         matches!(
             self,
@@ -61,6 +71,9 @@ impl FailureReason {
         match self {
             FailureReason::NotFound => "not_found",
             FailureReason::PermissionDenied => "permission_denied",
+            FailureReason::Unauthenticated => "unauthenticated",
+            FailureReason::Disabled => "disabled",
+            FailureReason::RateLimited => "rate_limited",
             FailureReason::Unavailable => "unavailable",
             FailureReason::Timeout => "timeout",
             FailureReason::InvalidPayload => "invalid_payload",
@@ -103,6 +116,14 @@ pub(crate) trait Source: Send + Sync + std::fmt::Debug {
     /// Fetches the current value.
     fn fetch(&self) -> FetchFuture<'_>;
 
+    /// Fetches exactly `version`, for sources with versions (`None` otherwise). Used once, when
+    /// the configured alias points at a version the source refuses, to learn whether the
+    /// version being served is still allowed or was revoked too.
+    fn fetch_version(&self, version: &str) -> Option<FetchFuture<'_>> {
+        let _ = version;
+        None
+    }
+
     /// Pins a specific version (a rotation being validated), or returns to the configured
     /// alias with `None`. Only sources with versions support it.
     fn pin_version(&self, version: Option<&str>) -> Result<(), PinError> {
@@ -136,36 +157,60 @@ pub(crate) enum BuildError {
     },
 }
 
-/// Builds the source of every catalog entry, in config order. The GSM client is created
-/// once, and only when some secret uses it.
-pub(crate) async fn build_all(config: &Config) -> Result<Vec<Arc<dyn Source>>, BuildError> {
-    let gsm_client = match &config.gsm {
+/// The sources of every catalog entry, in config order, and what must run beside them.
+#[derive(Debug)]
+pub(crate) struct Built {
+    /// One source per `[[secret]]`.
+    pub(crate) sources: Vec<Arc<dyn Source>>,
+    /// The Google credentials, when some secret uses GSM: their startup probe logs what they
+    /// are and whether they work.
+    pub(crate) google: Option<gsm::GoogleCredentials>,
+}
+
+/// Builds the source of every catalog entry, in config order. Google credentials are resolved
+/// once, and one GSM client is created per endpoint used (the global one, and one per region
+/// of a regional secret), only when some secret needs it.
+pub(crate) async fn build_all(config: &Config) -> Result<Built, BuildError> {
+    let google = match &config.gsm {
         Some(gsm)
             if config
                 .secrets
                 .iter()
                 .any(|s| s.source.kind() == SourceKind::Gsm) =>
         {
-            Some(gsm::connect(gsm).await?)
+            Some(gsm::credentials(gsm)?)
         }
         _ => None,
     };
-    config
-        .secrets
-        .iter()
-        .map(|secret| -> Result<Arc<dyn Source>, BuildError> {
-            Ok(match &secret.source {
-                SourceConfig::Env { var } => Arc::new(EnvSource::new(var.clone())),
-                SourceConfig::File { path } => Arc::new(FileSource::new(path.clone())),
-                SourceConfig::Gsm { resource, version } => {
-                    let client = gsm_client.clone().ok_or_else(|| BuildError::NoGsm {
+    let mut clients = std::collections::HashMap::new();
+    let mut sources: Vec<Arc<dyn Source>> = Vec::with_capacity(config.secrets.len());
+    for secret in &config.secrets {
+        sources.push(match &secret.source {
+            SourceConfig::Env { var } => Arc::new(EnvSource::new(var.clone())),
+            SourceConfig::File { path } => Arc::new(FileSource::new(path.clone())),
+            SourceConfig::Gsm { resource, version } => {
+                let (Some(cfg), Some(creds)) = (&config.gsm, &google) else {
+                    return Err(BuildError::NoGsm {
                         name: secret.name.clone(),
-                    })?;
-                    Arc::new(gsm::GsmSource::new(client, resource, version))
-                }
-            })
-        })
-        .collect()
+                    });
+                };
+                let endpoint = match gsm::location_of(resource) {
+                    Some(location) => gsm::regional_endpoint(&cfg.regional_endpoint, location),
+                    None => cfg.endpoint.clone(),
+                };
+                let client = match clients.get(&endpoint) {
+                    Some(c) => Clone::clone(c),
+                    None => {
+                        let c = gsm::connect(cfg, &endpoint, creds).await?;
+                        clients.insert(endpoint, c.clone());
+                        c
+                    }
+                };
+                Arc::new(gsm::GsmSource::new(client, resource, version))
+            }
+        });
+    }
+    Ok(Built { sources, google })
 }
 
 /// Reads at most [`MAX_SECRET_LEN`] + 1 bytes into a fixed scratch buffer and copies the

@@ -1,0 +1,100 @@
+//! Bearer-token checks, as GSM's front end makes them: tokens the metadata server issued, and
+//! self-signed service-account JWTs (google-cloud-auth signs those itself, with a `scope`
+//! claim, instead of calling a token endpoint).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use rsa::RsaPublicKey;
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::sha2::Sha256;
+use rsa::signature::Verifier;
+use serde_json::Value;
+
+use crate::State;
+
+/// The scope a Secret Manager caller must hold.
+const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// How far in the future `iat` may be (clock skew between hosts).
+const CLOCK_SKEW_SECS: i64 = 60;
+
+/// A service account whose self-signed JWTs are accepted.
+#[derive(Debug)]
+pub(crate) struct TrustedKey {
+    /// The account (`iss` must name it).
+    email: String,
+    /// The public half of its key.
+    key: VerifyingKey<Sha256>,
+}
+
+impl TrustedKey {
+    pub(crate) fn new(email: &str, public_key_pem: &str) -> Result<TrustedKey, String> {
+        let key = RsaPublicKey::from_public_key_pem(public_key_pem)
+            .map_err(|e| format!("not an SPKI PEM public key: {e}"))?;
+        Ok(TrustedKey {
+            email: email.to_owned(),
+            key: VerifyingKey::new(key),
+        })
+    }
+}
+
+/// Why a request's credentials were refused (the 401's message).
+pub(crate) fn refuse(state: &State, authorization: Option<&str>) -> Option<&'static str> {
+    let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Some("Request is missing required authentication credential.");
+    };
+    if state.tokens.contains(token) {
+        return None;
+    }
+    check_jwt(state, token).err()
+}
+
+fn check_jwt(state: &State, token: &str) -> Result<(), &'static str> {
+    const INVALID: &str = "Request had invalid authentication credentials.";
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(INVALID);
+    };
+    let json = |part: &str| -> Result<Value, &'static str> {
+        let bytes = B64URL.decode(part).map_err(|_| INVALID)?;
+        serde_json::from_slice(&bytes).map_err(|_| INVALID)
+    };
+    let header = json(header)?;
+    if header["alg"] != "RS256" {
+        return Err(INVALID);
+    }
+    let kid = header["kid"].as_str().ok_or(INVALID)?;
+    let trusted = state.service_accounts.get(kid).ok_or(INVALID)?;
+    let signature = B64URL
+        .decode(signature)
+        .ok()
+        .and_then(|s| Signature::try_from(s.as_slice()).ok())
+        .ok_or(INVALID)?;
+    let signed = &token[..token.rfind('.').ok_or(INVALID)?];
+    trusted
+        .key
+        .verify(signed.as_bytes(), &signature)
+        .map_err(|_| INVALID)?;
+    let claims = json(claims)?;
+    if claims["iss"] != trusted.email.as_str() {
+        return Err(INVALID);
+    }
+    let scopes = claims["scope"].as_str().unwrap_or_default();
+    if !scopes.split(' ').any(|s| s == CLOUD_PLATFORM) {
+        return Err("Request had insufficient authentication scopes.");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (Some(iat), Some(exp)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
+        return Err(INVALID);
+    };
+    if exp <= now || iat > now + CLOCK_SKEW_SECS {
+        return Err("Request had invalid authentication credentials: the token expired.");
+    }
+    Ok(())
+}

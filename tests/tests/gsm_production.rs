@@ -1,0 +1,575 @@
+//! The path a production host takes to GSM: real credentials (metadata-server ADC, a
+//! service-account key signing its own JWTs) against a fake that refuses missing and forged
+//! tokens; GSM's own semantics (a disabled `latest`, revocation, aliases, regional secrets,
+//! 429s). The real daemon binary, the official client library, the in-repo fakes over HTTP.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use secretd_client::{ChangeEvent, Client, ErrorCode, Watch};
+use secretd_gsm_fake::{FakeGsm, FakeMetadata, Fault, METADATA_ACCOUNT, VersionState};
+use support::{TestEnv, cli, wait_until};
+
+const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
+const SA_EMAIL: &str = "secretd-reader@apex-test.iam.gserviceaccount.com";
+
+/// A config reading `trading_api_key` from `fake` at `version`, with the given `[gsm]` and
+/// `[daemon]` settings on top of the test defaults. `key_file` replaces `anonymous` with a
+/// service-account key. Setting values that read as integers are written as integers.
+fn config(
+    env: &TestEnv,
+    fake: &FakeGsm,
+    version: &str,
+    gsm: &[(&str, &str)],
+    daemon: &[(&str, &str)],
+) -> String {
+    config_with_key(env, fake, version, gsm, daemon, None)
+}
+
+fn config_with_key(
+    env: &TestEnv,
+    fake: &FakeGsm,
+    version: &str,
+    gsm: &[(&str, &str)],
+    daemon: &[(&str, &str)],
+    key_file: Option<&str>,
+) -> String {
+    let typed = |v: &str| -> toml::Value {
+        v.parse::<i64>()
+            .map_or_else(|_| toml::Value::from(v), toml::Value::from)
+    };
+    let mut conf = env.conf().gsm(&fake.endpoint());
+    if let Some(file) = key_file {
+        conf = conf
+            .gsm_unset("anonymous")
+            .gsm_set("credentials_file", file);
+    }
+    for (k, v) in gsm {
+        conf = conf.gsm_set(k, typed(v));
+    }
+    for (k, v) in daemon {
+        conf = conf.daemon(k, typed(v));
+    }
+    conf.gsm_secret("trading_api_key", API_KEY)
+        .with("version", version)
+        .readable_by_me()
+        .build()
+}
+
+/// What the daemon's environment must not inherit from the machine running the tests: its
+/// own Google credentials.
+fn clean_google_env(env: &TestEnv) -> Vec<(&'static str, String)> {
+    vec![
+        ("GOOGLE_APPLICATION_CREDENTIALS", String::new()),
+        ("HOME", env.path("home").display().to_string()),
+    ]
+}
+
+fn vars<'a>(list: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    list.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Writes a service-account key file (`secretd keygen` makes the RSA pair) and returns its
+/// path and public key (SPKI PEM).
+fn service_account_key(env: &TestEnv, stem: &str, kid: &str) -> (String, String) {
+    let private = env.path(&format!("{stem}.pem"));
+    let public = env.path(&format!("{stem}.pub.pem"));
+    let out = cli(
+        &[
+            "keygen",
+            "--out-private",
+            private.to_str().expect("utf8"),
+            "--out-public",
+            public.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "apex-test",
+        "private_key_id": kid,
+        "private_key": std::fs::read_to_string(&private).expect("private key"),
+        "client_email": SA_EMAIL,
+        "client_id": "100000000000000000001",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    let file = env.path(&format!("{stem}.json"));
+    std::fs::write(&file, key.to_string()).expect("key file");
+    (
+        file.display().to_string(),
+        std::fs::read_to_string(&public).expect("public key"),
+    )
+}
+
+/// The status row of `trading_api_key`.
+fn row(client: &Client) -> secretd_client::SecretStatus {
+    client.status().expect("status").remove(0)
+}
+
+/// Waits for the next change event of `name` on `watch`.
+fn next_change(watch: &mut Watch, name: &str) -> secretd_client::SecretChange {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match watch.next_timeout(Duration::from_millis(500)) {
+            Some(Ok(Some(ChangeEvent::Changed(c)))) if c.name == name => return c,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("watch failed: {e}"),
+            None => panic!("watch ended"),
+        }
+    }
+    panic!("no change of {name} within 20 s");
+}
+
+#[test]
+fn metadata_server_credentials_read_from_a_gsm_that_requires_tokens() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-ADC-AAAA-1111!");
+    fake.require_auth();
+    let metadata = FakeMetadata::start(fake.handle()).expect("fake metadata");
+    let env = TestEnv::new();
+    let conf = env.conf().gsm(&fake.endpoint()).gsm_unset("anonymous");
+    let conf = conf
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .build();
+    let mut extra = clean_google_env(&env);
+    extra.push(("GCE_METADATA_HOST", metadata.host()));
+    let daemon = env.start_with_env(&conf, &vars(&extra));
+    let client = Client::connect(&daemon.socket).expect("connect");
+
+    let secret = wait_until("the value through ADC", Duration::from_secs(20), || {
+        client.get("trading_api_key").ok()
+    });
+    assert_eq!(secret.expose(), b"Omni-Key-ADC-AAAA-1111!");
+    assert!(metadata.tokens_issued() >= 1);
+    assert_eq!(
+        metadata.flavorless_requests(),
+        0,
+        "Metadata-Flavor: Google sent"
+    );
+    assert_eq!(fake.unauthenticated_count(), 0);
+
+    let log = daemon.wait_for_log("Google credentials work");
+    let line = log
+        .lines()
+        .find(|l| l.contains("gsm.credentials"))
+        .expect("the credentials line");
+    assert!(line.contains("metadata_server"), "{line}");
+    assert!(line.contains(METADATA_ACCOUNT), "{line}");
+    assert!(!log.contains("ya29."), "an access token reached the log");
+    assert!(!log.contains("Omni-Key-ADC"), "a value reached the log");
+
+    // A metadata server failing with 5xx is an outage (`unavailable`), not bad credentials;
+    // the token already issued keeps working, so only a fresh daemon notices.
+    metadata.fail_tokens(Some(503));
+    let env2 = TestEnv::new();
+    let conf2 = env2
+        .conf()
+        .gsm(&fake.endpoint())
+        .gsm_unset("anonymous")
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .build();
+    let mut extra2 = clean_google_env(&env2);
+    extra2.push(("GCE_METADATA_HOST", metadata.host()));
+    let second = env2.start_with_env(&conf2, &vars(&extra2));
+    let client2 = Client::connect(&second.socket).expect("connect");
+    let reason = wait_until("a failed first fetch", Duration::from_secs(30), || {
+        row(&client2).last_error_reason
+    });
+    assert_eq!(reason, "unavailable");
+    metadata.fail_tokens(None);
+    wait_until("healed without a restart", Duration::from_secs(30), || {
+        client2.get("trading_api_key").ok()
+    });
+}
+
+#[test]
+fn a_service_account_key_signs_its_own_tokens_and_a_forged_key_is_refused() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-SA-BBBB-2222!");
+    fake.require_auth();
+    let env = TestEnv::new();
+    let (key_file, public) = service_account_key(&env, "sa", "kid-real");
+    fake.trust_service_account(SA_EMAIL, "kid-real", &public)
+        .expect("trust");
+    let extra = clean_google_env(&env);
+    let conf = config_with_key(&env, &fake, "latest", &[], &[], Some(&key_file));
+    let daemon = env.start_with_env(&conf, &vars(&extra));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let secret = wait_until("the value with a key", Duration::from_secs(20), || {
+        client.get("trading_api_key").ok()
+    });
+    assert_eq!(secret.expose(), b"Omni-Key-SA-BBBB-2222!");
+    assert_eq!(fake.unauthenticated_count(), 0);
+    let log = daemon.wait_for_log("Google credentials work");
+    assert!(
+        log.contains("service_account") && log.contains(SA_EMAIL),
+        "{log}"
+    );
+    assert!(!log.contains("eyJ"), "a JWT reached the log");
+    assert!(!log.contains("PRIVATE KEY"), "the key reached the log");
+
+    // Same kid and account, another key: the signature does not verify.
+    let forged_env = TestEnv::new();
+    let (forged_file, _) = service_account_key(&forged_env, "forged", "kid-real");
+    let conf = config_with_key(&forged_env, &fake, "latest", &[], &[], Some(&forged_file));
+    let forged = forged_env.start_with_env(&conf, &vars(&clean_google_env(&forged_env)));
+    let client = Client::connect(&forged.socket).expect("connect");
+    let reason = wait_until("the refusal", Duration::from_secs(20), || {
+        row(&client).last_error_reason
+    });
+    assert_eq!(reason, "unauthenticated");
+    assert!(fake.unauthenticated_count() >= 1);
+    let refused = client.get("trading_api_key").expect_err("no value");
+    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+}
+
+#[test]
+fn without_any_credentials_one_clear_line_and_the_rest_is_served() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-None-CCCC-3333!");
+    let env = TestEnv::new();
+    let conf = env
+        .conf()
+        .gsm(&fake.endpoint())
+        .gsm_unset("anonymous")
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .file_secret("trading_local", b"Omni-Local-DDDD-4444!")
+        .readable_by_me()
+        .build();
+    // A metadata host nothing listens on: not on GCE, no key file, no gcloud login.
+    let mut extra = clean_google_env(&env);
+    extra.push(("GCE_METADATA_HOST", "127.0.0.1:9".into()));
+    let started = Instant::now();
+    let daemon = env.start_with_env(&conf, &vars(&extra));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(
+        client.get("trading_local").expect("local").expose(),
+        b"Omni-Local-DDDD-4444!"
+    );
+    wait_until("the no-credentials line", Duration::from_secs(30), || {
+        daemon
+            .log()
+            .contains("no Google credentials: set credentials_file, GOOGLE_APPLICATION_CREDENTIALS, or run on GCE")
+            .then_some(())
+    });
+    assert!(started.elapsed() < Duration::from_secs(25));
+    assert!(client.get("trading_local").is_ok(), "still serving");
+}
+
+#[test]
+fn a_disabled_newest_version_keeps_the_served_one_after_one_check_by_number() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-EEEE-5555!");
+    let env = TestEnv::new();
+    let daemon = env.start(&config(
+        &env,
+        &fake,
+        "latest",
+        &[],
+        &[("refresh_interval", "5m")],
+    ));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+
+    // Version 2 is added and disabled at once: `latest` now fails, as GSM documents.
+    fake.add_version(API_KEY, b"Omni-Key-v2-FFFF-6666!");
+    fake.set_version_state(API_KEY, 2, VersionState::Disabled);
+    let before = fake.access_count(API_KEY);
+    let outcome = client.refresh(Some("trading_api_key")).expect("refresh");
+    let error = outcome[0].error.as_ref().expect("the refresh failed");
+    assert!(error.message.contains("DISABLED"), "{}", error.message);
+    assert!(
+        error.message.contains("still serving version 1"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        fake.access_count(API_KEY) - before,
+        2,
+        "latest, then version 1 by number"
+    );
+    let by_number = format!("/v1/{API_KEY}/versions/1:access");
+    assert!(fake.requests().iter().any(|r| r.path == by_number));
+
+    let served = client.get("trading_api_key").expect("still served");
+    assert_eq!(
+        (served.version(), served.expose()),
+        ("1", &b"Omni-Key-v1-EEEE-5555!"[..])
+    );
+    let status = row(&client);
+    assert_eq!(status.last_error_reason.as_deref(), Some("disabled"));
+    assert_eq!(status.version_alias.as_deref(), Some("latest"));
+    assert_eq!(status.gcp_secret.as_deref(), Some(API_KEY));
+
+    // The JSON status names the reason too.
+    let socket = daemon.socket.to_str().expect("utf8");
+    let out = cli(&["status", "--json", "--socket", socket], &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json[0]["lastErrorReason"], "disabled");
+    assert_eq!(json[0]["versionAlias"], "latest");
+    assert_eq!(json[0]["gcpSecret"], API_KEY);
+}
+
+#[test]
+fn revoking_the_served_version_stops_it_everywhere_within_one_refresh() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-GGGG-7777!");
+    let env = TestEnv::new();
+    let daemon = env.start(&config(
+        &env,
+        &fake,
+        "latest",
+        &[],
+        &[("refresh_interval", "2s")],
+    ));
+    let plain = Client::connect(&daemon.socket).expect("connect");
+    let cached = Client::connect(&daemon.socket)
+        .expect("connect")
+        .with_cache()
+        .expect("cache");
+    let mut watch = plain.watch(["trading_api_key"]).expect("watch");
+    assert_eq!(cached.get("trading_api_key").expect("get").version(), "1");
+    assert_eq!(cached.cached_len(), 1);
+
+    // An operator disables the leaked version in GSM.
+    fake.set_version_state(API_KEY, 1, VersionState::Disabled);
+    let change = next_change(&mut watch, "trading_api_key");
+    assert_eq!(change.version, "", "nothing is served any more");
+    assert_eq!(change.fingerprint, "");
+    let refused = plain.get("trading_api_key").expect_err("revoked");
+    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    // The cached client hears the same event on its own watch, a moment later or sooner.
+    let refused = wait_until(
+        "the cached client drops it",
+        Duration::from_secs(10),
+        || cached.get("trading_api_key").err(),
+    );
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    let status = row(&plain);
+    assert_eq!(status.version, None);
+    assert_eq!(status.last_error_reason.as_deref(), Some("disabled"));
+    let log = daemon.wait_for_log("omni.alert.version_revoked");
+    assert!(!log.contains("Omni-Key-v1"), "a value reached the log");
+    // The audit writer commits in batches: wait for the record.
+    let revoke = wait_until("the revoke record", Duration::from_secs(10), || {
+        plain
+            .audit_tail(50, Some("trading_api_key"))
+            .expect("audit")
+            .into_iter()
+            .find(|e| e.action == "revoke")
+    });
+    assert_eq!(revoke.version, "1");
+    assert!(
+        plain
+            .metrics()
+            .expect("metrics")
+            .contains("omni_secret_revocations_total{secret_type=\"trading_api_key\"} 1")
+    );
+
+    // A new version is served again, and announced.
+    fake.add_version(API_KEY, b"Omni-Key-v2-HHHH-8888!");
+    let change = next_change(&mut watch, "trading_api_key");
+    assert_eq!(change.version, "2");
+    assert_eq!(cached.get("trading_api_key").expect("get").version(), "2");
+}
+
+#[test]
+fn a_destroyed_pinned_version_is_revoked_and_survives_no_restart() {
+    const OTHER: &str = "projects/apex-test/secrets/omni-client-secret";
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-IIII-9999!");
+    fake.add_version(OTHER, b"Omni-Client-v1-PPPP-5050!");
+    let env = TestEnv::new();
+    let key = env.path("lkg.key");
+    std::fs::write(&key, [0x5au8; 32]).expect("key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let daemon_conf = env
+        .conf()
+        .daemon("refresh_interval", "5m")
+        .daemon("first_fetch_wait", "1s")
+        .daemon(
+            "last_known_good",
+            env.path("lkg.sealed").to_str().expect("utf8"),
+        )
+        .daemon("last_known_good_key", key.to_str().expect("utf8"))
+        .gsm(&fake.endpoint())
+        .gsm_secret("trading_api_key", API_KEY)
+        .with("version", "1")
+        .readable_by_me()
+        .gsm_secret("trading_client_secret", OTHER)
+        .readable_by_me()
+        .build();
+    let mut daemon = env.start(&daemon_conf);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    assert!(client.get("trading_client_secret").is_ok());
+    fake.set_version_state(API_KEY, 1, VersionState::Destroyed);
+    let outcome = client.refresh(Some("trading_api_key")).expect("refresh");
+    assert!(
+        outcome[0]
+            .error
+            .as_ref()
+            .expect("failed")
+            .message
+            .contains("DESTROYED"),
+        "{outcome:?}"
+    );
+    assert!(client.get("trading_api_key").is_err(), "revoked");
+    // The sealed last-known-good copy is rewritten without it (within its write interval): a
+    // restart during a GSM outage must not bring a revoked key back.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(daemon.stop().success());
+    fake.set_fault(Some(Fault::Unavailable));
+    let daemon = env.start(&daemon_conf);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let other = wait_until(
+        "the other secret from the sealed copy",
+        Duration::from_secs(20),
+        || client.get("trading_client_secret").ok(),
+    );
+    assert_eq!(other.source(), secretd_client::SourceKind::LastKnownGood);
+    assert!(
+        client.get("trading_api_key").is_err(),
+        "a revoked version came back from the sealed copy"
+    );
+}
+
+#[test]
+fn an_alias_move_reaches_the_daemon_and_status_names_both() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-JJJJ-1010!");
+    fake.add_version(API_KEY, b"Omni-Key-v2-KKKK-2020!");
+    fake.set_alias(API_KEY, "prod", Some(1));
+    let env = TestEnv::new();
+    let daemon = env.start(&config(
+        &env,
+        &fake,
+        "prod",
+        &[],
+        &[("refresh_interval", "2s")],
+    ));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let served = client.get("trading_api_key").expect("get");
+    assert_eq!(served.version(), "1", "the alias, not the newest version");
+    let status = row(&client);
+    assert_eq!(status.version.as_deref(), Some("1"));
+    assert_eq!(status.version_alias.as_deref(), Some("prod"));
+
+    fake.set_alias(API_KEY, "prod", Some(2));
+    wait_until("the alias move", Duration::from_secs(10), || {
+        (client.get("trading_api_key").ok()?.version() == "2").then_some(())
+    });
+    assert_eq!(row(&client).version.as_deref(), Some("2"));
+
+    // A bad alias is a config error, not a GSM call.
+    let bad_env = TestEnv::new();
+    let mut refused = bad_env.spawn(
+        &config(&bad_env, &fake, "prod alias!", &[], &[]),
+        "bad.toml",
+    );
+    let status = refused.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    assert!(refused.log().contains("version alias"), "{}", refused.log());
+}
+
+#[test]
+fn regional_and_global_secrets_mix() {
+    let global = FakeGsm::start().expect("global fake");
+    let regional = FakeGsm::start().expect("regional fake");
+    const REGIONAL: &str = "projects/apex-test/locations/europe-west4/secrets/omni-eu-key";
+    global.add_version(API_KEY, b"Omni-Key-Global-LLLL!");
+    regional.add_version(REGIONAL, b"Omni-Key-Regional-MMMM!");
+    let env = TestEnv::new();
+    let conf = env
+        .conf()
+        .gsm(&global.endpoint())
+        .gsm_set("regional_endpoint", regional.endpoint().as_str())
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .gsm_secret("trading_eu_key", REGIONAL)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&conf);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(
+        client.get("trading_api_key").expect("global").expose(),
+        b"Omni-Key-Global-LLLL!"
+    );
+    assert_eq!(
+        client.get("trading_eu_key").expect("regional").expose(),
+        b"Omni-Key-Regional-MMMM!"
+    );
+    assert_eq!(
+        global.access_count(REGIONAL),
+        0,
+        "regional secrets go to their region"
+    );
+    assert_eq!(regional.access_count(API_KEY), 0);
+    assert!(regional.access_count(REGIONAL) >= 1);
+    let eu = client
+        .status()
+        .expect("status")
+        .into_iter()
+        .find(|r| r.name == "trading_eu_key")
+        .expect("row");
+    assert_eq!(eu.gcp_secret.as_deref(), Some(REGIONAL));
+}
+
+#[test]
+fn rate_limits_back_off_and_a_secret_that_never_loaded_retries_soon() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-NNNN-3030!");
+    fake.set_secret_fault(API_KEY, Some(Fault::RateLimited), None);
+    let env = TestEnv::new();
+    let daemon = env.start(&config(
+        &env,
+        &fake,
+        "latest",
+        &[],
+        &[("refresh_interval", "1s")],
+    ));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let reason = wait_until("the first 429", Duration::from_secs(10), || {
+        row(&client).last_error_reason
+    });
+    assert_eq!(reason, "rate_limited");
+    let after_first = fake.access_count(API_KEY);
+    // With a 1 s refresh interval a 429 still waits at least 15 s before the next call.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        fake.access_count(API_KEY),
+        after_first,
+        "a 429 was retried within seconds"
+    );
+    drop(daemon);
+
+    // Three transient failures, then GSM answers: a secret that never loaded is served within
+    // seconds (waits of about 1, 2 and 4 s), although its TTL is five minutes.
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-OOOO-4040!");
+    fake.set_secret_fault(API_KEY, Some(Fault::Unavailable), Some(3));
+    let env = TestEnv::new();
+    let daemon = env.start(&config(
+        &env,
+        &fake,
+        "latest",
+        &[("max_attempts", "1")],
+        &[("refresh_interval", "5m")],
+    ));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    wait_until("served after the outage", Duration::from_secs(30), || {
+        client.get("trading_api_key").ok()
+    });
+    assert_eq!(fake.access_count(API_KEY), 4);
+}
