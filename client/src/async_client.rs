@@ -420,7 +420,8 @@ impl AsyncClient {
         S: AsRef<str>,
     {
         let names = crate::client::watch_names(names)?;
-        AsyncWatch::open(self.inner.path.clone(), names, self.inner.timeout).await
+        let observer = self.cache.as_ref().map(|c| c.values.clone());
+        AsyncWatch::open(self.inner.path.clone(), names, self.inner.timeout, observer).await
     }
 
     /// Runs `req` on a pooled connection (a fresh one when none is idle), retried once on a

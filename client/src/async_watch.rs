@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::async_client::AsyncConnection;
+use crate::cache::ClientCache;
 use crate::error::{Error, Result};
 use crate::watch::{RESUBSCRIBE_MAX_BACKOFF, RESUBSCRIBE_MIN_BACKOFF};
 
@@ -40,14 +42,18 @@ pub struct AsyncWatch {
 
 impl AsyncWatch {
     /// Connects and subscribes; a refusal (unknown name, no access) is returned here.
+    /// `observer` is the client's cache, emptied of what each item reports before the stream
+    /// yields it (so a `get` after an event never reads the old value from the cache).
     pub(crate) async fn open(
         path: PathBuf,
         names: Vec<String>,
         timeout: Duration,
+        observer: Option<Arc<ClientCache>>,
     ) -> Result<AsyncWatch> {
         let (conn, watching) = subscribe(&path, &names, timeout).await?;
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
-        let task = tokio::spawn(run(path, names, timeout, conn, tx));
+        let out = Outbox { tx, observer };
+        let task = tokio::spawn(run(path, names, timeout, conn, out));
         Ok(AsyncWatch {
             watching,
             events,
@@ -111,6 +117,29 @@ async fn subscribe(
     }
 }
 
+/// Where the watch task puts items: the stream's channel, after the client's cache heard them.
+struct Outbox {
+    /// To the stream.
+    tx: mpsc::Sender<Result<ChangeEvent>>,
+    /// The client's cache, if it has one.
+    observer: Option<Arc<ClientCache>>,
+}
+
+impl Outbox {
+    /// Sends `item`; `Err` when the stream was dropped.
+    async fn send(&self, item: Result<ChangeEvent>) -> std::result::Result<(), ()> {
+        if let Some(cache) = &self.observer {
+            cache.observe(&item);
+        }
+        self.tx.send(item).await.map_err(|_| ())
+    }
+
+    /// Resolves when the stream was dropped.
+    async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
 /// The watch task: forwards events, and after a break resubscribes with backoff. Ends when the
 /// stream is dropped or the daemon refuses a resubscription.
 async fn run(
@@ -118,7 +147,7 @@ async fn run(
     names: Vec<String>,
     timeout: Duration,
     mut conn: AsyncConnection,
-    tx: mpsc::Sender<Result<ChangeEvent>>,
+    tx: Outbox,
 ) {
     loop {
         let broke = loop {

@@ -118,6 +118,16 @@ impl ClientCache {
         }
     }
 
+    /// Applies an item that *another* watch of the same client is about to hand its caller: a
+    /// change empties that name, anything else empties everything. So a `get` right after an
+    /// event reads the new value, whichever of the two watches heard it first.
+    pub(crate) fn observe(&self, item: &crate::Result<ChangeEvent>) {
+        match item {
+            Ok(ChangeEvent::Changed(c)) => self.invalidate(Some(&c.name)),
+            Ok(ChangeEvent::Lagged) | Err(_) => self.invalidate(None),
+        }
+    }
+
     /// A copy of the cached value of `name`, if it may be served.
     pub(crate) fn get(&self, name: &str) -> Option<Secret> {
         if !self.live.load(Ordering::Acquire) || FORKS.load(Ordering::Relaxed) != self.born {

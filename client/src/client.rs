@@ -129,7 +129,8 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Watch::open(self.path.clone(), watch_names(names)?, self.timeout)
+        let watch = Watch::open(self.path.clone(), watch_names(names)?, self.timeout)?;
+        Ok(watch.observed_by(self.cache.as_ref().map(|reads| reads.cache.clone())))
     }
 
     /// [`Client::watch`] on a thread of its own, calling `callback` for every item until the
@@ -166,10 +167,13 @@ impl Client {
         }
     }
 
-    /// Admin: a rotation step (`begin` pins a GSM version, `promote`, `abort`). Returns the
-    /// secret's status afterwards.
+    /// Admin: a rotation step (`begin` pins a GSM version, `promote`, `abort`; `validate` and
+    /// `unpin` need a daemon that speaks protocol 4). Returns the secret's status afterwards.
     pub fn rotation(&self, name: &str, step: RotationStep) -> Result<SecretStatus> {
         validate_name(name).map_err(Error::InvalidArgument)?;
+        if matches!(step, RotationStep::Validate | RotationStep::Unpin) {
+            self.require_protocol(4, "rotation validate and unpin")?;
+        }
         let req = Request::Rotation {
             name: name.into(),
             step,
@@ -226,6 +230,16 @@ impl Client {
     /// its hash when a policy selects by it, its systemd unit and cgroup). Needs a daemon that
     /// speaks protocol 3.
     pub fn connections(&self) -> Result<Vec<ConnectionInfo>> {
+        self.require_protocol(3, "listing connections")?;
+        match self.call(&Request::Connections)? {
+            Response::Connections(list) => Ok(list),
+            other => Err(unexpected("connections", &other)),
+        }
+    }
+
+    /// Refuses `what` up front when the daemon speaks a protocol older than `needed` (it
+    /// could not decode the request).
+    fn require_protocol(&self, needed: u16, what: &str) -> Result<()> {
         let protocol = {
             let mut guard = self.lock();
             let conn = match guard.as_mut() {
@@ -234,15 +248,12 @@ impl Client {
             };
             conn.protocol
         };
-        if protocol < 3 {
+        if protocol < needed {
             return Err(Error::Protocol(format!(
-                "the daemon speaks protocol {protocol}; listing connections needs 3 (upgrade it)"
+                "the daemon speaks protocol {protocol}; {what} needs {needed} (upgrade it)"
             )));
         }
-        match self.call(&Request::Connections)? {
-            Response::Connections(list) => Ok(list),
-            other => Err(unexpected("connections", &other)),
-        }
+        Ok(())
     }
 
     /// Admin: the Prometheus text.

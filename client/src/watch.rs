@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use secretd_proto::{ChangeEvent, Request, Response};
 
+use crate::cache::ClientCache;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 
@@ -42,6 +43,10 @@ pub struct Watch {
     finished: bool,
     /// Shared with [`WatchStopper`]s.
     stop: Arc<StopSignal>,
+    /// The cache of the client this watch came from, emptied of what an item reports before
+    /// the caller sees it: a `get` after an event must not read the old value from the cache
+    /// because the cache's own watch heard the event a moment later.
+    observer: Option<Arc<ClientCache>>,
 }
 
 /// Ends a [`Watch`] from any thread, waking a blocked `next()`.
@@ -127,6 +132,7 @@ impl Watch {
             backoff: RESUBSCRIBE_MIN_BACKOFF,
             finished: false,
             stop,
+            observer: None,
         })
     }
 
@@ -200,6 +206,20 @@ impl Watch {
 }
 
 impl Watch {
+    /// Makes this watch empty `cache` of what it reports, before its caller sees it.
+    pub(crate) fn observed_by(mut self, cache: Option<Arc<ClientCache>>) -> Watch {
+        self.observer = cache;
+        self
+    }
+
+    /// Hands `item` to the caller, after the client's cache has forgotten what it reports.
+    fn deliver(&self, item: Option<Result<ChangeEvent>>) -> Option<Result<ChangeEvent>> {
+        if let (Some(cache), Some(item)) = (&self.observer, &item) {
+            cache.observe(item);
+        }
+        item
+    }
+
     /// Like `next()`, but gives up after `timeout` with `Some(Ok(None))` when nothing arrived
     /// (so a caller can check for signals or shutdown between waits). `None` means ended.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<Option<ChangeEvent>>> {
@@ -208,7 +228,7 @@ impl Watch {
         }
         let Some(conn) = self.conn.as_ref() else {
             return match self.attempt(Some(timeout)) {
-                Attempt::Settled(item) => item.map(|r| r.map(Some)),
+                Attempt::Settled(item) => self.deliver(item).map(|r| r.map(Some)),
                 Attempt::Retry => Some(Ok(None)),
             };
         };
@@ -227,6 +247,14 @@ impl Iterator for Watch {
     type Item = Result<ChangeEvent>;
 
     fn next(&mut self) -> Option<Result<ChangeEvent>> {
+        let item = self.next_item();
+        self.deliver(item)
+    }
+}
+
+impl Watch {
+    /// The next item, before the client's cache hears of it.
+    fn next_item(&mut self) -> Option<Result<ChangeEvent>> {
         if self.finished || self.stop.stopped() {
             return None;
         }

@@ -120,6 +120,8 @@ struct RawDaemon {
     audit_anchor_interval: Option<String>,
     last_known_good: Option<PathBuf>,
     last_known_good_key: Option<PathBuf>,
+    #[serde(default)]
+    allow_short_ttl: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +136,8 @@ struct RawGsm {
     attempt_timeout: Option<String>,
     retry_budget: Option<String>,
     max_attempts: Option<u32>,
+    #[serde(default)]
+    require_crc32c: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +208,9 @@ pub struct DaemonConfig {
     pub admin_uids: Vec<u32>,
     /// Default TTL of cached values (the refresh period).
     pub refresh_interval: Duration,
+    /// Whether GSM secrets may have a TTL under [`MIN_GSM_TTL`] (a typo must not spend a
+    /// project's quota).
+    pub allow_short_ttl: bool,
     /// How long past expiry a value is still served while its source fails.
     pub max_stale: Duration,
     /// Where the HTTP metrics listener binds, if anywhere.
@@ -273,6 +280,8 @@ pub struct GsmConfig {
     pub retry_budget: Duration,
     /// How many attempts one fetch may make (only UNAVAILABLE-like errors are retried).
     pub max_attempts: u32,
+    /// Refuse versions GSM sends without a CRC32C (else they are served and counted).
+    pub require_crc32c: bool,
 }
 
 /// Default `[gsm] endpoint`.
@@ -280,6 +289,10 @@ pub const DEFAULT_GSM_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 /// Default `[gsm] regional_endpoint` (`{location}` is substituted).
 pub const DEFAULT_GSM_REGIONAL_ENDPOINT: &str =
     "https://secretmanager.{location}.rep.googleapis.com";
+/// The longest one fetch from a source may take; `[gsm] retry_budget` must fit in it.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(30);
+/// The shortest TTL of a GSM secret without `allow_short_ttl = true` in `[daemon]`.
+pub const MIN_GSM_TTL: Duration = Duration::from_secs(30);
 /// The longest GSM version alias (Google's limit).
 pub const MAX_VERSION_ALIAS_LEN: usize = 63;
 
@@ -676,6 +689,7 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
             .unwrap_or_else(|| PathBuf::from("/var/lib/secretd/secretd.redb")),
         admin_uids: raw.admin_uids.unwrap_or_else(|| vec![0]),
         refresh_interval,
+        allow_short_ttl: raw.allow_short_ttl,
         max_stale: duration_or("daemon.max_stale", raw.max_stale, DEFAULT_MAX_STALE)?,
         metrics_listen,
         http_max_connections,
@@ -707,19 +721,16 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
 
 fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
     let endpoint = g.endpoint.unwrap_or_else(|| DEFAULT_GSM_ENDPOINT.into());
-    let regional_endpoint = g
-        .regional_endpoint
-        .unwrap_or_else(|| DEFAULT_GSM_REGIONAL_ENDPOINT.into());
-    for (key, url) in [
-        ("gsm.endpoint", &endpoint),
-        ("gsm.regional_endpoint", &regional_endpoint),
-    ] {
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(invalid(format!(
-                "{key} = {url:?} must be an http:// or https:// URL"
-            )));
+    check_endpoint("gsm.endpoint", &endpoint, g.anonymous)?;
+    // The default regional endpoint is Google's: with `anonymous` it is refused only if a
+    // regional secret would use it (`validate_secret`).
+    let regional_endpoint = match g.regional_endpoint {
+        Some(url) => {
+            check_endpoint("gsm.regional_endpoint", &url, g.anonymous)?;
+            url
         }
-    }
+        None => DEFAULT_GSM_REGIONAL_ENDPOINT.into(),
+    };
     if g.anonymous && g.credentials_file.is_some() {
         return Err(invalid(
             "gsm.anonymous and gsm.credentials_file cannot both be set",
@@ -729,24 +740,66 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
     if !(1..=10).contains(&max_attempts) {
         return Err(invalid("gsm.max_attempts must be between 1 and 10"));
     }
+    let attempt_timeout = positive_duration_or(
+        "gsm.attempt_timeout",
+        g.attempt_timeout,
+        DEFAULT_GSM_ATTEMPT_TIMEOUT,
+    )?;
+    let retry_budget =
+        positive_duration_or("gsm.retry_budget", g.retry_budget, DEFAULT_GSM_RETRY_BUDGET)?;
+    if retry_budget >= FETCH_DEADLINE {
+        return Err(invalid(format!(
+            "gsm.retry_budget must be under the {}s a fetch may take",
+            FETCH_DEADLINE.as_secs()
+        )));
+    }
     Ok(GsmConfig {
         project: g.project,
         endpoint,
         regional_endpoint,
         credentials_file: g.credentials_file,
         anonymous: g.anonymous,
-        attempt_timeout: positive_duration_or(
-            "gsm.attempt_timeout",
-            g.attempt_timeout,
-            DEFAULT_GSM_ATTEMPT_TIMEOUT,
-        )?,
-        retry_budget: positive_duration_or(
-            "gsm.retry_budget",
-            g.retry_budget,
-            DEFAULT_GSM_RETRY_BUDGET,
-        )?,
+        attempt_timeout,
+        retry_budget,
         max_attempts,
+        require_crc32c: g.require_crc32c,
     })
+}
+
+/// An endpoint is `https://`, or `http://` on loopback only (an emulator or a test fake: a
+/// bearer token must never cross a network in clear). Anonymous requests to Google itself are
+/// a mistake, refused here rather than answered 401 on every refresh.
+fn check_endpoint(key: &str, url: &str, anonymous: bool) -> Result<(), ConfigError> {
+    let host = if let Some(rest) = url.strip_prefix("http://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(invalid(format!(
+                "{key} = {url:?}: http:// is allowed on loopback only (an emulator); use https://"
+            )));
+        }
+        host
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        rest.split(['/', ':']).next().unwrap_or_default()
+    } else {
+        return Err(invalid(format!(
+            "{key} = {url:?} must be an https:// URL (http:// on loopback only)"
+        )));
+    };
+    if anonymous && is_google(host) {
+        return Err(invalid(format!(
+            "gsm.anonymous = true with {key} = {url:?}: Google refuses anonymous requests; \
+             anonymous is for emulators and tests"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_secret(
@@ -788,6 +841,9 @@ fn validate_secret(
                 _ => short,
             };
             validate_gcp_resource(&name, &resource)?;
+            if gsm.anonymous && resource.contains("/locations/") {
+                check_endpoint("gsm.regional_endpoint", &gsm.regional_endpoint, true)?;
+            }
             let version = s.version.unwrap_or_else(|| "latest".into());
             if !is_version_or_alias(&version) {
                 return Err(invalid(format!(
@@ -836,6 +892,14 @@ fn validate_secret(
     if ttl < MIN_TTL {
         return Err(invalid(format!("secret {name:?}: ttl must be at least 1s")));
     }
+    if matches!(source, SourceConfig::Gsm { .. }) && ttl < MIN_GSM_TTL && !daemon.allow_short_ttl {
+        return Err(invalid(format!(
+            "secret {name:?}: a GSM TTL of {} spends the project's access quota fast; at least \
+             {}s, or set allow_short_ttl = true in [daemon]",
+            humantime::format_duration(ttl),
+            MIN_GSM_TTL.as_secs()
+        )));
+    }
     Ok(SecretConfig {
         name,
         source,
@@ -843,6 +907,11 @@ fn validate_secret(
         owner: s.owner,
         environment: s.environment,
     })
+}
+
+/// Whether `host` is one of Google's API hosts.
+fn is_google(host: &str) -> bool {
+    host == "googleapis.com" || host.ends_with(".googleapis.com")
 }
 
 /// `latest`, a version number (1, 2, ...), or an alias as GSM allows them.
@@ -1026,6 +1095,75 @@ deny = []
 
     fn err(text: &str) -> String {
         Config::parse(text).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn gsm_settings_that_would_leak_tokens_or_spend_quota_are_refused() {
+        let gsm = |settings: &str| format!("[gsm]\n{settings}\n");
+        // Bearer tokens never cross a network in clear: http:// on loopback only.
+        let e = err(&gsm("endpoint = \"http://10.0.0.5:8085\""));
+        assert!(e.contains("loopback"), "{e}");
+        let e = err(&gsm(
+            "regional_endpoint = \"http://gsm.internal/{location}\"",
+        ));
+        assert!(e.contains("gsm.regional_endpoint"), "{e}");
+        for ok in [
+            "http://127.0.0.1:8085",
+            "http://localhost:1",
+            "http://[::1]:9",
+        ] {
+            assert!(
+                Config::parse(&gsm(&format!("endpoint = \"{ok}\""))).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(err(&gsm("endpoint = \"ftp://x\"")).contains("https://"));
+        // Anonymous is for emulators, never Google itself.
+        let e = err(&gsm("anonymous = true"));
+        assert!(e.contains("anonymous"), "{e}");
+        // A retry budget longer than a fetch may take could never be spent.
+        let e = err(&gsm("retry_budget = \"45s\""));
+        assert!(e.contains("retry_budget"), "{e}");
+        // A typo in a TTL must not eat the project's quota.
+        let secret = "[[secret]]\nname = \"k\"\nsource = \"gsm\"\n\
+                      gcp_secret = \"projects/p/secrets/s\"\nttl = \"5s\"\n";
+        let e = err(&format!("{}{secret}", gsm("")));
+        assert!(e.contains("allow_short_ttl"), "{e}");
+        let allowed = format!("[daemon]\nallow_short_ttl = true\n{}{secret}", gsm(""));
+        assert!(Config::parse(&allowed).is_ok());
+        // Aliases as GSM allows them.
+        let version = |v: &str| {
+            Config::parse(&format!(
+                "{}[[secret]]\nname = \"k\"\nsource = \"gsm\"\n\
+                 gcp_secret = \"projects/p/secrets/s\"\nversion = \"{v}\"\n",
+                gsm("")
+            ))
+        };
+        for ok in ["latest", "7", "prod", "blue-green_2"] {
+            assert!(version(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "0",
+            "",
+            "2prod",
+            "prod alias",
+            &"a".repeat(MAX_VERSION_ALIAS_LEN + 1),
+        ] {
+            assert!(version(bad).is_err(), "{bad:?}");
+        }
+        let regional = Config::parse(&format!(
+            "{}[[secret]]\nname = \"k\"\nsource = \"gsm\"\n\
+             gcp_secret = \"projects/p/locations/europe-west4/secrets/s\"\n",
+            gsm("")
+        ));
+        assert!(regional.is_ok());
+        // An emulator for global secrets does not make Google's regional endpoints anonymous.
+        let e = err(&format!(
+            "{}[[secret]]\nname = \"k\"\nsource = \"gsm\"\n\
+             gcp_secret = \"projects/p/locations/europe-west4/secrets/s\"\n",
+            gsm("endpoint = \"http://127.0.0.1:8085\"\nanonymous = true")
+        ));
+        assert!(e.contains("gsm.regional_endpoint"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub(crate) struct Metrics {
     /// `omni_secret_revocations_total{secret_type}`: served versions withdrawn because GSM
     /// refused them (disabled or destroyed).
     revocations: IntCounterVec,
+    /// `omni_secret_missing_crc_total{secret_type}`: GSM payloads that came without a CRC32C.
+    missing_crc: IntCounterVec,
     /// `omni_secret_cache_age_seconds{secret_type,source}`.
     cache_age: GaugeVec,
     /// `omni_secret_refresh_duration_seconds{secret_type}`.
@@ -100,6 +102,13 @@ impl Metrics {
             ),
             &["secret_type"],
         )?;
+        let missing_crc = IntCounterVec::new(
+            Opts::new(
+                "omni_secret_missing_crc_total",
+                "GSM payloads received without a CRC32C (unverified in transit)",
+            ),
+            &["secret_type"],
+        )?;
         let cache_age = GaugeVec::new(
             Opts::new("omni_secret_cache_age_seconds", "Age of the cached value"),
             &["secret_type", "source"],
@@ -143,6 +152,7 @@ impl Metrics {
         registry.register(Box::new(reads_vec.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(revocations.clone()))?;
+        registry.register(Box::new(missing_crc.clone()))?;
         registry.register(Box::new(cache_age.clone()))?;
         registry.register(Box::new(refresh_latency.clone()))?;
         registry.register(Box::new(break_glass_active.clone()))?;
@@ -171,6 +181,7 @@ impl Metrics {
             reads,
             failures,
             revocations,
+            missing_crc,
             cache_age,
             refresh_latency,
             break_glass_active,
@@ -194,6 +205,11 @@ impl Metrics {
     /// Counts a failed fetch.
     pub(crate) fn failure(&self, secret: &str, reason: &str) {
         self.failures.with_label_values(&[secret, reason]).inc();
+    }
+
+    /// Counts a GSM payload that came without a CRC32C.
+    pub(crate) fn missing_crc(&self, secret: &str) {
+        self.missing_crc.with_label_values(&[secret]).inc();
     }
 
     /// Counts a revoked version.

@@ -1,6 +1,7 @@
 //! A fake of Google Secret Manager's REST API (v1), close enough that the official Rust client
 //! cannot tell the difference, with faults a test can switch on; and a fake of the GCE metadata
-//! server, so Application Default Credentials can be exercised end to end.
+//! server and of Google's Security Token Service, so Application Default Credentials and
+//! workload identity federation can be exercised end to end.
 //!
 //! It behaves as Google documents, not as is convenient:
 //! - `GET /v1/projects/P/secrets/S/versions/V:access` answers
@@ -27,6 +28,7 @@
 mod auth;
 mod metadata;
 mod server;
+mod sts;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -35,6 +37,7 @@ use std::time::Duration;
 
 pub use metadata::{FakeMetadata, METADATA_ACCOUNT};
 pub use server::serve;
+pub use sts::FakeSts;
 
 /// Something to go wrong on access calls until cleared.
 #[derive(Debug, Clone, PartialEq, Eq)]

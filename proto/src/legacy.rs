@@ -79,6 +79,7 @@ impl From<SecretStatusV3> for SecretStatus {
             owner: None,
             last_rotated_at_ms: None,
             last_validated_at_ms: None,
+            active_version: None,
         }
     }
 }
@@ -152,6 +153,7 @@ mod tests {
             owner: Some("desk".into()),
             last_rotated_at_ms: Some(5),
             last_validated_at_ms: Some(6),
+            active_version: Some("7".into()),
         }
     }
 

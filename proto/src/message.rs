@@ -18,8 +18,9 @@ use crate::value::SecretValue;
 /// - 3: [`Request::Connections`] and [`Response::Connections`] (admins: what was attested of
 ///   each open connection). Clients send it only to a daemon that answered version 3.
 /// - 4: [`SecretStatus`] gains `last_error_reason`, `version_alias`, `gcp_secret`, `owner`,
-///   `last_rotated_at_ms` and `last_validated_at_ms`. Older peers exchange status rows in the
-///   version-3 layout ([`crate::legacy`]).
+///   `last_rotated_at_ms`, `last_validated_at_ms` and `active_version`; older peers exchange
+///   status rows in the version-3 layout ([`crate::legacy`]). [`RotationStep::Validate`] and
+///   [`RotationStep::Unpin`], sent only to a daemon that answered 4.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest protocol version the daemon still serves, so clients built against earlier
@@ -310,6 +311,11 @@ pub enum RotationStep {
     Promote,
     /// Return to the configured version alias (status `active`).
     Abort,
+    /// Record that the value served passed a live validation (`last_validated_at`). Protocol 4.
+    Validate,
+    /// Drop the host's active version (set by a promote over a version number in the config)
+    /// and serve the config's version again. Protocol 4.
+    Unpin,
 }
 
 /// One audit record as `audit tail` shows it.
@@ -443,6 +449,9 @@ pub struct SecretStatus {
     /// When a value was last validated live (`rotation validate`), Unix milliseconds.
     /// Protocol 4.
     pub last_validated_at_ms: Option<i64>,
+    /// The version this host was promoted to, which outranks a version number in the config
+    /// until the config names it too (or `rotation unpin`). Protocol 4.
+    pub active_version: Option<String>,
 }
 
 /// A response from the daemon. Exactly one per request.

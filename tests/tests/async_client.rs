@@ -472,3 +472,35 @@ fn the_readme_tokio_example_reads_and_follows_a_rotation() {
         "the example never prints a value"
     );
 }
+
+#[test]
+fn a_cached_clients_own_watch_never_leaves_a_get_behind_its_event() {
+    let env = TestEnv::new();
+    let daemon = env.start(&two_secrets(&env));
+    runtime().block_on(async {
+        let admin = AsyncClient::connect(&daemon.socket).await.expect("admin");
+        let client = AsyncClient::connect(&daemon.socket)
+            .await
+            .expect("connect")
+            .with_cache()
+            .await
+            .expect("cache");
+        let mut watch = client.watch(["trading_a"]).await.expect("watch");
+        client.get("trading_a").await.expect("cached");
+        // The cache's own watch and this one hear each change in either order; a get right
+        // after this one's event must read the new version every time.
+        for round in 2..22u32 {
+            let value = format!("Omni-Key-Async-AAAA-{round:04}!");
+            change_file(&env, &admin, "trading_a", value.as_bytes()).await;
+            let version = match next_item(&mut watch).await.expect("event") {
+                ChangeEvent::Changed(c) => c.version,
+                other => panic!("unexpected {other:?}"),
+            };
+            let read = client.get("trading_a").await.expect("get");
+            assert_eq!(read.version(), version, "round {round}");
+            assert_eq!(read.expose(), value.as_bytes(), "round {round}");
+            // ...and it is cached again for the next reads.
+            client.get("trading_a").await.expect("get");
+        }
+    });
+}

@@ -244,6 +244,12 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
     assert!(client.status().expect("status")[0].last_error.is_none());
+    // ...but counted: nothing verified that payload in transit.
+    let metrics = client.metrics().expect("metrics");
+    assert!(
+        metrics.contains("omni_secret_missing_crc_total{secret_type=\"trading_api_key\"} 1"),
+        "{metrics}"
+    );
 
     // Disabling the served version in GSM revokes it: FAILED_PRECONDITION, reported as such,
     // and the value is served no more (gsm_production.rs follows revocation everywhere).

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use secretd_client::{ChangeEvent, Client, ErrorCode, Watch};
-use secretd_gsm_fake::{FakeGsm, FakeMetadata, Fault, METADATA_ACCOUNT, VersionState};
+use secretd_client::{ChangeEvent, Client, ErrorCode, RotationStep, Watch};
+use secretd_gsm_fake::{FakeGsm, FakeMetadata, FakeSts, Fault, METADATA_ACCOUNT, VersionState};
 use support::{TestEnv, cli, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
@@ -16,7 +16,7 @@ const SA_EMAIL: &str = "secretd-reader@apex-test.iam.gserviceaccount.com";
 
 /// A config reading `trading_api_key` from `fake` at `version`, with the given `[gsm]` and
 /// `[daemon]` settings on top of the test defaults. `key_file` replaces `anonymous` with a
-/// service-account key. Setting values that read as integers are written as integers.
+/// service-account key. Setting values that read as integers or booleans are written as such.
 fn config(
     env: &TestEnv,
     fake: &FakeGsm,
@@ -36,8 +36,11 @@ fn config_with_key(
     key_file: Option<&str>,
 ) -> String {
     let typed = |v: &str| -> toml::Value {
-        v.parse::<i64>()
-            .map_or_else(|_| toml::Value::from(v), toml::Value::from)
+        match (v.parse::<i64>(), v.parse::<bool>()) {
+            (Ok(n), _) => n.into(),
+            (_, Ok(b)) => b.into(),
+            _ => v.into(),
+        }
     };
     let mut conf = env.conf().gsm(&fake.endpoint());
     if let Some(file) = key_file {
@@ -229,6 +232,51 @@ fn a_service_account_key_signs_its_own_tokens_and_a_forged_key_is_refused() {
     assert!(fake.unauthenticated_count() >= 1);
     let refused = client.get("trading_api_key").expect_err("no value");
     assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+}
+
+#[test]
+fn workload_identity_federation_exchanges_a_file_sourced_token_at_the_sts() {
+    const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/\
+                            workloadIdentityPools/onprem/providers/trading-hosts";
+    const SUBJECT: &str = "host-oidc-token-QQQQ-6060";
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-WIF-RRRR-7070!");
+    fake.require_auth();
+    let sts = FakeSts::start(fake.handle(), SUBJECT, AUDIENCE).expect("fake sts");
+    let env = TestEnv::new();
+    let subject_file = env.path("oidc-token");
+    std::fs::write(&subject_file, SUBJECT).expect("subject token");
+    let wif = serde_json::json!({
+        "type": "external_account",
+        "audience": AUDIENCE,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": sts.token_url(),
+        "credential_source": {"file": subject_file.display().to_string()},
+    });
+    let wif_file = env.path("wif.json");
+    std::fs::write(&wif_file, wif.to_string()).expect("wif file");
+    let conf = config_with_key(
+        &env,
+        &fake,
+        "latest",
+        &[],
+        &[],
+        Some(wif_file.to_str().expect("utf8")),
+    );
+    let daemon = env.start_with_env(&conf, &vars(&clean_google_env(&env)));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let secret = wait_until(
+        "the value through federation",
+        Duration::from_secs(20),
+        || client.get("trading_api_key").ok(),
+    );
+    assert_eq!(secret.expose(), b"Omni-Key-WIF-RRRR-7070!");
+    assert!(sts.granted() >= 1);
+    assert_eq!((sts.refused(), fake.unauthenticated_count()), (0, 0));
+    let log = daemon.wait_for_log("Google credentials work");
+    assert!(log.contains("external_account"), "{log}");
+    assert!(!log.contains(SUBJECT), "the subject token reached the log");
+    assert!(!log.contains("ya29."), "an access token reached the log");
 }
 
 #[test]
@@ -572,4 +620,161 @@ fn rate_limits_back_off_and_a_secret_that_never_loaded_retries_soon() {
         client.get("trading_api_key").ok()
     });
     assert_eq!(fake.access_count(API_KEY), 4);
+}
+
+#[test]
+fn require_crc32c_refuses_an_unverified_payload() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-SSSS-8080!");
+    fake.set_fault(Some(Fault::NoCrc));
+    let env = TestEnv::new();
+    let daemon = env.start(&config(
+        &env,
+        &fake,
+        "latest",
+        &[("require_crc32c", "true")],
+        &[],
+    ));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let reason = wait_until("the refusal", Duration::from_secs(10), || {
+        row(&client).last_error_reason
+    });
+    assert_eq!(reason, "invalid_payload");
+    assert!(client.get("trading_api_key").is_err());
+    fake.set_fault(None);
+    let outcome = client.refresh(Some("trading_api_key")).expect("refresh");
+    assert!(outcome[0].error.is_none(), "{outcome:?}");
+}
+
+#[test]
+fn a_promote_over_a_version_number_pins_the_validated_version_until_the_config_names_it() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-TTTT-1111!");
+    fake.add_version(API_KEY, b"Omni-Key-v2-UUUU-2222!");
+    let env = TestEnv::new();
+    let pinned_1 = config(&env, &fake, "1", &[], &[]);
+    let mut daemon = env.start(&pinned_1);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+
+    let step = |args: &[&str]| {
+        let mut all = vec!["rotation"];
+        all.extend_from_slice(args);
+        all.extend(["--socket", socket.as_str()]);
+        let out = cli(&all, &[]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    step(&["begin", "trading_api_key", "--version", "2"]);
+    let promoted = step(&["promote", "trading_api_key"]);
+    assert!(
+        promoted.contains("active version 2") && promoted.contains("unpin"),
+        "{promoted}"
+    );
+    // Returning to the config's number would serve the old key: 2 stays, as the active version.
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
+    let status = row(&client);
+    assert_eq!(
+        (
+            status.active_version.as_deref(),
+            status.version_alias.as_deref()
+        ),
+        (Some("2"), Some("1"))
+    );
+
+    // It survives a restart, with a warning until the config is updated.
+    assert!(daemon.stop().success());
+    let mut daemon = env.start(&pinned_1);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
+    daemon.wait_for_log("secret.active_version");
+
+    // Unpin: the config's version again.
+    step(&["unpin", "trading_api_key"]);
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    assert_eq!(row(&client).active_version, None);
+
+    // Promote again, then the config catches up: the active version is no longer needed.
+    step(&["begin", "trading_api_key", "--version", "2"]);
+    step(&["promote", "trading_api_key"]);
+    assert!(daemon.stop().success());
+    let daemon = env.start(&config(&env, &fake, "2", &[], &[]));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "2");
+    let status = row(&client);
+    assert_eq!(status.active_version, None);
+    assert_eq!(status.version_alias.as_deref(), Some("2"));
+
+    // A live validation is recorded.
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let out = cli(
+        &[
+            "rotation",
+            "validate",
+            "trading_api_key",
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(row(&client).last_validated_at_ms.is_some());
+    let validated = wait_until("the validate record", Duration::from_secs(10), || {
+        client
+            .audit_tail(50, Some("trading_api_key"))
+            .expect("audit")
+            .into_iter()
+            .find(|e| e.action == "rotation_validate")
+    });
+    assert_eq!(validated.result, "ok");
+}
+
+#[test]
+fn a_promote_over_an_alias_waits_until_the_alias_points_at_the_validated_version() {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-VVVV-1111!");
+    fake.add_version(API_KEY, b"Omni-Key-v2-WWWW-2222!");
+    fake.set_alias(API_KEY, "prod", Some(1));
+    let env = TestEnv::new();
+    let daemon = env.start(&config(&env, &fake, "prod", &[], &[]));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    client
+        .rotation(
+            "trading_api_key",
+            RotationStep::Begin {
+                version: "2".into(),
+            },
+        )
+        .expect("begin");
+    let refused = client
+        .rotation("trading_api_key", RotationStep::Promote)
+        .expect_err("prod still points at 1");
+    let why = refused.to_string();
+    assert!(
+        why.contains("\"prod\" to version 1") && why.contains("validated version 2"),
+        "{why}"
+    );
+    assert_eq!(
+        client.get("trading_api_key").expect("get").version(),
+        "2",
+        "still validating"
+    );
+
+    fake.set_alias(API_KEY, "prod", Some(2));
+    let promoted = client
+        .rotation("trading_api_key", RotationStep::Promote)
+        .expect("promote");
+    assert_eq!(promoted.version.as_deref(), Some("2"));
+    assert_eq!(promoted.active_version, None, "the alias carries it");
+    assert_eq!(promoted.metadata_status.as_deref(), Some("active"));
 }

@@ -110,7 +110,7 @@ fn invalid_rotation_steps_are_refused_with_a_clear_line_and_audited() {
 }
 
 #[test]
-fn a_rotation_and_its_pin_survive_a_restart_and_promote_returns_to_latest() {
+fn a_rotation_and_its_pin_survive_a_restart_and_promote_serves_only_the_validated_version() {
     let (_fake, env, config) = two_versions();
     let mut daemon = env.start(&config);
     let socket = daemon.socket.to_str().expect("utf8").to_owned();
@@ -143,12 +143,51 @@ fn a_rotation_and_its_pin_survive_a_restart_and_promote_returns_to_latest() {
     assert_eq!(row.version.as_deref(), Some("1"));
     assert_eq!(row.rotation_due_at_ms, Some(due));
 
+    // Promoting would return to `latest`, which GSM resolves to 2, not the validated 1: refused,
+    // naming both, and nothing moves.
+    let refused = client
+        .rotation("trading_api_key", RotationStep::Promote)
+        .expect_err("latest is not the validated version");
+    let why = refused.to_string();
+    assert!(
+        why.contains("version 2") && why.contains("validated version 1"),
+        "{why}"
+    );
+    let row = client.status().expect("status").remove(0);
+    assert_eq!(row.metadata_status.as_deref(), Some("rotating"));
+    assert_eq!(row.version.as_deref(), Some("1"));
+    let aborted = client
+        .rotation("trading_api_key", RotationStep::Abort)
+        .expect("abort");
+    assert_eq!(aborted.version.as_deref(), Some("2"), "back on latest");
+
+    // Validating what `latest` resolves to promotes.
+    client
+        .rotation(
+            "trading_api_key",
+            RotationStep::Begin {
+                version: "2".into(),
+            },
+        )
+        .expect("begin 2");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
     let promoted = client
         .rotation("trading_api_key", RotationStep::Promote)
         .expect("promote");
     assert_eq!(promoted.metadata_status.as_deref(), Some("active"));
-    assert_eq!(promoted.version.as_deref(), Some("2"), "back on latest");
-    assert!(promoted.rotation_due_at_ms.expect("due") >= due + 364 * 86_400_000);
+    assert_eq!(promoted.version.as_deref(), Some("2"));
+    assert_eq!(promoted.active_version, None, "latest needs no pin");
+    let rotated = promoted.last_rotated_at_ms.expect("last rotated");
+    assert!(rotated >= before);
+    assert_eq!(
+        promoted.rotation_due_at_ms,
+        Some(rotated + 365 * 86_400_000),
+        "due 365 days after the promote"
+    );
+    assert!(due > 0);
     let err = client
         .rotation("trading_api_key", RotationStep::Abort)
         .expect_err("not rotating");

@@ -33,10 +33,14 @@ pub enum Action {
     AuditUpgrade = 12,
     /// GSM refused the version being served (disabled or destroyed): it is served no more.
     Revoke = 13,
+    /// An operator recorded a successful live validation of the value served.
+    RotationValidate = 14,
+    /// An operator dropped the promoted active version; the config's is served again.
+    RotationUnpin = 15,
 }
 
 impl Action {
-    const ALL: [Action; 13] = [
+    const ALL: [Action; 15] = [
         Action::Read,
         Action::Refresh,
         Action::BreakGlassApply,
@@ -50,6 +54,8 @@ impl Action {
         Action::Watch,
         Action::AuditUpgrade,
         Action::Revoke,
+        Action::RotationValidate,
+        Action::RotationUnpin,
     ];
 
     /// The stable snake_case name.
@@ -68,6 +74,8 @@ impl Action {
             Action::Watch => "watch",
             Action::AuditUpgrade => "audit_upgrade",
             Action::Revoke => "revoke",
+            Action::RotationValidate => "rotation_validate",
+            Action::RotationUnpin => "rotation_unpin",
         }
     }
 

@@ -180,6 +180,7 @@ impl Catalog {
             owner: None,
             last_rotated_at_ms: None,
             last_validated_at_ms: None,
+            active_version: None,
         }
     }
 }
@@ -205,6 +206,7 @@ mod tests {
         Fetched {
             value: SecretBytes::copy_from(v),
             version: None,
+            unverified: false,
         }
     }
 

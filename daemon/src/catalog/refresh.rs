@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::util::time::millis;
 
 /// The longest one fetch may take before it counts as a timeout.
-pub(crate) const FETCH_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const FETCH_DEADLINE: Duration = crate::config::FETCH_DEADLINE;
 /// The first retry delay after a failure; it doubles per consecutive failure.
 pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Consecutive failures after which each further failure logs `omni.alert.cache_failure`.
@@ -245,6 +245,9 @@ impl Refresher {
     /// Serves a freshly fetched value.
     fn install(&self, fetched: Fetched) {
         let slot = self.catalog.slot(self.idx);
+        if fetched.unverified {
+            self.metrics.missing_crc(&slot.name);
+        }
         let had = slot.current().map(|e| e.version.clone());
         let fingerprint = self.key.fingerprint(fetched.value.expose());
         let version = slot.install(fetched, self.source.kind(), fingerprint);

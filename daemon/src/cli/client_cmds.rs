@@ -117,13 +117,21 @@ pub(super) fn rotation(
 ) -> Result<(), String> {
     let client = connect(socket)?;
     let row = client.rotation(name, step).map_err(|e| e.to_string())?;
-    println!(
+    print!(
         "{}: status {}, version {}, rotation due {}",
         row.name,
         row.metadata_status.as_deref().unwrap_or("-"),
         row.version.as_deref().unwrap_or("-"),
         rfc3339(row.rotation_due_at_ms).unwrap_or_else(|| "-".into())
     );
+    match (&row.active_version, &row.version_alias) {
+        (Some(active), Some(configured)) => println!(
+            ", active version {active} (outranks the config's {configured}: update the config, \
+             or `secretd rotation unpin {}`)",
+            row.name
+        ),
+        _ => println!(),
+    }
     Ok(())
 }
 

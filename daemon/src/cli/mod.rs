@@ -173,13 +173,25 @@ enum RotationCmd {
         #[arg(long)]
         version: String,
     },
-    /// Make the pinned version active (due again in 12 months).
+    /// Make the pinned version active (due again in 365 days). Over `latest` or an alias,
+    /// only once GSM resolves it to the pinned version; over a version number, the pinned
+    /// version stays this host's active version until the config names it.
     Promote {
         /// The catalog name.
         name: String,
     },
     /// Return to the configured version.
     Abort {
+        /// The catalog name.
+        name: String,
+    },
+    /// Record that the value served passed a live validation (lastValidatedAt).
+    Validate {
+        /// The catalog name.
+        name: String,
+    },
+    /// Drop the promoted active version and serve the config's version again.
+    Unpin {
         /// The catalog name.
         name: String,
     },
@@ -252,6 +264,8 @@ pub fn main() -> ExitCode {
                 RotationCmd::Begin { name, version } => (name, S::Begin { version }),
                 RotationCmd::Promote { name } => (name, S::Promote),
                 RotationCmd::Abort { name } => (name, S::Abort),
+                RotationCmd::Validate { name } => (name, S::Validate),
+                RotationCmd::Unpin { name } => (name, S::Unpin),
             };
             client_cmds::rotation(cli.socket, &name, step)
         }

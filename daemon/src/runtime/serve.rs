@@ -342,14 +342,29 @@ async fn serve_bound(
     audit::prune(&store, &audit, config.daemon.audit_retention);
 
     let source::Built { sources, google } = source::build_all(&config).await?;
-    // A rotation in progress survives restarts: pin its version before the first fetch.
+    // A rotation in progress, and a version promoted over a number in the config, survive
+    // restarts: pin the version before the first fetch.
     let metas = store.all_meta()?;
     for (secret, source) in config.secrets.iter().zip(&sources) {
-        if let Some(meta) = metas.get(&secret.name)
-            && meta.status == Status::Rotating
-            && let Err(e) = source.pin_version(meta.rotating_version.as_deref())
+        let Some(meta) = metas.get(&secret.name) else {
+            continue;
+        };
+        if let Some(active) = &meta.active_version
+            && meta.status == Status::Active
         {
-            tracing::warn!(secret = %secret.name, error = %e, "cannot restore the rotation pin");
+            tracing::warn!(
+                event = "secret.active_version",
+                secret = %secret.name,
+                active = %active,
+                configured = meta.gcp_version_alias.as_deref().unwrap_or(""),
+                "serving the promoted version, which outranks the config's: update the config \
+                 to it, or run `secretd rotation unpin`"
+            );
+        }
+        if let Some(version) = meta.pinned_version()
+            && let Err(e) = source.pin_version(Some(version))
+        {
+            tracing::warn!(secret = %secret.name, error = %e, "cannot restore the version pin");
         }
     }
 

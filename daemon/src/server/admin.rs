@@ -11,7 +11,7 @@ use super::scrape;
 use super::session::Session;
 use crate::audit::{self, Action, ActorType, AuditEvent, Outcome};
 use crate::catalog::refresh::REFRESH_WAIT;
-use crate::store::metadata::{Step, transition};
+use crate::store::metadata::{SecretMeta, Step, transition};
 use crate::util::time::now_ms;
 
 /// Most records one `audit tail` returns.
@@ -123,6 +123,8 @@ impl Session<'_> {
             }
             RotationStep::Promote => (Action::RotationPromote, Step::Promote),
             RotationStep::Abort => (Action::RotationAbort, Step::Abort),
+            RotationStep::Validate => (Action::RotationValidate, Step::Validate),
+            RotationStep::Unpin => (Action::RotationUnpin, Step::Unpin),
         };
         self.admin_gate(action.as_str(), action)?;
         let idx = self.slot_index(name)?;
@@ -145,6 +147,15 @@ impl Session<'_> {
             }
         };
         let source = &self.shared.sources[idx];
+        if step == Step::Promote
+            && let Err(why) = self.promote_serves_the_validated_version(idx, &meta).await
+        {
+            event.outcome = Outcome::Failed;
+            event.error_code = Some(why.code.as_u16());
+            event.detail.clone_from(&why.message);
+            let _ = self.shared.audit.record_durable(event).await;
+            return Err(why);
+        }
         // Audit before effect: the step is recorded durably before the served version moves
         // (a failed begin adds a second, failed record).
         let mut intent = event.clone();
@@ -160,17 +171,27 @@ impl Session<'_> {
             tracing::error!(error = %e, "rotation could not be audited");
             return Err(audit_down());
         }
-        if let Err(why) = source.pin_version(next.rotating_version.as_deref()) {
+        // Every step but validate moves the served version (or may).
+        let moves = step != Step::Validate;
+        if moves && let Err(why) = source.pin_version(next.pinned_version()) {
             event.outcome = Outcome::Failed;
             event.error_code = Some(ErrorCode::InvalidRequest.as_u16());
             event.detail = why.to_string();
             let _ = self.shared.audit.record_durable(event).await;
             return Err(WireError::new(ErrorCode::InvalidRequest, why.to_string()));
         }
-        let fetched = self.refresh_slots(&[idx]).await.remove(0);
+        let fetched = if moves {
+            self.refresh_slots(&[idx]).await.remove(0)
+        } else {
+            RefreshOutcome {
+                name: name.to_owned(),
+                version: None,
+                error: None,
+            }
+        };
         if let (Step::Begin(version), Some(e)) = (&step, &fetched.error) {
             // The new version cannot be served: stay where we were.
-            if let Err(e) = source.pin_version(meta.rotating_version.as_deref()) {
+            if let Err(e) = source.pin_version(meta.pinned_version()) {
                 tracing::error!(secret = name, error = %e, "cannot restore the previous pin");
             }
             self.refresh_slots(&[idx]).await;
@@ -200,6 +221,48 @@ impl Session<'_> {
             tracing::info!(secret = name, step = action.as_str(), version = %event.version, "rotation step");
         }
         Ok(Reply::plain(Response::Rotated(self.status_row(idx)?)))
+    }
+
+    /// A promote over `latest` or an alias returns the host to that alias, so it may go ahead
+    /// only if GSM resolves the alias to the validated version now (one access). Over a version
+    /// number the validated version stays pinned: nothing to check.
+    async fn promote_serves_the_validated_version(
+        &self,
+        idx: usize,
+        meta: &SecretMeta,
+    ) -> Result<(), WireError> {
+        let (Some(validated), Some(alias)) = (&meta.rotating_version, &meta.gcp_version_alias)
+        else {
+            return Ok(());
+        };
+        if meta.config_pins_a_number() {
+            return Ok(());
+        }
+        let Some(check) = self.shared.sources[idx].fetch_version(alias) else {
+            return Ok(());
+        };
+        match tokio::time::timeout(REFRESH_WAIT, check).await {
+            Ok(Ok(fetched)) if fetched.version.as_deref() == Some(validated.as_str()) => Ok(()),
+            Ok(Ok(fetched)) => Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "GSM resolves {alias:?} to version {}, not the validated version \
+                     {validated}: point {alias:?} at {validated} in GSM and promote again, or \
+                     abort",
+                    fetched.version.as_deref().unwrap_or("?")
+                ),
+            )),
+            Ok(Err(e)) => Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!("cannot confirm that {alias:?} resolves to version {validated}: {e}"),
+            )),
+            Err(_) => Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "cannot confirm that {alias:?} resolves to version {validated}: GSM did not answer"
+                ),
+            )),
+        }
     }
 
     pub(super) fn audit_tail(&mut self, limit: u32, secret: Option<&str>) -> Answer {

@@ -140,4 +140,5 @@ pub(super) fn merge_meta(row: &mut SecretStatus, meta: &SecretMeta) {
     row.owner.clone_from(&meta.owner);
     row.last_rotated_at_ms = meta.last_rotated_at_ms;
     row.last_validated_at_ms = meta.last_validated_at_ms;
+    row.active_version.clone_from(&meta.active_version);
 }

@@ -39,6 +39,7 @@ pub fn status_json(s: &SecretStatus) -> Value {
         "owner": s.owner,
         "lastRotatedAt": rfc3339(s.last_rotated_at_ms),
         "lastValidatedAt": rfc3339(s.last_validated_at_ms),
+        "activeVersion": s.active_version,
         "status": s.metadata_status,
         "rotationDueAt": rfc3339(s.rotation_due_at_ms),
         "breakGlassExpiresAt": rfc3339(s.break_glass_expires_at_ms),

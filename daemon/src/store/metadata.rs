@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How long a rotation lasts: rotation_due_at moves 12 months per promotion.
+/// How long a rotation lasts: a promote sets rotation_due_at to now + 365 days.
 pub(crate) const ROTATION_PERIOD_MS: i64 = 365 * 24 * 3600 * 1000;
 
 /// Lifecycle of a secret.
@@ -37,9 +37,9 @@ pub struct SecretMeta {
     pub name: String,
     /// Environment label from the config.
     pub environment: Option<String>,
-    /// `projects/P/secrets/S` for GSM secrets.
+    /// `projects/P[/locations/L]/secrets/S` for GSM secrets.
     pub gcp_secret_id: Option<String>,
-    /// The configured version alias (`latest` or a number).
+    /// The configured version (`latest`, a GSM alias, or a number).
     pub gcp_version_alias: Option<String>,
     /// Lifecycle state.
     pub status: Status,
@@ -49,12 +49,33 @@ pub struct SecretMeta {
     pub rotation_due_at_ms: i64,
     /// When the last rotation was promoted, Unix ms.
     pub last_rotated_at_ms: Option<i64>,
-    /// When the value last validated (a successful fetch), Unix ms.
+    /// When the value served last passed a live validation (`rotation validate`), Unix ms.
     pub last_validated_at_ms: Option<i64>,
     /// Owning team.
     pub owner: Option<String>,
     /// Until when a break-glass override is active, Unix ms.
     pub break_glass_enabled_until_ms: Option<i64>,
+    /// The version a promote made this host serve when the config names a version number:
+    /// it outranks that number until the config names it too, or `rotation unpin`.
+    #[serde(default)]
+    pub active_version: Option<String>,
+}
+
+impl SecretMeta {
+    /// The GSM version this host serves instead of the configured one: the version being
+    /// validated, else the promoted active version.
+    pub(crate) fn pinned_version(&self) -> Option<&str> {
+        self.rotating_version
+            .as_deref()
+            .or(self.active_version.as_deref())
+    }
+
+    /// Whether the config names a version number (rather than `latest` or an alias).
+    pub(crate) fn config_pins_a_number(&self) -> bool {
+        self.gcp_version_alias
+            .as_deref()
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    }
 }
 
 /// A rotation step an operator asks for.
@@ -66,6 +87,10 @@ pub enum Step {
     Promote,
     /// Return to the configured alias.
     Abort,
+    /// Record a successful live validation of the value served.
+    Validate,
+    /// Drop the active version and serve the config's again.
+    Unpin,
 }
 
 /// Why a rotation step is not allowed from the current state.
@@ -88,6 +113,18 @@ pub(crate) enum TransitionError {
     /// Promote and abort need a rotation in progress.
     #[error("{name} is not rotating; begin a rotation first")]
     NotRotating {
+        /// The secret.
+        name: String,
+    },
+    /// Unpin needs an active version.
+    #[error("{name} has no active version; it already serves the config's version")]
+    NotPinned {
+        /// The secret.
+        name: String,
+    },
+    /// Unpin during a rotation would leave nothing to return to after an abort.
+    #[error("{name} is rotating; promote or abort it first")]
+    Rotating {
         /// The secret.
         name: String,
     },
@@ -120,20 +157,33 @@ pub(crate) fn transition(
         }
         (Status::Rotating, Step::Promote) => {
             next.status = Status::Active;
-            next.rotating_version = None;
-            next.last_rotated_at_ms = Some(now_ms);
-            // "+= 12 months"; a rotation so overdue that this is still in the past counts the
-            // 12 months from now instead.
-            let due = meta.rotation_due_at_ms.saturating_add(ROTATION_PERIOD_MS);
-            next.rotation_due_at_ms = if due > now_ms {
-                due
+            let validated = next.rotating_version.take();
+            // Over a version number in the config, the validated version stays pinned as the
+            // host's active version (returning to the number would serve the old key). Over
+            // `latest` or an alias the caller checked that GSM resolves it to the validated
+            // version: nothing to pin.
+            next.active_version = if meta.config_pins_a_number() {
+                validated.filter(|v| Some(v) != meta.gcp_version_alias.as_ref())
             } else {
-                now_ms + ROTATION_PERIOD_MS
+                None
             };
+            next.last_rotated_at_ms = Some(now_ms);
+            next.rotation_due_at_ms = now_ms.saturating_add(ROTATION_PERIOD_MS);
         }
         (Status::Rotating, Step::Abort) => {
             next.status = Status::Active;
             next.rotating_version = None;
+        }
+        (Status::Rotating, Step::Unpin) => {
+            return Err(TransitionError::Rotating { name: name() });
+        }
+        (Status::Active, Step::Unpin) => {
+            if next.active_version.take().is_none() {
+                return Err(TransitionError::NotPinned { name: name() });
+            }
+        }
+        (_, Step::Validate) => {
+            next.last_validated_at_ms = Some(now_ms);
         }
     }
     Ok(next)
@@ -157,6 +207,7 @@ mod tests {
             last_validated_at_ms: None,
             owner: None,
             break_glass_enabled_until_ms: None,
+            active_version: None,
         }
     }
 
@@ -171,7 +222,8 @@ mod tests {
         let promoted = transition(&rotating, &Step::Promote, now).expect("promote");
         assert_eq!(promoted.status, Status::Active);
         assert_eq!(promoted.last_rotated_at_ms, Some(now));
-        assert!(promoted.rotation_due_at_ms > now, "never due in the past");
+        assert_eq!(promoted.rotation_due_at_ms, now + ROTATION_PERIOD_MS);
+        assert_eq!(promoted.active_version, None, "no number in the config");
         let aborted = transition(&rotating, &Step::Abort, now).expect("abort");
         assert_eq!(
             (aborted.status, aborted.last_rotated_at_ms),
@@ -180,14 +232,29 @@ mod tests {
         assert!(transition(&meta(Status::Active), &Step::Promote, now).is_err());
         assert!(transition(&meta(Status::Active), &Step::Abort, now).is_err());
         assert!(transition(&meta(Status::Deprecated), &Step::Begin("1".into()), now).is_err());
-        // Not overdue: exactly +12 months.
-        let mut fresh = rotating.clone();
-        fresh.rotation_due_at_ms = now + 1000;
-        assert_eq!(
-            transition(&fresh, &Step::Promote, now)
-                .expect("promote")
-                .rotation_due_at_ms,
-            now + 1000 + ROTATION_PERIOD_MS
+        // Over a number in the config the validated version stays pinned, until unpinned.
+        let mut numbered = rotating.clone();
+        numbered.gcp_version_alias = Some("3".into());
+        let promoted = transition(&numbered, &Step::Promote, now).expect("promote");
+        assert_eq!(promoted.active_version.as_deref(), Some("7"));
+        assert_eq!(promoted.pinned_version(), Some("7"));
+        assert!(
+            transition(&numbered, &Step::Unpin, now).is_err(),
+            "rotating"
         );
+        let unpinned = transition(&promoted, &Step::Unpin, now).expect("unpin");
+        assert_eq!(unpinned.pinned_version(), None);
+        assert!(
+            transition(&unpinned, &Step::Unpin, now).is_err(),
+            "nothing pinned"
+        );
+        // Promoting the config's own number pins nothing.
+        numbered.gcp_version_alias = Some("7".into());
+        let same = transition(&numbered, &Step::Promote, now).expect("promote");
+        assert_eq!(same.active_version, None);
+        // Validate only records when.
+        let validated = transition(&promoted, &Step::Validate, now + 5).expect("validate");
+        assert_eq!(validated.last_validated_at_ms, Some(now + 5));
+        assert_eq!(validated.pinned_version(), Some("7"));
     }
 }

@@ -176,6 +176,13 @@ impl Store {
                 let next = match &existing {
                     Some(m) => SecretMeta {
                         environment: s.environment.clone(),
+                        // A promoted active version outranks a number in the config only until
+                        // the config names it, or stops naming a number at all.
+                        active_version: m.active_version.clone().filter(|v| {
+                            gcp_version_alias.as_deref().is_some_and(|c| {
+                                c != v && !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())
+                            })
+                        }),
                         gcp_secret_id,
                         gcp_version_alias,
                         owner: s.owner.clone(),
@@ -194,6 +201,7 @@ impl Store {
                         last_validated_at_ms: None,
                         owner: s.owner.clone(),
                         break_glass_enabled_until_ms: None,
+                        active_version: None,
                     },
                 };
                 if existing.as_ref() != Some(&next) {

@@ -73,8 +73,11 @@ impl ConfigBuilder<'_> {
         }
     }
 
-    /// A `[gsm]` section for `endpoint`, anonymous, with short timeouts.
+    /// A `[gsm]` section for `endpoint`, anonymous, with short timeouts; and
+    /// `allow_short_ttl`, since tests refresh GSM secrets every second or two.
     pub fn gsm(mut self, endpoint: &str) -> Self {
+        self.daemon
+            .insert("allow_short_ttl".into(), Value::Boolean(true));
         let mut gsm = Table::new();
         gsm.insert("endpoint".into(), endpoint.into());
         gsm.insert("anonymous".into(), true.into());

@@ -44,6 +44,7 @@ impl Source for EnvSource {
             Ok(Fetched {
                 value: SecretBytes::from_zeroizing(bytes),
                 version: None,
+                unverified: false,
             })
         })
     }

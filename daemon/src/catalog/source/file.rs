@@ -55,6 +55,7 @@ fn read_value(path: &Path) -> Result<Fetched, SourceError> {
     Ok(Fetched {
         value,
         version: None,
+        unverified: false,
     })
 }
 

@@ -343,16 +343,24 @@ pub(crate) struct GsmSource {
     alias: String,
     /// A version pinned by a rotation in progress, overriding the alias.
     pinned: std::sync::Mutex<Option<String>>,
+    /// Refuse payloads without a CRC32C (`[gsm] require_crc32c`).
+    require_crc32c: bool,
 }
 
 impl GsmSource {
     /// A source for `resource` at `version` (`latest`, an alias, or a number).
-    pub(crate) fn new(client: SecretManagerService, resource: &str, version: &str) -> GsmSource {
+    pub(crate) fn new(
+        client: SecretManagerService,
+        resource: &str,
+        version: &str,
+        require_crc32c: bool,
+    ) -> GsmSource {
         GsmSource {
             client,
             resource: resource.to_owned(),
             alias: version.to_owned(),
             pinned: std::sync::Mutex::new(None),
+            require_crc32c,
         }
     }
 
@@ -385,14 +393,23 @@ impl GsmSource {
                 format!("GSM response for {version_name} has no payload"),
             )
         })?;
-        let checked = verify_payload(&payload.data, payload.data_crc32c)
-            .map(|()| SecretBytes::copy_from(&payload.data));
+        let unverified = payload.data_crc32c.is_none();
+        let checked = if unverified && self.require_crc32c {
+            Err(SourceError::new(
+                FailureReason::InvalidPayload,
+                "GSM sent no dataCrc32c and [gsm] require_crc32c is set",
+            ))
+        } else {
+            verify_payload(&payload.data, payload.data_crc32c)
+                .map(|()| SecretBytes::copy_from(&payload.data))
+        };
         wipe(payload.data);
         Ok(Fetched {
             value: checked.map_err(|e| {
                 SourceError::new(e.reason, format!("{version_name}: {}", e.message))
             })?,
             version: Some(version.to_owned()),
+            unverified,
         })
     }
 }
@@ -565,6 +582,66 @@ mod tests {
         assert!(verify_payload(&vec![0; super::super::MAX_SECRET_LEN + 1], None).is_err());
     }
 
+    // google-cloud-auth's builders start a token cache on the current runtime.
+    #[tokio::test]
+    async fn credential_files_dispatch_on_their_type() {
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, json: serde_json::Value| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, json.to_string()).expect("write");
+            path
+        };
+        let user = write(
+            "user.json",
+            serde_json::json!({"type": "authorized_user", "client_id": "c",
+                "client_secret": "s", "refresh_token": "r"}),
+        );
+        let built = from_file(&user).expect("authorized_user");
+        assert_eq!(
+            (built.kind, built.account),
+            (CredentialKind::AuthorizedUser, None)
+        );
+        let impersonated = write(
+            "imp.json",
+            serde_json::json!({"type": "impersonated_service_account",
+                "service_account_impersonation_url": "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/reader@p.iam.gserviceaccount.com:generateAccessToken",
+                "source_credentials": {"type": "authorized_user", "client_id": "c",
+                    "client_secret": "s", "refresh_token": "r"}}),
+        );
+        let built = from_file(&impersonated).expect("impersonated");
+        assert_eq!(built.kind, CredentialKind::Impersonated);
+        assert_eq!(
+            built.account.as_deref(),
+            Some("reader@p.iam.gserviceaccount.com")
+        );
+        let unknown = write(
+            "x.json",
+            serde_json::json!({"type": "gdch_service_account"}),
+        );
+        let e = from_file(&unknown).expect_err("unsupported").to_string();
+        assert!(
+            e.contains("gdch_service_account") && e.contains("external_account"),
+            "{e}"
+        );
+        let not_json = dir.path().join("bad.json");
+        std::fs::write(&not_json, "-----BEGIN PRIVATE KEY-----").expect("write");
+        let e = from_file(&not_json).expect_err("not json").to_string();
+        assert!(!e.contains("PRIVATE"), "the content reached the error: {e}");
+    }
+
+    #[test]
+    fn regional_secrets_find_their_endpoint() {
+        assert_eq!(
+            location_of("projects/p/locations/europe-west4/secrets/s"),
+            Some("europe-west4")
+        );
+        assert_eq!(location_of("projects/p/secrets/s"), None);
+        assert_eq!(
+            regional_endpoint(crate::config::DEFAULT_GSM_REGIONAL_ENDPOINT, "us-east1"),
+            "https://secretmanager.us-east1.rep.googleapis.com"
+        );
+    }
+
     #[test]
     fn errors_are_categorised_and_clipped() {
         let status = google_cloud_gax::error::rpc::Status::default()
@@ -576,6 +653,20 @@ mod tests {
         );
         assert_eq!(e.reason, FailureReason::NotFound);
         assert!(e.message.contains("not found"));
+        for (code, reason) in [
+            (Code::FailedPrecondition, FailureReason::Disabled),
+            (Code::Unauthenticated, FailureReason::Unauthenticated),
+            (Code::PermissionDenied, FailureReason::PermissionDenied),
+            (Code::ResourceExhausted, FailureReason::RateLimited),
+            (Code::Unavailable, FailureReason::Unavailable),
+        ] {
+            let status = google_cloud_gax::error::rpc::Status::default().set_code(code);
+            assert_eq!(
+                map_error("n", &GaxError::service(status)).reason,
+                reason,
+                "{code:?}"
+            );
+        }
         let long = "y".repeat(1000);
         assert_eq!(clip(&long).len(), MAX_ERROR_MESSAGE);
         assert_eq!(clip("a\nb"), "a b");

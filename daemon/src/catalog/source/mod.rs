@@ -28,6 +28,9 @@ pub(crate) struct Fetched {
     /// The source's own version, when it has one (GSM's version number). Local sources leave
     /// it to the cache, which counts changes.
     pub(crate) version: Option<String>,
+    /// GSM sent no CRC32C, so the payload could not be checked (counted in
+    /// `omni_secret_missing_crc_total`).
+    pub(crate) unverified: bool,
 }
 
 /// Why a fetch failed, in categories that decide retries, alerts and metrics labels.
@@ -206,7 +209,12 @@ pub(crate) async fn build_all(config: &Config) -> Result<Built, BuildError> {
                         c
                     }
                 };
-                Arc::new(gsm::GsmSource::new(client, resource, version))
+                Arc::new(gsm::GsmSource::new(
+                    client,
+                    resource,
+                    version,
+                    cfg.require_crc32c,
+                ))
             }
         });
     }
