@@ -51,6 +51,15 @@ pub(crate) fn refuse(state: &State, authorization: Option<&str>) -> Option<&'sta
     check_jwt(state, token).err()
 }
 
+/// The kind of an accepted bearer token: the fakes' tokens carry it after `ya29.`, anything
+/// else accepted is a self-signed JWT.
+pub(crate) fn kind(authorization: &str) -> String {
+    authorization
+        .strip_prefix("Bearer ya29.")
+        .and_then(|t| t.split_once('-'))
+        .map_or_else(|| "jwt".to_owned(), |(kind, _)| kind.to_owned())
+}
+
 fn check_jwt(state: &State, token: &str) -> Result<(), &'static str> {
     const INVALID: &str = "Request had invalid authentication credentials.";
     let mut parts = token.split('.');

@@ -1,7 +1,7 @@
 //! A fake of Google Secret Manager's REST API (v1), close enough that the official Rust client
 //! cannot tell the difference, with faults a test can switch on; and a fake of the GCE metadata
-//! server and of Google's Security Token Service, so Application Default Credentials and
-//! workload identity federation can be exercised end to end.
+//! server and of Google's token endpoints (STS, OAuth, IAM Credentials), so every kind of
+//! Google credentials can be exercised end to end.
 //!
 //! It behaves as Google documents, not as is convenient:
 //! - `GET /v1/projects/P/secrets/S/versions/V:access` answers
@@ -28,7 +28,7 @@
 mod auth;
 mod metadata;
 mod server;
-mod sts;
+mod token_server;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ use std::time::Duration;
 
 pub use metadata::{FakeMetadata, METADATA_ACCOUNT};
 pub use server::serve;
-pub use sts::FakeSts;
+pub use token_server::{FakeTokenServer, Grants};
 
 /// Something to go wrong on access calls until cleared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +143,9 @@ pub(crate) struct State {
     pub(crate) service_accounts: HashMap<String, auth::TrustedKey>,
     /// Requests refused for want of valid credentials.
     pub(crate) unauthenticated: usize,
+    /// Requests accepted, by kind of token: `fake` (metadata server), `sts`, `user`, `iam`
+    /// (token server), `jwt` (a self-signed service-account JWT).
+    pub(crate) accepted: HashMap<String, usize>,
 }
 
 /// The project number GSM reports for a project id: stable, twelve digits, as real ones are.
@@ -235,6 +238,12 @@ impl Handle {
         let key = auth::TrustedKey::new(email, public_key_pem)?;
         self.lock().service_accounts.insert(kid.to_owned(), key);
         Ok(())
+    }
+
+    /// How many requests carrying a token of `kind` were accepted (see [`FakeTokenServer`] and
+    /// [`FakeMetadata`] for the kinds; `jwt` for service-account keys).
+    pub fn accepted(&self, kind: &str) -> usize {
+        self.lock().accepted.get(kind).copied().unwrap_or(0)
     }
 
     /// How many requests were refused for want of valid credentials.

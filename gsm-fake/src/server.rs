@@ -82,11 +82,13 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Reply {
     }
     {
         let mut state = handle.lock();
-        if state.require_auth
-            && let Some(why) = auth::refuse(&state, authorization.as_deref())
-        {
-            state.unauthenticated += 1;
-            return gsm_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why);
+        if state.require_auth {
+            if let Some(why) = auth::refuse(&state, authorization.as_deref()) {
+                state.unauthenticated += 1;
+                return gsm_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why);
+            }
+            let kind = auth::kind(authorization.as_deref().unwrap_or_default());
+            *state.accepted.entry(kind).or_default() += 1;
         }
     }
     if method != Method::GET {

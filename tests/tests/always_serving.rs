@@ -48,7 +48,7 @@ fn setup(env: &TestEnv) -> (FakeGsm, String) {
             env.path("lkg.sealed").to_str().expect("utf8"),
         )
         .daemon("last_known_good_key", key.to_str().expect("utf8"))
-        .gsm(&fake.endpoint())
+        .gsm_authenticated(&fake)
         .gsm_set("attempt_timeout", "8s")
         .gsm_set("retry_budget", "9s")
         .break_glass(&env.path("bg.pem"))

@@ -31,7 +31,7 @@ fn setup() -> Setup {
         .conf()
         .shared_with_nobody()
         .daemon("refresh_interval", "5m")
-        .gsm(&fake.endpoint())
+        .gsm_authenticated(&fake)
         .gsm_set("attempt_timeout", "300ms")
         .gsm_set("retry_budget", "600ms")
         .break_glass(&env.path("bg.pem"))

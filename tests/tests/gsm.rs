@@ -19,7 +19,7 @@ fn gsm_config(env: &TestEnv, fake: &FakeGsm, daemon: &[(&str, &str)]) -> String 
     for (key, value) in daemon {
         conf = conf.daemon(key, *value);
     }
-    conf.gsm(&fake.endpoint())
+    conf.gsm_authenticated(fake)
         .gsm_set("project", "apex-test")
         .gsm_set("attempt_timeout", "300ms")
         .gsm_set("max_attempts", 2)
@@ -213,6 +213,8 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
     let daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "5m")]));
     let socket = daemon.socket.to_str().expect("utf8");
     let client = Client::connect(&daemon.socket).expect("connect");
+    // Version 1 is loaded (the read waits for the first fetch) before anything breaks.
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
     fake.add_version(API_KEY, b"Omni-Key-v2-CCCC-3333!");
 
     for (fault, expect) in [

@@ -8,7 +8,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use secretd_client::{ChangeEvent, Client, ErrorCode, RotationStep, Watch};
-use secretd_gsm_fake::{FakeGsm, FakeMetadata, FakeSts, Fault, METADATA_ACCOUNT, VersionState};
+use secretd_gsm_fake::{
+    FakeGsm, FakeMetadata, FakeTokenServer, Fault, Grants, METADATA_ACCOUNT, VersionState,
+};
 use support::{TestEnv, cli, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
@@ -42,12 +44,14 @@ fn config_with_key(
             _ => v.into(),
         }
     };
-    let mut conf = env.conf().gsm(&fake.endpoint());
-    if let Some(file) = key_file {
-        conf = conf
+    let mut conf = match key_file {
+        Some(file) => env
+            .conf()
+            .gsm(&fake.endpoint())
             .gsm_unset("anonymous")
-            .gsm_set("credentials_file", file);
-    }
+            .gsm_set("credentials_file", file),
+        None => env.conf().gsm_authenticated(fake),
+    };
     for (k, v) in gsm {
         conf = conf.gsm_set(k, typed(v));
     }
@@ -242,7 +246,14 @@ fn workload_identity_federation_exchanges_a_file_sourced_token_at_the_sts() {
     let fake = FakeGsm::start().expect("fake gsm");
     fake.add_version(API_KEY, b"Omni-Key-WIF-RRRR-7070!");
     fake.require_auth();
-    let sts = FakeSts::start(fake.handle(), SUBJECT, AUDIENCE).expect("fake sts");
+    let sts = FakeTokenServer::start(
+        fake.handle(),
+        Grants {
+            subject_token: Some((SUBJECT.into(), AUDIENCE.into())),
+            ..Grants::default()
+        },
+    )
+    .expect("fake sts");
     let env = TestEnv::new();
     let subject_file = env.path("oidc-token");
     std::fs::write(&subject_file, SUBJECT).expect("subject token");
@@ -250,7 +261,7 @@ fn workload_identity_federation_exchanges_a_file_sourced_token_at_the_sts() {
         "type": "external_account",
         "audience": AUDIENCE,
         "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-        "token_url": sts.token_url(),
+        "token_url": sts.sts_url(),
         "credential_source": {"file": subject_file.display().to_string()},
     });
     let wif_file = env.path("wif.json");
@@ -271,12 +282,100 @@ fn workload_identity_federation_exchanges_a_file_sourced_token_at_the_sts() {
         || client.get("trading_api_key").ok(),
     );
     assert_eq!(secret.expose(), b"Omni-Key-WIF-RRRR-7070!");
-    assert!(sts.granted() >= 1);
-    assert_eq!((sts.refused(), fake.unauthenticated_count()), (0, 0));
+    assert!(sts.count("sts") >= 1);
+    assert!(fake.accepted("sts") >= 1, "GSM saw the STS token");
+    assert_eq!((sts.count("refused"), fake.unauthenticated_count()), (0, 0));
     let log = daemon.wait_for_log("Google credentials work");
     assert!(log.contains("external_account"), "{log}");
     assert!(!log.contains(SUBJECT), "the subject token reached the log");
     assert!(!log.contains("ya29."), "an access token reached the log");
+}
+
+/// Starts a daemon with `credentials` (a credentials file's JSON) against `fake`, and returns
+/// it with the value it read.
+fn read_with_credentials(
+    env: &TestEnv,
+    fake: &FakeGsm,
+    credentials: &serde_json::Value,
+) -> (support::Daemon, Vec<u8>) {
+    let file = env.path("credentials.json");
+    std::fs::write(&file, credentials.to_string()).expect("credentials file");
+    let conf = config_with_key(env, fake, "latest", &[], &[], file.to_str());
+    let daemon = env.start_with_env(&conf, &vars(&clean_google_env(env)));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let secret = wait_until("the value", Duration::from_secs(20), || {
+        client.get("trading_api_key").ok()
+    });
+    (daemon, secret.expose().to_vec())
+}
+
+#[test]
+fn a_users_refresh_token_and_an_impersonated_service_account_read_through_their_endpoints() {
+    const REFRESH: &str = "1//refresh-token-XXXX-9090";
+    const TARGET: &str = "secretd-reader@apex-test.iam.gserviceaccount.com";
+    let user = serde_json::json!({"type": "authorized_user", "client_id": "client.apps",
+        "client_secret": "client-secret-YYYY", "refresh_token": REFRESH});
+
+    // authorized_user: the refresh token buys a user token, which GSM accepts.
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-User-ZZZZ-1212!");
+    fake.require_auth();
+    let tokens = FakeTokenServer::start(
+        fake.handle(),
+        Grants {
+            refresh_token: Some(REFRESH.into()),
+            user_tokens_reach_gsm: true,
+            ..Grants::default()
+        },
+    )
+    .expect("token server");
+    let mut with_uri = user.clone();
+    with_uri["token_uri"] = tokens.oauth_url().into();
+    let env = TestEnv::new();
+    let (daemon, value) = read_with_credentials(&env, &fake, &with_uri);
+    assert_eq!(value, b"Omni-Key-User-ZZZZ-1212!");
+    assert!(fake.accepted("user") >= 1);
+    let log = daemon.wait_for_log("Google credentials work");
+    assert!(log.contains("authorized_user"), "{log}");
+    for leaked in [REFRESH, "client-secret-YYYY", "ya29."] {
+        assert!(!log.contains(leaked), "{leaked} reached the log");
+    }
+
+    // impersonated_service_account: the user token only buys the service account's token, and
+    // only that one reaches GSM.
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-Imp-WWWW-3434!");
+    fake.require_auth();
+    let tokens = FakeTokenServer::start(
+        fake.handle(),
+        Grants {
+            refresh_token: Some(REFRESH.into()),
+            impersonate: Some(TARGET.into()),
+            user_tokens_reach_gsm: false,
+            ..Grants::default()
+        },
+    )
+    .expect("token server");
+    let mut source = user.clone();
+    source["token_uri"] = tokens.oauth_url().into();
+    let impersonated = serde_json::json!({
+        "type": "impersonated_service_account",
+        "service_account_impersonation_url": tokens.impersonation_url(TARGET),
+        "source_credentials": source,
+    });
+    let env = TestEnv::new();
+    let (daemon, value) = read_with_credentials(&env, &fake, &impersonated);
+    assert_eq!(value, b"Omni-Key-Imp-WWWW-3434!");
+    assert!(tokens.count("user") >= 1 && tokens.count("iam") >= 1);
+    assert_eq!(
+        (fake.accepted("iam") >= 1, fake.accepted("user")),
+        (true, 0)
+    );
+    let log = daemon.wait_for_log("Google credentials work");
+    assert!(
+        log.contains("impersonated") && log.contains(TARGET),
+        "{log}"
+    );
 }
 
 #[test]
@@ -380,6 +479,9 @@ fn revoking_the_served_version_stops_it_everywhere_within_one_refresh() {
         &[("refresh_interval", "2s")],
     ));
     let plain = Client::connect(&daemon.socket).expect("connect");
+    // Loaded first (the read waits for the first fetch), so the load's own announcement
+    // cannot empty the cache below.
+    assert_eq!(plain.get("trading_api_key").expect("get").version(), "1");
     let cached = Client::connect(&daemon.socket)
         .expect("connect")
         .with_cache()
@@ -451,7 +553,7 @@ fn a_destroyed_pinned_version_is_revoked_and_survives_no_restart() {
             env.path("lkg.sealed").to_str().expect("utf8"),
         )
         .daemon("last_known_good_key", key.to_str().expect("utf8"))
-        .gsm(&fake.endpoint())
+        .gsm_authenticated(&fake)
         .gsm_secret("trading_api_key", API_KEY)
         .with("version", "1")
         .readable_by_me()
@@ -539,9 +641,11 @@ fn regional_and_global_secrets_mix() {
     global.add_version(API_KEY, b"Omni-Key-Global-LLLL!");
     regional.add_version(REGIONAL, b"Omni-Key-Regional-MMMM!");
     let env = TestEnv::new();
+    // The regional endpoint requires the same credentials.
+    support::google::service_account(&env, &regional);
     let conf = env
         .conf()
-        .gsm(&global.endpoint())
+        .gsm_authenticated(&global)
         .gsm_set("regional_endpoint", regional.endpoint().as_str())
         .gsm_secret("trading_api_key", API_KEY)
         .readable_by_me()

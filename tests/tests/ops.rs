@@ -37,7 +37,7 @@ fn http_daemon(env: &TestEnv, fake: &FakeGsm) -> (support::Daemon, u16) {
         .daemon("metrics_listen", format!("127.0.0.1:{port}"))
         .daemon("refresh_interval", "1s")
         .daemon("max_stale", "1s")
-        .gsm(&fake.endpoint())
+        .gsm_authenticated(fake)
         .gsm_set("attempt_timeout", "200ms")
         .gsm_set("retry_budget", "400ms")
         .gsm_secret("trading_api_key", API_KEY)

@@ -20,7 +20,7 @@ fn gsm_env(fake: &FakeGsm) -> (TestEnv, String) {
     let config = env
         .conf()
         .shared_with_nobody()
-        .gsm(&fake.endpoint())
+        .gsm_authenticated(fake)
         .gsm_secret("trading_api_key", API_KEY)
         .with("owner", "trading-platform")
         .file_secret("webhook_shared_secret", b"Webhook-Secret-0000-XYZ!")
@@ -138,6 +138,8 @@ fn a_rotation_and_its_pin_survive_a_restart_and_promote_serves_only_the_validate
     // The rotation, its pin and the metadata survive a restart.
     assert!(daemon.stop().success());
     let _daemon = env.start(&config);
+    // A read waits for the first fetch; status does not.
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
     let row = client.status().expect("status").remove(0);
     assert_eq!(row.metadata_status.as_deref(), Some("rotating"));
     assert_eq!(row.version.as_deref(), Some("1"));

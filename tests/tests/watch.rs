@@ -97,7 +97,7 @@ fn events_follow_gsm_versions_and_break_glass_apply_and_clear() {
     let config = env
         .conf()
         .shared_with_nobody()
-        .gsm(&fake.endpoint())
+        .gsm_authenticated(&fake)
         .break_glass(&env.path("bg.pem"))
         .gsm_secret("trading_api_key", API_KEY)
         .readable_by_me()

@@ -88,6 +88,15 @@ impl ConfigBuilder<'_> {
         self
     }
 
+    /// A `[gsm]` section for `fake` with real credentials: a service-account key the fake is
+    /// told to require (see [`super::google`]), instead of `anonymous`.
+    pub fn gsm_authenticated(self, fake: &secretd_gsm_fake::FakeGsm) -> Self {
+        let key = super::google::service_account(self.env, fake);
+        self.gsm(&fake.endpoint())
+            .gsm_unset("anonymous")
+            .gsm_set("credentials_file", key)
+    }
+
     /// Sets `[gsm] key = value` (after [`ConfigBuilder::gsm`]).
     pub fn gsm_set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.gsm

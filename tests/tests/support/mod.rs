@@ -3,6 +3,7 @@
 //! the real daemon binary running on a socket inside it, and [`wait_until`] for every wait.
 
 pub mod config;
+pub mod google;
 pub mod http;
 
 use std::io::{Read, Write};
