@@ -107,3 +107,97 @@ fn check_jwt(state: &State, token: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::RsaPrivateKey;
+    use rsa::pkcs1v15::SigningKey;
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    use rsa::signature::{SignatureEncoding, Signer};
+    use serde_json::json;
+
+    const EMAIL: &str = "reader@p.iam.gserviceaccount.com";
+
+    fn key() -> RsaPrivateKey {
+        RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("key")
+    }
+
+    fn jwt(key: &RsaPrivateKey, kid: &str, claims: &Value) -> String {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+        let signed = format!(
+            "{}.{}",
+            B64URL.encode(header.to_string()),
+            B64URL.encode(claims.to_string())
+        );
+        let signature = SigningKey::<Sha256>::new(key.clone()).sign(signed.as_bytes());
+        format!("{signed}.{}", B64URL.encode(signature.to_bytes()))
+    }
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+
+    #[test]
+    fn self_signed_jwts_are_checked_like_google_does() {
+        let trusted = key();
+        let public = trusted
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("pem");
+        let mut state = State::default();
+        state.service_accounts.insert(
+            "kid-1".into(),
+            TrustedKey::new(EMAIL, &public).expect("key"),
+        );
+        let claims = |iss: &str, scope: &str, iat: i64, exp: i64| json!({"iss": iss, "sub": iss, "scope": scope, "iat": iat, "exp": exp});
+        let scope = CLOUD_PLATFORM;
+        let t = now();
+        let bearer = |token: String| format!("Bearer {token}");
+        let good = jwt(&trusted, "kid-1", &claims(EMAIL, scope, t, t + 3600));
+        assert_eq!(refuse(&state, Some(&bearer(good))), None);
+        for (why, token) in [
+            (
+                "expired",
+                jwt(&trusted, "kid-1", &claims(EMAIL, scope, t - 7200, t - 3600)),
+            ),
+            (
+                "issued in the future",
+                jwt(&trusted, "kid-1", &claims(EMAIL, scope, t + 600, t + 4200)),
+            ),
+            (
+                "another issuer",
+                jwt(
+                    &trusted,
+                    "kid-1",
+                    &claims("x@p.iam.gserviceaccount.com", scope, t, t + 3600),
+                ),
+            ),
+            (
+                "no cloud-platform scope",
+                jwt(
+                    &trusted,
+                    "kid-1",
+                    &claims(EMAIL, "https://www.googleapis.com/auth/pubsub", t, t + 3600),
+                ),
+            ),
+            (
+                "an unknown kid",
+                jwt(&trusted, "kid-2", &claims(EMAIL, scope, t, t + 3600)),
+            ),
+            (
+                "forged: another key",
+                jwt(&key(), "kid-1", &claims(EMAIL, scope, t, t + 3600)),
+            ),
+            ("not a JWT", "ya29.made-up".into()),
+        ] {
+            assert!(
+                refuse(&state, Some(&bearer(token))).is_some(),
+                "{why} was accepted"
+            );
+        }
+        assert!(refuse(&state, None).is_some(), "no header");
+    }
+}

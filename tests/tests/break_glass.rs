@@ -510,3 +510,35 @@ fn a_host_bound_envelope_is_applied_only_on_its_host() {
         (EMERGENCY.to_vec(), SourceKind::BreakGlass)
     );
 }
+
+#[test]
+fn a_revocation_under_an_override_keeps_the_override_and_withdraws_the_value_beneath() {
+    let Setup { env, fake, config } = setup();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
+    assert_eq!(served(&daemon), (GSM_VALUE.to_vec(), SourceKind::Gsm));
+    let (code, out) = break_glass_apply(&socket, "trading_api_key", EMERGENCY, "10m", &public, &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // The leaked GSM version is disabled: revoked beneath the override, which still serves.
+    fake.set_version_state(API_KEY, 1, secretd_gsm_fake::VersionState::Disabled);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let outcome = client.refresh(Some("trading_api_key")).expect("refresh");
+    assert!(outcome[0].error.is_some(), "{outcome:?}");
+    assert_eq!(
+        served(&daemon),
+        (EMERGENCY.to_vec(), SourceKind::BreakGlass)
+    );
+    let log = daemon.wait_for_log("omni.alert.version_revoked");
+    let line = log
+        .lines()
+        .find(|l| l.contains("omni.alert.version_revoked"))
+        .expect("line");
+    assert!(line.contains("break_glass_active"), "{line}");
+
+    // Once the override is cleared nothing is served: the revoked version does not come back.
+    client.break_glass_clear("trading_api_key").expect("clear");
+    let refused = client.get("trading_api_key").expect_err("revoked");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+}
