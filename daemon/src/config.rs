@@ -138,6 +138,16 @@ struct RawGsm {
     max_attempts: Option<u32>,
     #[serde(default)]
     require_crc32c: bool,
+    notifications: Option<RawNotifications>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifications {
+    subscription: String,
+    endpoint: Option<String>,
+    notification_jitter: Option<String>,
+    health_check_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,7 +292,34 @@ pub struct GsmConfig {
     pub max_attempts: u32,
     /// Refuse versions GSM sends without a CRC32C (else they are served and counted).
     pub require_crc32c: bool,
+    /// GSM's Pub/Sub notifications, when a subscription is configured.
+    pub notifications: Option<NotificationsConfig>,
 }
+
+/// `[gsm.notifications]`: a pull subscription on the topic the catalog's secrets publish to.
+#[derive(Debug, Clone)]
+pub struct NotificationsConfig {
+    /// `projects/P/subscriptions/S`.
+    pub subscription: String,
+    /// The Pub/Sub endpoint (the emulator's, in tests).
+    pub endpoint: String,
+    /// The longest random wait between a notification and its refresh (a fleet told at once
+    /// does not fetch at once), and the window in which notifications coalesce.
+    pub jitter: Duration,
+    /// How often the subscription is checked (`GetSubscription`): the stream counts as up only
+    /// while it is open and the last check succeeded.
+    pub health_check_interval: Duration,
+}
+
+/// Default `[gsm.notifications] health_check_interval`.
+pub const DEFAULT_NOTIFICATION_HEALTH_CHECK: Duration = Duration::from_secs(60);
+
+/// Default `[gsm.notifications] endpoint`.
+pub const DEFAULT_PUBSUB_ENDPOINT: &str = "https://pubsub.googleapis.com";
+/// Default `[gsm.notifications] notification_jitter`.
+pub const DEFAULT_NOTIFICATION_JITTER: Duration = Duration::from_secs(1);
+/// The longest `notification_jitter` (a rotation must still reach the fleet in seconds).
+pub const MAX_NOTIFICATION_JITTER: Duration = Duration::from_secs(60);
 
 /// Default `[gsm] endpoint`.
 pub const DEFAULT_GSM_ENDPOINT: &str = "https://secretmanager.googleapis.com";
@@ -753,6 +790,10 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
             FETCH_DEADLINE.as_secs()
         )));
     }
+    let notifications = g
+        .notifications
+        .map(|n| validate_notifications(n, g.anonymous))
+        .transpose()?;
     Ok(GsmConfig {
         project: g.project,
         endpoint,
@@ -763,6 +804,46 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
         retry_budget,
         max_attempts,
         require_crc32c: g.require_crc32c,
+        notifications,
+    })
+}
+
+fn validate_notifications(
+    n: RawNotifications,
+    anonymous: bool,
+) -> Result<NotificationsConfig, ConfigError> {
+    let parts: Vec<&str> = n.subscription.split('/').collect();
+    let well_formed = matches!(parts.as_slice(), ["projects", p, "subscriptions", s]
+        if !p.is_empty() && !s.is_empty());
+    if !well_formed {
+        return Err(invalid(format!(
+            "gsm.notifications.subscription = {:?} must look like \
+             \"projects/P/subscriptions/S\"",
+            n.subscription
+        )));
+    }
+    let endpoint = n.endpoint.unwrap_or_else(|| DEFAULT_PUBSUB_ENDPOINT.into());
+    check_endpoint("gsm.notifications.endpoint", &endpoint, anonymous)?;
+    let jitter = duration_or(
+        "gsm.notifications.notification_jitter",
+        n.notification_jitter,
+        DEFAULT_NOTIFICATION_JITTER,
+    )?;
+    if jitter > MAX_NOTIFICATION_JITTER {
+        return Err(invalid(format!(
+            "gsm.notifications.notification_jitter must be at most {}s",
+            MAX_NOTIFICATION_JITTER.as_secs()
+        )));
+    }
+    Ok(NotificationsConfig {
+        subscription: n.subscription,
+        endpoint,
+        jitter,
+        health_check_interval: positive_duration_or(
+            "gsm.notifications.health_check_interval",
+            n.health_check_interval,
+            DEFAULT_NOTIFICATION_HEALTH_CHECK,
+        )?,
     })
 }
 
@@ -1164,6 +1245,38 @@ deny = []
             gsm("endpoint = \"http://127.0.0.1:8085\"\nanonymous = true")
         ));
         assert!(e.contains("gsm.regional_endpoint"), "{e}");
+    }
+
+    #[test]
+    fn notification_settings_are_checked() {
+        let conf = |n: &str| format!("[gsm]\n[gsm.notifications]\n{n}\n");
+        let ok = Config::parse(&conf("subscription = \"projects/p/subscriptions/host-1\""))
+            .expect("minimal");
+        let n = ok.gsm.and_then(|g| g.notifications).expect("notifications");
+        assert_eq!(n.endpoint, DEFAULT_PUBSUB_ENDPOINT);
+        assert_eq!(n.jitter, DEFAULT_NOTIFICATION_JITTER);
+        for (bad, expect) in [
+            ("subscription = \"host-1\"", "projects/P/subscriptions/S"),
+            (
+                "subscription = \"projects/p/subscriptions/s\"\nendpoint = \"http://10.1.1.1:8085\"",
+                "loopback",
+            ),
+            (
+                "subscription = \"projects/p/subscriptions/s\"\nnotification_jitter = \"5m\"",
+                "at most 60s",
+            ),
+            (
+                "subscription = \"projects/p/subscriptions/s\"\nhealth_check_interval = \"0s\"",
+                "longer than zero",
+            ),
+            (
+                "subscription = \"projects/p/subscriptions/s\"\ntopic = \"t\"",
+                "unknown field",
+            ),
+        ] {
+            let e = err(&conf(bad));
+            assert!(e.contains(expect), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub(crate) struct Metrics {
     revocations: IntCounterVec,
     /// `omni_secret_missing_crc_total{secret_type}`: GSM payloads that came without a CRC32C.
     missing_crc: IntCounterVec,
+    /// `omni_secret_notifications_total{event,result}`: GSM notifications by event and what
+    /// was done (`refreshed`, `coalesced`, `ignored`, `malformed`, `revoked`).
+    notifications: IntCounterVec,
+    /// `omni_secretd_notification_stream_up`: 1 while the notification stream is open.
+    notification_stream_up: IntGauge,
     /// `omni_secret_cache_age_seconds{secret_type,source}`.
     cache_age: GaugeVec,
     /// `omni_secret_refresh_duration_seconds{secret_type}`.
@@ -109,6 +114,17 @@ impl Metrics {
             ),
             &["secret_type"],
         )?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "omni_secret_notifications_total",
+                "GSM notifications received, by event and what was done",
+            ),
+            &["event", "result"],
+        )?;
+        let notification_stream_up = IntGauge::new(
+            "omni_secretd_notification_stream_up",
+            "1 while the GSM notification stream is open",
+        )?;
         let cache_age = GaugeVec::new(
             Opts::new("omni_secret_cache_age_seconds", "Age of the cached value"),
             &["secret_type", "source"],
@@ -153,6 +169,8 @@ impl Metrics {
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(revocations.clone()))?;
         registry.register(Box::new(missing_crc.clone()))?;
+        registry.register(Box::new(notifications.clone()))?;
+        registry.register(Box::new(notification_stream_up.clone()))?;
         registry.register(Box::new(cache_age.clone()))?;
         registry.register(Box::new(refresh_latency.clone()))?;
         registry.register(Box::new(break_glass_active.clone()))?;
@@ -182,6 +200,8 @@ impl Metrics {
             failures,
             revocations,
             missing_crc,
+            notifications,
+            notification_stream_up,
             cache_age,
             refresh_latency,
             break_glass_active,
@@ -205,6 +225,16 @@ impl Metrics {
     /// Counts a failed fetch.
     pub(crate) fn failure(&self, secret: &str, reason: &str) {
         self.failures.with_label_values(&[secret, reason]).inc();
+    }
+
+    /// Counts a GSM notification.
+    pub(crate) fn notification(&self, event: &str, result: &str) {
+        self.notifications.with_label_values(&[event, result]).inc();
+    }
+
+    /// Records whether the notification stream is open.
+    pub(crate) fn notification_stream(&self, up: bool) {
+        self.notification_stream_up.set(i64::from(up));
     }
 
     /// Counts a GSM payload that came without a CRC32C.

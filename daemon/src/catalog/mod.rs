@@ -13,6 +13,7 @@ pub(crate) mod break_glass;
 pub(crate) mod entry;
 pub(crate) mod fingerprint;
 pub(crate) mod last_known_good;
+pub(crate) mod notifications;
 pub(crate) mod refresh;
 pub(crate) mod secret_bytes;
 pub(crate) mod slot;

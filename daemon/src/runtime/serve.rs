@@ -370,6 +370,8 @@ async fn serve_bound(
 
     let catalog = Arc::new(Catalog::new(&config));
     let tracker = TaskTracker::new();
+    // The notification stream (if configured) shares GSM's credentials.
+    let google_credentials = google.as_ref().map(|g| g.credentials());
     if let Some(google) = google {
         let cancel = cancel.clone();
         tracker.spawn(async move {
@@ -433,6 +435,20 @@ async fn serve_bound(
         denials: Denials::new(config.daemon.max_denials_per_minute_per_uid),
         connections: Default::default(),
     });
+    if let (Some(notifications), Some(credentials)) = (
+        config.gsm.as_ref().and_then(|g| g.notifications.clone()),
+        google_credentials,
+    ) {
+        tracker.spawn(crate::catalog::notifications::run(
+            notifications,
+            credentials,
+            shared.catalog.clone(),
+            shared.sources.clone(),
+            shared.metrics.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+    }
     tracker.spawn(roll_denials(shared.clone(), cancel.clone()));
     if let Some(addr) = config.daemon.metrics_listen {
         server::http::start(

@@ -97,6 +97,21 @@ impl ConfigBuilder<'_> {
             .gsm_set("credentials_file", key)
     }
 
+    /// `[gsm.notifications]` on `subscription` at the emulator's `endpoint`, with a short
+    /// jitter (after [`ConfigBuilder::gsm`]).
+    pub fn gsm_notifications(mut self, subscription: &str, endpoint: &str) -> Self {
+        let mut table = Table::new();
+        table.insert("subscription".into(), subscription.into());
+        table.insert("endpoint".into(), endpoint.into());
+        table.insert("notification_jitter".into(), "200ms".into());
+        table.insert("health_check_interval".into(), "1s".into());
+        self.gsm
+            .as_mut()
+            .expect("call gsm(endpoint) first")
+            .insert("notifications".into(), Value::Table(table));
+        self
+    }
+
     /// Sets `[gsm] key = value` (after [`ConfigBuilder::gsm`]).
     pub fn gsm_set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.gsm

@@ -127,6 +127,13 @@ pub(crate) struct GoogleCredentials {
     account: Option<String>,
 }
 
+impl GoogleCredentials {
+    /// The credentials themselves, for another Google client (Pub/Sub).
+    pub(crate) fn credentials(&self) -> Credentials {
+        self.credentials.clone()
+    }
+}
+
 /// Resolves the credentials as Application Default Credentials would, keeping track of which
 /// kind they are: `anonymous`, else `credentials_file`, else `$GOOGLE_APPLICATION_CREDENTIALS`,
 /// else gcloud's well-known file, else the metadata server.
@@ -345,6 +352,9 @@ pub(crate) struct GsmSource {
     pinned: std::sync::Mutex<Option<String>>,
     /// Refuse payloads without a CRC32C (`[gsm] require_crc32c`).
     require_crc32c: bool,
+    /// The secret's name as GSM answers it (`projects/NUMBER/...`), learned from an access:
+    /// notifications name secrets this way.
+    answered_as: std::sync::Mutex<Option<String>>,
 }
 
 impl GsmSource {
@@ -361,6 +371,7 @@ impl GsmSource {
             alias: version.to_owned(),
             pinned: std::sync::Mutex::new(None),
             require_crc32c,
+            answered_as: std::sync::Mutex::new(None),
         }
     }
 
@@ -381,6 +392,12 @@ impl GsmSource {
             .send()
             .await
             .map_err(|e| map_error(&version_name, &e))?;
+        if let Some((secret, _)) = response.name.rsplit_once("/versions/") {
+            let mut answered = self.answered_as.lock().recover();
+            if answered.as_deref() != Some(secret) {
+                *answered = Some(secret.to_owned());
+            }
+        }
         let version = resolved_version(&response.name).ok_or_else(|| {
             SourceError::new(
                 FailureReason::InvalidPayload,
@@ -425,6 +442,12 @@ impl Source for GsmSource {
 
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(self.access(self.version_name()))
+    }
+
+    fn gsm_names(&self) -> Vec<String> {
+        let mut names = vec![self.resource.clone()];
+        names.extend(self.answered_as.lock().recover().clone());
+        names
     }
 
     fn fetch_version(&self, version: &str) -> Option<FetchFuture<'_>> {

@@ -119,6 +119,13 @@ pub(crate) trait Source: Send + Sync + std::fmt::Debug {
     /// Fetches the current value.
     fn fetch(&self) -> FetchFuture<'_>;
 
+    /// The names GSM may use for this secret in its notifications (`secretId`): the configured
+    /// resource and, once an access answered, the same with the project number. Empty for
+    /// sources that are not GSM.
+    fn gsm_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Fetches exactly `version`, for sources with versions (`None` otherwise). Used once, when
     /// the configured alias points at a version the source refuses, to learn whether the
     /// version being served is still allowed or was revoked too.

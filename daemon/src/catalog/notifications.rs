@@ -1,0 +1,294 @@
+//! GSM's Pub/Sub notifications: a change of a secret in GSM (a new version, an alias moved, a
+//! version disabled or destroyed) reaches this host in seconds instead of at its next refresh.
+//!
+//! GSM publishes every change of a secret to the topics configured on it; each host holds a
+//! streaming pull on a subscription of its own. A message names the secret (`secretId`, with
+//! the project number) and the event (`eventType`). A message about a catalog secret triggers
+//! that secret's refresh after a random wait of up to `notification_jitter`; messages that
+//! arrive while one is pending coalesce into it. The refresh is the ordinary one, so a
+//! `_DISABLE` or `_DESTROY` revokes the served version only if GSM, asked by version number,
+//! confirms it: whoever can publish to the topic cannot black out the fleet. Every message is
+//! acknowledged; the poll stays as the safety net.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use google_cloud_auth::credentials::Credentials;
+use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
+use google_cloud_pubsub::model::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Catalog;
+use super::refresh::REFRESH_WAIT;
+use super::source::Source;
+use crate::config::NotificationsConfig;
+use crate::metrics::Metrics;
+
+/// The first wait before resubscribing after the stream ended; it doubles per failure.
+pub(crate) const RESUBSCRIBE_FIRST_WAIT: Duration = Duration::from_secs(1);
+/// How long one GetSubscription health check may take before it counts as failed.
+pub(crate) const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between resubscription attempts.
+pub(crate) const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Every event GSM publishes: the `event` label is one of these in lower case, or `other`, so
+/// whoever can publish to the topic cannot grow the metrics without bound.
+const KNOWN: [&str; 10] = [
+    "SECRET_CREATE",
+    "SECRET_UPDATE",
+    "SECRET_DELETE",
+    "SECRET_VERSION_ADD",
+    "SECRET_VERSION_ENABLE",
+    "SECRET_VERSION_DISABLE",
+    "SECRET_VERSION_DESTROY",
+    "SECRET_VERSION_DESTROY_SCHEDULED",
+    "SECRET_ROTATE",
+    "TOPIC_CONFIGURED",
+];
+/// Events that may change what a secret serves: each triggers a refresh.
+const REFRESHING: [&str; 7] = [
+    "SECRET_VERSION_ADD",
+    "SECRET_VERSION_ENABLE",
+    "SECRET_VERSION_DISABLE",
+    "SECRET_VERSION_DESTROY",
+    "SECRET_VERSION_DESTROY_SCHEDULED",
+    "SECRET_UPDATE",
+    "SECRET_DELETE",
+];
+/// Events that may withdraw the served version (counted `revoked` when the refresh did).
+const REVOKING: [&str; 3] = [
+    "SECRET_VERSION_DISABLE",
+    "SECRET_VERSION_DESTROY",
+    "SECRET_VERSION_DESTROY_SCHEDULED",
+];
+
+/// What the notification task shares with the refreshes it schedules.
+struct Listener {
+    /// The catalog whose refreshers are woken.
+    catalog: Arc<Catalog>,
+    /// Each slot's source, for the names GSM uses.
+    sources: Vec<Arc<dyn Source>>,
+    /// Per slot: a refresh is scheduled and has not been asked for yet (later messages
+    /// coalesce into it).
+    pending: Vec<AtomicBool>,
+    /// The longest random wait before a scheduled refresh.
+    jitter: Duration,
+    /// `omni_secret_notifications_total`, `omni_secretd_notification_stream_up`.
+    metrics: Arc<Metrics>,
+    /// Whether a malformed message was logged already (logged once, counted always).
+    malformed_logged: AtomicBool,
+    /// Scheduled refreshes join the daemon's tasks, so shutdown waits for them.
+    tracker: TaskTracker,
+    /// Shutdown.
+    cancel: CancellationToken,
+}
+
+/// Holds the streaming pull until `cancel`, resubscribing with backoff whenever it ends.
+pub(crate) async fn run(
+    cfg: NotificationsConfig,
+    credentials: Credentials,
+    catalog: Arc<Catalog>,
+    sources: Vec<Arc<dyn Source>>,
+    metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let listener = Arc::new(Listener {
+        pending: sources.iter().map(|_| AtomicBool::new(false)).collect(),
+        catalog,
+        sources,
+        jitter: cfg.jitter,
+        metrics,
+        malformed_logged: AtomicBool::new(false),
+        tracker,
+        cancel: cancel.clone(),
+    });
+    let mut wait = RESUBSCRIBE_FIRST_WAIT;
+    loop {
+        let ended = tokio::select! {
+            () = cancel.cancelled() => break,
+            ended = listener.clone().listen(&cfg, &credentials) => ended,
+        };
+        listener.metrics.notification_stream(false);
+        let healthy_for_a_while = ended.as_ref().is_ok_and(|delivered| *delivered);
+        if healthy_for_a_while {
+            wait = RESUBSCRIBE_FIRST_WAIT;
+        }
+        tracing::warn!(
+            event = "gsm.notifications",
+            subscription = %cfg.subscription,
+            error = %ended.err().unwrap_or_else(|| "the stream ended".into()),
+            retry_in_ms = wait.as_millis() as u64,
+            "the notification stream is down; refreshes poll until it is back"
+        );
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RESUBSCRIBE_MAX_WAIT);
+    }
+    listener.metrics.notification_stream(false);
+}
+
+impl Listener {
+    /// One subscription: returns when the stream ends, `Ok(true)` if it delivered anything.
+    async fn listen(
+        self: Arc<Self>,
+        cfg: &NotificationsConfig,
+        credentials: &Credentials,
+    ) -> Result<bool, String> {
+        let client = Subscriber::builder()
+            .with_endpoint(cfg.endpoint.clone())
+            .with_credentials(credentials.clone())
+            .build()
+            .await
+            .map_err(|e| format!("cannot create the Pub/Sub client: {e}"))?;
+        let admin = SubscriptionAdmin::builder()
+            .with_endpoint(cfg.endpoint.clone())
+            .with_credentials(credentials.clone())
+            .build()
+            .await
+            .map_err(|e| format!("cannot create the Pub/Sub admin client: {e}"))?;
+        // As a `Stream`, the pull survives the select below dropping a `next()` half-way (the
+        // pending read lives in the stream, not in the dropped future).
+        let pull = client.subscribe(cfg.subscription.clone()).build();
+        let mut stream = Box::pin(futures::stream::unfold(pull, |mut pull| async move {
+            pull.next().await.map(|item| (item, pull))
+        }));
+        tracing::info!(
+            event = "gsm.notifications",
+            subscription = %cfg.subscription,
+            "listening for GSM notifications"
+        );
+        // The client retries transient failures itself, quietly: a subscription that answers
+        // GetSubscription is what tells the stream can deliver. The check runs beside the
+        // messages, never in their way.
+        let health = async {
+            let mut tick = tokio::time::interval(cfg.health_check_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let check = admin
+                    .get_subscription()
+                    .set_subscription(cfg.subscription.clone())
+                    .send();
+                let found = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer in time".to_owned()),
+                };
+                if let Err(e) = &found {
+                    tracing::warn!(
+                        event = "gsm.notifications",
+                        subscription = %cfg.subscription,
+                        error = %e,
+                        "the subscription does not answer; refreshes poll until it does"
+                    );
+                }
+                self.metrics.notification_stream(found.is_ok());
+            }
+        };
+        let messages = async {
+            let mut delivered = false;
+            while let Some(item) = stream.next().await {
+                let (message, handler) = item.map_err(|e| e.to_string())?;
+                // Acknowledged at once: the refresh it triggers is idempotent and the poll is
+                // the safety net, so a redelivery would only cost a GSM call.
+                handler.ack();
+                delivered = true;
+                self.handle(&message);
+            }
+            Ok(delivered)
+        };
+        tokio::select! {
+            ended = messages => ended,
+            never = health => never,
+        }
+    }
+
+    /// Routes one message: a refresh for a catalog secret, nothing for anything else.
+    fn handle(self: &Arc<Self>, message: &Message) {
+        let attribute = |k: &str| message.attributes.get(k).map(String::as_str);
+        let (Some(event), Some(secret)) = (attribute("eventType"), attribute("secretId")) else {
+            // TOPIC_CONFIGURED (GSM's test message) carries no secretId: not malformed.
+            if attribute("eventType") == Some("TOPIC_CONFIGURED") {
+                self.metrics.notification("topic_configured", "ignored");
+            } else {
+                self.malformed("no eventType or secretId attribute");
+            }
+            return;
+        };
+        let label = if KNOWN.contains(&event) {
+            event.to_ascii_lowercase()
+        } else {
+            "other".to_owned()
+        };
+        let Some(idx) = self.slot_of(secret) else {
+            self.metrics.notification(&label, "ignored");
+            return;
+        };
+        let slot = self.catalog.slot(idx);
+        if event == "SECRET_ROTATE" {
+            tracing::info!(
+                event = "secret.rotation_requested",
+                secret = %slot.name,
+                "GSM's rotation schedule asks for a new version of this secret"
+            );
+            self.metrics.notification(&label, "ignored");
+            return;
+        }
+        if !REFRESHING.contains(&event) {
+            self.metrics.notification(&label, "ignored");
+            return;
+        }
+        if self.pending[idx].swap(true, Ordering::SeqCst) {
+            self.metrics.notification(&label, "coalesced");
+            return;
+        }
+        let me = self.clone();
+        let revoking = REVOKING.contains(&event);
+        self.tracker.spawn(async move {
+            let wait = me.jitter.mul_f64(fastrand::f64());
+            tokio::select! {
+                () = me.cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let slot = me.catalog.slot(idx);
+            let was_revoked = slot.health().revoked.is_some();
+            me.pending[idx].store(false, Ordering::SeqCst);
+            let ticket = slot.trigger.request();
+            let finished = ticket
+                .wait(tokio::time::Instant::now() + REFRESH_WAIT)
+                .await;
+            let revoked = !was_revoked && slot.health().revoked.is_some();
+            let result = if finished && revoking && revoked {
+                "revoked"
+            } else {
+                "refreshed"
+            };
+            me.metrics.notification(&label, result);
+        });
+    }
+
+    /// The slot whose GSM secret `secret_id` names (by project id or number).
+    fn slot_of(&self, secret_id: &str) -> Option<usize> {
+        self.sources
+            .iter()
+            .position(|s| s.gsm_names().iter().any(|n| n == secret_id))
+    }
+
+    /// Counts a malformed message, and logs the first.
+    fn malformed(&self, why: &str) {
+        self.metrics.notification("malformed", "malformed");
+        if !self.malformed_logged.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                event = "gsm.notifications",
+                why,
+                "a malformed notification was acknowledged and dropped (further ones are only counted)"
+            );
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! GSM's Pub/Sub notifications end to end: the real daemon holding a streaming pull (the
+//! official google-cloud-pubsub crate) on Google's Pub/Sub emulator, and the in-repo GSM fake.
+//! A change announced on the topic is served long before the 5-minute refresh would have.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use secretd_client::{Client, ErrorCode, SourceKind};
+use secretd_gsm_fake::{FakeGsm, VersionState, project_number};
+use support::pubsub::{Emulator, emulator_script, gsm_event};
+use support::{TestEnv, can_run, wait_until};
+
+const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
+
+/// The emulator the tests of this file share (it takes seconds to start), or `None` where
+/// the machine has none (outside CI only).
+fn shared_emulator() -> Option<&'static Emulator> {
+    static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
+    EMULATOR
+        .get_or_init(|| emulator_script().map(|script| Emulator::start(&script)))
+        .as_ref()
+}
+
+fn emulator_or_skip(test: &str) -> Option<&'static Emulator> {
+    let emulator = shared_emulator();
+    can_run(
+        emulator.is_some(),
+        test,
+        "Google's Pub/Sub emulator (google-cloud-cli-pubsub-emulator) and java",
+    )
+    .then_some(emulator)
+    .flatten()
+}
+
+/// The name GSM gives the API key in notifications (with the project number).
+fn secret_id() -> String {
+    API_KEY.replace("apex-test", &project_number("apex-test"))
+}
+
+/// A daemon on `fake` refreshing every 5 minutes, listening on `subscription`.
+fn daemon_config(env: &TestEnv, fake: &FakeGsm, emulator: &Emulator, subscription: &str) -> String {
+    env.conf()
+        .daemon("refresh_interval", "5m")
+        .gsm_authenticated(fake)
+        .gsm_notifications(subscription, &emulator.endpoint())
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .build()
+}
+
+/// The value of one series in the daemon's metrics, 0 when absent.
+fn metric(client: &Client, series: &str) -> f64 {
+    client
+        .metrics()
+        .expect("metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn stream_up(client: &Client) {
+    wait_until("the notification stream", Duration::from_secs(30), || {
+        (metric(client, "omni_secretd_notification_stream_up") == 1.0).then_some(())
+    });
+}
+
+#[test]
+fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh() {
+    let Some(emulator) = emulator_or_skip("notifications: a new version") else {
+        return;
+    };
+    let subscription = emulator.topic_and_subscription("gsm-new-version", "host-new-version");
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-PS01-1111!");
+    let env = TestEnv::new();
+    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    stream_up(&client);
+
+    fake.add_version(API_KEY, b"Omni-Key-v2-PS02-2222!");
+    emulator.publish(
+        "gsm-new-version",
+        &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(2))],
+    );
+    // The refresh interval is 5 minutes: only the notification can bring version 2 this soon.
+    let served = wait_until(
+        "version 2 via the notification",
+        Duration::from_secs(60),
+        || {
+            client
+                .get("trading_api_key")
+                .ok()
+                .filter(|s| s.version() == "2")
+        },
+    );
+    assert_eq!(served.expose(), b"Omni-Key-v2-PS02-2222!");
+    wait_until("the notification counted", Duration::from_secs(10), || {
+        (metric(
+            &client,
+            "omni_secret_notifications_total{event=\"secret_version_add\",result=\"refreshed\"}",
+        ) >= 1.0)
+            .then_some(())
+    });
+
+    // Other secrets' messages, GSM's test message and malformed ones are acknowledged and
+    // change nothing.
+    let before = fake.access_count(API_KEY);
+    emulator.publish(
+        "gsm-new-version",
+        &[
+            gsm_event(
+                "SECRET_VERSION_ADD",
+                "projects/1/secrets/someone-else",
+                Some(9),
+            ),
+            serde_json::json!({"eventType": "TOPIC_CONFIGURED"}),
+            serde_json::json!({"note": "not from GSM"}),
+        ],
+    );
+    wait_until("the three counted", Duration::from_secs(30), || {
+        let ignored = metric(
+            &client,
+            "omni_secret_notifications_total{event=\"secret_version_add\",result=\"ignored\"}",
+        );
+        let malformed = metric(
+            &client,
+            "omni_secret_notifications_total{event=\"malformed\",result=\"malformed\"}",
+        );
+        (ignored >= 1.0 && malformed >= 1.0).then_some(())
+    });
+    assert_eq!(fake.access_count(API_KEY), before, "no fetch for them");
+    let log = daemon.wait_for_log("a malformed notification");
+    assert!(!log.contains("Omni-Key"), "a value reached the log");
+}
+
+#[test]
+fn a_storm_of_notifications_for_one_secret_makes_a_handful_of_gsm_calls() {
+    let Some(emulator) = emulator_or_skip("notifications: a storm") else {
+        return;
+    };
+    let subscription = emulator.topic_and_subscription("gsm-storm", "host-storm");
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-PS03-3333!");
+    let env = TestEnv::new();
+    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    stream_up(&client);
+    let before = fake.access_count(API_KEY);
+
+    let storm: Vec<_> = (0..1000)
+        .map(|_| gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(1)))
+        .collect();
+    emulator.publish("gsm-storm", &storm);
+    let counted = |result: &str| {
+        metric(
+            &client,
+            &format!(
+                "omni_secret_notifications_total{{event=\"secret_version_add\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    wait_until("all 1000 handled", Duration::from_secs(60), || {
+        (counted("refreshed") + counted("coalesced") >= 1000.0).then_some(())
+    });
+    let calls = fake.access_count(API_KEY) - before;
+    assert!(
+        (1..=10).contains(&calls),
+        "1000 notifications made {calls} GSM calls"
+    );
+    assert!(counted("coalesced") >= 900.0);
+}
+
+#[test]
+fn a_revocation_message_takes_effect_only_when_gsm_confirms_it() {
+    let Some(emulator) = emulator_or_skip("notifications: revocation") else {
+        return;
+    };
+    let subscription = emulator.topic_and_subscription("gsm-revoke", "host-revoke");
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-PS04-4444!");
+    let env = TestEnv::new();
+    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    stream_up(&client);
+
+    // Someone who may publish to the topic, but not change GSM, cannot black out the host.
+    let before = fake.access_count(API_KEY);
+    emulator.publish(
+        "gsm-revoke",
+        &[gsm_event("SECRET_VERSION_DISABLE", &secret_id(), Some(1))],
+    );
+    wait_until(
+        "the unconfirmed message handled",
+        Duration::from_secs(30),
+        || (fake.access_count(API_KEY) > before).then_some(()),
+    );
+    wait_until("its refresh counted", Duration::from_secs(10), || {
+        (metric(
+            &client,
+            "omni_secret_notifications_total{event=\"secret_version_disable\",result=\"refreshed\"}",
+        ) >= 1.0)
+            .then_some(())
+    });
+    let still = client.get("trading_api_key").expect("still served");
+    assert_eq!((still.version(), still.source()), ("1", SourceKind::Gsm));
+
+    // Disabled in GSM for real: gone within seconds, not at the next refresh.
+    fake.set_version_state(API_KEY, 1, VersionState::Disabled);
+    emulator.publish(
+        "gsm-revoke",
+        &[gsm_event("SECRET_VERSION_DISABLE", &secret_id(), Some(1))],
+    );
+    let refused = wait_until("the revocation", Duration::from_secs(60), || {
+        client.get("trading_api_key").err()
+    });
+    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+    wait_until("counted as revoked", Duration::from_secs(10), || {
+        (metric(
+            &client,
+            "omni_secret_notifications_total{event=\"secret_version_disable\",result=\"revoked\"}",
+        ) >= 1.0)
+            .then_some(())
+    });
+    daemon.wait_for_log("omni.alert.version_revoked");
+}
+
+#[test]
+fn the_stream_survives_an_emulator_restart() {
+    let Some(script) = emulator_script() else {
+        can_run(
+            false,
+            "notifications: an emulator restart",
+            "Google's Pub/Sub emulator (google-cloud-cli-pubsub-emulator) and java",
+        );
+        return;
+    };
+    let emulator = Emulator::start(&script);
+    let port = emulator.port;
+    let subscription = emulator.topic_and_subscription("gsm-restart", "host-restart");
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-PS05-5555!");
+    let env = TestEnv::new();
+    let daemon = env.start(&daemon_config(&env, &fake, &emulator, &subscription));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    stream_up(&client);
+
+    // The emulator goes away and comes back empty (it keeps no state): the topic and the
+    // subscription are made again, as an operator's tooling would.
+    drop(emulator);
+    wait_until("the health check noticed", Duration::from_secs(60), || {
+        (metric(&client, "omni_secretd_notification_stream_up") == 0.0).then_some(())
+    });
+    let emulator = Emulator::start_on(&script, port);
+    emulator.topic_and_subscription("gsm-restart", "host-restart");
+    stream_up(&client);
+
+    fake.add_version(API_KEY, b"Omni-Key-v2-PS06-6666!");
+    // Published until it arrives: the daemon may resubscribe a moment after the topic exists.
+    wait_until(
+        "version 2 after the restart",
+        Duration::from_secs(90),
+        || {
+            emulator.publish(
+                "gsm-restart",
+                &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(2))],
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            client
+                .get("trading_api_key")
+                .ok()
+                .filter(|s| s.version() == "2")
+        },
+    );
+    drop(daemon);
+}

@@ -1,0 +1,192 @@
+//! Google's Pub/Sub emulator, started by the tests: the `cloud-pubsub-emulator` script of the
+//! Google Cloud SDK (Debian package `google-cloud-cli-pubsub-emulator`, which needs Java),
+//! found from `$SECRETD_PUBSUB_EMULATOR` or from `gcloud`. Topics, subscriptions and messages
+//! go through its REST API; the daemon talks gRPC to the same port.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::http::free_port;
+use super::wait_until;
+
+/// The project the tests' topics and subscriptions live in.
+pub const PROJECT: &str = "apex-test";
+
+/// Where the emulator's start script is, if this machine has it.
+pub fn emulator_script() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SECRETD_PUBSUB_EMULATOR") {
+        return Some(PathBuf::from(path)).filter(|p| p.exists());
+    }
+    let out = Command::new("gcloud")
+        .args(["info", "--format=value(installation.sdk_root)"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let root = String::from_utf8(out.stdout).ok()?;
+    let script =
+        PathBuf::from(root.trim()).join("platform/pubsub-emulator/bin/cloud-pubsub-emulator");
+    (script.exists() && Command::new("java").arg("-version").output().is_ok()).then_some(script)
+}
+
+/// A running emulator; killed (with its Java process) on drop.
+#[derive(Debug)]
+pub struct Emulator {
+    /// Where it listens.
+    pub port: u16,
+    /// The start script's process, leader of its own process group.
+    child: Child,
+}
+
+impl Emulator {
+    /// Starts an emulator on a free port and waits until it answers.
+    pub fn start(script: &PathBuf) -> Emulator {
+        Emulator::start_on(script, free_port())
+    }
+
+    /// Starts an emulator on `port` (a restart reuses the port the daemon knows).
+    pub fn start_on(script: &PathBuf, port: u16) -> Emulator {
+        let child = Command::new(script)
+            .arg("--host=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start the Pub/Sub emulator");
+        let emulator = Emulator { port, child };
+        wait_until(
+            "the Pub/Sub emulator to answer",
+            Duration::from_secs(90),
+            || {
+                request(port, "GET", &format!("/v1/projects/{PROJECT}/topics"), "")
+                    .ok()
+                    .filter(|(code, _)| *code == 200)
+            },
+        );
+        emulator
+    }
+
+    /// The endpoint for `[gsm.notifications] endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates topic `topic` and pull subscription `subscription` on it; returns the
+    /// subscription's full name.
+    pub fn topic_and_subscription(&self, topic: &str, subscription: &str) -> String {
+        let topic_name = format!("projects/{PROJECT}/topics/{topic}");
+        let (code, body) =
+            request(self.port, "PUT", &format!("/v1/{topic_name}"), "{}").expect("create topic");
+        assert_eq!(code, 200, "create topic: {body}");
+        let sub_name = format!("projects/{PROJECT}/subscriptions/{subscription}");
+        let (code, body) = request(
+            self.port,
+            "PUT",
+            &format!("/v1/{sub_name}"),
+            &serde_json::json!({"topic": topic_name, "ackDeadlineSeconds": 10}).to_string(),
+        )
+        .expect("create subscription");
+        assert_eq!(code, 200, "create subscription: {body}");
+        sub_name
+    }
+
+    /// Publishes messages with these attributes (and a small JSON body, as GSM sends) to
+    /// `topic`, in batches.
+    pub fn publish(&self, topic: &str, messages: &[serde_json::Value]) {
+        for batch in messages.chunks(100) {
+            let list: Vec<serde_json::Value> = batch
+                .iter()
+                .map(|attributes| {
+                    serde_json::json!({
+                        "attributes": attributes,
+                        "data": B64.encode(r#"{"name":"projects/0/secrets/x"}"#),
+                    })
+                })
+                .collect();
+            let (code, body) = request(
+                self.port,
+                "POST",
+                &format!("/v1/projects/{PROJECT}/topics/{topic}:publish"),
+                &serde_json::json!({ "messages": list }).to_string(),
+            )
+            .expect("publish");
+            assert_eq!(code, 200, "publish: {body}");
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        // The script starts Java in the same process group: end them all.
+        // SAFETY: kill with a valid process group id and signal number.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The attributes GSM puts on a notification.
+pub fn gsm_event(event: &str, secret_id: &str, version: Option<u64>) -> serde_json::Value {
+    let mut attributes = serde_json::json!({
+        "eventType": event,
+        "dataFormat": "JSON_API_V1",
+        "secretId": secret_id,
+        "timestamp": "2026-11-30T01:00:00.000000-00:00",
+    });
+    if let Some(v) = version {
+        attributes["versionId"] = format!("{secret_id}/versions/{v}").into();
+    }
+    attributes
+}
+
+/// One plain HTTP/1.1 request; returns (status code, body). The emulator keeps connections
+/// open whatever the request says, so the body is read by its `content-length`.
+fn request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_len, content_length) = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (end + 4, length);
+        }
+    };
+    while got.len() < head_len + content_length {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, text[head_len.min(text.len())..].to_owned()))
+}
