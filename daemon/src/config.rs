@@ -148,6 +148,7 @@ struct RawNotifications {
     endpoint: Option<String>,
     notification_jitter: Option<String>,
     health_check_interval: Option<String>,
+    notification_fallback_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +310,9 @@ pub struct NotificationsConfig {
     /// How often the subscription is checked (`GetSubscription`): the stream counts as up only
     /// while it is open and the last check succeeded.
     pub health_check_interval: Duration,
+    /// The longest wait between refreshes while the channel is down (default: no shorter
+    /// than the refresh interval, so quota is spent only if an operator asks).
+    pub fallback_interval: Duration,
 }
 
 /// Default `[gsm.notifications] health_check_interval`.
@@ -537,7 +541,10 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let daemon = validate_daemon(raw.daemon)?;
-        let gsm = raw.gsm.map(validate_gsm).transpose()?;
+        let gsm = raw
+            .gsm
+            .map(|g| validate_gsm(g, daemon.refresh_interval))
+            .transpose()?;
         let break_glass = raw
             .break_glass
             .map(|b| -> Result<BreakGlassConfig, ConfigError> {
@@ -756,7 +763,7 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
     })
 }
 
-fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
+fn validate_gsm(g: RawGsm, refresh_interval: Duration) -> Result<GsmConfig, ConfigError> {
     let endpoint = g.endpoint.unwrap_or_else(|| DEFAULT_GSM_ENDPOINT.into());
     check_endpoint("gsm.endpoint", &endpoint, g.anonymous)?;
     // The default regional endpoint is Google's: with `anonymous` it is refused only if a
@@ -792,7 +799,7 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
     }
     let notifications = g
         .notifications
-        .map(|n| validate_notifications(n, g.anonymous))
+        .map(|n| validate_notifications(n, g.anonymous, refresh_interval))
         .transpose()?;
     Ok(GsmConfig {
         project: g.project,
@@ -811,6 +818,7 @@ fn validate_gsm(g: RawGsm) -> Result<GsmConfig, ConfigError> {
 fn validate_notifications(
     n: RawNotifications,
     anonymous: bool,
+    refresh_interval: Duration,
 ) -> Result<NotificationsConfig, ConfigError> {
     let parts: Vec<&str> = n.subscription.split('/').collect();
     let well_formed = matches!(parts.as_slice(), ["projects", p, "subscriptions", s]
@@ -843,6 +851,11 @@ fn validate_notifications(
             "gsm.notifications.health_check_interval",
             n.health_check_interval,
             DEFAULT_NOTIFICATION_HEALTH_CHECK,
+        )?,
+        fallback_interval: positive_duration_or(
+            "gsm.notifications.notification_fallback_interval",
+            n.notification_fallback_interval,
+            refresh_interval,
         )?,
     })
 }
@@ -1255,6 +1268,10 @@ deny = []
         let n = ok.gsm.and_then(|g| g.notifications).expect("notifications");
         assert_eq!(n.endpoint, DEFAULT_PUBSUB_ENDPOINT);
         assert_eq!(n.jitter, DEFAULT_NOTIFICATION_JITTER);
+        assert_eq!(
+            n.fallback_interval, DEFAULT_REFRESH_INTERVAL,
+            "no extra polling unless asked"
+        );
         for (bad, expect) in [
             ("subscription = \"host-1\"", "projects/P/subscriptions/S"),
             (

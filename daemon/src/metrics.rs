@@ -21,6 +21,12 @@ pub(crate) struct SlotGauges<'a> {
     pub(crate) break_glass: bool,
     /// Whether the secret is past its rotation due date.
     pub(crate) rotation_overdue: bool,
+    /// The version, source and fingerprint served, if anything is (`omni_secret_info`).
+    pub(crate) served: Option<(String, SourceKind, String)>,
+    /// Whether reads are answered (fresh or stale within `max_stale`).
+    pub(crate) servable: bool,
+    /// Whether the value is past its TTL (its source is failing).
+    pub(crate) stale: bool,
 }
 
 /// Point-in-time values of the daemon, taken at scrape time.
@@ -32,6 +38,8 @@ pub(crate) struct Gauges<'a> {
     pub(crate) audit_queue: usize,
     /// Open watch subscriptions.
     pub(crate) watchers: usize,
+    /// Whether the audit trail can be written.
+    pub(crate) audit_writable: bool,
 }
 
 /// A count as a gauge value, saturating.
@@ -74,6 +82,15 @@ pub(crate) struct Metrics {
     audit_queue: IntGauge,
     /// `omni_secretd_watchers`: open watch subscriptions.
     watchers: IntGauge,
+    /// `omni_secret_info{secret_type,version,source,fingerprint}`: 1 for what each secret
+    /// serves, so Prometheus can compare versions across hosts.
+    info: IntGaugeVec,
+    /// `omni_secret_servable{secret_type}`: 1 while reads of the secret are answered.
+    servable: IntGaugeVec,
+    /// `omni_secret_stale{secret_type}`: 1 while the served value is past its TTL.
+    stale: IntGaugeVec,
+    /// `omni_secretd_audit_writable`: 1 while the audit trail can be written.
+    audit_writable: IntGauge,
     /// `omni_secretd_watch_lagged_total`: times a watcher fell behind and was told to re-read.
     pub(crate) watch_lagged: IntCounter,
     /// `omni_secretd_unlocked_buffers`: value buffers that could not be locked into RAM.
@@ -178,6 +195,35 @@ impl Metrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         let watchers = IntGauge::new("omni_secretd_watchers", "Open watch subscriptions")?;
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "omni_secret_info",
+                "1 for the version, source and keyed fingerprint each secret serves",
+            ),
+            &["secret_type", "version", "source", "fingerprint"],
+        )?;
+        let servable = IntGaugeVec::new(
+            Opts::new(
+                "omni_secret_servable",
+                "1 while reads of the secret are answered",
+            ),
+            &["secret_type"],
+        )?;
+        let stale = IntGaugeVec::new(
+            Opts::new(
+                "omni_secret_stale",
+                "1 while the served value is past its TTL (its source is failing)",
+            ),
+            &["secret_type"],
+        )?;
+        let audit_writable = IntGauge::new(
+            "omni_secretd_audit_writable",
+            "1 while the audit trail can be written (reads are refused otherwise)",
+        )?;
+        registry.register(Box::new(info.clone()))?;
+        registry.register(Box::new(servable.clone()))?;
+        registry.register(Box::new(stale.clone()))?;
+        registry.register(Box::new(audit_writable.clone()))?;
         let watch_lagged = IntCounter::new(
             "omni_secretd_watch_lagged_total",
             "Times a watcher fell behind and was told to re-read",
@@ -210,6 +256,10 @@ impl Metrics {
             requests,
             audit_queue,
             watchers,
+            info,
+            servable,
+            stale,
+            audit_writable,
             watch_lagged,
             unlocked_buffers,
         })
@@ -262,7 +312,19 @@ impl Metrics {
     /// Renders the Prometheus text format, setting point-in-time gauges from `now` first.
     pub(crate) fn render(&self, now: &Gauges<'_>) -> String {
         self.cache_age.reset();
+        self.info.reset();
         for row in &now.slots {
+            if let Some((version, source, fingerprint)) = &row.served {
+                self.info
+                    .with_label_values(&[row.name, version, source.as_str(), fingerprint])
+                    .set(1);
+            }
+            self.servable
+                .with_label_values(&[row.name])
+                .set(i64::from(row.servable));
+            self.stale
+                .with_label_values(&[row.name])
+                .set(i64::from(row.stale));
             if let Some((source, age)) = row.age {
                 self.cache_age
                     .with_label_values(&[row.name, source.as_str()])
@@ -277,6 +339,7 @@ impl Metrics {
         }
         self.audit_queue.set(gauge(now.audit_queue));
         self.watchers.set(gauge(now.watchers));
+        self.audit_writable.set(i64::from(now.audit_writable));
         self.unlocked_buffers
             .set(gauge(secretd_proto::locked::unlocked_buffers()));
         let mut out = Vec::new();

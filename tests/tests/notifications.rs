@@ -245,10 +245,24 @@ fn the_stream_survives_an_emulator_restart() {
     let fake = FakeGsm::start().expect("fake gsm");
     fake.add_version(API_KEY, b"Omni-Key-v1-PS05-5555!");
     let env = TestEnv::new();
-    let daemon = env.start(&daemon_config(&env, &fake, &emulator, &subscription));
+    let http = support::http::free_port();
+    let config = env
+        .conf()
+        .daemon("refresh_interval", "5m")
+        .daemon("metrics_listen", format!("127.0.0.1:{http}"))
+        .gsm_authenticated(&fake)
+        .gsm_notifications(&subscription, &emulator.endpoint())
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
     let client = Client::connect(&daemon.socket).expect("connect");
     assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
     stream_up(&client);
+    let health = || support::http::http_get(http, "/healthz");
+    wait_until("healthy", Duration::from_secs(20), || {
+        (health() == (200, r#"{"status":"ok"}"#.to_owned())).then_some(())
+    });
 
     // The emulator goes away and comes back empty (it keeps no state): the topic and the
     // subscription are made again, as an operator's tooling would.
@@ -256,6 +270,14 @@ fn the_stream_survives_an_emulator_restart() {
     wait_until("the health check noticed", Duration::from_secs(60), || {
         (metric(&client, "omni_secretd_notification_stream_up") == 0.0).then_some(())
     });
+    // Degraded, not failed: the poll still serves.
+    let (code, body) = health();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"degraded\"") && body.contains("notifications"),
+        "{body}"
+    );
+    assert!(client.get("trading_api_key").is_ok());
     let emulator = Emulator::start_on(&script, port);
     emulator.topic_and_subscription("gsm-restart", "host-restart");
     stream_up(&client);
@@ -277,5 +299,8 @@ fn the_stream_survives_an_emulator_restart() {
                 .filter(|s| s.version() == "2")
         },
     );
+    wait_until("healthy again", Duration::from_secs(30), || {
+        (health().1 == r#"{"status":"ok"}"#).then_some(())
+    });
     drop(daemon);
 }

@@ -119,6 +119,45 @@ fn metrics_over_http_and_the_socket_count_reads_requests_and_connections_never_v
         !text.contains("Omni-Key") && !text.contains("Webhook-Secret"),
         "values in metrics"
     );
+    // What fleet alerts compare: the version served, whether it is servable or stale.
+    let served = client.get("trading_api_key").expect("get");
+    let info_line = text
+        .lines()
+        .find(|l| l.starts_with("omni_secret_info{") && l.contains("trading_api_key"))
+        .expect("omni_secret_info");
+    assert!(
+        info_line.contains(&format!("version=\"{}\"", served.version()))
+            && info_line.contains("source=\"gsm\"")
+            && info_line.ends_with(" 1"),
+        "{info_line}"
+    );
+    for (name, value) in [("omni_secret_servable", 1.0), ("omni_secret_stale", 0.0)] {
+        assert_eq!(
+            series(&text, name, &[("secret_type", "trading_api_key")]),
+            Some(value),
+            "{name}"
+        );
+    }
+    assert_eq!(series(&text, "omni_secretd_audit_writable", &[]), Some(1.0));
+    // Every series the packaged alert rules use is one this daemon exports.
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/prometheus/secretd-rules.yml"
+    ))
+    .expect("rules");
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("omni_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 6, "{used:?}");
+    for name in used {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "the rules use {name}, which is not exported"
+        );
+    }
 
     // The same text over the socket.
     let out = cli(

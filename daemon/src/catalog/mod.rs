@@ -51,6 +51,8 @@ pub(crate) struct Catalog {
     /// Signalled after every successful GSM fetch: the last-known-good writer (when enabled)
     /// seals the catalog again.
     pub(crate) dirty: Notify,
+    /// The GSM notification channel's health, when `[gsm.notifications]` is configured.
+    pub(crate) channel: Option<notifications::ChannelHealth>,
 }
 
 impl Catalog {
@@ -82,6 +84,11 @@ impl Catalog {
             first_fetch_wait: config.daemon.first_fetch_wait,
             events,
             dirty: Notify::new(),
+            channel: config
+                .gsm
+                .as_ref()
+                .and_then(|g| g.notifications.as_ref())
+                .map(|n| notifications::ChannelHealth::new(n.fallback_interval)),
         }
     }
 

@@ -26,6 +26,7 @@ use super::refresh::REFRESH_WAIT;
 use super::source::Source;
 use crate::config::NotificationsConfig;
 use crate::metrics::Metrics;
+use crate::util::lock::Recover;
 
 /// The first wait before resubscribing after the stream ended; it doubles per failure.
 pub(crate) const RESUBSCRIBE_FIRST_WAIT: Duration = Duration::from_secs(1);
@@ -64,6 +65,34 @@ const REVOKING: [&str; 3] = [
     "SECRET_VERSION_DESTROY",
     "SECRET_VERSION_DESTROY_SCHEDULED",
 ];
+
+/// Whether notifications can reach this host, for `/healthz` and the refreshers' schedule.
+#[derive(Debug)]
+pub(crate) struct ChannelHealth {
+    /// Why the channel is down, or `None` while it is up.
+    down: std::sync::Mutex<Option<String>>,
+    /// How often secrets are polled while the channel is down.
+    pub(crate) fallback_interval: Duration,
+}
+
+impl ChannelHealth {
+    /// A channel not yet up (the stream has not been checked).
+    pub(crate) fn new(fallback_interval: Duration) -> ChannelHealth {
+        ChannelHealth {
+            down: std::sync::Mutex::new(Some("the notification stream is starting".into())),
+            fallback_interval,
+        }
+    }
+
+    /// Why the channel is down, if it is.
+    pub(crate) fn down(&self) -> Option<String> {
+        self.down.lock().recover().clone()
+    }
+
+    fn set(&self, down: Option<String>) {
+        *self.down.lock().recover() = down;
+    }
+}
 
 /// What the notification task shares with the refreshes it schedules.
 struct Listener {
@@ -113,6 +142,13 @@ pub(crate) async fn run(
             ended = listener.clone().listen(&cfg, &credentials) => ended,
         };
         listener.metrics.notification_stream(false);
+        listener.set_health(Some(
+            ended
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_else(|| "the stream ended".into()),
+        ));
         let healthy_for_a_while = ended.as_ref().is_ok_and(|delivered| *delivered);
         if healthy_for_a_while {
             wait = RESUBSCRIBE_FIRST_WAIT;
@@ -189,6 +225,11 @@ impl Listener {
                     );
                 }
                 self.metrics.notification_stream(found.is_ok());
+                self.set_health(
+                    found
+                        .err()
+                        .map(|e| format!("subscription check failed: {e}")),
+                );
             }
         };
         let messages = async {
@@ -271,6 +312,13 @@ impl Listener {
             };
             me.metrics.notification(&label, result);
         });
+    }
+
+    /// Records the channel's health where `/healthz` and the refreshers read it.
+    fn set_health(&self, down: Option<String>) {
+        if let Some(channel) = &self.catalog.channel {
+            channel.set(down);
+        }
     }
 
     /// The slot whose GSM secret `secret_id` names (by project id or number).

@@ -96,13 +96,20 @@ impl Refresher {
                 outcome = self.fetch_once() => outcome,
             };
             let failures = slot.health().consecutive_failures;
+            // While notifications cannot reach this host, poll at the fallback interval.
+            let period = match &self.catalog.channel {
+                Some(channel) if channel.down().is_some() => {
+                    slot.ttl.min(channel.fallback_interval)
+                }
+                _ => slot.ttl,
+            };
             let delay = match outcome {
-                Ok(()) => jittered(slot.ttl, REFRESH_AT),
+                Ok(()) => jittered(period, REFRESH_AT),
                 // GSM asked us to slow down: its wait wins over every shorter cap.
                 Err(e) if e.reason == FailureReason::RateLimited => rate_limited_wait(failures),
                 // A missing secret or a refused credential will not fix itself in a second:
                 // retry on the normal schedule instead of hammering the source.
-                Err(e) if !e.reason.is_transient() => jittered(slot.ttl, REFRESH_AT),
+                Err(e) if !e.reason.is_transient() => jittered(period, REFRESH_AT),
                 Err(_) if slot.current().is_none() => {
                     backoff(failures, slot.ttl.min(NEVER_LOADED_RETRY_CAP))
                 }

@@ -136,12 +136,17 @@ fn healthz(shared: &Shared) -> Reply {
     if !shared.audit.healthy() {
         reasons.push("audit trail not writable".into());
     }
+    // A notification channel that is down degrades the host, it does not fail it: the poll
+    // still serves fresh values.
+    let degraded = shared.catalog.channel.as_ref().and_then(|c| c.down());
     if reasons.is_empty() {
-        reply(
-            StatusCode::OK,
-            "application/json",
-            json!({"status": "ok"}).to_string(),
-        )
+        let body = match degraded {
+            Some(why) => {
+                json!({"status": "degraded", "reasons": [format!("notifications: {why}")]})
+            }
+            None => json!({"status": "ok"}),
+        };
+        reply(StatusCode::OK, "application/json", body.to_string())
     } else {
         reply(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! Scrape time: the point-in-time gauges (`metrics::Gauges`) taken from the catalog, the
 //! store and the audit writer, rendered for `/metrics` and the `Metrics` request alike.
 
+use secretd_proto::EntryState;
 use tokio::time::Instant;
 
 use super::Shared;
@@ -16,16 +17,23 @@ pub(super) fn render(shared: &Shared) -> String {
         .catalog
         .slots()
         .iter()
-        .map(|slot| {
+        .enumerate()
+        .map(|(idx, slot)| {
             let overridden = slot.active_override();
             let served = overridden.clone().or_else(|| slot.current());
+            let state = shared.catalog.status(idx).state;
             SlotGauges {
                 name: &slot.name,
-                age: served.map(|e| (e.source, e.age(mono).as_secs_f64())),
+                age: served
+                    .as_ref()
+                    .map(|e| (e.source, e.age(mono).as_secs_f64())),
                 break_glass: overridden.is_some(),
                 rotation_overdue: metas
                     .get(&*slot.name)
                     .is_some_and(|m| now > m.rotation_due_at_ms),
+                served: served.map(|e| (e.version.clone(), e.source, e.fingerprint.clone())),
+                servable: matches!(state, EntryState::Fresh | EntryState::Stale),
+                stale: matches!(state, EntryState::Stale | EntryState::Expired),
             }
         })
         .collect();
@@ -33,5 +41,6 @@ pub(super) fn render(shared: &Shared) -> String {
         slots,
         audit_queue: shared.audit.depth(),
         watchers: shared.catalog.watchers(),
+        audit_writable: shared.audit.healthy(),
     })
 }
