@@ -36,6 +36,9 @@ typedef enum {
   // `error` is a daemon refusal (such as `SECRETD_RESULT_PERMISSION_DENIED`), the daemon
   // refused the resubscription and no further events follow.
   SECRETD_EVENT_KIND_ERROR = 2,
+  // GSM's rotation schedule asks for a new version of `name` (nothing served changed):
+  // automation can add one. Only `name` and `at_ms` are set.
+  SECRETD_EVENT_KIND_ROTATION_REQUESTED = 3,
 } secretd_event_kind;
 
 // A connection to the daemon. Opaque. Thread-safe: one client may be shared by many threads

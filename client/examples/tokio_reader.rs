@@ -40,6 +40,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 let key = client.get(&name).await?;
                 println!("{name}: version {} (after a gap)", key.version());
             }
+            // GSM's rotation schedule asks for a new version: nothing served changed.
+            Some(Ok(ChangeEvent::RotationRequested(r))) => {
+                println!("{}: a rotation is due", r.name);
+            }
             Some(Err(e)) => eprintln!("watch: {e} (resubscribing)"),
             None => break,
         }

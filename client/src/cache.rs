@@ -107,6 +107,8 @@ impl ClientCache {
     pub(crate) fn apply(&self, item: &crate::Result<ChangeEvent>) {
         match item {
             Ok(ChangeEvent::Changed(c)) => self.invalidate(Some(&c.name)),
+            // Nothing served changed.
+            Ok(ChangeEvent::RotationRequested(_)) => {}
             Ok(ChangeEvent::Lagged) => {
                 self.invalidate(None);
                 self.live.store(true, Ordering::SeqCst);
@@ -124,6 +126,7 @@ impl ClientCache {
     pub(crate) fn observe(&self, item: &crate::Result<ChangeEvent>) {
         match item {
             Ok(ChangeEvent::Changed(c)) => self.invalidate(Some(&c.name)),
+            Ok(ChangeEvent::RotationRequested(_)) => {}
             Ok(ChangeEvent::Lagged) | Err(_) => self.invalidate(None),
         }
     }

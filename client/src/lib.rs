@@ -44,8 +44,8 @@ pub use error::{Error, Result};
 pub use secret::Secret;
 pub use secretd_proto::{
     AuditEntry, AuditVerification, ChangeEvent, ConnectionInfo, EntryState, ErrorCode,
-    MAX_WATCH_NAMES, RefreshOutcome, RotationStep, SecretChange, SecretStatus, SourceKind,
-    WireError,
+    MAX_WATCH_NAMES, RefreshOutcome, RotationRequest, RotationStep, SecretChange, SecretStatus,
+    SourceKind, WireError,
 };
 pub use watch::{
     RESUBSCRIBE_MAX_BACKOFF, RESUBSCRIBE_MIN_BACKOFF, Watch, WatchHandle, WatchStopper,

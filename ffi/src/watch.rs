@@ -22,6 +22,9 @@ pub enum secretd_event_kind {
     /// `error` is a daemon refusal (such as `SECRETD_RESULT_PERMISSION_DENIED`), the daemon
     /// refused the resubscription and no further events follow.
     Error = 2,
+    /// GSM's rotation schedule asks for a new version of `name` (nothing served changed):
+    /// automation can add one. Only `name` and `at_ms` are set.
+    RotationRequested = 3,
 }
 
 /// One event, lent to the callback: every pointer is valid only during the call. Never holds
@@ -89,6 +92,20 @@ impl Target {
                 )
             }
             Ok(ChangeEvent::Lagged) => (secretd_event_kind::Lagged, None, 0, SECRETD_RESULT_OK),
+            Ok(ChangeEvent::RotationRequested(r)) => {
+                let strings = [
+                    CString::new(r.name).unwrap_or_default(),
+                    CString::default(),
+                    CString::default(),
+                    CString::default(),
+                ];
+                (
+                    secretd_event_kind::RotationRequested,
+                    Some(strings),
+                    r.at_ms,
+                    SECRETD_RESULT_OK,
+                )
+            }
             Err(e) => {
                 let code = Code::from_error(&e);
                 (secretd_event_kind::Error, None, 0, code as secretd_result)

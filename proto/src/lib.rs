@@ -22,7 +22,7 @@ pub use locked::LockedBuf;
 pub use message::{
     AuditEntry, AuditVerification, ChangeEvent, ClientHello, ConnectionInfo, EntryState, MAGIC,
     MAX_NAME_LEN, MAX_WATCH_NAMES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RefreshOutcome, Request,
-    Response, RotationStep, SecretChange, SecretReply, SecretStatus, ServerHello, SourceKind,
-    validate_name,
+    Response, RotationRequest, RotationStep, SecretChange, SecretReply, SecretStatus, ServerHello,
+    SourceKind, validate_name,
 };
 pub use value::SecretValue;

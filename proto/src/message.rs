@@ -21,6 +21,7 @@ use crate::value::SecretValue;
 ///   `last_rotated_at_ms`, `last_validated_at_ms` and `active_version`; older peers exchange
 ///   status rows in the version-3 layout ([`crate::legacy`]). [`RotationStep::Validate`] and
 ///   [`RotationStep::Unpin`], sent only to a daemon that answered 4.
+///   [`ChangeEvent::RotationRequested`], sent only to watchers that agreed on 4.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest protocol version the daemon still serves, so clients built against earlier
@@ -287,13 +288,28 @@ pub enum ChangeEvent {
     /// Events were dropped because this subscriber fell behind (or, in client libraries,
     /// because the connection was re-established): re-read every watched name.
     Lagged,
+    /// GSM's rotation schedule asks for a new version of a watched name (its `SECRET_ROTATE`
+    /// notification): automation can add one. Nothing served changed. Protocol 4: sent only
+    /// to watchers that agreed on 4 or later.
+    RotationRequested(RotationRequest),
+}
+
+/// A rotation GSM's schedule asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RotationRequest {
+    /// The catalog name.
+    pub name: String,
+    /// When the daemon heard of it, Unix milliseconds.
+    pub at_ms: i64,
 }
 
 impl ChangeEvent {
-    /// The name changed, for a [`ChangeEvent::Changed`].
+    /// The name concerned, for [`ChangeEvent::Changed`] and
+    /// [`ChangeEvent::RotationRequested`].
     pub fn name(&self) -> Option<&str> {
         match self {
             ChangeEvent::Changed(c) => Some(&c.name),
+            ChangeEvent::RotationRequested(r) => Some(&r.name),
             ChangeEvent::Lagged => None,
         }
     }

@@ -231,13 +231,14 @@ struct ChangeEvent {
 #[pymethods]
 impl ChangeEvent {
     fn __repr__(&self) -> String {
-        match &self.name {
-            Some(name) => format!(
+        match (&self.name, self.kind) {
+            (Some(name), "changed") => format!(
                 "ChangeEvent(kind='changed', name={name:?}, version={:?}, source={:?})",
                 self.version.as_deref().unwrap_or(""),
                 self.source.unwrap_or("")
             ),
-            None => "ChangeEvent(kind='lagged')".into(),
+            (Some(name), kind) => format!("ChangeEvent(kind={kind:?}, name={name:?})"),
+            (None, kind) => format!("ChangeEvent(kind={kind:?})"),
         }
     }
 }
@@ -252,6 +253,14 @@ impl From<rust::ChangeEvent> for ChangeEvent {
                 source: Some(c.source.as_str()),
                 fingerprint: Some(c.fingerprint),
                 at: Some(c.at_ms as f64 / 1000.0),
+            },
+            rust::ChangeEvent::RotationRequested(r) => ChangeEvent {
+                kind: "rotation_requested",
+                name: Some(r.name),
+                version: None,
+                source: None,
+                fingerprint: None,
+                at: Some(r.at_ms as f64 / 1000.0),
             },
             rust::ChangeEvent::Lagged => ChangeEvent {
                 kind: "lagged",

@@ -304,3 +304,69 @@ fn the_stream_survives_an_emulator_restart() {
     });
     drop(daemon);
 }
+
+#[test]
+fn a_rotation_schedule_message_reaches_watchers_that_know_it_and_changes_nothing() {
+    let Some(emulator) = emulator_or_skip("notifications: rotation requested") else {
+        return;
+    };
+    let subscription = emulator.topic_and_subscription("gsm-rotate", "host-rotate");
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-PS07-7777!");
+    let env = TestEnv::new();
+    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    stream_up(&client);
+
+    let mut watch = client.watch(["trading_api_key"]).expect("watch");
+    // A watcher of protocol 3 does not know the event: it must not receive it.
+    let mut old = support::RawConn::connect(&daemon.socket);
+    old.send(&secretd_proto::Request::Hello(secretd_proto::ClientHello {
+        protocol_version: 3,
+        ..secretd_proto::ClientHello::new("secretd-client/0.1.0 (protocol 3)")
+    }));
+    assert!(matches!(
+        old.recv(),
+        Some(secretd_proto::Response::Hello(_))
+    ));
+    old.send(&secretd_proto::Request::Watch {
+        names: vec!["trading_api_key".into()],
+    });
+    assert!(matches!(
+        old.recv(),
+        Some(secretd_proto::Response::Watching(_))
+    ));
+    let before = fake.access_count(API_KEY);
+
+    emulator.publish(
+        "gsm-rotate",
+        &[gsm_event("SECRET_ROTATE", &secret_id(), None)],
+    );
+    let request = wait_until(
+        "the rotation request",
+        Duration::from_secs(30),
+        || match watch.next_timeout(Duration::from_millis(500)) {
+            Some(Ok(Some(secretd_client::ChangeEvent::RotationRequested(r)))) => Some(r),
+            Some(Ok(_)) => None,
+            other => panic!("watch: {other:?}"),
+        },
+    );
+    assert_eq!(request.name, "trading_api_key");
+    assert!(request.at_ms > 0);
+    daemon.wait_for_log("secret.rotation_requested");
+    assert_eq!(fake.access_count(API_KEY), before, "nothing to fetch");
+    // The old watcher got nothing: its next frame is whatever comes later, not this event.
+    old.stream
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let quiet = matches!(
+        std::io::Read::read(&mut old.stream, &mut byte),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    );
+    assert!(
+        quiet,
+        "a protocol-3 watcher received an event it cannot decode"
+    );
+}

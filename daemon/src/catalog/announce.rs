@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use secretd_proto::frame::encode_frame;
-use secretd_proto::{ChangeEvent, Response, SecretChange, SourceKind};
+use secretd_proto::{ChangeEvent, Response, RotationRequest, SecretChange, SourceKind};
 use tokio::sync::broadcast;
 
 use super::entry::Entry;
@@ -27,14 +27,30 @@ pub(crate) struct Notice {
     /// The same event for watchers speaking protocol version 1, when it differs (a source kind
     /// that version does not know).
     pub(crate) legacy: Option<Arc<[u8]>>,
+    /// What kind of event it is: a watcher keeps the newest of each kind per name.
+    pub(crate) kind: NoticeKind,
 }
 
+/// The kinds of notice, which coalesce separately (a rotation request must not hide a change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum NoticeKind {
+    /// The served value changed.
+    Changed,
+    /// GSM's rotation schedule asks for a new version (protocol 4 and later).
+    RotationRequested,
+}
+
+/// The first protocol version that knows `ChangeEvent::RotationRequested`.
+const ROTATION_REQUESTED_SINCE: u16 = 4;
+
 impl Notice {
-    /// The frame for a watcher speaking `protocol`.
-    pub(crate) fn frame_for(&self, protocol: u16) -> &Arc<[u8]> {
-        match &self.legacy {
-            Some(legacy) if protocol < 2 => legacy,
-            _ => &self.frame,
+    /// The frame for a watcher speaking `protocol`, or `None` when that version does not
+    /// know the event.
+    pub(crate) fn frame_for(&self, protocol: u16) -> Option<&Arc<[u8]>> {
+        match (&self.legacy, self.kind) {
+            (_, NoticeKind::RotationRequested) if protocol < ROTATION_REQUESTED_SINCE => None,
+            (Some(legacy), _) if protocol < 2 => Some(legacy),
+            _ => Some(&self.frame),
         }
     }
 }
@@ -120,6 +136,26 @@ impl Announcer {
             slot: self.index,
             frame,
             legacy: legacy.and_then(encode),
+            kind: NoticeKind::Changed,
+        });
+    }
+
+    /// Tells watchers that GSM's rotation schedule asks for a new version of `name`.
+    pub(crate) fn rotation_requested(&self, name: &str) {
+        let event = Response::Event(ChangeEvent::RotationRequested(RotationRequest {
+            name: name.to_owned(),
+            at_ms: unix_ms(SystemTime::now()),
+        }));
+        let mut frame = Vec::new();
+        if let Err(e) = encode_frame(&event, &mut frame) {
+            tracing::error!(secret = name, error = %e, "cannot encode a rotation request");
+            return;
+        }
+        let _ = self.events.send(Notice {
+            slot: self.index,
+            frame: frame.into(),
+            legacy: None,
+            kind: NoticeKind::RotationRequested,
         });
     }
 }

@@ -278,6 +278,8 @@ impl Listener {
                 secret = %slot.name,
                 "GSM's rotation schedule asks for a new version of this secret"
             );
+            // Watchers (automation) hear of it; nothing served changes, so no refresh.
+            slot.rotation_requested();
             self.metrics.notification(&label, "ignored");
             return;
         }

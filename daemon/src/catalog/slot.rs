@@ -134,6 +134,11 @@ impl Slot {
         had
     }
 
+    /// Tells watchers that GSM's rotation schedule asks for a new version of this secret.
+    pub(crate) fn rotation_requested(&self) {
+        self.announcer.rotation_requested(&self.name);
+    }
+
     /// Tells watchers about the value now served, if it differs from the one last announced.
     /// Called after every change to either value.
     fn announce(&self) {

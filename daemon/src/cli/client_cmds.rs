@@ -61,6 +61,11 @@ fn change_json(event: &ChangeEvent) -> serde_json::Value {
             "at": rfc3339(Some(c.at_ms)),
         }),
         ChangeEvent::Lagged => json!({"event": "lagged"}),
+        ChangeEvent::RotationRequested(r) => json!({
+            "event": "rotation_requested",
+            "name": r.name,
+            "at": rfc3339(Some(r.at_ms)),
+        }),
     }
 }
 

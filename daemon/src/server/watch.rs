@@ -19,7 +19,7 @@ use super::framed::Framed;
 use super::reply::{Answer, Reply, audit_down};
 use super::session::Session;
 use crate::audit::{Action, ActorType, AuditEvent, Outcome};
-use crate::catalog::announce::Notice;
+use crate::catalog::announce::{Notice, NoticeKind};
 
 /// A granted subscription, before its stream starts.
 #[derive(Debug)]
@@ -112,7 +112,7 @@ impl Subscription {
         protocol: u16,
         lagged_total: &prometheus::IntCounter,
     ) {
-        let mut pending: BTreeMap<usize, Arc<[u8]>> = BTreeMap::new();
+        let mut pending: BTreeMap<(usize, NoticeKind), Arc<[u8]>> = BTreeMap::new();
         let mut lagged_frame = Vec::new();
         if encode_frame(&Response::Event(ChangeEvent::Lagged), &mut lagged_frame).is_err() {
             tracing::error!("cannot encode the lagged event");
@@ -158,9 +158,17 @@ impl Subscription {
         }
     }
 
-    fn keep(&self, notice: &Notice, protocol: u16, pending: &mut BTreeMap<usize, Arc<[u8]>>) {
-        if self.watched.get(notice.slot).copied().unwrap_or(false) {
-            pending.insert(notice.slot, notice.frame_for(protocol).clone());
+    /// Keeps the newest notice of each kind per watched name, in the form `protocol` reads.
+    fn keep(
+        &self,
+        notice: &Notice,
+        protocol: u16,
+        pending: &mut BTreeMap<(usize, NoticeKind), Arc<[u8]>>,
+    ) {
+        if self.watched.get(notice.slot).copied().unwrap_or(false)
+            && let Some(frame) = notice.frame_for(protocol)
+        {
+            pending.insert((notice.slot, notice.kind), frame.clone());
         }
     }
 }

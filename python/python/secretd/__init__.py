@@ -109,7 +109,9 @@ class Client:
 
         Iterate the result for ``ChangeEvent``s; they never carry values: call ``get`` for the
         new one. A "lagged" event means changes may have been missed (also after the watch
-        resubscribed following a daemon restart): re-read everything. Refusals raise here
+        resubscribed following a daemon restart): re-read everything. A "rotation_requested"
+        event means GSM's rotation schedule asks for a new version (nothing served changed;
+        automation can add one). Refusals raise here
         (``NotFound``, ``PermissionDenied``). ``close()`` ends the iteration from any thread.
         """
         return self._native.watch(names)

@@ -53,7 +53,8 @@ class Secret:
 
 @final
 class ChangeEvent:
-    """A change of a watched secret ("changed") or a gap to re-read after ("lagged")."""
+    """A change of a watched secret ("changed"), a gap to re-read after ("lagged"), or GSM's
+    rotation schedule asking for a new version ("rotation_requested": only name and at)."""
 
     @property
     def kind(self) -> str: ...
