@@ -77,41 +77,30 @@ fn vars<'a>(list: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> 
     list.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// Writes a service-account key file (`secretd keygen` makes the RSA pair) and returns its
-/// path and public key (SPKI PEM).
+/// Writes a service-account key file with a new RSA pair and returns its path and public key
+/// (SPKI PEM).
 fn service_account_key(env: &TestEnv, stem: &str, kid: &str) -> (String, String) {
-    let private = env.path(&format!("{stem}.pem"));
-    let public = env.path(&format!("{stem}.pub.pem"));
-    let out = cli(
-        &[
-            "keygen",
-            "--out-private",
-            private.to_str().expect("utf8"),
-            "--out-public",
-            public.to_str().expect("utf8"),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (private, public) = support::google::new_key_pair();
     let key = serde_json::json!({
         "type": "service_account",
         "project_id": "apex-test",
         "private_key_id": kid,
-        "private_key": std::fs::read_to_string(&private).expect("private key"),
+        "private_key": private,
         "client_email": SA_EMAIL,
         "client_id": "100000000000000000001",
         "token_uri": "https://oauth2.googleapis.com/token",
     });
     let file = env.path(&format!("{stem}.json"));
     std::fs::write(&file, key.to_string()).expect("key file");
-    (
-        file.display().to_string(),
-        std::fs::read_to_string(&public).expect("public key"),
-    )
+    (file.display().to_string(), public)
+}
+
+/// A fake GSM holding `value` as the API key's version 1, answering 401 without a valid token.
+fn requiring_tokens(value: &[u8]) -> FakeGsm {
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, value);
+    fake.require_auth();
+    fake
 }
 
 /// The status row of `trading_api_key`.
@@ -135,9 +124,7 @@ fn next_change(watch: &mut Watch, name: &str) -> secretd_client::SecretChange {
 
 #[test]
 fn metadata_server_credentials_read_from_a_gsm_that_requires_tokens() {
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-ADC-AAAA-1111!");
-    fake.require_auth();
+    let fake = requiring_tokens(b"Omni-Key-ADC-AAAA-1111!");
     let metadata = FakeMetadata::start(fake.handle()).expect("fake metadata");
     let env = TestEnv::new();
     let conf = env.conf().gsm(&fake.endpoint()).gsm_unset("anonymous");
@@ -199,9 +186,7 @@ fn metadata_server_credentials_read_from_a_gsm_that_requires_tokens() {
 
 #[test]
 fn a_service_account_key_signs_its_own_tokens_and_a_forged_key_is_refused() {
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-SA-BBBB-2222!");
-    fake.require_auth();
+    let fake = requiring_tokens(b"Omni-Key-SA-BBBB-2222!");
     let env = TestEnv::new();
     let (key_file, public) = service_account_key(&env, "sa", "kid-real");
     fake.trust_service_account(SA_EMAIL, "kid-real", &public)
@@ -243,9 +228,7 @@ fn workload_identity_federation_exchanges_a_file_sourced_token_at_the_sts() {
     const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/\
                             workloadIdentityPools/onprem/providers/trading-hosts";
     const SUBJECT: &str = "host-oidc-token-QQQQ-6060";
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-WIF-RRRR-7070!");
-    fake.require_auth();
+    let fake = requiring_tokens(b"Omni-Key-WIF-RRRR-7070!");
     let sts = FakeTokenServer::start(
         fake.handle(),
         Grants {
@@ -317,9 +300,7 @@ fn a_users_refresh_token_and_an_impersonated_service_account_read_through_their_
         "client_secret": "client-secret-YYYY", "refresh_token": REFRESH});
 
     // authorized_user: the refresh token buys a user token, which GSM accepts.
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-User-ZZZZ-1212!");
-    fake.require_auth();
+    let fake = requiring_tokens(b"Omni-Key-User-ZZZZ-1212!");
     let tokens = FakeTokenServer::start(
         fake.handle(),
         Grants {
@@ -343,9 +324,7 @@ fn a_users_refresh_token_and_an_impersonated_service_account_read_through_their_
 
     // impersonated_service_account: the user token only buys the service account's token, and
     // only that one reaches GSM.
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-Imp-WWWW-3434!");
-    fake.require_auth();
+    let fake = requiring_tokens(b"Omni-Key-Imp-WWWW-3434!");
     let tokens = FakeTokenServer::start(
         fake.handle(),
         Grants {

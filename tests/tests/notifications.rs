@@ -50,6 +50,37 @@ fn daemon_config(env: &TestEnv, fake: &FakeGsm, emulator: &Emulator, subscriptio
         .build()
 }
 
+/// A daemon serving version 1 of the API key, its notification stream up.
+struct Listening {
+    /// The GSM fake.
+    fake: FakeGsm,
+    /// The daemon's directory (kept for its lifetime).
+    env: TestEnv,
+    /// The daemon.
+    daemon: support::Daemon,
+    /// A client of it.
+    client: Client,
+}
+
+/// Creates `topic` and `subscription` on `emulator` and starts a daemon listening on it, with
+/// `value` as version 1 of the API key.
+fn listening(emulator: &Emulator, topic: &str, subscription: &str, value: &[u8]) -> Listening {
+    let subscription = emulator.topic_and_subscription(topic, subscription);
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, value);
+    let env = TestEnv::new();
+    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    stream_up(&client);
+    Listening {
+        fake,
+        env,
+        daemon,
+        client,
+    }
+}
+
 /// The value of one series in the daemon's metrics, 0 when absent.
 fn metric(client: &Client, series: &str) -> f64 {
     client
@@ -71,14 +102,17 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
     let Some(emulator) = emulator_or_skip("notifications: a new version") else {
         return;
     };
-    let subscription = emulator.topic_and_subscription("gsm-new-version", "host-new-version");
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-PS01-1111!");
-    let env = TestEnv::new();
-    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
-    let client = Client::connect(&daemon.socket).expect("connect");
-    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
-    stream_up(&client);
+    let Listening {
+        fake,
+        env: _env,
+        daemon,
+        client,
+    } = listening(
+        emulator,
+        "gsm-new-version",
+        "host-new-version",
+        b"Omni-Key-v1-PS01-1111!",
+    );
 
     fake.add_version(API_KEY, b"Omni-Key-v2-PS02-2222!");
     emulator.publish(
@@ -141,14 +175,17 @@ fn a_storm_of_notifications_for_one_secret_makes_a_handful_of_gsm_calls() {
     let Some(emulator) = emulator_or_skip("notifications: a storm") else {
         return;
     };
-    let subscription = emulator.topic_and_subscription("gsm-storm", "host-storm");
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-PS03-3333!");
-    let env = TestEnv::new();
-    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
-    let client = Client::connect(&daemon.socket).expect("connect");
-    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
-    stream_up(&client);
+    let Listening {
+        fake,
+        env: _env,
+        daemon: _daemon,
+        client,
+    } = listening(
+        emulator,
+        "gsm-storm",
+        "host-storm",
+        b"Omni-Key-v1-PS03-3333!",
+    );
     let before = fake.access_count(API_KEY);
 
     let storm: Vec<_> = (0..1000)
@@ -179,14 +216,17 @@ fn a_revocation_message_takes_effect_only_when_gsm_confirms_it() {
     let Some(emulator) = emulator_or_skip("notifications: revocation") else {
         return;
     };
-    let subscription = emulator.topic_and_subscription("gsm-revoke", "host-revoke");
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-PS04-4444!");
-    let env = TestEnv::new();
-    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
-    let client = Client::connect(&daemon.socket).expect("connect");
-    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
-    stream_up(&client);
+    let Listening {
+        fake,
+        env: _env,
+        daemon,
+        client,
+    } = listening(
+        emulator,
+        "gsm-revoke",
+        "host-revoke",
+        b"Omni-Key-v1-PS04-4444!",
+    );
 
     // Someone who may publish to the topic, but not change GSM, cannot black out the host.
     let before = fake.access_count(API_KEY);
@@ -310,14 +350,17 @@ fn a_rotation_schedule_message_reaches_watchers_that_know_it_and_changes_nothing
     let Some(emulator) = emulator_or_skip("notifications: rotation requested") else {
         return;
     };
-    let subscription = emulator.topic_and_subscription("gsm-rotate", "host-rotate");
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-PS07-7777!");
-    let env = TestEnv::new();
-    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
-    let client = Client::connect(&daemon.socket).expect("connect");
-    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
-    stream_up(&client);
+    let Listening {
+        fake,
+        env: _env,
+        daemon,
+        client,
+    } = listening(
+        emulator,
+        "gsm-rotate",
+        "host-rotate",
+        b"Omni-Key-v1-PS07-7777!",
+    );
 
     let mut watch = client.watch(["trading_api_key"]).expect("watch");
     // A watcher of protocol 3 does not know the event: it must not receive it.

@@ -250,13 +250,20 @@ fn audit_records_aggregated_reads_denials_and_refreshes_and_never_values() {
         .expect("fingerprint");
     assert_eq!(fingerprint.len(), 64);
 
+    // The disconnect flushes the read and refusal tallies; the writer may commit them in
+    // separate batches, so wait for both.
     let records = wait_until(
-        "the aggregated record of 999 reads",
-        Duration::from_secs(5),
+        "the aggregated records of 999 reads and 4 refusals",
+        Duration::from_secs(10),
         || {
             let records = client.audit_tail(1000, None).expect("tail");
             let aggregated = records.iter().any(|r| r.action == "read" && r.count == 999);
-            aggregated.then_some(records)
+            let refused: u64 = records
+                .iter()
+                .filter(|r| r.result == "denied")
+                .map(|r| r.count)
+                .sum();
+            (aggregated && refused == 5).then_some(records)
         },
     );
     let reads: Vec<_> = records

@@ -14,10 +14,15 @@ pub const SA_EMAIL: &str = "secretd-tests@apex-test.iam.gserviceaccount.com";
 /// Its key id.
 pub const SA_KID: &str = "secretd-tests-key-1";
 
-/// The key pair (PKCS#8 private PEM, SPKI public PEM), made on first use.
+/// The key pair the GSM tests share (PKCS#8 private PEM, SPKI public PEM), made on first use.
 fn key_pair() -> &'static (String, String) {
     static PAIR: OnceLock<(String, String)> = OnceLock::new();
-    PAIR.get_or_init(|| {
+    PAIR.get_or_init(new_key_pair)
+}
+
+/// A new RSA key pair from `secretd keygen` (PKCS#8 private PEM, SPKI public PEM).
+pub fn new_key_pair() -> (String, String) {
+    {
         let dir = tempfile::tempdir().expect("temp dir");
         let (private, public) = (dir.path().join("sa.pem"), dir.path().join("sa.pub.pem"));
         let out = cli(
@@ -39,7 +44,7 @@ fn key_pair() -> &'static (String, String) {
             std::fs::read_to_string(private).expect("private key"),
             std::fs::read_to_string(public).expect("public key"),
         )
-    })
+    }
 }
 
 /// Writes the service-account key file into `env`, makes `fake` require tokens and trust the
