@@ -117,6 +117,7 @@ struct RawDaemon {
     rotation_warning: Option<String>,
     first_fetch_wait: Option<String>,
     audit_key: Option<PathBuf>,
+    fingerprint_key: Option<PathBuf>,
     audit_anchor_interval: Option<String>,
     last_known_good: Option<PathBuf>,
     last_known_good_key: Option<PathBuf>,
@@ -248,6 +249,9 @@ pub struct DaemonConfig {
     /// The audit chain's key file, when set (else systemd's credential, else a file beside the
     /// database).
     pub audit_key: Option<PathBuf>,
+    /// A fingerprint key file shared by a fleet, so fingerprints compare across hosts (else a
+    /// per-host key beside the database, created on first start).
+    pub fingerprint_key: Option<PathBuf>,
     /// How often the chain's head is logged as `audit.anchor`.
     pub audit_anchor_interval: Duration,
     /// The sealed last-known-good file and its key, when enabled.
@@ -627,13 +631,19 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
         DEFAULT_AUDIT_ANCHOR_INTERVAL,
     )?;
     let audit_key = raw.audit_key;
-    if let Some(k) = &audit_key
-        && !k.is_absolute()
-    {
-        return Err(invalid(format!(
-            "daemon.audit_key = {:?} must be an absolute path",
-            k.display()
-        )));
+    let fingerprint_key = raw.fingerprint_key;
+    for (key, path) in [
+        ("daemon.audit_key", &audit_key),
+        ("daemon.fingerprint_key", &fingerprint_key),
+    ] {
+        if let Some(k) = path
+            && !k.is_absolute()
+        {
+            return Err(invalid(format!(
+                "{key} = {:?} must be an absolute path",
+                k.display()
+            )));
+        }
     }
     let last_known_good = match (raw.last_known_good, raw.last_known_good_key) {
         (None, None) => None,
@@ -758,6 +768,7 @@ fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
         )?,
         first_fetch_wait,
         audit_key,
+        fingerprint_key,
         audit_anchor_interval,
         last_known_good,
     })

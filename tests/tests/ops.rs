@@ -452,3 +452,55 @@ fn check_passes_a_good_catalog_and_names_each_violation_of_a_weak_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("sokcet"));
 }
+
+#[test]
+fn a_shared_fingerprint_key_makes_fingerprints_compare_across_hosts() {
+    const VALUE: &[u8] = b"Omni-Key-Fleet-FFFF-0101!";
+    let fingerprint_on = |env: &TestEnv, key: Option<&std::path::Path>| {
+        let mut conf = env
+            .conf()
+            .file_secret("trading_api_key", VALUE)
+            .readable_by_me();
+        if let Some(k) = key {
+            conf = conf.daemon("fingerprint_key", k.to_str().expect("utf8"));
+        }
+        let daemon = env.start(&conf.build());
+        let client = Client::connect(&daemon.socket).expect("connect");
+        client.get("trading_api_key").expect("get");
+        client.status().expect("status")[0]
+            .fingerprint
+            .clone()
+            .expect("fingerprint")
+    };
+    // Per-host keys (the default): the same value fingerprints differently on each host.
+    let (a, b) = (TestEnv::new(), TestEnv::new());
+    assert_ne!(fingerprint_on(&a, None), fingerprint_on(&b, None));
+
+    // One key file for the fleet: the same value, the same fingerprint.
+    let shared = TestEnv::new();
+    let key = shared.path("fleet-fingerprint.key");
+    std::fs::write(&key, [0x42u8; 32]).expect("key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let (c, d) = (TestEnv::new(), TestEnv::new());
+    assert_eq!(
+        fingerprint_on(&c, Some(&key)),
+        fingerprint_on(&d, Some(&key))
+    );
+
+    // A shared key others can read is refused, as is one that does not exist (never made up).
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    for path in [key.clone(), shared.path("missing.key")] {
+        let env = TestEnv::new();
+        let conf = env
+            .conf()
+            .file_secret("trading_api_key", VALUE)
+            .daemon("fingerprint_key", path.to_str().expect("utf8"))
+            .build();
+        let mut daemon = env.spawn(&conf, "refused.toml");
+        let status = daemon.wait_exit(Duration::from_secs(20)).expect("exits");
+        assert!(!status.success(), "{path:?}");
+        assert!(daemon.log().contains("fingerprint"), "{}", daemon.log());
+    }
+}

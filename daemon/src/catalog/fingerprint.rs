@@ -35,6 +35,12 @@ impl FingerprintKey {
         crate::util::key_file::load_or_create(path).map(FingerprintKey)
     }
 
+    /// Loads a key that must exist (a fleet's shared key: never created here, where one host
+    /// would invent a key nobody else has).
+    pub fn load(path: &Path) -> std::io::Result<FingerprintKey> {
+        crate::util::key_file::load(path).map(FingerprintKey)
+    }
+
     /// A key from bytes (tests).
     #[cfg(test)]
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> FingerprintKey {

@@ -234,13 +234,20 @@ type OpenedStore = (
 /// database an earlier release wrote gets its keyed chain started here.
 fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
     let store = Arc::new(Store::open(&config.daemon.db)?);
-    let key_path = fingerprint::key_path(&config.daemon.db);
-    let key = Arc::new(FingerprintKey::load_or_create(&key_path).map_err(|source| {
-        ServeError::FingerprintKey {
-            path: key_path.clone(),
+    let key = match &config.daemon.fingerprint_key {
+        Some(shared) => FingerprintKey::load(shared).map_err(|source| ServeError::FingerprintKey {
+            path: shared.clone(),
             source,
+        }),
+        None => {
+            let key_path = fingerprint::key_path(&config.daemon.db);
+            FingerprintKey::load_or_create(&key_path).map_err(|source| ServeError::FingerprintKey {
+                path: key_path.clone(),
+                source,
+            })
         }
-    })?);
+    };
+    let key = Arc::new(key?);
     let (audit_key_path, create) = audit_key_path(config);
     let audit_key = if create {
         key_file::load_or_create(&audit_key_path)
