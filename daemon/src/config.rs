@@ -1019,13 +1019,17 @@ fn is_google(host: &str) -> bool {
     host == "googleapis.com" || host.ends_with(".googleapis.com")
 }
 
+/// Whether `version` is a GSM version number (1, 2, ...), as opposed to `latest` or an alias.
+pub(crate) fn is_version_number(version: &str) -> bool {
+    !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && version.parse::<u64>().is_ok_and(|v| v > 0)
+}
+
 /// `latest`, a version number (1, 2, ...), or an alias as GSM allows them.
 fn is_version_or_alias(version: &str) -> bool {
-    if version == "latest" {
+    if version == "latest" || is_version_number(version) {
         return true;
-    }
-    if version.bytes().all(|b| b.is_ascii_digit()) {
-        return version.parse::<u64>().is_ok_and(|v| v > 0);
     }
     version.len() <= MAX_VERSION_ALIAS_LEN
         && version.starts_with(|c: char| c.is_ascii_alphabetic())

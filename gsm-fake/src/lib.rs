@@ -278,6 +278,31 @@ impl Handle {
     }
 }
 
+/// Serves HTTP/1.1 on `listener` until dropped, each request answered by `route`.
+pub(crate) async fn serve_http<F, Fut>(listener: tokio::net::TcpListener, route: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = hyper::Response<http_body_util::Full<hyper::body::Bytes>>>
+        + Send,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let route = route.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = route(req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// An HTTP server on a loopback port in a background thread; stops on drop.
 #[derive(Debug)]
 pub(crate) struct Running {

@@ -5,14 +5,12 @@
 //!
 //! [`FakeGsm`]: crate::FakeGsm
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 
 use crate::{Handle, Running};
 
@@ -74,21 +72,11 @@ impl FakeMetadata {
 }
 
 async fn serve(listener: tokio::net::TcpListener, counters: Arc<Counters>, gsm: Handle) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (counters, gsm) = (counters.clone(), gsm.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let reply = route(&counters, &gsm, &req);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    crate::serve_http(listener, move |req| {
+        let reply = route(&counters, &gsm, &req);
+        async move { reply }
+    })
+    .await;
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

@@ -1,6 +1,5 @@
 //! The HTTP side of the fake.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -8,7 +7,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::{Fault, Handle, Recorded, State, VersionState, auth, project_number};
@@ -24,22 +22,11 @@ type Reply = Response<Full<Bytes>>;
 
 /// Serves the fake on `listener` until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, handle: Handle) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+    crate::serve_http(listener, move |req| {
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(route(&handle, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { route(&handle, req).await }
+    })
+    .await;
 }
 
 fn json_reply(status: StatusCode, body: &Value) -> Reply {

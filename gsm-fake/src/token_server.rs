@@ -9,13 +9,11 @@
 //! [`FakeGsm`]: crate::FakeGsm
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::{Handle, Running};
@@ -100,21 +98,11 @@ async fn serve(
     gsm: Handle,
     grants: Arc<Grants>,
 ) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    crate::serve_http(listener, move |req| {
         let (ledger, gsm, grants) = (ledger.clone(), gsm.clone(), grants.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let (ledger, gsm, grants) = (ledger.clone(), gsm.clone(), grants.clone());
-                async move { Ok::<_, Infallible>(route(&ledger, &gsm, &grants, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { route(&ledger, &gsm, &grants, req).await }
+    })
+    .await;
 }
 
 fn reply(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -91,6 +91,23 @@ fn metric(client: &Client, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How many notifications of `event` ended in `result`.
+fn counted(client: &Client, event: &str, result: &str) -> f64 {
+    metric(
+        client,
+        &format!("omni_secret_notifications_total{{event=\"{event}\",result=\"{result}\"}}"),
+    )
+}
+
+/// Waits until at least one notification of `event` ended in `result`.
+fn wait_counted(client: &Client, event: &str, result: &str) {
+    wait_until(
+        || format!("a {event} notification counted as {result}"),
+        Duration::from_secs(30),
+        || (counted(client, event, result) >= 1.0).then_some(()),
+    );
+}
+
 fn stream_up(client: &Client) {
     wait_until("the notification stream", Duration::from_secs(30), || {
         (metric(client, "omni_secretd_notification_stream_up") == 1.0).then_some(())
@@ -131,13 +148,7 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
         },
     );
     assert_eq!(served.expose(), b"Omni-Key-v2-PS02-2222!");
-    wait_until("the notification counted", Duration::from_secs(10), || {
-        (metric(
-            &client,
-            "omni_secret_notifications_total{event=\"secret_version_add\",result=\"refreshed\"}",
-        ) >= 1.0)
-            .then_some(())
-    });
+    wait_counted(&client, "secret_version_add", "refreshed");
 
     // Other secrets' messages, GSM's test message and malformed ones are acknowledged and
     // change nothing.
@@ -154,17 +165,8 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
             serde_json::json!({"note": "not from GSM"}),
         ],
     );
-    wait_until("the three counted", Duration::from_secs(30), || {
-        let ignored = metric(
-            &client,
-            "omni_secret_notifications_total{event=\"secret_version_add\",result=\"ignored\"}",
-        );
-        let malformed = metric(
-            &client,
-            "omni_secret_notifications_total{event=\"malformed\",result=\"malformed\"}",
-        );
-        (ignored >= 1.0 && malformed >= 1.0).then_some(())
-    });
+    wait_counted(&client, "secret_version_add", "ignored");
+    wait_counted(&client, "malformed", "malformed");
     assert_eq!(fake.access_count(API_KEY), before, "no fetch for them");
     let log = daemon.wait_for_log("a malformed notification");
     assert!(!log.contains("Omni-Key"), "a value reached the log");
@@ -192,14 +194,7 @@ fn a_storm_of_notifications_for_one_secret_makes_a_handful_of_gsm_calls() {
         .map(|_| gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(1)))
         .collect();
     emulator.publish("gsm-storm", &storm);
-    let counted = |result: &str| {
-        metric(
-            &client,
-            &format!(
-                "omni_secret_notifications_total{{event=\"secret_version_add\",result=\"{result}\"}}"
-            ),
-        )
-    };
+    let counted = |result: &str| counted(&client, "secret_version_add", result);
     wait_until("all 1000 handled", Duration::from_secs(60), || {
         (counted("refreshed") + counted("coalesced") >= 1000.0).then_some(())
     });
@@ -239,13 +234,7 @@ fn a_revocation_message_takes_effect_only_when_gsm_confirms_it() {
         Duration::from_secs(30),
         || (fake.access_count(API_KEY) > before).then_some(()),
     );
-    wait_until("its refresh counted", Duration::from_secs(10), || {
-        (metric(
-            &client,
-            "omni_secret_notifications_total{event=\"secret_version_disable\",result=\"refreshed\"}",
-        ) >= 1.0)
-            .then_some(())
-    });
+    wait_counted(&client, "secret_version_disable", "refreshed");
     let still = client.get("trading_api_key").expect("still served");
     assert_eq!((still.version(), still.source()), ("1", SourceKind::Gsm));
 
@@ -259,13 +248,7 @@ fn a_revocation_message_takes_effect_only_when_gsm_confirms_it() {
         client.get("trading_api_key").err()
     });
     assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
-    wait_until("counted as revoked", Duration::from_secs(10), || {
-        (metric(
-            &client,
-            "omni_secret_notifications_total{event=\"secret_version_disable\",result=\"revoked\"}",
-        ) >= 1.0)
-            .then_some(())
-    });
+    wait_counted(&client, "secret_version_disable", "revoked");
     daemon.wait_for_log("omni.alert.version_revoked");
 }
 

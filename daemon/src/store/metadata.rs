@@ -74,7 +74,7 @@ impl SecretMeta {
     pub(crate) fn config_pins_a_number(&self) -> bool {
         self.gcp_version_alias
             .as_deref()
-            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .is_some_and(crate::config::is_version_number)
     }
 }
 

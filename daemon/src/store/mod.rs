@@ -179,9 +179,9 @@ impl Store {
                         // A promoted active version outranks a number in the config only until
                         // the config names it, or stops naming a number at all.
                         active_version: m.active_version.clone().filter(|v| {
-                            gcp_version_alias.as_deref().is_some_and(|c| {
-                                c != v && !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())
-                            })
+                            gcp_version_alias
+                                .as_deref()
+                                .is_some_and(|c| c != v && crate::config::is_version_number(c))
                         }),
                         gcp_secret_id,
                         gcp_version_alias,

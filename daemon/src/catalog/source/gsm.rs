@@ -457,7 +457,7 @@ impl Source for GsmSource {
 
     fn pin_version(&self, version: Option<&str>) -> Result<(), PinError> {
         if let Some(v) = version
-            && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v == "0")
+            && !crate::config::is_version_number(v)
         {
             return Err(PinError::NotAVersion(v.to_owned()));
         }
