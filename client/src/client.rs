@@ -5,8 +5,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use secretd_proto::{
-    AuditEntry, AuditVerification, ChangeEvent, ConnectionInfo, MAX_WATCH_NAMES, RefreshOutcome,
-    Request, Response, RotationStep, SecretStatus, validate_name,
+    AuditEntry, AuditVerification, ChangeEvent, ConnectionInfo, DaemonHealth, MAX_WATCH_NAMES,
+    RefreshOutcome, Request, Response, RotationStep, SecretStatus, validate_name,
 };
 
 use crate::cache::CachedReads;
@@ -225,7 +225,6 @@ impl Client {
         }
     }
 
-    /// Admin: the Prometheus text exposition, as `/metrics` serves it.
     /// Admin: every open connection and what the daemon attested of its peer (the program,
     /// its hash when a policy selects by it, its systemd unit and cgroup). Needs a daemon that
     /// speaks protocol 3.
@@ -234,6 +233,17 @@ impl Client {
         match self.call(&Request::Connections)? {
             Response::Connections(list) => Ok(list),
             other => Err(unexpected("connections", &other)),
+        }
+    }
+
+    /// The host's health as `/healthz` judges it, with the notification channel's state.
+    /// Anyone may ask; the reasons name only secrets the caller may see. Needs a daemon that
+    /// speaks protocol 5.
+    pub fn health(&self) -> Result<DaemonHealth> {
+        self.require_protocol(5, "asking for health")?;
+        match self.call(&Request::Health)? {
+            Response::Health(health) => Ok(health),
+            other => Err(unexpected("health", &other)),
         }
     }
 

@@ -43,9 +43,9 @@ pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};
 pub use error::{Error, Result};
 pub use secret::Secret;
 pub use secretd_proto::{
-    AuditEntry, AuditVerification, ChangeEvent, ConnectionInfo, EntryState, ErrorCode,
-    MAX_WATCH_NAMES, RefreshOutcome, RotationRequest, RotationStep, SecretChange, SecretStatus,
-    SourceKind, WireError,
+    AuditEntry, AuditVerification, ChangeEvent, ChannelState, ConnectionInfo, DaemonHealth,
+    EntryState, ErrorCode, HealthStatus, MAX_WATCH_NAMES, RefreshOutcome, RotationRequest,
+    RotationStep, SecretChange, SecretStatus, SourceKind, WireError,
 };
 pub use watch::{
     RESUBSCRIBE_MAX_BACKOFF, RESUBSCRIBE_MIN_BACKOFF, Watch, WatchHandle, WatchStopper,

@@ -20,9 +20,9 @@ pub use error::{ErrorCode, WireError};
 pub use frame::{FrameError, MAX_FRAME};
 pub use locked::LockedBuf;
 pub use message::{
-    AuditEntry, AuditVerification, ChangeEvent, ClientHello, ConnectionInfo, EntryState, MAGIC,
-    MAX_NAME_LEN, MAX_WATCH_NAMES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RefreshOutcome, Request,
-    Response, RotationRequest, RotationStep, SecretChange, SecretReply, SecretStatus, ServerHello,
-    SourceKind, validate_name,
+    AuditEntry, AuditVerification, ChangeEvent, ChannelState, ClientHello, ConnectionInfo,
+    DaemonHealth, EntryState, HealthStatus, MAGIC, MAX_NAME_LEN, MAX_WATCH_NAMES,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RefreshOutcome, Request, Response, RotationRequest,
+    RotationStep, SecretChange, SecretReply, SecretStatus, ServerHello, SourceKind, validate_name,
 };
 pub use value::SecretValue;

@@ -22,7 +22,10 @@ use crate::value::SecretValue;
 ///   status rows in the version-3 layout ([`crate::legacy`]). [`RotationStep::Validate`] and
 ///   [`RotationStep::Unpin`], sent only to a daemon that answered 4.
 ///   [`ChangeEvent::RotationRequested`], sent only to watchers that agreed on 4.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// - 5: [`Request::Health`] and [`Response::Health`] (the host's health as `/healthz` judges
+///   it, with the notification channel's state). Clients send it only to a daemon that
+///   answered 5.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest protocol version the daemon still serves, so clients built against earlier
 /// releases keep working after an upgrade.
@@ -234,6 +237,55 @@ pub enum Request {
     },
     /// Admin (protocol 3): every open connection, with what was attested of its peer.
     Connections,
+    /// (protocol 5) The host's health as `/healthz` judges it. Anyone may ask; reasons name
+    /// only secrets the caller may see.
+    Health,
+}
+
+/// The daemon's health (protocol 5), as `/healthz` and `secretd status` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct DaemonHealth {
+    /// The verdict.
+    pub status: HealthStatus,
+    /// Why it is [`HealthStatus::Unhealthy`], one line each (a degraded host's reason is
+    /// in `notifications`).
+    pub reasons: Vec<String>,
+    /// The GSM notification channel (`[gsm.notifications]`).
+    pub notifications: ChannelState,
+}
+
+/// How healthy the daemon is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum HealthStatus {
+    /// Every secret servable, the audit trail writable, notifications (if any) flowing.
+    Ok,
+    /// Serving everything, but something that keeps it current is down (the notification
+    /// channel): changes arrive by polling only.
+    Degraded,
+    /// A secret cannot be served, or the audit trail cannot be written.
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// The lower-case name `/healthz` and the CLI print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Ok => "ok",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// The state of the GSM notification channel.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum ChannelState {
+    /// No `[gsm.notifications]`: changes arrive by polling.
+    Off,
+    /// The streaming pull runs and the subscription answers.
+    Up,
+    /// Down, and why; polling uses `notification_fallback_interval` meanwhile.
+    Down(String),
 }
 
 /// One open connection, as `status --connections` shows it. Never a value.
@@ -402,6 +454,7 @@ impl Request {
             Request::Metrics => "metrics",
             Request::Watch { .. } => "watch",
             Request::Connections => "connections",
+            Request::Health => "health",
         }
     }
 }
@@ -499,6 +552,8 @@ pub enum Response<'a> {
     Event(ChangeEvent),
     /// The answer to [`Request::Connections`] (protocol 3).
     Connections(Vec<ConnectionInfo>),
+    /// The answer to [`Request::Health`] (protocol 5).
+    Health(DaemonHealth),
 }
 
 /// What one refresh achieved.
@@ -529,6 +584,7 @@ impl Response<'_> {
             Response::Watching(_) => "watching",
             Response::Event(_) => "event",
             Response::Connections(_) => "connections",
+            Response::Health(_) => "health",
         }
     }
 }

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use secretd_client::{Client, EntryState, ErrorCode, SourceKind};
+use secretd_client::{ChannelState, Client, EntryState, ErrorCode, HealthStatus, SourceKind};
 use secretd_proto::{ClientHello, Request, Response};
 mod support;
 
-use support::{RawConn, TestEnv, can_run, cli, euid, is_root, probe_bin, wait_until};
+use support::{
+    RawConn, TestEnv, can_run, cli, cli_ok, euid, is_root, probe_bin, secretd_bin, wait_until,
+};
 
 const KEY: &[u8] = b"Omni-Key-1234567890-abcdef!";
 const PASSPHRASE: &[u8] = b"Pass-phrase-Zyx-987#";
@@ -132,6 +134,57 @@ fn other_uid_is_checked_by_kernel_credentials() {
         log.contains("access.denied") && log.contains("uid=65534"),
         "{log}"
     );
+}
+
+#[test]
+fn status_prints_the_hosts_health_naming_only_secrets_the_caller_may_see() {
+    if !can_run(
+        is_root(),
+        "status_prints_the_hosts_health_naming_only_secrets_the_caller_may_see",
+        "root to run the CLI as uid 65534",
+    ) {
+        return;
+    }
+    let env = TestEnv::new();
+    // The variable is never set: the secret never loads, and the host is unhealthy.
+    let config = env
+        .conf()
+        .shared_with_nobody()
+        .env_secret("trading_api_key", "SECRETD_TEST_NEVER_SET")
+        .file_secret("public_banner", b"hello-public-value")
+        .policy(&[0], &["*"], &[])
+        .policy(&[65534], &["public_*"], &[])
+        .build();
+    let daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8 path");
+
+    let mine =
+        String::from_utf8(cli_ok(&["status", "--socket", socket], &[]).stdout).expect("utf-8");
+    assert!(
+        mine.starts_with("health: unhealthy\n  trading_api_key: never loaded\n\nNAME"),
+        "{mine}"
+    );
+    let health = Client::connect(&daemon.socket)
+        .expect("connect")
+        .health()
+        .expect("health");
+    assert_eq!(health.status, HealthStatus::Unhealthy);
+    assert_eq!(health.notifications, ChannelState::Off);
+
+    // Another uid learns the verdict, not the name of a secret it may not read.
+    let out = env.run_as_nobody(&secretd_bin(), &["status", "--socket", socket]);
+    let theirs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        theirs.starts_with("health: unhealthy\n  1 secret(s) you may not see: not servable\n"),
+        "{theirs}"
+    );
+    assert!(!theirs.contains("trading_api_key"), "{theirs}");
+    assert!(theirs.contains("public_banner"), "{theirs}");
 }
 
 #[test]
@@ -381,7 +434,10 @@ fn cli_get_status_and_exit_codes() {
 
     let out = cli(&["status", "--socket", socket], &[]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.starts_with("NAME") && table.contains("trading_api_passphrase"));
+    assert!(
+        table.starts_with("health: ok\n\nNAME") && table.contains("trading_api_passphrase"),
+        "{table}"
+    );
 
     // Usage errors exit 2; a missing daemon exits 1 with the path in the message.
     assert_eq!(cli(&["get"], &[]).status.code(), Some(2));

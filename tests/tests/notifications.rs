@@ -7,7 +7,7 @@ mod support;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use secretd_client::{Client, ErrorCode, SourceKind};
+use secretd_client::{ChannelState, Client, ErrorCode, HealthStatus, SourceKind};
 use secretd_gsm_fake::{FakeGsm, VersionState, project_number};
 use support::pubsub::{Emulator, emulator_script, gsm_event};
 use support::{TestEnv, can_run, wait_until};
@@ -286,6 +286,20 @@ fn the_stream_survives_an_emulator_restart() {
     wait_until("healthy", Duration::from_secs(20), || {
         (health() == (200, r#"{"status":"ok"}"#.to_owned())).then_some(())
     });
+    let status_text = || {
+        let socket = daemon.socket.to_str().expect("utf-8 socket path");
+        let out = support::cli_ok(&["status", "--socket", socket], &[]);
+        String::from_utf8(out.stdout).expect("utf-8 status")
+    };
+    let text = status_text();
+    assert!(
+        text.starts_with("health: ok\nnotifications: up\n"),
+        "{text}"
+    );
+    assert_eq!(
+        client.health().expect("health").notifications,
+        ChannelState::Up
+    );
 
     // The emulator goes away and comes back empty (it keeps no state): the topic and the
     // subscription are made again, as an operator's tooling would.
@@ -301,6 +315,14 @@ fn the_stream_survives_an_emulator_restart() {
         "{body}"
     );
     assert!(client.get("trading_api_key").is_ok());
+    let h = client.health().expect("health");
+    assert_eq!(h.status, HealthStatus::Degraded, "{h:?}");
+    assert!(matches!(h.notifications, ChannelState::Down(_)), "{h:?}");
+    let text = status_text();
+    assert!(
+        text.starts_with("health: degraded\nnotifications: down ("),
+        "{text}"
+    );
     let emulator = Emulator::start_on(&script, port);
     emulator.topic_and_subscription("gsm-restart", "host-restart");
     stream_up(&client);

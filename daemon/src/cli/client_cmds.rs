@@ -6,7 +6,7 @@ use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use secretd_client::{ChangeEvent, Client, SecretStatus};
+use secretd_client::{ChangeEvent, ChannelState, Client, DaemonHealth, SecretStatus};
 use serde_json::json;
 
 use crate::server::status_json::{rfc3339, state_name, status_json};
@@ -76,7 +76,9 @@ pub(super) fn status(socket: Option<PathBuf>, as_json: bool) -> Result<(), Strin
         let rows: Vec<_> = list.iter().map(status_json).collect();
         serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())? + "\n"
     } else {
-        status_table(&list)
+        // A daemon older than protocol 5 cannot say; its table prints as it always did.
+        let health = client.health().ok();
+        health.as_ref().map(health_lines).unwrap_or_default() + &status_table(&list)
     };
     std::io::stdout()
         .write_all(out.as_bytes())
@@ -238,6 +240,24 @@ pub(super) fn connections(socket: Option<PathBuf>, as_json: bool) -> Result<(), 
 
 fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// The lines above the status table: the verdict with its reasons, and the notification
+/// channel when one is configured.
+fn health_lines(h: &DaemonHealth) -> String {
+    let mut out = format!("health: {}\n", h.status.as_str());
+    for why in &h.reasons {
+        out.push_str(&format!("  {why}\n"));
+    }
+    match &h.notifications {
+        ChannelState::Off => {}
+        ChannelState::Up => out.push_str("notifications: up\n"),
+        ChannelState::Down(why) => out.push_str(&format!(
+            "notifications: down ({why}); polling at notification_fallback_interval\n"
+        )),
+    }
+    out.push('\n');
+    out
 }
 
 fn status_table(list: &[SecretStatus]) -> String {

@@ -10,14 +10,14 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use secretd_proto::EntryState;
+use secretd_proto::{ChannelState, HealthStatus};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Shared;
 use super::scrape;
 use super::status_json::status_json;
+use super::{Shared, health};
 
 /// Requests on one HTTP connection are short; a slow scraper gets cut off after this.
 pub(crate) const HTTP_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -121,37 +121,27 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
     }
 }
 
-/// Healthy when every secret is servable (fresh, or stale within max_stale) and the audit
-/// trail is writable.
+/// 200 while every secret is servable (fresh, or stale within max_stale) and the audit trail
+/// is writable (`"degraded"` while only the notification channel is down), else 503.
 fn healthz(shared: &Shared) -> Reply {
-    let mut reasons = Vec::new();
-    for i in 0..shared.catalog.slots().len() {
-        let row = shared.catalog.status(i);
-        match row.state {
-            EntryState::Fresh | EntryState::Stale => {}
-            EntryState::Expired => reasons.push(format!("{}: stale past max_stale", row.name)),
-            EntryState::Missing => reasons.push(format!("{}: never loaded", row.name)),
+    let health = health::assess(shared, |_| true);
+    let (code, body) = match health.status {
+        HealthStatus::Ok => (StatusCode::OK, json!({"status": "ok"})),
+        HealthStatus::Degraded => {
+            let why = match health.notifications {
+                ChannelState::Down(why) => why,
+                ChannelState::Off | ChannelState::Up => String::new(),
+            };
+            let reasons = [format!("notifications: {why}")];
+            (
+                StatusCode::OK,
+                json!({"status": "degraded", "reasons": reasons}),
+            )
         }
-    }
-    if !shared.audit.healthy() {
-        reasons.push("audit trail not writable".into());
-    }
-    // A notification channel that is down degrades the host, it does not fail it: the poll
-    // still serves fresh values.
-    let degraded = shared.catalog.channel.as_ref().and_then(|c| c.down());
-    if reasons.is_empty() {
-        let body = match degraded {
-            Some(why) => {
-                json!({"status": "degraded", "reasons": [format!("notifications: {why}")]})
-            }
-            None => json!({"status": "ok"}),
-        };
-        reply(StatusCode::OK, "application/json", body.to_string())
-    } else {
-        reply(
+        HealthStatus::Unhealthy => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            json!({"status": "unhealthy", "reasons": reasons}).to_string(),
-        )
-    }
+            json!({"status": "unhealthy", "reasons": health.reasons}),
+        ),
+    };
+    reply(code, "application/json", body.to_string())
 }

@@ -2,7 +2,8 @@
 //! → this accept loop with `peer` credentials and `admission` caps → `connection` (hello,
 //! then the request loop over a `framed` socket) → `session` (the peer's `policy` access and
 //! audit tallies) → a handler (`read`, `admin`, `break_glass`, `watch`) returning a `reply`.
-//! Beside it, `http` serves `/metrics` (`scrape`), `/healthz` and `/status` (`status_json`).
+//! Beside it, `http` serves `/metrics` (`scrape`), `/healthz` (`health`, which `Health`
+//! requests share) and `/status` (`status_json`).
 
 pub(crate) mod admin;
 mod admission;
@@ -11,6 +12,7 @@ mod break_glass;
 mod connection;
 pub(crate) mod denials;
 mod framed;
+mod health;
 pub(crate) mod http;
 pub(crate) mod peer;
 pub(crate) mod policy;

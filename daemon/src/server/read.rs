@@ -1,8 +1,9 @@
 //! Reading: `Get` (a value, under the peer's access rights, audited before it is answered)
-//! and `Status` (what the caller may see, never values).
+//! `Status` (what the caller may see, never values) and `Health`.
 
 use secretd_proto::{ErrorCode, Response, SecretStatus, WireError, validate_name};
 
+use super::health;
 use super::reply::{Answer, Reply, audit_down};
 use super::session::Session;
 use crate::audit::{Action, ActorType, AuditEvent, Outcome};
@@ -95,6 +96,13 @@ impl Session<'_> {
             ErrorCode::PermissionDenied,
             format!("uid {} may not read secret {name:?}", self.peer.uid),
         )
+    }
+
+    /// The host's health; reasons name only secrets this caller may see.
+    pub(super) fn health(&self) -> Reply {
+        let access = &self.access;
+        let health = health::assess(self.shared, |i| access.admin || access.can_read(i));
+        Reply::plain(Response::Health(health))
     }
 
     pub(super) fn status(&self) -> Reply {

@@ -76,6 +76,7 @@ impl<'a> Session<'a> {
             Request::Metrics => self.metrics(),
             Request::Watch { names } => self.subscribe(&names),
             Request::Connections => self.connections(),
+            Request::Health => Ok(self.health()),
             // The connection answers the hello before any request reaches a session.
             Request::Hello(_) => Err(WireError::new(ErrorCode::Internal, "unexpected hello")),
         };
