@@ -6,6 +6,7 @@
 
 mod cases;
 mod fixture;
+mod propagation;
 mod restart;
 mod stats;
 
@@ -29,6 +30,8 @@ struct Sizes {
     cli: usize,
     /// Daemon restarts per restart-gap row.
     restarts: usize,
+    /// New versions per fleet-propagation row.
+    changes: usize,
 }
 
 /// Rounds the samples of every case are spread over: as many as there are cases, so each case
@@ -42,6 +45,7 @@ const FULL: Sizes = Sizes {
     connect: 5_000,
     cli: 200,
     restarts: 20,
+    changes: 10,
 };
 
 const QUICK: Sizes = Sizes {
@@ -51,6 +55,7 @@ const QUICK: Sizes = Sizes {
     connect: 300,
     cli: 20,
     restarts: 2,
+    changes: 2,
 };
 
 /// Command-line options.
@@ -316,6 +321,9 @@ fn run() -> Result<(), String> {
         }
     }
 
+    // Then the fleets, each its own daemons, fake GSM and topic.
+    let propagation = propagation::measure(&secretd, dir.path(), sizes.changes, &mut notes);
+
     let clients = cases::idle_clients(&socket, 100);
     cases::settle();
     let rss_100 = daemon.rss_kib();
@@ -346,6 +354,7 @@ fn run() -> Result<(), String> {
     println!();
     print_targets(&all);
     restart::print_table(&gaps);
+    propagation::print_table(&propagation);
     notes.dedup();
     for note in notes {
         println!("note: {note}");

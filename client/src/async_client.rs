@@ -2,8 +2,8 @@
 //!
 //! Cancellation safety is the point of its design. A request runs in the caller's own future
 //! on a pooled connection, and the connection records every byte it has written and read as it
-//! goes (each step is a non-blocking `try_write`/`try_read` after a readiness wait, so nothing is
-//! lost at an await point). When the caller's future is dropped mid-exchange (a `timeout`, a
+//! goes (an [`Exchange`]; each step is a non-blocking `try_write`/`try_read` after a readiness
+//! wait, so nothing is lost at an await point). When the caller's future is dropped mid-exchange (a `timeout`, a
 //! `select!`), the guard holding the connection hands it to a task that finishes the exchange
 //! from where it stopped, discards the answer and puts the connection back in the pool, in step:
 //! the next call never reads an answer meant for a cancelled one, and a cancellation costs no
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_core::Stream;
-use secretd_proto::frame::{HEADER_LEN, body_len, encode_frame};
+use secretd_proto::frame::{HEADER_LEN, body_len};
 use secretd_proto::legacy::decode_response;
 use secretd_proto::{
     ClientHello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, SecretStatus,
@@ -37,14 +37,11 @@ use crate::async_watch::AsyncWatch;
 use crate::cache::ClientCache;
 use crate::client::{DEFAULT_TIMEOUT, REFRESH_TIMEOUT, unexpected};
 use crate::error::{Error, Result};
+use crate::exchange::Exchange;
 use crate::secret::Secret;
 
 /// Requests one [`AsyncClient`] runs at once, each on a connection of its own; more wait.
 pub const MAX_ASYNC_CONNECTIONS: usize = 8;
-
-/// The first read of an answer asks for this much, so a typical answer (header and body) comes
-/// in one `recv`.
-const FIRST_READ: usize = 4096;
 
 /// The label this library sends in its hello.
 const CLIENT_LABEL: &str = concat!("secretd-client-async/", env!("CARGO_PKG_VERSION"));
@@ -100,17 +97,10 @@ struct Inner {
 pub(crate) struct AsyncConnection {
     /// The socket.
     stream: UnixStream,
-    /// The request frame being sent.
-    out: Vec<u8>,
-    /// Bytes of `out` already written.
-    sent: usize,
-    /// The answer frame (header and body) being read; wiped after every exchange, as answers
-    /// carry values.
+    /// The exchange under way, if any, with every byte moved counted.
+    exchange: Exchange,
+    /// Frames that arrive unasked (a watch's events), read whole; wiped after each.
     input: Vec<u8>,
-    /// Bytes of `input` already read.
-    got: usize,
-    /// The whole answer frame's length, once its header is in.
-    expected: Option<usize>,
     /// The protocol version both sides speak, once the hello is answered (decides how status
     /// rows are laid out).
     protocol: u16,
@@ -131,11 +121,8 @@ impl AsyncConnection {
         })?;
         let mut conn = AsyncConnection {
             stream,
-            out: Vec::new(),
-            sent: 0,
+            exchange: Exchange::default(),
             input: Vec::new(),
-            got: 0,
-            expected: None,
             protocol: PROTOCOL_VERSION,
         };
         conn.start(&Request::Hello(ClientHello::new(CLIENT_LABEL)))?;
@@ -163,9 +150,10 @@ impl AsyncConnection {
     /// never pooled again.
     pub(crate) async fn open_stream(&mut self, req: &Request) -> Result<Response<'static>> {
         self.start(req)?;
-        let written = self.stream.write_all(&self.out).await.map_err(Error::Io);
-        self.out.clear();
-        written?;
+        let written = self.stream.write_all(self.exchange.unsent()).await;
+        // The answers are read as unasked frames: this exchange ends here.
+        let _ = self.exchange.finish(self.protocol);
+        written.map_err(Error::Io)?;
         self.receive().await
     }
 
@@ -191,20 +179,12 @@ impl AsyncConnection {
 
     /// Queues `req` as the exchange to drive.
     fn start(&mut self, req: &Request) -> Result<()> {
-        if let Err(e) = encode_frame(req, &mut self.out) {
-            // Nothing of it was sent: the connection stays in step.
-            self.out.clear();
-            return Err(e.into());
-        }
-        self.sent = 0;
-        self.got = 0;
-        self.expected = None;
-        Ok(())
+        self.exchange.start(req)
     }
 
     /// Whether no exchange is under way: the connection may go back to the pool.
     fn in_step(&self) -> bool {
-        self.out.is_empty()
+        self.exchange.in_step()
     }
 
     /// Drives the exchange to its end within `timeout` and decodes the answer.
@@ -217,60 +197,32 @@ impl AsyncConnection {
                     after: timeout,
                 })
             });
-        let answer = driven.and_then(|()| {
-            Ok(decode_response(
-                &self.input[HEADER_LEN..self.got],
-                self.protocol,
-            )?)
-        });
-        self.input.zeroize();
-        self.out.clear();
-        answer
+        // Ends the exchange either way, wiping what was read.
+        let answer = self.exchange.finish(self.protocol);
+        driven.and(answer)
     }
 
     /// Writes the rest of the request and reads the rest of the answer. Cancel-safe: every
     /// byte moved is counted before the next await, so a later call resumes where this stopped.
     async fn drive(&mut self) -> Result<()> {
-        while self.sent < self.out.len() {
+        while !self.exchange.unsent().is_empty() {
             self.stream.writable().await.map_err(Error::Io)?;
-            match self.stream.try_write(&self.out[self.sent..]) {
-                Ok(n) => self.sent += n,
+            match self.stream.try_write(self.exchange.unsent()) {
+                Ok(n) => self.exchange.wrote(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(Error::Io(e)),
             }
         }
-        if self.input.len() < FIRST_READ {
-            self.input.resize(FIRST_READ, 0);
-        }
-        loop {
-            if let Some(total) = self.expected
-                && self.got == total
-            {
-                return Ok(());
-            }
-            let end = self.expected.unwrap_or(self.input.len());
+        while !self.exchange.answered() {
             self.stream.readable().await.map_err(Error::Io)?;
-            match self.stream.try_read(&mut self.input[self.got..end]) {
+            match self.stream.try_read(self.exchange.read_target()) {
                 Ok(0) => return Err(Error::Io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => self.got += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) => self.exchange.read(n)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(Error::Io(e)),
             }
-            if self.expected.is_none() && self.got >= HEADER_LEN {
-                let mut header = [0u8; HEADER_LEN];
-                header.copy_from_slice(&self.input[..HEADER_LEN]);
-                let total = HEADER_LEN + body_len(header)?;
-                if self.got > total {
-                    return Err(Error::Protocol(
-                        "daemon sent more than one answer to one request".into(),
-                    ));
-                }
-                if self.input.len() < total {
-                    self.input.resize(total, 0);
-                }
-                self.expected = Some(total);
-            }
         }
+        Ok(())
     }
 }
 
@@ -361,6 +313,12 @@ impl AsyncClient {
     /// How many values the client-side cache holds (0 when it is off).
     pub fn cached_len(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.values.len())
+    }
+
+    /// The value the client-side cache holds for `name`, if it is on and holds one: no I/O,
+    /// no await (for callers that can skip a future when it hits, such as the Python client).
+    pub fn cached_get(&self, name: &str) -> Option<Secret> {
+        self.cache.as_ref()?.values.get(name)
     }
 
     /// Reads a secret (from the client-side cache when it is on and holds it).

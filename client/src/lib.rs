@@ -22,6 +22,8 @@
 //!
 //! With the `tokio` feature, `AsyncClient` does the same for async programs: `get`, `status`,
 //! `refresh`, `watch` (a `futures` `Stream`) and `with_cache`, cancel-safe at every await point.
+//! [`nonblocking::NonBlockingConnection`] lets another event loop (the Python client's asyncio
+//! loop) drive reads itself, with no thread of this crate's.
 
 #[cfg(feature = "tokio")]
 mod async_client;
@@ -31,6 +33,8 @@ mod cache;
 mod client;
 mod connection;
 mod error;
+mod exchange;
+pub mod nonblocking;
 mod secret;
 mod trust;
 mod watch;
@@ -45,7 +49,7 @@ pub use secret::Secret;
 pub use secretd_proto::{
     AuditEntry, AuditVerification, ChangeEvent, ChannelState, ConnectionInfo, DaemonHealth,
     EntryState, ErrorCode, HealthStatus, MAX_WATCH_NAMES, RefreshOutcome, RotationRequest,
-    RotationStep, SecretChange, SecretStatus, SourceKind, WireError,
+    RotationStep, SecretChange, SecretStatus, SourceKind, WireError, validate_name,
 };
 pub use watch::{
     RESUBSCRIBE_MAX_BACKOFF, RESUBSCRIBE_MIN_BACKOFF, Watch, WatchHandle, WatchStopper,

@@ -1,7 +1,8 @@
 //! A fake of Google Secret Manager's REST API (v1), close enough that the official Rust client
 //! cannot tell the difference, with faults a test can switch on; and a fake of the GCE metadata
 //! server and of Google's token endpoints (STS, OAuth, IAM Credentials), so every kind of
-//! Google credentials can be exercised end to end.
+//! Google credentials can be exercised end to end. [`pubsub_emulator`] starts and drives
+//! Google's own Pub/Sub emulator, for the notification tests and the propagation bench.
 //!
 //! It behaves as Google documents, not as is convenient:
 //! - `GET /v1/projects/P/secrets/S/versions/V:access` answers
@@ -27,6 +28,7 @@
 
 mod auth;
 mod metadata;
+pub mod pubsub_emulator;
 mod server;
 mod token_server;
 

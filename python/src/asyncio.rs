@@ -1,6 +1,8 @@
 //! `secretd._native.AsyncClient`: the tokio client ([`rust::AsyncClient`]) as asyncio
-//! awaitables, through pyo3-async-runtimes. No executor thread: a call's future runs on this
-//! process's tokio runtime ([`crate::runtime`]) and its result is handed to the event loop.
+//! awaitables. No executor thread: a call's future runs on this process's tokio runtime
+//! ([`crate::runtime`]) and its result is handed to the event loop ([`crate::bridge`]). The
+//! Python `AsyncClient` reads through [`crate::loop_reads`] instead (on the event loop itself,
+//! no thread hop), except with `cache=True`; `status`, `refresh` and `watch` come here.
 //!
 //! Cancelling the asyncio task drops the Rust future; the tokio client finishes the exchange
 //! it was in on its own and pools the connection again (see `secretd_client::AsyncClient`).
@@ -79,6 +81,13 @@ impl AsyncClient {
             let inner = client.get(&name).await.map_err(py_err)?;
             Ok(Secret { name, inner })
         })
+    }
+
+    /// The client-side cache's value for `name`, if the cache is on and holds it (no await:
+    /// a hit costs what the blocking client's does).
+    fn cached_get(&self, py: Python<'_>, name: String) -> PyResult<Option<Secret>> {
+        let client = self.client(py)?;
+        Ok(client.cached_get(&name).map(|inner| Secret { name, inner }))
     }
 
     /// Every secret the caller may read, as dicts; never values.

@@ -31,10 +31,7 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     let rt = runtime()?;
-    let get_running_loop = GET_RUNNING_LOOP.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
-    })?;
-    let event_loop = get_running_loop.bind(py).call0()?;
+    let event_loop = running_loop(py)?;
     let py_fut = event_loop.call_method0(intern!(py, "create_future"))?;
     let (target, event_loop) = (py_fut.clone().unbind(), event_loop.unbind());
     let task = rt.spawn(async move {
@@ -54,6 +51,14 @@ where
     })?;
     py_fut.call_method1(intern!(py, "add_done_callback"), (on_done,))?;
     Ok(py_fut)
+}
+
+/// The running asyncio loop (an error outside a coroutine).
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let get_running_loop = GET_RUNNING_LOOP.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
+    })?;
+    get_running_loop.bind(py).call0()
 }
 
 /// Has the event loop settle `target` with `value` on its own thread, unless it was

@@ -8,6 +8,7 @@
 
 mod asyncio;
 mod bridge;
+mod loop_reads;
 mod per_process;
 mod runtime;
 
@@ -475,6 +476,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
     m.add_class::<asyncio::AsyncClient>()?;
     m.add_class::<asyncio::AsyncWatch>()?;
+    m.add_class::<loop_reads::LoopReads>()?;
     m.add_class::<Secret>()?;
     m.add_class::<Watch>()?;
     m.add_class::<ChangeEvent>()?;

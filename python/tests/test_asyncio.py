@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Tuple
 
 import pytest
 
 import secretd
 
-from conftest import VALUES, Daemon
+from conftest import VALUES, Daemon, FakeDaemon
 
 KEY = "trading_api_key"
 PASS = "trading_api_passphrase"
@@ -69,6 +72,11 @@ def test_many_tasks_cancelled_at_random_only_ever_see_their_own_answers(daemon: 
             for _ in range(50):
                 assert (await client.get(KEY)).expose() == VALUES[KEY]
                 assert (await client.get(PASS)).expose() == VALUES[PASS]
+            # Hundreds of cancellations, and no reconnect paid for any of them: the pool
+            # never grew past its 8 connections.
+            reads = client._reads
+            assert reads is not None
+            assert reads.opened <= 8, reads.opened
         # No executor: the loop never made its default one, and no pool threads appeared
         # (the client's runtime is two tokio workers plus its blocking-pool helpers, none of
         # them Python threads).
@@ -159,5 +167,69 @@ def test_async_watch_close_ends_a_pending_iteration(daemon: Daemon) -> None:
             await asyncio.sleep(0.1)
             await watch.aclose()
             assert await asyncio.wait_for(pending, timeout=20) == 0
+
+    asyncio.run(main())
+
+
+def test_reads_are_driven_by_the_event_loop_and_a_silent_daemon_times_out(tmp_path: Path) -> None:
+    """The loop keeps running while a read waits (nothing blocks it), and a daemon that never
+    answers gets secretd.Timeout after the client's 5 s, as the blocking client does."""
+    path = str(tmp_path / "stuck.sock")
+
+    async def main() -> None:
+        client = secretd.AsyncClient(path)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        started = time.monotonic()
+        with pytest.raises(secretd.Timeout) as e:
+            await client.get(KEY)
+        waited = time.monotonic() - started
+        ticker.cancel()
+        assert 5.0 <= waited < 10.0, waited
+        assert f"timed out after 5s waiting for secretd at {path}" in str(e.value)
+        # The loop ran all along: about 100 ticks a second.
+        assert ticks > 100, ticks
+        await client.close()
+
+    with FakeDaemon(path, delay=30.0):
+        asyncio.run(main())
+
+
+def test_a_client_used_from_a_second_event_loop_starts_afresh(daemon: Daemon) -> None:
+    client = secretd.AsyncClient(daemon.socket)
+
+    async def read() -> bytes:
+        return (await client.get(KEY)).expose()
+
+    assert asyncio.run(read()) == VALUES[KEY]
+    # The first loop is closed; its connections are dropped and new ones registered here.
+    assert asyncio.run(read()) == VALUES[KEY]
+    reads = client._reads
+    assert reads is not None
+    assert reads.opened == 2, reads.opened
+
+
+
+def test_a_cached_async_client_answers_a_hit_without_the_daemon(daemon: Daemon) -> None:
+    """A hit is served from the cache with no round trip: it answers even while the daemon is
+    frozen (SIGSTOP), where an uncached read would wait out its timeout."""
+
+    async def main() -> None:
+        async with secretd.AsyncClient(daemon.socket, cache=True) as client:
+            assert (await client.get(KEY)).expose() == VALUES[KEY]
+            assert daemon.proc is not None
+            os.kill(daemon.proc.pid, signal.SIGSTOP)
+            try:
+                hit = await asyncio.wait_for(client.get(KEY), 1.0)
+                assert hit.expose() == VALUES[KEY]
+            finally:
+                os.kill(daemon.proc.pid, signal.SIGCONT)
 
     asyncio.run(main())

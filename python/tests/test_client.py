@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import List
 import pytest
 
 import secretd
-from conftest import VALUES, Daemon
+from conftest import VALUES, Daemon, FakeDaemon
 
 
 def test_get_expose_version_source(daemon: Daemon) -> None:
@@ -214,57 +212,3 @@ def test_async_client_under_gather(daemon: Daemon) -> None:
                 await client.get("trading_nope")
 
     asyncio.run(main())
-
-
-# A minimal daemon written from docs/protocol.md alone: answers the hello, then every request
-# with an Unavailable error after `delay` seconds.
-class FakeDaemon:
-    def __init__(self, path: str, delay: float = 0.0, hello_version: int = 1) -> None:
-        self.path, self.delay, self.hello_version = path, delay, hello_version
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(path)
-        self.server.listen(4)
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-
-    def __enter__(self) -> "FakeDaemon":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.close()
-
-    @staticmethod
-    def read_frame(conn: socket.socket) -> bytes:
-        header = conn.recv(4, socket.MSG_WAITALL)
-        if len(header) < 4:
-            raise ConnectionError
-        (length,) = struct.unpack("<I", header)
-        return conn.recv(length, socket.MSG_WAITALL)
-
-    @staticmethod
-    def send(conn: socket.socket, body: bytes) -> None:
-        conn.sendall(struct.pack("<I", len(body)) + body)
-
-    @staticmethod
-    def string(text: str) -> bytes:
-        data = text.encode()
-        return struct.pack("<Q", len(data)) + data
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    self.read_frame(conn)  # the client's hello
-                    # Response::Hello (tag 0): protocol_version u16, daemon_version String.
-                    self.send(conn, struct.pack("<IH", 0, self.hello_version) + self.string("fake"))
-                    while True:
-                        self.read_frame(conn)
-                        time.sleep(self.delay)
-                        # Response::Error (tag 3): code u16 = 3 (Unavailable), message String.
-                        self.send(conn, struct.pack("<IH", 3, 3) + self.string("slow fake"))
-                except (ConnectionError, OSError):
-                    continue

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use secretd_client::{ChannelState, Client, ErrorCode, HealthStatus, SourceKind};
+use secretd_gsm_fake::pubsub_emulator::{Emulator, emulator_script, gsm_event};
 use secretd_gsm_fake::{FakeGsm, VersionState, project_number};
-use support::pubsub::{Emulator, emulator_script, gsm_event};
 use support::{TestEnv, can_run, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
@@ -19,7 +19,7 @@ const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 fn shared_emulator() -> Option<&'static Emulator> {
     static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
     EMULATOR
-        .get_or_init(|| emulator_script().map(|script| Emulator::start(&script)))
+        .get_or_init(|| emulator_script().map(|script| Emulator::start(&script).expect("emulator")))
         .as_ref()
 }
 
@@ -65,7 +65,9 @@ struct Listening {
 /// Creates `topic` and `subscription` on `emulator` and starts a daemon listening on it, with
 /// `value` as version 1 of the API key.
 fn listening(emulator: &Emulator, topic: &str, subscription: &str, value: &[u8]) -> Listening {
-    let subscription = emulator.topic_and_subscription(topic, subscription);
+    let subscription = emulator
+        .topic_and_subscription(topic, subscription)
+        .expect("topic and subscription");
     let fake = FakeGsm::start().expect("fake gsm");
     fake.add_version(API_KEY, value);
     let env = TestEnv::new();
@@ -132,10 +134,12 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
     );
 
     fake.add_version(API_KEY, b"Omni-Key-v2-PS02-2222!");
-    emulator.publish(
-        "gsm-new-version",
-        &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(2))],
-    );
+    emulator
+        .publish(
+            "gsm-new-version",
+            &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(2))],
+        )
+        .expect("publish");
     // The refresh interval is 5 minutes: only the notification can bring version 2 this soon.
     let served = wait_until(
         "version 2 via the notification",
@@ -153,18 +157,20 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
     // Other secrets' messages, GSM's test message and malformed ones are acknowledged and
     // change nothing.
     let before = fake.access_count(API_KEY);
-    emulator.publish(
-        "gsm-new-version",
-        &[
-            gsm_event(
-                "SECRET_VERSION_ADD",
-                "projects/1/secrets/someone-else",
-                Some(9),
-            ),
-            serde_json::json!({"eventType": "TOPIC_CONFIGURED"}),
-            serde_json::json!({"note": "not from GSM"}),
-        ],
-    );
+    emulator
+        .publish(
+            "gsm-new-version",
+            &[
+                gsm_event(
+                    "SECRET_VERSION_ADD",
+                    "projects/1/secrets/someone-else",
+                    Some(9),
+                ),
+                serde_json::json!({"eventType": "TOPIC_CONFIGURED"}),
+                serde_json::json!({"note": "not from GSM"}),
+            ],
+        )
+        .expect("publish");
     wait_counted(&client, "secret_version_add", "ignored");
     wait_counted(&client, "malformed", "malformed");
     assert_eq!(fake.access_count(API_KEY), before, "no fetch for them");
@@ -193,7 +199,7 @@ fn a_storm_of_notifications_for_one_secret_makes_a_handful_of_gsm_calls() {
     let storm: Vec<_> = (0..1000)
         .map(|_| gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(1)))
         .collect();
-    emulator.publish("gsm-storm", &storm);
+    emulator.publish("gsm-storm", &storm).expect("publish");
     let counted = |result: &str| counted(&client, "secret_version_add", result);
     wait_until("all 1000 handled", Duration::from_secs(60), || {
         (counted("refreshed") + counted("coalesced") >= 1000.0).then_some(())
@@ -225,10 +231,12 @@ fn a_revocation_message_takes_effect_only_when_gsm_confirms_it() {
 
     // Someone who may publish to the topic, but not change GSM, cannot black out the host.
     let before = fake.access_count(API_KEY);
-    emulator.publish(
-        "gsm-revoke",
-        &[gsm_event("SECRET_VERSION_DISABLE", &secret_id(), Some(1))],
-    );
+    emulator
+        .publish(
+            "gsm-revoke",
+            &[gsm_event("SECRET_VERSION_DISABLE", &secret_id(), Some(1))],
+        )
+        .expect("publish");
     wait_until(
         "the unconfirmed message handled",
         Duration::from_secs(30),
@@ -240,10 +248,12 @@ fn a_revocation_message_takes_effect_only_when_gsm_confirms_it() {
 
     // Disabled in GSM for real: gone within seconds, not at the next refresh.
     fake.set_version_state(API_KEY, 1, VersionState::Disabled);
-    emulator.publish(
-        "gsm-revoke",
-        &[gsm_event("SECRET_VERSION_DISABLE", &secret_id(), Some(1))],
-    );
+    emulator
+        .publish(
+            "gsm-revoke",
+            &[gsm_event("SECRET_VERSION_DISABLE", &secret_id(), Some(1))],
+        )
+        .expect("publish");
     let refused = wait_until("the revocation", Duration::from_secs(60), || {
         client.get("trading_api_key").err()
     });
@@ -262,9 +272,11 @@ fn the_stream_survives_an_emulator_restart() {
         );
         return;
     };
-    let emulator = Emulator::start(&script);
+    let emulator = Emulator::start(&script).expect("emulator");
     let port = emulator.port;
-    let subscription = emulator.topic_and_subscription("gsm-restart", "host-restart");
+    let subscription = emulator
+        .topic_and_subscription("gsm-restart", "host-restart")
+        .expect("topic and subscription");
     let fake = FakeGsm::start().expect("fake gsm");
     fake.add_version(API_KEY, b"Omni-Key-v1-PS05-5555!");
     let env = TestEnv::new();
@@ -323,8 +335,10 @@ fn the_stream_survives_an_emulator_restart() {
         text.starts_with("health: degraded\nnotifications: down ("),
         "{text}"
     );
-    let emulator = Emulator::start_on(&script, port);
-    emulator.topic_and_subscription("gsm-restart", "host-restart");
+    let emulator = Emulator::start_on(&script, port).expect("emulator restart");
+    emulator
+        .topic_and_subscription("gsm-restart", "host-restart")
+        .expect("topic and subscription again");
     stream_up(&client);
 
     fake.add_version(API_KEY, b"Omni-Key-v2-PS06-6666!");
@@ -333,10 +347,12 @@ fn the_stream_survives_an_emulator_restart() {
         "version 2 after the restart",
         Duration::from_secs(90),
         || {
-            emulator.publish(
-                "gsm-restart",
-                &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(2))],
-            );
+            emulator
+                .publish(
+                    "gsm-restart",
+                    &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(2))],
+                )
+                .expect("publish");
             std::thread::sleep(Duration::from_millis(500));
             client
                 .get("trading_api_key")
@@ -387,10 +403,12 @@ fn a_rotation_schedule_message_reaches_watchers_that_know_it_and_changes_nothing
     ));
     let before = fake.access_count(API_KEY);
 
-    emulator.publish(
-        "gsm-rotate",
-        &[gsm_event("SECRET_ROTATE", &secret_id(), None)],
-    );
+    emulator
+        .publish(
+            "gsm-rotate",
+            &[gsm_event("SECRET_ROTATE", &secret_id(), None)],
+        )
+        .expect("publish");
     let request = wait_until(
         "the rotation request",
         Duration::from_secs(30),

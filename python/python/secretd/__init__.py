@@ -45,6 +45,7 @@ from ._native import (
 from ._native import AsyncClient as _NativeAsyncClient
 from ._native import AsyncWatch as _NativeAsyncWatch
 from ._native import Client as _NativeClient
+from ._native import LoopReads as _LoopReads
 
 __all__ = [
     "AsyncClient",
@@ -149,12 +150,17 @@ class Client:
 class AsyncClient:
     """``Client`` for asyncio: the same calls as coroutines, natively async.
 
-    Each call runs on secretd's own tokio runtime (two threads per process, made anew after
-    ``os.fork()``) and its result comes back to the event loop: no executor thread, and the
-    GIL is not held while waiting. Cancelling a task mid-call is safe: the exchange under way
-    finishes in the background, so the next call never sees its answer. Connecting happens in
-    the constructor and is quick (a local socket). ``executor=`` is accepted for compatibility
-    and ignored, with a ``DeprecationWarning``.
+    ``get`` is driven by the running event loop itself: the request is written at once and the
+    loop, which waits in ``epoll`` anyway, settles the call when the daemon's answer arrives
+    (``loop.add_reader``), so no thread is involved. Up to 8 reads run at once, each on a
+    connection of its own; more queue. The other calls (and ``get`` with ``cache=True``) run on
+    secretd's own tokio runtime (two threads per process, made anew after ``os.fork()``) and
+    their results come back to the event loop. There is no executor thread, and the GIL is
+    never held while waiting. Cancelling a task mid-call is safe: the exchange under way is
+    finished and its answer discarded, so the next call never sees it and no reconnect is
+    paid. Connecting happens in the constructor and is quick (a local socket). ``executor=``
+    is accepted for compatibility and ignored, with a ``DeprecationWarning``. A client
+    belongs to one event loop at a time (used from another, it starts new connections).
     """
 
     def __init__(
@@ -173,6 +179,8 @@ class AsyncClient:
             )
         path = os.fspath(socket_path) if socket_path is not None else None
         self._native = _NativeAsyncClient(path, cache)
+        # Reads on the event loop; a cached client reads through its cache instead.
+        self._reads = None if cache else _LoopReads(self._native.socket_path)
 
     @property
     def socket_path(self) -> str:
@@ -181,11 +189,16 @@ class AsyncClient:
 
     async def get(self, name: str) -> Secret:
         """Reads a secret. Raises NotFound, PermissionDenied, Unavailable or another Error."""
+        if self._reads is not None:
+            return await self._reads.get(name)
+        hit = self._native.cached_get(name)
+        if hit is not None:
+            return hit
         return await self._native.get(name)
 
     async def get_str(self, name: str) -> str:
         """Reads a secret as UTF-8 text (Python strings cannot be wiped)."""
-        secret = await self._native.get(name)
+        secret = await self.get(name)
         return secret.expose().decode("utf-8")
 
     async def status(self) -> List[Dict[str, Any]]:
@@ -208,6 +221,8 @@ class AsyncClient:
     async def close(self) -> None:
         """Closes the client. Further calls raise ``secretd.Error``."""
         self._native.close()
+        if self._reads is not None:
+            self._reads.close()
 
     @property
     def closed(self) -> bool:

@@ -5,7 +5,6 @@
 pub mod config;
 pub mod google;
 pub mod http;
-pub mod pubsub;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

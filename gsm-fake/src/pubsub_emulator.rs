@@ -1,22 +1,23 @@
-//! Google's Pub/Sub emulator, started by the tests: the `cloud-pubsub-emulator` script of the
-//! Google Cloud SDK (Debian package `google-cloud-cli-pubsub-emulator`, which needs Java),
-//! found from `$SECRETD_PUBSUB_EMULATOR` or from `gcloud`. Topics, subscriptions and messages
-//! go through its REST API; the daemon talks gRPC to the same port.
+//! Google's Pub/Sub emulator, started by the tests and the bench: the `cloud-pubsub-emulator`
+//! script of the Google Cloud SDK (Debian package `google-cloud-cli-pubsub-emulator`, which
+//! needs Java), found from `$SECRETD_PUBSUB_EMULATOR` or from `gcloud`. Topics, subscriptions
+//! and messages go through its REST API; the daemon talks gRPC to the same port. Not a fake:
+//! Google's own implementation, which is why the tests use it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::http::free_port;
-use super::wait_until;
+/// How long the emulator (a JVM) may take to answer after it starts.
+pub const EMULATOR_START_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The project the tests' topics and subscriptions live in.
+/// The project the topics and subscriptions live in.
 pub const PROJECT: &str = "apex-test";
 
 /// Where the emulator's start script is, if this machine has it.
@@ -46,12 +47,17 @@ pub struct Emulator {
 
 impl Emulator {
     /// Starts an emulator on a free port and waits until it answers.
-    pub fn start(script: &PathBuf) -> Emulator {
-        Emulator::start_on(script, free_port())
+    pub fn start(script: &PathBuf) -> Result<Emulator, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        Emulator::start_on(script, port)
     }
 
-    /// Starts an emulator on `port` (a restart reuses the port the daemon knows).
-    pub fn start_on(script: &PathBuf, port: u16) -> Emulator {
+    /// Starts an emulator on `port` (a restart reuses the port the daemon knows) and waits
+    /// until it answers.
+    pub fn start_on(script: &PathBuf, port: u16) -> Result<Emulator, String> {
         let child = Command::new(script)
             .arg("--host=127.0.0.1")
             .arg(format!("--port={port}"))
@@ -60,18 +66,24 @@ impl Emulator {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .expect("start the Pub/Sub emulator");
+            .map_err(|e| {
+                format!(
+                    "cannot start the Pub/Sub emulator {}: {e}",
+                    script.display()
+                )
+            })?;
         let emulator = Emulator { port, child };
-        wait_until(
-            "the Pub/Sub emulator to answer",
-            Duration::from_secs(90),
-            || {
-                request(port, "GET", &format!("/v1/projects/{PROJECT}/topics"), "")
-                    .ok()
-                    .filter(|(code, _)| *code == 200)
-            },
-        );
-        emulator
+        let deadline = Instant::now() + EMULATOR_START_TIMEOUT;
+        let topics = format!("/v1/projects/{PROJECT}/topics");
+        while !request(port, "GET", &topics, "").is_ok_and(|(code, _)| code == 200) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the Pub/Sub emulator did not answer within {EMULATOR_START_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(emulator)
     }
 
     /// The endpoint for `[gsm.notifications] endpoint`.
@@ -81,26 +93,34 @@ impl Emulator {
 
     /// Creates topic `topic` and pull subscription `subscription` on it; returns the
     /// subscription's full name.
-    pub fn topic_and_subscription(&self, topic: &str, subscription: &str) -> String {
+    pub fn topic_and_subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<String, String> {
+        let topic_name = self.topic(topic)?;
+        self.subscription(&topic_name, subscription)
+    }
+
+    /// Creates topic `topic`; returns its full name.
+    pub fn topic(&self, topic: &str) -> Result<String, String> {
         let topic_name = format!("projects/{PROJECT}/topics/{topic}");
-        let (code, body) =
-            request(self.port, "PUT", &format!("/v1/{topic_name}"), "{}").expect("create topic");
-        assert_eq!(code, 200, "create topic: {body}");
+        self.call("PUT", &format!("/v1/{topic_name}"), "{}", &[200])?;
+        Ok(topic_name)
+    }
+
+    /// Creates pull subscription `subscription` on the existing topic `topic_name` (a full
+    /// name); returns the subscription's full name.
+    pub fn subscription(&self, topic_name: &str, subscription: &str) -> Result<String, String> {
         let sub_name = format!("projects/{PROJECT}/subscriptions/{subscription}");
-        let (code, body) = request(
-            self.port,
-            "PUT",
-            &format!("/v1/{sub_name}"),
-            &serde_json::json!({"topic": topic_name, "ackDeadlineSeconds": 10}).to_string(),
-        )
-        .expect("create subscription");
-        assert_eq!(code, 200, "create subscription: {body}");
-        sub_name
+        let body = serde_json::json!({"topic": topic_name, "ackDeadlineSeconds": 10});
+        self.call("PUT", &format!("/v1/{sub_name}"), &body.to_string(), &[200])?;
+        Ok(sub_name)
     }
 
     /// Publishes messages with these attributes (and a small JSON body, as GSM sends) to
     /// `topic`, in batches.
-    pub fn publish(&self, topic: &str, messages: &[serde_json::Value]) {
+    pub fn publish(&self, topic: &str, messages: &[serde_json::Value]) -> Result<(), String> {
         for batch in messages.chunks(100) {
             let list: Vec<serde_json::Value> = batch
                 .iter()
@@ -111,14 +131,26 @@ impl Emulator {
                     })
                 })
                 .collect();
-            let (code, body) = request(
-                self.port,
+            self.call(
                 "POST",
                 &format!("/v1/projects/{PROJECT}/topics/{topic}:publish"),
                 &serde_json::json!({ "messages": list }).to_string(),
-            )
-            .expect("publish");
-            assert_eq!(code, 200, "publish: {body}");
+                &[200],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One REST call that must answer one of `ok` codes.
+    fn call(&self, method: &str, path: &str, body: &str, ok: &[u16]) -> Result<(), String> {
+        let (code, answer) = request(self.port, method, path, body)
+            .map_err(|e| format!("{method} {path} on the Pub/Sub emulator: {e}"))?;
+        if ok.contains(&code) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{method} {path} on the Pub/Sub emulator: {code} {answer}"
+            ))
         }
     }
 }
