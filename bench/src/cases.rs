@@ -126,15 +126,43 @@ pub fn raw_pingpong(dir: &Path, threads: usize, n: usize) -> Result<Row, String>
     }))
 }
 
+/// `raw-connect+pingpong`: connect to the echo server, one request and its response, close.
+/// The floor under `rust-connect+get`.
+pub fn raw_connect_pingpong(dir: &Path, n: usize) -> Result<Row, String> {
+    let path = dir.join("echo.sock");
+    let (request, response) = wire_frames();
+    if !path.exists() {
+        spawn_echo_server(&path, response).map_err(|e| format!("echo server: {e}"))?;
+    }
+    Ok(measure("raw-connect+pingpong", 1, n, 100, || {
+        let mut buf = Vec::new();
+        let request = request.clone();
+        let path = path.clone();
+        move || {
+            let mut stream =
+                UnixStream::connect(&path).unwrap_or_else(|e| panic!("connect echo: {e}"));
+            stream
+                .write_all(&request)
+                .unwrap_or_else(|e| panic!("echo write: {e}"));
+            read_frame(&mut stream, &mut buf).unwrap_or_else(|e| panic!("echo read: {e}"));
+        }
+    }))
+}
+
 /// `rust-client-get x4`: `threads` clients in threads of this process, each on its own
 /// connection, against `raw-uds-pingpong x4` run the same way.
 pub fn rust_get_threads(socket: &Path, threads: usize, n: usize) -> Row {
     let case = format!("rust-client-get x{threads}");
-    measure(&case, threads, n, WARMUP, || {
+    rust_get_threads_of(&case, socket, NAME, threads, n)
+}
+
+/// `threads` blocking clients reading `name` from the daemon at `socket`, as `case`.
+pub fn rust_get_threads_of(case: &str, socket: &Path, name: &str, threads: usize, n: usize) -> Row {
+    measure(case, threads, n, WARMUP, || {
         let client = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
         move || {
-            let secret = client.get(NAME).unwrap_or_else(|e| panic!("get: {e}"));
-            assert_eq!(secret.len(), VALUE.len());
+            let secret = client.get(name).unwrap_or_else(|e| panic!("get: {e}"));
+            assert!(!secret.is_empty());
         }
     })
 }
@@ -253,6 +281,16 @@ pub fn harness(args: &[String]) -> Result<(), String> {
 /// what an unaggregated audit trail would cost.
 pub fn connect_get(socket: &Path, n: usize) -> Row {
     connect_get_as("rust-connect+get (1 audit record each)", socket, n)
+}
+
+/// `Client::get_once`: connect, hello and get in one write, close: one round trip.
+pub fn get_once(socket: &Path, n: usize) -> Row {
+    measure("rust-connect+get once (hello pipelined)", 1, n, 100, || {
+        move || {
+            let secret = Client::get_once(socket, NAME).unwrap_or_else(|e| panic!("get_once: {e}"));
+            assert_eq!(secret.len(), VALUE.len());
+        }
+    })
 }
 
 /// [`connect_get`] under a `case` name (the attested variant runs against another daemon).

@@ -1,10 +1,12 @@
-//! `cargo run --release -p secretd-bench -- [--quick] [--python PATH] [--no-build]`
+//! `cargo run --release -p secretd-bench -- [--quick] [--python PATH] [--no-build]
+//! [--only reads,restart,propagation,catalog]`
 //!
 //! Starts the real daemon with a 64-byte secret and measures a read from every client
 //! language against a plain Unix-socket round trip of the same frame sizes, all in one run, then
 //! prints a Markdown table (BENCHMARKS.md explains it) and the daemon's memory.
 
 mod cases;
+mod catalog;
 mod fixture;
 mod propagation;
 mod restart;
@@ -33,10 +35,6 @@ struct Sizes {
     /// New versions per fleet-propagation row.
     changes: usize,
 }
-
-/// Rounds the samples of every case are spread over: as many as there are cases, so each case
-/// runs once in every position of the order.
-const ROUNDS: usize = 14;
 
 const FULL: Sizes = Sizes {
     single: 50_000,
@@ -67,6 +65,18 @@ struct Options {
     python: Option<PathBuf>,
     /// Do not run `cargo build` for the daemon and libsecretd first.
     no_build: bool,
+    /// The parts to run (`--only`); all when empty.
+    only: Vec<String>,
+}
+
+/// The parts of a run, for `--only`.
+const PARTS: [&str; 4] = ["reads", "restart", "propagation", "catalog"];
+
+impl Options {
+    /// Whether part `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -74,17 +84,34 @@ fn parse_args() -> Result<Options, String> {
         quick: false,
         python: None,
         no_build: false,
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--no-build" => options.no_build = true,
+            "--only" => {
+                let list = args.next().ok_or("--only needs a list of parts")?;
+                for part in list.split(',') {
+                    if !PARTS.contains(&part) {
+                        return Err(format!(
+                            "unknown part {part:?}: one of {}",
+                            PARTS.join(", ")
+                        ));
+                    }
+                    options.only.push(part.into());
+                }
+            }
             "--python" => {
                 options.python = Some(args.next().ok_or("--python needs a path")?.into());
             }
             "-h" | "--help" => {
-                return Err("usage: secretd-bench [--quick] [--python PATH] [--no-build]".into());
+                return Err(
+                    "usage: secretd-bench [--quick] [--python PATH] [--no-build] \
+                     [--only reads,restart,propagation,catalog]"
+                        .into(),
+                );
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -205,7 +232,7 @@ fn run() -> Result<(), String> {
     if !have_c {
         notes.push("c-ffi-get skipped: libsecretd.so not built".into());
     }
-    let python = find_python(options.python);
+    let python = find_python(options.python.clone());
     if python.is_none() {
         notes.push(
             "python-get skipped: no interpreter with secretd installed (pass --python, or run \
@@ -230,6 +257,14 @@ fn run() -> Result<(), String> {
         (
             sizes.per_thread,
             Box::new(|n| Ok(cases::rust_get_threads(s, 4, n))),
+        ),
+        (
+            sizes.per_thread / 4,
+            Box::new(|n| cases::raw_pingpong(d, 16, n)),
+        ),
+        (
+            sizes.per_thread / 4,
+            Box::new(|n| Ok(cases::rust_get_threads(s, 16, n))),
         ),
         (
             sizes.single,
@@ -281,7 +316,12 @@ fn run() -> Result<(), String> {
             sizes.cached,
             Box::new(|n| cases::rust_get_external(s, n, true)),
         ),
+        (
+            sizes.connect,
+            Box::new(|n| cases::raw_connect_pingpong(d, n)),
+        ),
         (sizes.connect, Box::new(|n| Ok(cases::connect_get(s, n)))),
+        (sizes.connect, Box::new(|n| Ok(cases::get_once(s, n)))),
         (
             sizes.connect,
             Box::new(|n| {
@@ -294,11 +334,17 @@ fn run() -> Result<(), String> {
         ),
     ];
     let mut all: Vec<Option<Row>> = cases.iter().map(|_| None).collect();
-    for round in 0..ROUNDS {
+    // As many rounds as there are cases, so each case runs once in every position of the order.
+    let rounds = if options.runs("reads") {
+        cases.len()
+    } else {
+        0
+    };
+    for round in 0..rounds {
         for k in 0..cases.len() {
             let i = (k + round) % cases.len();
             let ((n, case), slot) = (&cases[i], &mut all[i]);
-            match case((*n / ROUNDS).max(1)) {
+            match case((*n / rounds).max(1)) {
                 Ok(row) => match slot {
                     Some(pooled) => pooled.merge(row),
                     None => *slot = Some(row),
@@ -312,7 +358,12 @@ fn run() -> Result<(), String> {
 
     // Restarts last: each scenario runs its own daemon and fake GSM in a directory of its own.
     let mut gaps = Vec::new();
-    for scenario in restart::Scenario::ALL {
+    let scenarios: &[restart::Scenario] = if options.runs("restart") {
+        &restart::Scenario::ALL
+    } else {
+        &[]
+    };
+    for &scenario in scenarios {
         for held in [true, false] {
             match restart::measure(&secretd, dir.path(), scenario, held, sizes.restarts) {
                 Ok(row) => gaps.push(row),
@@ -322,7 +373,14 @@ fn run() -> Result<(), String> {
     }
 
     // Then the fleets, each its own daemons, fake GSM and topic.
-    let propagation = propagation::measure(&secretd, dir.path(), sizes.changes, &mut notes);
+    let propagation = if options.runs("propagation") {
+        propagation::measure(&secretd, dir.path(), sizes.changes, &mut notes)
+    } else {
+        Vec::new()
+    };
+    let catalog = options
+        .runs("catalog")
+        .then(|| catalog::measure(&secretd, dir.path(), sizes.per_thread, &mut notes));
 
     let clients = cases::idle_clients(&socket, 100);
     cases::settle();
@@ -337,24 +395,29 @@ fn run() -> Result<(), String> {
         if options.quick { "quick" } else { "full" },
         machine()
     );
-    let (Some(raw), raw_x4) = (
-        find(&all, "raw-uds-pingpong"),
-        find(&all, "raw-uds-pingpong x4"),
-    ) else {
-        return Err("the raw-uds-pingpong baseline did not run".into());
-    };
-    stats::print_table(&all, raw, raw_x4);
-    println!();
-    let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
-    println!(
-        "daemon RSS: {} idle, {} with 100 connected clients",
-        mib(rss_idle),
-        mib(rss_100)
-    );
-    println!();
-    print_targets(&all);
-    restart::print_table(&gaps);
+    if options.runs("reads") {
+        let Some(raw) = find(&all, "raw-uds-pingpong") else {
+            return Err("the raw-uds-pingpong baseline did not run".into());
+        };
+        stats::print_table(&all, raw);
+        println!();
+        let mib =
+            |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        println!(
+            "daemon RSS: {} idle, {} with 100 connected clients",
+            mib(rss_idle),
+            mib(rss_100)
+        );
+        println!();
+        print_targets(&all);
+    }
+    if !gaps.is_empty() {
+        restart::print_table(&gaps);
+    }
     propagation::print_table(&propagation);
+    if let Some(catalog) = &catalog {
+        catalog::print_table(catalog, find(&all, "raw-uds-pingpong x4"));
+    }
     notes.dedup();
     for note in notes {
         println!("note: {note}");
@@ -434,6 +497,45 @@ fn print_targets(rows: &[Row]) {
     if let Some(cached) = find(rows, "rust-client-get cached") {
         let p = cached.quantile_us(0.5);
         println!("- cached get p50 = {p:.3} µs (< 1: {})", check(p < 1.0));
+    }
+    // Many clients and first reads (the performance II targets).
+    for (clients, at_least) in [(4, 0.9), (16, 0.85)] {
+        if let (Some(raw), Some(get)) = (
+            find(rows, &format!("raw-uds-pingpong x{clients}")),
+            find(rows, &format!("rust-client-get x{clients}")),
+        ) {
+            let r = get.ops_per_sec / raw.ops_per_sec;
+            println!(
+                "- x{clients} throughput / raw x{clients} = {r:.2} (≥ {at_least}: {})",
+                check(r >= at_least)
+            );
+        }
+    }
+    if let (Some(raw4), Some(get4)) = (
+        find(rows, "raw-uds-pingpong x4"),
+        find(rows, "rust-client-get x4"),
+    ) {
+        let r = get4.quantile_us(0.999) / raw4.quantile_us(0.999);
+        println!(
+            "- x4 p99.9 / raw x4 p99.9 = {r:.2} (≤ 3: {})",
+            check(r <= 3.0)
+        );
+    }
+    if let Some(raw) = find(rows, "raw-connect+pingpong") {
+        for case in [
+            "rust-connect+get (1 audit record each)",
+            "rust-connect+get once (hello pipelined)",
+        ] {
+            if let Some(row) = find(rows, case) {
+                let r = row.quantile_us(0.5) / raw.quantile_us(0.5);
+                let tail = row.quantile_us(0.999);
+                println!(
+                    "- {case}: p50 / raw-connect+pingpong p50 = {r:.2} (≤ 2: {}), p99.9 = {tail:.0} µs (< 1000: {})",
+                    check(r <= 2.0),
+                    check(tail < 1000.0)
+                );
+            }
+        }
     }
     println!();
 }

@@ -47,16 +47,29 @@ impl Row {
     }
 }
 
-/// Prints the rows as a Markdown table with each row's p50 and throughput against `baseline`.
-pub fn print_table(rows: &[Row], baseline: &Row, baseline_x4: Option<&Row>) {
+/// The raw case a row is compared with: the ping-pong with as many clients (`... x16` against
+/// `raw-uds-pingpong x16`), a connect-per-read row against `raw-connect+pingpong`, anything
+/// else against the single-client ping-pong.
+pub fn baseline_name(case: &str) -> String {
+    if case.contains("connect+") {
+        return "raw-connect+pingpong".into();
+    }
+    match case.rsplit_once(" x") {
+        Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("raw-uds-pingpong x{n}")
+        }
+        _ => "raw-uds-pingpong".into(),
+    }
+}
+
+/// Prints the rows as a Markdown table with each row's p50 and throughput against its raw
+/// baseline ([`baseline_name`]; the single-client ping-pong when that one did not run).
+pub fn print_table(rows: &[Row], baseline: &Row) {
     println!("| case | p50 µs | p99 µs | p99.9 µs | ops/s | p50 vs raw | ops/s vs raw |");
     println!("|------|-------:|-------:|---------:|------:|-----------:|-------------:|");
     for row in rows {
-        let raw = if row.case.ends_with("x4") {
-            baseline_x4.unwrap_or(baseline)
-        } else {
-            baseline
-        };
+        let name = baseline_name(&row.case);
+        let raw = rows.iter().find(|r| r.case == name).unwrap_or(baseline);
         println!(
             "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2}× | {:.2}× |",
             row.case,
@@ -85,5 +98,20 @@ mod tests {
         assert_eq!(row.quantile_us(0.99), 990.0);
         assert_eq!(row.quantile_us(0.999), 999.0);
         assert_eq!(row.ops_per_sec, 1000.0);
+    }
+
+    #[test]
+    fn rows_are_compared_with_the_raw_case_of_their_shape() {
+        assert_eq!(baseline_name("rust-client-get x16"), "raw-uds-pingpong x16");
+        assert_eq!(baseline_name("raw-uds-pingpong x4"), "raw-uds-pingpong x4");
+        assert_eq!(baseline_name("rust-client-get"), "raw-uds-pingpong");
+        assert_eq!(
+            baseline_name("rust-connect+get (1 audit record each)"),
+            "raw-connect+pingpong"
+        );
+        assert_eq!(
+            baseline_name("python-async-get (executor, before)"),
+            "raw-uds-pingpong"
+        );
     }
 }

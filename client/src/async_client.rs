@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_core::Stream;
-use secretd_proto::frame::{HEADER_LEN, body_len};
+use secretd_proto::frame::{HEADER_LEN, response_body_len};
 use secretd_proto::legacy::decode_response;
 use secretd_proto::{
     ClientHello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, SecretStatus,
@@ -164,7 +164,7 @@ impl AsyncConnection {
             .read_exact(&mut header)
             .await
             .map_err(Error::Io)?;
-        let len = body_len(header)?;
+        let len = response_body_len(header)?;
         self.input.clear();
         self.input.resize(len, 0);
         let read = self

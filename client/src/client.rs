@@ -51,6 +51,20 @@ impl Client {
         Client::connect_with_timeout(path, DEFAULT_TIMEOUT)
     }
 
+    /// Connects, reads `name` and closes, in one round trip: the hello and the read go out in
+    /// one write, where [`Client::connect`] then [`Client::get`] wait for two answers. For a
+    /// program that reads once (a CLI, a cron job, a hook); one that reads again should keep a
+    /// `Client`. Errors are those of `connect` and `get`.
+    pub fn get_once(path: impl AsRef<Path>, name: &str) -> Result<Secret> {
+        validate_name(name).map_err(Error::InvalidArgument)?;
+        let req = Request::Get { name: name.into() };
+        match Connection::open_with(path.as_ref(), DEFAULT_TIMEOUT, &req)?.1 {
+            Response::Secret(reply) => Ok(Secret::from_reply(reply)),
+            Response::Error(e) => Err(Error::Daemon(e)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
     /// Connects with a per-request timeout other than [`DEFAULT_TIMEOUT`].
     pub fn connect_with_timeout(path: impl AsRef<Path>, timeout: Duration) -> Result<Client> {
         let path = path.as_ref().to_owned();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use secretd_proto::frame::{HEADER_LEN, encode_frame, read_frame, read_reply};
 use secretd_proto::legacy::decode_response;
 use secretd_proto::{
-    ClientHello, ErrorCode, FrameError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response,
+    ClientHello, FrameError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response,
 };
 use zeroize::Zeroize;
 
@@ -34,7 +34,50 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Connects and says hello.
     pub(crate) fn open(path: &Path, timeout: Duration) -> Result<Connection> {
+        let mut conn = Connection::connect_checked(path, timeout)?;
+        let hello = conn.hello()?;
+        conn.accept_hello(hello)?;
+        Ok(conn)
+    }
+
+    /// Connects and sends the hello and `first` in one write, then reads both answers: a
+    /// program that asks once pays one round trip, not two. `first` must be encoded alike by
+    /// every protocol version the daemon may answer with (a get is).
+    pub(crate) fn open_with(
+        path: &Path,
+        timeout: Duration,
+        first: &Request,
+    ) -> Result<(Connection, Response<'static>)> {
+        let mut conn = Connection::connect_checked(path, timeout)?;
+        let mut second = Vec::new();
+        encode_frame(
+            &Request::Hello(ClientHello::new(CLIENT_LABEL)),
+            &mut conn.buf,
+        )?;
+        let encoded = encode_frame(first, &mut second);
+        conn.buf.extend_from_slice(&second);
+        second.zeroize();
+        encoded?;
+        let written = conn.stream.write_all(&conn.buf);
+        conn.buf.zeroize();
+        if let Err(e) = written {
+            // Refused at once (busy): the daemon closed without reading; its answer waits.
+            return Err(conn.refusal_after(e));
+        }
+        // The hello's answer exactly (the next answer may already be in the same bytes).
+        let hello = read_frame(&mut conn.stream, &mut conn.buf)
+            .and_then(|()| decode_response(&conn.buf, conn.protocol));
+        conn.buf.zeroize();
+        conn.accept_hello(hello.map_err(|e| conn.frame_error(e))?)?;
+        let answer = conn.read_answer();
+        conn.buf.zeroize();
+        Ok((conn, answer?))
+    }
+
+    /// Connects to `path` and checks who answers, before a byte is sent.
+    fn connect_checked(path: &Path, timeout: Duration) -> Result<Connection> {
         let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
             path: path.to_owned(),
             source,
@@ -46,25 +89,28 @@ impl Connection {
         })?;
         stream.set_read_timeout(Some(timeout)).map_err(Error::Io)?;
         stream.set_write_timeout(Some(timeout)).map_err(Error::Io)?;
-        let mut conn = Connection {
+        Ok(Connection {
             stream,
             path: path.to_owned(),
             timeout,
             protocol: PROTOCOL_VERSION,
             buf: Vec::new(),
-        };
-        match conn.hello()? {
+        })
+    }
+
+    /// Takes the daemon's answer to the hello: the protocol both speak, or why not.
+    fn accept_hello(&mut self, answer: Response<'static>) -> Result<()> {
+        match answer {
             Response::Hello(h)
                 if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) =>
             {
-                conn.protocol = h.protocol_version;
-                Ok(conn)
+                self.protocol = h.protocol_version;
+                Ok(())
             }
             Response::Hello(h) => Err(Error::Protocol(format!(
                 "daemon answered hello with protocol version {}, expected {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                 h.protocol_version
             ))),
-            Response::Error(e) if e.code == ErrorCode::Busy => Err(Error::Daemon(e)),
             Response::Error(e) => Err(Error::Daemon(e)),
             other => Err(Error::Protocol(format!(
                 "daemon answered hello with a {} message",
@@ -84,12 +130,25 @@ impl Connection {
                     std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
                 ) =>
             {
-                let refusal = read_reply(&mut self.stream, &mut self.buf)
-                    .and_then(|()| decode_response(&self.buf[HEADER_LEN..], self.protocol));
-                self.buf.zeroize();
-                refusal.map_err(|_| Error::Io(e))
+                Err(self.refusal_after(e))
             }
             other => other,
+        }
+    }
+
+    /// The daemon's refusal waiting in the receive buffer after a write failed with `e`, or
+    /// `e` when there is none.
+    fn refusal_after(&mut self, e: std::io::Error) -> Error {
+        let refusal = read_reply(&mut self.stream, &mut self.buf)
+            .and_then(|()| decode_response(&self.buf[HEADER_LEN..], self.protocol));
+        self.buf.zeroize();
+        match refusal {
+            Ok(Response::Error(w)) => Error::Daemon(w),
+            Ok(other) => Error::Protocol(format!(
+                "daemon answered hello with a {} message",
+                other.kind()
+            )),
+            Err(_) => Error::Io(e),
         }
     }
 
@@ -176,11 +235,21 @@ impl Connection {
         encode_frame(req, &mut self.buf)?;
         let written = self.stream.write_all(&self.buf);
         written.map_err(|e| Error::from_io(e, &self.path, self.timeout))?;
+        self.read_answer()
+    }
+
+    /// Reads and decodes the answer to the request just sent.
+    fn read_answer(&mut self) -> Result<Response<'static>> {
         let read = read_reply(&mut self.stream, &mut self.buf);
-        read.map_err(|e| match e {
+        read.map_err(|e| self.frame_error(e))?;
+        Ok(decode_response(&self.buf[HEADER_LEN..], self.protocol)?)
+    }
+
+    /// A frame-layer failure as the caller's error (a timeout reads as one).
+    fn frame_error(&self, e: FrameError) -> Error {
+        match e {
             FrameError::Io(io) => Error::from_io(io, &self.path, self.timeout),
             other => other.into(),
-        })?;
-        Ok(decode_response(&self.buf[HEADER_LEN..], self.protocol)?)
+        }
     }
 }

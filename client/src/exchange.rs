@@ -4,7 +4,7 @@
 //! stop between any two steps and resume later without losing or repeating a byte. That is what
 //! makes a cancelled call cheap: the exchange is finished later and the connection stays in step.
 
-use secretd_proto::frame::{HEADER_LEN, body_len, encode_frame};
+use secretd_proto::frame::{HEADER_LEN, encode_frame, response_body_len};
 use secretd_proto::legacy::decode_response;
 use secretd_proto::{Request, Response};
 use zeroize::Zeroize;
@@ -81,7 +81,7 @@ impl Exchange {
         if self.expected.is_none() && self.got >= HEADER_LEN {
             let mut header = [0u8; HEADER_LEN];
             header.copy_from_slice(&self.input[..HEADER_LEN]);
-            let total = HEADER_LEN + body_len(header)?;
+            let total = HEADER_LEN + response_body_len(header)?;
             if self.got > total {
                 return Err(Error::Protocol(
                     "daemon sent more than one answer to one request".into(),

@@ -15,12 +15,28 @@ use zeroize::Zeroize;
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
-/// The largest frame body either side accepts, in bytes. GSM payloads are at most 64 KiB;
-/// the rest is headroom for `status` of a large catalog.
+/// The largest request body a daemon accepts, in bytes (and the largest frame of anything
+/// else but a response: a hello, a watch event). A break-glass envelope is at most 64 KiB;
+/// the rest is headroom. Requests come from processes the daemon does not trust, so this
+/// stays small.
 pub const MAX_FRAME: usize = 256 * 1024;
 
-/// The one bincode configuration of the protocol.
+/// The largest response body a client accepts, in bytes: `status` of a full catalog (1,024
+/// rows, each up to about 2 KiB with long names, resources and error messages) fits with
+/// room to spare. Responses come from a daemon the client has checked.
+pub const MAX_RESPONSE_FRAME: usize = 4 * 1024 * 1024;
+
+/// How many bytes decoding one response may set aside. bincode counts what a message claims
+/// in memory (a `Vec` of rows claims its length times the row's in-memory size, more than its
+/// wire size), so this is a multiple of [`MAX_RESPONSE_FRAME`]: the bound on what a frame can
+/// make a client allocate, not on its size.
+pub const MAX_RESPONSE_CLAIM: usize = 4 * MAX_RESPONSE_FRAME;
+
+/// The one bincode configuration of the protocol (requests: claims bounded by [`MAX_FRAME`]).
 pub type WireConfig = Configuration<LittleEndian, Fixint, Limit<MAX_FRAME>>;
+
+/// [`WireConfig`] for decoding responses (claims bounded by [`MAX_RESPONSE_CLAIM`]).
+pub type ResponseConfig = Configuration<LittleEndian, Fixint, Limit<MAX_RESPONSE_CLAIM>>;
 
 /// Returns the protocol's bincode configuration.
 pub const fn wire_config() -> WireConfig {
@@ -28,6 +44,14 @@ pub const fn wire_config() -> WireConfig {
         .with_little_endian()
         .with_fixed_int_encoding()
         .with_limit::<MAX_FRAME>()
+}
+
+/// Returns the bincode configuration a client decodes responses with.
+pub const fn response_config() -> ResponseConfig {
+    config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_RESPONSE_CLAIM>()
 }
 
 /// Why a frame could not be read, written or decoded.
@@ -42,17 +66,22 @@ pub enum FrameError {
     /// A length prefix of zero.
     #[error("empty frame (length 0)")]
     Empty,
-    /// A length prefix above [`MAX_FRAME`].
-    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
+    /// A length prefix above the limit ([`MAX_FRAME`], or [`MAX_RESPONSE_FRAME`] for a
+    /// response).
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
     TooLarge {
         /// The length the prefix claimed.
         len: u64,
+        /// The limit it exceeds.
+        limit: usize,
     },
     /// A message that does not fit in one frame.
-    #[error("message of {len} bytes exceeds the {MAX_FRAME}-byte frame limit")]
+    #[error("message of {len} bytes exceeds the {limit}-byte frame limit")]
     MessageTooLarge {
         /// The encoded size of the message.
         len: usize,
+        /// The limit it exceeds.
+        limit: usize,
     },
     /// The body is not a valid message.
     #[error("malformed message: {0}")]
@@ -71,12 +100,24 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
-/// Validates a length prefix and returns the body length it announces.
+/// Validates a request's length prefix and returns the body length it announces.
 pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+    checked_len(header, MAX_FRAME)
+}
+
+/// Validates a length prefix of a frame a daemon sent (up to [`MAX_RESPONSE_FRAME`]).
+pub fn response_body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+    checked_len(header, MAX_RESPONSE_FRAME)
+}
+
+fn checked_len(header: [u8; HEADER_LEN], limit: usize) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes(header);
     match len as usize {
         0 => Err(FrameError::Empty),
-        n if n > MAX_FRAME => Err(FrameError::TooLarge { len: len.into() }),
+        n if n > limit => Err(FrameError::TooLarge {
+            len: len.into(),
+            limit,
+        }),
         n => Ok(n),
     }
 }
@@ -86,12 +127,21 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 /// The size is computed first and `out` reserved exactly, so a growing buffer never leaves a
 /// copy of a secret behind in memory it freed. Whatever `out` held before is wiped.
 pub fn encode_frame<T: Encode>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    encode_limited(msg, out, MAX_FRAME)
+}
+
+/// [`encode_frame`] for a response, up to [`MAX_RESPONSE_FRAME`].
+pub fn encode_response_frame<T: Encode>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    encode_limited(msg, out, MAX_RESPONSE_FRAME)
+}
+
+fn encode_limited<T: Encode>(msg: &T, out: &mut Vec<u8>, limit: usize) -> Result<(), FrameError> {
     let mut size = SizeWriter::default();
     bincode::encode_into_writer(msg, &mut size, wire_config())
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = size.bytes_written;
-    if len == 0 || len > MAX_FRAME {
-        return Err(FrameError::MessageTooLarge { len });
+    if len == 0 || len > limit {
+        return Err(FrameError::MessageTooLarge { len, limit });
     }
     out.zeroize();
     out.reserve_exact(HEADER_LEN + len);
@@ -101,6 +151,19 @@ pub fn encode_frame<T: Encode>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameEr
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     debug_assert_eq!(written, len);
     Ok(())
+}
+
+/// Decodes one response from a frame body (claims bounded by [`MAX_RESPONSE_CLAIM`]), which
+/// it must fill exactly.
+pub fn decode_response_body<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::decode_from_slice::<T, _>(body, response_config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::TrailingBytes {
+            extra: body.len() - used,
+        });
+    }
+    Ok(msg)
 }
 
 /// Decodes one message from a frame body, which it must fill exactly.
@@ -145,7 +208,7 @@ pub fn read_reply<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), Fram
     let have = read_at_least(reader, buf, HEADER_LEN)?;
     let mut header = [0u8; HEADER_LEN];
     header.copy_from_slice(&buf[..HEADER_LEN]);
-    let total = HEADER_LEN + body_len(header)?;
+    let total = HEADER_LEN + response_body_len(header)?;
     if have > total {
         return Err(FrameError::TrailingBytes {
             extra: have - total,
@@ -166,13 +229,14 @@ pub fn read_reply<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), Fram
         })
 }
 
-/// Reads one frame body from a blocking reader into `buf` (wiped first, then sized exactly).
+/// Reads one frame body a daemon sent (up to [`MAX_RESPONSE_FRAME`]) from a blocking reader
+/// into `buf` (wiped first, then sized exactly).
 ///
 /// Returns [`FrameError::Closed`] on a clean end of stream before the first prefix byte.
 pub fn read_frame<R: Read>(reader: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let mut header = [0u8; HEADER_LEN];
     read_at_least(reader, &mut header, HEADER_LEN)?;
-    let len = body_len(header)?;
+    let len = response_body_len(header)?;
     buf.zeroize();
     buf.reserve_exact(len);
     buf.resize(len, 0);

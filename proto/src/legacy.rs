@@ -7,7 +7,7 @@
 use bincode::{Decode, Encode};
 
 use crate::error::WireError;
-use crate::frame::{FrameError, decode_body, encode_frame};
+use crate::frame::{FrameError, decode_response_body, encode_response_frame};
 use crate::message::{EntryState, Response, SecretStatus, SourceKind};
 
 /// The first protocol version with the longer status row.
@@ -91,26 +91,28 @@ pub fn encode_response(
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
     if protocol >= STATUS_ROW_V4 {
-        return encode_frame(response, out);
+        return encode_response_frame(response, out);
     }
     match response {
-        Response::Status(rows) => encode_frame(
+        Response::Status(rows) => encode_response_frame(
             &(
                 STATUS,
                 rows.iter().map(SecretStatusV3::from).collect::<Vec<_>>(),
             ),
             out,
         ),
-        Response::Rotated(row) => encode_frame(&(ROTATED, SecretStatusV3::from(row)), out),
-        Response::BreakGlass(row) => encode_frame(&(BREAK_GLASS, SecretStatusV3::from(row)), out),
-        other => encode_frame(other, out),
+        Response::Rotated(row) => encode_response_frame(&(ROTATED, SecretStatusV3::from(row)), out),
+        Response::BreakGlass(row) => {
+            encode_response_frame(&(BREAK_GLASS, SecretStatusV3::from(row)), out)
+        }
+        other => encode_response_frame(other, out),
     }
 }
 
 /// Decodes a response body from a peer speaking `protocol`.
 pub fn decode_response(body: &[u8], protocol: u16) -> Result<Response<'static>, FrameError> {
     if protocol >= STATUS_ROW_V4 {
-        return decode_body(body);
+        return decode_response_body(body);
     }
     let index = body
         .first_chunk::<4>()
@@ -118,19 +120,28 @@ pub fn decode_response(body: &[u8], protocol: u16) -> Result<Response<'static>, 
         .unwrap_or(u32::MAX);
     Ok(match index {
         STATUS => {
-            let (_, rows): (u32, Vec<SecretStatusV3>) = decode_body(body)?;
+            let (_, rows): (u32, Vec<SecretStatusV3>) = decode_response_body(body)?;
             Response::Status(rows.into_iter().map(SecretStatus::from).collect())
         }
-        ROTATED => Response::Rotated(decode_body::<(u32, SecretStatusV3)>(body)?.1.into()),
-        BREAK_GLASS => Response::BreakGlass(decode_body::<(u32, SecretStatusV3)>(body)?.1.into()),
-        _ => decode_body(body)?,
+        ROTATED => Response::Rotated(
+            decode_response_body::<(u32, SecretStatusV3)>(body)?
+                .1
+                .into(),
+        ),
+        BREAK_GLASS => Response::BreakGlass(
+            decode_response_body::<(u32, SecretStatusV3)>(body)?
+                .1
+                .into(),
+        ),
+        _ => decode_response_body(body)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::HEADER_LEN;
+    use crate::WireError;
+    use crate::frame::{HEADER_LEN, MAX_FRAME, encode_frame};
 
     fn row() -> SecretStatus {
         SecretStatus {
@@ -161,6 +172,43 @@ mod tests {
         let mut out = Vec::new();
         encode_response(response, protocol, &mut out).expect("encode");
         decode_response(&out[HEADER_LEN..], protocol).expect("decode")
+    }
+
+    #[test]
+    fn status_of_a_full_catalog_with_long_fields_fits_and_decodes_at_every_protocol() {
+        // 1,024 rows (the most a catalog holds) with every field near its longest.
+        let long = |c: char, n: usize| std::iter::repeat_n(c, n).collect::<String>();
+        let rows: Vec<SecretStatus> = (0..1024)
+            .map(|i| SecretStatus {
+                name: format!("{i:04}{}", long('n', 124)),
+                gcp_secret: Some(format!(
+                    "projects/{}/secrets/{}",
+                    long('p', 30),
+                    long('s', 255)
+                )),
+                last_error: Some(WireError::new(
+                    crate::ErrorCode::Unavailable,
+                    long('e', 600),
+                )),
+                version_alias: Some(long('a', 63)),
+                owner: Some(long('o', 128)),
+                fingerprint: Some(long('f', 64)),
+                ..row()
+            })
+            .collect();
+        let status = Response::Status(rows);
+        let mut out = Vec::new();
+        encode_response(&status, STATUS_ROW_V4, &mut out).expect("encode");
+        assert!(
+            out.len() > MAX_FRAME,
+            "the test must exceed the request limit"
+        );
+        for protocol in [1, 3, STATUS_ROW_V4, crate::PROTOCOL_VERSION] {
+            let Response::Status(back) = round_trip(&status, protocol) else {
+                panic!("not a status");
+            };
+            assert_eq!(back.len(), 1024, "protocol {protocol}");
+        }
     }
 
     #[test]

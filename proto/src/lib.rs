@@ -17,7 +17,7 @@ pub mod paths;
 pub mod value;
 
 pub use error::{ErrorCode, WireError};
-pub use frame::{FrameError, MAX_FRAME};
+pub use frame::{FrameError, MAX_FRAME, MAX_RESPONSE_FRAME};
 pub use locked::LockedBuf;
 pub use message::{
     AuditEntry, AuditVerification, ChangeEvent, ChannelState, ClientHello, ConnectionInfo,

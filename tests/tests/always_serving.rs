@@ -221,6 +221,59 @@ fn a_damaged_foreign_or_truncated_sealed_file_is_refused_and_the_rest_is_served(
 }
 
 #[test]
+fn a_daemon_stopped_right_after_fetching_leaves_every_value_sealed() {
+    // The writer seals at most once a second; a stop inside that second (a deploy right after
+    // start) must still leave everything fetched in the file, or a restart during an outage
+    // serves only the values that happened to be written first.
+    const COUNT: usize = 40;
+    let env = TestEnv::new();
+    let fake = FakeGsm::start().expect("fake gsm");
+    let key = env.path("lkg.key");
+    std::fs::write(&key, [0x33u8; 32]).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut conf = env
+        .conf()
+        .daemon(
+            "last_known_good",
+            env.path("lkg.sealed").to_str().expect("utf8"),
+        )
+        .daemon("last_known_good_key", key.to_str().expect("utf8"))
+        .gsm_authenticated(&fake)
+        .gsm_set("attempt_timeout", "8s")
+        .gsm_set("retry_budget", "9s");
+    for i in 0..COUNT {
+        let resource = format!("projects/apex-test/secrets/omni-many-{i:02}");
+        fake.add_version(&resource, format!("Omni-Many-{i:02}-Value!").as_bytes());
+        conf = conf.gsm_secret(&format!("trading_many_{i:02}"), &resource);
+    }
+    let config = conf.readable_by_me().build();
+    let mut daemon = env.start(&config);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    wait_until("every value from GSM", Duration::from_secs(10), || {
+        let rows = client.status().ok()?;
+        rows.iter()
+            .all(|r| r.cache_source == Some(SourceKind::Gsm))
+            .then_some(())
+    });
+    drop(client);
+    assert!(daemon.stop().success());
+
+    fake.set_fault(Some(Fault::Hang));
+    let daemon = env.start(&config);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    for i in 0..COUNT {
+        let secret = client
+            .get(&format!("trading_many_{i:02}"))
+            .unwrap_or_else(|e| panic!("secret {i} after the restart: {e}"));
+        assert_eq!(secret.source(), SourceKind::LastKnownGood);
+        assert_eq!(
+            secret.expose(),
+            format!("Omni-Many-{i:02}-Value!").as_bytes()
+        );
+    }
+}
+
+#[test]
 fn last_known_good_without_a_key_or_with_an_exposed_key_refuses_to_start() {
     let env = TestEnv::new();
     let (_fake, config) = setup(&env);

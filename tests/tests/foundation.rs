@@ -349,6 +349,44 @@ fn stale_socket_is_replaced_and_unsafe_paths_refused() {
 }
 
 #[test]
+fn get_once_reads_in_one_round_trip_with_the_same_answers_as_a_client() {
+    let (env, config) = two_secret_env();
+    let daemon = env.start(&config);
+    for _ in 0..200 {
+        let key = Client::get_once(&daemon.socket, "trading_api_key").expect("get_once");
+        assert_eq!(key.expose(), KEY);
+        assert_eq!(key.source(), SourceKind::File);
+    }
+    expect_code(
+        Client::get_once(&daemon.socket, "trading_nope"),
+        ErrorCode::NotFound,
+    );
+    assert!(matches!(
+        Client::get_once(&daemon.socket, "bad name!"),
+        Err(secretd_client::Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Client::get_once(env.path("absent.sock"), "trading_api_key"),
+        Err(secretd_client::Error::Connect { .. })
+    ));
+    // Each read was a connection's first, so each is audited on its own, as any other (the
+    // writer commits them in batches, so wait for the last).
+    let socket = daemon.socket.to_str().expect("utf8");
+    wait_until("200 read records", Duration::from_secs(10), || {
+        let records = cli_ok(
+            &["audit", "tail", "-n", "1000", "--json", "--socket", socket],
+            &[],
+        );
+        let text = String::from_utf8_lossy(&records.stdout);
+        let reads = text
+            .lines()
+            .filter(|l| l.contains("\"action\":\"read\"") && l.contains("trading_api_key"))
+            .count();
+        (reads >= 200).then_some(())
+    });
+}
+
+#[test]
 fn connection_limit_answers_busy() {
     let env = TestEnv::new();
     let config = env
@@ -361,6 +399,11 @@ fn connection_limit_answers_busy() {
     let a = daemon.connect_admitted();
     let b = daemon.connect_admitted();
     expect_code(Client::connect(&daemon.socket), ErrorCode::Busy);
+    // The one-round-trip read is refused alike (the daemon answers before reading anything).
+    expect_code(
+        Client::get_once(&daemon.socket, "trading_api_key"),
+        ErrorCode::Busy,
+    );
     drop(a);
     // The freed slot is usable again once the daemon notices the close.
     let c = daemon.connect_admitted();

@@ -21,6 +21,9 @@ pub const AUDIT_QUEUE: usize = 65_536;
 pub const AUDIT_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Events committed in one transaction at most.
 pub const AUDIT_BATCH: usize = 1024;
+/// How long a batch nobody waits for may wait for more events before it is committed (a
+/// batch with a waiter, an admin operation that needs its record durable, commits at once).
+pub const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// After a failed commit: how long between attempts to reopen the store and retry the batch.
 pub const AUDIT_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -223,11 +226,12 @@ impl WriterState {
         let mut batch = Vec::with_capacity(AUDIT_BATCH);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
-            while batch.len() < AUDIT_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+            drain_into(&mut rx, &mut batch);
+            if batch.iter().all(|j| j.done.is_none()) && batch.len() < AUDIT_BATCH {
+                // Nobody waits for this batch: let more events join it, so a stream of
+                // connections costs one commit (and one fsync) per linger, not one each.
+                std::thread::sleep(AUDIT_LINGER);
+                drain_into(&mut rx, &mut batch);
             }
             let events: Vec<AuditEvent> = batch.iter().map(|j| j.event.clone()).collect();
             let result = self.commit(&store, &events, &rx);
@@ -237,6 +241,16 @@ impl WriterState {
                     let _ = done.send(result.clone());
                 }
             }
+        }
+    }
+}
+
+/// Moves what is queued now into `batch`, up to [`AUDIT_BATCH`].
+fn drain_into(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < AUDIT_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
     }
 }

@@ -17,8 +17,9 @@ fn connect(socket: Option<PathBuf>) -> Result<Client, String> {
 }
 
 pub(super) fn get(socket: Option<PathBuf>, name: &str) -> Result<(), String> {
-    let client = connect(socket)?;
-    let secret = client.get(name).map_err(|e| e.to_string())?;
+    // One read and gone: the hello and the read in one round trip.
+    let path = socket.unwrap_or_else(secretd_client::default_socket_path);
+    let secret = Client::get_once(&path, name).map_err(|e| e.to_string())?;
     // Write straight to fd 1: std's stdout keeps a buffer that would hold a copy of the
     // value until exit, and nothing wipes it.
     // SAFETY: fd 1 is open for the life of the process; ManuallyDrop keeps it open.

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Refusal;
 use super::framed::{Framed, ReadError};
+use super::idle::IdleTimer;
 use super::peer::Peer;
 use super::reply::Reply;
 use super::session::Session;
@@ -88,17 +89,22 @@ async fn serve_requests(
 ) {
     let start = Instant::now() + AUDIT_FLUSH_INTERVAL;
     let mut flush_timer = tokio::time::interval_at(start, AUDIT_FLUSH_INTERVAL);
-    let mut idle_deadline = Instant::now() + IDLE_TIMEOUT;
+    // One shutdown waiter and one idle timer for the connection's life, not one of each per
+    // request: registering either takes a lock the runtime's workers share.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let mut idle = IdleTimer::new(IDLE_TIMEOUT);
     loop {
-        // Waiting for a first byte is cancel-safe, so the flush timer and shutdown may
-        // interrupt it; reading the rest of a frame is never interrupted.
+        // Waiting for a first byte is cancel-safe, so the flush timer, the idle timer and
+        // shutdown may interrupt it; reading the rest of a frame is never interrupted.
         let ready = tokio::select! {
-            _ = cancel.cancelled() => return,
+            () = &mut cancelled => return,
             _ = flush_timer.tick() => {
                 session.flush();
                 continue;
             }
-            r = framed.wait_for_data(idle_deadline) => r,
+            () = idle.expired() => Err(ReadError::Idle(IDLE_TIMEOUT)),
+            r = framed.wait_for_data() => r,
         };
         let request = match ready {
             Ok(()) => framed.read_request().await,
@@ -121,7 +127,7 @@ async fn serve_requests(
                 return;
             }
         };
-        idle_deadline = Instant::now() + IDLE_TIMEOUT;
+        idle.touch();
         let op = request.op();
         let reply = session.respond(request).await;
         session.shared.metrics.request(op, reply.outcome());

@@ -14,11 +14,10 @@ use interprocess::local_socket::tokio::Stream;
 use secretd_proto::frame::{FrameError, HEADER_LEN, body_len, decode_body, encode_frame};
 use secretd_proto::{ErrorCode, Request, Response, WireError};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::time::Instant;
 use zeroize::Zeroize;
 
 use super::reply::Reply;
-use super::{FRAME_READ_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
+use super::{FRAME_READ_TIMEOUT, WRITE_TIMEOUT};
 
 /// Requests are small; this buffer usually takes a whole frame in one read.
 const READ_BUFFER: usize = 1024;
@@ -93,13 +92,10 @@ impl Framed {
         }
     }
 
-    /// Waits until the next frame's first byte has arrived or `deadline` passes. Cancel-safe:
-    /// consumes nothing.
-    pub(super) async fn wait_for_data(&mut self, deadline: Instant) -> Result<(), ReadError> {
-        let available = tokio::time::timeout_at(deadline, self.reader.fill_buf())
-            .await
-            .map_err(|_| ReadError::Idle(IDLE_TIMEOUT))?
-            .map_err(FrameError::Io)?;
+    /// Waits until the next frame's first byte has arrived (the caller bounds the wait).
+    /// Cancel-safe: consumes nothing.
+    pub(super) async fn wait_for_data(&mut self) -> Result<(), ReadError> {
+        let available = self.reader.fill_buf().await.map_err(FrameError::Io)?;
         if available.is_empty() {
             return Err(FrameError::Closed.into());
         }
@@ -136,7 +132,9 @@ impl Framed {
         &mut self,
         wait: Duration,
     ) -> Result<Result<Request, WireError>, ReadError> {
-        self.wait_for_data(Instant::now() + wait).await?;
+        tokio::time::timeout(wait, self.wait_for_data())
+            .await
+            .map_err(|_| ReadError::Idle(wait))??;
         self.read_request().await
     }
 

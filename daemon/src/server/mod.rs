@@ -14,6 +14,7 @@ pub(crate) mod denials;
 mod framed;
 mod health;
 pub(crate) mod http;
+mod idle;
 pub(crate) mod peer;
 pub(crate) mod policy;
 mod read;

@@ -47,7 +47,7 @@ impl Session<'_> {
         }
         let actor = self.actor(ActorType::Client);
         let name = &self.shared.catalog.slot(idx).name;
-        let tally = &mut self.reads[idx];
+        let tally = self.reads.of(idx);
         if tally.version != entry.version || tally.fingerprint != entry.fingerprint {
             // The value changed under this connection: the reads counted so far were of the
             // old one, and an audit after a compromise must show who kept reading it.
@@ -90,7 +90,7 @@ impl Session<'_> {
         if let Some(i) = idx
             && count_here
         {
-            self.denials[i].pending += 1;
+            self.denials.of(i).pending += 1;
         }
         WireError::new(
             ErrorCode::PermissionDenied,

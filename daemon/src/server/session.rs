@@ -25,6 +25,31 @@ pub(super) struct Tally {
     pub(super) fingerprint: String,
 }
 
+/// A connection's tallies, one per secret it touched, kept sorted by slot. A connection reads
+/// a few secrets of a catalog of up to 1,024: a tally for every slot would cost each connection
+/// 64 KiB (a thousand watchers, 128 MiB), and the lookup here is a binary search of a handful.
+#[derive(Debug, Default)]
+pub(super) struct Tallies(Vec<(usize, Tally)>);
+
+impl Tallies {
+    /// Slot `idx`'s tally, made on first use.
+    pub(super) fn of(&mut self, idx: usize) -> &mut Tally {
+        let at = match self.0.binary_search_by_key(&idx, |(i, _)| *i) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (idx, Tally::default()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    /// Every tally, by slot.
+    fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Tally)> {
+        self.0.iter_mut().map(|(i, t)| (*i, t))
+    }
+}
+
 /// A connection's view of the daemon: its peer and what that peer may do.
 pub(super) struct Session<'a> {
     /// Catalog, policy, store, audit.
@@ -34,9 +59,9 @@ pub(super) struct Session<'a> {
     /// Rights computed once at accept.
     pub(super) access: Access,
     /// Successful reads per slot.
-    pub(super) reads: Vec<Tally>,
+    pub(super) reads: Tallies,
     /// Denied reads per slot (a denial is logged once per connection and name, too).
-    pub(super) denials: Vec<Tally>,
+    pub(super) denials: Tallies,
     /// The protocol version agreed in the hello: replies carry only what it knows.
     pub(super) protocol: u16,
     /// Set when the peer's uid went past its refusal limit: the connection closes after this
@@ -49,13 +74,12 @@ pub(super) struct Session<'a> {
 impl<'a> Session<'a> {
     pub(super) fn new(shared: &'a Shared, peer: &'a Peer, protocol: u16) -> Session<'a> {
         let access = shared.policy.access_for(peer, &shared.catalog);
-        let n = shared.catalog.slots().len();
         Session {
             shared,
             peer,
             access,
-            reads: (0..n).map(|_| Tally::default()).collect(),
-            denials: (0..n).map(|_| Tally::default()).collect(),
+            reads: Tallies::default(),
+            denials: Tallies::default(),
             protocol,
             closing: false,
             program: peer.attested.describe().into(),
@@ -150,7 +174,7 @@ impl<'a> Session<'a> {
             (&mut self.reads, Outcome::Ok),
             (&mut self.denials, Outcome::Denied),
         ] {
-            for (idx, tally) in tallies.iter_mut().enumerate() {
+            for (idx, tally) in tallies.iter_mut() {
                 if tally.pending == 0 {
                     continue;
                 }

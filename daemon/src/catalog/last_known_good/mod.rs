@@ -8,7 +8,8 @@
 //!
 //! The writer is coalesced: a successful GSM fetch marks the catalog dirty, and the file is
 //! rewritten at most once per [`WRITE_INTERVAL`] (temp file, fsync, rename, fsync of the
-//! directory), so a crash leaves the old file or the new one, never half of one.
+//! directory), so a crash leaves the old file or the new one, never half of one. A graceful
+//! stop writes what changed since the last write first.
 
 mod seal;
 
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use secretd_proto::SourceKind;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -231,7 +233,9 @@ impl LastKnownGood {
 }
 
 /// Rewrites the file whenever the catalog is marked dirty, at most once per
-/// [`WRITE_INTERVAL`], until `cancel` fires.
+/// [`WRITE_INTERVAL`], until `cancel` fires; then once more if anything changed since the last
+/// write, so a daemon stopped right after fetching (a restart, a deploy) leaves every value it
+/// fetched sealed for the next start, which may come during an outage.
 pub(crate) async fn run_writer(
     lkg: Arc<LastKnownGood>,
     catalog: Arc<Catalog>,
@@ -239,23 +243,32 @@ pub(crate) async fn run_writer(
 ) {
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             () = catalog.dirty.notified() => {}
         }
-        let (lkg2, catalog2) = (lkg.clone(), catalog.clone());
-        match tokio::task::spawn_blocking(move || lkg2.write(&catalog2)).await {
-            Ok(Ok(n)) => tracing::debug!(secrets = n, "last-known-good file written"),
-            Ok(Err(e)) => tracing::error!(
-                event = "omni.alert.last_known_good_write_failed",
-                error = %e,
-                "cannot write the last-known-good file"
-            ),
-            Err(_) => tracing::error!("the last-known-good writer task failed"),
-        }
+        write_now(&lkg, &catalog).await;
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             () = tokio::time::sleep(WRITE_INTERVAL) => {}
         }
+    }
+    // `notify_one` leaves a permit when nobody waits: one here means a change not yet written.
+    if catalog.dirty.notified().now_or_never().is_some() {
+        write_now(&lkg, &catalog).await;
+    }
+}
+
+/// Seals the catalog now, off the runtime's workers, logging the outcome.
+async fn write_now(lkg: &Arc<LastKnownGood>, catalog: &Arc<Catalog>) {
+    let (lkg, catalog) = (lkg.clone(), catalog.clone());
+    match tokio::task::spawn_blocking(move || lkg.write(&catalog)).await {
+        Ok(Ok(n)) => tracing::debug!(secrets = n, "last-known-good file written"),
+        Ok(Err(e)) => tracing::error!(
+            event = "omni.alert.last_known_good_write_failed",
+            error = %e,
+            "cannot write the last-known-good file"
+        ),
+        Err(_) => tracing::error!("the last-known-good writer task failed"),
     }
 }
 
