@@ -11,10 +11,12 @@
 //! watchdog checks twice a second); a timed-out connection is closed, since its late answer
 //! must never be read as another call's.
 //!
-//! Many tasks share one client: up to [`rust::MAX_ASYNC_CONNECTIONS`] reads run at once, each
-//! on a connection of its own; more queue in order. Everything here runs on the loop's thread
-//! under the GIL; the state sits behind a mutex only so that a second thread (another loop)
-//! is serialised rather than undefined.
+//! Many tasks share one client: up to [`rust::MAX_ASYNC_CONNECTIONS`] reads run at once per
+//! event loop, each on a connection of its own; more queue in order. A client used from
+//! several loops (threads each running one, or one `asyncio.run` after another) keeps
+//! connections per loop; a closed loop's are dropped when the next loop arrives. Callbacks run
+//! on their loop's thread under the GIL; the state sits behind a mutex so that two loops'
+//! threads take turns.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -38,7 +40,7 @@ const WATCHDOG_PERIOD_S: f64 = 0.5;
 /// Reads for asyncio on connections the event loop drives.
 #[pyclass(module = "secretd._native", frozen)]
 pub(crate) struct LoopReads {
-    /// What the loop's callbacks share with the calls.
+    /// What the loops' callbacks share with the calls.
     shared: Arc<Shared>,
 }
 
@@ -52,26 +54,39 @@ struct Shared {
     state: Mutex<State>,
 }
 
-/// What changes, on the loop's thread.
+/// What changes.
 #[derive(Default)]
 struct State {
-    /// The loop the connections are registered with (calls from another loop start afresh).
-    event_loop: Option<Py<PyAny>>,
     /// [`FORKS`] when the connections were made: a forked child starts afresh.
     forks: u64,
+    /// The connections and calls of each event loop that used this client.
+    loops: Vec<LoopState>,
+    /// What all loops share.
+    counters: Counters,
+}
+
+/// What the loops of one client share.
+#[derive(Default)]
+struct Counters {
+    /// The id the next connection gets (ids, unlike fds, are never reused, so a callback
+    /// already scheduled for a closed connection finds nothing).
+    next_id: u64,
+    /// Connections opened so far (for tests and diagnostics: cancellations must not add any).
+    opened: u64,
+    /// Set by `close()`: no new calls; connections close once their calls are done.
+    closed: bool,
+}
+
+/// One event loop's connections and queue.
+struct LoopState {
+    /// The loop the connections are registered with.
+    event_loop: Py<PyAny>,
     /// The connections, greeted or greeting.
     conns: Vec<Slot>,
     /// Calls waiting for a connection, in order.
     queue: VecDeque<Call>,
     /// The watchdog's timer, while one is armed.
     watchdog: Option<Py<PyAny>>,
-    /// The id the next connection gets (ids, unlike fds, are never reused, so a callback
-    /// already scheduled for a closed connection finds nothing).
-    next_id: u64,
-    /// Set by `close()`: no new calls; connections close once their calls are done.
-    closed: bool,
-    /// Connections opened so far (for tests and diagnostics: cancellations must not add any).
-    opened: u64,
 }
 
 /// One connection and the call it serves.
@@ -140,53 +155,59 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands `call` to an idle connection, or queues it (opening a connection if the queue
-    /// outgrows the ones being greeted).
-    fn dispatch(self: &Arc<Self>, py: Python<'_>, st: &mut State, mut call: Call) {
-        if let Some(i) = st.conns.iter().position(|s| s.greeted && s.call.is_none()) {
-            match st.conns[i].conn.start_get(&call.name) {
-                Ok(()) => st.conns[i].call = Some(call),
+    /// Hands `call` to an idle connection of `lp`, or queues it (opening a connection if the
+    /// queue outgrows the ones being greeted).
+    fn dispatch(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        lp: &mut LoopState,
+        c: &mut Counters,
+        mut call: Call,
+    ) {
+        if let Some(i) = lp.conns.iter().position(|s| s.greeted && s.call.is_none()) {
+            match lp.conns[i].conn.start_get(&call.name) {
+                Ok(()) => lp.conns[i].call = Some(call),
                 Err(e) => {
                     // The connection broke under the write: drop it, and try once more.
-                    self.drop_slot(py, st, i);
+                    lp.drop_slot(py, i);
                     if call.retried {
                         call.settle(py, Err(e));
                     } else {
                         call.retried = true;
-                        self.dispatch(py, st, call);
+                        self.dispatch(py, lp, c, call);
                     }
                 }
             }
             return;
         }
-        st.queue.push_back(call);
-        let greeting = st.conns.iter().filter(|s| !s.greeted).count();
-        if greeting < st.queue.len() && st.conns.len() < rust::MAX_ASYNC_CONNECTIONS {
-            self.open(py, st);
+        lp.queue.push_back(call);
+        let greeting = lp.conns.iter().filter(|s| !s.greeted).count();
+        if greeting < lp.queue.len() && lp.conns.len() < rust::MAX_ASYNC_CONNECTIONS {
+            self.open(py, lp, c);
         }
     }
 
     /// Opens a connection and registers it with the loop; when that fails and no other
     /// connection could serve the queue, the queued calls fail with the reason.
-    fn open(self: &Arc<Self>, py: Python<'_>, st: &mut State) {
+    fn open(self: &Arc<Self>, py: Python<'_>, lp: &mut LoopState, c: &mut Counters) {
+        let id = c.next_id;
         let opened = NonBlockingConnection::connect(&self.path).and_then(|conn| {
-            let id = st.next_id;
-            self.watch_fd(py, st, &conn, id)
+            self.watch_fd(py, lp, &conn, id)
                 .map_err(|e| rust::Error::Protocol(format!("cannot register the socket: {e}")))?;
-            Ok((id, conn))
+            Ok(conn)
         });
         match opened {
-            Ok((id, conn)) => {
-                st.next_id += 1;
-                st.opened += 1;
-                st.conns.push(Slot {
+            Ok(conn) => {
+                c.next_id += 1;
+                c.opened += 1;
+                lp.conns.push(Slot {
                     id,
                     conn,
                     greeted: false,
                     call: None,
                 });
             }
-            Err(e) if st.conns.is_empty() => fail_queue(py, st, &e),
+            Err(e) if lp.conns.is_empty() => lp.fail_queue(py, &e),
             // Others are greeted or greeting: the queue waits for them.
             Err(_) => {}
         }
@@ -196,18 +217,15 @@ impl Shared {
     fn watch_fd(
         self: &Arc<Self>,
         py: Python<'_>,
-        st: &State,
+        lp: &LoopState,
         conn: &NonBlockingConnection,
         id: u64,
     ) -> PyResult<()> {
-        let Some(event_loop) = &st.event_loop else {
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("no event loop"));
-        };
         let shared = self.clone();
         let callback = PyCFunction::new_closure(py, None, None, move |args, _| {
             shared.readable(args.py(), id);
         })?;
-        event_loop
+        lp.event_loop
             .bind(py)
             .call_method1(intern!(py, "add_reader"), (conn.fd(), callback))?;
         Ok(())
@@ -215,37 +233,44 @@ impl Shared {
 
     /// The reader callback: connection `id` has something to read.
     fn readable(self: &Arc<Self>, py: Python<'_>, id: u64) {
-        let mut st = self.lock(py);
-        let Some(i) = st.conns.iter().position(|s| s.id == id) else {
+        let mut guard = self.lock(py);
+        let State {
+            loops, counters, ..
+        } = &mut *guard;
+        let found = loops.iter_mut().find_map(|lp| {
+            let i = lp.conns.iter().position(|s| s.id == id)?;
+            Some((lp, i))
+        });
+        let Some((lp, i)) = found else {
             return; // closed since the loop scheduled this callback
         };
-        match st.conns[i].conn.advance() {
+        match lp.conns[i].conn.advance() {
             Ok(Progress::Pending) => {}
             Ok(Progress::Greeted) => {
-                st.conns[i].greeted = true;
-                self.feed(py, &mut st, i);
+                lp.conns[i].greeted = true;
+                self.feed(py, lp, counters, i);
             }
             Ok(Progress::Secret(result)) => {
-                if let Some(call) = st.conns[i].call.take() {
+                if let Some(call) = lp.conns[i].call.take() {
                     call.settle(py, result);
                 }
-                self.feed(py, &mut st, i);
+                self.feed(py, lp, counters, i);
             }
             Err(e) => {
-                let slot = self.drop_slot(py, &mut st, i);
+                let slot = lp.drop_slot(py, i);
                 if let Some(mut call) = slot.call {
                     if !call.retried && worth_a_retry(&e) {
                         // Closed under the call (an idle close crossing it): once more.
                         call.retried = true;
-                        self.dispatch(py, &mut st, call);
+                        self.dispatch(py, lp, counters, call);
                     } else {
                         call.settle(py, Err(e));
                     }
-                } else if !slot.greeted && st.conns.is_empty() {
+                } else if !slot.greeted && lp.conns.is_empty() {
                     // Refused at hello (busy, say), with nobody else to serve the queue.
-                    fail_queue(py, &mut st, &e);
-                } else if !st.queue.is_empty() && st.conns.is_empty() {
-                    self.open(py, &mut st);
+                    lp.fail_queue(py, &e);
+                } else if !lp.queue.is_empty() && lp.conns.is_empty() {
+                    self.open(py, lp, counters);
                 }
             }
         }
@@ -253,64 +278,57 @@ impl Shared {
 
     /// Gives idle connection `i` the next call still awaited, or closes it once the client is
     /// closed and nothing is left.
-    fn feed(self: &Arc<Self>, py: Python<'_>, st: &mut State, i: usize) {
-        while let Some(call) = st.queue.pop_front() {
+    fn feed(self: &Arc<Self>, py: Python<'_>, lp: &mut LoopState, c: &Counters, i: usize) {
+        while let Some(call) = lp.queue.pop_front() {
             if call.abandoned(py) {
                 continue;
             }
-            match st.conns[i].conn.start_get(&call.name) {
-                Ok(()) => st.conns[i].call = Some(call),
+            match lp.conns[i].conn.start_get(&call.name) {
+                Ok(()) => lp.conns[i].call = Some(call),
                 Err(e) => {
-                    self.drop_slot(py, st, i);
-                    st.queue.push_front(call);
-                    if st.conns.is_empty() {
-                        fail_queue(py, st, &e);
+                    lp.drop_slot(py, i);
+                    lp.queue.push_front(call);
+                    if lp.conns.is_empty() {
+                        lp.fail_queue(py, &e);
                     }
                 }
             }
             return;
         }
-        if st.closed {
-            self.drop_slot(py, st, i);
+        if c.closed {
+            lp.drop_slot(py, i);
         }
     }
 
-    /// Unregisters and closes connection `i`; returns it (with the call it served).
-    fn drop_slot(&self, py: Python<'_>, st: &mut State, i: usize) -> Slot {
-        let slot = st.conns.swap_remove(i);
-        if let Some(event_loop) = &st.event_loop {
-            // A closed loop has nothing registered any more.
-            let _ = event_loop
-                .bind(py)
-                .call_method1(intern!(py, "remove_reader"), (slot.conn.fd(),));
-        }
-        slot
-    }
-
-    /// Arms the watchdog unless it is armed.
-    fn arm_watchdog(self: &Arc<Self>, py: Python<'_>, st: &mut State) -> PyResult<()> {
-        if st.watchdog.is_some() {
+    /// Arms `lp`'s watchdog unless it is armed.
+    fn arm_watchdog(self: &Arc<Self>, py: Python<'_>, lp: &mut LoopState) -> PyResult<()> {
+        if lp.watchdog.is_some() {
             return Ok(());
         }
-        let Some(event_loop) = &st.event_loop else {
-            return Ok(());
-        };
         let shared = self.clone();
+        let event_loop = lp.event_loop.clone_ref(py);
         let callback = PyCFunction::new_closure(py, None, None, move |args, _| {
-            shared.watchdog(args.py());
+            shared.watchdog(args.py(), &event_loop);
         })?;
-        let handle = event_loop
+        let handle = lp
+            .event_loop
             .bind(py)
             .call_method1(intern!(py, "call_later"), (WATCHDOG_PERIOD_S, callback))?;
-        st.watchdog = Some(handle.unbind());
+        lp.watchdog = Some(handle.unbind());
         Ok(())
     }
 
-    /// Fails the calls past their timeout (closing their connections), and re-arms while
-    /// calls remain.
-    fn watchdog(self: &Arc<Self>, py: Python<'_>) {
-        let mut st = self.lock(py);
-        st.watchdog = None;
+    /// Fails `event_loop`'s calls past their timeout (closing their connections), and re-arms
+    /// while calls remain.
+    fn watchdog(self: &Arc<Self>, py: Python<'_>, event_loop: &Py<PyAny>) {
+        let mut guard = self.lock(py);
+        let State {
+            loops, counters, ..
+        } = &mut *guard;
+        let Some(lp) = loops.iter_mut().find(|lp| lp.event_loop.is(event_loop)) else {
+            return;
+        };
+        lp.watchdog = None;
         let now = Instant::now();
         let late = |c: &Call| now.duration_since(c.since) >= self.timeout;
         let timed_out = || rust::Error::Timeout {
@@ -318,11 +336,11 @@ impl Shared {
             after: self.timeout,
         };
         let mut i = 0;
-        while i < st.conns.len() {
-            let stuck = st.conns[i].call.as_ref().is_some_and(late)
-                || (!st.conns[i].greeted && st.queue.front().is_some_and(late));
+        while i < lp.conns.len() {
+            let stuck = lp.conns[i].call.as_ref().is_some_and(late)
+                || (!lp.conns[i].greeted && lp.queue.front().is_some_and(late));
             if stuck {
-                let slot = self.drop_slot(py, &mut st, i);
+                let slot = lp.drop_slot(py, i);
                 if let Some(call) = slot.call {
                     call.settle(py, Err(timed_out()));
                 }
@@ -330,60 +348,99 @@ impl Shared {
                 i += 1;
             }
         }
-        let (expired, waiting): (Vec<Call>, Vec<Call>) = st.queue.drain(..).partition(late);
-        st.queue.extend(waiting);
+        let (expired, waiting): (Vec<Call>, Vec<Call>) = lp.queue.drain(..).partition(late);
+        lp.queue.extend(waiting);
         for call in expired {
             call.settle(py, Err(timed_out()));
         }
-        if !st.queue.is_empty() && st.conns.is_empty() {
-            self.open(py, &mut st);
+        if !lp.queue.is_empty() && lp.conns.is_empty() {
+            self.open(py, lp, counters);
         }
-        let busy = !st.queue.is_empty() || st.conns.iter().any(|s| s.call.is_some());
+        let busy = !lp.queue.is_empty() || lp.conns.iter().any(|s| s.call.is_some());
         if busy {
-            let _ = self.arm_watchdog(py, &mut st);
+            let _ = self.arm_watchdog(py, lp);
+        }
+    }
+}
+
+impl State {
+    /// The state of `event_loop` in this process, made on its first call. Connections made in
+    /// the parent of a fork are forgotten; a closed loop's are dropped when a new loop comes.
+    fn loop_state(&mut self, py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> usize {
+        let forks = FORKS.load(Ordering::Acquire);
+        if self.forks != forks {
+            // A forked child: the parent's loops share their epoll instances with the parent,
+            // so they are left alone; closing our copies of the sockets leaves the parent's
+            // open. Their calls belong to the parent.
+            self.loops.clear();
+            self.forks = forks;
+        }
+        if let Some(i) = self
+            .loops
+            .iter()
+            .position(|lp| lp.event_loop.is(event_loop))
+        {
+            return i;
+        }
+        // A new loop: drop the state of loops that closed (their calls can never be settled;
+        // unregistering from a closed loop is a no-op).
+        self.loops.retain_mut(|lp| {
+            let closed = lp
+                .event_loop
+                .bind(py)
+                .call_method0(intern!(py, "is_closed"))
+                .and_then(|c| c.is_truthy())
+                .unwrap_or(true);
+            if closed {
+                while !lp.conns.is_empty() {
+                    lp.drop_slot(py, 0);
+                }
+            }
+            !closed
+        });
+        self.loops.push(LoopState {
+            event_loop: event_loop.clone().unbind(),
+            conns: Vec::new(),
+            queue: VecDeque::new(),
+            watchdog: None,
+        });
+        self.loops.len() - 1
+    }
+}
+
+impl LoopState {
+    /// Unregisters and closes connection `i`; returns it (with the call it served).
+    fn drop_slot(&mut self, py: Python<'_>, i: usize) -> Slot {
+        let slot = self.conns.swap_remove(i);
+        // A closed loop has nothing registered any more.
+        let _ = self
+            .event_loop
+            .bind(py)
+            .call_method1(intern!(py, "remove_reader"), (slot.conn.fd(),));
+        slot
+    }
+
+    /// Fails every queued call with `e` (each gets its own copy of the reason).
+    fn fail_queue(&mut self, py: Python<'_>, e: &rust::Error) {
+        for call in self.queue.drain(..) {
+            call.settle(py, Err(copy_error(e)));
         }
     }
 
-    /// Makes `event_loop` (in this process) the one the connections belong to, dropping
-    /// connections made for another loop or in the parent of a fork.
-    fn adopt(&self, py: Python<'_>, st: &mut State, event_loop: &Bound<'_, PyAny>) {
-        let forks = FORKS.load(Ordering::Acquire);
-        let same_loop = st.event_loop.as_ref().is_some_and(|l| l.is(event_loop));
-        if same_loop && st.forks == forks {
-            return;
+    /// Unregisters everything from this (live) loop: its connections and its watchdog.
+    fn unregister(&mut self, py: Python<'_>) {
+        while !self.conns.is_empty() {
+            self.drop_slot(py, 0);
         }
-        if st.forks == forks {
-            // Another loop of this process: unregister from the old one (a no-op if closed).
-            while !st.conns.is_empty() {
-                self.drop_slot(py, st, 0);
-            }
-        } else {
-            // A forked child: the parent's loop shares its epoll instance with the parent, so
-            // it is left alone; closing our copies of the sockets leaves the parent's open.
-            st.conns.clear();
-        }
-        // Calls of the old loop can never be settled by it.
-        st.queue.clear();
-        if let Some(w) = st.watchdog.take()
-            && st.forks == forks
-        {
+        if let Some(w) = self.watchdog.take() {
             let _ = w.bind(py).call_method0(intern!(py, "cancel"));
         }
-        st.event_loop = Some(event_loop.clone().unbind());
-        st.forks = forks;
     }
 }
 
 /// Whether a failed connection's call may go to a fresh connection.
 fn worth_a_retry(e: &rust::Error) -> bool {
     matches!(e, rust::Error::Io(_) | rust::Error::Protocol(_))
-}
-
-/// Fails every queued call with `e` (each gets its own copy of the reason).
-fn fail_queue(py: Python<'_>, st: &mut State, e: &rust::Error) {
-    for call in st.queue.drain(..) {
-        call.settle(py, Err(copy_error(e)));
-    }
 }
 
 /// The same failure again, for another call (`rust::Error` holds an `io::Error`, which does
@@ -430,39 +487,45 @@ impl LoopReads {
         let event_loop = running_loop(py)?;
         let future = event_loop.call_method0(intern!(py, "create_future"))?;
         let shared = &self.shared;
-        let mut st = shared.lock(py);
-        if st.closed {
+        let mut guard = shared.lock(py);
+        if guard.counters.closed {
             return Err(crate::Error::new_err("the client is closed"));
         }
-        shared.adopt(py, &mut st, &event_loop);
+        let li = guard.loop_state(py, &event_loop);
+        let State {
+            loops, counters, ..
+        } = &mut *guard;
+        let lp = &mut loops[li];
         let call = Call {
             name,
             future: future.clone().unbind(),
             since: Instant::now(),
             retried: false,
         };
-        shared.dispatch(py, &mut st, call);
-        shared.arm_watchdog(py, &mut st)?;
+        shared.dispatch(py, lp, counters, call);
+        shared.arm_watchdog(py, lp)?;
         Ok(future)
     }
 
     /// How many connections this client has opened (a cancelled call must not cost one).
     #[getter]
     fn opened(&self, py: Python<'_>) -> u64 {
-        self.shared.lock(py).opened
+        self.shared.lock(py).counters.opened
     }
 
     /// Takes no new calls; idle connections close now, busy ones once their calls are done.
     fn close(&self, py: Python<'_>) {
-        let shared = &self.shared;
-        let mut st = shared.lock(py);
-        st.closed = true;
-        let mut i = 0;
-        while i < st.conns.len() {
-            if st.conns[i].call.is_none() && st.conns[i].greeted && st.queue.is_empty() {
-                shared.drop_slot(py, &mut st, i);
-            } else {
-                i += 1;
+        let mut guard = self.shared.lock(py);
+        guard.counters.closed = true;
+        for lp in &mut guard.loops {
+            let mut i = 0;
+            while i < lp.conns.len() {
+                let slot = &lp.conns[i];
+                if slot.call.is_none() && slot.greeted && lp.queue.is_empty() {
+                    lp.drop_slot(py, i);
+                } else {
+                    i += 1;
+                }
             }
         }
     }
@@ -470,20 +533,17 @@ impl LoopReads {
 
 impl Drop for LoopReads {
     fn drop(&mut self) {
-        // The loop's callbacks hold the shared state: unregister them, or the connections
-        // would live as long as the loop.
+        // The loops' callbacks hold the shared state: unregister them, or the connections
+        // would live as long as the loops.
         Python::attach(|py| {
-            let shared = &self.shared;
-            let mut st = shared.lock(py);
-            if st.forks != FORKS.load(Ordering::Acquire) {
-                st.conns.clear();
+            let mut guard = self.shared.lock(py);
+            if guard.forks != FORKS.load(Ordering::Acquire) {
+                // The parent's loops are not ours to touch (see `State::loop_state`).
+                guard.loops.clear();
                 return;
             }
-            while !st.conns.is_empty() {
-                shared.drop_slot(py, &mut st, 0);
-            }
-            if let Some(w) = st.watchdog.take() {
-                let _ = w.bind(py).call_method0(intern!(py, "cancel"));
+            for lp in &mut guard.loops {
+                lp.unregister(py);
             }
         });
     }
