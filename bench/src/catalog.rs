@@ -3,16 +3,15 @@
 //! with GSM hanging, so only the sealed copy can serve), `status` latency with that many rows,
 //! the daemon's memory, and [`WATCHERS`] watch connections held open while 4 readers read.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use secretd_client::{AsyncClient, Client, EntryState};
 use secretd_gsm_fake::{FakeGsm, Fault};
 
-use crate::cases;
 use crate::stats::Row;
+use crate::{cases, fixture};
 
 /// Secrets in the catalog.
 pub const SECRETS: usize = 1024;
@@ -72,11 +71,7 @@ impl Drop for Running {
 
 impl Running {
     fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        fixture::rss_kib(&self.child)
     }
 }
 
@@ -94,11 +89,7 @@ fn start(secretd: &Path, dir: &Path, fake: &FakeGsm, lkg: bool) -> Result<Runnin
     );
     if lkg {
         let key = dir.join("lkg.key");
-        if !key.exists() {
-            std::fs::write(&key, [0x5au8; 32]).map_err(|e| format!("lkg key: {e}"))?;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("chmod lkg key: {e}"))?;
-        }
+        fixture::write_key(&key, 0x5a)?;
         daemon += &format!(
             "last_known_good = \"{}\"\nlast_known_good_key = \"{}\"\n",
             dir.join("lkg.sealed").display(),
@@ -119,20 +110,7 @@ fn start(secretd: &Path, dir: &Path, fake: &FakeGsm, lkg: bool) -> Result<Runnin
     config += &format!("[[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n");
     let path = dir.join("secretd.toml");
     std::fs::write(&path, config).map_err(|e| format!("catalog config: {e}"))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("secretd.log"))
-        .map_err(|e| format!("log: {e}"))?;
-    let child = Command::new(secretd)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("SECRETD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", secretd.display()))?;
+    let child = fixture::spawn(secretd, &path, &dir.join("secretd.log"))?;
     Ok(Running { child, socket })
 }
 

@@ -46,17 +46,7 @@ impl Daemon {
         );
         let config_path = dir.join("secretd.toml");
         std::fs::write(&config_path, config).map_err(|e| format!("write config: {e}"))?;
-        let log =
-            std::fs::File::create(dir.join("secretd.log")).map_err(|e| format!("log file: {e}"))?;
-        let child = Command::new(secretd)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("SECRETD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", secretd.display()))?;
+        let child = spawn(secretd, &config_path, &dir.join("secretd.log"))?;
         let daemon = Daemon { child, socket };
         let deadline = Instant::now() + Duration::from_secs(20);
         while secretd_client::Client::connect(&daemon.socket)
@@ -73,11 +63,7 @@ impl Daemon {
 
     /// The daemon's resident set size in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        rss_kib(&self.child)
     }
 }
 
@@ -86,4 +72,41 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `secretd serve --config config`, its log appended to `log` (warnings and worse).
+pub fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("log file: {e}"))?;
+    Command::new(secretd)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("SECRETD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", secretd.display()))
+}
+
+/// A process's resident set size in KiB (`VmRSS`).
+pub fn rss_kib(child: &Child) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Writes a 32-byte key file of `byte`s, mode 0600 (a last-known-good key), unless it exists.
+pub fn write_key(path: &Path, byte: u8) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::write(path, [byte; 32]).map_err(|e| format!("key {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod key {}: {e}", path.display()))
 }

@@ -10,7 +10,7 @@
 //! the notification rows are skipped with a note and polling is still measured.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use secretd_client::{ChannelState, Client};
@@ -132,17 +132,7 @@ fn start_fleet(
         );
         let config_path = dir.join("secretd.toml");
         std::fs::write(&config_path, config).map_err(|e| format!("config: {e}"))?;
-        let log =
-            std::fs::File::create(dir.join("secretd.log")).map_err(|e| format!("log: {e}"))?;
-        let child = Command::new(secretd)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("SECRETD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", secretd.display()))?;
+        let child = crate::fixture::spawn(secretd, &config_path, &dir.join("secretd.log"))?;
         fleet.children.push(child);
         sockets.push(socket);
         if notifications.is_none() {

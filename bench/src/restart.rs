@@ -7,7 +7,6 @@
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -132,9 +131,7 @@ impl Setup {
         let mut extra = String::new();
         if scenario == Scenario::HangingLastKnownGood {
             let key = dir.join("lkg.key");
-            std::fs::write(&key, [0x42u8; 32]).map_err(|e| format!("lkg key: {e}"))?;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("chmod lkg key: {e}"))?;
+            crate::fixture::write_key(&key, 0x42)?;
             daemon += &format!(
                 "last_known_good = \"{}\"\nlast_known_good_key = \"{}\"\n",
                 dir.join("lkg.sealed").display(),

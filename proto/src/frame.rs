@@ -156,19 +156,19 @@ fn encode_limited<T: Encode>(msg: &T, out: &mut Vec<u8>, limit: usize) -> Result
 /// Decodes one response from a frame body (claims bounded by [`MAX_RESPONSE_CLAIM`]), which
 /// it must fill exactly.
 pub fn decode_response_body<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::decode_from_slice::<T, _>(body, response_config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
-    if used != body.len() {
-        return Err(FrameError::TrailingBytes {
-            extra: body.len() - used,
-        });
-    }
-    Ok(msg)
+    decode_whole(body, response_config())
 }
 
 /// Decodes one message from a frame body, which it must fill exactly.
 pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::decode_from_slice::<T, _>(body, wire_config())
+    decode_whole(body, wire_config())
+}
+
+fn decode_whole<T: Decode<()>, C: bincode::config::Config>(
+    body: &[u8],
+    config: C,
+) -> Result<T, FrameError> {
+    let (msg, used) = bincode::decode_from_slice::<T, _>(body, config)
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes {
