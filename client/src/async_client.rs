@@ -27,7 +27,7 @@ use secretd_proto::{
     ClientHello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, SecretStatus,
     validate_name,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -222,6 +222,13 @@ impl AsyncConnection {
                 Err(e) => return Err(Error::Io(e)),
             }
         }
+        // The whole answer is in, and the daemon sends nothing unasked on this connection, so
+        // the socket is empty: forget the readiness the answer left, without a syscall, so the
+        // next exchange parks at once instead of first trying a `recv` that fails with EAGAIN.
+        // (A close still wakes it: tokio never clears the read-closed state.)
+        let _ = self.stream.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
         Ok(())
     }
 }

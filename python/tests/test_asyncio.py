@@ -233,3 +233,27 @@ def test_a_cached_async_client_answers_a_hit_without_the_daemon(daemon: Daemon) 
                 os.kill(daemon.proc.pid, signal.SIGCONT)
 
     asyncio.run(main())
+
+
+def test_one_client_serves_two_event_loops_in_two_threads_at_once(daemon: Daemon) -> None:
+    """Each loop gets connections of its own: neither drops the other's calls."""
+    client = secretd.AsyncClient(daemon.socket)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        async def main() -> None:
+            for _ in range(300):
+                assert (await client.get(KEY)).expose() == VALUES[KEY]
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # reported below, with the thread's failure
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a loop's reads never finished"
+    assert not errors, errors
