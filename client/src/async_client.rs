@@ -99,6 +99,10 @@ pub(crate) struct AsyncConnection {
     stream: UnixStream,
     /// The exchange under way, if any, with every byte moved counted.
     exchange: Exchange,
+    /// The request timeout: one timer for the connection's life, moved to a later deadline
+    /// for each exchange, which tokio does without the timer driver's lock (a timer per call
+    /// would take it twice, and the runtime's workers share it).
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// Frames that arrive unasked (a watch's events), read whole; wiped after each.
     input: Vec<u8>,
     /// The protocol version both sides speak, once the hello is answered (decides how status
@@ -122,6 +126,7 @@ impl AsyncConnection {
         let mut conn = AsyncConnection {
             stream,
             exchange: Exchange::default(),
+            timer: Box::pin(tokio::time::sleep(timeout)),
             input: Vec::new(),
             protocol: PROTOCOL_VERSION,
         };
@@ -189,14 +194,17 @@ impl AsyncConnection {
 
     /// Drives the exchange to its end within `timeout` and decodes the answer.
     async fn finish(&mut self, path: &Path, timeout: Duration) -> Result<Response<'static>> {
-        let driven = tokio::time::timeout(timeout, self.drive())
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Timeout {
-                    path: path.to_owned(),
-                    after: timeout,
-                })
-            });
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + timeout);
+        let driven = tokio::select! {
+            biased;
+            r = Self::drive(&self.stream, &mut self.exchange) => r,
+            () = self.timer.as_mut() => Err(Error::Timeout {
+                path: path.to_owned(),
+                after: timeout,
+            }),
+        };
         // Ends the exchange either way, wiping what was read.
         let answer = self.exchange.finish(self.protocol);
         driven.and(answer)
@@ -204,20 +212,20 @@ impl AsyncConnection {
 
     /// Writes the rest of the request and reads the rest of the answer. Cancel-safe: every
     /// byte moved is counted before the next await, so a later call resumes where this stopped.
-    async fn drive(&mut self) -> Result<()> {
-        while !self.exchange.unsent().is_empty() {
-            self.stream.writable().await.map_err(Error::Io)?;
-            match self.stream.try_write(self.exchange.unsent()) {
-                Ok(n) => self.exchange.wrote(n),
+    async fn drive(stream: &UnixStream, exchange: &mut Exchange) -> Result<()> {
+        while !exchange.unsent().is_empty() {
+            stream.writable().await.map_err(Error::Io)?;
+            match stream.try_write(exchange.unsent()) {
+                Ok(n) => exchange.wrote(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(Error::Io(e)),
             }
         }
-        while !self.exchange.answered() {
-            self.stream.readable().await.map_err(Error::Io)?;
-            match self.stream.try_read(self.exchange.read_target()) {
+        while !exchange.answered() {
+            stream.readable().await.map_err(Error::Io)?;
+            match stream.try_read(exchange.read_target()) {
                 Ok(0) => return Err(Error::Io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => self.exchange.read(n)?,
+                Ok(n) => exchange.read(n)?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(Error::Io(e)),
             }
@@ -226,7 +234,7 @@ impl AsyncConnection {
         // the socket is empty: forget the readiness the answer left, without a syscall, so the
         // next exchange parks at once instead of first trying a `recv` that fails with EAGAIN.
         // (A close still wakes it: tokio never clears the read-closed state.)
-        let _ = self.stream.try_io(Interest::READABLE, || {
+        let _ = stream.try_io(Interest::READABLE, || {
             Err::<(), _>(io::ErrorKind::WouldBlock.into())
         });
         Ok(())

@@ -512,3 +512,56 @@ fn a_cached_clients_own_watch_never_leaves_a_get_behind_its_event() {
         }
     });
 }
+
+#[test]
+fn a_daemon_that_stops_answering_times_out_each_call() {
+    // Answers the hello, then reads requests and never answers. The hello and the call after
+    // it run under the connection's one request timer, re-armed for the call; a timed-out
+    // connection is dropped, so the second call greets a new one.
+    let env = TestEnv::new();
+    let path = env.path("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut header = [0u8; 4];
+                let mut body = vec![0u8; 4096];
+                let mut frame = Vec::new();
+                let hello = secretd_proto::Response::Hello(secretd_proto::ServerHello {
+                    protocol_version: secretd_proto::PROTOCOL_VERSION,
+                    daemon_version: "silent".into(),
+                });
+                secretd_proto::frame::encode_frame(&hello, &mut frame).expect("encode");
+                let mut greeted = false;
+                while stream.read_exact(&mut header).is_ok() {
+                    let len = u32::from_le_bytes(header) as usize;
+                    if stream.read_exact(&mut body[..len.min(4096)]).is_err() {
+                        return;
+                    }
+                    if !greeted {
+                        greeted = true;
+                        let _ = stream.write_all(&frame);
+                    }
+                }
+            });
+        }
+    });
+    runtime().block_on(async {
+        let client = AsyncClient::connect(&path).await.expect("greeted");
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let err = client.get("trading_a").await.expect_err("never answered");
+            assert!(
+                matches!(err, secretd_client::Error::Timeout { .. }),
+                "{err:?}"
+            );
+            let waited = started.elapsed();
+            assert!(
+                waited >= Duration::from_secs(5) && waited < Duration::from_secs(15),
+                "{waited:?}"
+            );
+        }
+    });
+}
