@@ -31,23 +31,8 @@ fn setup(env: &TestEnv) -> (FakeGsm, String) {
     fake.add_version(API_KEY, KEY_VALUE);
     fake.add_version(CLIENT_SECRET, CLIENT_VALUE);
     keygen(env);
-    let key = env.path("lkg.key");
-    let mut bytes = [0u8; 32];
-    bytes
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, b)| *b = i as u8 ^ 0x5a);
-    std::fs::write(&key, bytes).expect("key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let config = env
-        .conf()
-        .shared_with_nobody()
+    let config = with_last_known_good(env, env.conf().shared_with_nobody())
         .daemon("first_fetch_wait", "1s")
-        .daemon(
-            "last_known_good",
-            env.path("lkg.sealed").to_str().expect("utf8"),
-        )
-        .daemon("last_known_good_key", key.to_str().expect("utf8"))
         .gsm_authenticated(&fake)
         .gsm_set("attempt_timeout", "8s")
         .gsm_set("retry_budget", "9s")
@@ -59,6 +44,23 @@ fn setup(env: &TestEnv) -> (FakeGsm, String) {
         .readable_by_me()
         .build();
     (fake, config)
+}
+
+/// `conf` with last-known-good on: the sealed file `lkg.sealed` and a 32-byte key `lkg.key`
+/// (mode 0600) in `env`.
+fn with_last_known_good<'a>(
+    env: &TestEnv,
+    conf: support::config::ConfigBuilder<'a>,
+) -> support::config::ConfigBuilder<'a> {
+    let key = env.path("lkg.key");
+    let bytes: Vec<u8> = (0..32u8).map(|i| i ^ 0x5a).collect();
+    std::fs::write(&key, bytes).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    conf.daemon(
+        "last_known_good",
+        env.path("lkg.sealed").to_str().expect("utf8"),
+    )
+    .daemon("last_known_good_key", key.to_str().expect("utf8"))
 }
 
 /// Starts the daemon and waits until both GSM values are sealed into the file.
@@ -228,16 +230,7 @@ fn a_daemon_stopped_right_after_fetching_leaves_every_value_sealed() {
     const COUNT: usize = 40;
     let env = TestEnv::new();
     let fake = FakeGsm::start().expect("fake gsm");
-    let key = env.path("lkg.key");
-    std::fs::write(&key, [0x33u8; 32]).expect("key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut conf = env
-        .conf()
-        .daemon(
-            "last_known_good",
-            env.path("lkg.sealed").to_str().expect("utf8"),
-        )
-        .daemon("last_known_good_key", key.to_str().expect("utf8"))
+    let mut conf = with_last_known_good(&env, env.conf())
         .gsm_authenticated(&fake)
         .gsm_set("attempt_timeout", "8s")
         .gsm_set("retry_budget", "9s");
