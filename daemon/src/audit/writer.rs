@@ -21,8 +21,10 @@ pub const AUDIT_QUEUE: usize = 65_536;
 pub const AUDIT_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Events committed in one transaction at most.
 pub const AUDIT_BATCH: usize = 1024;
-/// How long a batch nobody waits for may wait for more events before it is committed (a
-/// batch with a waiter, an admin operation that needs its record durable, commits at once).
+/// How long a batch nobody waits for may wait for more events before it is committed, when
+/// events are streaming in (the previous commit ended less than this before). A batch with a
+/// waiter (an admin operation that needs its record durable) commits at once, and so does a
+/// lone event after a quiet spell.
 pub const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// After a failed commit: how long between attempts to reopen the store and retry the batch.
 pub const AUDIT_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -224,17 +226,22 @@ impl WriterState {
 
     fn run(self, store: Arc<Store>, mut rx: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(AUDIT_BATCH);
+        // When the last commit ended: events that follow it closely are a stream.
+        let mut last_commit: Option<std::time::Instant> = None;
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
             drain_into(&mut rx, &mut batch);
-            if batch.iter().all(|j| j.done.is_none()) && batch.len() < AUDIT_BATCH {
-                // Nobody waits for this batch: let more events join it, so a stream of
-                // connections costs one commit (and one fsync) per linger, not one each.
+            let streaming = last_commit.is_some_and(|t| t.elapsed() < AUDIT_LINGER);
+            if streaming && batch.iter().all(|j| j.done.is_none()) && batch.len() < AUDIT_BATCH {
+                // Events keep coming and nobody waits for this batch: let more join it, so a
+                // stream of connections costs one commit (and one fsync) per linger, not one
+                // each. A lone event after a quiet spell commits at once.
                 std::thread::sleep(AUDIT_LINGER);
                 drain_into(&mut rx, &mut batch);
             }
             let events: Vec<AuditEvent> = batch.iter().map(|j| j.event.clone()).collect();
             let result = self.commit(&store, &events, &rx);
+            last_commit = Some(std::time::Instant::now());
             self.depth.fetch_sub(batch.len(), Ordering::Relaxed);
             for job in batch.drain(..) {
                 if let Some(done) = job.done {
