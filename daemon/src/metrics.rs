@@ -76,6 +76,9 @@ pub(crate) struct Metrics {
     rotation_overdue: IntGaugeVec,
     /// `omni_secretd_connections`: open client connections.
     pub(crate) connections: IntGauge,
+    /// `omni_secretd_dedicated_connections`: connections served on a thread of their own
+    /// (busy clients; see `server::dedicated`).
+    pub(crate) dedicated: IntGauge,
     /// `omni_secretd_requests_total{op,result}`.
     requests: IntCounterVec,
     /// `omni_secretd_audit_queue_depth`: audit events not yet committed.
@@ -171,6 +174,10 @@ impl Metrics {
             &["secret_type"],
         )?;
         let connections = IntGauge::new("omni_secretd_connections", "Open client connections")?;
+        let dedicated = IntGauge::new(
+            "omni_secretd_dedicated_connections",
+            "Client connections served on a thread of their own (busy clients)",
+        )?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "omni_secretd_requests_total",
@@ -193,6 +200,7 @@ impl Metrics {
         registry.register(Box::new(break_glass_active.clone()))?;
         registry.register(Box::new(rotation_overdue.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(dedicated.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         let watchers = IntGauge::new("omni_secretd_watchers", "Open watch subscriptions")?;
         let info = IntGaugeVec::new(
@@ -253,6 +261,7 @@ impl Metrics {
             break_glass_active,
             rotation_overdue,
             connections,
+            dedicated,
             requests,
             audit_queue,
             watchers,

@@ -9,16 +9,17 @@ use secretd_proto::{
     ErrorCode, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, ServerHello,
     WireError,
 };
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Refusal;
+use super::dedicated::{self, Handback, Seat, Streak};
 use super::framed::{Framed, ReadError};
 use super::idle::IdleTimer;
 use super::peer::Peer;
 use super::reply::Reply;
 use super::session::Session;
-use super::{AUDIT_FLUSH_INTERVAL, HELLO_TIMEOUT, IDLE_TIMEOUT, Shared};
+use super::watch::Subscription;
+use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, Shared};
 
 /// A connected, credential-checked client.
 pub(super) struct Connection {
@@ -70,7 +71,7 @@ impl Connection {
             .map_or(PROTOCOL_VERSION, |h| h.protocol_version);
         let _registered = self.shared.connections.register(&self.peer, protocol);
         let mut session = Session::new(&self.shared, &self.peer, protocol);
-        serve_requests(&mut self.framed, &mut session, &cancel).await;
+        serve_requests(self.framed, &mut session, &cancel).await;
         session.flush();
         tracing::debug!(
             uid = self.peer.uid,
@@ -80,74 +81,142 @@ impl Connection {
     }
 }
 
-/// The request loop: read a request, hand it to the session, send the reply. A watch turns
-/// the connection into an event stream until it ends.
-async fn serve_requests(
+/// The request loop: read a request, hand it to the session, send the reply. A connection
+/// that keeps asking moves to a thread of its own and back (`dedicated`). A watch turns the
+/// connection into an event stream until it ends.
+async fn serve_requests(mut framed: Framed, session: &mut Session<'_>, cancel: &CancellationToken) {
+    loop {
+        let subscription = match serve_on_runtime(&mut framed, session, cancel).await {
+            Turn::Over => return,
+            Turn::Watch(subscription) => subscription,
+            Turn::Promote(seat) => match dedicated::serve(framed, session, cancel, seat) {
+                Handback::Over => return,
+                Handback::Quiet(back) => {
+                    framed = back;
+                    continue;
+                }
+                Handback::Watch(back, subscription) => {
+                    framed = back;
+                    subscription
+                }
+            },
+        };
+        // Reads counted so far are written now: a watch can last for days.
+        session.flush();
+        subscription
+            .stream(
+                &mut framed,
+                cancel,
+                session.protocol,
+                &session.shared.metrics.watch_lagged,
+            )
+            .await;
+        return;
+    }
+}
+
+/// Why the runtime's request loop stopped.
+enum Turn {
+    /// The connection is over.
+    Over,
+    /// A watch was granted; its events follow.
+    Watch(Subscription),
+    /// The client keeps asking: the connection moves to a dedicated thread.
+    Promote(Seat),
+}
+
+/// Serves requests on the runtime until the connection ends, a watch starts, or the client
+/// has asked often enough to earn a thread.
+async fn serve_on_runtime(
     framed: &mut Framed,
     session: &mut Session<'_>,
     cancel: &CancellationToken,
-) {
-    let start = Instant::now() + AUDIT_FLUSH_INTERVAL;
-    let mut flush_timer = tokio::time::interval_at(start, AUDIT_FLUSH_INTERVAL);
-    // One shutdown waiter and one idle timer for the connection's life, not one of each per
-    // request: registering either takes a lock the runtime's workers share.
+) -> Turn {
+    // One shutdown waiter, one flush timer and one idle timer for the loop's life, not one of
+    // each per request: registering any of them takes a lock the runtime's workers share.
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
+    let flush = tokio::time::sleep_until(session.next_flush);
+    tokio::pin!(flush);
     let mut idle = IdleTimer::new(IDLE_TIMEOUT);
+    let mut streak = Streak::default();
     loop {
         // Waiting for a first byte is cancel-safe, so the flush timer, the idle timer and
         // shutdown may interrupt it; reading the rest of a frame is never interrupted.
         let ready = tokio::select! {
-            () = &mut cancelled => return,
-            _ = flush_timer.tick() => {
+            () = &mut cancelled => return Turn::Over,
+            () = &mut flush => {
                 session.flush();
+                flush.as_mut().reset(session.next_flush);
                 continue;
             }
             () = idle.expired() => Err(ReadError::Idle(IDLE_TIMEOUT)),
             r = framed.wait_for_data() => r,
         };
-        let request = match ready {
+        let read = match ready {
             Ok(()) => framed.read_request().await,
             Err(e) => Err(e),
         };
-        let request = match request {
-            Ok(Ok(Request::Hello(_))) => Err(WireError::new(
-                ErrorCode::ProtocolViolation,
-                "hello may only be sent once",
-            )),
-            Ok(request) => request,
-            Err(e) => return close(framed, session.peer, &e).await,
-        };
-        let request = match request {
-            Ok(request) => request,
-            Err(violation) => {
-                let peer = session.peer;
-                tracing::debug!(uid = peer.uid, pid = peer.pid, error = %violation, "protocol violation");
-                let _ = framed.send(&Reply::from(violation), session.protocol).await;
-                return;
+        let request = match screen(read) {
+            Next::Serve(request) => request,
+            Next::Refuse(violation) => {
+                let _ = framed
+                    .send(&refusal(session, violation), session.protocol)
+                    .await;
+                return Turn::Over;
+            }
+            Next::Close(e) => {
+                close(framed, session.peer, &e).await;
+                return Turn::Over;
             }
         };
         idle.touch();
+        let is_read = matches!(request, Request::Get { .. });
         let op = request.op();
         let reply = session.respond(request).await;
         session.shared.metrics.request(op, reply.outcome());
         if framed.send(&reply, session.protocol).await.is_err() || session.closing {
-            return;
+            return Turn::Over;
         }
         if let Reply::Watch(subscription) = reply {
-            // Reads counted so far are written now: a watch can last for days.
-            session.flush();
-            subscription
-                .stream(
-                    framed,
-                    cancel,
-                    session.protocol,
-                    &session.shared.metrics.watch_lagged,
-                )
-                .await;
-            return;
+            return Turn::Watch(subscription);
+        }
+        if streak.asked(is_read)
+            && let Some(seat) = dedicated::seat()
+        {
+            return Turn::Promote(seat);
         }
     }
+}
+
+/// What a loop does with the frame it just read.
+pub(super) enum Next {
+    /// Answer it.
+    Serve(Request),
+    /// Answer with this protocol violation, then close.
+    Refuse(WireError),
+    /// Close (telling the client why when the frame was the problem).
+    Close(ReadError),
+}
+
+/// Sorts a frame read: a request to serve, a violation to answer, or the end.
+pub(super) fn screen(read: Result<Result<Request, WireError>, ReadError>) -> Next {
+    match read {
+        Ok(Ok(Request::Hello(_))) => Next::Refuse(WireError::new(
+            ErrorCode::ProtocolViolation,
+            "hello may only be sent once",
+        )),
+        Ok(Ok(request)) => Next::Serve(request),
+        Ok(Err(violation)) => Next::Refuse(violation),
+        Err(e) => Next::Close(e),
+    }
+}
+
+/// The reply to a protocol violation, logged.
+pub(super) fn refusal(session: &Session<'_>, violation: WireError) -> Reply {
+    let peer = session.peer;
+    tracing::debug!(uid = peer.uid, pid = peer.pid, error = %violation, "protocol violation");
+    Reply::from(violation)
 }
 
 /// The answer to the first frame: it must be a hello with our magic, from a client whose

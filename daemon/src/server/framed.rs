@@ -20,7 +20,7 @@ use super::reply::Reply;
 use super::{FRAME_READ_TIMEOUT, WRITE_TIMEOUT};
 
 /// Requests are small; this buffer usually takes a whole frame in one read.
-const READ_BUFFER: usize = 1024;
+pub(super) const READ_BUFFER: usize = 1024;
 /// Scratch buffers above this size are released after use rather than kept per connection.
 const KEEP_BUFFER: usize = 16 * 1024;
 
@@ -54,7 +54,13 @@ impl ReadError {
 /// The reading side of a shared stream (`&Stream` reads and writes; interprocess recommends
 /// sharing the stream over splitting it).
 #[derive(Debug)]
-struct ReadSide(Arc<Stream>);
+struct ReadSide {
+    /// Bytes a dedicated thread had read but not used when it handed the connection back
+    /// (usually none); served before the socket. Wiped once read.
+    carried: Vec<u8>,
+    /// The socket.
+    stream: Arc<Stream>,
+}
 
 impl AsyncRead for ReadSide {
     fn poll_read(
@@ -62,8 +68,25 @@ impl AsyncRead for ReadSide {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
+        let this = self.get_mut();
+        if !this.carried.is_empty() {
+            let n = this.carried.len().min(buf.remaining());
+            buf.put_slice(&this.carried[..n]);
+            this.carried[..n].zeroize();
+            this.carried.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut &*this.stream).poll_read(cx, buf)
     }
+}
+
+/// A connection taken off the runtime for a dedicated thread: its socket in blocking-capable
+/// form and the bytes already read from it but not yet used.
+pub(super) struct Detached {
+    /// The socket, no longer registered with the runtime.
+    pub(super) stream: std::os::unix::net::UnixStream,
+    /// Buffered request bytes (a pipelined request); the caller wipes them after use.
+    pub(super) buffered: Vec<u8>,
 }
 
 /// One client connection's socket and buffers.
@@ -83,13 +106,55 @@ pub(super) struct Framed {
 impl Framed {
     /// Takes over an accepted stream.
     pub(super) fn new(stream: Stream) -> Framed {
+        Framed::with_carried(stream, Vec::new())
+    }
+
+    fn with_carried(stream: Stream, carried: Vec<u8>) -> Framed {
         let stream = Arc::new(stream);
+        let read_side = ReadSide {
+            carried,
+            stream: stream.clone(),
+        };
         Framed {
-            reader: BufReader::with_capacity(READ_BUFFER, ReadSide(stream.clone())),
+            reader: BufReader::with_capacity(READ_BUFFER, read_side),
             stream,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
         }
+    }
+
+    /// Takes the socket off the runtime (deregistered, so its readiness no longer wakes a
+    /// worker) with whatever was read ahead of it.
+    pub(super) fn detach(self) -> std::io::Result<Detached> {
+        let Framed {
+            reader,
+            stream,
+            mut inbuf,
+            mut outbuf,
+        } = self;
+        wipe(&mut inbuf);
+        wipe(&mut outbuf);
+        let mut buffered = reader.buffer().to_vec();
+        let ReadSide { mut carried, .. } = reader.into_inner();
+        buffered.append(&mut carried);
+        let stream = Arc::try_unwrap(stream)
+            .map_err(|_| std::io::Error::other("the stream is still shared"))?;
+        let Stream::UdSocket(stream) = stream;
+        let fd = std::os::fd::OwnedFd::try_from(stream)?;
+        Ok(Detached {
+            stream: fd.into(),
+            buffered,
+        })
+    }
+
+    /// Puts a detached socket back on the runtime (call within it), with the bytes read
+    /// ahead of it.
+    pub(super) fn reattach(detached: Detached) -> std::io::Result<Framed> {
+        let Detached { stream, buffered } = detached;
+        stream.set_nonblocking(true)?;
+        let fd = std::os::fd::OwnedFd::from(stream);
+        let stream = interprocess::os::unix::uds_local_socket::tokio::Stream::try_from(fd)?;
+        Ok(Framed::with_carried(Stream::from(stream), buffered))
     }
 
     /// Waits until the next frame's first byte has arrived (the caller bounds the wait).
@@ -141,12 +206,7 @@ impl Framed {
     /// Encodes and writes `reply` for a client speaking `protocol`. A reply too large to encode becomes an `Internal` error
     /// (logged), so the client is never left waiting.
     pub(super) async fn send(&mut self, reply: &Reply, protocol: u16) -> Result<(), FrameError> {
-        if let Err(e) = reply.encode(&mut self.outbuf, protocol) {
-            wipe(&mut self.outbuf);
-            tracing::error!(error = %e, "cannot encode a response");
-            let internal = WireError::new(ErrorCode::Internal, "response too large");
-            return self.send_response(&Response::Error(internal)).await;
-        }
+        encode_reply(reply, protocol, &mut self.outbuf)?;
         self.flush_out().await
     }
 
@@ -194,7 +254,23 @@ impl Framed {
     }
 }
 
-fn eof_is_truncation(e: std::io::Error) -> FrameError {
+/// Encodes `reply` into `out`; a reply too large to encode becomes an `Internal` error
+/// (logged), so the client is never left waiting.
+pub(super) fn encode_reply(
+    reply: &Reply,
+    protocol: u16,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    if let Err(e) = reply.encode(out, protocol) {
+        wipe(out);
+        tracing::error!(error = %e, "cannot encode a response");
+        let internal = WireError::new(ErrorCode::Internal, "response too large");
+        return encode_frame(&Response::Error(internal), out);
+    }
+    Ok(())
+}
+
+pub(super) fn eof_is_truncation(e: std::io::Error) -> FrameError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         FrameError::Truncated
     } else {
@@ -204,7 +280,7 @@ fn eof_is_truncation(e: std::io::Error) -> FrameError {
 
 /// Zeroes a scratch buffer; releases it when it grew large, so one big frame does not make
 /// every later wipe expensive.
-fn wipe(buf: &mut Vec<u8>) {
+pub(super) fn wipe(buf: &mut Vec<u8>) {
     buf.zeroize();
     if buf.capacity() > KEEP_BUFFER {
         *buf = Vec::new();

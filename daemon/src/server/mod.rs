@@ -10,6 +10,7 @@ mod admission;
 pub(crate) mod attest;
 mod break_glass;
 mod connection;
+mod dedicated;
 pub(crate) mod denials;
 mod framed;
 mod health;

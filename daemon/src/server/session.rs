@@ -4,10 +4,12 @@
 
 use secretd_proto::{ErrorCode, Request, WireError};
 
-use super::Shared;
+use tokio::time::Instant;
+
 use super::peer::Peer;
 use super::policy::Access;
 use super::reply::Reply;
+use super::{AUDIT_FLUSH_INTERVAL, Shared};
 use crate::audit::{Action, Actor, ActorType, AuditEvent, Outcome};
 
 /// Reads (or denials) of one secret on this connection. The first is recorded at once, the
@@ -69,6 +71,8 @@ pub(super) struct Session<'a> {
     pub(super) closing: bool,
     /// The attested program, as audit records and logs name it.
     pub(super) program: std::sync::Arc<str>,
+    /// When the read counts are next written, whichever thread serves the connection.
+    pub(super) next_flush: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -83,6 +87,7 @@ impl<'a> Session<'a> {
             protocol,
             closing: false,
             program: peer.attested.describe().into(),
+            next_flush: Instant::now() + AUDIT_FLUSH_INTERVAL,
         }
     }
 
@@ -167,8 +172,16 @@ impl<'a> Session<'a> {
         event
     }
 
+    /// Flushes if [`AUDIT_FLUSH_INTERVAL`] has passed since the last flush.
+    pub(super) fn flush_if_due(&mut self) {
+        if Instant::now() >= self.next_flush {
+            self.flush();
+        }
+    }
+
     /// Writes the counts gathered since the last flush as aggregated records.
     pub(super) fn flush(&mut self) {
+        self.next_flush = Instant::now() + AUDIT_FLUSH_INTERVAL;
         let actor = self.actor(ActorType::Client);
         for (tallies, outcome) in [
             (&mut self.reads, Outcome::Ok),
