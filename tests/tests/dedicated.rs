@@ -3,7 +3,7 @@
 //! runtime's loop (order, violations, slow frames, watches, shutdown, the thread cap) holds on
 //! its thread too.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secretd_client::Client;
 use secretd_proto::{Request, Response};
@@ -107,12 +107,20 @@ fn a_busy_connection_moves_to_a_thread_and_back_when_quiet() {
 }
 
 #[test]
-fn requests_pipelined_to_a_thread_are_answered_in_order() {
+fn requests_pipelined_across_the_move_and_on_the_thread_are_answered_in_order() {
     let env = TestEnv::new();
     let daemon = daemon(&env, 64);
-    let mut conn = busy_raw(&daemon);
+    let mut conn = RawConn::greeted(&daemon.socket);
+    // The move happens after the eighth read, with the rest of this batch already read ahead
+    // into the runtime's buffer: those requests must reach the thread, in order.
+    pipelined_batch(&mut conn);
     wait_dedicated(&daemon, 1);
-    // Thirty requests in one write, names alternating, a status among them.
+    // And a batch sent to the thread itself.
+    pipelined_batch(&mut conn);
+}
+
+/// Thirty requests in one write, names alternating, a status among them; checks each answer.
+fn pipelined_batch(conn: &mut RawConn) {
     let mut batch = Vec::new();
     for i in 0..30 {
         let request = match i {
@@ -212,13 +220,33 @@ fn a_watch_asked_on_a_thread_streams_from_the_runtime() {
 }
 
 #[test]
-fn more_busy_connections_than_threads_all_get_right_answers() {
+fn one_uid_takes_at_most_half_the_threads_and_another_uid_still_gets_one() {
+    if !support::can_run(
+        support::is_root(),
+        "one_uid_takes_at_most_half_the_threads_and_another_uid_still_gets_one",
+        "root (a second caller runs as uid 65534)",
+    ) {
+        return;
+    }
     let env = TestEnv::new();
-    let daemon = daemon(&env, 128);
-    let socket = daemon.socket.clone();
+    let config = env
+        .conf()
+        .shared_with_nobody()
+        .daemon("max_connections", 128)
+        .daemon("max_connections_per_uid", 128)
+        .file_secret("trading_api_key", KEY)
+        .file_secret("trading_other", OTHER)
+        .file_secret("public_feed", b"public-feed-value")
+        .policy(&[0], &["*"], &[])
+        .policy(&[65534], &["public_*"], &[])
+        .build();
+    let daemon = env.start(&config);
+    // More busy connections of root than there are threads at all: with no share per uid,
+    // root would hold every one of them.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let readers: Vec<_> = (0..MAX_DEDICATED + 8)
         .map(|i| {
-            let socket = socket.clone();
+            let (socket, busy) = (daemon.socket.clone(), busy.clone());
             std::thread::spawn(move || {
                 let client = Client::connect(&socket).expect("connect");
                 let (name, want) = if i % 2 == 0 {
@@ -226,9 +254,8 @@ fn more_busy_connections_than_threads_all_get_right_answers() {
                 } else {
                     ("trading_other", OTHER)
                 };
-                let until = Instant::now() + Duration::from_secs(3);
                 let mut reads = 0u64;
-                while Instant::now() < until || reads < 100 {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) || reads < 100 {
                     assert_eq!(client.get(name).expect("get").expose(), want);
                     reads += 1;
                 }
@@ -236,17 +263,34 @@ fn more_busy_connections_than_threads_all_get_right_answers() {
             })
         })
         .collect();
-    // While they read, no more threads than the cap.
-    let mut seen = 0;
-    for _ in 0..10 {
-        seen = seen.max(dedicated(&daemon));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_dedicated(&daemon, MAX_DEDICATED / 2);
+    // Meanwhile nobody's bot reads in a loop on one connection: it still gets a thread.
+    let socket = daemon.socket.to_str().expect("utf8");
+    let mut args = vec![socket];
+    args.extend(std::iter::repeat_n(["get", "public_feed"], 50).flatten());
+    let out = env.run_as_nobody(&support::probe_bin(), &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("ok get public_feed").count(), 50, "{stdout}");
+    // Root's share never grew past half, whatever the timing.
+    let most = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            dedicated(&daemon)
+        })
+        .max()
+        .unwrap_or(0);
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
     let clients: Vec<Client> = readers
         .into_iter()
         .map(|r| r.join().expect("reader"))
         .collect();
-    assert!(seen > 0 && seen <= MAX_DEDICATED, "{seen} dedicated");
+    assert!(most <= MAX_DEDICATED / 2, "{most} dedicated for one uid");
+    assert!(
+        daemon
+            .log()
+            .contains("connection moved to a thread of its own uid=65534"),
+        "uid 65534's busy connection got no thread"
+    );
     drop(clients);
     wait_dedicated(&daemon, 0);
 }

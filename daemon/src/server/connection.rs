@@ -122,7 +122,7 @@ enum Turn {
     /// A watch was granted; its events follow.
     Watch(Subscription),
     /// The client keeps asking: the connection moves to a dedicated thread.
-    Promote(Seat),
+    Promote(Seat<'static>),
 }
 
 /// Serves requests on the runtime until the connection ends, a watch starts, or the client
@@ -182,7 +182,7 @@ async fn serve_on_runtime(
             return Turn::Watch(subscription);
         }
         if streak.asked(is_read)
-            && let Some(seat) = dedicated::seat()
+            && let Some(seat) = dedicated::seat(session.peer.uid)
         {
             return Turn::Promote(seat);
         }

@@ -8,7 +8,9 @@
 //! another thread, and this one serves the connection with blocking reads and writes. It goes
 //! back to the runtime when the client is quiet for [`QUIET`] or starts a watch, so a thousand
 //! idle or watching connections still cost no thread each. [`MAX_DEDICATED`] bounds the
-//! threads; connections beyond it stay on the runtime.
+//! threads, and no uid holds more than [`MAX_DEDICATED_PER_UID`] of them (a local user who
+//! keeps many connections busy cannot take every thread from the other services);
+//! connections beyond either stay on the runtime, served as before.
 //!
 //! Every limit of the runtime's loop holds here too: a frame's rest within
 //! `FRAME_READ_TIMEOUT`, a reply written within `WRITE_TIMEOUT`, read counts flushed every
@@ -17,7 +19,7 @@
 
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use secretd_proto::frame::{FrameError, HEADER_LEN, body_len, decode_body};
@@ -42,34 +44,83 @@ pub(super) const PROMOTE_AFTER: u32 = 8;
 pub(super) const QUIET: Duration = Duration::from_secs(2);
 /// Dedicated threads at once, daemon-wide (beyond the runtime's workers).
 pub(super) const MAX_DEDICATED: usize = 32;
+/// Dedicated threads one uid may hold at once.
+pub(super) const MAX_DEDICATED_PER_UID: usize = MAX_DEDICATED / 2;
 /// How often a blocked read or write looks up from the socket to check its deadlines.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Dedicated threads in use.
-static IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// The daemon's dedicated threads: one set per process, since threads are.
+static SEATS: Seats = Seats::new(MAX_DEDICATED, MAX_DEDICATED_PER_UID);
 
-/// One of the [`MAX_DEDICATED`] places; given back on drop.
+/// Places for dedicated threads, in all and per uid.
 #[derive(Debug)]
-pub(super) struct Seat(());
+pub(super) struct Seats {
+    /// Places in all.
+    total: usize,
+    /// Places one uid may hold.
+    per_uid: usize,
+    /// Places held, by uid (touched only when a connection moves, never per request).
+    held: Mutex<Vec<(u32, usize)>>,
+}
 
-impl Drop for Seat {
-    fn drop(&mut self) {
-        IN_USE.fetch_sub(1, Ordering::Relaxed);
+impl Seats {
+    const fn new(total: usize, per_uid: usize) -> Seats {
+        Seats {
+            total,
+            per_uid,
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A place for `uid`, if both limits allow one.
+    fn take(&self, uid: u32) -> Option<Seat<'_>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let in_use: usize = held.iter().map(|(_, n)| n).sum();
+        let at = held.iter().position(|(u, _)| *u == uid);
+        let mine = at.map_or(0, |i| held[i].1);
+        if in_use >= self.total || mine >= self.per_uid {
+            return None;
+        }
+        match at {
+            Some(i) => held[i].1 += 1,
+            None => held.push((uid, 1)),
+        }
+        Some(Seat { seats: self, uid })
+    }
+
+    fn give_back(&self, uid: u32) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = held.iter().position(|(u, _)| *u == uid) {
+            held[i].1 -= 1;
+            if held[i].1 == 0 {
+                held.swap_remove(i);
+            }
+        }
     }
 }
 
-/// A free place for a dedicated thread, if there is one and the runtime can hand a worker's
-/// place over (a single-threaded runtime cannot).
-pub(super) fn seat() -> Option<Seat> {
+/// One place for a dedicated thread; given back on drop.
+#[derive(Debug)]
+pub(super) struct Seat<'s> {
+    /// Where it was taken from.
+    seats: &'s Seats,
+    /// Whose it is.
+    uid: u32,
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.seats.give_back(self.uid);
+    }
+}
+
+/// A free place for a dedicated thread for `uid`, if the limits allow one and the runtime can
+/// hand a worker's place over (a single-threaded runtime cannot).
+pub(super) fn seat(uid: u32) -> Option<Seat<'static>> {
     if Handle::try_current().ok()?.runtime_flavor() != RuntimeFlavor::MultiThread {
         return None;
     }
-    IN_USE
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < MAX_DEDICATED).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| Seat(()))
+    SEATS.take(uid)
 }
 
 /// Counts reads in a row that came within [`QUIET`] of each other.
@@ -97,28 +148,6 @@ impl Streak {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_run_of_reads_earns_a_thread() {
-        let mut streak = Streak::default();
-        for _ in 1..PROMOTE_AFTER {
-            assert!(!streak.asked(true));
-        }
-        // Anything else breaks the run.
-        assert!(!streak.asked(false));
-        for _ in 1..PROMOTE_AFTER {
-            assert!(!streak.asked(true));
-        }
-        assert!(streak.asked(true));
-        // A status poller never gets there.
-        let mut poller = Streak::default();
-        assert!((0..100).all(|_| !poller.asked(false)));
-    }
-}
-
 /// How a dedicated spell ended.
 pub(super) enum Handback {
     /// The connection is over.
@@ -135,7 +164,7 @@ pub(super) fn serve(
     framed: Framed,
     session: &mut Session<'_>,
     cancel: &CancellationToken,
-    seat: Seat,
+    seat: Seat<'static>,
 ) -> Handback {
     let peer = session.peer;
     let detached = match framed.detach() {
@@ -408,4 +437,42 @@ fn is_tick(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_run_of_reads_earns_a_thread() {
+        let mut streak = Streak::default();
+        for _ in 1..PROMOTE_AFTER {
+            assert!(!streak.asked(true));
+        }
+        // Anything else breaks the run.
+        assert!(!streak.asked(false));
+        for _ in 1..PROMOTE_AFTER {
+            assert!(!streak.asked(true));
+        }
+        assert!(streak.asked(true));
+        // A status poller never gets there.
+        let mut poller = Streak::default();
+        assert!((0..100).all(|_| !poller.asked(false)));
+    }
+
+    #[test]
+    fn no_uid_takes_more_than_its_share_of_threads() {
+        let seats = Seats::new(4, 2);
+        let a1 = seats.take(1).expect("first of uid 1");
+        let a2 = seats.take(1).expect("second of uid 1");
+        assert!(seats.take(1).is_none(), "uid 1 holds its share");
+        let b1 = seats.take(2).expect("uid 2 still gets one");
+        let b2 = seats.take(2).expect("and a second");
+        assert!(seats.take(3).is_none(), "all places taken");
+        drop(a1);
+        let c1 = seats.take(3).expect("a place given back is free again");
+        assert!(seats.take(1).is_none());
+        drop((a2, b1, b2, c1));
+        assert!(seats.held.lock().expect("lock").is_empty());
+    }
 }
