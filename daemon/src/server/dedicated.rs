@@ -148,6 +148,23 @@ impl Streak {
     }
 }
 
+/// One dedicated connection in `omni_secretd_dedicated_connections`, for as long as it lives
+/// (a handler that panics on the thread unwinds through it, too).
+struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    fn new(gauge: &prometheus::IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// How a dedicated spell ended.
 pub(super) enum Handback {
     /// The connection is over.
@@ -178,8 +195,7 @@ pub(super) fn serve(
         return Handback::Over;
     };
     let handle = Handle::current();
-    let dedicated = session.shared.metrics.dedicated.clone();
-    dedicated.inc();
+    let counted = Counted::new(&session.shared.metrics.dedicated);
     tracing::debug!(
         uid = peer.uid,
         pid = peer.pid,
@@ -200,8 +216,7 @@ pub(super) fn serve(
         ending
     });
     waker.cancel();
-    dedicated.dec();
-    drop(seat);
+    drop((counted, seat));
     let Detached {
         stream,
         mut buffered,
