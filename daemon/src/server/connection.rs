@@ -250,10 +250,16 @@ fn answer_hello(request: Result<Request, WireError>) -> Result<ServerHello, Wire
 /// Ends a connection whose next frame could not be read, telling the client why when the
 /// frame itself was the problem.
 async fn close(framed: &mut Framed, peer: &Peer, e: &ReadError) {
-    tracing::debug!(uid = peer.uid, pid = peer.pid, error = %e, "closing connection");
-    if let Some(violation) = e.violation() {
+    if let Some(violation) = last_word(peer, e) {
         let _ = framed.send_response(&Response::Error(violation)).await;
     }
+}
+
+/// Logs why a connection closes; what to tell the client first, when the frame itself was
+/// the problem (a closed or idle connection has nobody listening).
+pub(super) fn last_word(peer: &Peer, e: &ReadError) -> Option<WireError> {
+    tracing::debug!(uid = peer.uid, pid = peer.pid, error = %e, "closing connection");
+    e.violation()
 }
 
 /// Tells a client over a connection limit to come back later, then closes.

@@ -27,7 +27,7 @@ use secretd_proto::{ErrorCode, Request, WireError};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{Next, refusal, screen};
+use super::connection::{Next, last_word, refusal, screen};
 use super::framed::{
     Detached, Framed, READ_BUFFER, ReadError, encode_reply, eof_is_truncation, wipe,
 };
@@ -221,15 +221,13 @@ pub(super) fn serve(
         stream,
         mut buffered,
     } = detached;
+    // Used up by the thread (what it left unread is in a watch's `carried`).
+    wipe(&mut buffered);
     let (carried, subscription) = match ending {
-        Ending::Over => {
-            wipe(&mut buffered);
-            return Handback::Over;
-        }
+        Ending::Over => return Handback::Over,
         Ending::Quiet => (Vec::new(), None),
         Ending::Watch(carried, subscription) => (carried, Some(subscription)),
     };
-    wipe(&mut buffered);
     let framed = match Framed::reattach(Detached {
         stream,
         buffered: carried,
@@ -335,11 +333,7 @@ impl Thread<'_, '_> {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let peer = self.session.peer;
-                    tracing::debug!(uid = peer.uid, pid = peer.pid, error = %e, "closing connection");
-                    return Ending::Over;
-                }
+                Err(e) => return self.close(&FrameError::Io(e).into()),
             }
             let request = match screen(self.read_request(reader)) {
                 Next::Serve(request) => request,
@@ -348,14 +342,7 @@ impl Thread<'_, '_> {
                     let _ = self.send(&reply);
                     return Ending::Over;
                 }
-                Next::Close(e) => {
-                    let peer = self.session.peer;
-                    tracing::debug!(uid = peer.uid, pid = peer.pid, error = %e, "closing connection");
-                    if let Some(violation) = e.violation() {
-                        let _ = self.send(&Reply::from(violation));
-                    }
-                    return Ending::Over;
-                }
+                Next::Close(e) => return self.close(&e),
             };
             last = Instant::now();
             let op = request.op();
@@ -369,6 +356,15 @@ impl Thread<'_, '_> {
             }
             self.session.flush_if_due();
         }
+    }
+
+    /// Ends the connection whose next frame could not be read, as `connection::close` does
+    /// on the runtime.
+    fn close(&mut self, e: &ReadError) -> Ending {
+        if let Some(violation) = last_word(self.session.peer, e) {
+            let _ = self.send(&Reply::from(violation));
+        }
+        Ending::Over
     }
 
     /// Reads the frame whose first byte is buffered, within [`FRAME_READ_TIMEOUT`], and
