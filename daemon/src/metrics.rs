@@ -77,7 +77,7 @@ pub(crate) struct Metrics {
     /// `omni_secretd_connections`: open client connections.
     pub(crate) connections: IntGauge,
     /// `omni_secretd_dedicated_connections`: connections served on a thread of their own
-    /// (busy clients; see `server::dedicated`).
+    /// (busy clients; see `server::transport::thread`).
     pub(crate) dedicated: IntGauge,
     /// `omni_secretd_requests_total{op,result}`.
     requests: IntCounterVec,

@@ -1,7 +1,7 @@
 //! Change announcements: each slot tells watchers when the value it serves changes (a new
 //! version or value, an override applied, cleared or expired). One pre-encoded event frame per
 //! change goes to every watcher through one broadcast channel; it never carries a value, and
-//! sending never waits for a watcher (a slow one lags, see `server::watch`).
+//! sending never waits for a watcher (a slow one lags, see `server::requests::watch`).
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use secretd_client::Client;
 
 use crate::audit;
-use crate::server::admin::MAX_AUDIT_TAIL;
+use crate::server::requests::admin::MAX_AUDIT_TAIL;
 use crate::store::Store;
 use crate::util::key_file;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secretd_client::{ChangeEvent, ChannelState, Client, DaemonHealth, SecretStatus};
 use serde_json::json;
 
-use crate::server::status_json::{rfc3339, state_name, status_json};
+use crate::server::http::status_json::{rfc3339, state_name, status_json};
 
 fn connect(socket: Option<PathBuf>) -> Result<Client, String> {
     let path = socket.unwrap_or_else(secretd_client::default_socket_path);

@@ -18,9 +18,9 @@ use crate::catalog::refresh;
 use crate::catalog::source::{self, BuildError};
 use crate::config::{AUDIT_KEY_CREDENTIAL, CREDENTIALS_DIRECTORY_ENV, Config};
 use crate::metrics::Metrics;
-use crate::server::denials::Denials;
-use crate::server::policy::Policy;
-use crate::server::socket::{self, SocketError, SocketFile};
+use crate::server::identity::Policy;
+use crate::server::requests::Denials;
+use crate::server::transport::socket::{self, SocketError, SocketFile};
 use crate::server::{self, Shared};
 use crate::store::metadata::Status;
 use crate::store::{Store, StoreError};
@@ -489,7 +489,7 @@ async fn serve_bound(
         secrets = expected,
         "secretd is serving"
     );
-    server::serve(
+    server::transport::serve(
         listener,
         shared,
         (

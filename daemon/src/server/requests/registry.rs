@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use secretd_proto::ConnectionInfo;
 
-use super::peer::Peer;
+use crate::server::identity::Peer;
 use crate::util::lock::Recover;
 use crate::util::time::now_ms;
 

@@ -16,7 +16,7 @@ use crate::util::time::unix_ms;
 
 /// The answer to one request.
 #[derive(Debug)]
-pub(super) enum Reply {
+pub(crate) enum Reply {
     /// A value. It stays in the entry's locked buffer until it is encoded straight into the
     /// outgoing frame, which is wiped after the write.
     Secret(Arc<Entry>),
@@ -48,7 +48,7 @@ impl Reply {
     }
 
     /// The `result` label of `omni_secretd_requests_total`: "ok", or the error code's name.
-    pub(super) fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Reply::Plain(response) => match &**response {
                 Response::Error(e) => e.code.as_str(),
@@ -59,7 +59,7 @@ impl Reply {
     }
 
     /// Encodes the reply as one frame into `out`, as a client speaking `protocol` reads it.
-    pub(super) fn encode(&self, out: &mut Vec<u8>, protocol: u16) -> Result<(), FrameError> {
+    fn encode(&self, out: &mut Vec<u8>, protocol: u16) -> Result<(), FrameError> {
         match self {
             Reply::Secret(entry) => encode_frame(
                 &Response::Secret(SecretReply {
@@ -80,6 +80,22 @@ impl Reply {
             },
         }
     }
+}
+
+/// Encodes `reply` into `out` for a client speaking `protocol`; a reply too large to encode
+/// becomes an `Internal` error (logged), so the client is never left waiting.
+pub(crate) fn encode_reply(
+    reply: &Reply,
+    protocol: u16,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    if let Err(e) = reply.encode(out, protocol) {
+        zeroize::Zeroize::zeroize(out);
+        tracing::error!(error = %e, "cannot encode a response");
+        let internal = WireError::new(ErrorCode::Internal, "response too large");
+        return encode_frame(&Response::Error(internal), out);
+    }
+    Ok(())
 }
 
 impl From<WireError> for Reply {

@@ -4,7 +4,8 @@
 //! (`catalog::announce`); each watcher filters them by slot, coalesces what queued up per
 //! name (only the newest event of a name is sent), and writes them in one go. The broadcast
 //! never waits for a watcher: one that falls more than `WATCH_QUEUE` notices behind gets a
-//! `Lagged` event, and one that stops reading is closed after [`super::WRITE_TIMEOUT`].
+//! `Lagged` event, and one that stops reading is closed after the transport's write deadline.
+//! This module makes the batches ([`Events`]); the transport writes them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,9 +14,7 @@ use secretd_proto::frame::encode_frame;
 use secretd_proto::{ChangeEvent, ErrorCode, MAX_WATCH_NAMES, Response, WireError, validate_name};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio_util::sync::CancellationToken;
 
-use super::framed::Framed;
 use super::reply::{Answer, Reply, audit_down};
 use super::session::Session;
 use crate::audit::{Action, ActorType, AuditEvent, Outcome};
@@ -23,7 +22,7 @@ use crate::catalog::announce::{Notice, NoticeKind};
 
 /// A granted subscription, before its stream starts.
 #[derive(Debug)]
-pub(super) struct Subscription {
+pub(crate) struct Subscription {
     /// The names watched, as the `Watching` answer lists them.
     names: Vec<String>,
     /// Which slots this watcher may and wants to see, by slot index.
@@ -32,7 +31,7 @@ pub(super) struct Subscription {
     notices: broadcast::Receiver<Notice>,
 }
 
-impl Session<'_> {
+impl Session {
     /// Answers a watch request: `Watching` plus a subscription, or an error (and no
     /// subscription; the connection stays usable for requests).
     pub(super) fn subscribe(&mut self, names: &[String]) -> Answer {
@@ -99,67 +98,22 @@ impl Session<'_> {
 
 impl Subscription {
     /// The names watched.
-    pub(super) fn names(&self) -> &[String] {
+    pub(crate) fn names(&self) -> &[String] {
         &self.names
     }
 
-    /// Streams events until the client closes, sends anything, stops reading, or the daemon
-    /// shuts down.
-    pub(super) async fn stream(
-        mut self,
-        framed: &mut Framed,
-        cancel: &CancellationToken,
-        protocol: u16,
-        lagged_total: &prometheus::IntCounter,
-    ) {
-        let mut pending: BTreeMap<(usize, NoticeKind), Arc<[u8]>> = BTreeMap::new();
-        let mut lagged_frame = Vec::new();
-        if encode_frame(&Response::Event(ChangeEvent::Lagged), &mut lagged_frame).is_err() {
-            tracing::error!("cannot encode the lagged event");
-            return;
-        }
-        loop {
-            let mut lagged = false;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                spoke = framed.client_spoke() => {
-                    if spoke {
-                        let v = WireError::new(
-                            ErrorCode::ProtocolViolation,
-                            "a watching connection may not send requests",
-                        );
-                        let _ = framed.send_response(&Response::Error(v)).await;
-                    }
-                    return;
-                }
-                r = self.notices.recv() => match r {
-                    Ok(n) => self.keep(&n, protocol, &mut pending),
-                    Err(RecvError::Lagged(_)) => lagged = true,
-                    Err(RecvError::Closed) => return,
-                },
-            }
-            // Coalesce whatever else is queued: the newest event per name wins.
-            loop {
-                match self.notices.try_recv() {
-                    Ok(n) => self.keep(&n, protocol, &mut pending),
-                    Err(TryRecvError::Lagged(_)) => lagged = true,
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                }
-            }
-            if lagged {
-                lagged_total.inc();
-            }
-            let batch = std::mem::take(&mut pending);
-            let lag = lagged.then_some(lagged_frame.as_slice());
-            let frames = lag.into_iter().chain(batch.values().map(|f| &f[..]));
-            if framed.send_encoded(frames).await.is_err() {
-                return;
-            }
+    /// The subscription's events, in the form a client speaking `protocol` reads.
+    pub(crate) fn events(self, protocol: u16) -> Events {
+        Events {
+            subscription: self,
+            protocol,
+            lagged: false,
+            pending: BTreeMap::new(),
         }
     }
 
     /// Keeps the newest notice of each kind per watched name, in the form `protocol` reads.
-    fn keep(
+    fn keep_newest(
         &self,
         notice: &Notice,
         protocol: u16,
@@ -170,5 +124,59 @@ impl Subscription {
         {
             pending.insert((notice.slot, notice.kind), frame.clone());
         }
+    }
+}
+
+/// A granted watch's stream of events, batched: whatever queued up while the last batch was
+/// written is coalesced (the newest event of each name and kind wins).
+#[derive(Debug)]
+pub(crate) struct Events {
+    /// What is watched, and the notices.
+    subscription: Subscription,
+    /// The protocol version the client reads.
+    protocol: u16,
+    /// Whether the last batch began with `Lagged`.
+    lagged: bool,
+    /// Encoded events waiting for the next batch, by slot and kind.
+    pending: BTreeMap<(usize, NoticeKind), Arc<[u8]>>,
+}
+
+impl Events {
+    /// Waits for the next notices and puts their frames, coalesced, into `out` (a `Lagged`
+    /// event first when notices were lost). False when no more can come (the daemon is
+    /// stopping). Cancel-safe: the only wait is the broadcast's receive.
+    pub(crate) async fn next_batch(&mut self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        self.lagged = false;
+        match self.subscription.notices.recv().await {
+            Ok(n) => self.keep(&n),
+            Err(RecvError::Lagged(_)) => self.lagged = true,
+            Err(RecvError::Closed) => return false,
+        }
+        loop {
+            match self.subscription.notices.try_recv() {
+                Ok(n) => self.keep(&n),
+                Err(TryRecvError::Lagged(_)) => self.lagged = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if self.lagged && encode_frame(&Response::Event(ChangeEvent::Lagged), out).is_err() {
+            tracing::error!("cannot encode the lagged event");
+            out.clear();
+        }
+        for frame in std::mem::take(&mut self.pending).values() {
+            out.extend_from_slice(frame);
+        }
+        true
+    }
+
+    /// Whether the batch [`Events::next_batch`] made last began with `Lagged`.
+    pub(crate) fn lagged(&self) -> bool {
+        self.lagged
+    }
+
+    fn keep(&mut self, notice: &Notice) {
+        self.subscription
+            .keep_newest(notice, self.protocol, &mut self.pending);
     }
 }

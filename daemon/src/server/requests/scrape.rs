@@ -4,12 +4,12 @@
 use secretd_proto::EntryState;
 use tokio::time::Instant;
 
-use super::Shared;
 use crate::metrics::{Gauges, SlotGauges};
+use crate::server::Shared;
 use crate::util::time::now_ms;
 
 /// The Prometheus text, gauges as of now.
-pub(super) fn render(shared: &Shared) -> String {
+pub(crate) fn render(shared: &Shared) -> String {
     let metas = shared.store.all_meta().unwrap_or_default();
     let now = now_ms();
     let mono = Instant::now();

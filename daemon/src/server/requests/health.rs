@@ -5,11 +5,11 @@
 
 use secretd_proto::{ChannelState, DaemonHealth, EntryState, HealthStatus};
 
-use super::Shared;
+use crate::server::Shared;
 
 /// Judges the host. Reasons name only the secrets `visible` admits; the others that are not
 /// servable are counted in one line, so a caller learns the verdict without their names.
-pub(super) fn assess(shared: &Shared, visible: impl Fn(usize) -> bool) -> DaemonHealth {
+pub(crate) fn assess(shared: &Shared, visible: impl Fn(usize) -> bool) -> DaemonHealth {
     let mut reasons = Vec::new();
     let mut hidden = 0usize;
     for i in 0..shared.catalog.slots().len() {

@@ -10,7 +10,7 @@ use crate::audit::{Action, ActorType, AuditEvent, Outcome};
 use crate::catalog::entry::Entry;
 use crate::store::metadata::SecretMeta;
 
-impl Session<'_> {
+impl Session {
     pub(super) async fn get(&mut self, name: &str) -> Answer {
         validate_name(name).map_err(|why| WireError::new(ErrorCode::InvalidRequest, why))?;
         let catalog = &self.shared.catalog;
@@ -101,7 +101,7 @@ impl Session<'_> {
     /// The host's health; reasons name only secrets this caller may see.
     pub(super) fn health(&self) -> Reply {
         let access = &self.access;
-        let health = health::assess(self.shared, |i| access.admin || access.can_read(i));
+        let health = health::assess(&self.shared, |i| access.admin || access.can_read(i));
         Reply::plain(Response::Health(health))
     }
 
@@ -139,7 +139,7 @@ impl Session<'_> {
 }
 
 /// Adds what the store knows of a secret to its status row.
-pub(super) fn merge_meta(row: &mut SecretStatus, meta: &SecretMeta) {
+pub(crate) fn merge_meta(row: &mut SecretStatus, meta: &SecretMeta) {
     row.metadata_status = Some(meta.status.as_str().into());
     row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
     row.break_glass_expires_at_ms = meta.break_glass_enabled_until_ms;

@@ -17,7 +17,7 @@ use crate::util::time::now_ms;
 /// Most records one `audit tail` returns.
 pub(crate) const MAX_AUDIT_TAIL: u32 = 10_000;
 
-impl Session<'_> {
+impl Session {
     /// Lets the request through if the caller is an admin and the audit trail works; the
     /// refusal otherwise. A refusal is audited under `action`; operations that have no audit
     /// action of their own (audit tail and verify, metrics) are recorded under `refresh`, with
@@ -328,6 +328,8 @@ impl Session<'_> {
 
     pub(super) fn metrics(&mut self) -> Answer {
         self.admin_gate("metrics", Action::Refresh)?;
-        Ok(Reply::plain(Response::Metrics(scrape::render(self.shared))))
+        Ok(Reply::plain(Response::Metrics(scrape::render(
+            &self.shared,
+        ))))
     }
 }

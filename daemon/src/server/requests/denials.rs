@@ -24,8 +24,8 @@ use std::time::Duration;
 use secretd_proto::ErrorCode;
 use tokio::time::Instant;
 
-use super::peer::Peer;
 use crate::audit::{Action, Actor, ActorType, AuditEvent, AuditLog, Outcome};
+use crate::server::identity::Peer;
 use crate::util::lock::Recover;
 
 /// The ledger's window.

@@ -8,7 +8,7 @@ use super::session::Session;
 use crate::audit::{Action, ActorType, AuditEvent, Outcome};
 use crate::catalog::break_glass::BreakGlassError;
 
-impl Session<'_> {
+impl Session {
     pub(super) async fn break_glass_apply(&mut self, envelope: Vec<u8>) -> Answer {
         self.admin_gate("break_glass_apply", Action::BreakGlassApply)?;
         let actor = self.actor(ActorType::Admin);

@@ -5,8 +5,8 @@
 //! denies it (deny wins). Decisions over the catalog are computed once per connection, so the
 //! read path looks up a bool, not a glob.
 
+use super::Peer;
 use super::attest::Attested;
-use super::peer::Peer;
 use crate::catalog::Catalog;
 use crate::config::{PolicyConfig, Selectors};
 

@@ -2,15 +2,15 @@
 //! for the audit trail. [`Session::respond`] hands each request to the handler that answers
 //! it (`read`, `admin`, `break_glass`, `watch`) and returns the [`Reply`].
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use secretd_proto::{ErrorCode, Request, WireError};
 
-use tokio::time::Instant;
-
-use super::peer::Peer;
-use super::policy::Access;
 use super::reply::Reply;
-use super::{AUDIT_FLUSH_INTERVAL, Shared};
 use crate::audit::{Action, Actor, ActorType, AuditEvent, Outcome};
+use crate::server::Shared;
+use crate::server::identity::{Access, Peer};
 
 /// Reads (or denials) of one secret on this connection. The first is recorded at once, the
 /// rest are counted and written by [`Session::flush`], so a bot reading 100k times a second
@@ -52,12 +52,18 @@ impl Tallies {
     }
 }
 
-/// A connection's view of the daemon: its peer and what that peer may do.
-pub(super) struct Session<'a> {
+/// How often a connection writes its aggregated read counts to the audit trail (also at
+/// disconnect).
+pub(crate) const AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A connection's view of the daemon: its peer and what that peer may do. It owns what it
+/// needs, so the connection can move between the runtime and a thread of its own.
+#[derive(Debug)]
+pub(crate) struct Session {
     /// Catalog, policy, store, audit.
-    pub(super) shared: &'a Shared,
+    pub(crate) shared: Arc<Shared>,
     /// Who is asking.
-    pub(super) peer: &'a Peer,
+    pub(crate) peer: Peer,
     /// Rights computed once at accept.
     pub(super) access: Access,
     /// Successful reads per slot.
@@ -65,19 +71,21 @@ pub(super) struct Session<'a> {
     /// Denied reads per slot (a denial is logged once per connection and name, too).
     pub(super) denials: Tallies,
     /// The protocol version agreed in the hello: replies carry only what it knows.
-    pub(super) protocol: u16,
+    pub(crate) protocol: u16,
     /// Set when the peer's uid went past its refusal limit: the connection closes after this
     /// reply.
-    pub(super) closing: bool,
+    pub(crate) closing: bool,
     /// The attested program, as audit records and logs name it.
     pub(super) program: std::sync::Arc<str>,
     /// When the read counts are next written, whichever thread serves the connection.
-    pub(super) next_flush: Instant,
+    pub(crate) next_flush: Instant,
 }
 
-impl<'a> Session<'a> {
-    pub(super) fn new(shared: &'a Shared, peer: &'a Peer, protocol: u16) -> Session<'a> {
-        let access = shared.policy.access_for(peer, &shared.catalog);
+impl Session {
+    /// The session of `peer`, whose hello agreed on `protocol`.
+    pub(crate) fn new(shared: Arc<Shared>, peer: Peer, protocol: u16) -> Session {
+        let access = shared.policy.access_for(&peer, &shared.catalog);
+        let program = peer.attested.describe().into();
         Session {
             shared,
             peer,
@@ -86,13 +94,13 @@ impl<'a> Session<'a> {
             denials: Tallies::default(),
             protocol,
             closing: false,
-            program: peer.attested.describe().into(),
+            program,
             next_flush: Instant::now() + AUDIT_FLUSH_INTERVAL,
         }
     }
 
     /// The reply to `request`.
-    pub(super) async fn respond(&mut self, request: Request) -> Reply {
+    pub(crate) async fn respond(&mut self, request: Request) -> Reply {
         let answer = match request {
             Request::Get { name } => self.get(&name).await,
             Request::Status => Ok(self.status()),
@@ -138,7 +146,7 @@ impl<'a> Session<'a> {
         let verdict = self
             .shared
             .denials
-            .note(self.peer, action, key, counted_by_connection);
+            .note(&self.peer, action, key, counted_by_connection);
         if verdict.log {
             tracing::warn!(
                 event = "access.denied",
@@ -172,15 +180,8 @@ impl<'a> Session<'a> {
         event
     }
 
-    /// Flushes if [`AUDIT_FLUSH_INTERVAL`] has passed since the last flush.
-    pub(super) fn flush_if_due(&mut self) {
-        if Instant::now() >= self.next_flush {
-            self.flush();
-        }
-    }
-
     /// Writes the counts gathered since the last flush as aggregated records.
-    pub(super) fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         self.next_flush = Instant::now() + AUDIT_FLUSH_INTERVAL;
         let actor = self.actor(ActorType::Client);
         for (tallies, outcome) in [

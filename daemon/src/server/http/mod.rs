@@ -2,6 +2,8 @@
 //! `/healthz` (200 or 503 with a JSON reason) and `/status` (the status JSON, never values).
 //! It is read-only and binds to loopback unless configured otherwise.
 
+pub(crate) mod status_json;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +17,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::scrape;
-use super::status_json::status_json;
-use super::{Shared, health};
+use super::Shared;
+use super::requests::{health, scrape};
+use status_json::status_json;
 
 /// Requests on one HTTP connection are short; a slow scraper gets cut off after this.
 pub(crate) const HTTP_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -58,7 +60,7 @@ pub(crate) async fn start(
                 r = listener.accept() => match r {
                     Ok(s) => s,
                     Err(_) => {
-                        tokio::time::sleep(crate::server::ACCEPT_ERROR_BACKOFF).await;
+                        tokio::time::sleep(crate::server::transport::ACCEPT_ERROR_BACKOFF).await;
                         continue;
                     }
                 },
@@ -106,7 +108,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
                 .map(|i| {
                     let mut row = shared.catalog.status(i);
                     if let Ok(Some(meta)) = shared.store.meta(&row.name) {
-                        super::read::merge_meta(&mut row, &meta);
+                        super::requests::merge_meta(&mut row, &meta);
                     }
                     status_json(&row)
                 })

@@ -1,0 +1,121 @@
+//! How bytes reach a request and replies leave: the `socket` (bound or adopted), the accept
+//! loop here with `admission`'s seats, framing without I/O (`frame_buf`), and the one
+//! `connection` loop driven by a runtime `task` or, while busy, a `thread` of its own.
+
+mod admission;
+mod alarm;
+mod connection;
+mod frame_buf;
+pub(crate) mod socket;
+mod task;
+mod thread;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Shared;
+use super::identity::Peer;
+
+/// How long a new connection may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may sit between requests before the daemon closes it (clients
+/// reconnect transparently).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the rest of a frame may take once its first byte arrived (slow senders).
+const FRAME_DEADLINE: Duration = Duration::from_secs(5);
+/// How long writing one response may take (clients that stop reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause after an accept error such as EMFILE, so the loop does not spin.
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.
+/// `max_connections` caps all connections, `max_per_uid` those of one uid.
+///
+/// At shutdown the listener closes *before* the connections are told to finish: a client
+/// whose connection ends (a watch stream, say) and that reconnects at once must find the door
+/// shut, never be accepted by a daemon already on its way out and then cut off again.
+pub(crate) async fn serve(
+    listener: Listener,
+    shared: Arc<Shared>,
+    (max_connections, max_per_uid): (usize, usize),
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let admission = Arc::new(admission::Admission::new(max_connections, max_per_uid));
+    // Connections follow this token, cancelled only once the listener is closed.
+    let leave = CancellationToken::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                if is_resource_exhaustion(&e) {
+                    tracing::warn!(error = %e, "accept failed: out of resources; backing off");
+                } else {
+                    tracing::debug!(error = %e, "accept failed");
+                }
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let peer = match Peer::of(&stream, shared.policy.needs_hash()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "dropping connection without peer credentials");
+                continue;
+            }
+        };
+        let Stream::UdSocket(stream) = stream;
+        let stream = tokio::net::UnixStream::from(stream);
+        match admission.admit(peer.uid) {
+            Ok(slot) => {
+                let open = shared.metrics.connections.clone();
+                open.inc();
+                let run = task::run(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    admission.clone(),
+                    slot,
+                    leave.clone(),
+                );
+                tracker.spawn(async move {
+                    run.await;
+                    open.dec();
+                });
+            }
+            Err(refusal) => {
+                let why = match refusal {
+                    admission::Refusal::Total => "connection limit reached; refusing",
+                    admission::Refusal::PerUid => "per-uid connection limit reached; refusing",
+                };
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    max_connections,
+                    max_per_uid,
+                    "{why}"
+                );
+                tracker.spawn(task::refuse_busy(stream, refusal));
+            }
+        }
+    }
+    drop(listener);
+    leave.cancel();
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,368 @@
+//! The runtime's driver: a connection as a tokio task. It waits for bytes with the runtime's
+//! readiness, keeps one shutdown waiter and one alarm for the connection's life, streams a
+//! watch's events, and hands a connection that keeps reading to a thread of its own
+//! ([`super::thread`]), waiting (parked, holding no worker) until the thread hands it back.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use secretd_proto::frame::{FrameError, encode_frame};
+use secretd_proto::{ErrorCode, Response, WireError};
+use tokio::net::UnixStream;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::WRITE_TIMEOUT;
+use super::admission::{Admission, Refusal, Seat, Slot};
+use super::alarm::Alarm;
+use super::connection::{self, Conn, Io, Received, Turn};
+use super::frame_buf::{FrameBuf, Sender};
+use super::thread;
+use crate::server::Shared;
+use crate::server::identity::Peer;
+use crate::server::requests::{Session, Subscription};
+use crate::util::lock::Recover;
+
+/// A connection on the runtime.
+pub(super) struct TaskIo {
+    /// The socket, registered with the runtime.
+    stream: UnixStream,
+    /// Who wrote what arrives (today the peer's credentials from accept, for every read).
+    sender: Sender,
+    /// Daemon shutdown: one waiter for the connection's life (registering one per request
+    /// takes a lock the workers share).
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// One timer for the connection's deadlines, re-armed only when they move closer.
+    alarm: Alarm,
+    /// Reads served in a row, toward a thread of its own.
+    streak: thread::Streak,
+    /// Where seats for threads come from, when this runtime can hand a worker's place over.
+    seats: Option<Arc<Admission>>,
+}
+
+impl TaskIo {
+    fn new(stream: UnixStream, sender: Sender, cancel: &CancellationToken) -> TaskIo {
+        let seats = None;
+        TaskIo {
+            stream,
+            sender,
+            cancelled: Box::pin(cancel.clone().cancelled_owned()),
+            alarm: Alarm::new(),
+            streak: thread::Streak::default(),
+            seats,
+        }
+    }
+}
+
+impl Io for TaskIo {
+    async fn receive(&mut self, buf: &mut [u8], until: Instant, _between: bool) -> Received {
+        loop {
+            match self.stream.try_read(buf) {
+                Ok(0) => return Received::Closed,
+                Ok(n) => return Received::Bytes(n, self.sender),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Received::Failed(e),
+            }
+            tokio::select! {
+                biased;
+                () = &mut self.cancelled => return Received::Stop(Turn::Over),
+                () = self.alarm.at(until) => return Received::Deadline,
+                ready = self.stream.readable() => {
+                    if let Err(e) = ready {
+                        return Received::Failed(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
+        write_all(&self.stream, bytes).await
+    }
+
+    fn answered(&mut self, served_read: bool) -> Option<Turn> {
+        if !self.streak.asked(served_read) {
+            return None;
+        }
+        let seat = self.seats.as_ref()?.dedicated_seat(self.sender.uid)?;
+        Some(Turn::Promote(seat))
+    }
+}
+
+/// Writes all of `bytes` within [`WRITE_TIMEOUT`] (the fast path, a reply that fits the
+/// socket's buffer, sets no timer).
+async fn write_all(stream: &UnixStream, bytes: &[u8]) -> Result<(), FrameError> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match stream.try_write(&bytes[sent..]) {
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(WRITE_TIMEOUT, stream.writable())
+                    .await
+                    .map_err(|_| FrameError::Io(write_timed_out()))??;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The error of a client that did not read its reply in time.
+pub(super) fn write_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client did not read its response in time",
+    )
+}
+
+/// Serves an accepted, admitted connection until it ends: the hello, then requests on the
+/// runtime or, while it keeps reading, on a thread of its own; a watch's events at the end.
+/// `_slot` holds the connection's place in the admission counts for as long as it lives.
+pub(super) async fn run(
+    stream: UnixStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
+    _slot: Slot,
+    cancel: CancellationToken,
+) {
+    tracing::debug!(
+        uid = peer.uid,
+        gid = peer.gid,
+        pid = peer.pid,
+        program = %peer.attested.describe(),
+        "client connected"
+    );
+    let accepted = Instant::now();
+    let sender = Sender::of(&peer);
+    let mut io = TaskIo::new(stream, sender, &cancel);
+    if can_hand_over() {
+        io.seats = Some(admission);
+    }
+    let mut frames = FrameBuf::default();
+    let Some(protocol) = connection::hello(&mut frames, &mut io, accepted).await else {
+        return;
+    };
+    let listed = shared.clone();
+    let _registered = listed.connections.register(&peer, protocol);
+    let (uid, pid) = (peer.uid, peer.pid);
+    let mut conn = Conn::new(frames, Session::new(shared, peer, protocol));
+    let watch = loop {
+        match conn.serve(&mut io).await {
+            Turn::Over => break None,
+            Turn::Watch(subscription) => break Some(subscription),
+            Turn::Quiet => {}
+            Turn::Promote(seat) => match hand_over(conn, io, seat, &cancel).await {
+                Handback::Quiet(back, back_io) => (conn, io) = (back, back_io),
+                Handback::Watch(back, back_io, subscription) => {
+                    (conn, io) = (back, back_io);
+                    break Some(subscription);
+                }
+                Handback::Over(Some(mut back)) => {
+                    back.session.flush();
+                    return;
+                }
+                Handback::Over(None) => return,
+            },
+        }
+    };
+    if let Some(subscription) = watch {
+        // Reads counted so far are written now: a watch can last for days.
+        conn.session.flush();
+        stream_watch(subscription, &mut conn, &mut io).await;
+    }
+    conn.session.flush();
+    tracing::debug!(uid, pid, "client disconnected");
+}
+
+/// Whether this runtime can spare a connection to a thread: a current-thread runtime serves
+/// everything on one thread, and tests build one.
+fn can_hand_over() -> bool {
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+}
+
+/// The connection and its socket, on their way to a thread.
+type Job = (Conn, std::os::unix::net::UnixStream);
+
+/// How a connection came back from its thread.
+enum Handback {
+    /// Quiet: served on the runtime again.
+    Quiet(Conn, TaskIo),
+    /// A watch was granted on the thread; the runtime streams it.
+    Watch(Conn, TaskIo, Subscription),
+    /// The connection ended (its state, unless the thread died with it).
+    Over(Option<Conn>),
+}
+
+/// Moves the connection to a thread of its own and waits, parked and holding no worker, until
+/// it comes back. Shutdown shuts the socket's reading side under the thread's blocked read.
+async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToken) -> Handback {
+    let TaskIo {
+        stream,
+        sender,
+        cancelled,
+        alarm,
+        streak: _,
+        seats,
+    } = io;
+    let (uid, pid) = (conn.session.peer.uid, conn.session.peer.pid);
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(uid, pid, error = %e, "cannot take a connection off the runtime");
+            return Handback::Over(Some(conn));
+        }
+    };
+    let waker = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(uid, pid, error = %e, "cannot watch a dedicated connection");
+            return Handback::Over(Some(conn));
+        }
+    };
+    // The job waits here while the thread starts, so a failed start loses nothing.
+    let job: Arc<Mutex<Option<Job>>> = Arc::new(Mutex::new(Some((conn, stream))));
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let handle = Handle::current();
+    let (job_for_thread, cancel_for_thread) = (job.clone(), cancel.clone());
+    let started = std::thread::Builder::new()
+        .name("secretd-conn".into())
+        .spawn(move || {
+            let Some((mut conn, stream)) = job_for_thread.lock().recover().take() else {
+                return;
+            };
+            let turn = thread::serve(&mut conn, &stream, &handle, &cancel_for_thread, seat);
+            let _ = done_tx.send((conn, stream, turn));
+        });
+    let (conn, stream, turn) = match started {
+        Ok(_) => {
+            let finished = tokio::select! {
+                () = cancel.cancelled() => {
+                    let _ = waker.shutdown(std::net::Shutdown::Read);
+                    (&mut done_rx).await
+                }
+                finished = &mut done_rx => finished,
+            };
+            match finished {
+                Ok(finished) => finished,
+                Err(_) => {
+                    tracing::error!(
+                        uid,
+                        pid,
+                        "a connection's thread ended without handing it back"
+                    );
+                    return Handback::Over(None);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(uid, pid, error = %e, "cannot start a thread for a busy connection; serving it on the runtime");
+            let Some((conn, stream)) = job.lock().recover().take() else {
+                return Handback::Over(None);
+            };
+            (conn, stream, Turn::Quiet)
+        }
+    };
+    let subscription = match turn {
+        Turn::Quiet => None,
+        Turn::Watch(subscription) => Some(subscription),
+        Turn::Over | Turn::Promote(_) => return Handback::Over(Some(conn)),
+    };
+    let stream = match stream
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(stream))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(uid, pid, error = %e, "cannot return a connection to the runtime");
+            return Handback::Over(Some(conn));
+        }
+    };
+    let io = TaskIo {
+        stream,
+        sender,
+        cancelled,
+        alarm,
+        streak: thread::Streak::default(),
+        seats,
+    };
+    match subscription {
+        Some(s) => Handback::Watch(conn, io, s),
+        None => Handback::Quiet(conn, io),
+    }
+}
+
+/// Streams a watch's events until the client closes, sends anything, stops reading, or the
+/// daemon shuts down.
+async fn stream_watch(subscription: Subscription, conn: &mut Conn, io: &mut TaskIo) {
+    let protocol = conn.session.protocol;
+    let lagged_total = conn.session.shared.metrics.watch_lagged.clone();
+    let mut events = subscription.events(protocol);
+    let mut batch = Vec::new();
+    loop {
+        if conn.frames.has_bytes() {
+            return watcher_spoke(io).await;
+        }
+        tokio::select! {
+            biased;
+            () = &mut io.cancelled => return,
+            ready = io.stream.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                let mut probe = [0u8; 1];
+                match io.stream.try_read(&mut probe) {
+                    Ok(0) => return,
+                    Ok(_) => return watcher_spoke(io).await,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                }
+            }
+            more = events.next_batch(&mut batch) => {
+                if !more {
+                    return;
+                }
+                if events.lagged() {
+                    lagged_total.inc();
+                }
+                let sent = write_all(&io.stream, &batch).await;
+                connection::wipe(&mut batch);
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A watching client sent bytes: it is told that is a violation, then the stream ends.
+async fn watcher_spoke(io: &mut TaskIo) {
+    let v = WireError::new(
+        ErrorCode::ProtocolViolation,
+        "a watching connection may not send requests",
+    );
+    let mut out = Vec::new();
+    if encode_frame(&Response::Error(v), &mut out).is_ok() {
+        let _ = write_all(&io.stream, &out).await;
+    }
+}
+
+/// Tells a client over a connection limit to come back later, then closes.
+pub(super) async fn refuse_busy(stream: UnixStream, refusal: Refusal) {
+    let message = match refusal {
+        Refusal::Total => "secretd is at its connection limit; retry shortly",
+        Refusal::PerUid => {
+            "this uid holds as many connections as secretd allows one uid; close some or retry"
+        }
+    };
+    let busy = Response::Error(WireError::new(ErrorCode::Busy, message));
+    let mut out = Vec::new();
+    if encode_frame(&busy, &mut out).is_ok() {
+        let _ = write_all(&stream, &out).await;
+    }
+}
