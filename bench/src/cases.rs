@@ -1,66 +1,20 @@
 //! The measured cases. Each returns a [`Row`]; all run against the same daemon in one process
 //! run, so their ratios are comparable even on a noisy machine.
 
-use std::io::{BufRead, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{BufRead, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use secretd_client::{AsyncClient, Client};
-use secretd_proto::frame::encode_frame;
-use secretd_proto::{Request, Response, SecretReply, SecretValue, SourceKind};
 
 use crate::fixture::{NAME, VALUE};
 use crate::stats::Row;
+use crate::wire::{read_frame, wire_frames};
 
 /// Operations before measuring, so connections, caches and branch predictors are warm.
 const WARMUP: usize = 1_000;
-
-/// The exact request and response frames a get of the bench secret puts on the wire.
-fn wire_frames() -> (Vec<u8>, Vec<u8>) {
-    let mut request = Vec::new();
-    encode_frame(&Request::Get { name: NAME.into() }, &mut request).unwrap_or_default();
-    let mut response = Vec::new();
-    let reply = Response::Secret(SecretReply {
-        version: "1".into(),
-        source: SourceKind::File,
-        fetched_at_ms: 1_700_000_000_000,
-        expires_at_ms: 1_700_000_300_000,
-        value: SecretValue::Borrowed(VALUE),
-    });
-    encode_frame(&reply, &mut response).unwrap_or_default();
-    (request, response)
-}
-
-/// Reads one length-prefixed frame (header, then body), as every client does.
-fn read_frame(stream: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header)?;
-    buf.resize(u32::from_le_bytes(header) as usize, 0);
-    stream.read_exact(buf)
-}
-
-/// A plain Unix-socket echo server answering each request frame with a response frame of the
-/// same size as the daemon's: the physical floor of a local request/response.
-fn spawn_echo_server(path: &Path, response: Vec<u8>) -> std::io::Result<()> {
-    let listener = UnixListener::bind(path)?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let response = response.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                while read_frame(&mut stream, &mut buf).is_ok() {
-                    if stream.write_all(&response).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
-}
 
 /// Runs `op` `n` times on each of `threads` threads (after `warmup` untimed calls) and times
 /// every call.
@@ -101,20 +55,17 @@ where
     Row::new(case, samples, wall)
 }
 
-/// `raw-uds-pingpong` with `threads` clients.
-pub fn raw_pingpong(dir: &Path, threads: usize, n: usize) -> Result<Row, String> {
-    let path = dir.join("echo.sock");
-    let (request, response) = wire_frames();
-    if !path.exists() {
-        spawn_echo_server(&path, response).map_err(|e| format!("echo server: {e}"))?;
-    }
+/// `raw-uds-pingpong` with `threads` clients, against the echo server (its own process) at
+/// `echo`.
+pub fn raw_pingpong(echo: &Path, threads: usize, n: usize) -> Row {
+    let (request, _) = wire_frames();
     let case = if threads == 1 {
         "raw-uds-pingpong".to_string()
     } else {
         format!("raw-uds-pingpong x{threads}")
     };
-    Ok(measure(&case, threads, n, WARMUP, || {
-        let mut stream = UnixStream::connect(&path).unwrap_or_else(|e| panic!("connect echo: {e}"));
+    measure(&case, threads, n, WARMUP, || {
+        let mut stream = UnixStream::connect(echo).unwrap_or_else(|e| panic!("connect echo: {e}"));
         let mut buf = Vec::new();
         let request = request.clone();
         move || {
@@ -123,30 +74,25 @@ pub fn raw_pingpong(dir: &Path, threads: usize, n: usize) -> Result<Row, String>
                 .unwrap_or_else(|e| panic!("echo write: {e}"));
             read_frame(&mut stream, &mut buf).unwrap_or_else(|e| panic!("echo read: {e}"));
         }
-    }))
+    })
 }
 
 /// `raw-connect+pingpong`: connect to the echo server, one request and its response, close.
 /// The floor under `rust-connect+get`.
-pub fn raw_connect_pingpong(dir: &Path, n: usize) -> Result<Row, String> {
-    let path = dir.join("echo.sock");
-    let (request, response) = wire_frames();
-    if !path.exists() {
-        spawn_echo_server(&path, response).map_err(|e| format!("echo server: {e}"))?;
-    }
-    Ok(measure("raw-connect+pingpong", 1, n, 100, || {
+pub fn raw_connect_pingpong(echo: &Path, n: usize) -> Row {
+    let (request, _) = wire_frames();
+    measure("raw-connect+pingpong", 1, n, 100, || {
         let mut buf = Vec::new();
         let request = request.clone();
-        let path = path.clone();
         move || {
             let mut stream =
-                UnixStream::connect(&path).unwrap_or_else(|e| panic!("connect echo: {e}"));
+                UnixStream::connect(echo).unwrap_or_else(|e| panic!("connect echo: {e}"));
             stream
                 .write_all(&request)
                 .unwrap_or_else(|e| panic!("echo write: {e}"));
             read_frame(&mut stream, &mut buf).unwrap_or_else(|e| panic!("echo read: {e}"));
         }
-    }))
+    })
 }
 
 /// `rust-client-get x4`: `threads` clients in threads of this process, each on its own

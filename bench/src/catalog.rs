@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use secretd_client::{AsyncClient, Client, EntryState};
 use secretd_gsm_fake::{FakeGsm, Fault};
 
+use crate::notes::Notes;
 use crate::stats::Row;
 use crate::{cases, fixture};
 
@@ -156,15 +157,10 @@ fn median(mut samples: Vec<Duration>) -> Option<Duration> {
 }
 
 /// Runs the whole measurement in `root`; what fails is reported in `notes` and left out.
-pub fn measure(
-    secretd: &Path,
-    root: &Path,
-    reads: usize,
-    notes: &mut Vec<String>,
-) -> CatalogReport {
+pub fn measure(secretd: &Path, root: &Path, reads: usize, notes: &mut Notes) -> CatalogReport {
     let mut report = CatalogReport::default();
     if let Err(e) = run(secretd, root, reads, &mut report) {
-        notes.push(format!("catalog: {e}"));
+        notes.fail(format!("catalog: {e}"));
     }
     report
 }

@@ -1,20 +1,26 @@
 //! `cargo run --release -p secretd-bench -- [--quick] [--python PATH] [--no-build]
-//! [--only reads,restart,propagation,catalog]`
+//! [--only reads,program,restart,propagation,catalog]`
 //!
 //! Starts the real daemon with a 64-byte secret and measures a read from every client
 //! language against a plain Unix-socket round trip of the same frame sizes, all in one run, then
-//! prints a Markdown table (BENCHMARKS.md explains it) and the daemon's memory.
+//! prints a Markdown table (BENCHMARKS.md explains it) and the daemon's memory. `SECRETD_BENCH_DAEMON`
+//! names another daemon binary to measure (a before/after table of two commits).
 
 mod cases;
 mod catalog;
 mod fixture;
+mod notes;
+mod program;
 mod propagation;
 mod restart;
 mod stats;
+mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
+use notes::Notes;
 use stats::Row;
 
 /// How many operations each case runs.
@@ -34,6 +40,8 @@ struct Sizes {
     restarts: usize,
     /// New versions per fleet-propagation row.
     changes: usize,
+    /// One round of the client program, each way.
+    program_run: Duration,
 }
 
 const FULL: Sizes = Sizes {
@@ -44,6 +52,7 @@ const FULL: Sizes = Sizes {
     cli: 200,
     restarts: 20,
     changes: 10,
+    program_run: Duration::from_secs(3),
 };
 
 const QUICK: Sizes = Sizes {
@@ -54,6 +63,7 @@ const QUICK: Sizes = Sizes {
     cli: 20,
     restarts: 2,
     changes: 2,
+    program_run: Duration::from_millis(300),
 };
 
 /// Command-line options.
@@ -70,7 +80,7 @@ struct Options {
 }
 
 /// The parts of a run, for `--only`.
-const PARTS: [&str; 4] = ["reads", "restart", "propagation", "catalog"];
+const PARTS: [&str; 5] = ["reads", "program", "restart", "propagation", "catalog"];
 
 impl Options {
     /// Whether part `name` runs.
@@ -109,7 +119,7 @@ fn parse_args() -> Result<Options, String> {
             "-h" | "--help" => {
                 return Err(
                     "usage: secretd-bench [--quick] [--python PATH] [--no-build] \
-                     [--only reads,restart,propagation,catalog]"
+                     [--only reads,program,restart,propagation,catalog]"
                         .into(),
                 );
             }
@@ -184,7 +194,8 @@ fn machine() -> String {
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("secretd-bench: {e}");
             ExitCode::FAILURE
@@ -192,10 +203,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
+/// Runs the bench (or one of its helper processes); `Ok(false)` when a case failed or, under
+/// `CI=true`, could not run.
+fn run() -> Result<bool, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a == cases::HARNESS_ARG) {
-        return cases::harness(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some(cases::HARNESS_ARG) => return cases::harness(&args[1..]).map(|()| true),
+        Some(program::ECHO_ARG) => return program::echo_server(&args[1..]).map(|()| true),
+        Some(program::PROGRAM_ARG) => {
+            return program::client_program(&args[1..]).map(|()| true);
+        }
+        _ => {}
     }
     let options = parse_args()?;
     let sizes = if options.quick { QUICK } else { FULL };
@@ -203,7 +221,10 @@ fn run() -> Result<(), String> {
     if !options.no_build {
         build_prerequisites(&profile_dir)?;
     }
-    let secretd = profile_dir.join("secretd");
+    // `SECRETD_BENCH_DAEMON` measures another build of the daemon (an earlier commit's, for a
+    // before/after table) with this bench and its baselines.
+    let secretd = std::env::var_os("SECRETD_BENCH_DAEMON")
+        .map_or_else(|| profile_dir.join("secretd"), PathBuf::from);
     let dir = tempfile::Builder::new()
         .prefix("secretd-bench-")
         .tempdir()
@@ -224,20 +245,21 @@ fn run() -> Result<(), String> {
     cases::settle();
     let rss_idle = daemon.rss_kib();
     let socket = daemon.socket.clone();
-    let mut notes = Vec::new();
+    let mut notes = Notes::default();
+    let echo = program::EchoServer::start(dir.path())?;
+    let e = &echo.socket;
 
     let c_source = workspace().join("bench/c/bench_get.c");
     let include = workspace().join("include");
     let have_c = profile_dir.join("libsecretd.so").exists();
     if !have_c {
-        notes.push("c-ffi-get skipped: libsecretd.so not built".into());
+        notes.skip("c-ffi-get: libsecretd.so not built");
     }
     let python = find_python(options.python.clone());
     if python.is_none() {
-        notes.push(
-            "python-get skipped: no interpreter with secretd installed (pass --python, or run \
-             scripts/test once to create python/.venv)"
-                .into(),
+        notes.skip(
+            "python rows: no interpreter with secretd installed (pass --python, or run \
+             scripts/test once to create python/.venv)",
         );
     }
     let py_script = workspace().join("bench/python/bench_get.py");
@@ -248,19 +270,22 @@ fn run() -> Result<(), String> {
     // (a busy daemon's threads, warm or cold caches) hit every row alike.
     type Case<'a> = Box<dyn Fn(usize) -> Result<Row, String> + 'a>;
     let cases: Vec<(usize, Case)> = vec![
-        (sizes.single, Box::new(|n| cases::raw_pingpong(d, 1, n))),
+        (sizes.single, Box::new(|n| Ok(cases::raw_pingpong(e, 1, n)))),
         (
             sizes.single,
             Box::new(|n| cases::rust_get_external(s, n, false)),
         ),
-        (sizes.per_thread, Box::new(|n| cases::raw_pingpong(d, 4, n))),
+        (
+            sizes.per_thread,
+            Box::new(|n| Ok(cases::raw_pingpong(e, 4, n))),
+        ),
         (
             sizes.per_thread,
             Box::new(|n| Ok(cases::rust_get_threads(s, 4, n))),
         ),
         (
             sizes.per_thread / 4,
-            Box::new(|n| cases::raw_pingpong(d, 16, n)),
+            Box::new(|n| Ok(cases::raw_pingpong(e, 16, n))),
         ),
         (
             sizes.per_thread / 4,
@@ -318,7 +343,7 @@ fn run() -> Result<(), String> {
         ),
         (
             sizes.connect,
-            Box::new(|n| cases::raw_connect_pingpong(d, n)),
+            Box::new(|n| Ok(cases::raw_connect_pingpong(e, n))),
         ),
         (sizes.connect, Box::new(|n| Ok(cases::connect_get(s, n)))),
         (sizes.connect, Box::new(|n| Ok(cases::get_once(s, n)))),
@@ -350,7 +375,7 @@ fn run() -> Result<(), String> {
                     None => *slot = Some(row),
                 },
                 Err(e) if e.is_empty() => {}
-                Err(e) => notes.push(e),
+                Err(e) => notes.fail(e),
             }
         }
     }
@@ -367,7 +392,7 @@ fn run() -> Result<(), String> {
         for held in [true, false] {
             match restart::measure(&secretd, dir.path(), scenario, held, sizes.restarts) {
                 Ok(row) => gaps.push(row),
-                Err(e) => notes.push(format!("restart gap: {e}")),
+                Err(e) => notes.fail(format!("restart gap: {e}")),
             }
         }
     }
@@ -381,6 +406,18 @@ fn run() -> Result<(), String> {
     let catalog = options
         .runs("catalog")
         .then(|| catalog::measure(&secretd, dir.path(), sizes.per_thread, &mut notes));
+
+    let programs = if options.runs("program") {
+        match program::measure(&socket, e, &[4, 16], 3, sizes.program_run) {
+            Ok(rows) => rows,
+            Err(why) => {
+                notes.fail(format!("client program: {why}"));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
 
     let clients = cases::idle_clients(&socket, 100);
     cases::settle();
@@ -411,6 +448,9 @@ fn run() -> Result<(), String> {
         println!();
         print_targets(&all);
     }
+    if !programs.is_empty() {
+        program::print_table(&programs, sizes.program_run);
+    }
     if !gaps.is_empty() {
         restart::print_table(&gaps);
     }
@@ -418,11 +458,8 @@ fn run() -> Result<(), String> {
     if let Some(catalog) = &catalog {
         catalog::print_table(catalog, find(&all, "raw-uds-pingpong x4"));
     }
-    notes.dedup();
-    for note in notes {
-        println!("note: {note}");
-    }
-    Ok(())
+    let ci = std::env::var_os("CI").is_some_and(|v| v == "true");
+    Ok(!notes.report(ci))
 }
 
 fn find<'a>(rows: &'a [Row], case: &str) -> Option<&'a Row> {

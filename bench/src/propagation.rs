@@ -17,6 +17,8 @@ use secretd_client::{ChannelState, Client};
 use secretd_gsm_fake::pubsub_emulator::{Emulator, PROJECT, emulator_script, gsm_event};
 use secretd_gsm_fake::{FakeGsm, project_number};
 
+use crate::notes::Notes;
+
 /// How many daemons make the fleet.
 pub const FLEET: usize = 20;
 /// The secret every host reads.
@@ -219,21 +221,22 @@ pub fn measure(
     secretd: &Path,
     root: &Path,
     samples: usize,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Vec<PropagationRow> {
     let emulator = match emulator_script() {
         Some(script) => match Emulator::start(&script) {
             Ok(e) => Some(e),
             Err(e) => {
-                notes.push(format!("propagation: notification rows skipped: {e}"));
+                notes.fail(format!(
+                    "propagation: notification rows: the emulator did not start: {e}"
+                ));
                 None
             }
         },
         None => {
-            notes.push(
-                "propagation: notification rows skipped: no Pub/Sub emulator (the \
-                 google-cloud-cli-pubsub-emulator package and java)"
-                    .into(),
+            notes.skip(
+                "propagation: notification rows: no Pub/Sub emulator (the \
+                 google-cloud-cli-pubsub-emulator package and java)",
             );
             None
         }
@@ -249,7 +252,7 @@ pub fn measure(
         let dir = root.join(format!("fleet-{n}"));
         match measure_one(secretd, &dir, emulator.as_ref(), channel, samples) {
             Ok(row) => rows.push(row),
-            Err(e) => notes.push(format!("propagation ({}): {e}", channel.label())),
+            Err(e) => notes.fail(format!("propagation ({}): {e}", channel.label())),
         }
     }
     rows

@@ -16,7 +16,7 @@ use secretd_proto::{ChangeEvent, ErrorCode, Request, Response};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::async_client::AsyncConnection;
+use crate::async_connection::AsyncConnection;
 use crate::cache::ClientCache;
 use crate::error::{Error, Result};
 use crate::watch::{RESUBSCRIBE_MAX_BACKOFF, RESUBSCRIBE_MIN_BACKOFF};

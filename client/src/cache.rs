@@ -17,7 +17,6 @@ use std::time::SystemTime;
 use secretd_proto::{ChangeEvent, LockedBuf, SourceKind};
 
 use crate::secret::Secret;
-use crate::watch::{Watch, WatchHandle};
 
 /// One cached value.
 struct Cached {
@@ -67,27 +66,6 @@ impl Default for ClientCache {
             live: AtomicBool::new(false),
             born: FORKS.load(Ordering::SeqCst),
         }
-    }
-}
-
-/// A cache and the watch that keeps it honest; dropping it stops the watch.
-pub(crate) struct CachedReads {
-    /// The values.
-    pub(crate) cache: Arc<ClientCache>,
-    /// Delivers invalidations to `cache`.
-    _watch: WatchHandle,
-}
-
-impl CachedReads {
-    /// Starts invalidating from `watch` (already subscribed).
-    pub(crate) fn start(watch: Watch) -> crate::Result<CachedReads> {
-        let cache = ClientCache::live();
-        let target = cache.clone();
-        let handle = watch.spawn(move |item| target.apply(&item))?;
-        Ok(CachedReads {
-            cache,
-            _watch: handle,
-        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! The public client: reconnects, request helpers.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use secretd_proto::{
@@ -9,7 +9,7 @@ use secretd_proto::{
     RefreshOutcome, Request, Response, RotationStep, SecretStatus, validate_name,
 };
 
-use crate::cache::CachedReads;
+use crate::cache::ClientCache;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -31,6 +31,27 @@ pub struct Client {
     timeout: Duration,
     /// The client-side cache, when [`Client::with_cache`] turned it on.
     cache: Option<CachedReads>,
+}
+
+/// A cache and the watch that keeps it honest; dropping it stops the watch.
+pub(crate) struct CachedReads {
+    /// The values.
+    pub(crate) cache: Arc<ClientCache>,
+    /// Delivers invalidations to `cache`.
+    _watch: WatchHandle,
+}
+
+impl CachedReads {
+    /// Starts invalidating from `watch` (already subscribed).
+    pub(crate) fn start(watch: Watch) -> crate::Result<CachedReads> {
+        let cache = ClientCache::live();
+        let target = cache.clone();
+        let handle = watch.spawn(move |item| target.apply(&item))?;
+        Ok(CachedReads {
+            cache,
+            _watch: handle,
+        })
+    }
 }
 
 impl std::fmt::Debug for CachedReads {

@@ -28,6 +28,8 @@
 #[cfg(feature = "tokio")]
 mod async_client;
 #[cfg(feature = "tokio")]
+mod async_connection;
+#[cfg(feature = "tokio")]
 mod async_watch;
 mod cache;
 mod client;

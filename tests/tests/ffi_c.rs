@@ -119,7 +119,7 @@ fn gcc_or_skip(test: &str) -> bool {
         return true;
     }
     assert!(std::env::var_os("CI").is_none(), "gcc is required in CI");
-    eprintln!("SKIPPED {test}: gcc not installed");
+    support::skipped(test, "gcc not installed");
     false
 }
 
@@ -247,7 +247,7 @@ fn c_client_survives_a_daemon_restart() {
 fn cpp_raii_wrapper_compiles_and_runs() {
     if !have("g++") {
         assert!(std::env::var_os("CI").is_none(), "g++ is required in CI");
-        eprintln!("SKIPPED cpp_raii_wrapper: g++ not installed");
+        support::skipped("cpp_raii_wrapper", "g++ not installed");
         return;
     }
     let (env, config) = daemon_env();
@@ -291,7 +291,7 @@ fn c_api_has_no_leaks_under_valgrind() {
             std::env::var_os("CI").is_none(),
             "valgrind is required in CI"
         );
-        eprintln!("SKIPPED c_api_valgrind: valgrind not installed");
+        support::skipped("c_api_valgrind", "valgrind not installed");
         return;
     }
     let (env, config) = daemon_env();

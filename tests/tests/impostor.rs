@@ -76,8 +76,11 @@ fn a_development_directory_created_by_another_user_is_refused() {
     ) {
         return;
     }
-    if Path::new(secretd_proto::paths::DEFAULT_SOCKET).exists() {
-        eprintln!("SKIPPED: a production daemon runs here, so clients would not fall back");
+    if !can_run(
+        !Path::new(secretd_proto::paths::DEFAULT_SOCKET).exists(),
+        "a_development_directory_created_by_another_user",
+        "no production daemon at /run/secretd/secretd.sock (clients would not fall back)",
+    ) {
         return;
     }
     // Another user got to the derived development directory first and serves from it.

@@ -31,7 +31,7 @@ pub(crate) async fn run(
             _ = cancel.cancelled() => return,
             _ = rotation.tick() => check_rotations(&store, cfg.rotation_warning),
             _ = prune_timer.tick() => audit::prune(&store, &audit, cfg.audit_retention),
-            _ = anchor.tick() => super::serve::log_anchor(&store),
+            _ = anchor.tick() => log_anchor(&store),
         }
     }
 }
@@ -65,5 +65,20 @@ fn check_rotations(store: &Store, warning: Duration) {
                 "secret rotation is due soon"
             );
         }
+    }
+}
+
+/// Logs the chain's head as `audit.anchor`: shipped off the host with the journal, anchors are
+/// what a truncated or rolled-back database cannot match (`secretd audit verify --head`).
+pub(crate) fn log_anchor(store: &Store) {
+    match AuditLog::head(store) {
+        Ok(Some((seq, hash))) => tracing::info!(
+            event = "audit.anchor",
+            seq,
+            hash = %hex::encode(hash),
+            "audit chain head"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cannot read the audit chain's head"),
     }
 }

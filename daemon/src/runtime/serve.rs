@@ -145,7 +145,7 @@ pub(crate) async fn run(
     if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
         tracing::warn!("the audit writer did not finish within the shutdown grace period");
     }
-    log_anchor(&store_for_anchor);
+    housekeeping::log_anchor(&store_for_anchor);
     if lost {
         return Err(ServeError::SocketLost(socket_path));
     }
@@ -310,21 +310,6 @@ fn audit_key_path(config: &Config) -> (PathBuf, bool) {
     let mut beside = config.daemon.db.as_os_str().to_owned();
     beside.push(".audit-key");
     (PathBuf::from(beside), true)
-}
-
-/// Logs the chain's head as `audit.anchor`: shipped off the host with the journal, anchors are
-/// what a truncated or rolled-back database cannot match (`secretd audit verify --head`).
-pub(crate) fn log_anchor(store: &Store) {
-    match AuditLog::head(store) {
-        Ok(Some((seq, hash))) => tracing::info!(
-            event = "audit.anchor",
-            seq,
-            hash = %hex::encode(hash),
-            "audit chain head"
-        ),
-        Ok(None) => {}
-        Err(e) => tracing::error!(error = %e, "cannot read the audit chain's head"),
-    }
 }
 
 async fn serve_bound(

@@ -51,8 +51,25 @@ pub fn can_run(available: bool, test: &str, capability: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test} needs {capability}; CI must provide it"
     );
-    eprintln!("SKIPPED {test}: needs {capability}");
+    skipped(test, &format!("needs {capability}"));
     false
+}
+
+/// Says that `test` skipped and why, on stderr and in `$SECRETD_SKIP_LOG` (scripts/test lists
+/// that file's lines at the end of a run).
+pub fn skipped(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os("SECRETD_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
 }
 
 /// What a test waits for, named in the failure: a fixed text, or a closure called only on

@@ -12,6 +12,7 @@ mod registry;
 mod reply;
 pub(crate) mod scrape;
 mod session;
+mod subscription;
 mod watch;
 
 pub(crate) use denials::Denials;
@@ -19,4 +20,4 @@ pub(crate) use read::merge_meta;
 pub(crate) use registry::Registry;
 pub(crate) use reply::{Reply, encode_reply};
 pub(crate) use session::Session;
-pub(crate) use watch::Subscription;
+pub(crate) use subscription::Subscription;

@@ -10,7 +10,7 @@ use secretd_proto::{
     ErrorCode, PROTOCOL_VERSION, Response, SecretReply, SecretStatus, SecretValue, WireError,
 };
 
-use super::watch::Subscription;
+use super::subscription::Subscription;
 use crate::catalog::entry::Entry;
 use crate::util::time::unix_ms;
 

@@ -321,3 +321,11 @@ pub(super) fn wipe(buf: &mut Vec<u8>) {
         *buf = Vec::new();
     }
 }
+
+/// The error of a client that did not read its reply in time.
+pub(super) fn write_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client did not read its response in time",
+    )
+}

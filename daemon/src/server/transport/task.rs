@@ -17,7 +17,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::WRITE_TIMEOUT;
 use super::admission::{Admission, Refusal, Seat, Slot};
 use super::alarm::Alarm;
-use super::connection::{self, Conn, Io, Received, Turn};
+use super::connection::{self, Conn, Io, Received, Turn, write_timed_out};
 use super::frame_buf::{FrameBuf, Sender};
 use super::thread;
 use crate::server::Shared;
@@ -110,14 +110,6 @@ async fn write_all(stream: &UnixStream, bytes: &[u8]) -> Result<(), FrameError> 
         }
     }
     Ok(())
-}
-
-/// The error of a client that did not read its reply in time.
-pub(super) fn write_timed_out() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "client did not read its response in time",
-    )
 }
 
 /// Serves an accepted, admitted connection until it ends: the hello, then requests on the

@@ -23,9 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::WRITE_TIMEOUT;
 use super::admission::Seat;
-use super::connection::{Conn, Io, Received, Turn};
+use super::connection::{Conn, Io, Received, Turn, write_timed_out};
 use super::frame_buf::Sender;
-use super::task::write_timed_out;
 
 /// Values served in a row, each within [`QUIET`] of the last, that earn a connection its
 /// thread. A process that connects for one read never gets there; nor does a `status` poller
