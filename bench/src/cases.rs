@@ -57,7 +57,7 @@ where
 
 /// `raw-uds-pingpong` with `threads` clients, against the echo server (its own process) at
 /// `echo`.
-pub fn raw_pingpong(echo: &Path, threads: usize, n: usize) -> Row {
+pub(crate) fn raw_pingpong(echo: &Path, threads: usize, n: usize) -> Row {
     let (request, _) = wire_frames();
     let case = if threads == 1 {
         "raw-uds-pingpong".to_string()
@@ -79,7 +79,7 @@ pub fn raw_pingpong(echo: &Path, threads: usize, n: usize) -> Row {
 
 /// `raw-connect+pingpong`: connect to the echo server, one request and its response, close.
 /// The floor under `rust-connect+get`.
-pub fn raw_connect_pingpong(echo: &Path, n: usize) -> Row {
+pub(crate) fn raw_connect_pingpong(echo: &Path, n: usize) -> Row {
     let (request, _) = wire_frames();
     measure("raw-connect+pingpong", 1, n, 100, || {
         let mut buf = Vec::new();
@@ -97,13 +97,19 @@ pub fn raw_connect_pingpong(echo: &Path, n: usize) -> Row {
 
 /// `rust-client-get x4`: `threads` clients in threads of this process, each on its own
 /// connection, against `raw-uds-pingpong x4` run the same way.
-pub fn rust_get_threads(socket: &Path, threads: usize, n: usize) -> Row {
+pub(crate) fn rust_get_threads(socket: &Path, threads: usize, n: usize) -> Row {
     let case = format!("rust-client-get x{threads}");
     rust_get_threads_of(&case, socket, NAME, threads, n)
 }
 
 /// `threads` blocking clients reading `name` from the daemon at `socket`, as `case`.
-pub fn rust_get_threads_of(case: &str, socket: &Path, name: &str, threads: usize, n: usize) -> Row {
+pub(crate) fn rust_get_threads_of(
+    case: &str,
+    socket: &Path,
+    name: &str,
+    threads: usize,
+    n: usize,
+) -> Row {
     measure(case, threads, n, WARMUP, || {
         let client = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
         move || {
@@ -116,7 +122,7 @@ pub fn rust_get_threads_of(case: &str, socket: &Path, name: &str, threads: usize
 /// `rust-async-get` (x`tasks`): one `AsyncClient` shared by `tasks` tokio tasks on a
 /// two-thread runtime, each timing its own `await`s. Set beside `rust-client-get` (x4), it
 /// shows what the task hop and the connection pool cost over a blocking client per thread.
-pub fn rust_async_get(socket: &Path, tasks: usize, n: usize) -> Row {
+pub(crate) fn rust_async_get(socket: &Path, tasks: usize, n: usize) -> Row {
     let case = if tasks == 1 {
         "rust-async-get".to_string()
     } else {
@@ -167,7 +173,7 @@ pub fn rust_async_get(socket: &Path, tasks: usize, n: usize) -> Row {
 
 /// `rust-client-get` (or `cached`) in a child process of its own, like the C and Python
 /// harnesses, so the three languages are compared like for like.
-pub fn rust_get_external(socket: &Path, n: usize, cached: bool) -> Result<Row, String> {
+pub(crate) fn rust_get_external(socket: &Path, n: usize, cached: bool) -> Result<Row, String> {
     let case = if cached {
         "rust-client-get cached"
     } else {
@@ -186,11 +192,11 @@ pub fn rust_get_external(socket: &Path, n: usize, cached: bool) -> Result<Row, S
 }
 
 /// The argument that makes this binary a Rust client harness (see [`harness`]).
-pub const HARNESS_ARG: &str = "__rust-harness";
+pub(crate) const HARNESS_ARG: &str = "__rust-harness";
 
 /// Harness mode: `__rust-harness plain|cached SOCKET N WARMUP` prints one get latency in
 /// nanoseconds per line, like bench/c/bench_get.c.
-pub fn harness(args: &[String]) -> Result<(), String> {
+pub(crate) fn harness(args: &[String]) -> Result<(), String> {
     let [mode, socket, n, warmup] = args else {
         return Err("usage: __rust-harness plain|cached SOCKET N WARMUP".into());
     };
@@ -225,12 +231,12 @@ pub fn harness(args: &[String]) -> Result<(), String> {
 /// A new connection for every read: hello, get, close. Every read is then a connection's first
 /// and is audited as its own record (steady-state reads are aggregated), so this row shows
 /// what an unaggregated audit trail would cost.
-pub fn connect_get(socket: &Path, n: usize) -> Row {
+pub(crate) fn connect_get(socket: &Path, n: usize) -> Row {
     connect_get_as("rust-connect+get (1 audit record each)", socket, n)
 }
 
 /// `Client::get_once`: connect, hello and get in one write, close: one round trip.
-pub fn get_once(socket: &Path, n: usize) -> Row {
+pub(crate) fn get_once(socket: &Path, n: usize) -> Row {
     measure("rust-connect+get once (hello pipelined)", 1, n, 100, || {
         move || {
             let secret = Client::get_once(socket, NAME).unwrap_or_else(|e| panic!("get_once: {e}"));
@@ -240,7 +246,7 @@ pub fn get_once(socket: &Path, n: usize) -> Row {
 }
 
 /// [`connect_get`] under a `case` name (the attested variant runs against another daemon).
-pub fn connect_get_as(case: &str, socket: &Path, n: usize) -> Row {
+pub(crate) fn connect_get_as(case: &str, socket: &Path, n: usize) -> Row {
     measure(case, 1, n, 100, || {
         move || {
             let client = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
@@ -273,7 +279,7 @@ fn external(case: &str, cmd: &mut Command) -> Result<Row, String> {
 }
 
 /// `c-ffi-get`: a C program compiled with gcc -O2 against libsecretd.so.
-pub fn c_get(
+pub(crate) fn c_get(
     dir: &Path,
     source: &Path,
     include: &Path,
@@ -319,7 +325,7 @@ pub fn c_get(
 }
 
 /// `python-get`: the real extension module, timed in Python with `perf_counter_ns`.
-pub fn python_get(
+pub(crate) fn python_get(
     case: &str,
     python: &Path,
     script: &Path,
@@ -340,7 +346,7 @@ pub fn python_get(
 }
 
 /// `cli-get`: `secretd get NAME`, process spawn included.
-pub fn cli_get(secretd: &Path, socket: &Path, n: usize) -> Row {
+pub(crate) fn cli_get(secretd: &Path, socket: &Path, n: usize) -> Row {
     measure("cli-get", 1, n, 5, || {
         move || {
             let status = Command::new(secretd)
@@ -355,7 +361,7 @@ pub fn cli_get(secretd: &Path, socket: &Path, n: usize) -> Row {
 }
 
 /// Opens `count` clients that each read once and stay connected; returns them.
-pub fn idle_clients(socket: &Path, count: usize) -> Vec<Client> {
+pub(crate) fn idle_clients(socket: &Path, count: usize) -> Vec<Client> {
     (0..count)
         .map(|_| {
             let c = Client::connect(socket).unwrap_or_else(|e| panic!("connect: {e}"));
@@ -366,12 +372,12 @@ pub fn idle_clients(socket: &Path, count: usize) -> Vec<Client> {
 }
 
 /// Gives a freshly started process a moment to settle before its memory is read.
-pub fn settle() {
+pub(crate) fn settle() {
     std::thread::sleep(Duration::from_millis(300));
 }
 
 /// The hex SHA-256 of a file (`sha256sum`, so the bench needs no hashing crate).
-pub fn sha256_file(path: &Path) -> Result<String, String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, String> {
     let out = Command::new("sha256sum")
         .arg(path)
         .output()

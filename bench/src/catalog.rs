@@ -15,9 +15,9 @@ use crate::stats::Row;
 use crate::{cases, fixture};
 
 /// Secrets in the catalog.
-pub const SECRETS: usize = 1024;
+pub(crate) const SECRETS: usize = 1024;
 /// Watch connections held open in the last measurement.
-pub const WATCHERS: usize = 1000;
+pub(crate) const WATCHERS: usize = 1000;
 /// Names each watcher watches (a bot follows the few keys it uses).
 const NAMES_PER_WATCHER: usize = 8;
 /// How long serving the whole catalog may take before the measurement counts as failed.
@@ -27,7 +27,7 @@ const STATUS_SAMPLES: usize = 50;
 
 /// The catalog's figures.
 #[derive(Debug, Default)]
-pub struct CatalogReport {
+pub(crate) struct CatalogReport {
     /// Start to every secret servable, last-known-good off.
     pub cold: Option<Duration>,
     /// Start to every secret servable from the sealed copy, GSM hanging.
@@ -157,7 +157,12 @@ fn median(mut samples: Vec<Duration>) -> Option<Duration> {
 }
 
 /// Runs the whole measurement in `root`; what fails is reported in `notes` and left out.
-pub fn measure(secretd: &Path, root: &Path, reads: usize, notes: &mut Notes) -> CatalogReport {
+pub(crate) fn measure(
+    secretd: &Path,
+    root: &Path,
+    reads: usize,
+    notes: &mut Notes,
+) -> CatalogReport {
     let mut report = CatalogReport::default();
     if let Err(e) = run(secretd, root, reads, &mut report) {
         notes.fail(format!("catalog: {e}"));
@@ -271,7 +276,7 @@ fn run(
 }
 
 /// Prints the catalog table and its targets.
-pub fn print_table(report: &CatalogReport, raw_x4: Option<&Row>) {
+pub(crate) fn print_table(report: &CatalogReport, raw_x4: Option<&Row>) {
     let ms =
         |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));
     let mib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));

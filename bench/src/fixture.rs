@@ -7,13 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The secret every case reads.
-pub const NAME: &str = "bench_key";
+pub(crate) const NAME: &str = "bench_key";
 /// Its value: 64 bytes, the size of a typical exchange API secret.
-pub const VALUE: &[u8; 64] = b"Omni-Bench-Key-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL!";
+pub(crate) const VALUE: &[u8; 64] =
+    b"Omni-Bench-Key-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL!";
 
 /// A running daemon; killed when dropped.
 #[derive(Debug)]
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// The process.
     child: Child,
     /// Its socket.
@@ -22,13 +23,17 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `secretd` with a config in `dir` and waits until it answers.
-    pub fn start(secretd: &Path, dir: &Path) -> Result<Daemon, String> {
+    pub(crate) fn start(secretd: &Path, dir: &Path) -> Result<Daemon, String> {
         Daemon::start_with(secretd, dir, "")
     }
 
     /// [`Daemon::start`], with `selectors` (TOML lines) added to the policy: the bench's own
     /// program, attested at every connect.
-    pub fn start_with(secretd: &Path, dir: &Path, selectors: &str) -> Result<Daemon, String> {
+    pub(crate) fn start_with(
+        secretd: &Path,
+        dir: &Path,
+        selectors: &str,
+    ) -> Result<Daemon, String> {
         let value = dir.join("bench_key.value");
         std::fs::write(&value, VALUE).map_err(|e| format!("write value: {e}"))?;
         std::fs::set_permissions(&value, std::fs::Permissions::from_mode(0o600))
@@ -62,7 +67,7 @@ impl Daemon {
     }
 
     /// The daemon's resident set size in KiB (`VmRSS`).
-    pub fn rss_kib(&self) -> Option<u64> {
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
         rss_kib(&self.child)
     }
 }
@@ -75,7 +80,7 @@ impl Drop for Daemon {
 }
 
 /// Starts `secretd serve --config config`, its log appended to `log` (warnings and worse).
-pub fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, String> {
+pub(crate) fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -93,7 +98,7 @@ pub fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, String>
 }
 
 /// A process's resident set size in KiB (`VmRSS`).
-pub fn rss_kib(child: &Child) -> Option<u64> {
+pub(crate) fn rss_kib(child: &Child) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
     status
         .lines()
@@ -102,7 +107,7 @@ pub fn rss_kib(child: &Child) -> Option<u64> {
 }
 
 /// Writes a 32-byte key file of `byte`s, mode 0600 (a last-known-good key), unless it exists.
-pub fn write_key(path: &Path, byte: u8) -> Result<(), String> {
+pub(crate) fn write_key(path: &Path, byte: u8) -> Result<(), String> {
     if path.exists() {
         return Ok(());
     }

@@ -5,7 +5,7 @@
 
 /// The run's failures and skips, in the order they happened.
 #[derive(Debug, Default)]
-pub struct Notes {
+pub(crate) struct Notes {
     /// Cases that errored.
     failed: Vec<String>,
     /// Cases that could not run on this machine.
@@ -14,17 +14,17 @@ pub struct Notes {
 
 impl Notes {
     /// A case failed.
-    pub fn fail(&mut self, why: impl Into<String>) {
+    pub(crate) fn fail(&mut self, why: impl Into<String>) {
         self.failed.push(why.into());
     }
 
     /// A case could not run here.
-    pub fn skip(&mut self, why: impl Into<String>) {
+    pub(crate) fn skip(&mut self, why: impl Into<String>) {
         self.skipped.push(why.into());
     }
 
     /// Prints every note; returns whether the run must fail (`ci`: under `CI=true`).
-    pub fn report(mut self, ci: bool) -> bool {
+    pub(crate) fn report(mut self, ci: bool) -> bool {
         self.failed.dedup();
         self.skipped.dedup();
         for why in &self.failed {

@@ -21,13 +21,13 @@ use crate::fixture::NAME;
 use crate::wire::{read_frame, wire_frames};
 
 /// The argument that makes this binary the echo server.
-pub const ECHO_ARG: &str = "__echo-server";
+pub(crate) const ECHO_ARG: &str = "__echo-server";
 /// The argument that makes this binary the client program.
-pub const PROGRAM_ARG: &str = "__client-program";
+pub(crate) const PROGRAM_ARG: &str = "__client-program";
 
 /// The echo server in its own process; killed when dropped.
 #[derive(Debug)]
-pub struct EchoServer {
+pub(crate) struct EchoServer {
     /// The process.
     child: Child,
     /// Its socket.
@@ -36,7 +36,7 @@ pub struct EchoServer {
 
 impl EchoServer {
     /// Starts the echo server on `dir/echo.sock` and waits until it accepts.
-    pub fn start(dir: &Path) -> Result<EchoServer, String> {
+    pub(crate) fn start(dir: &Path) -> Result<EchoServer, String> {
         let socket = dir.join("echo.sock");
         let exe = std::env::current_exe().map_err(|e| format!("echo server: {e}"))?;
         let child = Command::new(exe)
@@ -65,7 +65,7 @@ impl Drop for EchoServer {
 }
 
 /// Echo-server mode: `__echo-server SOCKET`; serves until killed.
-pub fn echo_server(args: &[String]) -> Result<(), String> {
+pub(crate) fn echo_server(args: &[String]) -> Result<(), String> {
     let [socket] = args else {
         return Err(format!("usage: {ECHO_ARG} SOCKET"));
     };
@@ -88,7 +88,7 @@ pub fn echo_server(args: &[String]) -> Result<(), String> {
 
 /// What the client program calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// `Client::get` on the daemon.
     Get,
     /// The same frames, raw, on the echo server.
@@ -96,7 +96,7 @@ pub enum Target {
 }
 
 /// Runs the client program once: `threads` threads calling for `run`; returns calls per second.
-pub fn run_program(
+pub(crate) fn run_program(
     target: Target,
     socket: &Path,
     threads: usize,
@@ -132,7 +132,7 @@ pub fn run_program(
 
 /// Client-program mode: `__client-program get|raw SOCKET THREADS MILLIS`; prints the calls
 /// made and the seconds they took.
-pub fn client_program(args: &[String]) -> Result<(), String> {
+pub(crate) fn client_program(args: &[String]) -> Result<(), String> {
     let [mode, socket, threads, millis] = args else {
         return Err(format!(
             "usage: {PROGRAM_ARG} get|raw SOCKET THREADS MILLIS"
@@ -206,7 +206,7 @@ fn caller(target: Target, socket: &Path) -> Result<Call, String> {
 /// The client program's calls per second against the daemon and the echo server, `rounds`
 /// rounds interleaved, for each client count.
 #[derive(Debug)]
-pub struct ProgramRow {
+pub(crate) struct ProgramRow {
     /// Threads in the program.
     pub threads: usize,
     /// Calls per second against the echo server, per round.
@@ -217,7 +217,7 @@ pub struct ProgramRow {
 
 /// Measures the client program with each of `thread_counts`, `rounds` interleaved rounds of
 /// `run` each way.
-pub fn measure(
+pub(crate) fn measure(
     daemon: &Path,
     echo: &Path,
     thread_counts: &[usize],
@@ -262,7 +262,7 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// Prints the client program's table and its targets.
-pub fn print_table(rows: &[ProgramRow], run: Duration) {
+pub(crate) fn print_table(rows: &[ProgramRow], run: Duration) {
     println!(
         "client program (its own process, a blocking Client per thread, {:.1} s per round; \
          medians of {} interleaved rounds against the echo server in its own process):",

@@ -20,7 +20,7 @@ use secretd_gsm_fake::{FakeGsm, project_number};
 use crate::notes::Notes;
 
 /// How many daemons make the fleet.
-pub const FLEET: usize = 20;
+pub(crate) const FLEET: usize = 20;
 /// The secret every host reads.
 const NAME: &str = "fleet_api_key";
 /// Its resource in GSM.
@@ -39,7 +39,7 @@ const SWEEP: Duration = Duration::from_millis(2);
 
 /// How a fleet learns of a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
+pub(crate) enum Channel {
     /// `[gsm.notifications]` with this `notification_jitter`; polling every 5 minutes.
     Notification(Duration),
     /// Polling alone, every [`POLL_INTERVAL`].
@@ -59,7 +59,7 @@ impl Channel {
 
 /// One row of the propagation table.
 #[derive(Debug)]
-pub struct PropagationRow {
+pub(crate) struct PropagationRow {
     /// How the fleet learned of the changes.
     pub channel: Channel,
     /// Per change: until the first host served it.
@@ -217,7 +217,7 @@ fn one_change(
 }
 
 /// Measures `samples` changes for each channel; the fleets run one after another.
-pub fn measure(
+pub(crate) fn measure(
     secretd: &Path,
     root: &Path,
     samples: usize,
@@ -306,7 +306,7 @@ fn median(sorted: &[Duration]) -> Duration {
 }
 
 /// Prints the propagation table, with the polling figures scaled to a 5-minute interval.
-pub fn print_table(rows: &[PropagationRow]) {
+pub(crate) fn print_table(rows: &[PropagationRow]) {
     if rows.is_empty() {
         return;
     }

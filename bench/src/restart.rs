@@ -34,7 +34,7 @@ const RETRY: Duration = Duration::from_millis(1);
 
 /// What the world looks like while the daemon restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// GSM answers.
     GsmUp,
     /// GSM accepts requests and never answers; a break-glass override is active.
@@ -45,14 +45,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 3] = [
+    pub(crate) const ALL: [Scenario; 3] = [
         Scenario::GsmUp,
         Scenario::HangingBreakGlass,
         Scenario::HangingLastKnownGood,
     ];
 
     /// The row label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Scenario::GsmUp => "gsm up",
             Scenario::HangingBreakGlass => "gsm hanging, break-glass",
@@ -63,7 +63,7 @@ impl Scenario {
 
 /// One row of the restart table.
 #[derive(Debug)]
-pub struct GapRow {
+pub(crate) struct GapRow {
     /// The scenario.
     pub scenario: Scenario,
     /// Whether the listening socket was held across the restart.
@@ -310,7 +310,7 @@ fn terminate(child: &mut Child) -> Result<(), String> {
 }
 
 /// Measures `samples` restarts in one scenario.
-pub fn measure(
+pub(crate) fn measure(
     secretd: &Path,
     root: &Path,
     scenario: Scenario,
@@ -375,7 +375,7 @@ pub fn measure(
 }
 
 /// Prints the restart table and the target.
-pub fn print_table(rows: &[GapRow]) {
+pub(crate) fn print_table(rows: &[GapRow]) {
     println!("restart gap: SIGTERM to the first read served by the restarted daemon (ms)\n");
     println!("| scenario | listening socket | restarts | p50 | p90 | max |");
     println!("|---|---|---:|---:|---:|---:|");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// One measured case.
 #[derive(Debug)]
-pub struct Row {
+pub(crate) struct Row {
     /// The case's name, as in BENCHMARKS.md.
     pub case: String,
     /// Per-operation latencies in nanoseconds, sorted.
@@ -17,7 +17,7 @@ pub struct Row {
 
 impl Row {
     /// A row from raw samples and the wall time they took.
-    pub fn new(case: impl Into<String>, mut samples_ns: Vec<u64>, wall: Duration) -> Row {
+    pub(crate) fn new(case: impl Into<String>, mut samples_ns: Vec<u64>, wall: Duration) -> Row {
         samples_ns.sort_unstable();
         let seconds = wall.as_secs_f64().max(1e-9);
         Row {
@@ -29,7 +29,7 @@ impl Row {
     }
 
     /// Pools another round of the same case into this one.
-    pub fn merge(&mut self, other: Row) {
+    pub(crate) fn merge(&mut self, other: Row) {
         self.sorted_ns.extend(other.sorted_ns);
         self.sorted_ns.sort_unstable();
         self.seconds += other.seconds;
@@ -37,7 +37,7 @@ impl Row {
     }
 
     /// The `q` quantile (0..=1) in microseconds, nearest-rank.
-    pub fn quantile_us(&self, q: f64) -> f64 {
+    pub(crate) fn quantile_us(&self, q: f64) -> f64 {
         if self.sorted_ns.is_empty() {
             return f64::NAN;
         }
@@ -50,7 +50,7 @@ impl Row {
 /// The raw case a row is compared with: the ping-pong with as many clients (`... x16` against
 /// `raw-uds-pingpong x16`), a connect-per-read row against `raw-connect+pingpong`, anything
 /// else against the single-client ping-pong.
-pub fn baseline_name(case: &str) -> String {
+pub(crate) fn baseline_name(case: &str) -> String {
     if case.contains("connect+") {
         return "raw-connect+pingpong".into();
     }
@@ -64,7 +64,7 @@ pub fn baseline_name(case: &str) -> String {
 
 /// Prints the rows as a Markdown table with each row's p50 and throughput against its raw
 /// baseline ([`baseline_name`]; the single-client ping-pong when that one did not run).
-pub fn print_table(rows: &[Row], baseline: &Row) {
+pub(crate) fn print_table(rows: &[Row], baseline: &Row) {
     println!("| case | p50 µs | p99 µs | p99.9 µs | ops/s | p50 vs raw | ops/s vs raw |");
     println!("|------|-------:|-------:|---------:|------:|-----------:|-------------:|");
     for row in rows {

@@ -10,7 +10,7 @@ use secretd_proto::{Request, Response, SecretReply, SecretValue, SourceKind};
 use crate::fixture::{NAME, VALUE};
 
 /// The exact request and response frames a get of the bench secret puts on the wire.
-pub fn wire_frames() -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn wire_frames() -> (Vec<u8>, Vec<u8>) {
     let mut request = Vec::new();
     encode_frame(&Request::Get { name: NAME.into() }, &mut request).unwrap_or_default();
     let mut response = Vec::new();
@@ -26,7 +26,7 @@ pub fn wire_frames() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Reads one length-prefixed frame (header, then body), as every client does.
-pub fn read_frame(stream: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+pub(crate) fn read_frame(stream: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header)?;
     buf.resize(u32::from_le_bytes(header) as usize, 0);

@@ -14,55 +14,55 @@ use secretd_proto::{SourceKind, validate_name};
 use serde::Deserialize;
 
 /// Connections served at once, unless `daemon.max_connections` says otherwise.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// HTTP connections served at once, unless `daemon.http_max_connections` says otherwise.
-pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
+pub(crate) const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
 /// Refusals one uid may cause in a minute, unless `daemon.max_denials_per_minute_per_uid` says
 /// otherwise.
-pub const DEFAULT_MAX_DENIALS_PER_MINUTE: u64 = 600;
+pub(crate) const DEFAULT_MAX_DENIALS_PER_MINUTE: u64 = 600;
 /// The most HTTP connections `daemon.http_max_connections` may allow.
-pub const MAX_HTTP_CONNECTIONS: usize = 4096;
+pub(crate) const MAX_HTTP_CONNECTIONS: usize = 4096;
 /// Connections one uid may hold at once, unless `daemon.max_connections_per_uid` says
 /// otherwise (never more than `max_connections`).
-pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
 /// The hard ceiling on `daemon.max_connections` (each connection holds a file descriptor).
-pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+pub(crate) const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 /// The shortest accepted refresh interval or TTL; anything shorter would hammer the source.
-pub const MIN_TTL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
 /// The largest catalog; the protocol's status frame and the per-connection policy are sized
 /// for a small catalog of credentials, not a database.
-pub const MAX_SECRETS: usize = 1024;
+pub(crate) const MAX_SECRETS: usize = 1024;
 
 /// Default `daemon.refresh_interval`: the TTL of a secret that sets none.
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 /// Default `daemon.max_stale`.
-pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
 /// Default `daemon.audit_retention`: 90 days.
-pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+pub(crate) const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Default `daemon.rotation_check_interval`.
-pub const DEFAULT_ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// Default `daemon.rotation_warning`: 30 days.
-pub const DEFAULT_ROTATION_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const DEFAULT_ROTATION_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default `daemon.first_fetch_wait`: how long a read of a secret that has not loaded yet
 /// waits for that secret's first fetch.
-pub const DEFAULT_FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
 /// The longest accepted `daemon.first_fetch_wait` (clients time out after 5 s).
-pub const MAX_FIRST_FETCH_WAIT: Duration = Duration::from_secs(4);
+pub(crate) const MAX_FIRST_FETCH_WAIT: Duration = Duration::from_secs(4);
 /// The environment variable systemd sets to the directory of a unit's credentials.
-pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+pub(crate) const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
 /// Default `daemon.audit_anchor_interval`.
-pub const DEFAULT_AUDIT_ANCHOR_INTERVAL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_AUDIT_ANCHOR_INTERVAL: Duration = Duration::from_secs(300);
 /// The credential name `LoadCredential(Encrypted)=` gives the audit chain key.
-pub const AUDIT_KEY_CREDENTIAL: &str = "secretd-audit-key";
+pub(crate) const AUDIT_KEY_CREDENTIAL: &str = "secretd-audit-key";
 /// The credential name `LoadCredential(Encrypted)=` gives the last-known-good key.
-pub const LAST_KNOWN_GOOD_CREDENTIAL: &str = "secretd-lkg-key";
+pub(crate) const LAST_KNOWN_GOOD_CREDENTIAL: &str = "secretd-lkg-key";
 
 /// Default `break_glass.max_ttl`.
-pub const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {}: {source}", path.display())]
     Read {
@@ -192,7 +192,7 @@ struct RawPolicy {
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// Daemon-wide settings.
     pub daemon: DaemonConfig,
     /// Google Secret Manager settings, if any secret uses it.
@@ -207,7 +207,7 @@ pub struct Config {
 
 /// `[daemon]`.
 #[derive(Debug, Clone)]
-pub struct DaemonConfig {
+pub(crate) struct DaemonConfig {
     /// The socket path.
     pub socket: PathBuf,
     /// The socket file's permission bits.
@@ -260,7 +260,7 @@ pub struct DaemonConfig {
 
 /// `[daemon] last_known_good` and where its key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastKnownGoodConfig {
+pub(crate) struct LastKnownGoodConfig {
     /// The sealed file.
     pub path: PathBuf,
     /// The 32-byte key file: `last_known_good_key`, or systemd's credential.
@@ -269,7 +269,7 @@ pub struct LastKnownGoodConfig {
 
 /// A group given by name or number.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupRef {
+pub(crate) enum GroupRef {
     /// A numeric gid.
     Id(u32),
     /// A group name, resolved at startup.
@@ -278,7 +278,7 @@ pub enum GroupRef {
 
 /// `[gsm]`.
 #[derive(Debug, Clone)]
-pub struct GsmConfig {
+pub(crate) struct GsmConfig {
     /// The default GCP project.
     pub project: Option<String>,
     /// The API endpoint (overridable for tests and emulators).
@@ -303,7 +303,7 @@ pub struct GsmConfig {
 
 /// `[gsm.notifications]`: a pull subscription on the topic the catalog's secrets publish to.
 #[derive(Debug, Clone)]
-pub struct NotificationsConfig {
+pub(crate) struct NotificationsConfig {
     /// `projects/P/subscriptions/S`.
     pub subscription: String,
     /// The Pub/Sub endpoint (the emulator's, in tests).
@@ -320,37 +320,37 @@ pub struct NotificationsConfig {
 }
 
 /// Default `[gsm.notifications] health_check_interval`.
-pub const DEFAULT_NOTIFICATION_HEALTH_CHECK: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_NOTIFICATION_HEALTH_CHECK: Duration = Duration::from_secs(60);
 
 /// Default `[gsm.notifications] endpoint`.
-pub const DEFAULT_PUBSUB_ENDPOINT: &str = "https://pubsub.googleapis.com";
+pub(crate) const DEFAULT_PUBSUB_ENDPOINT: &str = "https://pubsub.googleapis.com";
 /// Default `[gsm.notifications] notification_jitter`.
-pub const DEFAULT_NOTIFICATION_JITTER: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_NOTIFICATION_JITTER: Duration = Duration::from_secs(1);
 /// The longest `notification_jitter` (a rotation must still reach the fleet in seconds).
-pub const MAX_NOTIFICATION_JITTER: Duration = Duration::from_secs(60);
+pub(crate) const MAX_NOTIFICATION_JITTER: Duration = Duration::from_secs(60);
 
 /// Default `[gsm] endpoint`.
-pub const DEFAULT_GSM_ENDPOINT: &str = "https://secretmanager.googleapis.com";
+pub(crate) const DEFAULT_GSM_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 /// Default `[gsm] regional_endpoint` (`{location}` is substituted).
-pub const DEFAULT_GSM_REGIONAL_ENDPOINT: &str =
+pub(crate) const DEFAULT_GSM_REGIONAL_ENDPOINT: &str =
     "https://secretmanager.{location}.rep.googleapis.com";
 /// The longest one fetch from a source may take; `[gsm] retry_budget` must fit in it.
-pub const FETCH_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 /// The shortest TTL of a GSM secret without `allow_short_ttl = true` in `[daemon]`.
-pub const MIN_GSM_TTL: Duration = Duration::from_secs(30);
+pub(crate) const MIN_GSM_TTL: Duration = Duration::from_secs(30);
 /// The longest GSM version alias (Google's limit).
-pub const MAX_VERSION_ALIAS_LEN: usize = 63;
+pub(crate) const MAX_VERSION_ALIAS_LEN: usize = 63;
 
 /// Default `[gsm] attempt_timeout`.
-pub const DEFAULT_GSM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_GSM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `[gsm] retry_budget`.
-pub const DEFAULT_GSM_RETRY_BUDGET: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_GSM_RETRY_BUDGET: Duration = Duration::from_secs(15);
 /// Default `[gsm] max_attempts`.
-pub const DEFAULT_GSM_MAX_ATTEMPTS: u32 = 3;
+pub(crate) const DEFAULT_GSM_MAX_ATTEMPTS: u32 = 3;
 
 /// `[break_glass]`.
 #[derive(Debug, Clone)]
-pub struct BreakGlassConfig {
+pub(crate) struct BreakGlassConfig {
     /// The RSA private key that opens break-glass envelopes.
     pub private_key: PathBuf,
     /// The longest TTL an override may ask for.
@@ -359,7 +359,7 @@ pub struct BreakGlassConfig {
 
 /// Where a secret's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceConfig {
+pub(crate) enum SourceConfig {
     /// A GSM secret and version alias.
     Gsm {
         /// `projects/P/secrets/S` or `projects/P/locations/L/secrets/S`.
@@ -381,7 +381,7 @@ pub enum SourceConfig {
 
 impl SourceConfig {
     /// The kind of source.
-    pub fn kind(&self) -> SourceKind {
+    pub(crate) fn kind(&self) -> SourceKind {
         match self {
             SourceConfig::Gsm { .. } => SourceKind::Gsm,
             SourceConfig::Env { .. } => SourceKind::Env,
@@ -392,7 +392,7 @@ impl SourceConfig {
 
 /// One `[[secret]]`.
 #[derive(Debug, Clone)]
-pub struct SecretConfig {
+pub(crate) struct SecretConfig {
     /// The catalog name clients ask for.
     pub name: String,
     /// Where the value comes from.
@@ -407,7 +407,7 @@ pub struct SecretConfig {
 
 /// One `[[policy]]`, globs compiled.
 #[derive(Debug, Clone)]
-pub struct PolicyConfig {
+pub(crate) struct PolicyConfig {
     /// Peers whose uid is listed match.
     pub uids: Vec<u32>,
     /// Peers whose primary or supplementary gid is listed match.
@@ -423,7 +423,7 @@ pub struct PolicyConfig {
 
 /// Workload selectors of a policy (all optional; all present must match).
 #[derive(Debug, Clone, Default)]
-pub struct Selectors {
+pub(crate) struct Selectors {
     /// Executable paths (exact or globs, `/` only matched literally).
     pub exe: Option<GlobSet>,
     /// Hex SHA-256 of the executable's content (lower case).
@@ -436,17 +436,17 @@ pub struct Selectors {
 
 impl Selectors {
     /// Whether any selector needs the executable's hash.
-    pub fn needs_hash(&self) -> bool {
+    pub(crate) fn needs_hash(&self) -> bool {
         self.exe_sha256.is_some()
     }
 }
 
 /// The longest duration any key accepts: far beyond any sane setting, and far below what would
 /// overflow the clock arithmetic it feeds.
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Parses a humane duration (`"5m"`, `"25m"`, `"12h"`), naming the key on error.
-pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(text).map_err(|e| {
         invalid(format!(
             "{key} = {text:?} is not a duration like \"5m\": {e}"
@@ -533,7 +533,7 @@ fn compile_globs_with(key: &str, patterns: &[String], paths: bool) -> Result<Glo
 
 impl Config {
     /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -542,7 +542,7 @@ impl Config {
     }
 
     /// Parses and validates config text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let daemon = validate_daemon(raw.daemon)?;
         let gsm = raw

@@ -16,7 +16,7 @@ use crate::util::key_file::Key;
 use super::event::{Action, ActorType, AuditEvent, Outcome};
 
 /// Bytes of a SHA-256 hash.
-pub const HASH_LEN: usize = 32;
+pub(super) const HASH_LEN: usize = 32;
 /// The body format this build writes: 2 adds the attested program after `detail`.
 const BODY_FORMAT: u8 = 2;
 /// The first format, which has no program; still read.
@@ -25,7 +25,7 @@ const BODY_FORMAT_1: u8 = 1;
 const MAX_TEXT: usize = 1024;
 
 /// A hash in the chain.
-pub type Hash = [u8; HASH_LEN];
+pub(super) type Hash = [u8; HASH_LEN];
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
     let mut end = text.len().min(MAX_TEXT);
@@ -37,7 +37,7 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
 }
 
 /// The canonical body of an event.
-pub fn encode_body(e: &AuditEvent) -> Vec<u8> {
+pub(super) fn encode_body(e: &AuditEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + e.secret.len() + e.detail.len() + 64);
     out.push(BODY_FORMAT);
     out.extend_from_slice(&e.recorded_at_ms.to_le_bytes());
@@ -78,7 +78,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Parses a canonical body (for `audit tail`).
-pub fn decode_body(body: &[u8]) -> Option<AuditEvent> {
+pub(super) fn decode_body(body: &[u8]) -> Option<AuditEvent> {
     let mut c = Cursor(body);
     let format = c.array::<1>()?[0];
     if format != BODY_FORMAT && format != BODY_FORMAT_1 {
@@ -189,7 +189,7 @@ pub(crate) fn encode_stored(
 }
 
 /// Splits a stored value into (prev_hash, hash, body).
-pub fn split_stored(stored: &[u8]) -> Option<(Hash, Hash, &[u8])> {
+pub(super) fn split_stored(stored: &[u8]) -> Option<(Hash, Hash, &[u8])> {
     if stored.len() < 2 * HASH_LEN {
         return None;
     }
@@ -200,7 +200,7 @@ pub fn split_stored(stored: &[u8]) -> Option<(Hash, Hash, &[u8])> {
 
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verification {
+pub(crate) struct Verification {
     /// Records checked.
     pub checked: u64,
     /// The first sequence number the chain covers.

@@ -6,7 +6,7 @@ use crate::util::time::now_ms;
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum Action {
+pub(crate) enum Action {
     /// A value was read (or a read refused); aggregated per connection and secret.
     Read = 1,
     /// A value was fetched from its source.
@@ -59,7 +59,7 @@ impl Action {
     ];
 
     /// The stable snake_case name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Read => "read",
             Action::Refresh => "refresh",
@@ -87,7 +87,7 @@ impl Action {
 /// Who acted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum ActorType {
+pub(crate) enum ActorType {
     /// A local process reading secrets.
     Client = 1,
     /// An operator (an `admin_uids` caller) running an admin operation.
@@ -98,7 +98,7 @@ pub enum ActorType {
 
 impl ActorType {
     /// The stable name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ActorType::Client => "client",
             ActorType::Admin => "admin",
@@ -110,7 +110,7 @@ impl ActorType {
 /// How it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done.
     Ok = 1,
     /// Refused by policy.
@@ -121,7 +121,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The stable name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Denied => "denied",
@@ -132,7 +132,7 @@ impl Outcome {
 
 /// One audited event. Never holds a value: only its keyed fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEvent {
+pub(crate) struct AuditEvent {
     /// When, Unix ms.
     pub recorded_at_ms: i64,
     /// What.
@@ -167,7 +167,7 @@ pub struct AuditEvent {
 
 /// Who acted: kind, uid, gid, pid, and the program the kernel attested.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
+pub(crate) struct Actor {
     /// Client, admin or daemon.
     pub kind: ActorType,
     /// uid.
@@ -182,7 +182,7 @@ pub struct Actor {
 
 impl Actor {
     /// The daemon itself.
-    pub fn daemon() -> Actor {
+    pub(crate) fn daemon() -> Actor {
         // SAFETY: geteuid/getegid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         Actor {
@@ -197,7 +197,7 @@ impl Actor {
 
 impl AuditEvent {
     /// An event happening now, with no version, fingerprint or detail yet.
-    pub fn new(action: Action, secret: &str, actor: &Actor, outcome: Outcome) -> AuditEvent {
+    pub(crate) fn new(action: Action, secret: &str, actor: &Actor, outcome: Outcome) -> AuditEvent {
         AuditEvent {
             recorded_at_ms: now_ms(),
             action,

@@ -16,22 +16,22 @@ use crate::store::{Store, StoreError};
 use crate::util::key_file::Key;
 
 /// Events waiting for the writer at most; beyond it producers are refused (fail closed).
-pub const AUDIT_QUEUE: usize = 65_536;
+pub(super) const AUDIT_QUEUE: usize = 65_536;
 /// How long an admin operation waits for its record to be durable before it is refused.
-pub const AUDIT_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const AUDIT_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Events committed in one transaction at most.
-pub const AUDIT_BATCH: usize = 1024;
+pub(super) const AUDIT_BATCH: usize = 1024;
 /// How long a batch nobody waits for may wait for more events before it is committed, when
 /// events are streaming in (the previous commit ended less than this before). A batch with a
 /// waiter (an admin operation that needs its record durable) commits at once, and so does a
 /// lone event after a quiet spell.
-pub const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+pub(super) const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// After a failed commit: how long between attempts to reopen the store and retry the batch.
-pub const AUDIT_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const AUDIT_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why an event is not durable.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
+pub(crate) enum AuditError {
     /// An earlier commit failed and none has succeeded since: audited requests are refused.
     #[error("the audit store is failing")]
     Failing,
@@ -56,7 +56,7 @@ struct Job {
 
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     /// The queue to the writer.
     tx: mpsc::Sender<Job>,
     /// False after a failed commit, until the next success.
@@ -70,7 +70,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Starts the writer thread over `store`. It ends once every handle is dropped and the
     /// queue is drained.
-    pub fn start(
+    pub(crate) fn start(
         store: Arc<Store>,
         key: Arc<Key>,
     ) -> std::io::Result<(AuditLog, std::thread::JoinHandle<()>)> {
@@ -119,18 +119,18 @@ impl AuditLog {
     }
 
     /// Whether audited requests may proceed.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Events queued and not yet committed.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
     }
 
     /// Enqueues an event without waiting. False when the log cannot take it (unhealthy, full
     /// or stopped): the caller must then refuse the request it was auditing.
-    pub fn record(&self, event: AuditEvent) -> bool {
+    pub(crate) fn record(&self, event: AuditEvent) -> bool {
         if !self.healthy() {
             return false;
         }
@@ -144,7 +144,7 @@ impl AuditLog {
 
     /// Enqueues an event and waits until it is durable, at most [`AUDIT_DURABLE_TIMEOUT`]: an
     /// admin operation is refused rather than left hanging on a failing disk.
-    pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditError> {
+    pub(crate) async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditError> {
         tokio::time::timeout(AUDIT_DURABLE_TIMEOUT, self.record_durable_unbounded(event))
             .await
             .unwrap_or(Err(AuditError::Timeout))

@@ -11,10 +11,10 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// Bytes of the fingerprint key.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 /// The HMAC key.
-pub struct FingerprintKey(Zeroizing<[u8; KEY_LEN]>);
+pub(crate) struct FingerprintKey(Zeroizing<[u8; KEY_LEN]>);
 
 impl std::fmt::Debug for FingerprintKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -23,7 +23,7 @@ impl std::fmt::Debug for FingerprintKey {
 }
 
 /// The key file that goes with a database file.
-pub fn key_path(db: &Path) -> PathBuf {
+pub(crate) fn key_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".fingerprint-key");
     PathBuf::from(name)
@@ -31,24 +31,24 @@ pub fn key_path(db: &Path) -> PathBuf {
 
 impl FingerprintKey {
     /// Loads the key, creating it (random, mode 0600) on first start.
-    pub fn load_or_create(path: &Path) -> std::io::Result<FingerprintKey> {
+    pub(crate) fn load_or_create(path: &Path) -> std::io::Result<FingerprintKey> {
         crate::util::key_file::load_or_create(path).map(FingerprintKey)
     }
 
     /// Loads a key that must exist (a fleet's shared key: never created here, where one host
     /// would invent a key nobody else has).
-    pub fn load(path: &Path) -> std::io::Result<FingerprintKey> {
+    pub(crate) fn load(path: &Path) -> std::io::Result<FingerprintKey> {
         crate::util::key_file::load(path).map(FingerprintKey)
     }
 
     /// A key from bytes (tests).
     #[cfg(test)]
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> FingerprintKey {
+    pub(crate) fn from_bytes(bytes: [u8; KEY_LEN]) -> FingerprintKey {
         FingerprintKey(Zeroizing::new(bytes))
     }
 
     /// The hex HMAC-SHA256 of `value`.
-    pub fn fingerprint(&self, value: &[u8]) -> String {
+    pub(crate) fn fingerprint(&self, value: &[u8]) -> String {
         // HMAC takes keys of any length, so this cannot fail.
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0[..]) else {
             return String::new();

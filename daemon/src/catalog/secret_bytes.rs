@@ -14,11 +14,11 @@ static REPORTED_UNLOCKED: AtomicBool = AtomicBool::new(false);
 ///
 /// Exact size matters: a `Vec` that grows copies its contents and frees the old buffer
 /// without wiping it, leaving a copy `zeroize` can never reach.
-pub struct SecretBytes(LockedBuf);
+pub(crate) struct SecretBytes(LockedBuf);
 
 impl SecretBytes {
     /// Copies `bytes` into a new locked buffer. The caller wipes its own copy.
-    pub fn copy_from(bytes: &[u8]) -> SecretBytes {
+    pub(crate) fn copy_from(bytes: &[u8]) -> SecretBytes {
         let buf = LockedBuf::copy_from(bytes);
         if !buf.is_locked() && !REPORTED_UNLOCKED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -31,27 +31,27 @@ impl SecretBytes {
     }
 
     /// Takes a zeroizing buffer: copies it into locked memory, then wipes it.
-    pub fn from_zeroizing(bytes: Zeroizing<Vec<u8>>) -> SecretBytes {
+    pub(crate) fn from_zeroizing(bytes: Zeroizing<Vec<u8>>) -> SecretBytes {
         SecretBytes::copy_from(&bytes)
     }
 
     /// The bytes. Named so that every use stands out in review.
-    pub fn expose(&self) -> &[u8] {
+    pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_slice()
     }
 
     /// Length in bytes (safe to log).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether the value is empty.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Equality in time that depends only on the lengths, not on where the bytes differ.
-    pub fn ct_eq(&self, other: &SecretBytes) -> bool {
+    pub(crate) fn ct_eq(&self, other: &SecretBytes) -> bool {
         let (a, b) = (self.expose(), other.expose());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }

@@ -10,7 +10,7 @@ use crate::runtime::dev::DEMO_CATALOG;
 use crate::util::time::now_ms;
 
 /// The shortest acceptable value.
-pub const MIN_VALUE_LEN: usize = 16;
+pub(super) const MIN_VALUE_LEN: usize = 16;
 
 /// What a value lacks, as words for the violation line.
 fn weaknesses(value: &[u8]) -> Vec<&'static str> {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, ConfigError};
 
 /// The catalog names and demo values of development mode. Not secrets: printed in the README.
-pub const DEMO_CATALOG: [(&str, &str); 4] = [
+pub(crate) const DEMO_CATALOG: [(&str, &str); 4] = [
     ("trading_api_key", "demo-Omni-ApiKey-7f3a9c2e41b8"),
     (
         "trading_client_secret",
@@ -24,7 +24,7 @@ pub const DEMO_CATALOG: [(&str, &str); 4] = [
 
 /// Why the development setup failed.
 #[derive(Debug, thiserror::Error)]
-pub enum DevError {
+pub(crate) enum DevError {
     /// A directory or demo file could not be created.
     #[error("cannot prepare {}: {source}", path.display())]
     Io {
@@ -54,7 +54,7 @@ fn ensure_private_dir(dir: &Path) -> Result<(), DevError> {
 }
 
 /// Builds the development config for `euid`, writing demo value files that are missing.
-pub fn dev_config(euid: u32) -> Result<Config, DevError> {
+pub(crate) fn dev_config(euid: u32) -> Result<Config, DevError> {
     let dir = secretd_proto::paths::dev_runtime_dir(euid);
     ensure_private_dir(&dir)?;
     let values = dir.join("dev-values");

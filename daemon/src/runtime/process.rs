@@ -5,7 +5,7 @@ use std::io;
 /// Disables core dumps and makes the process non-dumpable, so neither a crash nor another
 /// process of the same uid (ptrace, /proc/PID/mem) can copy secrets out of memory.
 /// Refusal is fatal: a daemon that cannot protect its memory must not load secrets.
-pub fn harden() -> io::Result<()> {
+pub(crate) fn harden() -> io::Result<()> {
     let no_core = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -9,7 +9,7 @@ const SD_LISTEN_FDS_START: i32 = 3;
 /// Takes the activated listening socket, if systemd passed one to *this* process: honoured
 /// only when `LISTEN_PID` is our pid (a variable inherited from a parent is ignored). Clears the
 /// variables so nothing we start inherits them. Call before any other thread exists.
-pub fn take_activated_socket() -> Option<OwnedFd> {
+pub(crate) fn take_activated_socket() -> Option<OwnedFd> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -40,7 +40,7 @@ pub fn take_activated_socket() -> Option<OwnedFd> {
 }
 
 /// Sends a state line (`READY=1`, `STOPPING=1`) to systemd if it asked for notifications.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

@@ -8,7 +8,7 @@ pub(crate) const ROTATION_PERIOD_MS: i64 = 365 * 24 * 3600 * 1000;
 /// Lifecycle of a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     /// Served from its configured version alias.
     Active,
     /// A new version is pinned for staged validation.
@@ -19,7 +19,7 @@ pub enum Status {
 
 impl Status {
     /// The stable lowercase name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
             Status::Rotating => "rotating",
@@ -30,7 +30,7 @@ impl Status {
 
 /// One row of the `secrets` table (stored as JSON; new fields must be optional).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretMeta {
+pub(crate) struct SecretMeta {
     /// Random UUID, stable for the life of the row.
     pub id: String,
     /// The catalog name (`secret_type`).
@@ -80,7 +80,7 @@ impl SecretMeta {
 
 /// A rotation step an operator asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Pin `version` for staged validation.
     Begin(String),
     /// Make the pinned version the active one.

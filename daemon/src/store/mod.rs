@@ -26,7 +26,7 @@ use tables::{
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// Another process has the database open.
     #[error("database {} is in use by another secretd; only one daemon may use it", .0.display())]
     AlreadyOpen(PathBuf),
@@ -95,7 +95,7 @@ from_redb!(
 
 /// An open database.
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     /// The redb handle (exclusive to this process). `None` between a failed reopen and the
     /// next successful one: redb refuses writes after a failed commit until reopened.
     db: RwLock<Option<Database>>,
@@ -120,7 +120,7 @@ impl Deref for DbGuard<'_> {
 
 impl Store {
     /// Opens (or creates) the database, exclusively, and checks its schema version.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             db: RwLock::new(Some(open_db(path)?)),
             path: path.to_owned(),
@@ -146,7 +146,7 @@ impl Store {
     }
 
     /// Closes and reopens the database (after a failed commit redb refuses writes until then).
-    pub fn reopen(&self) -> Result<(), StoreError> {
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.db.write().recover();
         // Drop the old handle first: it holds the file lock.
         drop(slot.take());
@@ -156,7 +156,7 @@ impl Store {
 
     /// Creates metadata rows for new catalog secrets and updates the config-derived fields of
     /// existing ones. Returns the rows written (to be audited as metadata writes).
-    pub fn sync_catalog(&self, config: &Config) -> Result<Vec<SecretMeta>, StoreError> {
+    pub(crate) fn sync_catalog(&self, config: &Config) -> Result<Vec<SecretMeta>, StoreError> {
         let now = now_ms();
         let txn = self.write()?;
         let mut written = Vec::new();
@@ -215,7 +215,7 @@ impl Store {
     }
 
     /// Every metadata row, by name.
-    pub fn all_meta(&self) -> Result<BTreeMap<String, SecretMeta>, StoreError> {
+    pub(crate) fn all_meta(&self) -> Result<BTreeMap<String, SecretMeta>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(SECRETS)?;
         let mut out = BTreeMap::new();
@@ -227,14 +227,14 @@ impl Store {
     }
 
     /// One metadata row.
-    pub fn meta(&self, name: &str) -> Result<Option<SecretMeta>, StoreError> {
+    pub(crate) fn meta(&self, name: &str) -> Result<Option<SecretMeta>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(SECRETS)?;
         table.get(name)?.map(|v| parse_meta(v.value())).transpose()
     }
 
     /// Writes one metadata row.
-    pub fn put_meta(&self, meta: &SecretMeta) -> Result<(), StoreError> {
+    pub(crate) fn put_meta(&self, meta: &SecretMeta) -> Result<(), StoreError> {
         let txn = self.write()?;
         txn.open_table(SECRETS)?
             .insert(meta.name.as_str(), encode_meta(meta)?.as_slice())?;
@@ -242,21 +242,21 @@ impl Store {
     }
 
     /// Stores (or replaces) the sealed envelope of an active override.
-    pub fn put_envelope(&self, name: &str, envelope: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn put_envelope(&self, name: &str, envelope: &[u8]) -> Result<(), StoreError> {
         let txn = self.write()?;
         txn.open_table(BREAK_GLASS)?.insert(name, envelope)?;
         Ok(txn.commit()?)
     }
 
     /// Forgets the envelope of `name`.
-    pub fn delete_envelope(&self, name: &str) -> Result<(), StoreError> {
+    pub(crate) fn delete_envelope(&self, name: &str) -> Result<(), StoreError> {
         let txn = self.write()?;
         txn.open_table(BREAK_GLASS)?.remove(name)?;
         Ok(txn.commit()?)
     }
 
     /// Whether the envelope with `id` was applied before (and has not expired by `now_ms`).
-    pub fn envelope_used(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    pub(crate) fn envelope_used(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(BREAK_GLASS_USED)?;
         let Some(v) = table.get(id)? else {
@@ -272,7 +272,7 @@ impl Store {
 
     /// Remembers that the envelope with `id` was applied, until `expires_at_ms`, and forgets
     /// ids that expired before `now_ms`.
-    pub fn remember_envelope(
+    pub(crate) fn remember_envelope(
         &self,
         id: &str,
         expires_at_ms: i64,
@@ -298,7 +298,7 @@ impl Store {
     }
 
     /// Every stored envelope.
-    pub fn envelopes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub(crate) fn envelopes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(BREAK_GLASS)?;
         let mut out = Vec::new();

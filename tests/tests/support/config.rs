@@ -13,7 +13,7 @@ const FAST_GSM: [(&str, &str); 2] = [("attempt_timeout", "500ms"), ("retry_budge
 
 /// Builds a config for one [`TestEnv`]: its socket and database are set from the start.
 #[derive(Debug, Clone)]
-pub struct ConfigBuilder<'a> {
+pub(crate) struct ConfigBuilder<'a> {
     /// Where secret files are written.
     env: &'a TestEnv,
     /// `[daemon]`.
@@ -30,7 +30,7 @@ pub struct ConfigBuilder<'a> {
 
 impl TestEnv {
     /// A config for this env's socket and database, to be filled in.
-    pub fn conf(&self) -> ConfigBuilder<'_> {
+    pub(crate) fn conf(&self) -> ConfigBuilder<'_> {
         let mut daemon = Table::new();
         daemon.insert("socket".into(), path_value(&self.socket()));
         daemon.insert("db".into(), path_value(&self.path("secretd.redb")));
@@ -55,7 +55,7 @@ fn strings(items: &[&str]) -> Value {
 
 impl ConfigBuilder<'_> {
     /// Sets `[daemon] key = value`.
-    pub fn daemon(mut self, key: &str, value: impl Into<Value>) -> Self {
+    pub(crate) fn daemon(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.daemon.insert(key.into(), value.into());
         self
     }
@@ -64,7 +64,7 @@ impl ConfigBuilder<'_> {
     /// socket's group 65534 (the daemon refuses a socket every local user could write). Giving
     /// a file to another group needs root; without it the socket stays private (and the tests
     /// that run as 65534 skip, outside CI).
-    pub fn shared_with_nobody(self) -> Self {
+    pub(crate) fn shared_with_nobody(self) -> Self {
         if super::is_root() {
             self.daemon("socket_mode", "0660")
                 .daemon("socket_group", "65534")
@@ -75,7 +75,7 @@ impl ConfigBuilder<'_> {
 
     /// A `[gsm]` section for `endpoint`, anonymous, with short timeouts; and
     /// `allow_short_ttl`, since tests refresh GSM secrets every second or two.
-    pub fn gsm(mut self, endpoint: &str) -> Self {
+    pub(crate) fn gsm(mut self, endpoint: &str) -> Self {
         self.daemon
             .insert("allow_short_ttl".into(), Value::Boolean(true));
         let mut gsm = Table::new();
@@ -90,7 +90,7 @@ impl ConfigBuilder<'_> {
 
     /// A `[gsm]` section for `fake` with real credentials: a service-account key the fake is
     /// told to require (see [`super::google`]), instead of `anonymous`.
-    pub fn gsm_authenticated(self, fake: &secretd_gsm_fake::FakeGsm) -> Self {
+    pub(crate) fn gsm_authenticated(self, fake: &secretd_gsm_fake::FakeGsm) -> Self {
         let key = super::google::service_account(self.env, fake);
         self.gsm(&fake.endpoint())
             .gsm_unset("anonymous")
@@ -99,7 +99,7 @@ impl ConfigBuilder<'_> {
 
     /// `[gsm.notifications]` on `subscription` at the emulator's `endpoint`, with a short
     /// jitter (after [`ConfigBuilder::gsm`]).
-    pub fn gsm_notifications(mut self, subscription: &str, endpoint: &str) -> Self {
+    pub(crate) fn gsm_notifications(mut self, subscription: &str, endpoint: &str) -> Self {
         let mut table = Table::new();
         table.insert("subscription".into(), subscription.into());
         table.insert("endpoint".into(), endpoint.into());
@@ -113,7 +113,7 @@ impl ConfigBuilder<'_> {
     }
 
     /// Sets `[gsm] key = value` (after [`ConfigBuilder::gsm`]).
-    pub fn gsm_set(mut self, key: &str, value: impl Into<Value>) -> Self {
+    pub(crate) fn gsm_set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.gsm
             .as_mut()
             .expect("call gsm(endpoint) first")
@@ -123,7 +123,7 @@ impl ConfigBuilder<'_> {
 
     /// Removes `[gsm] key` (after [`ConfigBuilder::gsm`]): `anonymous`, for the tests of real
     /// credentials.
-    pub fn gsm_unset(mut self, key: &str) -> Self {
+    pub(crate) fn gsm_unset(mut self, key: &str) -> Self {
         self.gsm
             .as_mut()
             .expect("call gsm(endpoint) first")
@@ -132,7 +132,7 @@ impl ConfigBuilder<'_> {
     }
 
     /// A `[break_glass]` section with this private key.
-    pub fn break_glass(mut self, private_key: &Path) -> Self {
+    pub(crate) fn break_glass(mut self, private_key: &Path) -> Self {
         let mut table = Table::new();
         table.insert("private_key".into(), path_value(private_key));
         self.break_glass = Some(table);
@@ -149,23 +149,23 @@ impl ConfigBuilder<'_> {
     }
 
     /// A `file` secret whose value is written (mode 0600) into the env now.
-    pub fn file_secret(self, name: &str, value: &[u8]) -> Self {
+    pub(crate) fn file_secret(self, name: &str, value: &[u8]) -> Self {
         let path = self.env.write_value(name, value);
         self.secret(name, "file", "path", path_value(&path))
     }
 
     /// An `env` secret read from the daemon's variable `var`.
-    pub fn env_secret(self, name: &str, var: &str) -> Self {
+    pub(crate) fn env_secret(self, name: &str, var: &str) -> Self {
         self.secret(name, "env", "env", var.into())
     }
 
     /// A `gsm` secret (`gcp_secret` as a full resource or an id in `[gsm] project`).
-    pub fn gsm_secret(self, name: &str, gcp_secret: &str) -> Self {
+    pub(crate) fn gsm_secret(self, name: &str, gcp_secret: &str) -> Self {
         self.secret(name, "gsm", "gcp_secret", gcp_secret.into())
     }
 
     /// Sets `key = value` on the last `[[secret]]` (`version`, `ttl`, `owner`, ...).
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+    pub(crate) fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.secrets
             .last_mut()
             .expect("add a secret first")
@@ -174,7 +174,7 @@ impl ConfigBuilder<'_> {
     }
 
     /// A `[[policy]]` for `uids` allowing and denying the given patterns.
-    pub fn policy(mut self, uids: &[u32], allow: &[&str], deny: &[&str]) -> Self {
+    pub(crate) fn policy(mut self, uids: &[u32], allow: &[&str], deny: &[&str]) -> Self {
         let mut table = Table::new();
         table.insert(
             "uids".into(),
@@ -189,12 +189,12 @@ impl ConfigBuilder<'_> {
     }
 
     /// A `[[policy]]` letting the test's own uid read every secret.
-    pub fn readable_by_me(self) -> Self {
+    pub(crate) fn readable_by_me(self) -> Self {
         self.policy(&[euid()], &["*"], &[])
     }
 
     /// The TOML text.
-    pub fn build(&self) -> String {
+    pub(crate) fn build(&self) -> String {
         let mut root = Table::new();
         root.insert("daemon".into(), Value::Table(self.daemon.clone()));
         if let Some(gsm) = &self.gsm {

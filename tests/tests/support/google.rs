@@ -10,9 +10,9 @@ use secretd_gsm_fake::FakeGsm;
 use super::{TestEnv, cli};
 
 /// The test service account.
-pub const SA_EMAIL: &str = "secretd-tests@apex-test.iam.gserviceaccount.com";
+pub(crate) const SA_EMAIL: &str = "secretd-tests@apex-test.iam.gserviceaccount.com";
 /// Its key id.
-pub const SA_KID: &str = "secretd-tests-key-1";
+pub(crate) const SA_KID: &str = "secretd-tests-key-1";
 
 /// The key pair the GSM tests share (PKCS#8 private PEM, SPKI public PEM), made on first use.
 fn key_pair() -> &'static (String, String) {
@@ -21,7 +21,7 @@ fn key_pair() -> &'static (String, String) {
 }
 
 /// A new RSA key pair from `secretd keygen` (PKCS#8 private PEM, SPKI public PEM).
-pub fn new_key_pair() -> (String, String) {
+pub(crate) fn new_key_pair() -> (String, String) {
     {
         let dir = tempfile::tempdir().expect("temp dir");
         let (private, public) = (dir.path().join("sa.pem"), dir.path().join("sa.pub.pem"));
@@ -49,7 +49,7 @@ pub fn new_key_pair() -> (String, String) {
 
 /// Writes the service-account key file into `env`, makes `fake` require tokens and trust the
 /// key, and returns the file's path.
-pub fn service_account(env: &TestEnv, fake: &FakeGsm) -> String {
+pub(crate) fn service_account(env: &TestEnv, fake: &FakeGsm) -> String {
     let (private, public) = key_pair();
     fake.require_auth();
     fake.trust_service_account(SA_EMAIL, SA_KID, public)

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 /// A free port on loopback (bound and released; the daemon binds it next).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -14,7 +14,7 @@ pub fn free_port() -> u16 {
 
 /// A plain `GET`; returns (status code, body). An error when the connection is refused or
 /// closed before an answer (the daemon's HTTP connection cap does that).
-pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub(crate) fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -36,6 +36,6 @@ pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// [`try_http_get`], failing the test on a connection error.
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     try_http_get(port, path).expect("http get")
 }

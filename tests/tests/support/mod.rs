@@ -2,9 +2,9 @@
 //! Test support: a temp directory with secret files, a config ([`config::ConfigBuilder`]),
 //! the real daemon binary running on a socket inside it, and [`wait_until`] for every wait.
 
-pub mod config;
-pub mod google;
-pub mod http;
+pub(crate) mod config;
+pub(crate) mod google;
+pub(crate) mod http;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -17,33 +17,33 @@ use secretd_proto::frame::{encode_frame, read_frame};
 use secretd_proto::{ClientHello, Request, Response};
 
 /// How long a daemon may take to start answering.
-pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The daemon binary under test.
-pub fn secretd_bin() -> PathBuf {
+pub(crate) fn secretd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_secretd-under-test"))
 }
 
 /// The probe client binary.
-pub fn probe_bin() -> PathBuf {
+pub(crate) fn probe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_secretd-probe"))
 }
 
 /// The uid the tests run as.
-pub fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
 
 /// Whether tests that switch uid can run (they need root).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     euid() == 0
 }
 
 /// Whether a test that needs `capability` (root, namespaces, ...) can run. Outside CI it may
 /// skip, saying why; CI runs as root on a machine that has what the tests need, so there a
 /// test that cannot run fails loudly instead of passing without testing anything.
-pub fn can_run(available: bool, test: &str, capability: &str) -> bool {
+pub(crate) fn can_run(available: bool, test: &str, capability: &str) -> bool {
     if available {
         return true;
     }
@@ -57,7 +57,7 @@ pub fn can_run(available: bool, test: &str, capability: &str) -> bool {
 
 /// Says that `test` skipped and why, on stderr and in `$SECRETD_SKIP_LOG` (scripts/test lists
 /// that file's lines at the end of a run).
-pub fn skipped(test: &str, why: &str) {
+pub(crate) fn skipped(test: &str, why: &str) {
     let line = format!("SKIPPED {test}: {why}");
     eprintln!("{line}");
     if let Some(log) = std::env::var_os("SECRETD_SKIP_LOG") {
@@ -74,7 +74,7 @@ pub fn skipped(test: &str, why: &str) {
 
 /// What a test waits for, named in the failure: a fixed text, or a closure called only on
 /// failure (to show what was last seen, such as the daemon's log).
-pub trait Waiting {
+pub(crate) trait Waiting {
     /// The description.
     fn describe(&self) -> String;
 }
@@ -94,7 +94,7 @@ impl<F: Fn() -> String> Waiting for F {
 /// Polls `probe` every 20 ms until it returns `Some`, for at most `timeout`, and returns
 /// what it found; panics naming `what` if the time runs out. Tests never sleep a fixed time
 /// and hope: they wait for the state, with a generous deadline.
-pub fn wait_until<T>(
+pub(crate) fn wait_until<T>(
     what: impl Waiting,
     timeout: Duration,
     mut probe: impl FnMut() -> Option<T>,
@@ -115,7 +115,7 @@ pub fn wait_until<T>(
 
 /// A temp directory holding secret files, configs and sockets.
 #[derive(Debug)]
-pub struct TestEnv {
+pub(crate) struct TestEnv {
     /// The directory (world-traversable, so uid 65534 can reach a socket shared with its group).
     pub dir: tempfile::TempDir,
 }
@@ -128,7 +128,7 @@ impl Default for TestEnv {
 
 impl TestEnv {
     /// A fresh directory.
-    pub fn new() -> TestEnv {
+    pub(crate) fn new() -> TestEnv {
         let dir = tempfile::Builder::new()
             .prefix("secretd-test-")
             .tempdir()
@@ -140,17 +140,17 @@ impl TestEnv {
     }
 
     /// A path inside the directory.
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
     /// The socket path configs use (in a `run/` directory the daemon creates).
-    pub fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.path("run/secretd.sock")
     }
 
     /// Writes a secret file (mode 0600) and returns its path.
-    pub fn write_value(&self, name: &str, value: &[u8]) -> PathBuf {
+    pub(crate) fn write_value(&self, name: &str, value: &[u8]) -> PathBuf {
         let path = self.path(&format!("values/{name}"));
         std::fs::write(&path, value).expect("write value");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -158,32 +158,32 @@ impl TestEnv {
     }
 
     /// Writes `config` and starts the daemon on it, waiting until it answers.
-    pub fn start(&self, config: &str) -> Daemon {
+    pub(crate) fn start(&self, config: &str) -> Daemon {
         let daemon = self.spawn(config, "secretd.toml");
         daemon.wait_ready();
         daemon
     }
 
     /// Writes `config` and starts the daemon with extra environment variables.
-    pub fn start_with_env(&self, config: &str, vars: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with_env(&self, config: &str, vars: &[(&str, &str)]) -> Daemon {
         let daemon = self.spawn_with_env(config, "secretd.toml", vars);
         daemon.wait_ready();
         daemon
     }
 
     /// Writes `config` under `file` and spawns the daemon without waiting.
-    pub fn spawn(&self, config: &str, file: &str) -> Daemon {
+    pub(crate) fn spawn(&self, config: &str, file: &str) -> Daemon {
         self.spawn_with_env(config, file, &[])
     }
 
     /// [`TestEnv::spawn`] with extra environment variables.
-    pub fn spawn_with_env(&self, config: &str, file: &str, vars: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn spawn_with_env(&self, config: &str, file: &str, vars: &[(&str, &str)]) -> Daemon {
         self.spawn_wrapped(config, file, vars, &[])
     }
 
     /// Spawns `wrapper... secretd serve --config FILE`: the wrapper must end by exec'ing its
     /// arguments, so the child's pid is the daemon's.
-    pub fn spawn_wrapped(
+    pub(crate) fn spawn_wrapped(
         &self,
         config: &str,
         file: &str,
@@ -221,7 +221,7 @@ impl TestEnv {
 
     /// Copies a binary into the env (mode 0755) so another uid can run it wherever the
     /// build tree lives.
-    pub fn runnable_copy(&self, bin: &Path) -> PathBuf {
+    pub(crate) fn runnable_copy(&self, bin: &Path) -> PathBuf {
         let name = bin.file_name().expect("bin name");
         let dest = self.dir.path().join(name);
         if !dest.exists() {
@@ -233,7 +233,7 @@ impl TestEnv {
     }
 
     /// Runs a binary as uid/gid 65534 (nobody) with no supplementary groups.
-    pub fn run_as_nobody(&self, bin: &Path, args: &[&str]) -> Output {
+    pub(crate) fn run_as_nobody(&self, bin: &Path, args: &[&str]) -> Output {
         let bin = self.runnable_copy(bin);
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -246,7 +246,7 @@ impl TestEnv {
 }
 
 /// A running daemon process; killed on drop if still running.
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// The process, until stopped.
     child: Option<Child>,
     /// Its socket.
@@ -257,7 +257,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Waits until the socket accepts a client and answers a hello.
-    pub fn wait_ready(&self) {
+    pub(crate) fn wait_ready(&self) {
         let started = || format!("the daemon to start; log:\n{}", self.log());
         wait_until(started, START_TIMEOUT, || {
             secretd_client::Client::connect(&self.socket).ok()
@@ -268,7 +268,7 @@ impl Daemon {
     ///
     /// A slot freed by a client that just closed (such as [`Daemon::wait_ready`]'s probe) is
     /// given back only once the daemon notices the close, so `Busy` is retried for a while.
-    pub fn connect_admitted(&self) -> secretd_client::Client {
+    pub(crate) fn connect_admitted(&self) -> secretd_client::Client {
         wait_until("a connection slot", Duration::from_secs(5), || {
             match secretd_client::Client::connect(&self.socket) {
                 Ok(c) => Some(c),
@@ -279,12 +279,12 @@ impl Daemon {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
     /// Everything the daemon logged so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
@@ -292,7 +292,7 @@ impl Daemon {
     ///
     /// A log line can trail the change a client observes (an alert is written after its audit
     /// record is durable), so a test that saw the change must wait for the line, not read once.
-    pub fn wait_for_log(&self, needle: &str) -> String {
+    pub(crate) fn wait_for_log(&self, needle: &str) -> String {
         let what = || format!("the daemon to log {needle:?}; log:\n{}", self.log());
         wait_until(what, Duration::from_secs(10), || {
             Some(self.log()).filter(|log| log.contains(needle))
@@ -300,7 +300,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for exit.
-    pub fn stop(&mut self) -> ExitStatus {
+    pub(crate) fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");
         // SAFETY: kill with a valid pid and signal number.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
@@ -311,7 +311,7 @@ impl Daemon {
     }
 
     /// Waits for the process to exit by itself (a daemon that should refuse to start).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut().expect("daemon already stopped");
         let status = wait_timeout(child, timeout);
         if status.is_some() {
@@ -346,7 +346,7 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 }
 
 /// Runs the `secretd` CLI with `args`, with no `SECRETD_SOCKET` unless `env` sets one.
-pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(secretd_bin());
     cmd.args(args).env_remove("SECRETD_SOCKET");
     for (k, v) in env {
@@ -356,7 +356,7 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// [`cli`], asserting it succeeded (its stderr is the failure message).
-pub fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = cli(args, env);
     assert!(
         out.status.success(),
@@ -367,7 +367,7 @@ pub fn cli_ok(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// A raw connection speaking frames by hand, for sending what a real client never would.
-pub struct RawConn {
+pub(crate) struct RawConn {
     /// The socket.
     pub stream: UnixStream,
     /// The protocol version the daemon answered the hello with (how it lays out status rows).
@@ -376,7 +376,7 @@ pub struct RawConn {
 
 impl RawConn {
     /// Connects without a hello.
-    pub fn connect(socket: &Path) -> RawConn {
+    pub(crate) fn connect(socket: &Path) -> RawConn {
         let stream = UnixStream::connect(socket).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -388,7 +388,7 @@ impl RawConn {
     }
 
     /// Connects and completes a good hello.
-    pub fn greeted(socket: &Path) -> RawConn {
+    pub(crate) fn greeted(socket: &Path) -> RawConn {
         let mut conn = RawConn::connect(socket);
         conn.send(&Request::Hello(ClientHello::new("raw-test")));
         match conn.recv() {
@@ -398,26 +398,26 @@ impl RawConn {
     }
 
     /// Sends a well-formed request.
-    pub fn send(&mut self, req: &Request) {
+    pub(crate) fn send(&mut self, req: &Request) {
         let mut buf = Vec::new();
         encode_frame(req, &mut buf).expect("encode");
         self.send_bytes(&buf);
     }
 
     /// Sends arbitrary bytes.
-    pub fn send_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write");
     }
 
     /// Sends a frame with `body` behind a correct length prefix.
-    pub fn send_body(&mut self, body: &[u8]) {
+    pub(crate) fn send_body(&mut self, body: &[u8]) {
         let mut frame = (body.len() as u32).to_le_bytes().to_vec();
         frame.extend_from_slice(body);
         self.send_bytes(&frame);
     }
 
     /// Reads one response; `None` when the daemon closed the connection.
-    pub fn recv(&mut self) -> Option<Response<'static>> {
+    pub(crate) fn recv(&mut self) -> Option<Response<'static>> {
         let mut buf = Vec::new();
         match read_frame(&mut self.stream, &mut buf) {
             Ok(()) => {
@@ -433,7 +433,7 @@ impl RawConn {
     }
 
     /// Whether the daemon has closed the connection (reads EOF or reset).
-    pub fn is_closed(&mut self) -> bool {
+    pub(crate) fn is_closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
     }
@@ -441,7 +441,7 @@ impl RawConn {
 
 /// Runs `secretd keygen` into `bg.pem` / `bg.pub.pem` in the env and checks the private key's
 /// mode.
-pub fn keygen(env: &TestEnv) {
+pub(crate) fn keygen(env: &TestEnv) {
     let out = cli(
         &[
             "keygen",
@@ -467,7 +467,7 @@ pub fn keygen(env: &TestEnv) {
 
 /// `secretd break-glass apply NAME --value-file - --ttl TTL --public-key PUB [extra]` with
 /// the value on stdin.
-pub fn break_glass_apply(
+pub(crate) fn break_glass_apply(
     socket: &str,
     name: &str,
     value: &[u8],

@@ -6,14 +6,14 @@ use secretd_proto::{EntryState, SecretStatus};
 use serde_json::{Value, json};
 
 /// Unix milliseconds as RFC 3339 with milliseconds (UTC).
-pub fn rfc3339(ms: Option<i64>) -> Option<String> {
+pub(crate) fn rfc3339(ms: Option<i64>) -> Option<String> {
     let ms = u64::try_from(ms?).ok()?;
     Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
 }
 
 /// The state as people read it: a secret with nothing loaded and no failure yet is `loading`
 /// (its first fetch is running), not `missing`.
-pub fn state_name(s: &SecretStatus) -> &'static str {
+pub(crate) fn state_name(s: &SecretStatus) -> &'static str {
     if s.state == EntryState::Missing && s.last_error.is_none() {
         "loading"
     } else {
@@ -22,7 +22,7 @@ pub fn state_name(s: &SecretStatus) -> &'static str {
 }
 
 /// One status row as JSON. Never a value.
-pub fn status_json(s: &SecretStatus) -> Value {
+pub(crate) fn status_json(s: &SecretStatus) -> Value {
     json!({
         "name": s.name,
         "source": s.configured_source.as_str(),

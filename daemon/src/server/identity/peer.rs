@@ -14,7 +14,7 @@ const MAX_PEER_GROUPS: usize = 65_536;
 
 /// Credentials of a connected process, read at accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// Effective uid: what access decisions use.
     pub uid: u32,
     /// Effective gid.
@@ -30,7 +30,7 @@ pub struct Peer {
 impl Peer {
     /// Reads the peer's credentials from an accepted stream, and attests its program (hashing
     /// the executable only when `hash`: some policy selects by hash).
-    pub fn of(stream: &Stream, hash: bool) -> io::Result<Peer> {
+    pub(crate) fn of(stream: &Stream, hash: bool) -> io::Result<Peer> {
         let creds = stream.peer_creds()?;
         let (uid, gid) = match (creds.euid(), creds.egid()) {
             (Some(u), Some(g)) => (u, g),
@@ -56,7 +56,7 @@ impl Peer {
     }
 
     /// Whether the peer's primary or a supplementary group is `gid`.
-    pub fn in_group(&self, gid: u32) -> bool {
+    pub(crate) fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
 }

@@ -34,7 +34,7 @@ fn selected(s: &Selectors, a: &Attested) -> bool {
 
 /// The daemon's access rules.
 #[derive(Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Uids allowed admin operations.
     admin_uids: Vec<u32>,
     /// `[[policy]]` rules in config order.
@@ -43,7 +43,7 @@ pub struct Policy {
 
 /// What one connected peer may do, computed at accept.
 #[derive(Debug)]
-pub struct Access {
+pub(crate) struct Access {
     /// Whether admin operations are allowed.
     pub admin: bool,
     /// Readability of each catalog slot, by slot index.
@@ -54,12 +54,12 @@ pub struct Access {
 
 impl Policy {
     /// Rules from the config.
-    pub fn new(admin_uids: Vec<u32>, rules: Vec<PolicyConfig>) -> Policy {
+    pub(crate) fn new(admin_uids: Vec<u32>, rules: Vec<PolicyConfig>) -> Policy {
         Policy { admin_uids, rules }
     }
 
     /// Everything `peer` may do with `catalog`.
-    pub fn access_for(&self, peer: &Peer, catalog: &Catalog) -> Access {
+    pub(crate) fn access_for(&self, peer: &Peer, catalog: &Catalog) -> Access {
         let matching: Vec<usize> = self
             .rules
             .iter()
@@ -83,7 +83,7 @@ impl Policy {
     }
 
     /// Whether some rule selects by the executable's hash (only then is it computed).
-    pub fn needs_hash(&self) -> bool {
+    pub(crate) fn needs_hash(&self) -> bool {
         self.rules.iter().any(|r| r.selectors.needs_hash())
     }
 
@@ -96,14 +96,14 @@ impl Policy {
     /// Whether the peer's rules would allow `name` were it in the catalog. Used only for names
     /// the catalog lacks, to answer NotFound to callers who could read it and PermissionDenied
     /// to the rest (so the catalog's contents are not revealed to strangers).
-    pub fn would_allow(&self, access: &Access, name: &str) -> bool {
+    pub(crate) fn would_allow(&self, access: &Access, name: &str) -> bool {
         self.allows(&access.matching, name)
     }
 }
 
 impl Access {
     /// Whether catalog slot `idx` is readable.
-    pub fn can_read(&self, idx: usize) -> bool {
+    pub(crate) fn can_read(&self, idx: usize) -> bool {
         self.readable.get(idx).copied().unwrap_or(false)
     }
 }

@@ -17,7 +17,7 @@ use crate::config::{DaemonConfig, GroupRef};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     /// A daemon already answers on the socket.
     #[error("another secretd is already serving on {}; stop it first", .0.display())]
     Live(PathBuf),
@@ -55,7 +55,7 @@ fn unsafe_path(path: &Path, why: impl Into<String>) -> SocketError {
 
 /// The socket file this daemon created; removed at shutdown only if it is still ours.
 #[derive(Debug, Clone)]
-pub struct SocketFile {
+pub(crate) struct SocketFile {
     /// Where it is.
     path: PathBuf,
     /// Device and inode right after bind, to recognise it later; `None` for a socket systemd
@@ -65,24 +65,24 @@ pub struct SocketFile {
 
 impl SocketFile {
     /// The socket path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Whether this daemon created the file (so watches it); false for systemd's sockets.
-    pub fn is_ours_to_watch(&self) -> bool {
+    pub(crate) fn is_ours_to_watch(&self) -> bool {
         self.identity.is_some()
     }
 
     /// Whether the path still holds the socket this daemon bound (not removed, not replaced).
-    pub fn still_ours(&self) -> bool {
+    pub(crate) fn still_ours(&self) -> bool {
         std::fs::symlink_metadata(&self.path)
             .map(|m| Some((m.dev(), m.ino())) == self.identity)
             .unwrap_or(false)
     }
 
     /// Removes the socket file, unless someone else's socket has taken its place.
-    pub fn remove(self) {
+    pub(crate) fn remove(self) {
         if self.still_ours()
             && let Err(e) = std::fs::remove_file(&self.path)
         {
@@ -92,7 +92,7 @@ impl SocketFile {
 }
 
 /// Prepares the directory, clears a stale socket, binds, and applies mode and group.
-pub fn bind(cfg: &DaemonConfig) -> Result<(Listener, SocketFile), SocketError> {
+pub(crate) fn bind(cfg: &DaemonConfig) -> Result<(Listener, SocketFile), SocketError> {
     let path = cfg.socket.as_path();
     let gid = cfg.socket_group.as_ref().map(resolve_group).transpose()?;
     let dir = path
@@ -136,7 +136,10 @@ pub fn bind(cfg: &DaemonConfig) -> Result<(Listener, SocketFile), SocketError> {
 /// longer exists is refused: no client can reach it (a unit whose `RuntimeDirectory=` was
 /// removed on a restart took the socket file with it), so serving on it would black the host
 /// out while looking healthy.
-pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> Result<(Listener, SocketFile), SocketError> {
+pub(crate) fn adopt(
+    fd: std::os::fd::OwnedFd,
+    path: &Path,
+) -> Result<(Listener, SocketFile), SocketError> {
     use std::os::fd::AsRawFd;
     let bound = bound_path(fd.as_raw_fd()).map_err(io_err(path))?;
     if let Some(bound) = &bound {
