@@ -1,0 +1,351 @@
+//! `[daemon]`: the socket, the database, limits, intervals, keys and the last-known-good file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::http::validate_http;
+use super::raw::RawDaemon;
+use super::values::{duration_or, positive_duration_or};
+use super::{ConfigError, invalid};
+
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Refusals one uid may cause in a minute, unless `daemon.max_denials_per_minute_per_uid` says
+/// otherwise.
+pub(crate) const DEFAULT_MAX_DENIALS_PER_MINUTE: u64 = 600;
+/// Connections one uid may hold at once, unless `daemon.max_connections_per_uid` says
+/// otherwise (never more than `max_connections`).
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
+/// The hard ceiling on `daemon.max_connections` (each connection holds a file descriptor).
+pub(crate) const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+/// The shortest accepted refresh interval or TTL; anything shorter would hammer the source.
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
+/// The largest catalog; the protocol's status frame and the per-connection policy are sized
+/// for a small catalog of credentials, not a database.
+pub(crate) const MAX_SECRETS: usize = 1024;
+
+/// Default `daemon.refresh_interval`: the TTL of a secret that sets none.
+pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default `daemon.max_stale`.
+pub(crate) const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
+/// Default `daemon.audit_retention`: 90 days.
+pub(crate) const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Default `daemon.rotation_check_interval`.
+pub(crate) const DEFAULT_ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Default `daemon.rotation_warning`: 30 days.
+pub(crate) const DEFAULT_ROTATION_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default `daemon.first_fetch_wait`: how long a read of a secret that has not loaded yet
+/// waits for that secret's first fetch.
+pub(crate) const DEFAULT_FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
+/// The longest accepted `daemon.first_fetch_wait` (clients time out after 5 s).
+pub(crate) const MAX_FIRST_FETCH_WAIT: Duration = Duration::from_secs(4);
+/// The environment variable systemd sets to the directory of a unit's credentials.
+pub(crate) const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// Default `daemon.audit_anchor_interval`.
+pub(crate) const DEFAULT_AUDIT_ANCHOR_INTERVAL: Duration = Duration::from_secs(300);
+/// The credential name `LoadCredential(Encrypted)=` gives the audit chain key.
+pub(crate) const AUDIT_KEY_CREDENTIAL: &str = "secretd-audit-key";
+/// The credential name `LoadCredential(Encrypted)=` gives the last-known-good key.
+pub(crate) const LAST_KNOWN_GOOD_CREDENTIAL: &str = "secretd-lkg-key";
+
+/// Default `break_glass.max_ttl`.
+pub(crate) const DEFAULT_BREAK_GLASS_MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// `[daemon]`.
+#[derive(Debug, Clone)]
+pub(crate) struct DaemonConfig {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// The socket file's permission bits.
+    pub socket_mode: u32,
+    /// The group the socket file is given, when a group of bots should connect.
+    pub socket_group: Option<GroupRef>,
+    /// The redb database path.
+    pub db: PathBuf,
+    /// Uids allowed admin operations.
+    pub admin_uids: Vec<u32>,
+    /// Default TTL of cached values (the refresh period).
+    pub refresh_interval: Duration,
+    /// Whether GSM secrets may have a TTL under [`MIN_GSM_TTL`] (a typo must not spend a
+    /// project's quota).
+    pub allow_short_ttl: bool,
+    /// How long past expiry a value is still served while its source fails.
+    pub max_stale: Duration,
+    /// Where the HTTP metrics listener binds, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// HTTP connections served at once on `metrics_listen`.
+    pub http_max_connections: usize,
+    /// Refusals one uid may cause in a minute before its connections are closed.
+    pub max_denials_per_minute_per_uid: u64,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Whether `max_connections` was set in the file (then it is never lowered to fit the
+    /// file-descriptor limit: the daemon refuses to start instead).
+    pub max_connections_explicit: bool,
+    /// Connections one uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// How long audit records are kept.
+    pub audit_retention: Duration,
+    /// How often rotation due dates are checked.
+    pub rotation_check_interval: Duration,
+    /// How long before its due date a secret logs `secret.near_expiry`.
+    pub rotation_warning: Duration,
+    /// How long a read of a never-loaded secret waits for that secret's first fetch.
+    pub first_fetch_wait: Duration,
+    /// The audit chain's key file, when set (else systemd's credential, else a file beside the
+    /// database).
+    pub audit_key: Option<PathBuf>,
+    /// A fingerprint key file shared by a fleet, so fingerprints compare across hosts (else a
+    /// per-host key beside the database, created on first start).
+    pub fingerprint_key: Option<PathBuf>,
+    /// How often the chain's head is logged as `audit.anchor`.
+    pub audit_anchor_interval: Duration,
+    /// The sealed last-known-good file and its key, when enabled.
+    pub last_known_good: Option<LastKnownGoodConfig>,
+}
+
+/// `[daemon] last_known_good` and where its key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastKnownGoodConfig {
+    /// The sealed file.
+    pub path: PathBuf,
+    /// The 32-byte key file: `last_known_good_key`, or systemd's credential.
+    pub key: PathBuf,
+}
+
+/// A group given by name or number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupRef {
+    /// A numeric gid.
+    Id(u32),
+    /// A group name, resolved at startup.
+    Name(String),
+}
+
+pub(super) fn parse_mode(text: &str) -> Result<u32, ConfigError> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| {
+        invalid(format!(
+            "daemon.socket_mode = {text:?} is not an octal mode"
+        ))
+    })?;
+    if mode & !0o777 != 0 {
+        return Err(invalid(format!(
+            "daemon.socket_mode = {text:?} has bits outside 0777"
+        )));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(invalid(format!(
+            "daemon.socket_mode = {text:?} must let the owner read and write"
+        )));
+    }
+    if mode & 0o002 != 0 {
+        return Err(invalid(format!(
+            "daemon.socket_mode = {text:?} lets every local user connect; grant a group \
+             instead (socket_mode = \"0660\" with socket_group)"
+        )));
+    }
+    Ok(mode)
+}
+
+pub(super) fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
+    let refresh_interval = refresh_interval(raw.refresh_interval)?;
+    let (audit_key, fingerprint_key) = key_paths(raw.audit_key, raw.fingerprint_key)?;
+    let http = validate_http(
+        raw.metrics_listen,
+        raw.metrics_listen_public,
+        raw.http_max_connections,
+    )?;
+    let limits = connection_limits(raw.max_connections, raw.max_connections_per_uid)?;
+    Ok(DaemonConfig {
+        socket: socket_path(raw.socket)?,
+        socket_mode: match raw.socket_mode {
+            Some(m) => parse_mode(&m)?,
+            None => 0o600,
+        },
+        socket_group: raw.socket_group.map(|g| match g.parse::<u32>() {
+            Ok(id) => GroupRef::Id(id),
+            Err(_) => GroupRef::Name(g),
+        }),
+        db: raw
+            .db
+            .unwrap_or_else(|| PathBuf::from("/var/lib/secretd/secretd.redb")),
+        admin_uids: raw.admin_uids.unwrap_or_else(|| vec![0]),
+        refresh_interval,
+        allow_short_ttl: raw.allow_short_ttl,
+        max_stale: duration_or("daemon.max_stale", raw.max_stale, DEFAULT_MAX_STALE)?,
+        metrics_listen: http.listen,
+        http_max_connections: http.max_connections,
+        max_denials_per_minute_per_uid: denial_limit(raw.max_denials_per_minute_per_uid)?,
+        max_connections: limits.total,
+        max_connections_explicit: limits.explicit,
+        max_connections_per_uid: limits.per_uid,
+        audit_retention: positive_duration_or(
+            "daemon.audit_retention",
+            raw.audit_retention,
+            DEFAULT_AUDIT_RETENTION,
+        )?,
+        rotation_check_interval: positive_duration_or(
+            "daemon.rotation_check_interval",
+            raw.rotation_check_interval,
+            DEFAULT_ROTATION_CHECK_INTERVAL,
+        )?,
+        rotation_warning: duration_or(
+            "daemon.rotation_warning",
+            raw.rotation_warning,
+            DEFAULT_ROTATION_WARNING,
+        )?,
+        first_fetch_wait: first_fetch_wait(raw.first_fetch_wait)?,
+        audit_key,
+        fingerprint_key,
+        audit_anchor_interval: positive_duration_or(
+            "daemon.audit_anchor_interval",
+            raw.audit_anchor_interval,
+            DEFAULT_AUDIT_ANCHOR_INTERVAL,
+        )?,
+        last_known_good: last_known_good(raw.last_known_good, raw.last_known_good_key)?,
+    })
+}
+
+/// `daemon.socket`: absolute, the production path by default.
+fn socket_path(socket: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    let socket = socket.unwrap_or_else(|| PathBuf::from(secretd_proto::paths::DEFAULT_SOCKET));
+    if !socket.is_absolute() {
+        return Err(invalid(format!(
+            "daemon.socket = {:?} must be an absolute path",
+            socket.display()
+        )));
+    }
+    Ok(socket)
+}
+
+/// `daemon.refresh_interval`: at least [`MIN_TTL`].
+fn refresh_interval(text: Option<String>) -> Result<Duration, ConfigError> {
+    let interval = duration_or("daemon.refresh_interval", text, DEFAULT_REFRESH_INTERVAL)?;
+    if interval < MIN_TTL {
+        return Err(invalid("daemon.refresh_interval must be at least 1s"));
+    }
+    Ok(interval)
+}
+
+/// `daemon.first_fetch_wait`: at most [`MAX_FIRST_FETCH_WAIT`], under the clients' timeout.
+fn first_fetch_wait(text: Option<String>) -> Result<Duration, ConfigError> {
+    let wait = duration_or("daemon.first_fetch_wait", text, DEFAULT_FIRST_FETCH_WAIT)?;
+    if wait > MAX_FIRST_FETCH_WAIT {
+        return Err(invalid(format!(
+            "daemon.first_fetch_wait must be at most {}s, under the clients' 5 s timeout",
+            MAX_FIRST_FETCH_WAIT.as_secs()
+        )));
+    }
+    Ok(wait)
+}
+
+/// `daemon.audit_key` and `daemon.fingerprint_key`: absolute paths when given.
+fn key_paths(
+    audit_key: Option<PathBuf>,
+    fingerprint_key: Option<PathBuf>,
+) -> Result<(Option<PathBuf>, Option<PathBuf>), ConfigError> {
+    for (key, path) in [
+        ("daemon.audit_key", &audit_key),
+        ("daemon.fingerprint_key", &fingerprint_key),
+    ] {
+        if let Some(k) = path
+            && !k.is_absolute()
+        {
+            return Err(invalid(format!(
+                "{key} = {:?} must be an absolute path",
+                k.display()
+            )));
+        }
+    }
+    Ok((audit_key, fingerprint_key))
+}
+
+/// `daemon.last_known_good` and its key: the key from the config, else systemd's credentials
+/// directory (never beside the file, which would protect nothing).
+fn last_known_good(
+    path: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<LastKnownGoodConfig>, ConfigError> {
+    let path = match (path, &key) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "daemon.last_known_good_key is set but daemon.last_known_good is not",
+            ));
+        }
+        (Some(path), _) => path,
+    };
+    let key = key.or_else(|| {
+        std::env::var_os(CREDENTIALS_DIRECTORY_ENV)
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d).join(LAST_KNOWN_GOOD_CREDENTIAL))
+    });
+    let Some(key) = key else {
+        return Err(invalid(format!(
+            "daemon.last_known_good needs a key: set daemon.last_known_good_key, or run \
+             under systemd with LoadCredentialEncrypted={LAST_KNOWN_GOOD_CREDENTIAL} \
+             (a key beside the file would protect nothing)"
+        )));
+    };
+    for (k, p) in [("last_known_good", &path), ("last_known_good_key", &key)] {
+        if !p.is_absolute() {
+            return Err(invalid(format!(
+                "daemon.{k} = {:?} must be an absolute path",
+                p.display()
+            )));
+        }
+    }
+    Ok(Some(LastKnownGoodConfig { path, key }))
+}
+
+/// `daemon.max_denials_per_minute_per_uid`: at least 1.
+fn denial_limit(limit: Option<u64>) -> Result<u64, ConfigError> {
+    let limit = limit.unwrap_or(DEFAULT_MAX_DENIALS_PER_MINUTE);
+    if limit == 0 {
+        return Err(invalid(
+            "daemon.max_denials_per_minute_per_uid must be at least 1",
+        ));
+    }
+    Ok(limit)
+}
+
+/// The socket's connection caps, validated together.
+struct ConnectionLimits {
+    /// `daemon.max_connections`.
+    total: usize,
+    /// Whether it was set (a default one is lowered to fit the open-files limit, an explicit
+    /// one that does not fit is refused).
+    explicit: bool,
+    /// `daemon.max_connections_per_uid`.
+    per_uid: usize,
+}
+
+/// `daemon.max_connections` (1 to [`MAX_CONNECTIONS_LIMIT`]) and `max_connections_per_uid`
+/// (1 to `max_connections`).
+fn connection_limits(
+    total: Option<usize>,
+    per_uid: Option<usize>,
+) -> Result<ConnectionLimits, ConfigError> {
+    let explicit = total.is_some();
+    let total = total.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if total == 0 || total > MAX_CONNECTIONS_LIMIT {
+        return Err(invalid(format!(
+            "daemon.max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}"
+        )));
+    }
+    let per_uid = match per_uid {
+        Some(n) if n == 0 || n > total => {
+            return Err(invalid(format!(
+                "daemon.max_connections_per_uid must be between 1 and max_connections ({total})"
+            )));
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_CONNECTIONS_PER_UID.min(total),
+    };
+    Ok(ConnectionLimits {
+        total,
+        explicit,
+        per_uid,
+    })
+}
