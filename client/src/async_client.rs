@@ -27,7 +27,7 @@ use crate::async_connection::AsyncConnection;
 use crate::async_watch::AsyncWatch;
 use crate::cache::ClientCache;
 use crate::client::{DEFAULT_TIMEOUT, REFRESH_TIMEOUT, unexpected};
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 use crate::secret::Secret;
 
 /// Requests one [`AsyncClient`] runs at once, each on a connection of its own; more wait.
@@ -151,7 +151,7 @@ impl AsyncClient {
                     target.apply(&item);
                 }
                 // The watch ended (refused on resubscription): never serve from the cache again.
-                target.apply(&Err(Error::Protocol("the cache's watch ended".into())));
+                target.apply(&Err(ProtocolError::WatchEnded.into()));
             });
             self.cache = Some(Arc::new(AsyncCache { values, feeder }));
         }
@@ -244,7 +244,7 @@ impl AsyncClient {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Error::Protocol("the client was shut down".into()))?;
+            .map_err(|_| ProtocolError::ShutDown)?;
         let timeout = slow.unwrap_or(inner.timeout);
         let pooled = inner.take_idle();
         let reused = pooled.is_some();
@@ -275,7 +275,7 @@ impl Lent {
     /// step). Cancelled, the [`Drop`] of `self` finishes it.
     async fn exchange(&mut self, req: &Request, timeout: Duration) -> Result<Response<'static>> {
         let Some(conn) = self.conn.as_mut() else {
-            return Err(Error::Protocol("no connection to send on".into()));
+            return Err(ProtocolError::NoConnection.into());
         };
         conn.start(req)?;
         let result = conn.finish(&self.inner.path, timeout).await;

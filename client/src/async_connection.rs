@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use zeroize::Zeroize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 use crate::exchange::Exchange;
 
 /// How an async connection introduces itself in its hello (the daemon logs it).
@@ -67,15 +67,9 @@ impl AsyncConnection {
                 conn.protocol = h.protocol_version;
                 Ok(conn)
             }
-            Response::Hello(h) => Err(Error::Protocol(format!(
-                "daemon answered hello with protocol version {}",
-                h.protocol_version
-            ))),
+            Response::Hello(h) => Err(ProtocolError::Version(h.protocol_version).into()),
             Response::Error(e) => Err(Error::Daemon(e)),
-            other => Err(Error::Protocol(format!(
-                "daemon answered hello with a {} message",
-                other.kind()
-            ))),
+            other => Err(ProtocolError::unexpected("hello", &other)),
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::async_connection::AsyncConnection;
 use crate::cache::ClientCache;
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 use crate::watch::{RESUBSCRIBE_MAX_BACKOFF, RESUBSCRIBE_MIN_BACKOFF};
 
 /// Events buffered between the watch task and a slow consumer. The daemon coalesces changes
@@ -110,10 +110,7 @@ async fn subscribe(
     match answer {
         Response::Watching(watching) => Ok((conn, watching)),
         Response::Error(e) => Err(Error::Daemon(e)),
-        other => Err(Error::Protocol(format!(
-            "daemon answered watch with a {} message",
-            other.kind()
-        ))),
+        other => Err(ProtocolError::unexpected("watch", &other)),
     }
 }
 
@@ -159,10 +156,7 @@ async fn run(
                 }
                 Ok(Response::Error(e)) => break Error::Daemon(e),
                 Ok(other) => {
-                    break Error::Protocol(format!(
-                        "daemon sent a {} message on a watch stream",
-                        other.kind()
-                    ));
+                    break ProtocolError::unexpected("a watch stream", &other);
                 }
                 Err(e) => break e,
             }

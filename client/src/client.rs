@@ -11,7 +11,7 @@ use secretd_proto::{
 
 use crate::cache::ClientCache;
 use crate::connection::Connection;
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 use crate::secret::Secret;
 use crate::watch::{Watch, WatchHandle};
 
@@ -284,7 +284,7 @@ impl Client {
 
     /// Refuses `what` up front when the daemon speaks a protocol older than `needed` (it
     /// could not decode the request).
-    fn require_protocol(&self, needed: u16, what: &str) -> Result<()> {
+    fn require_protocol(&self, needed: u16, what: &'static str) -> Result<()> {
         let protocol = {
             let mut guard = self.lock();
             let conn = match guard.as_mut() {
@@ -294,9 +294,12 @@ impl Client {
             conn.protocol
         };
         if protocol < needed {
-            return Err(Error::Protocol(format!(
-                "the daemon speaks protocol {protocol}; {what} needs {needed} (upgrade it)"
-            )));
+            return Err(ProtocolError::TooOld {
+                speaks: protocol,
+                what,
+                needs: needed,
+            }
+            .into());
         }
         Ok(())
     }
@@ -378,9 +381,6 @@ where
     Ok(names)
 }
 
-pub(crate) fn unexpected(op: &str, got: &Response<'_>) -> Error {
-    Error::Protocol(format!(
-        "daemon answered {op} with a {} message",
-        got.kind()
-    ))
+pub(crate) fn unexpected(op: &'static str, got: &Response<'_>) -> Error {
+    ProtocolError::unexpected(op, got)
 }

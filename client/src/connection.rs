@@ -13,7 +13,7 @@ use secretd_proto::{
 };
 use zeroize::Zeroize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 
 /// The label this library sends in its hello.
 const CLIENT_LABEL: &str = concat!("secretd-client/", env!("CARGO_PKG_VERSION"));
@@ -107,15 +107,9 @@ impl Connection {
                 self.protocol = h.protocol_version;
                 Ok(())
             }
-            Response::Hello(h) => Err(Error::Protocol(format!(
-                "daemon answered hello with protocol version {}, expected {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
-                h.protocol_version
-            ))),
+            Response::Hello(h) => Err(ProtocolError::Version(h.protocol_version).into()),
             Response::Error(e) => Err(Error::Daemon(e)),
-            other => Err(Error::Protocol(format!(
-                "daemon answered hello with a {} message",
-                other.kind()
-            ))),
+            other => Err(ProtocolError::unexpected("hello", &other)),
         }
     }
 
@@ -144,10 +138,7 @@ impl Connection {
         self.buf.zeroize();
         match refusal {
             Ok(Response::Error(w)) => Error::Daemon(w),
-            Ok(other) => Error::Protocol(format!(
-                "daemon answered hello with a {} message",
-                other.kind()
-            )),
+            Ok(other) => ProtocolError::unexpected("hello", &other),
             Err(_) => Error::Io(e),
         }
     }

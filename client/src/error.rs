@@ -1,8 +1,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use secretd_proto::{ErrorCode, FrameError, WireError};
+use secretd_proto::{ErrorCode, FrameError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, WireError};
 
 /// Result of a client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -31,9 +32,10 @@ pub enum Error {
     /// The daemon answered with an error.
     #[error("{0}")]
     Daemon(#[from] WireError),
-    /// The daemon's bytes did not follow the protocol, or it answered out of turn.
+    /// The daemon's bytes did not follow the protocol, it answered out of turn, or the
+    /// conversation could not go on (which of these: the [`ProtocolError`]).
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(#[from] ProtocolError),
     /// The connection failed while a request was in flight, and reconnecting did not help.
     #[error("connection to secretd failed: {0}")]
     Io(io::Error),
@@ -49,6 +51,81 @@ pub enum Error {
     /// The caller passed an argument no daemon would accept.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+}
+
+/// How a conversation with the daemon broke, on the protocol's level. Cheap to clone (one
+/// failure may answer several waiting calls).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame that does not decode, or is too large (the frame layer's error).
+    #[error(transparent)]
+    Frame(Arc<FrameError>),
+    /// The daemon answered with a message that does not answer the request.
+    #[error("daemon answered {request} with a {got} message")]
+    Unexpected {
+        /// The request (`"get"`, `"hello"`, `"watch"`, ...).
+        request: &'static str,
+        /// The kind of message that came back.
+        got: &'static str,
+    },
+    /// The daemon's hello names a protocol version this client does not speak.
+    #[error(
+        "daemon answered hello with protocol version {0}, expected {MIN_PROTOCOL_VERSION} to \
+         {PROTOCOL_VERSION}"
+    )]
+    Version(u16),
+    /// The daemon is too old for the request.
+    #[error("the daemon speaks protocol {speaks}; {what} needs {needs} (upgrade it)")]
+    TooOld {
+        /// The version the daemon speaks.
+        speaks: u16,
+        /// The request.
+        what: &'static str,
+        /// The version it needs.
+        needs: u16,
+    },
+    /// More than one answer to one request.
+    #[error("daemon sent more than one answer to one request")]
+    ExtraAnswer,
+    /// The answer ended before it was whole.
+    #[error("the answer was cut off")]
+    CutOff,
+    /// A frame arrived that nobody asked for.
+    #[error("the daemon sent a frame nobody asked for")]
+    Unasked,
+    /// A request was started while another was under way on the same connection.
+    #[error("a request is already under way on this connection")]
+    InFlight,
+    /// The daemon does not read what is written to it.
+    #[error("the daemon is not reading its socket")]
+    NotReading,
+    /// The client was shut down while the call waited.
+    #[error("the client was shut down")]
+    ShutDown,
+    /// The call had no connection to send on.
+    #[error("no connection to send on")]
+    NoConnection,
+    /// The watch that keeps a cache honest ended, so the cache serves nothing more.
+    #[error("the cache's watch ended")]
+    WatchEnded,
+    /// The async runtime the call needs could not start.
+    #[error("the async runtime could not start")]
+    Runtime,
+    /// A connection could not be handed to the event loop that drives it (the loop's own
+    /// error, as it words it).
+    #[error("cannot register the socket with the event loop: {0}")]
+    Register(String),
+}
+
+impl ProtocolError {
+    /// The answer `got` to `request` when it is not an answer to it.
+    pub(crate) fn unexpected(request: &'static str, got: &secretd_proto::Response<'_>) -> Error {
+        Error::Protocol(ProtocolError::Unexpected {
+            request,
+            got: got.kind(),
+        })
+    }
 }
 
 impl Error {
@@ -125,7 +202,7 @@ impl From<FrameError> for Error {
                 io::ErrorKind::UnexpectedEof,
                 "daemon closed the connection mid-frame",
             )),
-            other => Error::Protocol(other.to_string()),
+            other => Error::Protocol(ProtocolError::Frame(Arc::new(other))),
         }
     }
 }

@@ -9,7 +9,7 @@ use secretd_proto::legacy::decode_response;
 use secretd_proto::{Request, Response};
 use zeroize::Zeroize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 
 /// The first read of an answer asks for this much, so a typical answer (header and body) comes
 /// in one `recv`.
@@ -83,9 +83,7 @@ impl Exchange {
             header.copy_from_slice(&self.input[..HEADER_LEN]);
             let total = HEADER_LEN + response_body_len(header)?;
             if self.got > total {
-                return Err(Error::Protocol(
-                    "daemon sent more than one answer to one request".into(),
-                ));
+                return Err(ProtocolError::ExtraAnswer.into());
             }
             if self.input.len() < total {
                 self.input.resize(total, 0);
@@ -101,7 +99,7 @@ impl Exchange {
         let answer = if self.answered() {
             decode_response(&self.input[HEADER_LEN..self.got], protocol).map_err(Error::from)
         } else {
-            Err(Error::Protocol("the answer was cut off".into()))
+            Err(ProtocolError::CutOff.into())
         };
         self.input.zeroize();
         self.out.clear();

@@ -46,7 +46,7 @@ pub use async_client::{AsyncClient, MAX_ASYNC_CONNECTIONS};
 #[cfg(feature = "tokio")]
 pub use async_watch::AsyncWatch;
 pub use client::{Client, DEFAULT_TIMEOUT, REFRESH_TIMEOUT};
-pub use error::{Error, Result};
+pub use error::{Error, ProtocolError, Result};
 pub use secret::Secret;
 pub use secretd_proto::{
     AuditEntry, AuditVerification, ChangeEvent, ChannelState, ConnectionInfo, DaemonHealth,

@@ -22,7 +22,7 @@ use secretd_proto::{
 };
 
 use crate::client::unexpected;
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 use crate::exchange::Exchange;
 use crate::secret::Secret;
 
@@ -113,9 +113,7 @@ impl NonBlockingConnection {
     pub fn start_get(&mut self, name: &str) -> Result<()> {
         validate_name(name).map_err(Error::InvalidArgument)?;
         if !self.is_idle() {
-            return Err(Error::Protocol(
-                "a request is already under way on this connection".into(),
-            ));
+            return Err(ProtocolError::InFlight.into());
         }
         self.send(&Request::Get { name: name.into() })?;
         self.awaiting = Awaiting::Get;
@@ -146,9 +144,7 @@ impl NonBlockingConnection {
         let answer = self.exchange.finish(self.protocol);
         let awaiting = std::mem::replace(&mut self.awaiting, Awaiting::Nothing);
         match awaiting {
-            Awaiting::Nothing => Err(Error::Protocol(
-                "the daemon sent a frame nobody asked for".into(),
-            )),
+            Awaiting::Nothing => Err(ProtocolError::Unasked.into()),
             Awaiting::Hello => match answer? {
                 Response::Hello(h)
                     if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) =>
@@ -156,10 +152,7 @@ impl NonBlockingConnection {
                     self.protocol = h.protocol_version;
                     Ok(Progress::Greeted)
                 }
-                Response::Hello(h) => Err(Error::Protocol(format!(
-                    "daemon answered hello with protocol version {}",
-                    h.protocol_version
-                ))),
+                Response::Hello(h) => Err(ProtocolError::Version(h.protocol_version).into()),
                 Response::Error(e) => Err(Error::Daemon(e)),
                 other => Err(unexpected("hello", &other)),
             },
@@ -174,9 +167,7 @@ impl NonBlockingConnection {
     /// Starts `req` and writes it whole, at once.
     fn send(&mut self, req: &Request) -> Result<()> {
         if !self.exchange.in_step() {
-            return Err(Error::Protocol(
-                "a request is already under way on this connection".into(),
-            ));
+            return Err(ProtocolError::InFlight.into());
         }
         self.exchange.start(req)?;
         while !self.exchange.unsent().is_empty() {
@@ -184,9 +175,7 @@ impl NonBlockingConnection {
                 Ok(n) => self.exchange.wrote(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(Error::Protocol(
-                        "the daemon is not reading its socket".into(),
-                    ));
+                    return Err(ProtocolError::NotReading.into());
                 }
                 Err(e) => return Err(Error::Io(e)),
             }

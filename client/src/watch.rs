@@ -12,7 +12,7 @@ use secretd_proto::{ChangeEvent, Request, Response};
 
 use crate::cache::ClientCache;
 use crate::connection::Connection;
-use crate::error::{Error, Result};
+use crate::error::{Error, ProtocolError, Result};
 
 /// The first pause before resubscribing after the connection broke.
 pub const RESUBSCRIBE_MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -273,10 +273,7 @@ impl Watch {
             }
             Ok(other) => {
                 self.conn = None;
-                Some(Err(Error::Protocol(format!(
-                    "daemon sent a {} message on a watch stream",
-                    other.kind()
-                ))))
+                Some(Err(ProtocolError::unexpected("a watch stream", &other)))
             }
             Err(e) => {
                 self.conn = None;
@@ -355,9 +352,6 @@ fn subscribe(
             Ok((conn, watching))
         }
         Response::Error(e) => Err(Error::Daemon(e)),
-        other => Err(Error::Protocol(format!(
-            "daemon answered watch with a {} message",
-            other.kind()
-        ))),
+        other => Err(ProtocolError::unexpected("watch", &other)),
     }
 }

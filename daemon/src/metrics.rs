@@ -4,11 +4,100 @@
 //! from a [`Gauges`] snapshot the server takes (`server::scrape`), so this module sits below
 //! the catalog it counts for and the refresher can report into it.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use secretd_proto::SourceKind;
+use secretd_proto::{ErrorCode, Request, SourceKind};
+
+/// The buckets of `omni_secret_refresh_duration_seconds`, in seconds.
+const REFRESH_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Creates series and registers them in one step.
+struct Registrar(Registry);
+
+impl Registrar {
+    /// Registers `series` and hands it back.
+    fn register<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        series: C,
+    ) -> Result<C, prometheus::Error> {
+        self.0.register(Box::new(series.clone()))?;
+        Ok(series)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.register(IntGauge::new(name, help)?)
+    }
+}
+
+/// Results `omni_secretd_requests_total` tells apart: `ok`, every code a daemon sends, and
+/// `unknown`.
+const RESULTS: usize = ErrorCode::ALL.len() + 2;
+
+/// `omni_secretd_requests_total`, one counter per operation and result, each resolved on its
+/// first use (so the scrape shows only pairs that happened) and then a single atomic add: no
+/// label hashing or lock per request.
+#[derive(Debug)]
+struct Requests {
+    /// The labelled family the counters come from.
+    family: IntCounterVec,
+    /// By [`Request::op_index`], then result (`ok` first, then [`ErrorCode::ALL`], then
+    /// `unknown`).
+    counters: Vec<[OnceLock<IntCounter>; RESULTS]>,
+}
+
+impl Requests {
+    fn new(family: IntCounterVec) -> Requests {
+        Requests {
+            family,
+            counters: Request::OPS
+                .iter()
+                .map(|_| std::array::from_fn(|_| OnceLock::new()))
+                .collect(),
+        }
+    }
+
+    fn count(&self, op: usize, refused: Option<ErrorCode>) {
+        let result = match refused {
+            None => 0,
+            Some(code) => ErrorCode::ALL
+                .iter()
+                .position(|c| *c == code)
+                .map_or(RESULTS - 1, |i| i + 1),
+        };
+        let Some(cell) = self.counters.get(op).map(|row| &row[result]) else {
+            return;
+        };
+        cell.get_or_init(|| {
+            let label = refused.map_or("ok", ErrorCode::as_str);
+            self.family.with_label_values(&[Request::OPS[op], label])
+        })
+        .inc();
+    }
+}
 
 /// Point-in-time values of one secret, taken at scrape time.
 #[derive(Debug)]
@@ -79,8 +168,8 @@ pub(crate) struct Metrics {
     /// `omni_secretd_dedicated_connections`: connections served on a thread of their own
     /// (busy clients; see `server::transport::thread`).
     pub(crate) dedicated: IntGauge,
-    /// `omni_secretd_requests_total{op,result}`.
-    requests: IntCounterVec,
+    /// `omni_secretd_requests_total{op,result}`, resolved once per label pair.
+    requests: Requests,
     /// `omni_secretd_audit_queue_depth`: audit events not yet committed.
     audit_queue: IntGauge,
     /// `omni_secretd_watchers`: open watch subscriptions.
@@ -105,172 +194,108 @@ impl Metrics {
     pub(crate) fn new<'a>(
         secrets: impl IntoIterator<Item = &'a str>,
     ) -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let reads_vec = IntCounterVec::new(
-            Opts::new(
-                "omni_secret_reads_total",
-                "Secret values served, by secret and source",
-            ),
+        let r = Registrar(Registry::new());
+        let per_secret = &["secret_type"];
+        let reads_vec = r.counters(
+            "omni_secret_reads_total",
+            "Secret values served, by secret and source",
             &["secret_type", "source"],
         )?;
-        let failures = IntCounterVec::new(
-            Opts::new(
-                "omni_secret_failures_total",
-                "Failed fetches from a source, by reason",
-            ),
-            &["secret_type", "reason"],
-        )?;
-        let revocations = IntCounterVec::new(
-            Opts::new(
-                "omni_secret_revocations_total",
-                "Served versions withdrawn because GSM refused them (disabled or destroyed)",
-            ),
-            &["secret_type"],
-        )?;
-        let missing_crc = IntCounterVec::new(
-            Opts::new(
-                "omni_secret_missing_crc_total",
-                "GSM payloads received without a CRC32C (unverified in transit)",
-            ),
-            &["secret_type"],
-        )?;
-        let notifications = IntCounterVec::new(
-            Opts::new(
-                "omni_secret_notifications_total",
-                "GSM notifications received, by event and what was done",
-            ),
-            &["event", "result"],
-        )?;
-        let notification_stream_up = IntGauge::new(
-            "omni_secretd_notification_stream_up",
-            "1 while the GSM notification stream is open",
-        )?;
-        let cache_age = GaugeVec::new(
-            Opts::new("omni_secret_cache_age_seconds", "Age of the cached value"),
-            &["secret_type", "source"],
-        )?;
-        let refresh_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "omni_secret_refresh_duration_seconds",
-                "Time one fetch from the source took",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["secret_type"],
-        )?;
-        let break_glass_active = IntGaugeVec::new(
-            Opts::new(
-                "omni_secret_break_glass_active",
-                "1 while a break-glass override is served",
-            ),
-            &["secret_type"],
-        )?;
-        let rotation_overdue = IntGaugeVec::new(
-            Opts::new(
-                "omni_secret_rotation_overdue",
-                "1 when the secret is past its rotation due date",
-            ),
-            &["secret_type"],
-        )?;
-        let connections = IntGauge::new("omni_secretd_connections", "Open client connections")?;
-        let dedicated = IntGauge::new(
-            "omni_secretd_dedicated_connections",
-            "Client connections served on a thread of their own (busy clients)",
-        )?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "omni_secretd_requests_total",
-                "Requests answered, by operation and result",
-            ),
-            &["op", "result"],
-        )?;
-        let audit_queue = IntGauge::new(
-            "omni_secretd_audit_queue_depth",
-            "Audit events queued and not yet committed",
-        )?;
-        registry.register(Box::new(reads_vec.clone()))?;
-        registry.register(Box::new(failures.clone()))?;
-        registry.register(Box::new(revocations.clone()))?;
-        registry.register(Box::new(missing_crc.clone()))?;
-        registry.register(Box::new(notifications.clone()))?;
-        registry.register(Box::new(notification_stream_up.clone()))?;
-        registry.register(Box::new(cache_age.clone()))?;
-        registry.register(Box::new(refresh_latency.clone()))?;
-        registry.register(Box::new(break_glass_active.clone()))?;
-        registry.register(Box::new(rotation_overdue.clone()))?;
-        registry.register(Box::new(connections.clone()))?;
-        registry.register(Box::new(dedicated.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        let watchers = IntGauge::new("omni_secretd_watchers", "Open watch subscriptions")?;
-        let info = IntGaugeVec::new(
-            Opts::new(
-                "omni_secret_info",
-                "1 for the version, source and keyed fingerprint each secret serves",
-            ),
-            &["secret_type", "version", "source", "fingerprint"],
-        )?;
-        let servable = IntGaugeVec::new(
-            Opts::new(
-                "omni_secret_servable",
-                "1 while reads of the secret are answered",
-            ),
-            &["secret_type"],
-        )?;
-        let stale = IntGaugeVec::new(
-            Opts::new(
-                "omni_secret_stale",
-                "1 while the served value is past its TTL (its source is failing)",
-            ),
-            &["secret_type"],
-        )?;
-        let audit_writable = IntGauge::new(
-            "omni_secretd_audit_writable",
-            "1 while the audit trail can be written (reads are refused otherwise)",
-        )?;
-        registry.register(Box::new(info.clone()))?;
-        registry.register(Box::new(servable.clone()))?;
-        registry.register(Box::new(stale.clone()))?;
-        registry.register(Box::new(audit_writable.clone()))?;
-        let watch_lagged = IntCounter::new(
-            "omni_secretd_watch_lagged_total",
-            "Times a watcher fell behind and was told to re-read",
-        )?;
-        let unlocked_buffers = IntGauge::new(
-            "omni_secretd_unlocked_buffers",
-            "Secret buffers that could not be locked into RAM (raise LimitMEMLOCK)",
-        )?;
-        registry.register(Box::new(audit_queue.clone()))?;
-        registry.register(Box::new(watchers.clone()))?;
-        registry.register(Box::new(watch_lagged.clone()))?;
-        registry.register(Box::new(unlocked_buffers.clone()))?;
         let reads = secrets
             .into_iter()
             .map(|name| SourceKind::ALL.map(|k| reads_vec.with_label_values(&[name, k.as_str()])))
             .collect();
         Ok(Metrics {
-            registry,
             reads,
-            failures,
-            revocations,
-            missing_crc,
-            notifications,
-            notification_stream_up,
-            cache_age,
-            refresh_latency,
-            break_glass_active,
-            rotation_overdue,
-            connections,
-            dedicated,
-            requests,
-            audit_queue,
-            watchers,
-            info,
-            servable,
-            stale,
-            audit_writable,
-            watch_lagged,
-            unlocked_buffers,
+            failures: r.counters(
+                "omni_secret_failures_total",
+                "Failed fetches from a source, by reason",
+                &["secret_type", "reason"],
+            )?,
+            revocations: r.counters(
+                "omni_secret_revocations_total",
+                "Served versions withdrawn because GSM refused them (disabled or destroyed)",
+                per_secret,
+            )?,
+            missing_crc: r.counters(
+                "omni_secret_missing_crc_total",
+                "GSM payloads received without a CRC32C (unverified in transit)",
+                per_secret,
+            )?,
+            notifications: r.counters(
+                "omni_secret_notifications_total",
+                "GSM notifications received, by event and what was done",
+                &["event", "result"],
+            )?,
+            notification_stream_up: r.gauge(
+                "omni_secretd_notification_stream_up",
+                "1 while the GSM notification stream is open",
+            )?,
+            cache_age: r.register(GaugeVec::new(
+                Opts::new("omni_secret_cache_age_seconds", "Age of the cached value"),
+                &["secret_type", "source"],
+            )?)?,
+            refresh_latency: r.register(HistogramVec::new(
+                HistogramOpts::new(
+                    "omni_secret_refresh_duration_seconds",
+                    "Time one fetch from the source took",
+                )
+                .buckets(REFRESH_BUCKETS.to_vec()),
+                per_secret,
+            )?)?,
+            break_glass_active: r.gauges(
+                "omni_secret_break_glass_active",
+                "1 while a break-glass override is served",
+                per_secret,
+            )?,
+            rotation_overdue: r.gauges(
+                "omni_secret_rotation_overdue",
+                "1 when the secret is past its rotation due date",
+                per_secret,
+            )?,
+            connections: r.gauge("omni_secretd_connections", "Open client connections")?,
+            dedicated: r.gauge(
+                "omni_secretd_dedicated_connections",
+                "Client connections served on a thread of their own (busy clients)",
+            )?,
+            requests: Requests::new(r.counters(
+                "omni_secretd_requests_total",
+                "Requests answered, by operation and result",
+                &["op", "result"],
+            )?),
+            audit_queue: r.gauge(
+                "omni_secretd_audit_queue_depth",
+                "Audit events queued and not yet committed",
+            )?,
+            watchers: r.gauge("omni_secretd_watchers", "Open watch subscriptions")?,
+            info: r.gauges(
+                "omni_secret_info",
+                "1 for the version, source and keyed fingerprint each secret serves",
+                &["secret_type", "version", "source", "fingerprint"],
+            )?,
+            servable: r.gauges(
+                "omni_secret_servable",
+                "1 while reads of the secret are answered",
+                per_secret,
+            )?,
+            stale: r.gauges(
+                "omni_secret_stale",
+                "1 while the served value is past its TTL (its source is failing)",
+                per_secret,
+            )?,
+            audit_writable: r.gauge(
+                "omni_secretd_audit_writable",
+                "1 while the audit trail can be written (reads are refused otherwise)",
+            )?,
+            watch_lagged: r.register(IntCounter::new(
+                "omni_secretd_watch_lagged_total",
+                "Times a watcher fell behind and was told to re-read",
+            )?)?,
+            unlocked_buffers: r.gauge(
+                "omni_secretd_unlocked_buffers",
+                "Secret buffers that could not be locked into RAM (raise LimitMEMLOCK)",
+            )?,
+            registry: r.0,
         })
     }
 
@@ -313,9 +338,10 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Counts an answered request.
-    pub(crate) fn request(&self, op: &str, result: &str) {
-        self.requests.with_label_values(&[op, result]).inc();
+    /// Counts an answered request: the operation (a [`Request::op_index`]) and the error code
+    /// it was refused with, if it was.
+    pub(crate) fn request(&self, op: usize, refused: Option<ErrorCode>) {
+        self.requests.count(op, refused);
     }
 
     /// Renders the Prometheus text format, setting point-in-time gauges from `now` first.

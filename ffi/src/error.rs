@@ -14,43 +14,6 @@ use secretd_client::{Error, ErrorCode};
 #[allow(non_camel_case_types)]
 pub type secretd_result = u32;
 
-/// The codes, by name (the constants below are what C sees).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Code {
-    /// Success.
-    Ok = SECRETD_RESULT_OK,
-    /// The name is not in the daemon's catalog.
-    NotFound = SECRETD_RESULT_NOT_FOUND,
-    /// The daemon's policy does not let this process's uid/groups read the secret.
-    PermissionDenied = SECRETD_RESULT_PERMISSION_DENIED,
-    /// The secret has no servable value right now (never loaded, or stale past max_stale).
-    Unavailable = SECRETD_RESULT_UNAVAILABLE,
-    /// No daemon answered at the socket path.
-    ConnectFailed = SECRETD_RESULT_CONNECT_FAILED,
-    /// The daemon's bytes did not follow the protocol.
-    Protocol = SECRETD_RESULT_PROTOCOL,
-    /// An argument no daemon would accept (a malformed name, non-UTF-8 text).
-    InvalidArgument = SECRETD_RESULT_INVALID_ARGUMENT,
-    /// A required pointer argument was NULL.
-    NullParameter = SECRETD_RESULT_NULL_PARAMETER,
-    /// A bug inside the library panicked; the call had no effect.
-    Panic = SECRETD_RESULT_PANIC,
-    /// A bug or unexpected failure inside the daemon.
-    Internal = SECRETD_RESULT_INTERNAL,
-    /// The daemon is at its connection limit; retry shortly.
-    Busy = SECRETD_RESULT_BUSY,
-    /// The connection failed mid-request (after one transparent reconnect) or timed out.
-    Io = SECRETD_RESULT_IO,
-    /// The daemon speaks another protocol version.
-    UnsupportedVersion = SECRETD_RESULT_UNSUPPORTED_VERSION,
-    /// The daemon did not answer within the request timeout (5 s by default); the next call
-    /// reconnects.
-    Timeout = SECRETD_RESULT_TIMEOUT,
-    /// The process behind the socket cannot be the real daemon; nothing was sent to it.
-    UntrustedServer = SECRETD_RESULT_UNTRUSTED_SERVER,
-}
-
 /// Success.
 pub const SECRETD_RESULT_OK: secretd_result = 0;
 /// The name is not in the daemon's catalog.
@@ -82,73 +45,86 @@ pub const SECRETD_RESULT_TIMEOUT: secretd_result = 13;
 /// The process behind the socket cannot be the real daemon; nothing was sent to it.
 pub const SECRETD_RESULT_UNTRUSTED_SERVER: secretd_result = 14;
 
-impl Code {
-    /// Every code, in number order.
-    const ALL: [Code; 15] = [
-        Code::Ok,
-        Code::NotFound,
-        Code::PermissionDenied,
-        Code::Unavailable,
-        Code::ConnectFailed,
-        Code::Protocol,
-        Code::InvalidArgument,
-        Code::NullParameter,
-        Code::Panic,
-        Code::Internal,
-        Code::Busy,
-        Code::Io,
-        Code::UnsupportedVersion,
-        Code::Timeout,
-        Code::UntrustedServer,
-    ];
+/// Every code with its message, in number order: the constants above are the one list of
+/// codes (cbindgen writes them into the header), and this table gives each its words.
+const MESSAGES: [(secretd_result, &str); 15] = [
+    (SECRETD_RESULT_OK, "success"),
+    (
+        SECRETD_RESULT_NOT_FOUND,
+        "secret not found in the daemon's catalog",
+    ),
+    (
+        SECRETD_RESULT_PERMISSION_DENIED,
+        "permission denied by the daemon's policy",
+    ),
+    (
+        SECRETD_RESULT_UNAVAILABLE,
+        "secret unavailable (not loaded, or stale past max_stale)",
+    ),
+    (
+        SECRETD_RESULT_CONNECT_FAILED,
+        "cannot connect to the secretd socket",
+    ),
+    (SECRETD_RESULT_PROTOCOL, "protocol error talking to secretd"),
+    (SECRETD_RESULT_INVALID_ARGUMENT, "invalid argument"),
+    (
+        SECRETD_RESULT_NULL_PARAMETER,
+        "a required pointer argument was NULL",
+    ),
+    (
+        SECRETD_RESULT_PANIC,
+        "internal panic in libsecretd (a bug; please report it)",
+    ),
+    (
+        SECRETD_RESULT_INTERNAL,
+        "internal error in the secretd daemon",
+    ),
+    (
+        SECRETD_RESULT_BUSY,
+        "secretd is at its connection limit; retry shortly",
+    ),
+    (
+        SECRETD_RESULT_IO,
+        "connection to secretd failed or timed out",
+    ),
+    (
+        SECRETD_RESULT_UNSUPPORTED_VERSION,
+        "secretd speaks another protocol version",
+    ),
+    (SECRETD_RESULT_TIMEOUT, "timed out waiting for secretd"),
+    (
+        SECRETD_RESULT_UNTRUSTED_SERVER,
+        "the process behind the socket cannot be secretd; nothing was sent to it",
+    ),
+];
 
-    /// The code numbered `n`, if there is one.
-    fn from_u32(n: u32) -> Option<Code> {
-        Code::ALL.into_iter().find(|c| *c as u32 == n)
-    }
+/// The words for `code`, if it is one of ours.
+fn message(code: secretd_result) -> Option<&'static str> {
+    MESSAGES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, text)| *text)
+}
 
-    fn message(self) -> &'static str {
-        match self {
-            Code::Ok => "success",
-            Code::NotFound => "secret not found in the daemon's catalog",
-            Code::PermissionDenied => "permission denied by the daemon's policy",
-            Code::Unavailable => "secret unavailable (not loaded, or stale past max_stale)",
-            Code::ConnectFailed => "cannot connect to the secretd socket",
-            Code::Protocol => "protocol error talking to secretd",
-            Code::InvalidArgument => "invalid argument",
-            Code::NullParameter => "a required pointer argument was NULL",
-            Code::Panic => "internal panic in libsecretd (a bug; please report it)",
-            Code::Internal => "internal error in the secretd daemon",
-            Code::Busy => "secretd is at its connection limit; retry shortly",
-            Code::Io => "connection to secretd failed or timed out",
-            Code::UnsupportedVersion => "secretd speaks another protocol version",
-            Code::Timeout => "timed out waiting for secretd",
-            Code::UntrustedServer => {
-                "the process behind the socket cannot be secretd; nothing was sent to it"
-            }
-        }
-    }
-
-    /// The code for a client error.
-    pub(crate) fn from_error(e: &Error) -> Code {
-        match e {
-            Error::Connect { .. } => Code::ConnectFailed,
-            Error::Protocol(_) => Code::Protocol,
-            Error::Io(_) => Code::Io,
-            Error::Timeout { .. } => Code::Timeout,
-            Error::UntrustedServer { .. } => Code::UntrustedServer,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::Daemon(w) => match w.code {
-                ErrorCode::NotFound => Code::NotFound,
-                ErrorCode::PermissionDenied => Code::PermissionDenied,
-                ErrorCode::Unavailable => Code::Unavailable,
-                ErrorCode::InvalidRequest => Code::InvalidArgument,
-                ErrorCode::UnsupportedVersion => Code::UnsupportedVersion,
-                ErrorCode::ProtocolViolation => Code::Protocol,
-                ErrorCode::Busy => Code::Busy,
-                ErrorCode::Internal | ErrorCode::Unknown => Code::Internal,
-            },
-        }
+/// The code for a client error.
+pub(crate) fn code_of(e: &Error) -> secretd_result {
+    match e {
+        Error::Connect { .. } => SECRETD_RESULT_CONNECT_FAILED,
+        Error::Protocol(_) => SECRETD_RESULT_PROTOCOL,
+        Error::Io(_) => SECRETD_RESULT_IO,
+        Error::Timeout { .. } => SECRETD_RESULT_TIMEOUT,
+        Error::UntrustedServer { .. } => SECRETD_RESULT_UNTRUSTED_SERVER,
+        Error::InvalidArgument(_) => SECRETD_RESULT_INVALID_ARGUMENT,
+        Error::Daemon(w) => match w.code {
+            ErrorCode::NotFound => SECRETD_RESULT_NOT_FOUND,
+            ErrorCode::PermissionDenied => SECRETD_RESULT_PERMISSION_DENIED,
+            ErrorCode::Unavailable => SECRETD_RESULT_UNAVAILABLE,
+            ErrorCode::InvalidRequest => SECRETD_RESULT_INVALID_ARGUMENT,
+            ErrorCode::UnsupportedVersion => SECRETD_RESULT_UNSUPPORTED_VERSION,
+            ErrorCode::ProtocolViolation => SECRETD_RESULT_PROTOCOL,
+            ErrorCode::Busy => SECRETD_RESULT_BUSY,
+            ErrorCode::Internal | ErrorCode::Unknown => SECRETD_RESULT_INTERNAL,
+        },
     }
 }
 
@@ -158,20 +134,23 @@ thread_local! {
 }
 
 /// Records `detail` as this thread's last error and returns `code`.
-pub(crate) fn fail(code: Code, detail: impl Into<String>) -> secretd_result {
+pub(crate) fn fail(code: secretd_result, detail: impl Into<String>) -> secretd_result {
     let detail = detail.into();
     LAST_ERROR.with(|l| *l.borrow_mut() = detail);
-    code as secretd_result
+    code
 }
 
 /// Records a client error and returns its code.
 pub(crate) fn fail_with(e: &Error) -> secretd_result {
-    fail(Code::from_error(e), e.to_string())
+    fail(code_of(e), e.to_string())
 }
 
 /// Runs `f` so that a panic becomes `SECRETD_RESULT_PANIC` instead of unwinding into C.
 pub(crate) fn guard(f: impl FnOnce() -> secretd_result) -> secretd_result {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| fail(Code::Panic, Code::Panic.message()))
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        let text = message(SECRETD_RESULT_PANIC).unwrap_or_default();
+        fail(SECRETD_RESULT_PANIC, text)
+    })
 }
 
 /// Runs `f` for functions that return a value rather than a result; a panic yields `default`.
@@ -205,7 +184,7 @@ pub unsafe extern "C" fn secretd_error_message(
     len: usize,
 ) -> usize {
     guard_value(0, || {
-        let text = Code::from_u32(result).map_or("unknown secretd result code", Code::message);
+        let text = message(result).unwrap_or("unknown secretd result code");
         copy_out(text, buf, len)
     })
 }
@@ -218,4 +197,18 @@ pub unsafe extern "C" fn secretd_error_message(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn secretd_last_error_message(buf: *mut c_char, len: usize) -> usize {
     guard_value(0, || LAST_ERROR.with(|l| copy_out(&l.borrow(), buf, len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_one_message_in_number_order() {
+        for (i, (code, text)) in MESSAGES.iter().enumerate() {
+            assert_eq!(*code as usize, i, "MESSAGES out of number order at {i}");
+            assert!(!text.is_empty());
+        }
+        assert_eq!(message(SECRETD_RESULT_UNTRUSTED_SERVER + 1), None);
+    }
 }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use ::secretd_client as rust_client;
 use rust_client::{Client, Secret, SourceKind};
 
-use crate::error::{Code, SECRETD_RESULT_OK, fail, fail_with, guard, guard_value, secretd_result};
+use crate::error::{
+    SECRETD_RESULT_INVALID_ARGUMENT, SECRETD_RESULT_NULL_PARAMETER, SECRETD_RESULT_OK,
+    SECRETD_RESULT_PROTOCOL, fail, fail_with, guard, guard_value, secretd_result,
+};
 
 /// A connection to the daemon. Opaque. Thread-safe: one client may be shared by many threads
 /// (their requests take turns on its one connection). Reconnects after a daemon restart.
@@ -81,7 +84,7 @@ unsafe fn connect(
 ) -> secretd_result {
     guard(|| {
         if out.is_null() {
-            return fail(Code::NullParameter, "out is NULL");
+            return fail(SECRETD_RESULT_NULL_PARAMETER, "out is NULL");
         }
         let path = if socket_path_or_null.is_null() {
             rust_client::default_socket_path()
@@ -133,11 +136,14 @@ pub unsafe extern "C" fn secretd_get(
 ) -> secretd_result {
     guard(|| {
         if client.is_null() || name.is_null() || out.is_null() {
-            return fail(Code::NullParameter, "client, name and out must not be NULL");
+            return fail(
+                SECRETD_RESULT_NULL_PARAMETER,
+                "client, name and out must not be NULL",
+            );
         }
         // SAFETY: non-NULL and NUL-terminated per the contract.
         let Ok(name) = unsafe { CStr::from_ptr(name) }.to_str() else {
-            return fail(Code::InvalidArgument, "name is not UTF-8");
+            return fail(SECRETD_RESULT_INVALID_ARGUMENT, "name is not UTF-8");
         };
         // SAFETY: non-NULL and live per the contract.
         let client = unsafe { &(*client).client };
@@ -146,7 +152,10 @@ pub unsafe extern "C" fn secretd_get(
             Err(e) => return fail_with(&e),
         };
         let Ok(version) = CString::new(secret.version()) else {
-            return fail(Code::Protocol, "daemon sent a version containing NUL");
+            return fail(
+                SECRETD_RESULT_PROTOCOL,
+                "daemon sent a version containing NUL",
+            );
         };
         let source = source_name(secret.source());
         let handle = Box::into_raw(Box::new(secretd_secret {

@@ -6,7 +6,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use ::secretd_client as rust_client;
 use rust_client::{ChangeEvent, WatchHandle};
 
-use crate::error::{Code, SECRETD_RESULT_OK, fail, fail_with, guard, guard_value, secretd_result};
+use crate::error::{
+    SECRETD_RESULT_INVALID_ARGUMENT, SECRETD_RESULT_NULL_PARAMETER, SECRETD_RESULT_OK, code_of,
+    fail, fail_with, guard, guard_value, secretd_result,
+};
 use crate::handles::{secretd_client, source_name};
 
 /// What a watch event reports. The numbers are stable.
@@ -107,7 +110,7 @@ impl Target {
                 )
             }
             Err(e) => {
-                let code = Code::from_error(&e);
+                let code = code_of(&e);
                 (secretd_event_kind::Error, None, 0, code as secretd_result)
             }
         };
@@ -152,11 +155,11 @@ pub unsafe extern "C" fn secretd_watch(
 ) -> secretd_result {
     guard(|| {
         let Some(callback) = callback else {
-            return fail(Code::NullParameter, "callback is NULL");
+            return fail(SECRETD_RESULT_NULL_PARAMETER, "callback is NULL");
         };
         if client.is_null() || out.is_null() || (names.is_null() && count > 0) {
             return fail(
-                Code::NullParameter,
+                SECRETD_RESULT_NULL_PARAMETER,
                 "client, out and (when count > 0) names must not be NULL",
             );
         }
@@ -165,11 +168,11 @@ pub unsafe extern "C" fn secretd_watch(
             // SAFETY: `names` holds `count` pointers per the contract.
             let p = unsafe { *names.add(i) };
             if p.is_null() {
-                return fail(Code::NullParameter, "a name is NULL");
+                return fail(SECRETD_RESULT_NULL_PARAMETER, "a name is NULL");
             }
             // SAFETY: NUL-terminated per the contract.
             let Ok(name) = unsafe { CStr::from_ptr(p) }.to_str() else {
-                return fail(Code::InvalidArgument, "a name is not UTF-8");
+                return fail(SECRETD_RESULT_INVALID_ARGUMENT, "a name is not UTF-8");
             };
             list.push(name);
         }

@@ -83,18 +83,18 @@ pub enum FrameError {
         /// The limit it exceeds.
         limit: usize,
     },
-    /// The body is not a valid message.
+    /// The body is not a valid message (bincode's reason).
     #[error("malformed message: {0}")]
-    Decode(String),
+    Decode(#[source] bincode::error::DecodeError),
     /// The body held a valid message followed by extra bytes.
     #[error("{extra} trailing bytes after the message")]
     TrailingBytes {
         /// How many bytes were left over.
         extra: usize,
     },
-    /// The message could not be encoded.
+    /// The message could not be encoded (bincode's reason).
     #[error("cannot encode message: {0}")]
-    Encode(String),
+    Encode(#[source] bincode::error::EncodeError),
     /// The socket failed.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
@@ -137,8 +137,7 @@ pub fn encode_response_frame<T: Encode>(msg: &T, out: &mut Vec<u8>) -> Result<()
 
 fn encode_limited<T: Encode>(msg: &T, out: &mut Vec<u8>, limit: usize) -> Result<(), FrameError> {
     let mut size = SizeWriter::default();
-    bincode::encode_into_writer(msg, &mut size, wire_config())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    bincode::encode_into_writer(msg, &mut size, wire_config()).map_err(FrameError::Encode)?;
     let len = size.bytes_written;
     if len == 0 || len > limit {
         return Err(FrameError::MessageTooLarge { len, limit });
@@ -148,7 +147,7 @@ fn encode_limited<T: Encode>(msg: &T, out: &mut Vec<u8>, limit: usize) -> Result
     out.resize(HEADER_LEN + len, 0);
     out[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
     let written = bincode::encode_into_slice(msg, &mut out[HEADER_LEN..], wire_config())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+        .map_err(FrameError::Encode)?;
     debug_assert_eq!(written, len);
     Ok(())
 }
@@ -168,8 +167,8 @@ fn decode_whole<T: Decode<()>, C: bincode::config::Config>(
     body: &[u8],
     config: C,
 ) -> Result<T, FrameError> {
-    let (msg, used) = bincode::decode_from_slice::<T, _>(body, config)
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    let (msg, used) =
+        bincode::decode_from_slice::<T, _>(body, config).map_err(FrameError::Decode)?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes {
             extra: body.len() - used,

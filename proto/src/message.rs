@@ -441,20 +441,43 @@ pub struct AuditVerification {
 impl Request {
     /// A short stable name of the operation, for logs and metrics.
     pub fn op(&self) -> &'static str {
+        Request::OPS[self.op_index()]
+    }
+
+    /// Every operation's name, as [`Request::op`] gives it, in [`Request::op_index`] order:
+    /// what a table of counters per operation is sized and labelled from.
+    pub const OPS: [&'static str; 13] = [
+        "hello",
+        "get",
+        "status",
+        "refresh",
+        "rotation",
+        "audit_tail",
+        "audit_verify",
+        "break_glass_apply",
+        "break_glass_clear",
+        "metrics",
+        "watch",
+        "connections",
+        "health",
+    ];
+
+    /// This request's operation as an index into [`Request::OPS`].
+    pub fn op_index(&self) -> usize {
         match self {
-            Request::Hello(_) => "hello",
-            Request::Get { .. } => "get",
-            Request::Status => "status",
-            Request::Refresh { .. } => "refresh",
-            Request::Rotation { .. } => "rotation",
-            Request::AuditTail { .. } => "audit_tail",
-            Request::AuditVerify => "audit_verify",
-            Request::BreakGlassApply { .. } => "break_glass_apply",
-            Request::BreakGlassClear { .. } => "break_glass_clear",
-            Request::Metrics => "metrics",
-            Request::Watch { .. } => "watch",
-            Request::Connections => "connections",
-            Request::Health => "health",
+            Request::Hello(_) => 0,
+            Request::Get { .. } => 1,
+            Request::Status => 2,
+            Request::Refresh { .. } => 3,
+            Request::Rotation { .. } => 4,
+            Request::AuditTail { .. } => 5,
+            Request::AuditVerify => 6,
+            Request::BreakGlassApply { .. } => 7,
+            Request::BreakGlassClear { .. } => 8,
+            Request::Metrics => 9,
+            Request::Watch { .. } => 10,
+            Request::Connections => 11,
+            Request::Health => 12,
         }
     }
 }

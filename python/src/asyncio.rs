@@ -27,8 +27,7 @@ fn py_err(e: rust::Error) -> PyErr {
 
 /// Connects on this process's runtime, with the client-side cache when asked.
 fn connect(path: PathBuf, cache: bool) -> rust::Result<rust::AsyncClient> {
-    let rt =
-        runtime().map_err(|_| rust::Error::Protocol("the async runtime could not start".into()))?;
+    let rt = runtime().map_err(|_| rust::ProtocolError::Runtime)?;
     rt.block_on(async {
         let client = rust::AsyncClient::connect(path).await?;
         if cache {

@@ -193,7 +193,7 @@ impl Shared {
         let id = c.next_id;
         let opened = NonBlockingConnection::connect(&self.path).and_then(|conn| {
             self.watch_fd(py, lp, &conn, id)
-                .map_err(|e| rust::Error::Protocol(format!("cannot register the socket: {e}")))?;
+                .map_err(|e| rust::ProtocolError::Register(e.to_string()))?;
             Ok(conn)
         });
         match opened {
@@ -462,7 +462,7 @@ fn copy_error(e: &rust::Error) -> rust::Error {
             after: *after,
         },
         rust::Error::InvalidArgument(why) => rust::Error::InvalidArgument(why),
-        other => rust::Error::Protocol(other.to_string()),
+        rust::Error::Protocol(p) => rust::Error::Protocol(p.clone()),
     }
 }
 

@@ -142,13 +142,11 @@ pub(crate) async fn run(
             ended = listener.clone().listen(&cfg, &credentials) => ended,
         };
         listener.metrics.notification_stream(false);
-        listener.set_health(Some(
-            ended
-                .as_ref()
-                .err()
-                .cloned()
-                .unwrap_or_else(|| "the stream ended".into()),
-        ));
+        let why = match &ended {
+            Err(e) => e.to_string(),
+            Ok(_) => StreamEnded::Closed.to_string(),
+        };
+        listener.set_health(Some(why.clone()));
         let healthy_for_a_while = ended.as_ref().is_ok_and(|delivered| *delivered);
         if healthy_for_a_while {
             wait = RESUBSCRIBE_FIRST_WAIT;
@@ -156,7 +154,7 @@ pub(crate) async fn run(
         tracing::warn!(
             event = "gsm.notifications",
             subscription = %cfg.subscription,
-            error = %ended.err().unwrap_or_else(|| "the stream ended".into()),
+            error = %why,
             retry_in_ms = wait.as_millis() as u64,
             "the notification stream is down; refreshes poll until it is back"
         );
@@ -169,25 +167,42 @@ pub(crate) async fn run(
     listener.metrics.notification_stream(false);
 }
 
+/// Why one subscription of the notification stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnded {
+    /// A Pub/Sub client could not be built (which one, and Google's reason).
+    #[error("cannot create the Pub/Sub {0} client: {1}")]
+    Build(
+        &'static str,
+        #[source] google_cloud_gax::client_builder::Error,
+    ),
+    /// The streaming pull failed (after the client's own retries).
+    #[error("{0}")]
+    Pull(#[source] google_cloud_pubsub::Error),
+    /// The stream ended without an error.
+    #[error("the stream ended")]
+    Closed,
+}
+
 impl Listener {
     /// One subscription: returns when the stream ends, `Ok(true)` if it delivered anything.
     async fn listen(
         self: Arc<Self>,
         cfg: &NotificationsConfig,
         credentials: &Credentials,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StreamEnded> {
         let client = Subscriber::builder()
             .with_endpoint(cfg.endpoint.clone())
             .with_credentials(credentials.clone())
             .build()
             .await
-            .map_err(|e| format!("cannot create the Pub/Sub client: {e}"))?;
+            .map_err(|e| StreamEnded::Build("subscriber", e))?;
         let admin = SubscriptionAdmin::builder()
             .with_endpoint(cfg.endpoint.clone())
             .with_credentials(credentials.clone())
             .build()
             .await
-            .map_err(|e| format!("cannot create the Pub/Sub admin client: {e}"))?;
+            .map_err(|e| StreamEnded::Build("admin", e))?;
         // As a `Stream`, the pull survives the select below dropping a `next()` half-way (the
         // pending read lives in the stream, not in the dropped future).
         let pull = client.subscribe(cfg.subscription.clone()).build();
@@ -211,12 +226,12 @@ impl Listener {
                     .get_subscription()
                     .set_subscription(cfg.subscription.clone())
                     .send();
-                let found = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer in time".to_owned()),
+                let down = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("no answer in time".to_owned()),
                 };
-                if let Err(e) = &found {
+                if let Some(e) = &down {
                     tracing::warn!(
                         event = "gsm.notifications",
                         subscription = %cfg.subscription,
@@ -224,18 +239,14 @@ impl Listener {
                         "the subscription does not answer; refreshes poll until it does"
                     );
                 }
-                self.metrics.notification_stream(found.is_ok());
-                self.set_health(
-                    found
-                        .err()
-                        .map(|e| format!("subscription check failed: {e}")),
-                );
+                self.metrics.notification_stream(down.is_none());
+                self.set_health(down.map(|e| format!("subscription check failed: {e}")));
             }
         };
         let messages = async {
             let mut delivered = false;
             while let Some(item) = stream.next().await {
-                let (message, handler) = item.map_err(|e| e.to_string())?;
+                let (message, handler) = item.map_err(StreamEnded::Pull)?;
                 // Acknowledged at once: the refresh it triggers is idempotent and the poll is
                 // the safety net, so a redelivery would only cost a GSM call.
                 handler.ack();

@@ -3,23 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-use secretd_client::Client;
-
+use super::error::{AuditCheckError, CliError, connect};
 use crate::audit;
 use crate::server::requests::admin::MAX_AUDIT_TAIL;
 use crate::store::Store;
 use crate::util::key_file;
 
 /// An expected head, `SEQ:HASH`.
-fn parse_head(text: &str) -> Result<(u64, String), String> {
-    let (seq, hash) = text
-        .split_once(':')
-        .ok_or_else(|| format!("--head {text:?} is not SEQ:HASH"))?;
-    let seq = seq
-        .parse()
-        .map_err(|_| format!("--head {text:?}: {seq:?} is not a sequence number"))?;
+fn parse_head(text: &str) -> Result<(u64, String), AuditCheckError> {
+    let bad = || AuditCheckError::BadHead(text.to_owned());
+    let (seq, hash) = text.split_once(':').ok_or_else(bad)?;
+    let seq = seq.parse().map_err(|_| bad())?;
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("--head {text:?}: the hash must be 64 hex digits"));
+        return Err(bad());
     }
     Ok((seq, hash.to_ascii_lowercase()))
 }
@@ -30,27 +26,24 @@ fn check_head(
     expected: (u64, String),
     first: u64,
     last: u64,
-    hash_of: impl FnOnce(u64) -> Result<Option<String>, String>,
-) -> Result<(), String> {
+    hash_of: impl FnOnce(u64) -> Result<Option<String>, CliError>,
+) -> Result<(), CliError> {
     let (seq, hash) = expected;
     if seq > last {
-        return Err(format!(
-            "record {seq} is not in the chain, which ends at {last}: the database was truncated \
-             or rolled back"
-        ));
+        return Err(AuditCheckError::Truncated { seq, last }.into());
     }
     if seq < first {
-        return Err(format!(
-            "record {seq} was pruned (the chain starts at {first}): this anchor can no longer be \
-             checked"
-        ));
+        return Err(AuditCheckError::Pruned { seq, first }.into());
     }
     match hash_of(seq)? {
         Some(found) if found == hash => Ok(()),
-        Some(found) => Err(format!(
-            "record {seq} has hash {found}, not {hash}: the database was rolled back or rewritten"
-        )),
-        None => Err(format!("record {seq} is missing from the chain")),
+        Some(found) => Err(AuditCheckError::Rewritten {
+            seq,
+            found,
+            expected: hash,
+        }
+        .into()),
+        None => Err(AuditCheckError::Missing(seq).into()),
     }
 }
 
@@ -58,13 +51,13 @@ fn check_head(
 fn report(
     v: &secretd_client::AuditVerification,
     head: Option<(u64, String)>,
-) -> Result<(), String> {
+) -> Result<(), AuditCheckError> {
     if let Some(seq) = v.broken_seq {
-        return Err(format!(
-            "audit chain broken at seq {seq}: {} ({} records verified before it)",
-            v.reason.clone().unwrap_or_default(),
-            v.checked
-        ));
+        return Err(AuditCheckError::Broken {
+            seq,
+            reason: v.reason.clone().unwrap_or_default(),
+            checked: v.checked,
+        });
     }
     println!(
         "audit chain ok: {} records verified (seq {}..={})",
@@ -78,30 +71,27 @@ fn report(
 }
 
 /// Through the daemon.
-pub(super) fn verify_online(socket: Option<PathBuf>, expected: Option<&str>) -> Result<(), String> {
+pub(super) fn verify_online(
+    socket: Option<PathBuf>,
+    expected: Option<&str>,
+) -> Result<(), CliError> {
     let expected = expected.map(parse_head).transpose()?;
-    let path = socket.unwrap_or_else(secretd_client::default_socket_path);
-    let client = Client::connect(&path).map_err(|e| e.to_string())?;
+    let client = connect(socket)?;
     // The head first: the walk that follows covers it.
-    let head = client
-        .audit_tail(1, None)
-        .map_err(|e| e.to_string())?
-        .pop()
-        .map(|r| (r.seq, r.hash));
-    let v = client.audit_verify().map_err(|e| e.to_string())?;
+    let head = client.audit_tail(1, None)?.pop().map(|r| (r.seq, r.hash));
+    let v = client.audit_verify()?;
     report(&v, head)?;
     if let Some(expected) = expected {
         let distance = v.last_seq.saturating_sub(expected.0) + 1;
-        let lookup = |seq: u64| -> Result<Option<String>, String> {
+        let lookup = |seq: u64| -> Result<Option<String>, CliError> {
             if distance > u64::from(MAX_AUDIT_TAIL) {
-                return Err(format!(
-                    "record {seq} is more than {MAX_AUDIT_TAIL} records back: verify a copy of \
-                     the database offline (--db)"
-                ));
+                return Err(AuditCheckError::TooFarBack {
+                    seq,
+                    limit: MAX_AUDIT_TAIL,
+                }
+                .into());
             }
-            let records = client
-                .audit_tail(distance as u32, None)
-                .map_err(|e| e.to_string())?;
+            let records = client.audit_tail(distance as u32, None)?;
             Ok(records.into_iter().find(|r| r.seq == seq).map(|r| r.hash))
         };
         let text = format!("{}:{}", expected.0, expected.1);
@@ -116,7 +106,7 @@ pub(super) fn verify_offline(
     db: &Path,
     key: Option<&Path>,
     expected: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let expected = expected.map(parse_head).transpose()?;
     let key_path = key.map_or_else(
         || {
@@ -126,10 +116,13 @@ pub(super) fn verify_offline(
         },
         Path::to_owned,
     );
-    let key =
-        key_file::load(&key_path).map_err(|e| format!("audit key {}: {e}", key_path.display()))?;
-    let store = Store::open(db).map_err(|e| e.to_string())?;
-    let v = audit::verify_with(&store, &key).map_err(|e| e.to_string())?;
+    let key = key_file::load(&key_path).map_err(|source| CliError::File {
+        what: "cannot read the audit key",
+        path: key_path.clone(),
+        source,
+    })?;
+    let store = Store::open(db)?;
+    let v = audit::verify_with(&store, &key)?;
     let head = v.head.map(|h| (v.last_seq, hex::encode(h)));
     let wire = secretd_client::AuditVerification {
         checked: v.checked,
@@ -144,7 +137,7 @@ pub(super) fn verify_offline(
         check_head(expected, v.first_seq, v.last_seq, |seq| {
             audit::record_hash(&store, seq)
                 .map(|h| h.map(hex::encode))
-                .map_err(|e| e.to_string())
+                .map_err(CliError::from)
         })?;
         println!("head {text} is in the chain");
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use secretd_client::{Client, EntryState};
 
+use super::error::CliError;
 use crate::config::Config;
 use crate::runtime::dev::DEMO_CATALOG;
 use crate::util::time::now_ms;
@@ -41,11 +42,15 @@ pub(super) fn run(
     mut required: Vec<String>,
     min_ttl: &str,
     min_rotation: &str,
-) -> Result<(), String> {
-    let parse = |flag: &str, v: &str| {
+) -> Result<(), CliError> {
+    let parse = |flag: &'static str, v: &str| {
         humantime::parse_duration(v)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .map_err(|e| format!("{flag} {v:?}: {e}"))
+            .map_err(|e| CliError::Argument {
+                flag,
+                value: v.to_owned(),
+                why: e.to_string(),
+            })
     };
     let min_ttl = parse("--min-ttl", min_ttl)?;
     let min_rotation = parse("--min-rotation", min_rotation)?;
@@ -83,7 +88,7 @@ pub(super) fn run(
     for v in &violations {
         println!("{v}");
     }
-    Err(format!("check failed: {} violations", violations.len()))
+    Err(CliError::CheckFailed(violations.len()))
 }
 
 fn check_live(

@@ -9,35 +9,29 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secretd_client::{ChangeEvent, ChannelState, Client, DaemonHealth, SecretStatus};
 use serde_json::json;
 
+use super::error::{CliError, connect, print_bytes};
 use crate::server::http::status_json::{rfc3339, state_name, status_json};
 
-fn connect(socket: Option<PathBuf>) -> Result<Client, String> {
-    let path = socket.unwrap_or_else(secretd_client::default_socket_path);
-    Client::connect(&path).map_err(|e| e.to_string())
-}
-
-pub(super) fn get(socket: Option<PathBuf>, name: &str) -> Result<(), String> {
+pub(super) fn get(socket: Option<PathBuf>, name: &str) -> Result<(), CliError> {
     // One read and gone: the hello and the read in one round trip.
     let path = socket.unwrap_or_else(secretd_client::default_socket_path);
-    let secret = Client::get_once(&path, name).map_err(|e| e.to_string())?;
+    let secret = Client::get_once(&path, name)?;
     // Write straight to fd 1: std's stdout keeps a buffer that would hold a copy of the
     // value until exit, and nothing wipes it.
     // SAFETY: fd 1 is open for the life of the process; ManuallyDrop keeps it open.
     let mut stdout = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
-    stdout
-        .write_all(secret.expose())
-        .map_err(|e| format!("cannot write to stdout: {e}"))
+    stdout.write_all(secret.expose()).map_err(CliError::Stdout)
 }
 
-pub(super) fn watch(socket: Option<PathBuf>, names: &[String]) -> Result<(), String> {
+pub(super) fn watch(socket: Option<PathBuf>, names: &[String]) -> Result<(), CliError> {
     let client = connect(socket)?;
-    let watch = client.watch(names).map_err(|e| e.to_string())?;
+    let watch = client.watch(names)?;
     eprintln!("secretd: watching {}", watch.names().join(", "));
     let mut stdout = std::io::stdout().lock();
     for item in watch {
         let line = match item {
             Ok(event) => change_json(&event),
-            Err(e @ secretd_client::Error::Daemon(_)) => return Err(e.to_string()),
+            Err(e @ secretd_client::Error::Daemon(_)) => return Err(e.into()),
             Err(e) => {
                 eprintln!("secretd: watch interrupted ({e}); resubscribing");
                 continue;
@@ -45,7 +39,7 @@ pub(super) fn watch(socket: Option<PathBuf>, names: &[String]) -> Result<(), Str
         };
         writeln!(stdout, "{line}")
             .and_then(|()| stdout.flush())
-            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+            .map_err(CliError::Stdout)?;
     }
     Ok(())
 }
@@ -70,32 +64,28 @@ fn change_json(event: &ChangeEvent) -> serde_json::Value {
     }
 }
 
-pub(super) fn status(socket: Option<PathBuf>, as_json: bool) -> Result<(), String> {
+pub(super) fn status(socket: Option<PathBuf>, as_json: bool) -> Result<(), CliError> {
     let client = connect(socket)?;
-    let list = client.status().map_err(|e| e.to_string())?;
+    let list = client.status()?;
     let out = if as_json {
         let rows: Vec<_> = list.iter().map(status_json).collect();
-        serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())? + "\n"
+        serde_json::to_string_pretty(&rows).map_err(|e| CliError::Stdout(e.into()))? + "\n"
     } else {
         // A daemon older than protocol 5 cannot say; its table prints as it always did.
         let health = client.health().ok();
         health.as_ref().map(health_lines).unwrap_or_default() + &status_table(&list)
     };
-    std::io::stdout()
-        .write_all(out.as_bytes())
-        .map_err(|e| format!("cannot write to stdout: {e}"))
+    print_bytes(out.as_bytes())
 }
 
-pub(super) fn metrics(socket: Option<PathBuf>) -> Result<(), String> {
-    let text = connect(socket)?.metrics().map_err(|e| e.to_string())?;
-    std::io::stdout()
-        .write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write to stdout: {e}"))
+pub(super) fn metrics(socket: Option<PathBuf>) -> Result<(), CliError> {
+    let text = connect(socket)?.metrics()?;
+    print_bytes(text.as_bytes())
 }
 
-pub(super) fn refresh(socket: Option<PathBuf>, name: Option<&str>) -> Result<(), String> {
+pub(super) fn refresh(socket: Option<PathBuf>, name: Option<&str>) -> Result<(), CliError> {
     let client = connect(socket)?;
-    let outcomes = client.refresh(name).map_err(|e| e.to_string())?;
+    let outcomes = client.refresh(name)?;
     let mut out = String::new();
     let mut failed = 0;
     for o in &outcomes {
@@ -108,11 +98,12 @@ pub(super) fn refresh(socket: Option<PathBuf>, name: Option<&str>) -> Result<(),
             (None, None) => out.push_str(&format!("{}: ok\n", o.name)),
         }
     }
-    std::io::stdout()
-        .write_all(out.as_bytes())
-        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    print_bytes(out.as_bytes())?;
     if failed > 0 {
-        Err(format!("{failed} of {} refreshes failed", outcomes.len()))
+        Err(CliError::RefreshFailed {
+            failed,
+            total: outcomes.len(),
+        })
     } else {
         Ok(())
     }
@@ -122,9 +113,9 @@ pub(super) fn rotation(
     socket: Option<PathBuf>,
     name: &str,
     step: secretd_client::RotationStep,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let client = connect(socket)?;
-    let row = client.rotation(name, step).map_err(|e| e.to_string())?;
+    let row = client.rotation(name, step)?;
     print!(
         "{}: status {}, version {}, rotation due {}",
         row.name,
@@ -148,9 +139,9 @@ pub(super) fn audit_tail(
     n: u32,
     secret: Option<&str>,
     as_json: bool,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let client = connect(socket)?;
-    let records = client.audit_tail(n, secret).map_err(|e| e.to_string())?;
+    let records = client.audit_tail(n, secret)?;
     let mut out = String::new();
     for r in &records {
         if as_json {
@@ -199,13 +190,11 @@ pub(super) fn audit_tail(
         }
         out.push('\n');
     }
-    std::io::stdout()
-        .write_all(out.as_bytes())
-        .map_err(|e| format!("cannot write to stdout: {e}"))
+    print_bytes(out.as_bytes())
 }
 
-pub(super) fn connections(socket: Option<PathBuf>, as_json: bool) -> Result<(), String> {
-    let list = connect(socket)?.connections().map_err(|e| e.to_string())?;
+pub(super) fn connections(socket: Option<PathBuf>, as_json: bool) -> Result<(), CliError> {
+    let list = connect(socket)?.connections()?;
     if as_json {
         let rows: Vec<_> = list
             .iter()

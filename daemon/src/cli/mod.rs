@@ -6,6 +6,7 @@ mod audit_cmds;
 mod break_glass_cmds;
 mod check_cmd;
 mod client_cmds;
+mod error;
 mod serve_cmd;
 
 use std::path::PathBuf;
@@ -283,7 +284,7 @@ pub fn main() -> ExitCode {
             out_public,
             bits,
         } => crate::catalog::break_glass::keys::generate(bits, &out_private, &out_public)
-            .map_err(|e| e.to_string())
+            .map_err(error::CliError::from)
             .map(|()| {
                 println!(
                     "wrote {} (keep it on the daemon host, 0600) and {}",

@@ -7,6 +7,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use super::error::CliError;
 use crate::config::Config;
 
 /// The environment variable holding the log filter (`info`, `secretd=debug`, ...).
@@ -26,7 +27,7 @@ pub(super) fn run(
     dev: bool,
     socket: Option<PathBuf>,
     log_format: LogFormat,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     // With this variable set the Google client logs every response, payloads included.
     // SAFETY: no other thread exists yet (the runtime starts below), so nothing reads the
     // environment concurrently.
@@ -37,10 +38,9 @@ pub(super) fn run(
     let mut config = if dev {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
-        crate::runtime::dev::dev_config(euid).map_err(|e| e.to_string())?
+        crate::runtime::dev::dev_config(euid)?
     } else {
-        let path = config.ok_or("serve needs --config FILE or --dev")?;
-        Config::load(&path).map_err(|e| e.to_string())?
+        Config::load(&config.ok_or(CliError::NoConfig)?)?
     };
     if let Some(socket) = socket {
         config.daemon.socket = socket;
@@ -49,13 +49,13 @@ pub(super) fn run(
         .enable_all()
         .thread_name("secretd")
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        .map_err(CliError::Runtime)?;
     runtime.block_on(async {
         let cancel = CancellationToken::new();
-        let signals = watch_signals(cancel.clone())?;
+        let signals = watch_signals(cancel.clone()).map_err(CliError::Runtime)?;
         let result = crate::runtime::serve::run(config, cancel.clone(), activated).await;
         signals.abort();
-        result.map_err(|e| e.to_string())
+        Ok(result?)
     })
 }
 
@@ -86,10 +86,10 @@ fn google_capped(meta: &tracing::Metadata<'_>) -> bool {
 }
 
 /// Cancels `cancel` on SIGTERM or SIGINT.
-fn watch_signals(cancel: CancellationToken) -> Result<tokio::task::JoinHandle<()>, String> {
+fn watch_signals(cancel: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     Ok(tokio::spawn(async move {
         let which = tokio::select! {
             _ = term.recv() => "SIGTERM",

@@ -321,7 +321,64 @@ async fn serve_bound(
     socket_file: &SocketFile,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    for meta in store.sync_catalog(&config)? {
+    sync_catalog(&config, &store, &audit)?;
+    let source::Built { sources, google } = source::build_all(&config).await?;
+    restore_version_pins(&config, &store, &sources)?;
+    let tracker = TaskTracker::new();
+    let run = Running {
+        tracker: tracker.clone(),
+        cancel: cancel.clone(),
+    };
+    // The notification stream (if configured) shares GSM's credentials.
+    let google_credentials = google.as_ref().map(|g| g.credentials());
+    if let Some(google) = google {
+        run.until_cancelled(source::gsm::probe(google));
+    }
+    let shared = start_values(&config, &store, key, &audit, sources, &run).await?;
+    start_services(&config, &shared, google_credentials, &store, &run).await?;
+    announce_ready(&audit, config.secrets.len(), socket_file);
+    drop(audit);
+    server::transport::serve(
+        listener,
+        shared,
+        (
+            config.daemon.max_connections,
+            config.daemon.max_connections_per_uid,
+        ),
+        cancel.clone(),
+        tracker.clone(),
+    )
+    .await;
+    shut_down(tracker).await;
+    Ok(())
+}
+
+/// What every phase spawns into: the tasks to wait for at shutdown, and the token that ends
+/// them.
+struct Running {
+    /// Every task of the daemon's life.
+    tracker: TaskTracker,
+    /// Shutdown.
+    cancel: CancellationToken,
+}
+
+impl Running {
+    /// Runs `task` until it finishes or the daemon shuts down.
+    fn until_cancelled(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Phase 1: the metadata rows follow the config (each change audited), and records past
+/// retention go.
+fn sync_catalog(config: &Config, store: &Store, audit: &AuditLog) -> Result<(), ServeError> {
+    for meta in store.sync_catalog(config)? {
         let mut event = AuditEvent::new(
             Action::MetadataWrite,
             &meta.name,
@@ -331,13 +388,19 @@ async fn serve_bound(
         event.detail = format!("status {}", meta.status.as_str());
         audit.record(event);
     }
-    audit::prune(&store, &audit, config.daemon.audit_retention);
+    audit::prune(store, audit, config.daemon.audit_retention);
+    Ok(())
+}
 
-    let source::Built { sources, google } = source::build_all(&config).await?;
-    // A rotation in progress, and a version promoted over a number in the config, survive
-    // restarts: pin the version before the first fetch.
+/// Phase 2: a rotation in progress, and a version promoted over a number in the config,
+/// survive restarts: pin the version before the first fetch.
+fn restore_version_pins(
+    config: &Config,
+    store: &Store,
+    sources: &[Arc<dyn source::Source>],
+) -> Result<(), ServeError> {
     let metas = store.all_meta()?;
-    for (secret, source) in config.secrets.iter().zip(&sources) {
+    for (secret, source) in config.secrets.iter().zip(sources) {
         let Some(meta) = metas.get(&secret.name) else {
             continue;
         };
@@ -359,43 +422,42 @@ async fn serve_bound(
             tracing::warn!(secret = %secret.name, error = %e, "cannot restore the version pin");
         }
     }
+    Ok(())
+}
 
-    let catalog = Arc::new(Catalog::new(&config));
-    let tracker = TaskTracker::new();
-    // The notification stream (if configured) shares GSM's credentials.
-    let google_credentials = google.as_ref().map(|g| g.credentials());
-    if let Some(google) = google {
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            tokio::select! {
-                () = source::gsm::probe(google) => {}
-                () = cancel.cancelled() => {}
-            }
-        });
-    }
+/// Phase 3: the values. Break-glass overrides and last-known-good values are restored before
+/// serving (even with the source down), then every secret's refresher starts; a read of a
+/// secret still loading waits for that secret alone (`first_fetch_wait`).
+async fn start_values(
+    config: &Config,
+    store: &Arc<Store>,
+    key: Arc<FingerprintKey>,
+    audit: &AuditLog,
+    sources: Vec<Arc<dyn source::Source>>,
+    run: &Running,
+) -> Result<Arc<Shared>, ServeError> {
+    let catalog = Arc::new(Catalog::new(config));
     let break_glass = BreakGlass::new(
         config.break_glass.as_ref(),
         catalog.clone(),
         store.clone(),
         audit.clone(),
         key.clone(),
-        tracker.clone(),
-        cancel.clone(),
+        run.tracker.clone(),
+        run.cancel.clone(),
     )
     .map_err(ServeError::BreakGlassKey)?;
     let metrics = Arc::new(
         Metrics::new(catalog.slots().iter().map(|s| &*s.name)).map_err(ServeError::Metrics)?,
     );
-    // Overrides persisted before a restart are served from the start, even if the source is down.
     break_glass.restore().await;
-    // So are the last values fetched from GSM, when the host keeps a sealed copy.
     if let Some(cfg) = &config.daemon.last_known_good {
         let lkg = Arc::new(LastKnownGood::open(cfg).map_err(ServeError::LastKnownGood)?);
-        lkg.restore(&config, &catalog, &key, &audit);
-        tracker.spawn(last_known_good::run_writer(
+        lkg.restore(config, &catalog, &key, audit);
+        run.tracker.spawn(last_known_good::run_writer(
             lkg,
             catalog.clone(),
-            cancel.clone(),
+            run.cancel.clone(),
         ));
     }
     let first_fetches = refresh::spawn_all(
@@ -404,19 +466,15 @@ async fn serve_bound(
         audit.clone(),
         key,
         metrics.clone(),
-        &tracker,
-        cancel.clone(),
+        &run.tracker,
+        run.cancel.clone(),
     );
-    // Serving starts now: a read of a secret still loading waits for that secret alone
-    // (`first_fetch_wait`), never for the others.
-    tracker.spawn(report_first_fetches(
+    run.tracker.spawn(report_first_fetches(
         catalog.clone(),
         first_fetches,
-        cancel.clone(),
+        run.cancel.clone(),
     ));
-    let expected = config.secrets.len();
-
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         catalog,
         policy: Policy::new(config.daemon.admin_uids.clone(), config.policies.clone()),
         store: store.clone(),
@@ -426,66 +484,74 @@ async fn serve_bound(
         metrics,
         denials: Denials::new(config.daemon.max_denials_per_minute_per_uid),
         connections: Default::default(),
-    });
+    }))
+}
+
+/// Phase 4: what runs beside the socket: fleet notifications, the refusal ledger's minute,
+/// the HTTP endpoints, housekeeping.
+async fn start_services(
+    config: &Config,
+    shared: &Arc<Shared>,
+    google_credentials: Option<google_cloud_auth::credentials::Credentials>,
+    store: &Arc<Store>,
+    run: &Running,
+) -> Result<(), ServeError> {
     if let (Some(notifications), Some(credentials)) = (
         config.gsm.as_ref().and_then(|g| g.notifications.clone()),
         google_credentials,
     ) {
-        tracker.spawn(crate::catalog::notifications::run(
+        run.tracker.spawn(crate::catalog::notifications::run(
             notifications,
             credentials,
             shared.catalog.clone(),
             shared.sources.clone(),
             shared.metrics.clone(),
-            tracker.clone(),
-            cancel.clone(),
+            run.tracker.clone(),
+            run.cancel.clone(),
         ));
     }
-    tracker.spawn(roll_denials(shared.clone(), cancel.clone()));
+    run.tracker
+        .spawn(roll_denials(shared.clone(), run.cancel.clone()));
     if let Some(addr) = config.daemon.metrics_listen {
         server::http::start(
             addr,
             config.daemon.http_max_connections,
             shared.clone(),
-            cancel.clone(),
-            &tracker,
+            run.cancel.clone(),
+            &run.tracker,
         )
         .await
         .map_err(|source| ServeError::MetricsListen { addr, source })?;
     }
-    tracker.spawn(housekeeping::run(
-        store,
-        audit.clone(),
+    run.tracker.spawn(housekeeping::run(
+        store.clone(),
+        shared.audit.clone(),
         config.daemon.clone(),
-        cancel.clone(),
+        run.cancel.clone(),
     ));
+    Ok(())
+}
+
+/// Phase 5: the start is audited, systemd told, and the log says so.
+fn announce_ready(audit: &AuditLog, secrets: usize, socket_file: &SocketFile) {
     let mut started = AuditEvent::new(Action::DaemonStart, "", &Actor::daemon(), Outcome::Ok);
     started.detail = format!(
-        "secretd {} serving {expected} secrets",
+        "secretd {} serving {secrets} secrets",
         env!("CARGO_PKG_VERSION")
     );
     started.recorded_at_ms = now_ms();
     audit.record(started);
-    drop(audit);
     systemd::notify("READY=1");
     tracing::info!(
         event = "daemon.ready",
         socket = %socket_file.path().display(),
-        secrets = expected,
+        secrets,
         "secretd is serving"
     );
-    server::transport::serve(
-        listener,
-        shared,
-        (
-            config.daemon.max_connections,
-            config.daemon.max_connections_per_uid,
-        ),
-        cancel.clone(),
-        tracker.clone(),
-    )
-    .await;
+}
 
+/// Phase 6, once the socket is closed: every task is told and given [`SHUTDOWN_GRACE`].
+async fn shut_down(tracker: TaskTracker) {
     systemd::notify("STOPPING=1");
     tracing::info!("shutting down");
     tracker.close();
@@ -495,7 +561,6 @@ async fn serve_bound(
     {
         tracing::warn!("some tasks did not finish within the shutdown grace period");
     }
-    Ok(())
 }
 
 /// Logs once every secret's first fetch has finished: how many loaded, and which did not

@@ -22,6 +22,25 @@ pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
+/// How finely [`rfc3339`] writes a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Precision {
+    /// Whole seconds, for people (`2026-12-06T03:00:00Z`).
+    Seconds,
+    /// Milliseconds, for machines (`2026-12-06T03:00:00.123Z`), as the status JSON gives them.
+    Millis,
+}
+
+/// The one formatter of wall-clock times the daemon and its CLI show: `ms` after the Unix
+/// epoch as RFC 3339 in UTC.
+pub(crate) fn rfc3339(ms: i64, precision: Precision) -> String {
+    let t = from_unix_ms(ms);
+    match precision {
+        Precision::Seconds => humantime::format_rfc3339_seconds(t).to_string(),
+        Precision::Millis => humantime::format_rfc3339_millis(t).to_string(),
+    }
+}
+
 /// `d` in whole milliseconds as `T`, saturating at `max` (durations from config can be huge).
 pub(crate) fn millis<T: TryFrom<u128>>(d: Duration, max: T) -> T {
     T::try_from(d.as_millis()).unwrap_or(max)

@@ -25,7 +25,7 @@ use crate::audit::{Action, Actor, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::config::BreakGlassConfig;
 use crate::store::{Store, StoreError};
 use crate::util::lock::Recover;
-use crate::util::time::{from_unix_ms, millis, now_ms, unix_ms};
+use crate::util::time::{Precision, from_unix_ms, millis, now_ms, rfc3339, unix_ms};
 use envelope::{MAX_ENVELOPE, Opened, Rejected};
 use keys::KeyError;
 
@@ -220,10 +220,7 @@ impl BreakGlass {
         let mut event = AuditEvent::new(Action::BreakGlassApply, &name, &actor, Outcome::Ok);
         event.version = BREAK_GLASS_VERSION.into();
         event.fingerprint = self.fingerprints.fingerprint(&opened.value);
-        event.detail = format!(
-            "until {}",
-            humantime::format_rfc3339_seconds(from_unix_ms(expires_at_ms))
-        );
+        event.detail = format!("until {}", rfc3339(expires_at_ms, Precision::Seconds));
         self.audit
             .record_durable(event)
             .await
@@ -237,7 +234,7 @@ impl BreakGlass {
             secret = %name,
             uid = actor.uid,
             pid = actor.pid,
-            expires_at = %humantime::format_rfc3339_seconds(from_unix_ms(expires_at_ms)),
+            expires_at = %rfc3339(expires_at_ms, Precision::Seconds),
             "break-glass value applied; it outranks the normal source until it expires"
         );
         Ok(idx)
@@ -354,7 +351,7 @@ impl BreakGlass {
                         tracing::warn!(
                             event = "omni.alert.break_glass_applied",
                             secret = %name,
-                            expires_at = %humantime::format_rfc3339_seconds(from_unix_ms(until)),
+                            expires_at = %rfc3339(until, Precision::Seconds),
                             "break-glass override restored after restart"
                         );
                         continue;

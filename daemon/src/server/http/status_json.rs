@@ -1,14 +1,15 @@
 //! The JSON shape of a status row, shared by `secretd status --json` and HTTP `/status`.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use secretd_proto::{EntryState, SecretStatus};
 use serde_json::{Value, json};
 
-/// Unix milliseconds as RFC 3339 with milliseconds (UTC).
+use crate::util::time::{self, Precision};
+
+/// Unix milliseconds as RFC 3339 with milliseconds (UTC); nothing for none or a time before
+/// the epoch.
 pub(crate) fn rfc3339(ms: Option<i64>) -> Option<String> {
-    let ms = u64::try_from(ms?).ok()?;
-    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+    ms.filter(|ms| *ms >= 0)
+        .map(|ms| time::rfc3339(ms, Precision::Millis))
 }
 
 /// The state as people read it: a secret with nothing loaded and no failure yet is `loading`

@@ -47,14 +47,15 @@ impl Reply {
         Reply::Plain(Box::new(response))
     }
 
-    /// The `result` label of `omni_secretd_requests_total`: "ok", or the error code's name.
-    pub(crate) fn outcome(&self) -> &'static str {
+    /// The code the request was refused with, if it was (the `result` label of
+    /// `omni_secretd_requests_total`).
+    pub(crate) fn refused(&self) -> Option<ErrorCode> {
         match self {
             Reply::Plain(response) => match &**response {
-                Response::Error(e) => e.code.as_str(),
-                _ => "ok",
+                Response::Error(e) => Some(e.code),
+                _ => None,
             },
-            _ => "ok",
+            _ => None,
         }
     }
 

@@ -115,9 +115,9 @@ impl Conn {
                 Next::End(turn) => return turn,
             };
             self.active = Instant::now();
-            let op = request.op();
+            let op = request.op_index();
             let reply = self.session.respond(request).await;
-            self.session.shared.metrics.request(op, reply.outcome());
+            self.session.shared.metrics.request(op, reply.refused());
             let sent = send_reply(&mut self.out, io, &reply, self.session.protocol).await;
             if sent.is_err() || self.session.closing {
                 return Turn::Over;
