@@ -114,7 +114,6 @@ impl Conn {
                 }
                 Next::End(turn) => return turn,
             };
-            self.active = Instant::now();
             let op = request.op_index();
             let reply = self.session.respond(request).await;
             self.session.shared.metrics.request(op, reply.refused());
@@ -135,8 +134,7 @@ impl Conn {
     /// driver, within the frame's deadline once it has started.
     async fn next_request(&mut self, io: &mut impl Io) -> Next {
         loop {
-            let now = Instant::now();
-            match take_request(&mut self.frames, now) {
+            match take_request(&mut self.frames) {
                 Ok(Some((_, sender))) if sender != self.sender => {
                     // Only one writer is credited per connection until senders are attested
                     // one by one: a request from another process is not answered as the peer's.
@@ -161,7 +159,11 @@ impl Conn {
                 .await;
             let end = match received {
                 Received::Bytes(n, sender) => {
-                    self.frames.filled(n, sender, Instant::now());
+                    // The one clock read a request costs: when its bytes came is when the
+                    // client was last active, and when a frame's deadline starts.
+                    let now = Instant::now();
+                    self.frames.filled(n, sender, now);
+                    self.active = now;
                     continue;
                 }
                 Received::Deadline if partial.is_none() && Instant::now() < until_idle(self) => {
@@ -211,11 +213,8 @@ enum Ending {
 
 /// The next whole request in `frames`, decoded (`Ok(None)` until one is whole), or the
 /// violation to answer: a bad length, a frame from two writers, a body that does not decode.
-fn take_request(
-    frames: &mut FrameBuf,
-    now: Instant,
-) -> Result<Option<(Request, Sender)>, WireError> {
-    let frame = match frames.next_frame(now) {
+fn take_request(frames: &mut FrameBuf) -> Result<Option<(Request, Sender)>, WireError> {
+    let frame = match frames.next_frame() {
         Ok(Some(frame)) => frame,
         Ok(None) => return Ok(None),
         Err(fault) => return Err(fault_violation(&fault)),
@@ -258,7 +257,7 @@ pub(super) async fn hello(
 ) -> Option<u16> {
     let until = accepted + HELLO_TIMEOUT;
     let request = loop {
-        match take_request(frames, Instant::now()) {
+        match take_request(frames) {
             Ok(Some((request, _))) => break Ok(request),
             Err(v) => break Err(v),
             Ok(None) => {}

@@ -99,6 +99,8 @@ pub(crate) struct FrameBuf {
     writers: Vec<(usize, Sender)>,
     /// When the first byte of a frame not yet whole arrived (its deadline runs from here).
     started: Option<Instant>,
+    /// When the last read arrived: bytes left after a frame is taken came no later.
+    last_fill: Option<Instant>,
 }
 
 impl FrameBuf {
@@ -137,6 +139,7 @@ impl FrameBuf {
         if self.start == self.end {
             self.started = Some(now);
         }
+        self.last_fill = Some(now);
         self.end += n;
         match self.writers.last_mut() {
             Some((end, last)) if *last == sender => *end = self.end,
@@ -155,9 +158,9 @@ impl FrameBuf {
         if self.has_bytes() { self.started } else { None }
     }
 
-    /// The next whole frame, if all of it has arrived. `now` starts the clock of whatever
-    /// follows it in the buffer.
-    pub(crate) fn next_frame(&mut self, now: Instant) -> Result<Option<Frame<'_>>, FrameFault> {
+    /// The next whole frame, if all of it has arrived. Whatever follows it in the buffer
+    /// starts its clock at the read that brought it.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FrameFault> {
         let len = match self.body_len() {
             None => return Ok(None),
             Some(len) => len?,
@@ -170,7 +173,11 @@ impl FrameBuf {
         self.buf[first..first + HEADER_LEN].zeroize();
         self.start = last;
         self.writers.retain(|(end, _)| *end > last);
-        self.started = self.has_bytes().then_some(now);
+        self.started = if self.has_bytes() {
+            self.last_fill
+        } else {
+            None
+        };
         Ok(Some(Frame {
             body: &mut self.buf[first + HEADER_LEN..last],
             sender,
@@ -281,7 +288,7 @@ mod tests {
     }
 
     fn take(buf: &mut FrameBuf) -> Option<(Vec<u8>, Sender)> {
-        let frame = buf.next_frame(Instant::now()).expect("no fault")?;
+        let frame = buf.next_frame().expect("no fault")?;
         Some((frame.body().to_vec(), frame.sender))
     }
 
@@ -322,7 +329,7 @@ mod tests {
         feed(&mut buf, &a[..6], ME);
         feed(&mut buf, &a[6..], OTHER);
         assert!(matches!(
-            buf.next_frame(Instant::now()),
+            buf.next_frame(),
             Err(FrameFault::MixedSenders {
                 first: Some(10),
                 second: Some(11)
@@ -340,13 +347,13 @@ mod tests {
         let mut buf = FrameBuf::default();
         feed(&mut buf, &0u32.to_le_bytes(), ME);
         assert!(matches!(
-            buf.next_frame(Instant::now()),
+            buf.next_frame(),
             Err(FrameFault::Length(FrameError::Empty))
         ));
         let mut buf = FrameBuf::default();
         feed(&mut buf, &(MAX_FRAME as u32 + 1).to_le_bytes(), ME);
         assert!(matches!(
-            buf.next_frame(Instant::now()),
+            buf.next_frame(),
             Err(FrameFault::Length(FrameError::TooLarge { .. }))
         ));
     }

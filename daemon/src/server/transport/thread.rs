@@ -35,6 +35,10 @@ pub(super) const PROMOTE_AFTER: u32 = 8;
 pub(super) const QUIET: Duration = Duration::from_secs(2);
 /// How often a blocked read or write looks up from the socket to check its deadlines.
 const TICK: Duration = Duration::from_millis(250);
+/// Ticks in a row with nothing to read, between frames, that make a connection quiet: each
+/// tick is at least [`TICK`] long, so this is at least [`QUIET`] (counting ticks keeps the
+/// clock off the hot path).
+const QUIET_TICKS: u32 = (QUIET.as_millis() / TICK.as_millis()) as u32;
 
 /// Counts values served in a row that came within [`QUIET`] of each other.
 #[derive(Debug, Default)]
@@ -86,8 +90,6 @@ struct ThreadIo<'s> {
     sender: Sender,
     /// Daemon shutdown.
     cancel: &'s CancellationToken,
-    /// When the client last sent anything.
-    last: Instant,
 }
 
 /// Serves `conn` on this thread until the client goes quiet, starts a watch, leaves, or the
@@ -119,7 +121,6 @@ pub(super) fn serve(
         stream,
         sender,
         cancel,
-        last: Instant::now(),
     };
     let turn = handle.block_on(conn.serve(&mut io));
     drop((counted, seat));
@@ -128,22 +129,21 @@ pub(super) fn serve(
 
 impl Io for ThreadIo<'_> {
     async fn receive(&mut self, buf: &mut [u8], until: Instant, between: bool) -> Received {
+        let mut quiet_ticks = 0;
         loop {
             if self.cancel.is_cancelled() {
                 return Received::Stop(Turn::Over);
             }
             match (&*self.stream).read(buf) {
                 Ok(0) => return Received::Closed,
-                Ok(n) => {
-                    self.last = Instant::now();
-                    return Received::Bytes(n, self.sender);
-                }
-                Err(e) if is_tick(&e) || e.kind() == io::ErrorKind::Interrupted => {
-                    let now = Instant::now();
-                    if between && now - self.last >= QUIET {
+                Ok(n) => return Received::Bytes(n, self.sender),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_tick(&e) => {
+                    quiet_ticks += 1;
+                    if between && quiet_ticks >= QUIET_TICKS {
                         return Received::Stop(Turn::Quiet);
                     }
-                    if now >= until {
+                    if Instant::now() >= until {
                         return Received::Deadline;
                     }
                 }
