@@ -37,10 +37,18 @@ pub(crate) enum Action {
     RotationValidate = 14,
     /// An operator dropped the promoted active version; the config's is served again.
     RotationUnpin = 15,
+    /// Admin: the newest audit records were asked for (recorded when refused).
+    AuditTail = 16,
+    /// Admin: the chain's verification was asked for (recorded when refused).
+    AuditVerify = 17,
+    /// Admin: the open connections were asked for (recorded when refused).
+    Connections = 18,
+    /// Admin: the metrics text was asked for over the socket (recorded when refused).
+    Metrics = 19,
 }
 
 impl Action {
-    const ALL: [Action; 15] = [
+    const ALL: [Action; 19] = [
         Action::Read,
         Action::Refresh,
         Action::BreakGlassApply,
@@ -56,6 +64,10 @@ impl Action {
         Action::Revoke,
         Action::RotationValidate,
         Action::RotationUnpin,
+        Action::AuditTail,
+        Action::AuditVerify,
+        Action::Connections,
+        Action::Metrics,
     ];
 
     /// The stable snake_case name.
@@ -76,6 +88,10 @@ impl Action {
             Action::Revoke => "revoke",
             Action::RotationValidate => "rotation_validate",
             Action::RotationUnpin => "rotation_unpin",
+            Action::AuditTail => "audit_tail",
+            Action::AuditVerify => "audit_verify",
+            Action::Connections => "connections",
+            Action::Metrics => "metrics",
         }
     }
 

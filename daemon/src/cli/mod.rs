@@ -238,60 +238,56 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
-    let result = match cli.command {
+    match run(cli.command, cli.socket) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("secretd: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs one subcommand.
+fn run(command: Command, socket: Option<PathBuf>) -> Result<(), error::CliError> {
+    match command {
         Command::Serve {
             config,
             dev,
             log_format,
-        } => serve_cmd::run(config, dev, cli.socket, log_format),
-        Command::Metrics => client_cmds::metrics(cli.socket),
+        } => serve_cmd::run(config, dev, socket, log_format),
+        Command::Metrics => client_cmds::metrics(socket),
         Command::Check {
             config,
             required,
             min_ttl,
             min_rotation,
-        } => check_cmd::run(cli.socket, config, required, &min_ttl, &min_rotation),
-        Command::Get { name } => client_cmds::get(cli.socket, &name),
+        } => check_cmd::run(socket, config, required, &min_ttl, &min_rotation),
+        Command::Get { name } => client_cmds::get(socket, &name),
         Command::Status {
             json,
             connections: true,
-        } => client_cmds::connections(cli.socket, json),
-        Command::Status { json, .. } => client_cmds::status(cli.socket, json),
-        Command::Refresh { name } => client_cmds::refresh(cli.socket, name.as_deref()),
-        Command::Watch { names } => client_cmds::watch(cli.socket, &names),
+        } => client_cmds::connections(socket, json),
+        Command::Status { json, .. } => client_cmds::status(socket, json),
+        Command::Refresh { name } => client_cmds::refresh(socket, name.as_deref()),
+        Command::Watch { names } => client_cmds::watch(socket, &names),
         Command::Rotation { step } => {
-            use secretd_client::RotationStep as S;
-            let (name, step) = match step {
-                RotationCmd::Begin { name, version } => (name, S::Begin { version }),
-                RotationCmd::Promote { name } => (name, S::Promote),
-                RotationCmd::Abort { name } => (name, S::Abort),
-                RotationCmd::Validate { name } => (name, S::Validate),
-                RotationCmd::Unpin { name } => (name, S::Unpin),
-            };
-            client_cmds::rotation(cli.socket, &name, step)
+            let (name, step) = rotation_step(step);
+            client_cmds::rotation(socket, &name, step)
         }
-        Command::Audit { cmd } => match cmd {
-            AuditCmd::Tail { n, secret, json } => {
-                client_cmds::audit_tail(cli.socket, n, secret.as_deref(), json)
-            }
-            AuditCmd::Verify { head, db, key } => match db {
-                Some(db) => audit_cmds::verify_offline(&db, key.as_deref(), head.as_deref()),
-                None => audit_cmds::verify_online(cli.socket, head.as_deref()),
-            },
+        Command::Audit {
+            cmd: AuditCmd::Tail { n, secret, json },
+        } => client_cmds::audit_tail(socket, n, secret.as_deref(), json),
+        Command::Audit {
+            cmd: AuditCmd::Verify { head, db, key },
+        } => match db {
+            Some(db) => audit_cmds::verify_offline(&db, key.as_deref(), head.as_deref()),
+            None => audit_cmds::verify_online(socket, head.as_deref()),
         },
         Command::Keygen {
             out_private,
             out_public,
             bits,
-        } => crate::catalog::break_glass::keys::generate(bits, &out_private, &out_public)
-            .map_err(error::CliError::from)
-            .map(|()| {
-                println!(
-                    "wrote {} (keep it on the daemon host, 0600) and {}",
-                    out_private.display(),
-                    out_public.display()
-                );
-            }),
+        } => keygen(bits, &out_private, &out_public),
         Command::BreakGlass { cmd } => match cmd {
             BreakGlassCmd::Apply {
                 name,
@@ -301,7 +297,7 @@ pub fn main() -> ExitCode {
                 host,
                 out,
             } => break_glass_cmds::apply(
-                cli.socket,
+                socket,
                 &name,
                 &value_file,
                 &ttl,
@@ -309,17 +305,37 @@ pub fn main() -> ExitCode {
                 host.as_deref(),
                 out.as_deref(),
             ),
-            BreakGlassCmd::Submit { envelope } => break_glass_cmds::submit(cli.socket, &envelope),
-            BreakGlassCmd::Clear { name } => break_glass_cmds::clear(cli.socket, &name),
+            BreakGlassCmd::Submit { envelope } => break_glass_cmds::submit(socket, &envelope),
+            BreakGlassCmd::Clear { name } => break_glass_cmds::clear(socket, &name),
         },
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("secretd: {message}");
-            ExitCode::from(EXIT_FAILED)
-        }
     }
+}
+
+/// The secret and the protocol's step for a `rotation` subcommand.
+fn rotation_step(step: RotationCmd) -> (String, secretd_client::RotationStep) {
+    use secretd_client::RotationStep as S;
+    match step {
+        RotationCmd::Begin { name, version } => (name, S::Begin { version }),
+        RotationCmd::Promote { name } => (name, S::Promote),
+        RotationCmd::Abort { name } => (name, S::Abort),
+        RotationCmd::Validate { name } => (name, S::Validate),
+        RotationCmd::Unpin { name } => (name, S::Unpin),
+    }
+}
+
+/// `secretd keygen`: the break-glass key pair.
+fn keygen(
+    bits: usize,
+    out_private: &std::path::Path,
+    out_public: &std::path::Path,
+) -> Result<(), error::CliError> {
+    crate::catalog::break_glass::keys::generate(bits, out_private, out_public)?;
+    println!(
+        "wrote {} (keep it on the daemon host, 0600) and {}",
+        out_private.display(),
+        out_public.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -41,6 +41,11 @@ pub(crate) const DEFAULT_FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
 pub(crate) const MAX_FIRST_FETCH_WAIT: Duration = Duration::from_secs(4);
 /// The environment variable systemd sets to the directory of a unit's credentials.
 pub(crate) const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// Default `daemon.write_timeout`: how long writing one response may take before the client
+/// (one that stopped reading, a watcher that fell behind) is cut off.
+pub(crate) const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `daemon.write_timeout`: a stuck client holds a seat this long at most.
+pub(crate) const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default `daemon.audit_anchor_interval`.
 pub(crate) const DEFAULT_AUDIT_ANCHOR_INTERVAL: Duration = Duration::from_secs(300);
 /// The credential name `LoadCredential(Encrypted)=` gives the audit chain key.
@@ -100,6 +105,8 @@ pub(crate) struct DaemonConfig {
     pub fingerprint_key: Option<PathBuf>,
     /// How often the chain's head is logged as `audit.anchor`.
     pub audit_anchor_interval: Duration,
+    /// How long writing one response may take (`write_timeout`).
+    pub write_timeout: Duration,
     /// The sealed last-known-good file and its key, when enabled.
     pub last_known_good: Option<LastKnownGoodConfig>,
 }
@@ -198,6 +205,7 @@ pub(super) fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigErro
         first_fetch_wait: first_fetch_wait(raw.first_fetch_wait)?,
         audit_key,
         fingerprint_key,
+        write_timeout: write_timeout(raw.write_timeout)?,
         audit_anchor_interval: positive_duration_or(
             "daemon.audit_anchor_interval",
             raw.audit_anchor_interval,
@@ -238,6 +246,18 @@ fn first_fetch_wait(text: Option<String>) -> Result<Duration, ConfigError> {
         )));
     }
     Ok(wait)
+}
+
+/// `daemon.write_timeout`: longer than zero, at most [`MAX_WRITE_TIMEOUT`].
+fn write_timeout(text: Option<String>) -> Result<Duration, ConfigError> {
+    let timeout = positive_duration_or("daemon.write_timeout", text, DEFAULT_WRITE_TIMEOUT)?;
+    if timeout > MAX_WRITE_TIMEOUT {
+        return Err(invalid(format!(
+            "daemon.write_timeout must be at most {}s",
+            MAX_WRITE_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(timeout)
 }
 
 /// `daemon.audit_key` and `daemon.fingerprint_key`: absolute paths when given.

@@ -41,6 +41,7 @@ pub(super) struct RawDaemon {
     pub(super) audit_key: Option<PathBuf>,
     pub(super) fingerprint_key: Option<PathBuf>,
     pub(super) audit_anchor_interval: Option<String>,
+    pub(super) write_timeout: Option<String>,
     pub(super) last_known_good: Option<PathBuf>,
     pub(super) last_known_good_key: Option<PathBuf>,
     #[serde(default)]

@@ -67,85 +67,146 @@ pub(super) fn validate_secret(
     gsm: Option<&GsmConfig>,
 ) -> Result<SecretConfig, ConfigError> {
     validate_name(&s.name).map_err(|e| invalid(format!("secret {:?}: {e}", s.name)))?;
-    let name = s.name;
-    let foreign = |key: &str, present: bool| -> Result<(), ConfigError> {
-        if present {
-            Err(invalid(format!(
-                "secret {name:?}: `{key}` does not apply to source {:?}",
-                s.source
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    let required = |key: &str| {
-        invalid(format!(
-            "secret {name:?}: source {:?} needs `{key}`",
-            s.source
-        ))
+    let keys = SourceKeys {
+        name: &s.name,
+        source: &s.source,
+        gcp_secret: s.gcp_secret,
+        version: s.version,
+        env: s.env,
+        path: s.path,
     };
     let source = match s.source.as_str() {
-        "gsm" => {
-            foreign("path", s.path.is_some())?;
-            foreign("env", s.env.is_some())?;
-            let Some(gsm) = gsm else {
-                return Err(invalid(format!(
-                    "secret {name:?} uses source \"gsm\" but there is no [gsm] section"
-                )));
-            };
-            let short = s.gcp_secret.ok_or_else(|| required("gcp_secret"))?;
-            // A bare secret id is taken to live in [gsm] project.
-            let resource = match (&gsm.project, short.contains('/')) {
-                (Some(project), false) => format!("projects/{project}/secrets/{short}"),
-                _ => short,
-            };
-            validate_gcp_resource(&name, &resource)?;
-            if gsm.anonymous && resource.contains("/locations/") {
-                check_endpoint("gsm.regional_endpoint", &gsm.regional_endpoint, true)?;
-            }
-            let version = s.version.unwrap_or_else(|| "latest".into());
-            if !is_version_or_alias(&version) {
-                return Err(invalid(format!(
-                    "secret {name:?}: version = {version:?} must be \"latest\", a version \
-                     number, or a GSM version alias (a letter, then letters, digits, - or _)"
-                )));
-            }
-            SourceConfig::Gsm { resource, version }
-        }
-        "env" => {
-            foreign("gcp_secret", s.gcp_secret.is_some())?;
-            foreign("version", s.version.is_some())?;
-            foreign("path", s.path.is_some())?;
-            let var = s.env.ok_or_else(|| required("env"))?;
-            if var.is_empty() || var.contains('=') || var.contains('\0') {
-                return Err(invalid(format!(
-                    "secret {name:?}: env = {var:?} is not a variable name"
-                )));
-            }
-            SourceConfig::Env { var }
-        }
-        "file" => {
-            foreign("gcp_secret", s.gcp_secret.is_some())?;
-            foreign("version", s.version.is_some())?;
-            foreign("env", s.env.is_some())?;
-            let path = s.path.ok_or_else(|| required("path"))?;
-            if !path.is_absolute() {
-                return Err(invalid(format!(
-                    "secret {name:?}: path {:?} must be absolute",
-                    path.display()
-                )));
-            }
-            SourceConfig::File { path }
-        }
+        "gsm" => gsm_source(keys, gsm)?,
+        "env" => env_source(keys)?,
+        "file" => file_source(keys)?,
         other => {
             return Err(invalid(format!(
-                "secret {name:?}: source = {other:?} is not one of \"gsm\", \"env\", \"file\""
+                "secret {:?}: source = {other:?} is not one of \"gsm\", \"env\", \"file\"",
+                s.name
             )));
         }
     };
+    let ttl = secret_ttl(&s.name, s.ttl, &source, daemon)?;
+    Ok(SecretConfig {
+        name: s.name,
+        source,
+        ttl,
+        owner: s.owner,
+        environment: s.environment,
+    })
+}
+
+/// The source keys of one `[[secret]]`: each source takes its own and refuses the others'.
+struct SourceKeys<'a> {
+    /// The secret's name, for errors.
+    name: &'a str,
+    /// `source`, for errors.
+    source: &'a str,
+    /// `gcp_secret` (gsm).
+    gcp_secret: Option<String>,
+    /// `version` (gsm).
+    version: Option<String>,
+    /// `env` (env).
+    env: Option<String>,
+    /// `path` (file).
+    path: Option<PathBuf>,
+}
+
+impl SourceKeys<'_> {
+    /// Refuses `key` when it is set: it belongs to another source.
+    fn foreign(&self, key: &str, present: bool) -> Result<(), ConfigError> {
+        if present {
+            return Err(invalid(format!(
+                "secret {:?}: `{key}` does not apply to source {:?}",
+                self.name, self.source
+            )));
+        }
+        Ok(())
+    }
+
+    /// The error for a missing `key` this source needs.
+    fn required(&self, key: &str) -> ConfigError {
+        invalid(format!(
+            "secret {:?}: source {:?} needs `{key}`",
+            self.name, self.source
+        ))
+    }
+}
+
+/// `source = "gsm"`: a resource (a bare id lives in `[gsm] project`) and a version or alias.
+fn gsm_source(keys: SourceKeys<'_>, gsm: Option<&GsmConfig>) -> Result<SourceConfig, ConfigError> {
+    let name = keys.name;
+    keys.foreign("path", keys.path.is_some())?;
+    keys.foreign("env", keys.env.is_some())?;
+    let Some(gsm) = gsm else {
+        return Err(invalid(format!(
+            "secret {name:?} uses source \"gsm\" but there is no [gsm] section"
+        )));
+    };
+    let short = keys
+        .gcp_secret
+        .clone()
+        .ok_or_else(|| keys.required("gcp_secret"))?;
+    let resource = match (&gsm.project, short.contains('/')) {
+        (Some(project), false) => format!("projects/{project}/secrets/{short}"),
+        _ => short,
+    };
+    validate_gcp_resource(name, &resource)?;
+    if gsm.anonymous && resource.contains("/locations/") {
+        check_endpoint("gsm.regional_endpoint", &gsm.regional_endpoint, true)?;
+    }
+    let version = keys.version.unwrap_or_else(|| "latest".into());
+    if !is_version_or_alias(&version) {
+        return Err(invalid(format!(
+            "secret {name:?}: version = {version:?} must be \"latest\", a version \
+             number, or a GSM version alias (a letter, then letters, digits, - or _)"
+        )));
+    }
+    Ok(SourceConfig::Gsm { resource, version })
+}
+
+/// `source = "env"`: a variable name.
+fn env_source(keys: SourceKeys<'_>) -> Result<SourceConfig, ConfigError> {
+    keys.foreign("gcp_secret", keys.gcp_secret.is_some())?;
+    keys.foreign("version", keys.version.is_some())?;
+    keys.foreign("path", keys.path.is_some())?;
+    let var = keys.env.clone().ok_or_else(|| keys.required("env"))?;
+    if var.is_empty() || var.contains('=') || var.contains('\0') {
+        return Err(invalid(format!(
+            "secret {:?}: env = {var:?} is not a variable name",
+            keys.name
+        )));
+    }
+    Ok(SourceConfig::Env { var })
+}
+
+/// `source = "file"`: an absolute path.
+fn file_source(keys: SourceKeys<'_>) -> Result<SourceConfig, ConfigError> {
+    keys.foreign("gcp_secret", keys.gcp_secret.is_some())?;
+    keys.foreign("version", keys.version.is_some())?;
+    keys.foreign("env", keys.env.is_some())?;
+    let path = keys.path.clone().ok_or_else(|| keys.required("path"))?;
+    if !path.is_absolute() {
+        return Err(invalid(format!(
+            "secret {:?}: path {:?} must be absolute",
+            keys.name,
+            path.display()
+        )));
+    }
+    Ok(SourceConfig::File { path })
+}
+
+/// `ttl`: the refresh interval by default, at least [`MIN_TTL`], and for GSM at least
+/// [`MIN_GSM_TTL`] unless `allow_short_ttl` (short TTLs spend the access quota).
+fn secret_ttl(
+    name: &str,
+    ttl: Option<String>,
+    source: &SourceConfig,
+    daemon: &DaemonConfig,
+) -> Result<Duration, ConfigError> {
     let ttl = duration_or(
         &format!("secret {name:?} ttl"),
-        s.ttl,
+        ttl,
         daemon.refresh_interval,
     )?;
     if ttl < MIN_TTL {
@@ -159,11 +220,5 @@ pub(super) fn validate_secret(
             MIN_GSM_TTL.as_secs()
         )));
     }
-    Ok(SecretConfig {
-        name,
-        source,
-        ttl,
-        owner: s.owner,
-        environment: s.environment,
-    })
+    Ok(ttl)
 }

@@ -484,6 +484,7 @@ async fn start_values(
         metrics,
         denials: Denials::new(config.daemon.max_denials_per_minute_per_uid),
         connections: Default::default(),
+        write_timeout: config.daemon.write_timeout,
     }))
 }
 

@@ -41,4 +41,6 @@ pub(crate) struct Shared {
     pub(crate) denials: Denials,
     /// Every open connection and what was attested of it, for `status --connections`.
     pub(crate) connections: Registry,
+    /// How long writing one response may take (`daemon.write_timeout`).
+    pub(crate) write_timeout: std::time::Duration,
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
-use super::requests::{health, scrape};
+use super::requests::{scrape, status};
 use status_json::status_json;
 
 /// Requests on one HTTP connection are short; a slow scraper gets cut off after this.
@@ -108,7 +108,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
                 .map(|i| {
                     let mut row = shared.catalog.status(i);
                     if let Ok(Some(meta)) = shared.store.meta(&row.name) {
-                        super::requests::merge_meta(&mut row, &meta);
+                        status::merge_meta(&mut row, &meta);
                     }
                     status_json(&row)
                 })
@@ -126,7 +126,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
 /// 200 while every secret is servable (fresh, or stale within max_stale) and the audit trail
 /// is writable (`"degraded"` while only the notification channel is down), else 503.
 fn healthz(shared: &Shared) -> Reply {
-    let health = health::assess(shared, |_| true);
+    let health = status::assess(shared, |_| true);
     let (code, body) = match health.status {
         HealthStatus::Ok => (StatusCode::OK, json!({"status": "ok"})),
         HealthStatus::Degraded => {

@@ -19,10 +19,10 @@ pub(crate) const MAX_AUDIT_TAIL: u32 = 10_000;
 
 impl Session {
     /// Lets the request through if the caller is an admin and the audit trail works; the
-    /// refusal otherwise. A refusal is audited under `action`; operations that have no audit
-    /// action of their own (audit tail and verify, metrics) are recorded under `refresh`, with
-    /// the operation named in the record's detail.
-    pub(super) fn admin_gate(&mut self, op: &'static str, action: Action) -> Result<(), WireError> {
+    /// refusal otherwise. A refusal is audited under the operation's own action, with the
+    /// operation named in the record's detail.
+    pub(super) fn admin_gate(&mut self, action: Action) -> Result<(), WireError> {
+        let op = action.as_str();
         if !self.access.admin {
             let mut event = self.denied_event(action, "");
             event.detail = format!("{op} denied: not an admin");
@@ -86,7 +86,7 @@ impl Session {
     }
 
     pub(super) async fn refresh(&mut self, name: Option<&str>) -> Answer {
-        self.admin_gate("refresh", Action::Refresh)?;
+        self.admin_gate(Action::Refresh)?;
         let targets: Vec<usize> = match name {
             None => (0..self.shared.catalog.slots().len()).collect(),
             Some(name) => vec![self.slot_index(name)?],
@@ -126,101 +126,110 @@ impl Session {
             RotationStep::Validate => (Action::RotationValidate, Step::Validate),
             RotationStep::Unpin => (Action::RotationUnpin, Step::Unpin),
         };
-        self.admin_gate(action.as_str(), action)?;
+        self.admin_gate(action)?;
         let idx = self.slot_index(name)?;
-        let store = &self.shared.store;
-        let internal =
-            |e: &dyn std::fmt::Display| WireError::new(ErrorCode::Internal, e.to_string());
-        let meta = store
+        let meta = self
+            .shared
+            .store
             .meta(name)
             .map_err(|e| internal(&e))?
             .ok_or_else(|| internal(&format_args!("no metadata for {name:?}")))?;
-        let mut event = AuditEvent::new(action, name, &self.actor(ActorType::Admin), Outcome::Ok);
+        let event = AuditEvent::new(action, name, &self.actor(ActorType::Admin), Outcome::Ok);
         let next = match transition(&meta, &step, now_ms()) {
             Ok(next) => next,
             Err(why) => {
-                event.outcome = Outcome::Failed;
-                event.error_code = Some(ErrorCode::InvalidRequest.as_u16());
-                event.detail = why.to_string();
-                let _ = self.shared.audit.record_durable(event).await;
-                return Err(WireError::new(ErrorCode::InvalidRequest, why.to_string()));
+                return Err(self
+                    .step_failed(event, ErrorCode::InvalidRequest, why)
+                    .await);
             }
         };
-        let source = &self.shared.sources[idx];
         if step == Step::Promote
             && let Err(why) = self.promote_serves_the_validated_version(idx, &meta).await
         {
-            event.outcome = Outcome::Failed;
-            event.error_code = Some(why.code.as_u16());
-            event.detail.clone_from(&why.message);
-            let _ = self.shared.audit.record_durable(event).await;
-            return Err(why);
+            return Err(self.step_failed(event, why.code, why.message).await);
         }
-        // Audit before effect: the step is recorded durably before the served version moves
-        // (a failed begin adds a second, failed record).
+        self.take_step(idx, &step, (&meta, &next), event).await?;
+        Ok(Reply::plain(Response::Rotated(self.status_row(idx)?)))
+    }
+
+    /// Records a rotation step that failed (its `event`, marked failed with `why`) and returns
+    /// the refusal to answer with.
+    async fn step_failed(
+        &self,
+        mut event: AuditEvent,
+        code: ErrorCode,
+        why: impl std::fmt::Display,
+    ) -> WireError {
+        event.outcome = Outcome::Failed;
+        event.error_code = Some(code.as_u16());
+        event.detail = why.to_string();
+        let _ = self.shared.audit.record_durable(event.clone()).await;
+        WireError::new(code, event.detail)
+    }
+
+    /// Takes an allowed rotation step of slot `idx` from `meta` to `next`: audited before it
+    /// takes effect (a failed begin adds a second, failed record), the served version moved
+    /// (every step but validate), the metadata written, the outcome audited.
+    async fn take_step(
+        &self,
+        idx: usize,
+        step: &Step,
+        (meta, next): (&SecretMeta, &SecretMeta),
+        mut event: AuditEvent,
+    ) -> Result<(), WireError> {
+        let name = &self.shared.catalog.slot(idx).name;
+        let source = &self.shared.sources[idx];
         let mut intent = event.clone();
-        if let Step::Begin(version) = &step {
+        if let Step::Begin(version) = step {
             intent.version.clone_from(version);
         }
-        intent.detail = format!(
-            "status {} -> {} requested",
-            meta.status.as_str(),
-            next.status.as_str()
-        );
-        if let Err(e) = self.shared.audit.record_durable(intent).await {
-            tracing::error!(error = %e, "rotation could not be audited");
-            return Err(audit_down());
-        }
-        // Every step but validate moves the served version (or may).
-        let moves = step != Step::Validate;
-        if moves && let Err(why) = source.pin_version(next.pinned_version()) {
-            event.outcome = Outcome::Failed;
-            event.error_code = Some(ErrorCode::InvalidRequest.as_u16());
-            event.detail = why.to_string();
-            let _ = self.shared.audit.record_durable(event).await;
-            return Err(WireError::new(ErrorCode::InvalidRequest, why.to_string()));
-        }
-        let fetched = if moves {
-            self.refresh_slots(&[idx]).await.remove(0)
-        } else {
-            RefreshOutcome {
-                name: name.to_owned(),
-                version: None,
-                error: None,
-            }
-        };
-        if let (Step::Begin(version), Some(e)) = (&step, &fetched.error) {
-            // The new version cannot be served: stay where we were.
-            if let Err(e) = source.pin_version(meta.pinned_version()) {
-                tracing::error!(secret = name, error = %e, "cannot restore the previous pin");
-            }
-            self.refresh_slots(&[idx]).await;
-            event.outcome = Outcome::Failed;
-            event.version.clone_from(version);
-            event.detail = format!("version {version} could not be fetched: {}", e.message);
-            let _ = self.shared.audit.record_durable(event.clone()).await;
-            return Err(WireError::new(ErrorCode::Unavailable, event.detail));
-        }
-        store.put_meta(&next).map_err(|e| internal(&e))?;
-        if let Some(entry) = self.shared.catalog.slot(idx).current() {
-            event.version.clone_from(&entry.version);
-            event.fingerprint.clone_from(&entry.fingerprint);
-        }
-        event.detail = format!(
+        let change = format!(
             "status {} -> {}",
             meta.status.as_str(),
             next.status.as_str()
         );
+        intent.detail = format!("{change} requested");
+        if let Err(e) = self.shared.audit.record_durable(intent).await {
+            tracing::error!(error = %e, "rotation could not be audited");
+            return Err(audit_down());
+        }
+        let moves = *step != Step::Validate;
+        if moves && let Err(why) = source.pin_version(next.pinned_version()) {
+            return Err(self
+                .step_failed(event, ErrorCode::InvalidRequest, why)
+                .await);
+        }
+        let fetched = if moves {
+            self.refresh_slots(&[idx]).await.remove(0).error
+        } else {
+            None
+        };
+        if let (Step::Begin(version), Some(e)) = (step, &fetched) {
+            // The new version cannot be served: stay where we were.
+            if let Err(e) = source.pin_version(meta.pinned_version()) {
+                tracing::error!(secret = %name, error = %e, "cannot restore the previous pin");
+            }
+            self.refresh_slots(&[idx]).await;
+            event.version.clone_from(version);
+            let why = format!("version {version} could not be fetched: {}", e.message);
+            return Err(self.step_failed(event, ErrorCode::Unavailable, why).await);
+        }
+        self.shared.store.put_meta(next).map_err(|e| internal(&e))?;
+        if let Some(entry) = self.shared.catalog.slot(idx).current() {
+            event.version.clone_from(&entry.version);
+            event.fingerprint.clone_from(&entry.fingerprint);
+        }
+        event.detail = change;
         if let Err(e) = self.shared.audit.record_durable(event.clone()).await {
             tracing::error!(error = %e, "rotation could not be audited");
             return Err(audit_down());
         }
-        if action == Action::RotationPromote {
-            tracing::info!(event = "secret.rotated", secret = name, version = %event.version, "rotation promoted");
+        if event.action == Action::RotationPromote {
+            tracing::info!(event = "secret.rotated", secret = %name, version = %event.version, "rotation promoted");
         } else {
-            tracing::info!(secret = name, step = action.as_str(), version = %event.version, "rotation step");
+            tracing::info!(secret = %name, step = event.action.as_str(), version = %event.version, "rotation step");
         }
-        Ok(Reply::plain(Response::Rotated(self.status_row(idx)?)))
+        Ok(())
     }
 
     /// A promote over `latest` or an alias returns the host to that alias, so it may go ahead
@@ -266,7 +275,7 @@ impl Session {
     }
 
     pub(super) fn audit_tail(&mut self, limit: u32, secret: Option<&str>) -> Answer {
-        self.admin_gate("audit_tail", Action::Refresh)?;
+        self.admin_gate(Action::AuditTail)?;
         let records = audit::tail(
             &self.shared.store,
             limit.min(MAX_AUDIT_TAIL) as usize,
@@ -304,7 +313,7 @@ impl Session {
     }
 
     pub(super) fn audit_verify(&mut self) -> Answer {
-        self.admin_gate("audit_verify", Action::Refresh)?;
+        self.admin_gate(Action::AuditVerify)?;
         let v = self
             .shared
             .audit
@@ -320,16 +329,21 @@ impl Session {
     }
 
     pub(super) fn connections(&mut self) -> Answer {
-        self.admin_gate("connections", Action::Refresh)?;
+        self.admin_gate(Action::Connections)?;
         Ok(Reply::plain(Response::Connections(
             self.shared.connections.list(),
         )))
     }
 
     pub(super) fn metrics(&mut self) -> Answer {
-        self.admin_gate("metrics", Action::Refresh)?;
+        self.admin_gate(Action::Metrics)?;
         Ok(Reply::plain(Response::Metrics(scrape::render(
             &self.shared,
         ))))
     }
+}
+
+/// A refusal for a failure inside the daemon (a store error, missing metadata).
+fn internal(e: &dyn std::fmt::Display) -> WireError {
+    WireError::new(ErrorCode::Internal, e.to_string())
 }

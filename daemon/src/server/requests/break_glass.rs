@@ -10,7 +10,7 @@ use crate::catalog::break_glass::BreakGlassError;
 
 impl Session {
     pub(super) async fn break_glass_apply(&mut self, envelope: Vec<u8>) -> Answer {
-        self.admin_gate("break_glass_apply", Action::BreakGlassApply)?;
+        self.admin_gate(Action::BreakGlassApply)?;
         let actor = self.actor(ActorType::Admin);
         match self.shared.break_glass.apply(envelope, actor).await {
             Ok(idx) => Ok(Reply::plain(Response::BreakGlass(self.status_row(idx)?))),
@@ -19,7 +19,7 @@ impl Session {
     }
 
     pub(super) async fn break_glass_clear(&mut self, name: &str) -> Answer {
-        self.admin_gate("break_glass_clear", Action::BreakGlassClear)?;
+        self.admin_gate(Action::BreakGlassClear)?;
         let idx = self.slot_index(name)?;
         let actor = self.actor(ActorType::Admin);
         match self.shared.break_glass.clear(idx, actor, "cleared").await {

@@ -1,22 +1,21 @@
 //! What a request does: the connection's `session` hands each request to its handler
 //! (`read`, `admin`, `break_glass`, `watch`), which returns a `reply`. Refusals go through the
-//! daemon-wide `denials` ledger; open connections are listed in the `registry`; `health` and
-//! `scrape` are shared with the HTTP endpoints.
+//! daemon-wide `denials` ledger; open connections are listed in the `registry`; `status` (with the
+//! host's health) and `scrape` are shared with the HTTP endpoints.
 
 pub(crate) mod admin;
 mod break_glass;
 pub(crate) mod denials;
-pub(crate) mod health;
 mod read;
 mod registry;
 mod reply;
 pub(crate) mod scrape;
 mod session;
+pub(crate) mod status;
 mod subscription;
 mod watch;
 
 pub(crate) use denials::Denials;
-pub(crate) use read::merge_meta;
 pub(crate) use registry::Registry;
 pub(crate) use reply::{Reply, encode_reply};
 pub(crate) use session::Session;

@@ -1,14 +1,11 @@
-//! Reading: `Get` (a value, under the peer's access rights, audited before it is answered)
-//! `Status` (what the caller may see, never values) and `Health`.
+//! Reading: `Get`, a value under the peer's access rights, audited before it is answered.
 
-use secretd_proto::{ErrorCode, Response, SecretStatus, WireError, validate_name};
+use secretd_proto::{ErrorCode, WireError, validate_name};
 
-use super::health;
 use super::reply::{Answer, Reply, audit_down};
 use super::session::Session;
 use crate::audit::{Action, ActorType, AuditEvent, Outcome};
 use crate::catalog::entry::Entry;
-use crate::store::metadata::SecretMeta;
 
 impl Session {
     pub(super) async fn get(&mut self, name: &str) -> Answer {
@@ -97,56 +94,4 @@ impl Session {
             format!("uid {} may not read secret {name:?}", self.peer.uid),
         )
     }
-
-    /// The host's health; reasons name only secrets this caller may see.
-    pub(super) fn health(&self) -> Reply {
-        let access = &self.access;
-        let health = health::assess(&self.shared, |i| access.admin || access.can_read(i));
-        Reply::plain(Response::Health(health))
-    }
-
-    pub(super) fn status(&self) -> Reply {
-        Reply::plain(Response::Status(self.status_rows()))
-    }
-
-    /// Status rows the caller may see, with metadata merged in.
-    pub(super) fn status_rows(&self) -> Vec<SecretStatus> {
-        let catalog = &self.shared.catalog;
-        let metas = self.shared.store.all_meta().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read secret metadata for status");
-            Default::default()
-        });
-        (0..catalog.slots().len())
-            .filter(|&i| self.access.admin || self.access.can_read(i))
-            .map(|i| {
-                let mut row = catalog.status(i);
-                if let Some(meta) = metas.get(&row.name) {
-                    merge_meta(&mut row, meta);
-                }
-                row
-            })
-            .collect()
-    }
-
-    /// The status row of slot `idx`, as the answer to an admin operation on it.
-    pub(super) fn status_row(&self, idx: usize) -> Result<SecretStatus, WireError> {
-        let name = &self.shared.catalog.slot(idx).name;
-        self.status_rows()
-            .into_iter()
-            .find(|r| *r.name == **name)
-            .ok_or_else(|| WireError::new(ErrorCode::Internal, "status row missing"))
-    }
-}
-
-/// Adds what the store knows of a secret to its status row.
-pub(crate) fn merge_meta(row: &mut SecretStatus, meta: &SecretMeta) {
-    row.metadata_status = Some(meta.status.as_str().into());
-    row.rotation_due_at_ms = Some(meta.rotation_due_at_ms);
-    row.break_glass_expires_at_ms = meta.break_glass_enabled_until_ms;
-    row.version_alias.clone_from(&meta.gcp_version_alias);
-    row.gcp_secret.clone_from(&meta.gcp_secret_id);
-    row.owner.clone_from(&meta.owner);
-    row.last_rotated_at_ms = meta.last_rotated_at_ms;
-    row.last_validated_at_ms = meta.last_validated_at_ms;
-    row.active_version.clone_from(&meta.active_version);
 }

@@ -29,8 +29,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the rest of a frame may take once its first byte arrived (slow senders).
 const FRAME_DEADLINE: Duration = Duration::from_secs(5);
-/// How long writing one response may take (clients that stop reading).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long writing a refusal to a client over a connection limit may take (everything else
+/// is written within `daemon.write_timeout`).
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after an accept error such as EMFILE, so the loop does not spin.
 pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 

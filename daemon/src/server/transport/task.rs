@@ -6,7 +6,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use secretd_proto::frame::{FrameError, encode_frame};
 use secretd_proto::{ErrorCode, Response, WireError};
@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::WRITE_TIMEOUT;
+use super::BUSY_WRITE_TIMEOUT;
 use super::admission::{Admission, Refusal, Seat, Slot};
 use super::alarm::Alarm;
 use super::connection::{self, Conn, Io, Received, Turn, write_timed_out};
@@ -40,18 +40,25 @@ pub(super) struct TaskIo {
     streak: thread::Streak,
     /// Where seats for threads come from, when this runtime can hand a worker's place over.
     seats: Option<Arc<Admission>>,
+    /// How long writing one response may take.
+    write_timeout: Duration,
 }
 
 impl TaskIo {
-    fn new(stream: UnixStream, sender: Sender, cancel: &CancellationToken) -> TaskIo {
-        let seats = None;
+    fn new(
+        stream: UnixStream,
+        sender: Sender,
+        cancel: &CancellationToken,
+        write_timeout: Duration,
+    ) -> TaskIo {
         TaskIo {
             stream,
             sender,
             cancelled: Box::pin(cancel.clone().cancelled_owned()),
             alarm: Alarm::new(),
             streak: thread::Streak::default(),
-            seats,
+            seats: None,
+            write_timeout,
         }
     }
 }
@@ -80,7 +87,7 @@ impl Io for TaskIo {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
-        write_all(&self.stream, bytes).await
+        write_all(&self.stream, bytes, self.write_timeout).await
     }
 
     fn answered(&mut self, served_read: bool) -> Option<Turn> {
@@ -92,16 +99,16 @@ impl Io for TaskIo {
     }
 }
 
-/// Writes all of `bytes` within [`WRITE_TIMEOUT`] (the fast path, a reply that fits the
-/// socket's buffer, sets no timer).
-async fn write_all(stream: &UnixStream, bytes: &[u8]) -> Result<(), FrameError> {
+/// Writes all of `bytes` within `timeout` (the fast path, a reply that fits the socket's
+/// buffer, sets no timer).
+async fn write_all(stream: &UnixStream, bytes: &[u8], timeout: Duration) -> Result<(), FrameError> {
     let mut sent = 0;
     while sent < bytes.len() {
         match stream.try_write(&bytes[sent..]) {
             Ok(0) => return Err(FrameError::Io(io::ErrorKind::WriteZero.into())),
             Ok(n) => sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::time::timeout(WRITE_TIMEOUT, stream.writable())
+                tokio::time::timeout(timeout, stream.writable())
                     .await
                     .map_err(|_| FrameError::Io(write_timed_out()))??;
             }
@@ -132,7 +139,7 @@ pub(super) async fn run(
     );
     let accepted = Instant::now();
     let sender = Sender::of(&peer);
-    let mut io = TaskIo::new(stream, sender, &cancel);
+    let mut io = TaskIo::new(stream, sender, &cancel, shared.write_timeout);
     if can_hand_over() {
         io.seats = Some(admission);
     }
@@ -194,6 +201,7 @@ enum Handback {
 /// Moves the connection to a thread of its own and waits, parked and holding no worker, until
 /// it comes back. Shutdown shuts the socket's reading side under the thread's blocked read.
 async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToken) -> Handback {
+    let (uid, pid) = (conn.session.peer.uid, conn.session.peer.pid);
     let TaskIo {
         stream,
         sender,
@@ -201,64 +209,25 @@ async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToke
         alarm,
         streak: _,
         seats,
+        write_timeout,
     } = io;
-    let (uid, pid) = (conn.session.peer.uid, conn.session.peer.pid);
-    let stream = match stream.into_std() {
-        Ok(s) => s,
+    let stream = match stream
+        .into_std()
+        .and_then(|s| s.try_clone().map(|w| (s, w)))
+    {
+        Ok(pair) => pair,
         Err(e) => {
             tracing::error!(uid, pid, error = %e, "cannot take a connection off the runtime");
             return Handback::Over(Some(conn));
         }
     };
-    let waker = match stream.try_clone() {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(uid, pid, error = %e, "cannot watch a dedicated connection");
-            return Handback::Over(Some(conn));
-        }
-    };
-    // The job waits here while the thread starts, so a failed start loses nothing.
-    let job: Arc<Mutex<Option<Job>>> = Arc::new(Mutex::new(Some((conn, stream))));
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    let handle = Handle::current();
-    let (job_for_thread, cancel_for_thread) = (job.clone(), cancel.clone());
-    let started = std::thread::Builder::new()
-        .name("secretd-conn".into())
-        .spawn(move || {
-            let Some((mut conn, stream)) = job_for_thread.lock().recover().take() else {
-                return;
-            };
-            let turn = thread::serve(&mut conn, &stream, &handle, &cancel_for_thread, seat);
-            let _ = done_tx.send((conn, stream, turn));
-        });
-    let (conn, stream, turn) = match started {
-        Ok(_) => {
-            let finished = tokio::select! {
-                () = cancel.cancelled() => {
-                    let _ = waker.shutdown(std::net::Shutdown::Read);
-                    (&mut done_rx).await
-                }
-                finished = &mut done_rx => finished,
-            };
-            match finished {
-                Ok(finished) => finished,
-                Err(_) => {
-                    tracing::error!(
-                        uid,
-                        pid,
-                        "a connection's thread ended without handing it back"
-                    );
-                    return Handback::Over(None);
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(uid, pid, error = %e, "cannot start a thread for a busy connection; serving it on the runtime");
-            let Some((conn, stream)) = job.lock().recover().take() else {
-                return Handback::Over(None);
-            };
-            (conn, stream, Turn::Quiet)
-        }
+    let Some((conn, stream, turn)) = on_thread(conn, stream, seat, cancel).await else {
+        tracing::error!(
+            uid,
+            pid,
+            "a connection's thread ended without handing it back"
+        );
+        return Handback::Over(None);
     };
     let subscription = match turn {
         Turn::Quiet => None,
@@ -282,11 +251,54 @@ async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToke
         alarm,
         streak: thread::Streak::default(),
         seats,
+        write_timeout,
     };
     match subscription {
         Some(s) => Handback::Watch(conn, io, s),
         None => Handback::Quiet(conn, io),
     }
+}
+
+/// Serves `conn` on a new thread and waits for it to come back with its socket and why
+/// (`None` if the thread died with it). If no thread can be started, the connection comes
+/// back at once, quiet, to be served on the runtime. `waker` (a second handle on the socket)
+/// shuts its reading side when the daemon stops.
+async fn on_thread(
+    conn: Conn,
+    (stream, waker): (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ),
+    seat: Seat,
+    cancel: &CancellationToken,
+) -> Option<(Conn, std::os::unix::net::UnixStream, Turn)> {
+    // The job waits here while the thread starts, so a failed start loses nothing.
+    let job: Arc<Mutex<Option<Job>>> = Arc::new(Mutex::new(Some((conn, stream))));
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let handle = Handle::current();
+    let (job_for_thread, cancel_for_thread) = (job.clone(), cancel.clone());
+    let started = std::thread::Builder::new()
+        .name("secretd-conn".into())
+        .spawn(move || {
+            let Some((mut conn, stream)) = job_for_thread.lock().recover().take() else {
+                return;
+            };
+            let turn = thread::serve(&mut conn, &stream, &handle, &cancel_for_thread, seat);
+            let _ = done_tx.send((conn, stream, turn));
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start a thread for a busy connection; serving it on the runtime");
+        let (conn, stream) = job.lock().recover().take()?;
+        return Some((conn, stream, Turn::Quiet));
+    }
+    let finished = tokio::select! {
+        () = cancel.cancelled() => {
+            let _ = waker.shutdown(std::net::Shutdown::Read);
+            (&mut done_rx).await
+        }
+        finished = &mut done_rx => finished,
+    };
+    finished.ok()
 }
 
 /// Streams a watch's events until the client closes, sends anything, stops reading, or the
@@ -322,7 +334,7 @@ async fn stream_watch(subscription: Subscription, conn: &mut Conn, io: &mut Task
                 if events.lagged() {
                     lagged_total.inc();
                 }
-                let sent = write_all(&io.stream, &batch).await;
+                let sent = write_all(&io.stream, &batch, io.write_timeout).await;
                 connection::wipe(&mut batch);
                 if sent.is_err() {
                     return;
@@ -340,7 +352,7 @@ async fn watcher_spoke(io: &mut TaskIo) {
     );
     let mut out = Vec::new();
     if encode_frame(&Response::Error(v), &mut out).is_ok() {
-        let _ = write_all(&io.stream, &out).await;
+        let _ = write_all(&io.stream, &out, io.write_timeout).await;
     }
 }
 
@@ -355,6 +367,6 @@ pub(super) async fn refuse_busy(stream: UnixStream, refusal: Refusal) {
     let busy = Response::Error(WireError::new(ErrorCode::Busy, message));
     let mut out = Vec::new();
     if encode_frame(&busy, &mut out).is_ok() {
-        let _ = write_all(&stream, &out).await;
+        let _ = write_all(&stream, &out, BUSY_WRITE_TIMEOUT).await;
     }
 }

@@ -21,7 +21,6 @@ use secretd_proto::frame::FrameError;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use super::WRITE_TIMEOUT;
 use super::admission::Seat;
 use super::connection::{Conn, Io, Received, Turn, write_timed_out};
 use super::frame_buf::Sender;
@@ -90,6 +89,8 @@ struct ThreadIo<'s> {
     sender: Sender,
     /// Daemon shutdown.
     cancel: &'s CancellationToken,
+    /// How long writing one response may take.
+    write_timeout: Duration,
 }
 
 /// Serves `conn` on this thread until the client goes quiet, starts a watch, leaves, or the
@@ -121,6 +122,7 @@ pub(super) fn serve(
         stream,
         sender,
         cancel,
+        write_timeout: conn.session.shared.write_timeout,
     };
     let turn = handle.block_on(conn.serve(&mut io));
     drop((counted, seat));
@@ -153,7 +155,7 @@ impl Io for ThreadIo<'_> {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let deadline = Instant::now() + self.write_timeout;
         let mut sent = 0;
         while sent < bytes.len() {
             match (&*self.stream).write(&bytes[sent..]) {
