@@ -103,7 +103,12 @@ fn exe_sha256_refuses_a_binary_replaced_on_disk_after_it_started() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn bot");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Once the bot runs its binary (it connects 1.5 s later), the file is replaced under it.
+    let exe = format!("/proc/{}/exe", child.id());
+    let running = bot.canonicalize().expect("the bot's path");
+    wait_until("the bot to run its binary", Duration::from_secs(10), || {
+        (std::fs::read_link(&exe).ok()? == running).then_some(())
+    });
     let replacement = env.path("bots/mm/.new");
     std::fs::copy(support::secretd_bin(), &replacement).expect("copy");
     std::fs::rename(&replacement, &bot).expect("replace the binary");

@@ -1,7 +1,7 @@
 //! `[daemon]`: the socket, the database, limits, intervals, keys and the last-known-good file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::http::validate_http;
@@ -155,7 +155,12 @@ pub(super) fn parse_mode(text: &str) -> Result<u32, ConfigError> {
     Ok(mode)
 }
 
-pub(super) fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
+/// `[daemon]`, with `credentials` the directory systemd hands the daemon its credentials in
+/// (`$CREDENTIALS_DIRECTORY`), where keys not named in the file are looked for.
+pub(super) fn validate_daemon(
+    raw: RawDaemon,
+    credentials: Option<&Path>,
+) -> Result<DaemonConfig, ConfigError> {
     let refresh_interval = refresh_interval(raw.refresh_interval)?;
     let (audit_key, fingerprint_key) = key_paths(raw.audit_key, raw.fingerprint_key)?;
     let http = validate_http(
@@ -211,7 +216,11 @@ pub(super) fn validate_daemon(raw: RawDaemon) -> Result<DaemonConfig, ConfigErro
             raw.audit_anchor_interval,
             DEFAULT_AUDIT_ANCHOR_INTERVAL,
         )?,
-        last_known_good: last_known_good(raw.last_known_good, raw.last_known_good_key)?,
+        last_known_good: last_known_good(
+            raw.last_known_good,
+            raw.last_known_good_key,
+            credentials,
+        )?,
     })
 }
 
@@ -286,6 +295,7 @@ fn key_paths(
 fn last_known_good(
     path: Option<PathBuf>,
     key: Option<PathBuf>,
+    credentials: Option<&Path>,
 ) -> Result<Option<LastKnownGoodConfig>, ConfigError> {
     let path = match (path, &key) {
         (None, None) => return Ok(None),
@@ -296,11 +306,7 @@ fn last_known_good(
         }
         (Some(path), _) => path,
     };
-    let key = key.or_else(|| {
-        std::env::var_os(CREDENTIALS_DIRECTORY_ENV)
-            .filter(|d| !d.is_empty())
-            .map(|d| PathBuf::from(d).join(LAST_KNOWN_GOOD_CREDENTIAL))
-    });
+    let key = key.or_else(|| credentials.map(|d| d.join(LAST_KNOWN_GOOD_CREDENTIAL)));
     let Some(key) = key else {
         return Err(invalid(format!(
             "daemon.last_known_good needs a key: set daemon.last_known_good_key, or run \

@@ -92,10 +92,19 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text, finding keys the file does not name in systemd's
+    /// credentials directory (`$CREDENTIALS_DIRECTORY`) when there is one.
     pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
+        let credentials = std::env::var_os(CREDENTIALS_DIRECTORY_ENV)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        Config::parse_in(text, credentials.as_deref())
+    }
+
+    /// [`Config::parse`] with the credentials directory given (`None`: there is none).
+    pub(crate) fn parse_in(text: &str, credentials: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(ConfigError::Parse)?;
-        let daemon = validate_daemon(raw.daemon)?;
+        let daemon = validate_daemon(raw.daemon, credentials)?;
         let gsm = raw
             .gsm
             .map(|g| validate_gsm(g, daemon.refresh_interval))

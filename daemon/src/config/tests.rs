@@ -1,4 +1,4 @@
-use super::daemon::DEFAULT_REFRESH_INTERVAL;
+use super::daemon::{DEFAULT_REFRESH_INTERVAL, LAST_KNOWN_GOOD_CREDENTIAL};
 use super::gsm::{DEFAULT_NOTIFICATION_JITTER, DEFAULT_PUBSUB_ENDPOINT, MAX_VERSION_ALIAS_LEN};
 use super::*;
 
@@ -60,8 +60,12 @@ fn spec_example_parses() {
     );
 }
 
+/// The error `text` is refused with, judged with no credentials directory (whatever the
+/// environment the tests run in says).
 fn err(text: &str) -> String {
-    Config::parse(text).expect_err("should fail").to_string()
+    Config::parse_in(text, None)
+        .expect_err("should fail")
+        .to_string()
 }
 
 #[test]
@@ -182,7 +186,16 @@ fn zero_intervals_and_absurd_durations_are_refused() {
     let e = err("[daemon]\nfirst_fetch_wait = \"10s\"");
     assert!(e.contains("first_fetch_wait"), "{e}");
     let e = err("[daemon]\nlast_known_good = \"/var/lib/secretd/lkg\"");
-    assert!(e.contains("needs a key") || std::env::var_os("CREDENTIALS_DIRECTORY").is_some());
+    assert!(e.contains("needs a key"), "{e}");
+    // With a credentials directory, the key is the credential in it.
+    let dir = std::path::Path::new("/run/credentials/secretd.service");
+    let config = Config::parse_in(
+        "[daemon]\nlast_known_good = \"/var/lib/secretd/lkg\"",
+        Some(dir),
+    )
+    .expect("a key from the credentials directory");
+    let lkg = config.daemon.last_known_good.expect("configured");
+    assert_eq!(lkg.key, dir.join(LAST_KNOWN_GOOD_CREDENTIAL));
 }
 
 #[test]

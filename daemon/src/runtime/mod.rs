@@ -2,7 +2,9 @@
 //! down in order, process hygiene, systemd integration, dev mode and periodic housekeeping.
 
 pub(crate) mod dev;
+mod error;
 mod housekeeping;
+mod open_store;
 pub(crate) mod process;
 pub(crate) mod serve;
 pub(crate) mod systemd;

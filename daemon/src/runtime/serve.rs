@@ -7,103 +7,30 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{housekeeping, process, systemd};
+use super::{housekeeping, open_store, process, systemd};
 use crate::audit::{self, Action, Actor, AuditEvent, AuditLog, Outcome};
 use crate::catalog::Catalog;
 use crate::catalog::break_glass::BreakGlass;
-use crate::catalog::break_glass::keys::KeyError;
-use crate::catalog::fingerprint::{self, FingerprintKey};
+use crate::catalog::fingerprint::FingerprintKey;
 use crate::catalog::last_known_good::{self, LastKnownGood};
 use crate::catalog::refresh;
-use crate::catalog::source::{self, BuildError};
-use crate::config::{AUDIT_KEY_CREDENTIAL, CREDENTIALS_DIRECTORY_ENV, Config};
+use crate::catalog::source;
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::identity::Policy;
 use crate::server::requests::Denials;
-use crate::server::transport::socket::{self, SocketError, SocketFile};
+use crate::server::transport::socket::{self, SocketFile};
 use crate::server::{self, Shared};
+use crate::store::Store;
 use crate::store::metadata::Status;
-use crate::store::{Store, StoreError};
-use crate::util::key_file;
 use crate::util::time::now_ms;
-use std::path::PathBuf;
 
 /// How long shutdown waits for connections and refreshers to finish.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the daemon checks that its socket file is still the one it bound.
 pub(crate) const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Why the daemon could not start.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ServeError {
-    /// A catalog entry cannot be served by this build.
-    #[error(transparent)]
-    Source(#[from] BuildError),
-    /// The socket could not be set up.
-    #[error(transparent)]
-    Socket(#[from] SocketError),
-    /// The database could not be opened or written.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The fingerprint key beside the database could not be read or created.
-    #[error("fingerprint key {}: {source}", path.display())]
-    FingerprintKey {
-        /// The key file.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The audit chain's key could not be read or created.
-    #[error("audit key {}: {source}", path.display())]
-    AuditKey {
-        /// The key file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The audit writer thread could not be started.
-    #[error("cannot start the audit writer: {0}")]
-    AuditWriter(#[source] std::io::Error),
-    /// The break-glass private key could not be loaded.
-    #[error("break_glass.private_key: {0}")]
-    BreakGlassKey(#[source] KeyError),
-    /// The metrics could not be registered (a duplicate series: a bug).
-    #[error("cannot register metrics: {0}")]
-    Metrics(#[source] prometheus::Error),
-    /// Last-known-good is configured but its key or the host's machine id is unusable.
-    #[error(transparent)]
-    LastKnownGood(#[from] last_known_good::SetupError),
-    /// The HTTP listener could not bind.
-    #[error("daemon.metrics_listen {addr}: {source}")]
-    MetricsListen {
-        /// The configured address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The socket file was removed or replaced while serving.
-    #[error("the socket {} was removed or replaced while serving", .0.display())]
-    SocketLost(std::path::PathBuf),
-    /// The connection limits do not fit under the open-files limit.
-    #[error(
-        "daemon.max_connections = {max_connections} (plus {http} HTTP connections and {reserve} \
-         descriptors for the store and GSM) does not fit under the open-files limit of {limit}; \
-         lower it or raise LimitNOFILE"
-    )]
-    FdLimit {
-        /// The configured limit.
-        max_connections: usize,
-        /// `http_max_connections`, when the HTTP listener is on.
-        http: usize,
-        /// [`process::FD_RESERVE`].
-        reserve: u64,
-        /// The open-files limit in force.
-        limit: u64,
-    },
-    /// Memory protections were refused.
-    #[error("cannot protect process memory (core dumps, ptrace): {0}")]
-    Harden(std::io::Error),
-}
+pub(crate) use super::error::ServeError;
 
 /// Runs the daemon until `cancel` fires.
 pub(crate) async fn run(
@@ -119,7 +46,7 @@ pub(crate) async fn run(
         Some(fd) => socket::adopt(fd, &config.daemon.socket)?,
         None => socket::bind(&config.daemon)?,
     };
-    let opened = open_store(&config);
+    let opened = open_store::open_store(&config);
     let (store, key, audit, audit_thread) = match opened {
         Ok(parts) => parts,
         Err(e) => {
@@ -219,97 +146,6 @@ async fn watch_socket(socket: SocketFile, cancel: CancellationToken) -> bool {
             return true;
         }
     }
-}
-
-/// The store, the fingerprint key, the audit writer and its thread.
-type OpenedStore = (
-    Arc<Store>,
-    Arc<FingerprintKey>,
-    AuditLog,
-    std::thread::JoinHandle<()>,
-);
-
-/// Opens the database (exclusively: a second daemon on the same file fails here with a clear
-/// message), the fingerprint key beside it, the audit chain's key, and the audit writer. A
-/// database an earlier release wrote gets its keyed chain started here.
-fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
-    let store = Arc::new(Store::open(&config.daemon.db)?);
-    let key = match &config.daemon.fingerprint_key {
-        Some(shared) => FingerprintKey::load(shared).map_err(|source| ServeError::FingerprintKey {
-            path: shared.clone(),
-            source,
-        }),
-        None => {
-            let key_path = fingerprint::key_path(&config.daemon.db);
-            FingerprintKey::load_or_create(&key_path).map_err(|source| ServeError::FingerprintKey {
-                path: key_path.clone(),
-                source,
-            })
-        }
-    };
-    let key = Arc::new(key?);
-    let (audit_key_path, create) = audit_key_path(config);
-    let audit_key = if create {
-        key_file::load_or_create(&audit_key_path)
-    } else {
-        key_file::load(&audit_key_path)
-    }
-    .map_err(|source| ServeError::AuditKey {
-        path: audit_key_path.clone(),
-        source,
-    })?;
-    let keying = audit::open_keyed(&store)?;
-    let (audit, thread) =
-        AuditLog::start(store.clone(), Arc::new(audit_key)).map_err(ServeError::AuditWriter)?;
-    if let audit::Keying::Upgraded {
-        head_seq,
-        head_hash,
-        legacy,
-    } = keying
-    {
-        let verdict = match &legacy.broken {
-            None => format!("unkeyed chain verified ({} records)", legacy.checked),
-            Some((seq, why)) => {
-                tracing::error!(
-                    event = "omni.alert.audit_chain_broken",
-                    seq,
-                    reason = %why,
-                    "the unkeyed audit chain of this database is broken; keyed chaining starts anyway"
-                );
-                format!("unkeyed chain broken at seq {seq}: {why}")
-            }
-        };
-        let mut event = AuditEvent::new(Action::AuditUpgrade, "", &Actor::daemon(), Outcome::Ok);
-        event.detail = format!(
-            "keyed chain starts here; unkeyed head {head_seq}:{}; {verdict}",
-            hex::encode(head_hash)
-        );
-        audit.record(event);
-        tracing::warn!(
-            event = "audit.upgraded",
-            head_seq,
-            "the audit chain is keyed from here on"
-        );
-    }
-    Ok((store, key, audit, thread))
-}
-
-/// Where the audit chain's key is, and whether to create it: `audit_key`, else systemd's
-/// credential `secretd-audit-key` when present, else a file beside the database (created on
-/// first start).
-fn audit_key_path(config: &Config) -> (PathBuf, bool) {
-    if let Some(path) = &config.daemon.audit_key {
-        return (path.clone(), false);
-    }
-    if let Some(dir) = std::env::var_os(CREDENTIALS_DIRECTORY_ENV).filter(|d| !d.is_empty()) {
-        let path = PathBuf::from(dir).join(AUDIT_KEY_CREDENTIAL);
-        if path.exists() {
-            return (path, false);
-        }
-    }
-    let mut beside = config.daemon.db.as_os_str().to_owned();
-    beside.push(".audit-key");
-    (PathBuf::from(beside), true)
 }
 
 async fn serve_bound(

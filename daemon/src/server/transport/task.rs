@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secretd_proto::frame::{FrameError, encode_frame};
@@ -23,7 +23,6 @@ use super::thread;
 use crate::server::Shared;
 use crate::server::identity::Peer;
 use crate::server::requests::{Session, Subscription};
-use crate::util::lock::Recover;
 
 /// A connection on the runtime.
 pub(super) struct TaskIo {
@@ -185,9 +184,6 @@ fn can_hand_over() -> bool {
     Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
-/// The connection and its socket, on their way to a thread.
-type Job = (Conn, std::os::unix::net::UnixStream);
-
 /// How a connection came back from its thread.
 enum Handback {
     /// Quiet: served on the runtime again.
@@ -259,10 +255,13 @@ async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToke
     }
 }
 
-/// Serves `conn` on a new thread and waits for it to come back with its socket and why
-/// (`None` if the thread died with it). If no thread can be started, the connection comes
-/// back at once, quiet, to be served on the runtime. `waker` (a second handle on the socket)
-/// shuts its reading side when the daemon stops.
+/// Serves `conn` on a thread of the runtime's blocking pool and waits for it to come back with
+/// its socket and why (`None` if the thread died with it). `waker` (a second handle on the
+/// socket) shuts its reading side when the daemon stops.
+///
+/// The blocking pool, not a thread of our own per move: its threads are kept and reused for
+/// the next busy connection, and measured on this VM a pooled thread answers a lone client in
+/// 11 µs where a fresh one took 35 (BENCHMARKS, "Architecture II").
 async fn on_thread(
     conn: Conn,
     (stream, waker): (
@@ -272,25 +271,13 @@ async fn on_thread(
     seat: Seat,
     cancel: &CancellationToken,
 ) -> Option<(Conn, std::os::unix::net::UnixStream, Turn)> {
-    // The job waits here while the thread starts, so a failed start loses nothing.
-    let job: Arc<Mutex<Option<Job>>> = Arc::new(Mutex::new(Some((conn, stream))));
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let handle = Handle::current();
-    let (job_for_thread, cancel_for_thread) = (job.clone(), cancel.clone());
-    let started = std::thread::Builder::new()
-        .name("secretd-conn".into())
-        .spawn(move || {
-            let Some((mut conn, stream)) = job_for_thread.lock().recover().take() else {
-                return;
-            };
-            let turn = thread::serve(&mut conn, &stream, &handle, &cancel_for_thread, seat);
-            let _ = done_tx.send((conn, stream, turn));
-        });
-    if let Err(e) = started {
-        tracing::warn!(error = %e, "cannot start a thread for a busy connection; serving it on the runtime");
-        let (conn, stream) = job.lock().recover().take()?;
-        return Some((conn, stream, Turn::Quiet));
-    }
+    let cancel_for_thread = cancel.clone();
+    let mut done_rx = tokio::task::spawn_blocking(move || {
+        let mut conn = conn;
+        let turn = thread::serve(&mut conn, &stream, &handle, &cancel_for_thread, seat);
+        (conn, stream, turn)
+    });
     let finished = tokio::select! {
         () = cancel.cancelled() => {
             let _ = waker.shutdown(std::net::Shutdown::Read);

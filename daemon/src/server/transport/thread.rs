@@ -4,9 +4,9 @@
 //! round and a wake-up of whichever worker holds the I/O driver; a thread blocked in `recv` on
 //! its own socket is woken by the kernel straight into the read, which is what a raw echo
 //! server does. So a connection that keeps reading ([`PROMOTE_AFTER`] values served in a row,
-//! each within [`QUIET`] of the last) is handed to a new thread by its task (`super::task`),
-//! which waits parked until the thread hands it back: when the client is quiet for
-//! [`QUIET`], starts a watch, or leaves. A thousand idle or watching connections still cost
+//! each within [`QUIET`] of the last) is handed by its task (`super::task`) to a thread of the
+//! runtime's blocking pool, and the task waits parked until the thread hands it back: when the
+//! client is quiet for [`QUIET`], starts a watch, or leaves. A thousand idle or watching connections still cost
 //! no thread each, and admission's seats bound the threads in all and per uid.
 //!
 //! The loop is the same one the runtime runs ([`Conn::serve`]); only the waiting differs:
