@@ -109,8 +109,9 @@ fn start_fleet(
         let socket = dir.join("run/secretd.sock");
         let (interval, listen) = match notifications {
             Some((emulator, topic, jitter)) => {
-                let subscription =
-                    emulator.subscription(&topic_name(topic), &format!("{topic}-host-{host}"))?;
+                let subscription = emulator
+                    .subscription(&topic_name(topic), &format!("{topic}-host-{host}"))
+                    .map_err(|e| e.to_string())?;
                 let listen = format!(
                     "[gsm.notifications]\nsubscription = \"{subscription}\"\n\
                      endpoint = \"{}\"\nnotification_jitter = \"{}ms\"\n\n",
@@ -190,10 +191,12 @@ fn one_change(
     let start = Instant::now();
     if let Some((emulator, topic)) = announce {
         let secret_id = RESOURCE.replace("apex-bench", &project_number("apex-bench"));
-        emulator.publish(
-            topic,
-            &[gsm_event("SECRET_VERSION_ADD", &secret_id, Some(version))],
-        )?;
+        emulator
+            .publish(
+                topic,
+                &[gsm_event("SECRET_VERSION_ADD", &secret_id, Some(version))],
+            )
+            .map_err(|e| e.to_string())?;
     }
     let want = version.to_string();
     let mut waiting: Vec<&Client> = fleet.clients.iter().collect();
@@ -272,7 +275,7 @@ fn measure_one(
         .map_or_else(|| "fleet".into(), |n| n.to_string_lossy().into_owned());
     let listen = match (channel, emulator) {
         (Channel::Notification(jitter), Some(emulator)) => {
-            emulator.topic(&topic)?;
+            emulator.topic(&topic).map_err(|e| e.to_string())?;
             Some((emulator, topic.as_str(), jitter))
         }
         _ => None,

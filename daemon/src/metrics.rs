@@ -136,6 +136,87 @@ fn gauge<T: TryInto<i64>>(n: T) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
+/// What each secret is like right now: gauges set from a snapshot at scrape time.
+#[derive(Debug)]
+struct SecretGauges {
+    /// `omni_secret_cache_age_seconds{secret_type,source}`.
+    cache_age: GaugeVec,
+    /// `omni_secret_break_glass_active{secret_type}`: 1 while an override is served.
+    break_glass_active: IntGaugeVec,
+    /// `omni_secret_rotation_overdue{secret_type}`: 1 past rotation_due_at.
+    rotation_overdue: IntGaugeVec,
+    /// `omni_secret_info{secret_type,version,source,fingerprint}`: 1 for what each secret
+    /// serves, so Prometheus can compare versions across hosts.
+    info: IntGaugeVec,
+    /// `omni_secret_servable{secret_type}`: 1 while reads of the secret are answered.
+    servable: IntGaugeVec,
+    /// `omni_secret_stale{secret_type}`: 1 while the served value is past its TTL.
+    stale: IntGaugeVec,
+}
+
+impl SecretGauges {
+    fn new(r: &Registrar) -> Result<SecretGauges, prometheus::Error> {
+        let per_secret = &["secret_type"];
+        Ok(SecretGauges {
+            cache_age: r.register(GaugeVec::new(
+                Opts::new("omni_secret_cache_age_seconds", "Age of the cached value"),
+                &["secret_type", "source"],
+            )?)?,
+            break_glass_active: r.gauges(
+                "omni_secret_break_glass_active",
+                "1 while a break-glass override is served",
+                per_secret,
+            )?,
+            rotation_overdue: r.gauges(
+                "omni_secret_rotation_overdue",
+                "1 when the secret is past its rotation due date",
+                per_secret,
+            )?,
+            info: r.gauges(
+                "omni_secret_info",
+                "1 for the version, source and keyed fingerprint each secret serves",
+                &["secret_type", "version", "source", "fingerprint"],
+            )?,
+            servable: r.gauges(
+                "omni_secret_servable",
+                "1 while reads of the secret are answered",
+                per_secret,
+            )?,
+            stale: r.gauges(
+                "omni_secret_stale",
+                "1 while the served value is past its TTL (its source is failing)",
+                per_secret,
+            )?,
+        })
+    }
+
+    /// Sets every gauge of one secret from its snapshot.
+    fn set(&self, row: &SlotGauges<'_>) {
+        if let Some((version, source, fingerprint)) = &row.served {
+            self.info
+                .with_label_values(&[row.name, version, source.as_str(), fingerprint])
+                .set(1);
+        }
+        self.servable
+            .with_label_values(&[row.name])
+            .set(i64::from(row.servable));
+        self.stale
+            .with_label_values(&[row.name])
+            .set(i64::from(row.stale));
+        if let Some((source, age)) = row.age {
+            self.cache_age
+                .with_label_values(&[row.name, source.as_str()])
+                .set(age);
+        }
+        self.break_glass_active
+            .with_label_values(&[row.name])
+            .set(i64::from(row.break_glass));
+        self.rotation_overdue
+            .with_label_values(&[row.name])
+            .set(i64::from(row.rotation_overdue));
+    }
+}
+
 /// All of secretd's series.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -155,14 +236,8 @@ pub(crate) struct Metrics {
     notifications: IntCounterVec,
     /// `omni_secretd_notification_stream_up`: 1 while the notification stream is open.
     notification_stream_up: IntGauge,
-    /// `omni_secret_cache_age_seconds{secret_type,source}`.
-    cache_age: GaugeVec,
     /// `omni_secret_refresh_duration_seconds{secret_type}`.
     refresh_latency: HistogramVec,
-    /// `omni_secret_break_glass_active{secret_type}`: 1 while an override is served.
-    break_glass_active: IntGaugeVec,
-    /// `omni_secret_rotation_overdue{secret_type}`: 1 past rotation_due_at.
-    rotation_overdue: IntGaugeVec,
     /// `omni_secretd_connections`: open client connections.
     pub(crate) connections: IntGauge,
     /// `omni_secretd_dedicated_connections`: connections served on a thread of their own
@@ -170,17 +245,12 @@ pub(crate) struct Metrics {
     pub(crate) dedicated: IntGauge,
     /// `omni_secretd_requests_total{op,result}`, resolved once per label pair.
     requests: Requests,
+    /// What each secret is like right now, set at scrape time.
+    now: SecretGauges,
     /// `omni_secretd_audit_queue_depth`: audit events not yet committed.
     audit_queue: IntGauge,
     /// `omni_secretd_watchers`: open watch subscriptions.
     watchers: IntGauge,
-    /// `omni_secret_info{secret_type,version,source,fingerprint}`: 1 for what each secret
-    /// serves, so Prometheus can compare versions across hosts.
-    info: IntGaugeVec,
-    /// `omni_secret_servable{secret_type}`: 1 while reads of the secret are answered.
-    servable: IntGaugeVec,
-    /// `omni_secret_stale{secret_type}`: 1 while the served value is past its TTL.
-    stale: IntGaugeVec,
     /// `omni_secretd_audit_writable`: 1 while the audit trail can be written.
     audit_writable: IntGauge,
     /// `omni_secretd_watch_lagged_total`: times a watcher fell behind and was told to re-read.
@@ -231,10 +301,6 @@ impl Metrics {
                 "omni_secretd_notification_stream_up",
                 "1 while the GSM notification stream is open",
             )?,
-            cache_age: r.register(GaugeVec::new(
-                Opts::new("omni_secret_cache_age_seconds", "Age of the cached value"),
-                &["secret_type", "source"],
-            )?)?,
             refresh_latency: r.register(HistogramVec::new(
                 HistogramOpts::new(
                     "omni_secret_refresh_duration_seconds",
@@ -243,21 +309,12 @@ impl Metrics {
                 .buckets(REFRESH_BUCKETS.to_vec()),
                 per_secret,
             )?)?,
-            break_glass_active: r.gauges(
-                "omni_secret_break_glass_active",
-                "1 while a break-glass override is served",
-                per_secret,
-            )?,
-            rotation_overdue: r.gauges(
-                "omni_secret_rotation_overdue",
-                "1 when the secret is past its rotation due date",
-                per_secret,
-            )?,
             connections: r.gauge("omni_secretd_connections", "Open client connections")?,
             dedicated: r.gauge(
                 "omni_secretd_dedicated_connections",
                 "Client connections served on a thread of their own (busy clients)",
             )?,
+            now: SecretGauges::new(&r)?,
             requests: Requests::new(r.counters(
                 "omni_secretd_requests_total",
                 "Requests answered, by operation and result",
@@ -268,21 +325,6 @@ impl Metrics {
                 "Audit events queued and not yet committed",
             )?,
             watchers: r.gauge("omni_secretd_watchers", "Open watch subscriptions")?,
-            info: r.gauges(
-                "omni_secret_info",
-                "1 for the version, source and keyed fingerprint each secret serves",
-                &["secret_type", "version", "source", "fingerprint"],
-            )?,
-            servable: r.gauges(
-                "omni_secret_servable",
-                "1 while reads of the secret are answered",
-                per_secret,
-            )?,
-            stale: r.gauges(
-                "omni_secret_stale",
-                "1 while the served value is past its TTL (its source is failing)",
-                per_secret,
-            )?,
             audit_writable: r.gauge(
                 "omni_secretd_audit_writable",
                 "1 while the audit trail can be written (reads are refused otherwise)",
@@ -346,31 +388,10 @@ impl Metrics {
 
     /// Renders the Prometheus text format, setting point-in-time gauges from `now` first.
     pub(crate) fn render(&self, now: &Gauges<'_>) -> String {
-        self.cache_age.reset();
-        self.info.reset();
+        self.now.cache_age.reset();
+        self.now.info.reset();
         for row in &now.slots {
-            if let Some((version, source, fingerprint)) = &row.served {
-                self.info
-                    .with_label_values(&[row.name, version, source.as_str(), fingerprint])
-                    .set(1);
-            }
-            self.servable
-                .with_label_values(&[row.name])
-                .set(i64::from(row.servable));
-            self.stale
-                .with_label_values(&[row.name])
-                .set(i64::from(row.stale));
-            if let Some((source, age)) = row.age {
-                self.cache_age
-                    .with_label_values(&[row.name, source.as_str()])
-                    .set(age);
-            }
-            self.break_glass_active
-                .with_label_values(&[row.name])
-                .set(i64::from(row.break_glass));
-            self.rotation_overdue
-                .with_label_values(&[row.name])
-                .set(i64::from(row.rotation_overdue));
+            self.now.set(row);
         }
         self.audit_queue.set(gauge(now.audit_queue));
         self.watchers.set(gauge(now.watchers));

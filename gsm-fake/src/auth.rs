@@ -30,9 +30,11 @@ pub(crate) struct TrustedKey {
 }
 
 impl TrustedKey {
-    pub(crate) fn new(email: &str, public_key_pem: &str) -> Result<TrustedKey, String> {
-        let key = RsaPublicKey::from_public_key_pem(public_key_pem)
-            .map_err(|e| format!("not an SPKI PEM public key: {e}"))?;
+    pub(crate) fn new(
+        email: &str,
+        public_key_pem: &str,
+    ) -> Result<TrustedKey, rsa::pkcs8::spki::Error> {
+        let key = RsaPublicKey::from_public_key_pem(public_key_pem)?;
         Ok(TrustedKey {
             email: email.to_owned(),
             key: VerifyingKey::new(key),

@@ -236,7 +236,7 @@ impl Handle {
         email: &str,
         kid: &str,
         public_key_pem: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), rsa::pkcs8::spki::Error> {
         let key = auth::TrustedKey::new(email, public_key_pem)?;
         self.lock().service_accounts.insert(kid.to_owned(), key);
         Ok(())

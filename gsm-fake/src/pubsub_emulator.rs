@@ -37,6 +37,47 @@ pub fn emulator_script() -> Option<PathBuf> {
 }
 
 /// A running emulator; killed (with its Java process) on drop.
+/// Why the emulator could not be started or did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// No loopback port was free.
+    #[error("no free port: {0}")]
+    Port(#[source] std::io::Error),
+    /// The start script could not run.
+    #[error("cannot start the Pub/Sub emulator {}: {source}", script.display())]
+    Start {
+        /// The script.
+        script: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It started but did not answer in time.
+    #[error("the Pub/Sub emulator did not answer within {0:?}")]
+    NotAnswering(Duration),
+    /// A REST call could not be made.
+    #[error("{method} {path} on the Pub/Sub emulator: {source}")]
+    Request {
+        /// The HTTP method.
+        method: String,
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A REST call was answered with an unexpected status.
+    #[error("{method} {path} on the Pub/Sub emulator: {code} {answer}")]
+    Refused {
+        /// The HTTP method.
+        method: String,
+        /// The path.
+        path: String,
+        /// The status code.
+        code: u16,
+        /// The body.
+        answer: String,
+    },
+}
+
 #[derive(Debug)]
 pub struct Emulator {
     /// Where it listens.
@@ -47,17 +88,17 @@ pub struct Emulator {
 
 impl Emulator {
     /// Starts an emulator on a free port and waits until it answers.
-    pub fn start(script: &PathBuf) -> Result<Emulator, String> {
+    pub fn start(script: &PathBuf) -> Result<Emulator, EmulatorError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
+            .map_err(EmulatorError::Port)?
             .port();
         Emulator::start_on(script, port)
     }
 
     /// Starts an emulator on `port` (a restart reuses the port the daemon knows) and waits
     /// until it answers.
-    pub fn start_on(script: &PathBuf, port: u16) -> Result<Emulator, String> {
+    pub fn start_on(script: &PathBuf, port: u16) -> Result<Emulator, EmulatorError> {
         let child = Command::new(script)
             .arg("--host=127.0.0.1")
             .arg(format!("--port={port}"))
@@ -66,20 +107,16 @@ impl Emulator {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot start the Pub/Sub emulator {}: {e}",
-                    script.display()
-                )
+            .map_err(|source| EmulatorError::Start {
+                script: script.clone(),
+                source,
             })?;
         let emulator = Emulator { port, child };
         let deadline = Instant::now() + EMULATOR_START_TIMEOUT;
         let topics = format!("/v1/projects/{PROJECT}/topics");
         while !request(port, "GET", &topics, "").is_ok_and(|(code, _)| code == 200) {
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the Pub/Sub emulator did not answer within {EMULATOR_START_TIMEOUT:?}"
-                ));
+                return Err(EmulatorError::NotAnswering(EMULATOR_START_TIMEOUT));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -97,13 +134,13 @@ impl Emulator {
         &self,
         topic: &str,
         subscription: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, EmulatorError> {
         let topic_name = self.topic(topic)?;
         self.subscription(&topic_name, subscription)
     }
 
     /// Creates topic `topic`; returns its full name.
-    pub fn topic(&self, topic: &str) -> Result<String, String> {
+    pub fn topic(&self, topic: &str) -> Result<String, EmulatorError> {
         let topic_name = format!("projects/{PROJECT}/topics/{topic}");
         self.call("PUT", &format!("/v1/{topic_name}"), "{}", &[200])?;
         Ok(topic_name)
@@ -111,7 +148,11 @@ impl Emulator {
 
     /// Creates pull subscription `subscription` on the existing topic `topic_name` (a full
     /// name); returns the subscription's full name.
-    pub fn subscription(&self, topic_name: &str, subscription: &str) -> Result<String, String> {
+    pub fn subscription(
+        &self,
+        topic_name: &str,
+        subscription: &str,
+    ) -> Result<String, EmulatorError> {
         let sub_name = format!("projects/{PROJECT}/subscriptions/{subscription}");
         let body = serde_json::json!({"topic": topic_name, "ackDeadlineSeconds": 10});
         self.call("PUT", &format!("/v1/{sub_name}"), &body.to_string(), &[200])?;
@@ -120,7 +161,11 @@ impl Emulator {
 
     /// Publishes messages with these attributes (and a small JSON body, as GSM sends) to
     /// `topic`, in batches.
-    pub fn publish(&self, topic: &str, messages: &[serde_json::Value]) -> Result<(), String> {
+    pub fn publish(
+        &self,
+        topic: &str,
+        messages: &[serde_json::Value],
+    ) -> Result<(), EmulatorError> {
         for batch in messages.chunks(100) {
             let list: Vec<serde_json::Value> = batch
                 .iter()
@@ -142,16 +187,22 @@ impl Emulator {
     }
 
     /// One REST call that must answer one of `ok` codes.
-    fn call(&self, method: &str, path: &str, body: &str, ok: &[u16]) -> Result<(), String> {
-        let (code, answer) = request(self.port, method, path, body)
-            .map_err(|e| format!("{method} {path} on the Pub/Sub emulator: {e}"))?;
+    fn call(&self, method: &str, path: &str, body: &str, ok: &[u16]) -> Result<(), EmulatorError> {
+        let (code, answer) =
+            request(self.port, method, path, body).map_err(|source| EmulatorError::Request {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                source,
+            })?;
         if ok.contains(&code) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{method} {path} on the Pub/Sub emulator: {code} {answer}"
-            ))
+            return Ok(());
         }
+        Err(EmulatorError::Refused {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            code,
+            answer,
+        })
     }
 }
 
