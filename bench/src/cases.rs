@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use secretd_client::{AsyncClient, Client};
 
+use crate::error::BenchError;
 use crate::fixture::{NAME, VALUE};
 use crate::stats::Row;
 use crate::wire::{read_frame, wire_frames};
@@ -173,13 +174,13 @@ pub(crate) fn rust_async_get(socket: &Path, tasks: usize, n: usize) -> Row {
 
 /// `rust-client-get` (or `cached`) in a child process of its own, like the C and Python
 /// harnesses, so the three languages are compared like for like.
-pub(crate) fn rust_get_external(socket: &Path, n: usize, cached: bool) -> Result<Row, String> {
+pub(crate) fn rust_get_external(socket: &Path, n: usize, cached: bool) -> Result<Row, BenchError> {
     let case = if cached {
         "rust-client-get cached"
     } else {
         "rust-client-get"
     };
-    let exe = std::env::current_exe().map_err(|e| format!("{case}: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| BenchError::from(format!("{case}: {e}")))?;
     external(
         case,
         Command::new(exe)
@@ -196,25 +197,25 @@ pub(crate) const HARNESS_ARG: &str = "__rust-harness";
 
 /// Harness mode: `__rust-harness plain|cached SOCKET N WARMUP` prints one get latency in
 /// nanoseconds per line, like bench/c/bench_get.c.
-pub(crate) fn harness(args: &[String]) -> Result<(), String> {
+pub(crate) fn harness(args: &[String]) -> Result<(), BenchError> {
     let [mode, socket, n, warmup] = args else {
         return Err("usage: __rust-harness plain|cached SOCKET N WARMUP".into());
     };
     let n: usize = n.parse().map_err(|_| "N must be a number")?;
     let warmup: usize = warmup.parse().map_err(|_| "WARMUP must be a number")?;
-    let client = Client::connect(socket).map_err(|e| e.to_string())?;
+    let client = Client::connect(socket).map_err(BenchError::client("secretd"))?;
     let client = if mode == "cached" {
-        client.with_cache().map_err(|e| e.to_string())?
+        client.with_cache().map_err(BenchError::client("secretd"))?
     } else {
         client
     };
     for _ in 0..warmup {
-        client.get(NAME).map_err(|e| e.to_string())?;
+        client.get(NAME).map_err(BenchError::client("secretd"))?;
     }
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let secret = client.get(NAME).map_err(|e| e.to_string())?;
+        let secret = client.get(NAME).map_err(BenchError::client("secretd"))?;
         drop(secret);
         samples.push(t.elapsed().as_nanos() as u64);
     }
@@ -225,7 +226,7 @@ pub(crate) fn harness(args: &[String]) -> Result<(), String> {
     }
     std::io::stdout()
         .write_all(out.as_bytes())
-        .map_err(|e| e.to_string())
+        .map_err(BenchError::io("stdout"))
 }
 
 /// A new connection for every read: hello, get, close. Every read is then a connection's first
@@ -256,13 +257,16 @@ pub(crate) fn connect_get_as(case: &str, socket: &Path, n: usize) -> Row {
 }
 
 /// Runs an external harness that prints one latency in nanoseconds per line.
-fn external(case: &str, cmd: &mut Command) -> Result<Row, String> {
+fn external(case: &str, cmd: &mut Command) -> Result<Row, BenchError> {
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("{case}: cannot run: {e}"))?;
+        .map_err(|e| BenchError::from(format!("{case}: cannot run: {e}")))?;
     if !out.status.success() {
-        return Err(format!("{case}: harness failed ({})", out.status));
+        return Err(BenchError::from(format!(
+            "{case}: harness failed ({})",
+            out.status
+        )));
     }
     let samples: Vec<u64> = out
         .stdout
@@ -271,7 +275,9 @@ fn external(case: &str, cmd: &mut Command) -> Result<Row, String> {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     if samples.is_empty() {
-        return Err(format!("{case}: harness printed no samples"));
+        return Err(BenchError::from(format!(
+            "{case}: harness printed no samples"
+        )));
     }
     // Throughput from the samples themselves: process start-up is not part of a get.
     let busy: u64 = samples.iter().sum();
@@ -286,16 +292,16 @@ pub(crate) fn c_get(
     lib_dir: &Path,
     socket: &Path,
     n: usize,
-) -> Result<Row, String> {
+) -> Result<Row, BenchError> {
     let exe = dir.join("bench_get_c");
     // Installed as a system would: the file under its SONAME, the link name beside it.
     let lib = dir.join("lib");
     if !lib.exists() {
-        std::fs::create_dir(&lib).map_err(|e| format!("c-ffi-get: {e}"))?;
+        std::fs::create_dir(&lib).map_err(BenchError::io("c-ffi-get"))?;
         std::fs::copy(lib_dir.join("libsecretd.so"), lib.join("libsecretd.so.0"))
-            .map_err(|e| format!("c-ffi-get: copy libsecretd.so: {e}"))?;
+            .map_err(BenchError::io("c-ffi-get: copy libsecretd.so"))?;
         std::os::unix::fs::symlink("libsecretd.so.0", lib.join("libsecretd.so"))
-            .map_err(|e| format!("c-ffi-get: {e}"))?;
+            .map_err(BenchError::io("c-ffi-get"))?;
     }
     let lib_dir = lib.as_path();
     if !exe.exists() {
@@ -309,7 +315,7 @@ pub(crate) fn c_get(
             .arg("-lsecretd")
             .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
             .status()
-            .map_err(|e| format!("c-ffi-get: gcc: {e}"))?;
+            .map_err(BenchError::io("c-ffi-get: gcc"))?;
         if !status.success() {
             return Err("c-ffi-get: gcc failed".into());
         }
@@ -332,7 +338,7 @@ pub(crate) fn python_get(
     socket: &Path,
     n: usize,
     mode: &str,
-) -> Result<Row, String> {
+) -> Result<Row, BenchError> {
     external(
         case,
         Command::new(python)
@@ -377,11 +383,11 @@ pub(crate) fn settle() {
 }
 
 /// The hex SHA-256 of a file (`sha256sum`, so the bench needs no hashing crate).
-pub(crate) fn sha256_file(path: &Path) -> Result<String, String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, BenchError> {
     let out = Command::new("sha256sum")
         .arg(path)
         .output()
-        .map_err(|e| format!("sha256sum: {e}"))?;
+        .map_err(BenchError::io("sha256sum"))?;
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()

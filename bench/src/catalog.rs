@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use secretd_client::{AsyncClient, Client, EntryState};
 use secretd_gsm_fake::{FakeGsm, Fault};
 
+use crate::error::BenchError;
 use crate::notes::Notes;
 use crate::stats::Row;
 use crate::{cases, fixture};
@@ -77,11 +78,11 @@ impl Running {
 }
 
 /// Writes the config (with the sealed last-known-good copy when `lkg`) and starts a daemon.
-fn start(secretd: &Path, dir: &Path, fake: &FakeGsm, lkg: bool) -> Result<Running, String> {
+fn start(secretd: &Path, dir: &Path, fake: &FakeGsm, lkg: bool) -> Result<Running, BenchError> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     let socket = dir.join("run/secretd.sock");
-    std::fs::create_dir_all(dir.join("run")).map_err(|e| format!("catalog dir: {e}"))?;
+    std::fs::create_dir_all(dir.join("run")).map_err(BenchError::io("catalog dir"))?;
     let mut daemon = format!(
         "socket = \"{}\"\ndb = \"{}\"\nadmin_uids = [{uid}]\n\
          max_connections = 2048\nmax_connections_per_uid = 2048\n",
@@ -110,14 +111,14 @@ fn start(secretd: &Path, dir: &Path, fake: &FakeGsm, lkg: bool) -> Result<Runnin
     }
     config += &format!("[[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n");
     let path = dir.join("secretd.toml");
-    std::fs::write(&path, config).map_err(|e| format!("catalog config: {e}"))?;
+    std::fs::write(&path, config).map_err(BenchError::io("catalog config"))?;
     let child = fixture::spawn(secretd, &path, &dir.join("secretd.log"))?;
     Ok(Running { child, socket })
 }
 
 /// Waits until every secret is servable (fresh, or stale within `max_stale`), polling
 /// `status`; returns how long that took from `since`.
-fn serving_all(socket: &Path, since: Instant, what: &str) -> Result<Duration, String> {
+fn serving_all(socket: &Path, since: Instant, what: &str) -> Result<Duration, BenchError> {
     let deadline = since + SERVE_DEADLINE;
     loop {
         let all = Client::connect(socket)
@@ -142,10 +143,10 @@ fn serving_all(socket: &Path, since: Instant, what: &str) -> Result<Duration, St
                     format!("{n} of {} servable", rows.len())
                 })
                 .unwrap_or_else(|e| format!("status failed: {e}"));
-            return Err(format!(
+            return Err(BenchError::from(format!(
                 "{what}: not every one of {SECRETS} secrets was servable within {}s ({servable})",
                 SERVE_DEADLINE.as_secs()
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -175,8 +176,8 @@ fn run(
     root: &Path,
     reads: usize,
     report: &mut CatalogReport,
-) -> Result<(), String> {
-    let fake = FakeGsm::start().map_err(|e| format!("fake gsm: {e}"))?;
+) -> Result<(), BenchError> {
+    let fake = FakeGsm::start().map_err(BenchError::io("fake gsm"))?;
     for i in 0..SECRETS {
         let value = format!("Omni-Catalog-{i:04}-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ!");
         fake.add_version(&resource(i), value.as_bytes());
@@ -215,14 +216,17 @@ fn run(
     // Status, memory, watchers and readers, on the cold daemon started again.
     let daemon = start(secretd, &cold_dir, &fake, false)?;
     serving_all(&daemon.socket, Instant::now(), "restart")?;
-    let client = Client::connect(&daemon.socket).map_err(|e| e.to_string())?;
+    let client = Client::connect(&daemon.socket).map_err(BenchError::client("secretd"))?;
     let mut samples = Vec::with_capacity(STATUS_SAMPLES);
     for _ in 0..STATUS_SAMPLES {
         let t = Instant::now();
-        let rows = client.status().map_err(|e| e.to_string())?;
+        let rows = client.status().map_err(BenchError::client("secretd"))?;
         samples.push(t.elapsed());
         if rows.len() != SECRETS {
-            return Err(format!("status listed {} rows", rows.len()));
+            return Err(BenchError::from(format!(
+                "status listed {} rows",
+                rows.len()
+            )));
         }
     }
     report.status_p50 = median(samples);
@@ -233,7 +237,7 @@ fn run(
             .args(["status", "--json", "--socket"])
             .arg(&daemon.socket)
             .output()
-            .map_err(|e| format!("secretd status: {e}"))?;
+            .map_err(BenchError::io("secretd status"))?;
         samples.push(t.elapsed());
         if !out.status.success() {
             return Err("secretd status --json failed".into());
@@ -247,19 +251,24 @@ fn run(
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+        .map_err(BenchError::io("tokio runtime"))?;
     let watches = runtime.block_on(async {
         let client = AsyncClient::connect(&daemon.socket)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(BenchError::client("secretd"))?;
         let mut watches = Vec::with_capacity(WATCHERS);
         for w in 0..WATCHERS {
             let names: Vec<String> = (0..NAMES_PER_WATCHER)
                 .map(|k| name((w * NAMES_PER_WATCHER + k) % SECRETS))
                 .collect();
-            watches.push(client.watch(names).await.map_err(|e| e.to_string())?);
+            watches.push(
+                client
+                    .watch(names)
+                    .await
+                    .map_err(BenchError::client("secretd"))?,
+            );
         }
-        Ok::<_, String>(watches)
+        Ok::<_, BenchError>(watches)
     })?;
     cases::settle();
     report.rss_watchers_kib = daemon.rss_kib();

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::error::BenchError;
+
 /// The secret every case reads.
 pub(crate) const NAME: &str = "bench_key";
 /// Its value: 64 bytes, the size of a typical exchange API secret.
@@ -23,7 +25,7 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     /// Starts `secretd` with a config in `dir` and waits until it answers.
-    pub(crate) fn start(secretd: &Path, dir: &Path) -> Result<Daemon, String> {
+    pub(crate) fn start(secretd: &Path, dir: &Path) -> Result<Daemon, BenchError> {
         Daemon::start_with(secretd, dir, "")
     }
 
@@ -33,11 +35,11 @@ impl Daemon {
         secretd: &Path,
         dir: &Path,
         selectors: &str,
-    ) -> Result<Daemon, String> {
+    ) -> Result<Daemon, BenchError> {
         let value = dir.join("bench_key.value");
-        std::fs::write(&value, VALUE).map_err(|e| format!("write value: {e}"))?;
+        std::fs::write(&value, VALUE).map_err(BenchError::io("write value"))?;
         std::fs::set_permissions(&value, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("chmod value: {e}"))?;
+            .map_err(BenchError::io("chmod value"))?;
         let socket = dir.join("run/secretd.sock");
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
@@ -50,7 +52,7 @@ impl Daemon {
             value.display()
         );
         let config_path = dir.join("secretd.toml");
-        std::fs::write(&config_path, config).map_err(|e| format!("write config: {e}"))?;
+        std::fs::write(&config_path, config).map_err(BenchError::io("write config"))?;
         let child = spawn(secretd, &config_path, &dir.join("secretd.log"))?;
         let daemon = Daemon { child, socket };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -80,12 +82,12 @@ impl Drop for Daemon {
 }
 
 /// Starts `secretd serve --config config`, its log appended to `log` (warnings and worse).
-pub(crate) fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, String> {
+pub(crate) fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, BenchError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| format!("log file: {e}"))?;
+        .map_err(BenchError::io("log file"))?;
     Command::new(secretd)
         .args(["serve", "--config"])
         .arg(config)
@@ -94,7 +96,7 @@ pub(crate) fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, 
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", secretd.display()))
+        .map_err(|e| BenchError::from(format!("cannot start {}: {e}", secretd.display())))
 }
 
 /// A process's resident set size in KiB (`VmRSS`).
@@ -107,11 +109,12 @@ pub(crate) fn rss_kib(child: &Child) -> Option<u64> {
 }
 
 /// Writes a 32-byte key file of `byte`s, mode 0600 (a last-known-good key), unless it exists.
-pub(crate) fn write_key(path: &Path, byte: u8) -> Result<(), String> {
+pub(crate) fn write_key(path: &Path, byte: u8) -> Result<(), BenchError> {
     if path.exists() {
         return Ok(());
     }
-    std::fs::write(path, [byte; 32]).map_err(|e| format!("key {}: {e}", path.display()))?;
+    std::fs::write(path, [byte; 32])
+        .map_err(|e| BenchError::from(format!("key {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod key {}: {e}", path.display()))
+        .map_err(|e| BenchError::from(format!("chmod key {}: {e}", path.display())))
 }

@@ -8,6 +8,7 @@
 
 mod cases;
 mod catalog;
+mod error;
 mod fixture;
 mod notes;
 mod program;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
+use error::BenchError;
 use notes::Notes;
 use stats::Row;
 
@@ -89,7 +91,7 @@ impl Options {
     }
 }
 
-fn parse_args() -> Result<Options, String> {
+fn parse_args() -> Result<Options, BenchError> {
     let mut options = Options {
         quick: false,
         python: None,
@@ -105,10 +107,10 @@ fn parse_args() -> Result<Options, String> {
                 let list = args.next().ok_or("--only needs a list of parts")?;
                 for part in list.split(',') {
                     if !PARTS.contains(&part) {
-                        return Err(format!(
+                        return Err(BenchError::from(format!(
                             "unknown part {part:?}: one of {}",
                             PARTS.join(", ")
-                        ));
+                        )));
                     }
                     options.only.push(part.into());
                 }
@@ -123,7 +125,11 @@ fn parse_args() -> Result<Options, String> {
                         .into(),
                 );
             }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
+            other => {
+                return Err(BenchError::from(format!(
+                    "unknown argument {other:?} (try --help)"
+                )));
+            }
         }
     }
     Ok(options)
@@ -137,15 +143,15 @@ fn workspace() -> PathBuf {
 
 /// The directory holding this executable: target/<profile>, where cargo also puts `secretd`
 /// and `libsecretd.so`.
-fn profile_dir() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+fn profile_dir() -> Result<PathBuf, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::io("cannot find myself"))?;
     exe.parent()
         .map(Path::to_owned)
         .ok_or_else(|| "executable has no directory".into())
 }
 
 /// Builds the daemon and the C library in this profile, so the comparison is like for like.
-fn build_prerequisites(profile_dir: &Path) -> Result<(), String> {
+fn build_prerequisites(profile_dir: &Path) -> Result<(), BenchError> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         return Ok(()); // not run by cargo: use what is there
     };
@@ -154,7 +160,7 @@ fn build_prerequisites(profile_dir: &Path) -> Result<(), String> {
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
-    let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
+    let status = cmd.status().map_err(BenchError::io("cargo build"))?;
     status
         .success()
         .then_some(())
@@ -205,7 +211,7 @@ fn main() -> ExitCode {
 
 /// Runs the bench (or one of its helper processes); `Ok(false)` when a case failed or, under
 /// `CI=true`, could not run.
-fn run() -> Result<bool, String> {
+fn run() -> Result<bool, BenchError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some(cases::HARNESS_ARG) => return cases::harness(&args[1..]).map(|()| true),
@@ -228,13 +234,13 @@ fn run() -> Result<bool, String> {
     let dir = tempfile::Builder::new()
         .prefix("secretd-bench-")
         .tempdir()
-        .map_err(|e| format!("temp dir: {e}"))?;
+        .map_err(BenchError::io("temp dir"))?;
     let daemon = fixture::Daemon::start(&secretd, dir.path())?;
     // The same, with the policy bound to this program (path and content hash): every connect
     // pays for attestation.
     let attested_dir = dir.path().join("attested");
-    std::fs::create_dir_all(&attested_dir).map_err(|e| format!("attested dir: {e}"))?;
-    let me = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    std::fs::create_dir_all(&attested_dir).map_err(BenchError::io("attested dir"))?;
+    let me = std::env::current_exe().map_err(BenchError::io("current exe"))?;
     let selectors = format!(
         "exe = [{:?}]\nexe_sha256 = [{:?}]\n",
         me.display().to_string(),
@@ -268,7 +274,7 @@ fn run() -> Result<bool, String> {
     // Every case runs a share of its samples in each round, and each round starts one case
     // later, so a slow minute of a noisy machine and the after-effects of one case on the next
     // (a busy daemon's threads, warm or cold caches) hit every row alike.
-    type Case<'a> = Box<dyn Fn(usize) -> Result<Row, String> + 'a>;
+    type Case<'a> = Box<dyn Fn(usize) -> Result<Row, BenchError> + 'a>;
     let cases: Vec<(usize, Case)> = vec![
         (sizes.single, Box::new(|n| Ok(cases::raw_pingpong(e, 1, n)))),
         (
@@ -303,7 +309,7 @@ fn run() -> Result<bool, String> {
             sizes.single,
             Box::new(|n| {
                 if !have_c {
-                    return Err(String::new());
+                    return Err(BenchError::CannotRun);
                 }
                 cases::c_get(d, &c_source, &include, &profile_dir, s, n)
             }),
@@ -312,14 +318,14 @@ fn run() -> Result<bool, String> {
             sizes.single,
             Box::new(|n| match &python {
                 Some(py) => cases::python_get("python-get", py, &py_script, s, n, "sync"),
-                None => Err(String::new()),
+                None => Err(BenchError::CannotRun),
             }),
         ),
         (
             sizes.single,
             Box::new(|n| match &python {
                 Some(py) => cases::python_get("python-async-get", py, &py_script, s, n, "async"),
-                None => Err(String::new()),
+                None => Err(BenchError::CannotRun),
             }),
         ),
         (
@@ -333,7 +339,7 @@ fn run() -> Result<bool, String> {
                     n,
                     "executor",
                 ),
-                None => Err(String::new()),
+                None => Err(BenchError::CannotRun),
             }),
         ),
         (sizes.cli, Box::new(|n| Ok(cases::cli_get(&secretd, s, n)))),
@@ -374,8 +380,9 @@ fn run() -> Result<bool, String> {
                     Some(pooled) => pooled.merge(row),
                     None => *slot = Some(row),
                 },
-                Err(e) if e.is_empty() => {}
-                Err(e) => notes.fail(e),
+                // Said once, up front (the missing library or interpreter).
+                Err(BenchError::CannotRun) => {}
+                Err(e) => notes.fail(e.to_string()),
             }
         }
     }

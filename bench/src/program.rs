@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use secretd_client::Client;
 
+use crate::error::BenchError;
 use crate::fixture::NAME;
 use crate::wire::{read_frame, wire_frames};
 
@@ -36,15 +37,15 @@ pub(crate) struct EchoServer {
 
 impl EchoServer {
     /// Starts the echo server on `dir/echo.sock` and waits until it accepts.
-    pub(crate) fn start(dir: &Path) -> Result<EchoServer, String> {
+    pub(crate) fn start(dir: &Path) -> Result<EchoServer, BenchError> {
         let socket = dir.join("echo.sock");
-        let exe = std::env::current_exe().map_err(|e| format!("echo server: {e}"))?;
+        let exe = std::env::current_exe().map_err(BenchError::io("echo server"))?;
         let child = Command::new(exe)
             .arg(ECHO_ARG)
             .arg(&socket)
             .stdin(Stdio::null())
             .spawn()
-            .map_err(|e| format!("echo server: {e}"))?;
+            .map_err(BenchError::io("echo server"))?;
         let server = EchoServer { child, socket };
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&server.socket).is_err() {
@@ -65,12 +66,13 @@ impl Drop for EchoServer {
 }
 
 /// Echo-server mode: `__echo-server SOCKET`; serves until killed.
-pub(crate) fn echo_server(args: &[String]) -> Result<(), String> {
+pub(crate) fn echo_server(args: &[String]) -> Result<(), BenchError> {
     let [socket] = args else {
-        return Err(format!("usage: {ECHO_ARG} SOCKET"));
+        return Err(BenchError::from(format!("usage: {ECHO_ARG} SOCKET")));
     };
     let (_, response) = wire_frames();
-    let listener = UnixListener::bind(socket).map_err(|e| format!("bind {socket}: {e}"))?;
+    let listener =
+        UnixListener::bind(socket).map_err(|e| BenchError::from(format!("bind {socket}: {e}")))?;
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let response = response.clone();
@@ -101,8 +103,8 @@ pub(crate) fn run_program(
     socket: &Path,
     threads: usize,
     run: Duration,
-) -> Result<f64, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("client program: {e}"))?;
+) -> Result<f64, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::io("client program"))?;
     let out = Command::new(exe)
         .arg(PROGRAM_ARG)
         .arg(match target {
@@ -114,34 +116,39 @@ pub(crate) fn run_program(
         .arg(run.as_millis().to_string())
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("client program: cannot run: {e}"))?;
+        .map_err(BenchError::io("client program: cannot run"))?;
     if !out.status.success() {
-        return Err(format!("client program failed ({})", out.status));
+        return Err(BenchError::from(format!(
+            "client program failed ({})",
+            out.status
+        )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut fields = text.split_whitespace();
     let (Some(calls), Some(seconds)) = (fields.next(), fields.next()) else {
-        return Err(format!("client program printed {text:?}"));
+        return Err(BenchError::from(format!("client program printed {text:?}")));
     };
-    let calls: f64 = calls.parse().map_err(|_| format!("calls: {calls:?}"))?;
+    let calls: f64 = calls
+        .parse()
+        .map_err(|_| BenchError::from(format!("calls: {calls:?}")))?;
     let seconds: f64 = seconds
         .parse()
-        .map_err(|_| format!("seconds: {seconds:?}"))?;
+        .map_err(|_| BenchError::from(format!("seconds: {seconds:?}")))?;
     Ok(calls / seconds.max(1e-9))
 }
 
 /// Client-program mode: `__client-program get|raw SOCKET THREADS MILLIS`; prints the calls
 /// made and the seconds they took.
-pub(crate) fn client_program(args: &[String]) -> Result<(), String> {
+pub(crate) fn client_program(args: &[String]) -> Result<(), BenchError> {
     let [mode, socket, threads, millis] = args else {
-        return Err(format!(
+        return Err(BenchError::from(format!(
             "usage: {PROGRAM_ARG} get|raw SOCKET THREADS MILLIS"
-        ));
+        )));
     };
     let target = match mode.as_str() {
         "get" => Target::Get,
         "raw" => Target::Raw,
-        other => return Err(format!("unknown mode {other:?}")),
+        other => return Err(BenchError::from(format!("unknown mode {other:?}"))),
     };
     let threads: usize = threads.parse().map_err(|_| "THREADS must be a number")?;
     let run = Duration::from_millis(millis.parse().map_err(|_| "MILLIS must be a number")?);
@@ -150,7 +157,7 @@ pub(crate) fn client_program(args: &[String]) -> Result<(), String> {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 let barrier = &barrier;
-                scope.spawn(move || -> Result<u64, String> {
+                scope.spawn(move || -> Result<u64, BenchError> {
                     let mut call = caller(target, Path::new(socket))?;
                     for _ in 0..100 {
                         call()?;
@@ -174,30 +181,34 @@ pub(crate) fn client_program(args: &[String]) -> Result<(), String> {
                 .join()
                 .map_err(|_| "a client thread panicked".to_string())??;
         }
-        Ok::<_, String>((total, started.elapsed()))
+        Ok::<_, BenchError>((total, started.elapsed()))
     })?;
     println!("{calls} {}", took.as_secs_f64());
     Ok(())
 }
 
 /// One call of the client program, as `target` makes it.
-type Call = Box<dyn FnMut() -> Result<(), String>>;
+type Call = Box<dyn FnMut() -> Result<(), BenchError>>;
 
-fn caller(target: Target, socket: &Path) -> Result<Call, String> {
+fn caller(target: Target, socket: &Path) -> Result<Call, BenchError> {
     match target {
         Target::Get => {
-            let client = Client::connect(socket).map_err(|e| e.to_string())?;
+            let client = Client::connect(socket).map_err(BenchError::client("secretd"))?;
             Ok(Box::new(move || {
-                client.get(NAME).map(drop).map_err(|e| e.to_string())
+                client
+                    .get(NAME)
+                    .map(drop)
+                    .map_err(BenchError::client("secretd"))
             }))
         }
         Target::Raw => {
             let (request, _) = wire_frames();
-            let mut stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+            let mut stream = UnixStream::connect(socket)
+                .map_err(BenchError::io("connect to the echo server"))?;
             let mut buf = Vec::new();
             Ok(Box::new(move || {
-                stream.write_all(&request).map_err(|e| e.to_string())?;
-                read_frame(&mut stream, &mut buf).map_err(|e| e.to_string())
+                stream.write_all(&request).map_err(BenchError::io("echo"))?;
+                read_frame(&mut stream, &mut buf).map_err(BenchError::io("echo"))
             }))
         }
     }
@@ -223,7 +234,7 @@ pub(crate) fn measure(
     thread_counts: &[usize],
     rounds: usize,
     run: Duration,
-) -> Result<Vec<ProgramRow>, String> {
+) -> Result<Vec<ProgramRow>, BenchError> {
     let mut rows: Vec<ProgramRow> = thread_counts
         .iter()
         .map(|&threads| ProgramRow {

@@ -17,6 +17,7 @@ use secretd_client::{ChannelState, Client};
 use secretd_gsm_fake::pubsub_emulator::{Emulator, PROJECT, emulator_script, gsm_event};
 use secretd_gsm_fake::{FakeGsm, project_number};
 
+use crate::error::BenchError;
 use crate::notes::Notes;
 
 /// How many daemons make the fleet.
@@ -95,7 +96,7 @@ fn start_fleet(
     root: &Path,
     fake: &FakeGsm,
     notifications: Option<(&Emulator, &str, Duration)>,
-) -> Result<Fleet, String> {
+) -> Result<Fleet, BenchError> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     let mut fleet = Fleet {
@@ -105,13 +106,12 @@ fn start_fleet(
     let mut sockets = Vec::with_capacity(FLEET);
     for host in 0..FLEET {
         let dir = root.join(format!("host-{host}"));
-        std::fs::create_dir_all(dir.join("run")).map_err(|e| format!("host dir: {e}"))?;
+        std::fs::create_dir_all(dir.join("run")).map_err(BenchError::io("host dir"))?;
         let socket = dir.join("run/secretd.sock");
         let (interval, listen) = match notifications {
             Some((emulator, topic, jitter)) => {
-                let subscription = emulator
-                    .subscription(&topic_name(topic), &format!("{topic}-host-{host}"))
-                    .map_err(|e| e.to_string())?;
+                let subscription =
+                    emulator.subscription(&topic_name(topic), &format!("{topic}-host-{host}"))?;
                 let listen = format!(
                     "[gsm.notifications]\nsubscription = \"{subscription}\"\n\
                      endpoint = \"{}\"\nnotification_jitter = \"{}ms\"\n\n",
@@ -134,7 +134,7 @@ fn start_fleet(
             fake.endpoint(),
         );
         let config_path = dir.join("secretd.toml");
-        std::fs::write(&config_path, config).map_err(|e| format!("config: {e}"))?;
+        std::fs::write(&config_path, config).map_err(BenchError::io("config"))?;
         let child = crate::fixture::spawn(secretd, &config_path, &dir.join("secretd.log"))?;
         fleet.children.push(child);
         sockets.push(socket);
@@ -159,11 +159,11 @@ fn start_fleet(
             match ready {
                 Ok(c) if subscribed(&c) => break c,
                 _ if Instant::now() > deadline => {
-                    return Err(format!(
+                    return Err(BenchError::from(format!(
                         "a fleet host at {} was not serving (and subscribed) within {}s",
                         socket.display(),
                         START_DEADLINE.as_secs()
-                    ));
+                    )));
                 }
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -185,18 +185,16 @@ fn one_change(
     fake: &FakeGsm,
     version: u64,
     announce: Option<(&Emulator, &str)>,
-) -> Result<(Duration, Duration), String> {
+) -> Result<(Duration, Duration), BenchError> {
     let value = format!("Omni-Fleet-Key-v{version}-0123456789abcdef!");
     fake.add_version(RESOURCE, value.as_bytes());
     let start = Instant::now();
     if let Some((emulator, topic)) = announce {
         let secret_id = RESOURCE.replace("apex-bench", &project_number("apex-bench"));
-        emulator
-            .publish(
-                topic,
-                &[gsm_event("SECRET_VERSION_ADD", &secret_id, Some(version))],
-            )
-            .map_err(|e| e.to_string())?;
+        emulator.publish(
+            topic,
+            &[gsm_event("SECRET_VERSION_ADD", &secret_id, Some(version))],
+        )?;
     }
     let want = version.to_string();
     let mut waiting: Vec<&Client> = fleet.clients.iter().collect();
@@ -207,11 +205,11 @@ fn one_change(
             first = Some(start.elapsed());
         }
         if start.elapsed() > CHANGE_DEADLINE {
-            return Err(format!(
+            return Err(BenchError::from(format!(
                 "version {version} reached {} of {FLEET} hosts within {}s",
                 FLEET - waiting.len(),
                 CHANGE_DEADLINE.as_secs()
-            ));
+            )));
         }
         std::thread::sleep(SWEEP);
     }
@@ -267,15 +265,15 @@ fn measure_one(
     emulator: Option<&Emulator>,
     channel: Channel,
     samples: usize,
-) -> Result<PropagationRow, String> {
-    let fake = FakeGsm::start().map_err(|e| format!("fake gsm: {e}"))?;
+) -> Result<PropagationRow, BenchError> {
+    let fake = FakeGsm::start().map_err(BenchError::io("fake gsm"))?;
     fake.add_version(RESOURCE, b"Omni-Fleet-Key-v1-0123456789abcdef!");
     let topic = dir
         .file_name()
         .map_or_else(|| "fleet".into(), |n| n.to_string_lossy().into_owned());
     let listen = match (channel, emulator) {
         (Channel::Notification(jitter), Some(emulator)) => {
-            emulator.topic(&topic).map_err(|e| e.to_string())?;
+            emulator.topic(&topic)?;
             Some((emulator, topic.as_str(), jitter))
         }
         _ => None,

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use secretd_client::{Client, SourceKind};
 use secretd_gsm_fake::{FakeGsm, Fault};
 
+use crate::error::BenchError;
+
 /// The GSM secret every scenario reads.
 const NAME: &str = "bench_gsm";
 /// Its resource in the fake.
@@ -111,14 +113,19 @@ fn pass_as_fd_3(cmd: &mut Command, fd: RawFd) {
 }
 
 impl Setup {
-    fn new(secretd: &Path, root: &Path, scenario: Scenario, held: bool) -> Result<Setup, String> {
+    fn new(
+        secretd: &Path,
+        root: &Path,
+        scenario: Scenario,
+        held: bool,
+    ) -> Result<Setup, BenchError> {
         let dir = root.join(format!(
             "restart-{}-{}",
             scenario as u8,
             if held { "held" } else { "bound" }
         ));
-        std::fs::create_dir_all(dir.join("run")).map_err(|e| format!("restart dir: {e}"))?;
-        let fake = FakeGsm::start().map_err(|e| format!("fake gsm: {e}"))?;
+        std::fs::create_dir_all(dir.join("run")).map_err(BenchError::io("restart dir"))?;
+        let fake = FakeGsm::start().map_err(BenchError::io("fake gsm"))?;
         fake.add_version(RESOURCE, GSM_VALUE);
         let socket = dir.join("run/secretd.sock");
         // SAFETY: geteuid has no preconditions.
@@ -146,9 +153,12 @@ impl Setup {
                 .arg("--out-public")
                 .arg(dir.join("bg.pub.pem"))
                 .output()
-                .map_err(|e| format!("keygen: {e}"))?;
+                .map_err(BenchError::io("keygen"))?;
             if !out.status.success() {
-                return Err(format!("keygen: {}", String::from_utf8_lossy(&out.stderr)));
+                return Err(BenchError::from(format!(
+                    "keygen: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
             }
             extra += &format!(
                 "[break_glass]\nprivate_key = \"{}\"\n\n",
@@ -163,9 +173,9 @@ impl Setup {
             fake.endpoint()
         );
         let config_path = dir.join("secretd.toml");
-        std::fs::write(&config_path, config).map_err(|e| format!("config: {e}"))?;
+        std::fs::write(&config_path, config).map_err(BenchError::io("config"))?;
         let held = if held {
-            Some(UnixListener::bind(&socket).map_err(|e| format!("bind held socket: {e}"))?)
+            Some(UnixListener::bind(&socket).map_err(BenchError::io("bind held socket"))?)
         } else {
             None
         };
@@ -180,12 +190,12 @@ impl Setup {
     }
 
     /// Starts a daemon: on the held socket (as systemd would pass it), or binding its own.
-    fn spawn(&self) -> Result<Child, String> {
+    fn spawn(&self) -> Result<Child, BenchError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("secretd.log"))
-            .map_err(|e| format!("log: {e}"))?;
+            .map_err(BenchError::io("log"))?;
         let mut cmd = match &self.held {
             Some(listener) => {
                 let mut cmd = Command::new("sh");
@@ -203,11 +213,11 @@ impl Setup {
             .stdout(Stdio::null())
             .stderr(log);
         cmd.spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.secretd.display()))
+            .map_err(|e| BenchError::from(format!("cannot start {}: {e}", self.secretd.display())))
     }
 
     /// Waits until the daemon serves `NAME` from `source`.
-    fn wait_for(&self, source: SourceKind) -> Result<(), String> {
+    fn wait_for(&self, source: SourceKind) -> Result<(), BenchError> {
         let deadline = Instant::now() + GAP_DEADLINE;
         loop {
             let served = Client::connect(&self.socket)
@@ -217,14 +227,16 @@ impl Setup {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("the daemon never served {NAME} from {source}"));
+                return Err(BenchError::from(format!(
+                    "the daemon never served {NAME} from {source}"
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Puts the scenario's state in place on a first daemon.
-    fn prepare(&self, scenario: Scenario) -> Result<(), String> {
+    fn prepare(&self, scenario: Scenario) -> Result<(), BenchError> {
         self.wait_for(SourceKind::Gsm)?;
         match scenario {
             Scenario::GsmUp => {}
@@ -247,20 +259,20 @@ impl Setup {
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
-                    .map_err(|e| format!("break-glass apply: {e}"))?;
+                    .map_err(BenchError::io("break-glass apply"))?;
                 if let Some(mut stdin) = child.stdin.take() {
                     stdin
                         .write_all(EMERGENCY)
-                        .map_err(|e| format!("break-glass value: {e}"))?;
+                        .map_err(BenchError::io("break-glass value"))?;
                 }
                 let out = child
                     .wait_with_output()
-                    .map_err(|e| format!("break-glass apply: {e}"))?;
+                    .map_err(BenchError::io("break-glass apply"))?;
                 if !out.status.success() {
-                    return Err(format!(
+                    return Err(BenchError::from(format!(
                         "break-glass apply: {}",
                         String::from_utf8_lossy(&out.stderr)
-                    ));
+                    )));
                 }
                 self.fake.set_fault(Some(Fault::Hang));
             }
@@ -302,10 +314,10 @@ fn reader(socket: PathBuf, stop: Arc<AtomicBool>, successes: mpsc::Sender<Instan
 }
 
 /// Sends SIGTERM to `child` and waits for it to exit.
-fn terminate(child: &mut Child) -> Result<(), String> {
+fn terminate(child: &mut Child) -> Result<(), BenchError> {
     // SAFETY: kill with a valid pid and signal number.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    child.wait().map_err(|e| format!("wait: {e}"))?;
+    child.wait().map_err(BenchError::io("wait"))?;
     Ok(())
 }
 
@@ -316,7 +328,7 @@ pub(crate) fn measure(
     scenario: Scenario,
     held: bool,
     samples: usize,
-) -> Result<GapRow, String> {
+) -> Result<GapRow, BenchError> {
     let setup = Setup::new(secretd, root, scenario, held)?;
     let mut child = setup.spawn()?;
     let result = (|| {
@@ -332,7 +344,10 @@ pub(crate) fn measure(
         for _ in 0..samples {
             // Wait for the reader to be served, so each restart begins from a serving daemon.
             if rx.recv_timeout(GAP_DEADLINE).is_err() {
-                outcome = Err(format!("{}: the reader was never served", scenario.label()));
+                outcome = Err(BenchError::from(format!(
+                    "{}: the reader was never served",
+                    scenario.label()
+                )));
                 break;
             }
             let sigterm = Instant::now();
@@ -349,11 +364,11 @@ pub(crate) fn measure(
             match served {
                 Some(at) => gaps.push(at - sigterm),
                 None => {
-                    outcome = Err(format!(
+                    outcome = Err(BenchError::from(format!(
                         "{}: no read was served within {}s of a restart",
                         scenario.label(),
                         GAP_DEADLINE.as_secs()
-                    ));
+                    )));
                     break;
                 }
             }
