@@ -8,7 +8,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secretd_client::{Client, EntryState, Error, ErrorCode, SourceKind};
 use secretd_gsm_fake::{FakeGsm, Fault};
@@ -22,6 +22,12 @@ const KEY_VALUE: &[u8] = b"Omni-Key-LKG-Test-1111!";
 const CLIENT_VALUE: &[u8] = b"Omni-Client-LKG-Test-2222!";
 const WEBHOOK_VALUE: &[u8] = b"Webhook-Secret-LKG-3333!";
 const EMERGENCY: &[u8] = b"Emergency-Key-LKG-4444-XYZ!";
+
+/// How soon a restarted daemon serves what it holds locally: the always-serving contract
+/// (README, "Always serving": overrides, files and last-known-good values "at once").
+const SERVE_AFTER_RESTART: Duration = Duration::from_secs(1);
+/// What a loaded 2-core machine may add to a promised time (stated, not tuned).
+const LOADED_MARGIN: Duration = Duration::from_secs(6);
 
 /// A fake GSM holding the API key and the client secret (not the new key), and a daemon
 /// config with last-known-good on, break-glass, a file secret, and GSM attempts long enough
@@ -116,6 +122,7 @@ fn a_restart_while_gsm_hangs_serves_overrides_files_and_last_known_good_at_once(
     // GSM hangs; the daemon restarts.
     fake.set_fault(Some(Fault::Hang));
     assert!(daemon.stop().success());
+    let restarted = Instant::now();
     let daemon = env.start(&config);
     let client = Client::connect(&daemon.socket).expect("connect");
     // Every answer below comes while every GSM fetch hangs (an attempt may take 8 s here, and
@@ -131,6 +138,13 @@ fn a_restart_while_gsm_hangs_serves_overrides_files_and_last_known_good_at_once(
     assert_eq!(
         get(&client, "webhook_shared_secret"),
         (WEBHOOK_VALUE.to_vec(), SourceKind::File)
+    );
+    // The promise: served within 1 s of the restart, whatever GSM does; the bound adds a
+    // stated margin for a loaded 2-core machine (the bench's restart rows measure it).
+    let took = restarted.elapsed();
+    assert!(
+        took <= SERVE_AFTER_RESTART + LOADED_MARGIN,
+        "the first answers came {took:?} after the restart; promised within {SERVE_AFTER_RESTART:?}"
     );
     // Never loaded: answered after first_fetch_wait (1 s), as Unavailable with the reason.
     let err = client.get("trading_new_key").expect_err("never loaded");

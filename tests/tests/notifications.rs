@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use secretd_client::{ChannelState, Client, ErrorCode, HealthStatus, SourceKind};
 use secretd_gsm_fake::pubsub_emulator::{Emulator, emulator_script, gsm_event};
@@ -40,6 +40,14 @@ fn secret_id() -> String {
 }
 
 /// A daemon on `fake` refreshing every 5 minutes, listening on `subscription`.
+/// How soon a version announced on the topic is served: the fleet-notification contract (for
+/// version-numbered reads; README, "Fleet notifications").
+const PROPAGATION_PROMISE: Duration = Duration::from_secs(3);
+/// `notification_jitter`'s default: the refresh waits a random time up to this.
+const DEFAULT_JITTER: Duration = Duration::from_secs(1);
+/// What a loaded 2-core machine may add to a promised time (stated, not tuned).
+const LOADED_MARGIN: Duration = Duration::from_secs(6);
+
 fn daemon_config(env: &TestEnv, fake: &FakeGsm, emulator: &Emulator, subscription: &str) -> String {
     env.conf()
         .daemon("refresh_interval", "5m")
@@ -134,6 +142,7 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
     );
 
     fake.add_version(API_KEY, b"Omni-Key-v2-PS02-2222!");
+    let published = Instant::now();
     emulator
         .publish(
             "gsm-new-version",
@@ -152,6 +161,15 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
         },
     );
     assert_eq!(served.expose(), b"Omni-Key-v2-PS02-2222!");
+    // The promise: served within 3 s of the message, plus the configured jitter (1 s by
+    // default), plus a margin for a loaded 2-core machine (the emulator's delivery and a Java
+    // process sharing the cores). The bench's propagation row measures it precisely.
+    let took = published.elapsed();
+    let bound = PROPAGATION_PROMISE + DEFAULT_JITTER + LOADED_MARGIN;
+    assert!(
+        took <= bound,
+        "version 2 served {took:?} after its notification; promised within {bound:?}"
+    );
     wait_counted(&client, "secret_version_add", "refreshed");
 
     // Other secrets' messages, GSM's test message and malformed ones are acknowledged and
