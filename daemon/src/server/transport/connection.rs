@@ -72,8 +72,6 @@ pub(super) struct Conn {
     out: Vec<u8>,
     /// The peer's view of the daemon, from its hello on.
     pub(super) session: Session,
-    /// The process the peer's credentials name: the one writer whose requests are answered.
-    sender: Sender,
     /// When the client last sent a request, for the idle timeout.
     active: Instant,
 }
@@ -91,12 +89,9 @@ enum Next {
 impl Conn {
     /// The connection of a client whose hello agreed on its session's protocol.
     pub(super) fn new(frames: FrameBuf, session: Session) -> Conn {
-        let peer = &session.peer;
-        let sender = Sender::of(peer);
         Conn {
             frames,
             out: Vec::new(),
-            sender,
             session,
             active: Instant::now(),
         }
@@ -135,7 +130,8 @@ impl Conn {
     async fn next_request(&mut self, io: &mut impl Io) -> Next {
         loop {
             match take_request(&mut self.frames) {
-                Ok(Some((_, sender))) if sender != self.sender => {
+                // The process the peer's credentials name is the one writer answered.
+                Ok(Some((_, sender))) if sender != Sender::of(&self.session.peer) => {
                     // Only one writer is credited per connection until senders are attested
                     // one by one: a request from another process is not answered as the peer's.
                     let v = violation("a request written by another process than the peer's");

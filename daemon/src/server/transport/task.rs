@@ -337,9 +337,14 @@ async fn watcher_spoke(io: &mut TaskIo) {
         ErrorCode::ProtocolViolation,
         "a watching connection may not send requests",
     );
+    send_error(&io.stream, v, io.write_timeout).await;
+}
+
+/// Writes one error frame, best effort: the connection closes after it either way.
+async fn send_error(stream: &UnixStream, error: WireError, timeout: Duration) {
     let mut out = Vec::new();
-    if encode_frame(&Response::Error(v), &mut out).is_ok() {
-        let _ = write_all(&io.stream, &out, io.write_timeout).await;
+    if encode_frame(&Response::Error(error), &mut out).is_ok() {
+        let _ = write_all(stream, &out, timeout).await;
     }
 }
 
@@ -351,9 +356,6 @@ pub(super) async fn refuse_busy(stream: UnixStream, refusal: Refusal) {
             "this uid holds as many connections as secretd allows one uid; close some or retry"
         }
     };
-    let busy = Response::Error(WireError::new(ErrorCode::Busy, message));
-    let mut out = Vec::new();
-    if encode_frame(&busy, &mut out).is_ok() {
-        let _ = write_all(&stream, &out, BUSY_WRITE_TIMEOUT).await;
-    }
+    let busy = WireError::new(ErrorCode::Busy, message);
+    send_error(&stream, busy, BUSY_WRITE_TIMEOUT).await;
 }
