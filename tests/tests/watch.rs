@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use secretd_client::{ChangeEvent, Client, SecretChange, SourceKind};
 use secretd_gsm_fake::FakeGsm;
 use secretd_proto::{Request, Response};
-use support::{RawConn, TestEnv, break_glass_apply, can_run, euid, is_root, keygen, secretd_bin};
+use support::{
+    RawConn, TestEnv, break_glass_apply, can_run, euid, is_root, keygen, secretd_bin, wait_until,
+};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
 /// The latency the watch contract promises for an event after the change is in the cache.
@@ -351,6 +353,12 @@ fn a_cached_client_serves_locally_and_follows_changes() {
         .expect("cache");
 
     assert_eq!(cached.get("k").expect("get").expose(), b"k-1");
+    // A read is cached only if no event invalidated the cache while it was in flight (the
+    // daemon's first notices can race the subscription): read until one is held, then count.
+    wait_until("the value in the cache", Duration::from_secs(10), || {
+        assert_eq!(cached.get("k").expect("get").expose(), b"k-1");
+        (cached.cached_len() == 1).then_some(())
+    });
     let before = gets_served(&admin);
     let t = Instant::now();
     for _ in 0..10_000 {
