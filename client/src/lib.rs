@@ -13,8 +13,9 @@
 //! [`Secret`], which wipes its memory when dropped and never prints its value.
 //!
 //! Before it sends anything, every connection checks that the process behind the socket can
-//! be the real daemon (root, the caller, or the socket's owner, in a directory nobody else
-//! can write); an impostor gets [`Error::UntrustedServer`] and not a byte.
+//! be the real daemon (root, the caller, or the daemon's uid: the `secretd` user, or
+//! `SECRETD_DAEMON_UID`; never merely the socket file's owner), in a directory nobody else can
+//! write; an impostor gets [`Error::UntrustedServer`] and not a byte.
 //!
 //! [`Client::watch`] streams [`ChangeEvent`]s (rotations, break-glass apply and clear) on a
 //! connection of its own; [`Client::with_cache`] serves repeat reads from locked local memory

@@ -4,8 +4,11 @@
 //!
 //! The rules:
 //! - the server (the kernel's `SO_PEERCRED`, never what it says) runs as root, as the caller,
-//!   or as the owner of the socket file. Under socket activation systemd created the listener,
-//!   so the peer is root;
+//!   or as the daemon's uid this installation names: `SECRETD_DAEMON_UID`, else the `secretd`
+//!   system user (resolved once per process). Never as whoever owns the socket file: anyone
+//!   who gets a client to use a path they own (a stale `SECRETD_SOCKET`, a config they can
+//!   write) owns that file. Under socket activation systemd created the listener, so the peer
+//!   is root;
 //! - the socket's directory is not writable by group or others, so nobody else could have put
 //!   the socket there or can swap it;
 //! - the derived development socket (`$XDG_RUNTIME_DIR/secretd-dev/` or `/tmp/secretd-dev-UID/`,
@@ -18,6 +21,46 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::OnceLock;
+
+/// The environment variable that names the daemon's uid where it is not the `secretd` user.
+pub(crate) const DAEMON_UID_ENV: &str = "SECRETD_DAEMON_UID";
+/// The system user the packages create for the daemon.
+const DAEMON_USER: &std::ffi::CStr = c"secretd";
+
+/// The daemon's uid this installation names, if any: read once per process.
+fn daemon_uid() -> Option<u32> {
+    static DAEMON_UID: OnceLock<Option<u32>> = OnceLock::new();
+    *DAEMON_UID.get_or_init(|| match std::env::var(DAEMON_UID_ENV) {
+        Ok(text) => text.trim().parse().ok(),
+        Err(_) => uid_of_user(DAEMON_USER),
+    })
+}
+
+/// The uid of the user called `name` (`getpwnam_r`).
+fn uid_of_user(name: &std::ffi::CStr) -> Option<u32> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: passwd is plain data the call fills; buf is valid for its length.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; `found` points at `pwd` or is null.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &raw mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &raw mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !found.is_null()).then_some(pwd.pw_uid);
+    }
+}
 
 /// Why a server is not trusted (the caller turns it into `Error::UntrustedServer`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,15 +131,21 @@ pub(crate) fn check_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<(), Distrust> 
         }
         return Ok(());
     }
-    if server == 0 || server == me || server == socket.uid() {
-        Ok(())
-    } else {
-        Err(Distrust(format!(
-            "it is served by uid {server}, which is neither root, you (uid {me}), nor the \
-             socket's owner (uid {})",
-            socket.uid()
-        )))
+    let daemon = daemon_uid();
+    if server == 0 || server == me || Some(server) == daemon {
+        return Ok(());
     }
+    let expected = match daemon {
+        Some(uid) => format!("root, you (uid {me}) or the daemon's uid {uid}"),
+        None => format!(
+            "root or you (uid {me}); this host has no `secretd` user, so set {DAEMON_UID_ENV} \
+             if the daemon runs as another uid"
+        ),
+    };
+    Err(Distrust(format!(
+        "it is served by uid {server} (the socket file belongs to uid {}), expected {expected}",
+        socket.uid()
+    )))
 }
 
 /// Whether `path` is the development socket a client derives by itself for `euid`.

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -97,6 +100,60 @@ def test_a_socket_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> 
             secretd.Client(path)
     assert isinstance(e.value, secretd.ConnectError) and e.value.code is None
     assert "writable by others" in str(e.value)
+
+
+IMPOSTOR = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(2)
+    try:
+        got = c.recv(64)
+    except OSError:
+        got = b""
+    print("got %d" % len(got), flush=True)
+    c.close()
+"""
+
+
+def test_a_socket_served_by_its_own_owner_is_refused() -> None:
+    # Any local user can serve a socket from a directory of their own; owning the socket
+    # file does not make them the daemon.
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root, to run the impostor as uid 65534")
+        pytest.skip("needs root to run the impostor as uid 65534")
+    # pytest's own temporary directories are private to root; uid 65534 must reach this one.
+    tmp_path = Path(tempfile.mkdtemp(prefix="secretd-impostor-"))
+    tmp_path.chmod(0o755)
+    own = tmp_path / "nobody"
+    own.mkdir(mode=0o755)
+    os.chown(own, 65534, 65534)
+    path = str(own / "secretd.sock")
+    script = tmp_path / "impostor.py"
+    script.write_text(IMPOSTOR)
+    impostor = subprocess.Popen(
+        # The system interpreter: a venv's or pyenv's under root's home is out of its reach.
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+         str(script), path],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert impostor.stdout is not None
+        assert impostor.stdout.readline().strip() == "ready"
+        with pytest.raises(secretd.UntrustedServer) as e:
+            secretd.Client(path)
+        assert path in str(e.value) and "served by uid 65534" in str(e.value)
+        assert impostor.stdout.readline().strip() == "got 0"
+    finally:
+        impostor.kill()
+        impostor.wait()
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_protocol_error_from_a_daemon_speaking_another_version(tmp_path: Path) -> None:

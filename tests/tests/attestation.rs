@@ -276,3 +276,80 @@ fn status_connections_shows_admins_what_was_attested_of_each_peer() {
     assert_eq!(mine["protocolVersion"], secretd_proto::PROTOCOL_VERSION);
     drop(held);
 }
+
+#[test]
+fn a_cgroup_a_user_made_under_their_own_manager_names_no_unit() {
+    let root = cgroup_root();
+    if !can_run(
+        is_root() && root.is_some(),
+        "a_cgroup_a_user_made",
+        "root and a writable cgroup hierarchy",
+    ) {
+        return;
+    }
+    let root = root.expect("checked");
+    // What any user can make under the manager systemd delegates to them.
+    let unit = format!("mm-bot-{}.service", std::process::id());
+    let manager = root.join("user.slice/user-4242.slice/user@4242.service");
+    let dir = manager.join("app.slice").join(&unit);
+    std::fs::create_dir_all(&dir).expect("make the user's cgroup");
+    let env = TestEnv::new();
+    let daemon = env.start(&config_with(&env, "systemd_unit", &["mm-bot-*.service"]));
+    let script = env.path("bot.py");
+    std::fs::write(&script, PYTHON_BOT).expect("script");
+    let inside = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec python3 \"$1\" \"$2\"")
+        .arg(dir.join("cgroup.procs"))
+        .arg(&script)
+        .arg(&daemon.socket)
+        .output()
+        .expect("run inside the user's cgroup");
+    for d in [
+        dir.clone(),
+        manager.join("app.slice"),
+        manager.clone(),
+        root.join("user.slice/user-4242.slice"),
+    ] {
+        let _ = std::fs::remove_dir(d);
+    }
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&inside.stdout),
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    assert_eq!(said.trim(), "error 2", "{said}");
+}
+
+#[test]
+fn exe_sha256_refuses_a_binary_patched_while_stopped_with_its_mtime_put_back() {
+    let env = TestEnv::new();
+    let bot = probe_copy(&env, "bots/mm/secretd-probe");
+    let hash = sha256_of(&bot);
+    let daemon = env.start(&config_with(&env, "exe_sha256", &[&hash]));
+    assert!(probe(&bot, &daemon.socket, &["get", "trading_api_key"]).starts_with("ok get"));
+    // Patch one byte of its usage text (the program still runs), then put the mtime back as
+    // `touch -r` would: size, inode and mtime are what they were; the content is not.
+    let mtime = std::fs::metadata(&bot)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    let mut bytes = std::fs::read(&bot).expect("read");
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"usage")
+        .expect("the probe's usage text");
+    bytes[at] = b'U';
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bot)
+        .expect("open");
+    std::io::Write::write_all(&mut file, &bytes).expect("patch in place");
+    file.set_modified(mtime).expect("touch -r");
+    drop(file);
+    assert_ne!(sha256_of(&bot), hash);
+    assert_eq!(
+        probe(&bot, &daemon.socket, &["get", "trading_api_key"]),
+        "err get trading_api_key permission_denied"
+    );
+}

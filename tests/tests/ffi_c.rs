@@ -200,6 +200,28 @@ fn c_api_permission_denied_for_another_uid() {
     );
 }
 
+#[test]
+fn c_api_refuses_a_socket_served_by_its_own_owner() {
+    if !gcc_or_skip("c_api_refuses_a_socket_served_by_its_own_owner") {
+        return;
+    }
+    if !can_run(
+        is_root(),
+        "c_api_refuses_a_socket_served_by_its_own_owner",
+        "root to run the impostor as uid 65534",
+    ) {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut impostor = support::impostor::Impostor::start(&env);
+    let out = run(
+        &c_test(&env, "test_impostor"),
+        &[impostor.socket.to_str().expect("utf8")],
+    );
+    assert!(out.starts_with("ok"), "{out}");
+    assert_eq!(impostor.next_received(), 0, "not a byte to the impostor");
+}
+
 /// Starts a C test that talks over stdin/stdout (`SOCKET trading_api_key KEY NEW_VALUE`).
 fn spawn_interactive(
     exe: &Path,

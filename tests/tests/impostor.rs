@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use secretd_client::{Client, Error};
+use support::impostor::Impostor;
 use support::{TestEnv, can_run, cli, is_root};
 
 /// Accepts one connection and returns every byte the client sent before closing.
@@ -105,4 +106,46 @@ fn a_development_directory_created_by_another_user_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+}
+
+#[test]
+fn a_socket_served_by_its_own_owner_is_refused_unless_that_owner_is_the_daemons_uid() {
+    if !can_run(
+        is_root(),
+        "a_socket_served_by_its_own_owner",
+        "root, to run the impostor as uid 65534",
+    ) {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut impostor = Impostor::start(&env);
+    let path = impostor.socket.to_str().expect("utf8").to_owned();
+
+    // The Rust client and the CLI refuse it, naming the path, the uid that answered and what
+    // they expected (the C API's and the Python package's suites check theirs), and send it
+    // nothing.
+    let err = Client::connect(&impostor.socket).expect_err("an impostor");
+    let text = err.to_string();
+    assert!(matches!(err, Error::UntrustedServer { .. }), "{err:?}");
+    assert!(
+        text.contains(&path) && text.contains("served by uid 65534") && text.contains("expected"),
+        "{text}"
+    );
+    assert_eq!(impostor.next_received(), 0);
+    let out = cli(&["get", "trading_api_key", "--socket", &path], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("served by uid 65534"), "{stderr}");
+    assert_eq!(impostor.next_received(), 0);
+    // An installation whose daemon runs as uid 65534 says so, and then it is the daemon.
+    let out = cli(
+        &["get", "trading_api_key", "--socket", &path],
+        &[("SECRETD_DAEMON_UID", "65534")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("refusing to talk"), "{stderr}");
+    assert!(
+        impostor.next_received() > 0,
+        "the named daemon uid is trusted"
+    );
 }

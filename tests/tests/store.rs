@@ -458,6 +458,95 @@ fn tampering_deleting_or_reordering_records_breaks_verify_and_pruning_does_not()
 }
 
 #[test]
+fn a_chain_rewritten_unkeyed_with_its_meta_row_flipped_fails_verify() {
+    // Someone who can write the database but has no key rewrites every record with the
+    // unkeyed hash an earlier release used, and sets `audit_keyed_from` past the head, as if
+    // keyed chaining had never started. The daemon decides from the chain, not the row.
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    use sha2::{Digest, Sha256};
+    let env = TestEnv::new();
+    let config = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let mut daemon = env.start(&config);
+    Client::connect(&daemon.socket)
+        .expect("connect")
+        .get("trading_api_key")
+        .expect("get");
+    let (code, out, _) = run_cli(daemon.socket.to_str().expect("utf8"), &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(daemon.stop().success());
+
+    let rows = audit_rows(&env);
+    let db = redb::Database::open(env.path("secretd.redb")).expect("open db");
+    let txn = db.begin_write().expect("txn");
+    {
+        let mut meta = txn.open_table(META).expect("meta");
+        meta.insert("audit_keyed_from", &u64::MAX.to_le_bytes()[..])
+            .expect("flip");
+        let mut table = txn.open_table(AUDIT).expect("audit");
+        let mut prev = [0u8; 32];
+        for (seq, stored) in &rows {
+            let body = &stored[64..];
+            let hash: [u8; 32] = Sha256::new()
+                .chain_update(prev)
+                .chain_update(seq.to_le_bytes())
+                .chain_update(body)
+                .finalize()
+                .into();
+            let rewritten = [&prev[..], &hash[..], body].concat();
+            table.insert(*seq, rewritten.as_slice()).expect("rewrite");
+            prev = hash;
+        }
+    }
+    txn.commit().expect("commit");
+    drop(db);
+
+    let daemon = env.start(&config);
+    let (code, out, err) = run_cli(daemon.socket.to_str().expect("utf8"), &["audit", "verify"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        (out.clone() + &err).contains(&format!("broken at seq {}", rows[0].0)),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn an_audit_key_owned_by_another_user_is_refused_at_startup() {
+    if !support::can_run(
+        support::is_root(),
+        "an_audit_key_owned_by_another_user",
+        "root, to give a file to uid 65534",
+    ) {
+        return;
+    }
+    let env = TestEnv::new();
+    let key = env.path("audit.key");
+    std::fs::write(&key, [7u8; 32]).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // Its owner could have chosen the key, or swap it later.
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534)).expect("chown");
+    let config = env
+        .conf()
+        .daemon("audit_key", key.to_str().expect("utf8"))
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let mut daemon = env.spawn(&config, "owned.toml");
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .expect("the daemon refuses to start");
+    assert!(!status.success());
+    let log = daemon.log();
+    assert!(
+        log.contains("belongs to uid 65534") && log.contains("root or the daemon's uid"),
+        "{log}"
+    );
+}
+
+#[test]
 fn kill_9_during_a_burst_of_audited_reads_leaves_a_verifiable_chain() {
     let env = TestEnv::new();
     let config = key_only(&env);

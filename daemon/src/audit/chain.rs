@@ -213,6 +213,23 @@ pub(crate) struct Verification {
     pub head: Option<Hash>,
 }
 
+/// The first sequence number a verifier must find hashed under `key`, whatever the database's
+/// meta rows say (they are not authenticated): the seq of the first `audit_upgrade` record
+/// whose own hash is keyed (only the key's holder could write one; earlier records may be an
+/// earlier release's unkeyed ones), else `first_seq` (a chain keyed from its first record, or
+/// whose upgrade record was pruned along with everything unkeyed before it).
+pub(crate) fn keyed_from(key: &Key, first_seq: u64, records: &[(u64, Vec<u8>)]) -> u64 {
+    let keyed = Chaining { key, keyed_from: 0 };
+    records
+        .iter()
+        .find_map(|(seq, stored)| {
+            let (prev, hash, body) = split_stored(stored)?;
+            let upgrade = decode_body(body)?.action == Action::AuditUpgrade;
+            (upgrade && keyed.hash(&prev, *seq, body) == hash).then_some(*seq)
+        })
+        .unwrap_or(first_seq)
+}
+
 /// Walks records in key order from a checkpoint (`first_seq`, `prev_hash`). With
 /// `chaining` = `None`, every record is checked as an unkeyed (legacy) one.
 pub(crate) fn verify<'a>(

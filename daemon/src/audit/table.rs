@@ -26,19 +26,6 @@ pub(crate) enum Keying {
     },
 }
 
-/// The first sequence number hashed under the key.
-fn keyed_from(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
-    match meta.get(KEY_AUDIT_KEYED_FROM)? {
-        // A database that has not been opened by a keyed build yet: nothing is keyed.
-        None => Ok(u64::MAX),
-        Some(v) => v
-            .value()
-            .try_into()
-            .map(u64::from_le_bytes)
-            .map_err(|_| StoreError::corrupt("audit_keyed_from")),
-    }
-}
-
 /// Starts keyed chaining on this database: a new or empty chain is keyed from its next record;
 /// an unkeyed one (an earlier release's) is verified as it is, and keyed from the record after
 /// its head.
@@ -88,14 +75,20 @@ pub(crate) fn open_keyed(store: &Store) -> Result<Keying, StoreError> {
 
 /// Appends events to the chain in one durable transaction (group commit).
 pub(crate) fn append(store: &Store, key: &Key, events: &[AuditEvent]) -> Result<(), StoreError> {
+    // Everything this build appends is keyed: it runs only after `open_keyed`.
+    append_chained(store, Chaining { key, keyed_from: 0 }, events)
+}
+
+/// [`append`] under `chaining` (tests write an earlier release's unkeyed records with it).
+fn append_chained(
+    store: &Store,
+    chaining: Chaining<'_>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
     let mut txn = store.write()?;
     txn.set_durability(Durability::Immediate)?;
     {
         let meta = txn.open_table(META)?;
-        let chaining = Chaining {
-            key,
-            keyed_from: keyed_from(&meta)?,
-        };
         let mut table = txn.open_table(AUDIT)?;
         let (mut seq, mut prev) = match table.last()? {
             Some((k, v)) => {
@@ -151,16 +144,19 @@ pub(crate) fn verify(store: &Store, key: &Key) -> Result<Verification, StoreErro
     let txn = store.read()?;
     let meta = txn.open_table(META)?;
     let (first, prev) = checkpoint(&meta)?;
-    let chaining = Chaining {
-        key,
-        keyed_from: keyed_from(&meta)?,
-    };
     let table = txn.open_table(AUDIT)?;
     let mut rows = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
         rows.push((k.value(), v.value().to_vec()));
     }
+    // Where keyed records must start comes from the chain itself, never from the meta row
+    // `audit_keyed_from`: anyone who can write the database could set that past the head and
+    // rewrite every record unkeyed.
+    let chaining = Chaining {
+        key,
+        keyed_from: chain::keyed_from(key, first, &rows),
+    };
     let mut v = chain::verify(
         Some(chaining),
         first,
@@ -261,10 +257,7 @@ pub(crate) fn prune(
                 ),
                 None => (seq, hash),
             };
-            let chaining = Chaining {
-                key,
-                keyed_from: keyed_from(&meta)?,
-            };
+            let chaining = Chaining { key, keyed_from: 0 };
             let (stored, _) =
                 chain::encode_stored(chaining, &head, head_seq + 1, &chain::encode_body(&record));
             table.insert(head_seq + 1, stored.as_slice())?;
@@ -330,7 +323,7 @@ mod tests {
         let store = Store::open(&dir.path().join("db.redb")).expect("store");
         let key = zeroize::Zeroizing::new([3u8; 32]);
         // What an earlier release left: records chained without a key, and no keyed_from.
-        append(&store, &key, &events(3)).expect("legacy records");
+        append_unkeyed(&store, &key, &events(3));
         match open_keyed(&store).expect("open keyed") {
             Keying::Upgraded {
                 head_seq, legacy, ..
@@ -341,10 +334,12 @@ mod tests {
             other => panic!("expected an upgrade, got {other:?}"),
         }
         assert!(matches!(open_keyed(&store).expect("again"), Keying::Keyed));
+        // The daemon records the upgrade (runtime/open_store.rs), then keyed records follow.
+        append(&store, &key, &[upgrade()]).expect("upgrade record");
         append(&store, &key, &events(2)).expect("keyed records");
         let v = verify(&store, &key).expect("verify");
-        assert_eq!((v.checked, v.broken), (5, None));
-        // The keyed part does not verify under another key; the unkeyed part still does.
+        assert_eq!((v.checked, v.broken), (6, None));
+        // Under another key no upgrade record is authentic: nothing may be unkeyed.
         let other = zeroize::Zeroizing::new([4u8; 32]);
         assert_eq!(
             verify(&store, &other)
@@ -352,13 +347,53 @@ mod tests {
                 .broken
                 .expect("broken")
                 .0,
-            4
+            1
         );
-        assert_eq!(head(&store).expect("head").map(|h| h.0), Some(5));
+        assert_eq!(head(&store).expect("head").map(|h| h.0), Some(6));
         assert_eq!(
-            record_hash(&store, 5).expect("hash"),
+            record_hash(&store, 6).expect("hash"),
             head(&store).expect("head").map(|h| h.1)
         );
+        // An unkeyed record after the upgrade is refused.
+        append_unkeyed(&store, &key, &events(1));
+        let v = verify(&store, &key).expect("verify");
+        assert_eq!(v.broken.map(|b| b.0), Some(7));
+    }
+
+    fn upgrade() -> AuditEvent {
+        AuditEvent::new(Action::AuditUpgrade, "", &Actor::daemon(), Outcome::Ok)
+    }
+
+    fn append_unkeyed(store: &Store, key: &Key, events: &[AuditEvent]) {
+        let unkeyed = Chaining {
+            key,
+            keyed_from: u64::MAX,
+        };
+        append_chained(store, unkeyed, events).expect("unkeyed records");
+    }
+
+    #[test]
+    fn a_keyed_chain_rewritten_unkeyed_fails_whatever_the_meta_rows_say() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let key = zeroize::Zeroizing::new([5u8; 32]);
+        assert!(matches!(open_keyed(&store).expect("new"), Keying::Keyed));
+        append(&store, &key, &events(3)).expect("keyed");
+        assert_eq!(verify(&store, &key).expect("verify").broken, None);
+        // Someone with write access but no key rewrites the chain unkeyed and moves
+        // `audit_keyed_from` past it.
+        let txn = store.write().expect("txn");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(KEY_AUDIT_KEYED_FROM, &u64::MAX.to_le_bytes()[..])
+                .expect("flip");
+            let mut table = txn.open_table(AUDIT).expect("audit");
+            table.retain(|_, _| false).expect("clear");
+        }
+        txn.commit().expect("commit");
+        append_unkeyed(&store, &key, &events(3));
+        let v = verify(&store, &key).expect("verify");
+        assert_eq!(v.broken.as_ref().map(|b| b.0), Some(1), "{v:?}");
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub(crate) const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
 pub(crate) const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `daemon.write_timeout`: a stuck client holds a seat this long at most.
 pub(crate) const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `daemon.attest_max_exe_bytes`: executables larger than this are not hashed (and
+/// match no `exe_sha256` selector), so a peer cannot make the daemon read gigabytes.
+pub(crate) const DEFAULT_ATTEST_MAX_EXE_BYTES: u64 = 256 * 1024 * 1024;
 /// Default `daemon.audit_anchor_interval`.
 pub(crate) const DEFAULT_AUDIT_ANCHOR_INTERVAL: Duration = Duration::from_secs(300);
 /// The credential name `LoadCredential(Encrypted)=` gives the audit chain key.
@@ -107,6 +110,8 @@ pub(crate) struct DaemonConfig {
     pub audit_anchor_interval: Duration,
     /// How long writing one response may take (`write_timeout`).
     pub write_timeout: Duration,
+    /// The largest executable hashed for an `exe_sha256` selector (`attest_max_exe_bytes`).
+    pub attest_max_exe_bytes: u64,
     /// The sealed last-known-good file and its key, when enabled.
     pub last_known_good: Option<LastKnownGoodConfig>,
 }
@@ -211,6 +216,7 @@ pub(super) fn validate_daemon(
         audit_key,
         fingerprint_key,
         write_timeout: write_timeout(raw.write_timeout)?,
+        attest_max_exe_bytes: attest_max_exe_bytes(raw.attest_max_exe_bytes)?,
         audit_anchor_interval: positive_duration_or(
             "daemon.audit_anchor_interval",
             raw.audit_anchor_interval,
@@ -267,6 +273,17 @@ fn write_timeout(text: Option<String>) -> Result<Duration, ConfigError> {
         )));
     }
     Ok(timeout)
+}
+
+/// `daemon.attest_max_exe_bytes`: above zero (an `exe_sha256` selector needs some file to hash).
+fn attest_max_exe_bytes(value: Option<u64>) -> Result<u64, ConfigError> {
+    match value {
+        Some(0) => Err(invalid(
+            "daemon.attest_max_exe_bytes must be above 0 (no executable could be hashed)",
+        )),
+        Some(bytes) => Ok(bytes),
+        None => Ok(DEFAULT_ATTEST_MAX_EXE_BYTES),
+    }
 }
 
 /// `daemon.audit_key` and `daemon.fingerprint_key`: absolute paths when given.

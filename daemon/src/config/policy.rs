@@ -35,6 +35,14 @@ pub(crate) struct Selectors {
 }
 
 impl Selectors {
+    /// Whether any selector is present: the policy is bound to a program, not only a uid.
+    pub(crate) fn any(&self) -> bool {
+        self.exe.is_some()
+            || self.exe_sha256.is_some()
+            || self.systemd_unit.is_some()
+            || self.cgroup.is_some()
+    }
+
     /// Whether any selector needs the executable's hash.
     pub(crate) fn needs_hash(&self) -> bool {
         self.exe_sha256.is_some()

@@ -17,7 +17,7 @@ use crate::catalog::refresh;
 use crate::catalog::source;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::server::identity::Policy;
+use crate::server::identity::{Attestor, Policy};
 use crate::server::requests::Denials;
 use crate::server::transport::socket::{self, SocketFile};
 use crate::server::{self, Shared};
@@ -313,6 +313,7 @@ async fn start_values(
     Ok(Arc::new(Shared {
         catalog,
         policy: Policy::new(config.daemon.admin_uids.clone(), config.policies.clone()),
+        attestor: Attestor::new(config.daemon.attest_max_exe_bytes),
         store: store.clone(),
         audit: audit.clone(),
         sources,

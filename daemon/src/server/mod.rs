@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) catalog: Arc<Catalog>,
     /// Who may read what.
     pub(crate) policy: Policy,
+    /// Attests the program behind each writer (its hash cache and work bound).
+    pub(crate) attestor: identity::Attestor,
     /// Metadata and the audit trail.
     pub(crate) store: Arc<Store>,
     /// The audit writer.

@@ -1,8 +1,9 @@
 //! 32-byte key files kept outside the database (fingerprint key, audit chain key): mode 0600
-//! or stricter, created with random bytes on first start when the caller allows it.
+//! or stricter, owned by root or the daemon's own uid, created with random bytes on first start
+//! when the caller allows it.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use zeroize::Zeroizing;
@@ -13,10 +14,21 @@ pub(crate) const KEY_LEN: usize = 32;
 /// A key, wiped on drop.
 pub(crate) type Key = Zeroizing<[u8; KEY_LEN]>;
 
-/// Reads the key at `path`; refuses one others can read.
+/// Reads the key at `path`; refuses one others can read, or one owned by anyone but root and
+/// the daemon's uid (its owner could have put their own key there, or can swap it later).
 pub(crate) fn load(path: &Path) -> std::io::Result<Key> {
     let mut f = std::fs::File::open(path)?;
-    let mode = f.metadata()?.permissions().mode();
+    let meta = f.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(std::io::Error::other(format!(
+            "{} belongs to uid {}; a key must belong to root or the daemon's uid ({me})",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(std::io::Error::other(format!(
             "{} is readable by others (mode {:o}); it must be 0600",

@@ -5,6 +5,7 @@
 pub(crate) mod config;
 pub(crate) mod google;
 pub(crate) mod http;
+pub(crate) mod impostor;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -1,48 +1,83 @@
-//! Workload attestation: which program is on the other end of a connection, as the kernel
-//! tells it, read once per connection and never per read.
+//! Workload attestation: which program wrote a connection's requests, as the kernel tells it,
+//! read once per writer and never per read.
 //!
-//! At accept the daemon takes a pidfd of the peer (`SO_PEERPIDFD`, Linux 6.5+) and reads, under
-//! `/proc/PID`, the executable (path, and the SHA-256 of its content), the cgroup, and the
-//! systemd unit the cgroup names. After reading, it checks that the pidfd's process is still
-//! alive: while it is, its pid cannot have been reused, so what was read is that process's.
-//! Kernels without `SO_PEERPIDFD` fall back to the pid from `SO_PEERCRED`, with the process's
-//! start time read before and after instead (logged once). Anything that cannot be read, or an
-//! executable replaced or deleted since the process started, is `None`: a selector that names
-//! it then matches nothing.
+//! The writer's pid comes with its bytes (`SCM_CREDENTIALS`). The daemon takes a pidfd of it
+//! (the one `SO_PEERPIDFD` gave at accept when the writer is the process that connected, else
+//! `pidfd_open`) and reads, under `/proc/PID`, the executable, the cgroup and the systemd unit
+//! the cgroup names. When a policy that could match the writer's uid and groups selects by
+//! program, it also checks that the writer holds the connection close-on-exec (`holder`), and
+//! hashes the executable if a selector asks for the hash. Afterwards the pidfd's process must
+//! still be alive: while it is, its pid cannot have been reused, so what was read is its own.
+//! Kernels without pidfds fall back to the process's start time, read before and after.
+//!
+//! None of it runs in the accept loop. Hashing and descriptor scans, whose cost a peer
+//! controls (an 8 GiB executable, a million descriptors), run on the blocking pool, a few at a
+//! time, one hash per file: a slow attestation delays only its own connection. Executables over
+//! `attest_max_exe_bytes` are not hashed, and a file that changed while it was hashed is not
+//! believed. Anything that cannot be read is `None`, and a selector that names it matches
+//! nothing.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::{OnceCell, Semaphore};
 
+use super::holder::{self, Holding};
 use crate::util::lock::Recover;
 
-/// An executable file's identity: device, inode, size, mtime.
-type ExeKey = (u64, u64, u64, i64);
-
-/// The hashes of executables, by [`ExeKey`]: a bot that reconnects often costs one hash per
-/// binary, not one per connection.
-static HASHES: Mutex<Option<HashMap<ExeKey, String>>> = Mutex::new(None);
 /// The most executables whose hashes are kept.
 const MAX_CACHED_HASHES: usize = 256;
-/// Whether the fallback without pidfds was reported.
-static REPORTED_NO_PIDFD: AtomicBool = AtomicBool::new(false);
+/// Attestation work in flight on the blocking pool at once (hashes, descriptor scans): a
+/// flood of peers with huge executables holds these, never a runtime worker.
+pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 4;
+/// How much of an executable one read takes while hashing.
+const HASH_CHUNK: usize = 64 * 1024;
 
-/// What the kernel says about the program behind a connection.
+/// An executable file's identity: device, inode, size, and modification and change times to
+/// the nanosecond. `touch -r` can put a patched file's mtime back; nobody can set its ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ExeKey {
+    /// `st_dev`.
+    dev: u64,
+    /// `st_ino`.
+    ino: u64,
+    /// `st_size`.
+    size: u64,
+    /// `st_mtime`, seconds and nanoseconds.
+    mtime: (i64, i64),
+    /// `st_ctime`, seconds and nanoseconds.
+    ctime: (i64, i64),
+}
+
+impl ExeKey {
+    fn of(meta: &std::fs::Metadata) -> ExeKey {
+        ExeKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// What the kernel says about the program behind some requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Attested {
     /// The executable's path; `None` when unreadable, or replaced or deleted since it started.
     pub(crate) exe: Option<PathBuf>,
     /// The hex SHA-256 of the executable's content (computed only when a policy asks).
     pub(crate) exe_sha256: Option<String>,
-    /// The cgroup path (the `name=systemd` v1 hierarchy's on hybrid hosts, else v2's).
+    /// The cgroup path (the `name=systemd` v1 hierarchy's on hybrid hosts, else v2's); `None`
+    /// outside the system manager's tree.
     pub(crate) cgroup: Option<String>,
-    /// The systemd unit the cgroup names (`mm-bot.service`), if any.
+    /// The systemd unit of the system manager whose cgroup holds the process, if any.
     pub(crate) unit: Option<String>,
 }
 
@@ -63,70 +98,209 @@ impl Attested {
     }
 }
 
-/// Attests the peer of the connected socket `fd` (pid from `SO_PEERCRED`: `pid`).
-pub(crate) fn attest(fd: BorrowedFd<'_>, pid: Option<i32>, hash: bool) -> Attested {
-    match peer_pidfd(fd.as_raw_fd()) {
-        Some(pidfd) => {
-            let Some(pid) = pid_of(&pidfd) else {
-                return Attested::default();
-            };
-            let attested = read(pid, hash);
-            // Still alive: the pid was not reused while we read.
-            if alive(&pidfd) {
-                attested
-            } else {
-                Attested::default()
+/// What the policies that could match a writer (by uid and groups) ask of its program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Needs {
+    /// Some selector (exe, hash, unit, cgroup) is present: the writer must hold the
+    /// connection close-on-exec.
+    pub(crate) program: bool,
+    /// Some selector names the executable's hash.
+    pub(crate) hash: bool,
+}
+
+/// Why requests cannot be answered for the process that wrote them.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unidentified {
+    /// The writer holds the connection through a descriptor without close-on-exec.
+    #[error(
+        "pid {pid} ({exe}) holds this connection through a descriptor without close-on-exec, \
+         as one carried across exec would be; receive passed connections with MSG_CMSG_CLOEXEC"
+    )]
+    Inherited {
+        /// The writer.
+        pid: i32,
+        /// What it runs now.
+        exe: String,
+    },
+    /// The writer no longer holds the connection.
+    #[error("pid {pid} ({exe}) wrote on this connection but no longer holds it")]
+    NotHeld {
+        /// The writer.
+        pid: i32,
+        /// What it runs now.
+        exe: String,
+    },
+    /// The writer's credentials no longer match what it wrote with, or it is gone.
+    #[error("pid {pid} changed credentials or exited before it could be identified")]
+    Gone {
+        /// The writer.
+        pid: i32,
+    },
+}
+
+/// Attests writers: the hash cache and the bound on blocking work.
+#[derive(Debug)]
+pub(crate) struct Attestor {
+    /// The largest executable hashed (`daemon.attest_max_exe_bytes`).
+    max_exe_bytes: u64,
+    /// Hashes by file identity; one being computed is shared by everyone waiting for it, so a
+    /// file is hashed once however many of its processes connect at the same moment.
+    hashes: Mutex<HashMap<ExeKey, Arc<OnceCell<Option<String>>>>>,
+    /// Permits for attestation work on the blocking pool.
+    work: Semaphore,
+    /// Whether the fallback without pidfds was logged.
+    reported_no_pidfd: AtomicBool,
+    /// Whether a peer whose descriptors the daemon cannot read was logged.
+    reported_unreadable: AtomicBool,
+}
+
+impl Attestor {
+    /// An attestor that hashes executables of at most `max_exe_bytes`.
+    pub(crate) fn new(max_exe_bytes: u64) -> Attestor {
+        Attestor {
+            max_exe_bytes,
+            hashes: Mutex::new(HashMap::new()),
+            work: Semaphore::new(MAX_CONCURRENT_ATTESTATIONS),
+            reported_no_pidfd: AtomicBool::new(false),
+            reported_unreadable: AtomicBool::new(false),
+        }
+    }
+
+    /// Attests process `pid`, which wrote on the connection whose daemon end has inode
+    /// `socket`; `pidfd` is one already held for it (from accept), if any.
+    pub(crate) async fn attest(
+        &self,
+        pid: i32,
+        pidfd: Option<OwnedFd>,
+        socket: u64,
+        needs: Needs,
+    ) -> Result<Attested, Unidentified> {
+        let pidfd = pidfd.or_else(|| pidfd_open(pid));
+        let started = match pidfd {
+            Some(_) => None,
+            None => {
+                self.report_no_pidfd();
+                start_time(pid)
+            }
+        };
+        let mut attested = read(pid);
+        if needs.program && attested.exe.is_some() {
+            let exe = attested.describe();
+            match self.blocking(move || holder::holding(pid, socket)).await {
+                Some(Holding::CloseOnExec) => {}
+                Some(Holding::Inherited) => return Err(Unidentified::Inherited { pid, exe }),
+                Some(Holding::NotHeld) => return Err(Unidentified::NotHeld { pid, exe }),
+                Some(Holding::Unknown) | None => {
+                    self.report_unreadable(pid);
+                    attested.exe = None;
+                }
             }
         }
-        None => {
-            if !REPORTED_NO_PIDFD.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    event = "attest.no_pidfd",
-                    "the kernel gives no pidfd of a peer (SO_PEERPIDFD, Linux 6.5+); attesting by pid with a start-time check"
-                );
+        if needs.hash && attested.exe.is_some() {
+            attested.exe_sha256 = self.hash(pid).await;
+        }
+        let same = match &pidfd {
+            Some(fd) => alive(fd),
+            None => started.is_some() && started == start_time(pid),
+        };
+        Ok(if same { attested } else { Attested::default() })
+    }
+
+    /// Runs `work` on the blocking pool under one of the permits (`None` if the runtime is
+    /// going away).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.work.acquire().await.ok()?;
+        tokio::task::spawn_blocking(work).await.ok()
+    }
+
+    /// The SHA-256 of the executable `pid` runs, through `/proc/PID/exe` (the file it runs,
+    /// whatever is at its path now); `None` when too large, unreadable, or changed meanwhile.
+    async fn hash(&self, pid: i32) -> Option<String> {
+        let file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+        let meta = file.metadata().ok()?;
+        if meta.size() > self.max_exe_bytes {
+            tracing::debug!(
+                pid,
+                bytes = meta.size(),
+                max = self.max_exe_bytes,
+                "executable not hashed: larger than daemon.attest_max_exe_bytes"
+            );
+            return None;
+        }
+        let key = ExeKey::of(&meta);
+        let cell = {
+            let mut hashes = self.hashes.lock().recover();
+            if hashes.len() >= MAX_CACHED_HASHES && !hashes.contains_key(&key) {
+                // Keep only hashes still being computed (someone waits on them).
+                hashes.retain(|_, cell| !cell.initialized());
             }
-            let Some(pid) = pid else {
-                return Attested::default();
-            };
-            let before = start_time(pid);
-            let attested = read(pid, hash);
-            if before.is_some() && before == start_time(pid) {
-                attested
-            } else {
-                Attested::default()
-            }
+            hashes.entry(key).or_default().clone()
+        };
+        let max = self.max_exe_bytes;
+        cell.get_or_init(|| async move {
+            self.blocking(move || hash_file(file, key, max))
+                .await
+                .flatten()
+        })
+        .await
+        .clone()
+    }
+
+    fn report_no_pidfd(&self) {
+        if !self.reported_no_pidfd.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                event = "attest.no_pidfd",
+                "the kernel gives no pidfds (pidfd_open, Linux 5.3+); attesting by pid with a start-time check"
+            );
+        }
+    }
+
+    fn report_unreadable(&self, pid: i32) {
+        if !self.reported_unreadable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                event = "attest.unreadable",
+                pid,
+                "cannot read a peer's descriptors or executable (the daemon needs CAP_SYS_PTRACE \
+                 for other uids); exe and exe_sha256 selectors match no such peer (logged once)"
+            );
         }
     }
 }
 
-/// A pidfd of the peer, on kernels that give one.
-fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
-    let mut pidfd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: pidfd and len are valid for writes of the sizes given; fd is an open socket.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERPIDFD,
-            (&raw mut pidfd).cast(),
-            &mut len,
-        )
-    };
-    // SAFETY: on success the kernel installed a new fd that we now own.
-    (rc == 0 && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
+/// Hashes `file` (at most `max` bytes), believing the result only if the file is still what
+/// `key` describes afterwards.
+fn hash_file(mut file: std::fs::File, key: ExeKey, max: u64) -> Option<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut total: u64 = 0;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n as u64;
+                if total > max {
+                    return None;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let after = ExeKey::of(&file.metadata().ok()?);
+    (after == key && total == key.size).then(|| hex::encode(hasher.finalize()))
 }
 
-/// The pid a pidfd refers to (`Pid:` in its fdinfo; -1 once the process has exited).
-fn pid_of(pidfd: &OwnedFd) -> Option<i32> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
-    let pid: i32 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("Pid:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    (pid > 0).then_some(pid)
+/// A pidfd of `pid` (`pidfd_open`, Linux 5.3+).
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel installed this fd for us.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether the pidfd's process is still alive (signal 0 delivers nothing).
@@ -151,85 +325,83 @@ fn start_time(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Reads the attributes of `pid`.
-fn read(pid: i32, hash: bool) -> Attested {
+/// Reads the attributes of `pid` that cost a few small reads: the executable's path, the
+/// cgroup, the unit.
+fn read(pid: i32) -> Attested {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"));
-    let exe_sha256 = if hash && exe.is_some() {
-        hash_exe(pid)
-    } else {
-        None
-    };
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|text| cgroup_path(&text));
     let unit = cgroup.as_deref().and_then(unit_of);
     Attested {
         exe,
-        exe_sha256,
+        exe_sha256: None,
         cgroup,
         unit,
     }
 }
 
-/// The SHA-256 of the running executable, through /proc/PID/exe (the file the process runs,
-/// whatever is at its path now), cached by device, inode, size and mtime.
-fn hash_exe(pid: i32) -> Option<String> {
-    let mut file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
-    let meta = file.metadata().ok()?;
-    let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
-    if let Some(h) = HASHES.lock().recover().as_ref().and_then(|m| m.get(&key)) {
-        return Some(h.clone());
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(_) => return None,
-        }
-    }
-    let hex = hex::encode(hasher.finalize());
-    let mut cache = HASHES.lock().recover();
-    let map = cache.get_or_insert_with(HashMap::new);
-    if map.len() >= MAX_CACHED_HASHES {
-        map.clear();
-    }
-    map.insert(key, hex.clone());
-    Some(hex)
-}
-
 /// The cgroup path from /proc/PID/cgroup: the `name=systemd` v1 hierarchy's when it places
-/// the process somewhere (hybrid hosts), else the v2 one (`0::PATH`).
+/// the process somewhere (hybrid hosts), else the v2 one (`0::PATH`). Only paths in the system
+/// manager's tree count: inside a `user@UID.service` the user's own manager (or the user, by
+/// hand) names the cgroups, so any user could make one named like a unit.
 fn cgroup_path(text: &str) -> Option<String> {
     let mut v2 = None;
+    let mut v1 = None;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         if controllers == "name=systemd" && path != "/" {
-            return Some(path.to_owned());
+            v1 = Some(path.to_owned());
         }
         if controllers.is_empty() {
             v2 = Some(path.to_owned());
         }
     }
-    v2.filter(|p| p != "/")
+    v1.or(v2).filter(|p| p != "/").filter(|p| in_system_tree(p))
 }
 
-/// The innermost systemd unit a cgroup path names (`*.service` or `*.scope`).
-fn unit_of(cgroup: &str) -> Option<String> {
-    cgroup
+/// Whether a cgroup path lies outside every user manager's delegated subtree.
+fn in_system_tree(path: &str) -> bool {
+    !path
         .split('/')
-        .rev()
-        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
-        .map(str::to_owned)
+        .any(|c| c.starts_with("user@") && c.ends_with(".service"))
+}
+
+/// The system manager's unit whose cgroup holds `cgroup`: the first component below PID 1's
+/// slices. A unit with `Delegate=yes` may make cgroups below its own; they are its subtree and
+/// name it, never a unit of their own.
+fn unit_of(cgroup: &str) -> Option<String> {
+    let first = cgroup
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .find(|c| !c.ends_with(".slice"))?;
+    (first.ends_with(".service") || first.ends_with(".scope")).then(|| first.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    const ALL: Needs = Needs {
+        program: true,
+        hash: true,
+    };
+
+    fn ino(s: &UnixStream) -> u64 {
+        std::fs::File::from(std::os::fd::OwnedFd::from(s.try_clone().expect("dup")))
+            .metadata()
+            .expect("stat")
+            .ino()
+    }
+
+    fn me() -> i32 {
+        i32::try_from(std::process::id()).expect("pid")
+    }
 
     #[test]
     fn cgroups_and_units_on_hybrid_and_unified_hosts() {
@@ -238,52 +410,125 @@ mod tests {
             cgroup_path(hybrid).as_deref(),
             Some("/system.slice/mm-bot.service")
         );
-        let unified = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/bot.scope\n";
+        let unit = |text: &str| cgroup_path(text).and_then(|c| unit_of(&c));
         assert_eq!(
-            cgroup_path(unified).and_then(|c| unit_of(&c)).as_deref(),
-            Some("bot.scope")
+            unit("0::/system.slice/mm-bot.service\n").as_deref(),
+            Some("mm-bot.service")
+        );
+        assert_eq!(
+            unit("0::/trading.slice/mm.slice/mm-bot.service\n").as_deref(),
+            Some("mm-bot.service")
+        );
+        assert_eq!(
+            unit("0::/user.slice/user-1000.slice/session-3.scope\n").as_deref(),
+            Some("session-3.scope")
         );
         assert_eq!(cgroup_path("9:name=systemd:/\n0::/\n"), None);
         assert_eq!(unit_of("/system.slice"), None);
     }
 
     #[test]
-    fn this_process_attests_itself() {
-        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
-        let pid = i32::try_from(std::process::id()).ok();
-        // SAFETY: the fd of `a` is open for the duration of the call.
-        let fd = unsafe { BorrowedFd::borrow_raw(a.as_raw_fd()) };
-        let attested = attest(fd, pid, true);
-        let me = std::env::current_exe().expect("exe");
-        assert_eq!(attested.exe.as_deref(), Some(me.as_path()));
+    fn a_users_own_manager_names_no_unit_and_no_cgroup() {
+        // Anyone can make these under their own delegated manager.
+        for path in [
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/mm-bot.service",
+            "/user.slice/user-1000.slice/user@1000.service/mm-bot.service",
+            "/system.slice/user@1000.service/x",
+        ] {
+            assert_eq!(cgroup_path(&format!("0::{path}\n")), None, "{path}");
+        }
+        // A delegated unit's subtree names the unit, never a unit of its own.
+        assert_eq!(
+            unit_of("/system.slice/runner.service/payload/mm-bot.service").as_deref(),
+            Some("runner.service")
+        );
+        assert_eq!(unit_of("/mm-bot.service.d/x"), None);
+    }
+
+    #[tokio::test]
+    async fn this_process_attests_itself() {
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        let attestor = Attestor::new(u64::MAX);
+        let attested = attestor
+            .attest(me(), None, ino(&ours), ALL)
+            .await
+            .expect("holds its end close-on-exec");
+        let exe = std::env::current_exe().expect("exe");
+        assert_eq!(attested.exe.as_deref(), Some(exe.as_path()));
         assert_eq!(attested.exe_sha256.as_ref().map(String::len), Some(64));
         assert!(attested.describe().starts_with("exe="));
-        drop(b);
+        // Over the size limit: no hash, whatever a selector asks.
+        let small = Attestor::new(1024);
+        let attested = small.attest(me(), None, ino(&ours), ALL).await.expect("ok");
+        assert_eq!(attested.exe_sha256, None);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_does_not_hold_the_connection_is_refused() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        drop(theirs);
+        let attestor = Attestor::new(u64::MAX);
+        let refused = attestor.attest(me(), None, ino(&ours), ALL).await;
+        assert!(
+            matches!(refused, Err(Unidentified::NotHeld { .. }))
+                || refused.is_ok_and(|a| a.exe.is_none()),
+            "a writer without the connection is never attested as its program"
+        );
+        // Without program selectors nobody looks at descriptors.
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        drop(theirs);
+        let plain = attestor
+            .attest(me(), None, ino(&ours), Needs::default())
+            .await
+            .expect("uid-only policies need no descriptors");
+        assert!(plain.exe.is_some() && plain.exe_sha256.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_process_gone_before_attestation_attests_nothing() {
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = i32::try_from(child.id()).expect("pid");
+        child.wait().expect("wait");
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        let attestor = Attestor::new(u64::MAX);
+        let attested = attestor
+            .attest(pid, None, ino(&ours), Needs::default())
+            .await
+            .expect("nothing to refuse");
+        assert_eq!(attested, Attested::default());
     }
 
     #[test]
-    fn a_peer_gone_before_attestation_attests_nothing_whatever_now_holds_its_pid() {
-        // A client connects and exits before the daemon attests it: its pid may by then belong
-        // to another program, so nothing may be read by pid; the pidfd knows it is gone.
+    fn a_file_patched_with_its_mtime_put_back_is_hashed_again() {
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("s.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        let status = std::process::Command::new("python3")
-            .arg("-c")
-            .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])")
-            .arg(&path)
-            .status()
-            .expect("python3");
-        assert!(status.success());
-        let (conn, _) = listener.accept().expect("accept");
-        // SAFETY: the fd of `conn` is open for the duration of the call.
-        let fd = unsafe { BorrowedFd::borrow_raw(conn.as_raw_fd()) };
-        assert_eq!(attest(fd, None, true), Attested::default());
-        // And this kernel gives pidfds at all (CI's does): the pidfd path is what ran above.
-        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
-        assert!(
-            peer_pidfd(a.as_raw_fd()).is_some() || std::env::var_os("CI").is_none(),
-            "CI's kernel must give pidfds of peers (SO_PEERPIDFD)"
+        let path = dir.path().join("bot");
+        std::fs::write(&path, b"original program").expect("write");
+        let before = ExeKey::of(&std::fs::metadata(&path).expect("stat"));
+        let mtime = std::fs::metadata(&path)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(b"patched program!").expect("patch");
+        f.set_modified(mtime).expect("touch -r");
+        drop(f);
+        let after = ExeKey::of(&std::fs::metadata(&path).expect("stat"));
+        assert_eq!((before.size, before.mtime), (after.size, after.mtime));
+        assert_ne!(before, after, "the ctime tells them apart");
+        // A file that changes while it is hashed is not believed.
+        let file = std::fs::File::open(&path).expect("open");
+        assert_eq!(hash_file(file, before, u64::MAX), None);
+        let file = std::fs::File::open(&path).expect("open");
+        assert_eq!(hash_file(file, after, u64::MAX).map(|h| h.len()), Some(64));
+        let file = std::fs::File::open(&path).expect("open");
+        assert_eq!(
+            hash_file(file, after, 4),
+            None,
+            "over the limit while reading"
         );
     }
 }

@@ -1,10 +1,10 @@
-//! Who is on the other end of a connection, as the kernel says (never as the client says).
+//! Who is on the other end of a connection, as the kernel says (never as the client says):
+//! what accept learns of the connecting process ([`Accepted`]), who wrote each read
+//! ([`Sender`], from `SCM_CREDENTIALS`), and the identity requests are answered for ([`Peer`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
-
-use interprocess::local_socket::tokio::Stream;
-use interprocess::local_socket::traits::StreamCommon as _;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
 /// Linux's `SO_PEERGROUPS` (since 4.13); not exported by every libc version.
 const SO_PEERGROUPS: libc::c_int = 59;
@@ -12,53 +12,125 @@ const SO_PEERGROUPS: libc::c_int = 59;
 /// The most supplementary groups read for a peer (the kernel's NGROUPS_MAX is 65536).
 const MAX_PEER_GROUPS: usize = 65_536;
 
-/// Credentials of a connected process, read at accept.
+/// The process that wrote some bytes, as the kernel reports it with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sender {
+    /// Its process id, when the kernel reports one (not when it is in a pid namespace the
+    /// daemon cannot see).
+    pub(crate) pid: Option<i32>,
+    /// Its effective uid.
+    pub(crate) uid: u32,
+    /// Its effective gid.
+    pub(crate) gid: u32,
+}
+
+/// What accept learns of the process that connected, before a byte is read: cheap socket
+/// options only, so accepting never waits on anything a peer controls.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// The connecting process's credentials (`SO_PEERCRED`).
+    pub(crate) sender: Sender,
+    /// Its supplementary groups at connect time (`SO_PEERGROUPS`).
+    pub(crate) groups: Vec<u32>,
+    /// A pidfd of it (`SO_PEERPIDFD`, Linux 6.5+): its pid cannot be reused while held.
+    pub(crate) pidfd: Option<OwnedFd>,
+    /// The inode of the daemon's end of the connection, to find the client's end among a
+    /// process's descriptors.
+    pub(crate) socket: u64,
+}
+
+impl Accepted {
+    /// Reads what the kernel says about the peer of the accepted socket `fd`.
+    pub(crate) fn of(fd: BorrowedFd<'_>) -> io::Result<Accepted> {
+        let cred = peer_cred(fd)?;
+        let socket = std::fs::File::from(fd.try_clone_to_owned()?)
+            .metadata()?
+            .ino();
+        Ok(Accepted {
+            sender: Sender {
+                pid: (cred.pid > 0).then_some(cred.pid),
+                uid: cred.uid,
+                gid: cred.gid,
+            },
+            groups: peer_groups(fd)?,
+            pidfd: peer_pidfd(fd),
+            socket,
+        })
+    }
+}
+
+/// The identity requests on a connection are answered for: the process that wrote them,
+/// its groups, and what was attested of its program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Peer {
     /// Effective uid: what access decisions use.
     pub uid: u32,
     /// Effective gid.
     pub gid: u32,
-    /// Supplementary groups at connect time.
+    /// Supplementary groups.
     pub groups: Vec<u32>,
-    /// Process id, for logs and audit only: pids are reused, so never for decisions.
+    /// Process id, for logs and audit (decisions use the pidfd-checked attestation).
     pub pid: Option<i32>,
-    /// The program behind the connection, attested at accept (`attest`).
+    /// The program behind the requests (`attest`).
     pub attested: super::attest::Attested,
 }
 
 impl Peer {
-    /// Reads the peer's credentials from an accepted stream, and attests its program (hashing
-    /// the executable only when `hash`: some policy selects by hash).
-    pub(crate) fn of(stream: &Stream, hash: bool) -> io::Result<Peer> {
-        let creds = stream.peer_creds()?;
-        let (uid, gid) = match (creds.euid(), creds.egid()) {
-            (Some(u), Some(g)) => (u, g),
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "the kernel did not report the peer's uid and gid",
-                ));
-            }
-        };
-        let fd = match stream {
-            Stream::UdSocket(s) => std::os::fd::AsFd::as_fd(s),
-        };
-        let groups = peer_groups(fd)?;
-        let pid = creds.pid();
-        Ok(Peer {
-            uid,
-            gid,
-            groups,
-            pid,
-            attested: super::attest::attest(fd, pid, hash),
-        })
-    }
-
     /// Whether the peer's primary or a supplementary group is `gid`.
     pub(crate) fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
+
+    /// The process this identity was made for.
+    pub(crate) fn sender(&self) -> Sender {
+        Sender {
+            pid: self.pid,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for writes of the sizes given; fd is an open socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cred)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A pidfd of the peer, on kernels that give one.
+fn peer_pidfd(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    let mut pidfd: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: pidfd and len are valid for writes of the sizes given; fd is an open socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&raw mut pidfd).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel installed a new fd that we now own.
+    (rc == 0 && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
 fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
@@ -89,4 +161,22 @@ fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
         }
         return Err(err);
     }
+}
+
+/// A process's effective uid, gid and supplementary groups from `/proc/PID/status`: for a
+/// writer other than the connecting process, whose groups no socket option reports.
+pub(crate) fn status_creds(pid: i32) -> Option<(u32, u32, Vec<u32>)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+    // `Uid:` and `Gid:` list real, effective, saved and filesystem ids.
+    let effective = |line: &str| line.split_whitespace().nth(1)?.parse::<u32>().ok();
+    let uid = effective(field("Uid:")?)?;
+    let gid = effective(field("Gid:")?)?;
+    let groups = field("Groups:")?
+        .split_whitespace()
+        .take(MAX_PEER_GROUPS)
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()
+        .ok()?;
+    Some((uid, gid, groups))
 }

@@ -6,7 +6,7 @@
 //! read path looks up a bool, not a glob.
 
 use super::Peer;
-use super::attest::Attested;
+use super::attest::{Attested, Needs};
 use crate::catalog::Catalog;
 use crate::config::{PolicyConfig, Selectors};
 
@@ -82,9 +82,18 @@ impl Policy {
         }
     }
 
-    /// Whether some rule selects by the executable's hash (only then is it computed).
-    pub(crate) fn needs_hash(&self) -> bool {
-        self.rules.iter().any(|r| r.selectors.needs_hash())
+    /// What the rules that could match a process of `uid`, `gid` and `groups` ask of its
+    /// program: only then are its descriptors checked and its executable hashed.
+    pub(crate) fn needs(&self, uid: u32, gid: u32, groups: &[u32]) -> Needs {
+        let mut needs = Needs::default();
+        let in_group = |g: &u32| *g == gid || groups.contains(g);
+        for rule in &self.rules {
+            if rule.uids.contains(&uid) || rule.gids.iter().any(in_group) {
+                needs.program |= rule.selectors.any();
+                needs.hash |= rule.selectors.needs_hash();
+            }
+        }
+        needs
     }
 
     fn allows(&self, matching: &[usize], name: &str) -> bool {

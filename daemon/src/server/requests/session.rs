@@ -10,7 +10,7 @@ use secretd_proto::{ErrorCode, Request, WireError};
 use super::reply::Reply;
 use crate::audit::{Action, Actor, ActorType, AuditEvent, Outcome};
 use crate::server::Shared;
-use crate::server::identity::{Access, Peer};
+use crate::server::identity::{self, Accepted, Access, Peer, Sender, Unidentified};
 
 /// Reads (or denials) of one secret on this connection. The first is recorded at once, the
 /// rest are counted and written by [`Session::flush`], so a bot reading 100k times a second
@@ -62,9 +62,11 @@ pub(crate) const AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) struct Session {
     /// Catalog, policy, store, audit.
     pub(crate) shared: Arc<Shared>,
-    /// Who is asking.
+    /// Who is asking: the process that wrote the requests being answered.
     pub(crate) peer: Peer,
-    /// Rights computed once at accept.
+    /// What accept learned of the process that connected, to identify a later writer.
+    accepted: Accepted,
+    /// Rights computed once per writer.
     pub(super) access: Access,
     /// Successful reads per slot.
     pub(super) reads: Tallies,
@@ -82,13 +84,20 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// The session of `peer`, whose hello agreed on `protocol`.
-    pub(crate) fn new(shared: Arc<Shared>, peer: Peer, protocol: u16) -> Session {
+    /// The session of `peer`, who wrote the hello that agreed on `protocol` on a connection
+    /// accepted as `accepted`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        peer: Peer,
+        accepted: Accepted,
+        protocol: u16,
+    ) -> Session {
         let access = shared.policy.access_for(&peer, &shared.catalog);
         let program = peer.attested.describe().into();
         Session {
             shared,
             peer,
+            accepted,
             access,
             reads: Tallies::default(),
             denials: Tallies::default(),
@@ -97,6 +106,22 @@ impl Session {
             program,
             next_flush: Instant::now() + AUDIT_FLUSH_INTERVAL,
         }
+    }
+
+    /// Requests now come from `sender`, another process than the one answered so far: it is
+    /// identified and its rights computed; read counts so far are written under the previous
+    /// writer's name first.
+    pub(crate) async fn reidentify(&mut self, sender: Sender) -> Result<(), Unidentified> {
+        let shared = self.shared.clone();
+        let peer = identity::identify(sender, &mut self.accepted, &shared.policy, &shared.attestor)
+            .await?;
+        self.flush();
+        self.reads = Tallies::default();
+        self.denials = Tallies::default();
+        self.access = shared.policy.access_for(&peer, &shared.catalog);
+        self.program = peer.attested.describe().into();
+        self.peer = peer;
+        Ok(())
     }
 
     /// The reply to `request`.

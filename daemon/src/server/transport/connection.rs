@@ -20,6 +20,7 @@ use secretd_proto::{
 use super::admission::Seat;
 use super::frame_buf::{FrameBuf, FrameFault, Sender};
 use super::{FRAME_DEADLINE, HELLO_TIMEOUT, IDLE_TIMEOUT};
+use crate::server::identity::Peer;
 use crate::server::requests::{Reply, Session, Subscription, encode_reply};
 
 /// What a wait for bytes came to.
@@ -45,8 +46,9 @@ pub(super) trait Io {
     async fn receive(&mut self, buf: &mut [u8], until: Instant, between_frames: bool) -> Received;
     /// Writes all of `bytes` within the write deadline.
     async fn send(&mut self, bytes: &[u8]) -> Result<(), FrameError>;
-    /// A request was answered (`served_read`: a value was sent); `Some` ends the loop.
-    fn answered(&mut self, served_read: bool) -> Option<Turn>;
+    /// A request of `uid` was answered (`served_read`: a value was sent); `Some` ends the
+    /// loop.
+    fn answered(&mut self, served_read: bool, uid: u32) -> Option<Turn>;
 }
 
 /// Why the request loop stopped.
@@ -119,7 +121,8 @@ impl Conn {
             if let Reply::Watch(subscription) = reply {
                 return Turn::Watch(subscription);
             }
-            if let Some(turn) = io.answered(matches!(reply, Reply::Secret(_))) {
+            let uid = self.session.peer.uid;
+            if let Some(turn) = io.answered(matches!(reply, Reply::Secret(_)), uid) {
                 return turn;
             }
         }
@@ -130,16 +133,21 @@ impl Conn {
     async fn next_request(&mut self, io: &mut impl Io) -> Next {
         loop {
             match take_request(&mut self.frames) {
-                // The process the peer's credentials name is the one writer answered.
-                Ok(Some((_, sender))) if sender != Sender::of(&self.session.peer) => {
-                    // Only one writer is credited per connection until senders are attested
-                    // one by one: a request from another process is not answered as the peer's.
-                    let v = violation("a request written by another process than the peer's");
-                    return self.refuse(io, v).await;
-                }
                 Ok(Some((Request::Hello(_), _))) => {
                     let v = violation("hello may only be sent once");
                     return self.refuse(io, v).await;
+                }
+                // Each request is answered for the process that wrote it: a new writer (a
+                // child sharing the connection, a thief holding a copy) is identified first.
+                Ok(Some((request, sender))) if sender != self.session.peer.sender() => {
+                    match self.session.reidentify(sender).await {
+                        Ok(()) => return Next::Request(request),
+                        Err(e) => {
+                            let refused =
+                                WireError::new(ErrorCode::PermissionDenied, e.to_string());
+                            return self.refuse(io, refused).await;
+                        }
+                    }
                 }
                 Ok(Some((request, _))) => return Next::Request(request),
                 Ok(None) => {}
@@ -244,18 +252,21 @@ async fn send_reply(
     result
 }
 
-/// Reads and answers the hello, the first frame, within [`HELLO_TIMEOUT`] of `accepted`.
-/// Returns the protocol version both speak, or `None` when the connection ends here.
+/// Reads and answers the hello, the first frame, within [`HELLO_TIMEOUT`] of `accepted`. The
+/// process that wrote it is identified (`identify`) before the answer, so a writer that cannot
+/// be answered for is told why at once. Returns the protocol version both speak and the
+/// identity, or `None` when the connection ends here.
 pub(super) async fn hello(
     frames: &mut FrameBuf,
     io: &mut impl Io,
     accepted: Instant,
-) -> Option<u16> {
+    identify: impl AsyncFnOnce(Sender) -> Result<Peer, WireError>,
+) -> Option<(u16, Peer)> {
     let until = accepted + HELLO_TIMEOUT;
-    let request = loop {
+    let (request, sender) = loop {
         match take_request(frames) {
-            Ok(Some((request, _))) => break Ok(request),
-            Err(v) => break Err(v),
+            Ok(Some((request, sender))) => break (Ok(request), Some(sender)),
+            Err(v) => break (Err(v), None),
             Ok(None) => {}
         }
         match io.receive(frames.spare(), until, false).await {
@@ -265,9 +276,13 @@ pub(super) async fn hello(
             }
         }
     };
-    let answer = answer_hello(request);
+    let answer = match (answer_hello(request), sender) {
+        (Ok(hello), Some(sender)) => identify(sender).await.map(|peer| (hello, peer)),
+        (Ok(_), None) => Err(violation("a hello with no recorded writer")),
+        (Err(e), _) => Err(e),
+    };
     let response = match &answer {
-        Ok(hello) => Response::Hello(hello.clone()),
+        Ok((hello, _)) => Response::Hello(hello.clone()),
         Err(e) => Response::Error(e.clone()),
     };
     let mut out = Vec::new();
@@ -278,7 +293,7 @@ pub(super) async fn hello(
     if sent.is_err() {
         return None;
     }
-    answer.ok().map(|h| h.protocol_version)
+    answer.ok().map(|(h, peer)| (h.protocol_version, peer))
 }
 
 /// The answer to the first frame: it must be a hello with our magic, from a client whose

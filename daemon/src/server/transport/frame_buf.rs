@@ -12,7 +12,7 @@ use std::time::Instant;
 use secretd_proto::frame::{FrameError, HEADER_LEN, body_len};
 use zeroize::Zeroize;
 
-use crate::server::identity::Peer;
+pub(crate) use crate::server::identity::Sender;
 
 /// The first read of an empty buffer: requests are small, so this usually takes a whole frame
 /// (or several pipelined ones) in one read.
@@ -20,28 +20,6 @@ pub(crate) const READ_CHUNK: usize = 1024;
 /// A buffer grown past this for one large frame is released once that frame is taken, so an
 /// envelope does not keep every later wipe expensive.
 const KEEP_BUFFER: usize = 16 * 1024;
-
-/// The process that wrote some bytes, as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Sender {
-    /// Its process id, when the kernel reports one.
-    pub(crate) pid: Option<i32>,
-    /// Its effective uid.
-    pub(crate) uid: u32,
-    /// Its effective gid.
-    pub(crate) gid: u32,
-}
-
-impl Sender {
-    /// The process a peer's credentials (read at accept) name.
-    pub(crate) fn of(peer: &Peer) -> Sender {
-        Sender {
-            pid: peer.pid,
-            uid: peer.uid,
-            gid: peer.gid,
-        }
-    }
-}
 
 /// Why the bytes received cannot be read as the next frame. The connection answers with a
 /// protocol violation and closes: after a bad frame the stream is out of step.

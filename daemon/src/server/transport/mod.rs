@@ -6,6 +6,7 @@ mod admission;
 mod alarm;
 mod connection;
 mod frame_buf;
+mod recv;
 pub(crate) mod socket;
 mod task;
 mod thread;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
-use super::identity::Peer;
+use super::identity::Accepted;
 
 /// How long a new connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,22 +69,24 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let peer = match Peer::of(&stream, shared.policy.needs_hash()) {
-            Ok(p) => p,
+        let Stream::UdSocket(stream) = stream;
+        let stream = tokio::net::UnixStream::from(stream);
+        // Socket options only: nothing a peer controls (its executable, its descriptors) is
+        // read here, so one peer cannot hold up the next accept.
+        let accepted = match Accepted::of(std::os::fd::AsFd::as_fd(&stream)) {
+            Ok(a) => a,
             Err(e) => {
                 tracing::debug!(error = %e, "dropping connection without peer credentials");
                 continue;
             }
         };
-        let Stream::UdSocket(stream) = stream;
-        let stream = tokio::net::UnixStream::from(stream);
-        match admission.admit(peer.uid) {
+        match admission.admit(accepted.sender.uid) {
             Ok(slot) => {
                 let open = shared.metrics.connections.clone();
                 open.inc();
                 let run = task::run(
                     stream,
-                    peer,
+                    accepted,
                     shared.clone(),
                     admission.clone(),
                     slot,
@@ -100,8 +103,8 @@ pub(crate) async fn serve(
                     admission::Refusal::PerUid => "per-uid connection limit reached; refusing",
                 };
                 tracing::warn!(
-                    uid = peer.uid,
-                    pid = peer.pid,
+                    uid = accepted.sender.uid,
+                    pid = accepted.sender.pid,
                     max_connections,
                     max_per_uid,
                     "{why}"

@@ -115,6 +115,8 @@ pub(crate) fn bind(cfg: &DaemonConfig) -> Result<(Listener, SocketFile), SocketE
                 source: e,
             },
         })?;
+    let Listener::UdSocket(bound) = &listener;
+    super::recv::pass_credentials(std::os::fd::AsFd::as_fd(bound)).map_err(io_err(path))?;
     // bind() applies the umask on top of the mode; set the exact mode now. Until this line the
     // file was at most as permissive as asked.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))
@@ -155,6 +157,8 @@ pub(crate) fn adopt(
             }
         }
     }
+    // systemd sets it with `PassCredentials=yes`; an older unit file may lack the line.
+    super::recv::pass_credentials(std::os::fd::AsFd::as_fd(&fd)).map_err(io_err(path))?;
     let listener = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)
         .map_err(|e| SocketError::Io {
             path: path.to_owned(),

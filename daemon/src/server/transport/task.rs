@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use secretd_proto::frame::{FrameError, encode_frame};
 use secretd_proto::{ErrorCode, Response, WireError};
+use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -18,18 +19,16 @@ use super::BUSY_WRITE_TIMEOUT;
 use super::admission::{Admission, Refusal, Seat, Slot};
 use super::alarm::Alarm;
 use super::connection::{self, Conn, Io, Received, Turn, write_timed_out};
-use super::frame_buf::{FrameBuf, Sender};
-use super::thread;
+use super::frame_buf::FrameBuf;
+use super::{recv, thread};
 use crate::server::Shared;
-use crate::server::identity::Peer;
+use crate::server::identity::{self, Accepted};
 use crate::server::requests::{Session, Subscription};
 
 /// A connection on the runtime.
 pub(super) struct TaskIo {
     /// The socket, registered with the runtime.
     stream: UnixStream,
-    /// Who wrote what arrives (today the peer's credentials from accept, for every read).
-    sender: Sender,
     /// Daemon shutdown: one waiter for the connection's life (registering one per request
     /// takes a lock the workers share).
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -44,15 +43,9 @@ pub(super) struct TaskIo {
 }
 
 impl TaskIo {
-    fn new(
-        stream: UnixStream,
-        sender: Sender,
-        cancel: &CancellationToken,
-        write_timeout: Duration,
-    ) -> TaskIo {
+    fn new(stream: UnixStream, cancel: &CancellationToken, write_timeout: Duration) -> TaskIo {
         TaskIo {
             stream,
-            sender,
             cancelled: Box::pin(cancel.clone().cancelled_owned()),
             alarm: Alarm::new(),
             streak: thread::Streak::default(),
@@ -65,9 +58,12 @@ impl TaskIo {
 impl Io for TaskIo {
     async fn receive(&mut self, buf: &mut [u8], until: Instant, _between: bool) -> Received {
         loop {
-            match self.stream.try_read(buf) {
-                Ok(0) => return Received::Closed,
-                Ok(n) => return Received::Bytes(n, self.sender),
+            let read = self.stream.try_io(Interest::READABLE, || {
+                recv::recv(std::os::fd::AsFd::as_fd(&self.stream), buf)
+            });
+            match read {
+                Ok(recv::Read::Closed) => return Received::Closed,
+                Ok(recv::Read::Bytes(n, sender)) => return Received::Bytes(n, sender),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Received::Failed(e),
@@ -89,11 +85,11 @@ impl Io for TaskIo {
         write_all(&self.stream, bytes, self.write_timeout).await
     }
 
-    fn answered(&mut self, served_read: bool) -> Option<Turn> {
+    fn answered(&mut self, served_read: bool, uid: u32) -> Option<Turn> {
         if !self.streak.asked(served_read) {
             return None;
         }
-        let seat = self.seats.as_ref()?.dedicated_seat(self.sender.uid)?;
+        let seat = self.seats.as_ref()?.dedicated_seat(uid)?;
         Some(Turn::Promote(seat))
     }
 }
@@ -118,17 +114,34 @@ async fn write_all(stream: &UnixStream, bytes: &[u8], timeout: Duration) -> Resu
     Ok(())
 }
 
-/// Serves an accepted, admitted connection until it ends: the hello, then requests on the
-/// runtime or, while it keeps reading, on a thread of its own; a watch's events at the end.
-/// `_slot` holds the connection's place in the admission counts for as long as it lives.
+/// Serves an accepted, admitted connection until it ends: the hello (the writer identified
+/// before it is answered), then requests on the runtime or, while it keeps reading, on a thread
+/// of its own; a watch's events at the end. `_slot` holds the connection's place in the
+/// admission counts for as long as it lives.
 pub(super) async fn run(
     stream: UnixStream,
-    peer: Peer,
+    mut accepted: Accepted,
     shared: Arc<Shared>,
     admission: Arc<Admission>,
     _slot: Slot,
     cancel: CancellationToken,
 ) {
+    let accepted_at = Instant::now();
+    let mut io = TaskIo::new(stream, &cancel, shared.write_timeout);
+    if can_hand_over() {
+        io.seats = Some(admission);
+    }
+    let mut frames = FrameBuf::default();
+    let identify = async |sender| {
+        identity::identify(sender, &mut accepted, &shared.policy, &shared.attestor)
+            .await
+            .map_err(|e| WireError::new(ErrorCode::PermissionDenied, e.to_string()))
+    };
+    let Some((protocol, peer)) =
+        connection::hello(&mut frames, &mut io, accepted_at, identify).await
+    else {
+        return;
+    };
     tracing::debug!(
         uid = peer.uid,
         gid = peer.gid,
@@ -136,20 +149,11 @@ pub(super) async fn run(
         program = %peer.attested.describe(),
         "client connected"
     );
-    let accepted = Instant::now();
-    let sender = Sender::of(&peer);
-    let mut io = TaskIo::new(stream, sender, &cancel, shared.write_timeout);
-    if can_hand_over() {
-        io.seats = Some(admission);
-    }
-    let mut frames = FrameBuf::default();
-    let Some(protocol) = connection::hello(&mut frames, &mut io, accepted).await else {
-        return;
-    };
     let listed = shared.clone();
     let _registered = listed.connections.register(&peer, protocol);
     let (uid, pid) = (peer.uid, peer.pid);
-    let mut conn = Conn::new(frames, Session::new(shared, peer, protocol));
+    let session = Session::new(shared, peer, accepted, protocol);
+    let mut conn = Conn::new(frames, session);
     let watch = loop {
         match conn.serve(&mut io).await {
             Turn::Over => break None,
@@ -200,7 +204,6 @@ async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToke
     let (uid, pid) = (conn.session.peer.uid, conn.session.peer.pid);
     let TaskIo {
         stream,
-        sender,
         cancelled,
         alarm,
         streak: _,
@@ -242,7 +245,6 @@ async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToke
     };
     let io = TaskIo {
         stream,
-        sender,
         cancelled,
         alarm,
         streak: thread::Streak::default(),

@@ -13,7 +13,7 @@
 //! blocking reads and writes whose timeouts tick every [`TICK`], so deadlines and shutdown are
 //! checked while blocked. The handlers, which are async, run under `Handle::block_on`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Seat;
 use super::connection::{Conn, Io, Received, Turn, write_timed_out};
-use super::frame_buf::Sender;
+use super::recv;
 
 /// Values served in a row, each within [`QUIET`] of the last, that earn a connection its
 /// thread. A process that connects for one read never gets there; nor does a `status` poller
@@ -85,8 +85,6 @@ impl Drop for Counted {
 struct ThreadIo<'s> {
     /// The socket, blocking, with [`TICK`] timeouts both ways.
     stream: &'s UnixStream,
-    /// Who wrote what arrives (today the peer's credentials from accept, for every read).
-    sender: Sender,
     /// Daemon shutdown.
     cancel: &'s CancellationToken,
     /// How long writing one response may take.
@@ -103,7 +101,6 @@ pub(super) fn serve(
     seat: Seat,
 ) -> Turn {
     let peer = &conn.session.peer;
-    let sender = Sender::of(peer);
     if let Err(e) = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_read_timeout(Some(TICK)))
@@ -120,7 +117,6 @@ pub(super) fn serve(
     let counted = Counted::new(&conn.session.shared.metrics.dedicated);
     let mut io = ThreadIo {
         stream,
-        sender,
         cancel,
         write_timeout: conn.session.shared.write_timeout,
     };
@@ -136,9 +132,9 @@ impl Io for ThreadIo<'_> {
             if self.cancel.is_cancelled() {
                 return Received::Stop(Turn::Over);
             }
-            match (&*self.stream).read(buf) {
-                Ok(0) => return Received::Closed,
-                Ok(n) => return Received::Bytes(n, self.sender),
+            match recv::recv(std::os::fd::AsFd::as_fd(self.stream), buf) {
+                Ok(recv::Read::Closed) => return Received::Closed,
+                Ok(recv::Read::Bytes(n, sender)) => return Received::Bytes(n, sender),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_tick(&e) => {
                     quiet_ticks += 1;
@@ -172,7 +168,7 @@ impl Io for ThreadIo<'_> {
         Ok(())
     }
 
-    fn answered(&mut self, _served_read: bool) -> Option<Turn> {
+    fn answered(&mut self, _served_read: bool, _uid: u32) -> Option<Turn> {
         None
     }
 }
