@@ -153,6 +153,8 @@ def test_a_socket_served_by_its_own_owner_is_refused() -> None:
     finally:
         impostor.kill()
         impostor.wait()
+        if impostor.stdout is not None:
+            impostor.stdout.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 

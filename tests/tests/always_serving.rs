@@ -237,6 +237,43 @@ fn a_damaged_foreign_or_truncated_sealed_file_is_refused_and_the_rest_is_served(
 }
 
 #[test]
+fn an_older_sealed_file_put_back_serves_nothing_it_holds() {
+    let env = TestEnv::new();
+    let (fake, config) = setup(&env);
+    let mut daemon = first_run(&env, &config);
+    assert!(daemon.stop().success());
+    let older = std::fs::read(env.path("lkg.sealed")).expect("sealed");
+
+    // Version 2 arrives and is sealed (a graceful stop writes what changed).
+    const SECOND: &[u8] = b"Omni-Key-LKG-Test-Second!";
+    fake.add_version(API_KEY, SECOND);
+    let mut daemon = env.start(&config);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    wait_until("version 2", Duration::from_secs(30), || {
+        let (value, source) = get(&client, "trading_api_key");
+        (value == SECOND && source == SourceKind::Gsm).then_some(())
+    });
+    drop(client);
+    assert!(daemon.stop().success());
+
+    // Someone puts the older sealed copy back, and GSM is out: version 1 must not come back.
+    std::fs::write(env.path("lkg.sealed"), &older).expect("put the old file back");
+    fake.set_fault(Some(Fault::Hang));
+    let daemon = env.start(&config);
+    let log = daemon.wait_for_log("omni.alert.last_known_good_rollback");
+    assert!(log.contains("trading_api_key"), "{log}");
+    let client = Client::connect(&daemon.socket).expect("connect");
+    let err = client
+        .get("trading_api_key")
+        .expect_err("not the superseded value");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
+    assert_eq!(
+        get(&client, "webhook_shared_secret"),
+        (WEBHOOK_VALUE.to_vec(), SourceKind::File)
+    );
+}
+
+#[test]
 fn a_daemon_stopped_right_after_fetching_leaves_every_value_sealed() {
     // The writer seals at most once a second; a stop inside that second (a deploy right after
     // start) must still leave everything fetched in the file, or a restart during an outage

@@ -122,7 +122,7 @@ fn an_override_outranks_gsm_survives_a_restart_during_an_outage_and_expires() {
     assert_eq!(apply_rec.actor_type, "admin");
     assert_eq!(apply_rec.fingerprint.len(), 64);
     assert!(tail.iter().any(|r| r.action == "break_glass_clear"
-        && r.detail == "expired"
+        && r.detail.starts_with("expired; envelope ")
         && r.actor_type == "daemon"));
     assert!(
         Client::connect(&daemon.socket)
@@ -542,4 +542,54 @@ fn a_revocation_under_an_override_keeps_the_override_and_withdraws_the_value_ben
     client.break_glass_clear("trading_api_key").expect("clear");
     let refused = client.get("trading_api_key").expect_err("revoked");
     assert!(refused.to_string().contains("revoked"), "{refused}");
+}
+
+#[test]
+fn a_cleared_envelope_put_back_into_the_database_is_never_served_again() {
+    use redb::ReadableDatabase;
+    const ENVELOPES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("break_glass");
+    let Setup {
+        env,
+        fake: _fake,
+        config,
+    } = setup();
+    let mut daemon = env.start(&config);
+    let socket = daemon.socket.to_str().expect("utf8").to_owned();
+    let public = env.path("bg.pub.pem").to_str().expect("utf8").to_owned();
+    let (code, out) = break_glass_apply(&socket, "trading_api_key", EMERGENCY, "25m", &public, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(daemon.stop().success());
+    // A copy of the database taken while the override was active: its envelope row.
+    let row = {
+        let db = redb::Database::open(env.path("secretd.redb")).expect("db");
+        let txn = db.begin_read().expect("txn");
+        let table = txn.open_table(ENVELOPES).expect("table");
+        let row = table.get("trading_api_key").expect("get").expect("row");
+        row.value().to_vec()
+    };
+
+    let mut daemon = env.start(&config);
+    cli_ok(
+        &[
+            "break-glass",
+            "clear",
+            "trading_api_key",
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
+    assert!(daemon.stop().success());
+    {
+        let db = redb::Database::open(env.path("secretd.redb")).expect("db");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(ENVELOPES)
+            .expect("table")
+            .insert("trading_api_key", row.as_slice())
+            .expect("put the row back");
+        txn.commit().expect("commit");
+    }
+    let daemon = env.start(&config);
+    daemon.wait_for_log("omni.alert.break_glass_restored_row");
+    assert_eq!(served(&daemon), (GSM_VALUE.to_vec(), SourceKind::Gsm));
 }

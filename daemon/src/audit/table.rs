@@ -112,6 +112,27 @@ fn append_chained(
     Ok(txn.commit()?)
 }
 
+/// Whether any record satisfies `wanted` (newest first; a whole scan when none does).
+pub(crate) fn any(
+    store: &Store,
+    mut wanted: impl FnMut(&AuditEvent) -> bool,
+) -> Result<bool, StoreError> {
+    let txn = store.read()?;
+    let table = txn.open_table(AUDIT)?;
+    for row in table.iter()?.rev() {
+        let (k, v) = row?;
+        let seq = k.value();
+        let (_, _, body) = chain::split_stored(v.value())
+            .ok_or_else(|| StoreError::corrupt(format!("audit record {seq}")))?;
+        let event = chain::decode_body(body)
+            .ok_or_else(|| StoreError::corrupt(format!("audit record {seq}")))?;
+        if wanted(&event) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The last `limit` records (optionally of one secret), oldest first.
 pub(crate) fn tail(
     store: &Store,

@@ -77,6 +77,13 @@ pub(super) fn run(
     let path = socket
         .or(config_socket)
         .unwrap_or_else(secretd_client::default_socket_path);
+    if let (Some(path_config), Some(daemon)) = (&config, daemon_process(&path))
+        && let Ok(c) = Config::load(path_config)
+    {
+        for warning in attestation_warnings(&c, daemon) {
+            println!("warning: {warning}");
+        }
+    }
     match Client::connect(&path) {
         Err(e) => violations.push(format!("cannot check the live catalog: {e}")),
         Ok(client) => check_live(&client, &required, min_ttl, min_rotation, &mut violations),
@@ -200,6 +207,66 @@ fn uid_only_hints(config: &Config) -> Vec<String> {
     hints
 }
 
+/// `CAP_SYS_PTRACE`'s bit in a capability set.
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// The daemon behind `socket`: its uid and whether it holds `CAP_SYS_PTRACE` (`None` when it
+/// cannot be asked or its `/proc` entry cannot be read).
+fn daemon_process(socket: &std::path::Path) -> Option<(u32, bool)> {
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for writes of the sizes given; the socket is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cred.pid <= 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid)).ok()?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let caps = u64::from_str_radix(effective, 16).ok()?;
+    Some((cred.uid, caps & (1 << CAP_SYS_PTRACE) != 0))
+}
+
+/// Warnings (never violations) for policies whose `exe` or `exe_sha256` selectors cannot
+/// match clients of other uids: a daemon of `daemon.0`, not root and without `CAP_SYS_PTRACE`
+/// (`daemon.1`), cannot read their executables or descriptors.
+fn attestation_warnings(config: &Config, (uid, ptrace): (u32, bool)) -> Vec<String> {
+    if uid == 0 || ptrace {
+        return Vec::new();
+    }
+    config
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.selectors.exe.is_some() || p.selectors.exe_sha256.is_some())
+        .filter(|(_, p)| !p.gids.is_empty() || p.uids.iter().any(|u| *u != uid))
+        .map(|(i, _)| {
+            format!(
+                "policy #{} selects by exe or exe_sha256, but the daemon runs as uid {uid} \
+                 without CAP_SYS_PTRACE: it cannot read the programs of other uids, so the \
+                 policy matches none of their clients (the packaged unit grants it)",
+                i + 1
+            )
+        })
+        .collect()
+}
+
 /// The distinct executables of the processes of `uid` that this user can see.
 fn programs_of(uid: u32) -> std::collections::BTreeSet<String> {
     use std::os::unix::fs::MetadataExt;
@@ -226,6 +293,39 @@ fn programs_of(uid: u32) -> std::collections::BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_policies_warn_only_when_the_daemon_cannot_read_other_uids() {
+        let config = Config::parse(
+            r#"
+[[secret]]
+name = "trading_api_key"
+source = "env"
+env = "A"
+[[policy]]
+uids = [1001]
+allow = ["trading_*"]
+exe = ["/opt/bots/mm"]
+[[policy]]
+uids = [999]
+allow = ["trading_*"]
+exe = ["/opt/bots/own"]
+[[policy]]
+uids = [1001]
+allow = ["trading_*"]
+systemd_unit = ["mm.service"]
+"#,
+        )
+        .expect("config");
+        let warned = attestation_warnings(&config, (999, false));
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].starts_with("policy #1 selects by exe"),
+            "{warned:?}"
+        );
+        assert!(attestation_warnings(&config, (999, true)).is_empty());
+        assert!(attestation_warnings(&config, (0, false)).is_empty());
+    }
 
     #[test]
     fn classes() {

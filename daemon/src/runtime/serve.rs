@@ -288,7 +288,8 @@ async fn start_values(
     );
     break_glass.restore().await;
     if let Some(cfg) = &config.daemon.last_known_good {
-        let lkg = Arc::new(LastKnownGood::open(cfg).map_err(ServeError::LastKnownGood)?);
+        let lkg =
+            Arc::new(LastKnownGood::open(cfg, store.clone()).map_err(ServeError::LastKnownGood)?);
         lkg.restore(config, &catalog, &key, audit);
         run.tracker.spawn(last_known_good::run_writer(
             lkg,

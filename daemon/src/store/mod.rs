@@ -21,7 +21,8 @@ use crate::util::lock::Recover;
 use crate::util::time::now_ms;
 use metadata::{SecretMeta, Status};
 use tables::{
-    AUDIT, BREAK_GLASS, BREAK_GLASS_USED, KEY_SCHEMA_VERSION, META, SCHEMA_VERSION, SECRETS,
+    AUDIT, BREAK_GLASS, BREAK_GLASS_USED, KEY_SCHEMA_VERSION, LKG_SEALED, META, SCHEMA_VERSION,
+    SECRETS,
 };
 
 /// Why the store failed.
@@ -293,6 +294,38 @@ impl Store {
                 table.remove(k.as_str())?;
             }
             table.insert(id, &expires_at_ms.to_le_bytes()[..])?;
+        }
+        Ok(txn.commit()?)
+    }
+
+    /// The fetch time of each value last sealed into the last-known-good file, by name.
+    pub(crate) fn lkg_sealed(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(LKG_SEALED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = BTreeMap::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.insert(k.value().to_owned(), v.value());
+        }
+        Ok(out)
+    }
+
+    /// Records what was just sealed into the last-known-good file (replacing the record).
+    pub(crate) fn put_lkg_sealed<'a>(
+        &self,
+        sealed: impl IntoIterator<Item = (&'a str, i64)>,
+    ) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        {
+            let mut table = txn.open_table(LKG_SEALED)?;
+            table.retain(|_, _| false)?;
+            for (name, fetched_at_ms) in sealed {
+                table.insert(name, fetched_at_ms)?;
+            }
         }
         Ok(txn.commit()?)
     }

@@ -27,6 +27,11 @@ pub(crate) const KEY_AUDIT_CHECKPOINT: &str = "audit_checkpoint";
 /// Absent in a database an earlier release wrote, until a keyed build opens it.
 pub(crate) const KEY_AUDIT_KEYED_FROM: &str = "audit_keyed_from";
 
+/// What the last-known-good file held when it was last sealed: secret name → the fetch time
+/// (Unix ms) of the value sealed for it. A file older than this (a copy put back) is refused
+/// record by record at restore.
+pub(crate) const LKG_SEALED: TableDefinition<&str, i64> = TableDefinition::new("lkg_sealed");
+
 /// Active break-glass overrides: name → the sealed envelope exactly as submitted (never the
 /// plaintext), so a restart during an outage keeps the override until it expires.
 pub(crate) const BREAK_GLASS: TableDefinition<&str, &[u8]> = TableDefinition::new("break_glass");

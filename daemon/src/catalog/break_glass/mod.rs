@@ -21,7 +21,7 @@ use super::fingerprint::FingerprintKey;
 use super::secret_bytes::SecretBytes;
 use super::slot::BREAK_GLASS_VERSION;
 use super::source::check_value;
-use crate::audit::{Action, Actor, AuditError, AuditEvent, AuditLog, Outcome};
+use crate::audit::{self, Action, Actor, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::config::BreakGlassConfig;
 use crate::store::{Store, StoreError};
 use crate::util::lock::Recover;
@@ -39,6 +39,9 @@ pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The reason an override ended by itself.
 const EXPIRED: &str = "expired";
+
+/// How apply and clear records name the envelope in their detail: `...; envelope ID`.
+const ENVELOPE_TAG: &str = "envelope ";
 
 /// An envelope's id: the hex SHA-256 of its bytes.
 fn envelope_id(envelope: &[u8]) -> String {
@@ -220,7 +223,10 @@ impl BreakGlass {
         let mut event = AuditEvent::new(Action::BreakGlassApply, &name, &actor, Outcome::Ok);
         event.version = BREAK_GLASS_VERSION.into();
         event.fingerprint = self.fingerprints.fingerprint(&opened.value);
-        event.detail = format!("until {}", rfc3339(expires_at_ms, Precision::Seconds));
+        event.detail = format!(
+            "until {}; {ENVELOPE_TAG}{id}",
+            rfc3339(expires_at_ms, Precision::Seconds)
+        );
         self.audit
             .record_durable(event)
             .await
@@ -309,7 +315,10 @@ impl BreakGlass {
             return Err(BreakGlassError::NotActive(name));
         }
         let mut event = AuditEvent::new(Action::BreakGlassClear, &name, &actor, Outcome::Ok);
-        event.detail = reason.into();
+        event.detail = match self.stored_id(&name) {
+            Some(id) => format!("{reason}; {ENVELOPE_TAG}{id}"),
+            None => reason.into(),
+        };
         let audited = self.audit.record_durable(event).await;
         if let Err(e) = &audited {
             if reason != EXPIRED {
@@ -328,7 +337,29 @@ impl BreakGlass {
         Ok(())
     }
 
-    /// Reinstates persisted overrides after a restart (dropping expired or unreadable ones).
+    /// The id of the envelope stored for `name`, if any.
+    fn stored_id(&self, name: &str) -> Option<String> {
+        let envelopes = self.store.envelopes().ok()?;
+        let (_, sealed) = envelopes.iter().find(|(n, _)| n == name)?;
+        Some(envelope_id(sealed))
+    }
+
+    /// Whether the audit trail records that envelope `id` of `name` was cleared: a row put
+    /// back into the database from a copy must not bring it back. (Removing that record from
+    /// the keyed chain breaks it, which `audit verify` reports.)
+    fn was_cleared(&self, name: &str, id: &str) -> bool {
+        let tag = format!("{ENVELOPE_TAG}{id}");
+        audit::any(&self.store, |e| {
+            e.action == Action::BreakGlassClear && e.secret == name && e.detail.ends_with(&tag)
+        })
+        .unwrap_or_else(|e| {
+            tracing::error!(secret = name, error = %e, "cannot read the audit trail; not restoring the override");
+            true
+        })
+    }
+
+    /// Reinstates persisted overrides after a restart (dropping expired or unreadable ones,
+    /// and ones the audit trail says were cleared).
     pub(crate) async fn restore(self: &Arc<Self>) {
         let envelopes = match self.store.envelopes() {
             Ok(e) => e,
@@ -338,6 +369,16 @@ impl BreakGlass {
             }
         };
         for (name, sealed) in envelopes {
+            if self.was_cleared(&name, &envelope_id(&sealed)) {
+                tracing::error!(
+                    event = "omni.alert.break_glass_restored_row",
+                    secret = %name,
+                    "a break-glass envelope the audit trail records as cleared is back in the \
+                     database (restored from a copy?); dropping it"
+                );
+                self.forget(&name);
+                continue;
+            }
             let Some(key) = self.key.clone() else {
                 tracing::warn!(secret = %name, "break-glass envelope kept but not applied: break-glass is not configured");
                 continue;
@@ -360,13 +401,18 @@ impl BreakGlass {
                 _ => {}
             }
             tracing::info!(secret = %name, "dropping an expired or unusable break-glass envelope");
-            if let Err(e) = self
-                .store
-                .delete_envelope(&name)
-                .and_then(|()| self.set_metadata(&name, None))
-            {
-                tracing::error!(secret = %name, error = %e, "cannot forget the break-glass envelope");
-            }
+            self.forget(&name);
+        }
+    }
+
+    /// Deletes the stored envelope of `name` and its metadata mark.
+    fn forget(&self, name: &str) {
+        if let Err(e) = self
+            .store
+            .delete_envelope(name)
+            .and_then(|()| self.set_metadata(name, None))
+        {
+            tracing::error!(secret = %name, error = %e, "cannot forget the break-glass envelope");
         }
     }
 }

@@ -10,6 +10,11 @@
 //! rewritten at most once per [`WRITE_INTERVAL`] (temp file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old file or the new one, never half of one. A graceful
 //! stop writes what changed since the last write first.
+//!
+//! After each write the database records the fetch time sealed for each secret (`lkg_sealed`),
+//! and a restore refuses any record older than that: an older sealed copy put back in place of
+//! the file cannot serve a superseded version after a restart. A newer fetch of an older
+//! version (an alias rolled back, a version unpinned) is newer, so it passes.
 
 mod seal;
 
@@ -29,6 +34,7 @@ use super::fingerprint::FingerprintKey;
 use super::secret_bytes::SecretBytes;
 use crate::audit::{Action, Actor, AuditEvent, AuditLog, Outcome};
 use crate::config::{Config, LastKnownGoodConfig};
+use crate::store::Store;
 use crate::util::host::{MACHINE_ID, machine_id};
 use crate::util::time::{from_unix_ms, millis, now_ms, unix_ms};
 use seal::{KEY_LEN, MAX_FILE, Unsealable};
@@ -96,6 +102,9 @@ enum WriteError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// Recording what was sealed failed (the file was written).
+    #[error("recording what was sealed: {0}")]
+    Record(#[from] crate::store::StoreError),
 }
 
 /// The host's sealed store of last-known-good values.
@@ -106,6 +115,8 @@ pub(crate) struct LastKnownGood {
     key: Zeroizing<[u8; KEY_LEN]>,
     /// This host's machine id, bound into every record.
     machine_id: String,
+    /// Where the fetch times last sealed are recorded.
+    store: Arc<Store>,
 }
 
 impl std::fmt::Debug for LastKnownGood {
@@ -119,11 +130,15 @@ impl std::fmt::Debug for LastKnownGood {
 
 impl LastKnownGood {
     /// Loads the key and the machine id.
-    pub(crate) fn open(cfg: &LastKnownGoodConfig) -> Result<LastKnownGood, SetupError> {
+    pub(crate) fn open(
+        cfg: &LastKnownGoodConfig,
+        store: Arc<Store>,
+    ) -> Result<LastKnownGood, SetupError> {
         Ok(LastKnownGood {
             path: cfg.path.clone(),
             key: load_key(&cfg.key)?,
             machine_id: machine_id().map_err(SetupError::MachineId)?,
+            store,
         })
     }
 
@@ -154,10 +169,26 @@ impl LastKnownGood {
             }
         };
         let now = now_ms();
+        let sealed = self.store.lkg_sealed().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read what was last sealed; trusting the file");
+            Default::default()
+        });
         for record in records {
             let Some(idx) = catalog.index_of(&record.name) else {
                 continue;
             };
+            if let Some(&last) = sealed.get(&record.name)
+                && record.fetched_at_ms < last
+            {
+                tracing::error!(
+                    event = "omni.alert.last_known_good_rollback",
+                    secret = %record.name,
+                    version = %record.version,
+                    "the last-known-good file holds an older value of this secret than was \
+                     last sealed (an older copy put back); not served"
+                );
+                continue;
+            }
             let slot = catalog.slot(idx);
             if slot.configured != SourceKind::Gsm || slot.current().is_some() {
                 continue;
@@ -228,6 +259,12 @@ impl LastKnownGood {
             }),
         )?;
         replace_file(&self.path, &sealed)?;
+        // After the file: a crash in between leaves a file newer than the record, which passes.
+        self.store.put_lkg_sealed(
+            entries
+                .iter()
+                .map(|(name, e)| (&**name, unix_ms(e.fetched_at))),
+        )?;
         Ok(entries.len())
     }
 }
