@@ -213,25 +213,10 @@ const CAP_SYS_PTRACE: u32 = 19;
 /// The daemon behind `socket`: its uid and whether it holds `CAP_SYS_PTRACE` (`None` when it
 /// cannot be asked or its `/proc` entry cannot be read).
 fn daemon_process(socket: &std::path::Path) -> Option<(u32, bool)> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid for writes of the sizes given; the socket is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || cred.pid <= 0 {
+    let cred = crate::server::identity::peer_cred(stream.as_fd()).ok()?;
+    if cred.pid <= 0 {
         return None;
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid)).ok()?;

@@ -8,7 +8,7 @@ mod peer;
 pub(crate) mod policy;
 
 pub(crate) use attest::{Attestor, Unidentified};
-pub(crate) use peer::{Accepted, Peer, Sender};
+pub(crate) use peer::{Accepted, Peer, Sender, peer_cred};
 pub(crate) use policy::{Access, Policy};
 
 use attest::Attested;

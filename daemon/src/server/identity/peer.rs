@@ -91,7 +91,8 @@ impl Peer {
     }
 }
 
-fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+/// The credentials of the process on the other end of the socket `fd` (`SO_PEERCRED`).
+pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
