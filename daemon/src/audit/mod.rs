@@ -15,5 +15,5 @@ mod writer;
 
 pub(crate) use event::{Action, Actor, ActorType, AuditEvent, Outcome};
 pub(crate) use retention::prune;
-pub(crate) use table::{Keying, any, open_keyed, record_hash, tail, verify as verify_with};
+pub(crate) use table::{Keying, any, append, open_keyed, record_hash, tail, verify as verify_with};
 pub(crate) use writer::{AuditError, AuditLog};

@@ -49,8 +49,6 @@ pub(super) fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
         source,
     })?;
     let keying = audit::open_keyed(&store)?;
-    let (audit, thread) =
-        AuditLog::start(store.clone(), Arc::new(audit_key)).map_err(ServeError::AuditWriter)?;
     if let audit::Keying::Upgraded {
         head_seq,
         head_hash,
@@ -74,13 +72,18 @@ pub(super) fn open_store(config: &Config) -> Result<OpenedStore, ServeError> {
             "keyed chain starts here; unkeyed head {head_seq}:{}; {verdict}",
             hex::encode(head_hash)
         );
-        audit.record(event);
+        // Written here, durably, before the writer starts and before anything else (a prune)
+        // can append: the upgrade record must be the first keyed one, since `audit verify`
+        // finds the keyed part's start by it.
+        audit::append(&store, &audit_key, &[event])?;
         tracing::warn!(
             event = "audit.upgraded",
             head_seq,
             "the audit chain is keyed from here on"
         );
     }
+    let (audit, thread) =
+        AuditLog::start(store.clone(), Arc::new(audit_key)).map_err(ServeError::AuditWriter)?;
     Ok((store, key, audit, thread))
 }
 

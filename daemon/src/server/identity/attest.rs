@@ -24,6 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, Semaphore};
@@ -36,6 +37,13 @@ const MAX_CACHED_HASHES: usize = 256;
 /// Attestation work in flight on the blocking pool at once (hashes, descriptor scans): a
 /// flood of peers with huge executables holds these, never a runtime worker.
 pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 4;
+/// How long opening a peer's executable or scanning its descriptors may take (an executable on
+/// a FUSE mount its owner controls could hang forever); past it the peer matches no program
+/// selector.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection waits for its executable's hash (the hash goes on, and is cached,
+/// for the next connection of that program).
+const HASH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an executable one read takes while hashing.
 const HASH_CHUNK: usize = 64 * 1024;
 
@@ -168,6 +176,11 @@ impl Attestor {
 
     /// Attests process `pid`, which wrote on the connection whose daemon end has inode
     /// `socket`; `pidfd` is one already held for it (from accept), if any.
+    ///
+    /// When a policy selects by program, the executable is opened once, first: the
+    /// descriptors and the hash then answer for that file, and opening `/proc/PID/exe` again at
+    /// the end shows whether the process exec'd another program meanwhile (then it matches no
+    /// program selector).
     pub(crate) async fn attest(
         &self,
         pid: i32,
@@ -183,10 +196,24 @@ impl Attestor {
                 start_time(pid)
             }
         };
+        let opened = if needs.program {
+            self.bounded(SCAN_TIMEOUT, move || open_exe(pid))
+                .await
+                .flatten()
+        } else {
+            None
+        };
         let mut attested = read(pid);
         if needs.program && attested.exe.is_some() {
             let exe = attested.describe();
-            match self.blocking(move || holder::holding(pid, socket)).await {
+            let holding = match opened {
+                Some(_) => {
+                    self.bounded(SCAN_TIMEOUT, move || holder::holding(pid, socket))
+                        .await
+                }
+                None => None,
+            };
+            match holding {
                 Some(Holding::CloseOnExec) => {}
                 Some(Holding::Inherited) => return Err(Unidentified::Inherited { pid, exe }),
                 Some(Holding::NotHeld) => return Err(Unidentified::NotHeld { pid, exe }),
@@ -196,14 +223,41 @@ impl Attestor {
                 }
             }
         }
-        if needs.hash && attested.exe.is_some() {
-            attested.exe_sha256 = self.hash(pid).await;
+        if let Some((file, key)) = opened
+            && attested.exe.is_some()
+        {
+            if needs.hash {
+                attested.exe_sha256 = self.hash(file, key).await;
+            }
+            let now = self
+                .bounded(SCAN_TIMEOUT, move || {
+                    open_exe(pid).map(|(_, k)| (k.dev, k.ino))
+                })
+                .await
+                .flatten();
+            if now != Some((key.dev, key.ino)) {
+                attested.exe = None;
+                attested.exe_sha256 = None;
+            }
         }
         let same = match &pidfd {
             Some(fd) => alive(fd),
             None => started.is_some() && started == start_time(pid),
         };
         Ok(if same { attested } else { Attested::default() })
+    }
+
+    /// Runs `work` on the blocking pool under one of the permits, giving up after `limit`
+    /// (the thread finishes on its own; `None` then, or if the runtime is going away).
+    async fn bounded<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        tokio::time::timeout(limit, self.blocking(work))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Runs `work` on the blocking pool under one of the permits (`None` if the runtime is
@@ -216,21 +270,17 @@ impl Attestor {
         tokio::task::spawn_blocking(work).await.ok()
     }
 
-    /// The SHA-256 of the executable `pid` runs, through `/proc/PID/exe` (the file it runs,
-    /// whatever is at its path now); `None` when too large, unreadable, or changed meanwhile.
-    async fn hash(&self, pid: i32) -> Option<String> {
-        let file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
-        let meta = file.metadata().ok()?;
-        if meta.size() > self.max_exe_bytes {
+    /// The SHA-256 of the opened executable `file` (identity `key`); `None` when too large,
+    /// unreadable, changed meanwhile, or not done within [`HASH_TIMEOUT`].
+    async fn hash(&self, file: std::fs::File, key: ExeKey) -> Option<String> {
+        if key.size > self.max_exe_bytes {
             tracing::debug!(
-                pid,
-                bytes = meta.size(),
+                bytes = key.size,
                 max = self.max_exe_bytes,
                 "executable not hashed: larger than daemon.attest_max_exe_bytes"
             );
             return None;
         }
-        let key = ExeKey::of(&meta);
         let cell = {
             let mut hashes = self.hashes.lock().recover();
             if hashes.len() >= MAX_CACHED_HASHES && !hashes.contains_key(&key) {
@@ -240,13 +290,17 @@ impl Attestor {
             hashes.entry(key).or_default().clone()
         };
         let max = self.max_exe_bytes;
-        cell.get_or_init(|| async move {
+        // A timeout drops this wait but never caches a miss: the next connection retries.
+        let computed = cell.get_or_init(|| async move {
             self.blocking(move || hash_file(file, key, max))
                 .await
                 .flatten()
-        })
-        .await
-        .clone()
+        });
+        tokio::time::timeout(HASH_TIMEOUT, computed)
+            .await
+            .ok()
+            .cloned()
+            .flatten()
     }
 
     fn report_no_pidfd(&self) {
@@ -294,6 +348,13 @@ fn hash_file(mut file: std::fs::File, key: ExeKey, max: u64) -> Option<String> {
     (after == key && total == key.size).then(|| hex::encode(hasher.finalize()))
 }
 
+/// Opens the executable `pid` runs (the file itself, whatever is at its path now) and stats it.
+fn open_exe(pid: i32) -> Option<(std::fs::File, ExeKey)> {
+    let file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+    let key = ExeKey::of(&file.metadata().ok()?);
+    Some((file, key))
+}
+
 /// A pidfd of `pid` (`pidfd_open`, Linux 5.3+).
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags; on success it returns a new fd we own.
@@ -303,18 +364,20 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Whether the pidfd's process is still alive (signal 0 delivers nothing).
+/// Whether the pidfd's process is still alive (signal 0 delivers nothing). Only `ESRCH` means
+/// gone: a daemon without `CAP_KILL` gets `EPERM` for another uid's live process.
 fn alive(pidfd: &OwnedFd) -> bool {
     // SAFETY: pidfd_send_signal with signal 0 only checks; the fd is open.
-    unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
             0,
             std::ptr::null::<libc::siginfo_t>(),
             0,
-        ) == 0
-    }
+        )
+    };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A process's start time (field 22 of /proc/PID/stat), to notice a reused pid.

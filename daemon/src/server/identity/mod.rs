@@ -43,30 +43,39 @@ async fn identify_quietly(
     policy: &Policy,
     attestor: &Attestor,
 ) -> Result<Peer, Unidentified> {
-    let (groups, pidfd) = if sender == accepted.sender {
-        (accepted.groups.clone(), accepted.pidfd.take())
+    // The connecting process is known by its pid (its pidfd, held since accept, tells if it
+    // exited); its decisions use the effective ids and groups the socket reported. Any other
+    // writer is read afresh: its real ids in /proc must be the ones it wrote with.
+    let connecting = sender.pid.is_some() && sender.pid == accepted.sender.pid;
+    let (uid, gid, groups, pidfd) = if connecting {
+        let pidfd = accepted.pidfd.as_ref().and_then(|fd| fd.try_clone().ok());
+        (
+            accepted.sender.uid,
+            accepted.sender.gid,
+            accepted.groups.clone(),
+            pidfd,
+        )
     } else {
         match sender.pid {
             Some(pid) => match peer::status_creds(pid) {
-                Some((uid, gid, groups)) if (uid, gid) == (sender.uid, sender.gid) => {
-                    (groups, None)
-                }
+                Some(c) if c.real == (sender.uid, sender.gid) => (c.uid, c.gid, c.groups, None),
                 _ => return Err(Unidentified::Gone { pid }),
             },
-            // No pid to read groups from: the primary group only.
-            None => (Vec::new(), None),
+            // No pid to read groups from: the ids it wrote with, the primary group only.
+            None => (sender.uid, sender.gid, Vec::new(), None),
         }
     };
-    let needs = policy.needs(sender.uid, sender.gid, &groups);
+    let needs = policy.needs(uid, gid, &groups);
     let attested = match sender.pid {
         Some(pid) => attestor.attest(pid, pidfd, accepted.socket, needs).await?,
         None => Attested::default(),
     };
     Ok(Peer {
-        uid: sender.uid,
-        gid: sender.gid,
+        uid,
+        gid,
         groups,
         pid: sender.pid,
         attested,
+        written_as: sender,
     })
 }

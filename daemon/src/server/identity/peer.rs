@@ -12,15 +12,17 @@ const SO_PEERGROUPS: libc::c_int = 59;
 /// The most supplementary groups read for a peer (the kernel's NGROUPS_MAX is 65536).
 const MAX_PEER_GROUPS: usize = 65_536;
 
-/// The process that wrote some bytes, as the kernel reports it with them.
+/// The process that wrote some bytes, as the kernel reports it with them (`SCM_CREDENTIALS`:
+/// the writer's *real* uid and gid), or as `SO_PEERCRED` reports the connecting process (its
+/// effective ones) in [`Accepted`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sender {
     /// Its process id, when the kernel reports one (not when it is in a pid namespace the
     /// daemon cannot see).
     pub(crate) pid: Option<i32>,
-    /// Its effective uid.
+    /// Its uid.
     pub(crate) uid: u32,
-    /// Its effective gid.
+    /// Its gid.
     pub(crate) gid: u32,
 }
 
@@ -73,6 +75,8 @@ pub(crate) struct Peer {
     pub pid: Option<i32>,
     /// The program behind the requests (`attest`).
     pub attested: super::attest::Attested,
+    /// The credentials its requests arrive with: a frame with others is another writer's.
+    pub written_as: Sender,
 }
 
 impl Peer {
@@ -81,13 +85,9 @@ impl Peer {
         self.gid == gid || self.groups.contains(&gid)
     }
 
-    /// The process this identity was made for.
+    /// The credentials this identity's requests arrive with.
     pub(crate) fn sender(&self) -> Sender {
-        Sender {
-            pid: self.pid,
-            uid: self.uid,
-            gid: self.gid,
-        }
+        self.written_as
     }
 }
 
@@ -164,20 +164,37 @@ fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
     }
 }
 
-/// A process's effective uid, gid and supplementary groups from `/proc/PID/status`: for a
-/// writer other than the connecting process, whose groups no socket option reports.
-pub(crate) fn status_creds(pid: i32) -> Option<(u32, u32, Vec<u32>)> {
+/// What `/proc/PID/status` says of a process's credentials.
+#[derive(Debug)]
+pub(crate) struct StatusCreds {
+    /// Real uid and gid: what its writes carry (`SCM_CREDENTIALS`).
+    pub(crate) real: (u32, u32),
+    /// Effective uid: what decisions use.
+    pub(crate) uid: u32,
+    /// Effective gid.
+    pub(crate) gid: u32,
+    /// Supplementary groups.
+    pub(crate) groups: Vec<u32>,
+}
+
+/// A process's credentials from `/proc/PID/status`: for a writer other than the connecting
+/// process, whose effective ids and groups no socket option reports.
+pub(crate) fn status_creds(pid: i32) -> Option<StatusCreds> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
     // `Uid:` and `Gid:` list real, effective, saved and filesystem ids.
-    let effective = |line: &str| line.split_whitespace().nth(1)?.parse::<u32>().ok();
-    let uid = effective(field("Uid:")?)?;
-    let gid = effective(field("Gid:")?)?;
+    let nth = |line: &str, n: usize| line.split_whitespace().nth(n)?.parse::<u32>().ok();
+    let (uids, gids) = (field("Uid:")?, field("Gid:")?);
     let groups = field("Groups:")?
         .split_whitespace()
         .take(MAX_PEER_GROUPS)
         .map(str::parse)
         .collect::<Result<Vec<u32>, _>>()
         .ok()?;
-    Some((uid, gid, groups))
+    Some(StatusCreds {
+        real: (nth(uids, 0)?, nth(gids, 0)?),
+        uid: nth(uids, 1)?,
+        gid: nth(gids, 1)?,
+        groups,
+    })
 }

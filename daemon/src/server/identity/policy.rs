@@ -151,6 +151,11 @@ deny = ["trading_client_secret"]
             groups: groups.to_vec(),
             pid: None,
             attested: Attested::default(),
+            written_as: super::super::Sender {
+                pid: None,
+                uid,
+                gid,
+            },
         }
     }
 

@@ -217,6 +217,11 @@ mod tests {
             groups: Vec::new(),
             pid: None,
             attested: Default::default(),
+            written_as: crate::server::identity::Sender {
+                pid: None,
+                uid,
+                gid: uid,
+            },
         }
     }
 
