@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod legacy;
 pub mod locked;
 pub mod message;
+mod name;
 pub mod paths;
 pub mod value;
 

@@ -55,32 +55,33 @@ pub(super) fn run(
     let min_ttl = parse("--min-ttl", min_ttl)?;
     let min_rotation = parse("--min-rotation", min_rotation)?;
     let mut violations = Vec::new();
-    // The daemon to check: --socket, else the one the config names, else the default.
-    let mut config_socket = None;
-    if let Some(path) = &config {
-        match Config::load(path) {
-            Ok(c) => {
-                config_socket = Some(c.daemon.socket.clone());
-                for hint in uid_only_hints(&c) {
-                    println!("hint: {hint}");
-                }
-                if required.is_empty() {
-                    required = c.secrets.into_iter().map(|s| s.name).collect();
-                }
+    let loaded = match &config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                violations.push(format!("{}: {e}", path.display()));
+                None
             }
-            Err(e) => violations.push(format!("{}: {e}", path.display())),
+        },
+        None => None,
+    };
+    if let Some(c) = &loaded {
+        for hint in uid_only_hints(c) {
+            println!("hint: {hint}");
+        }
+        if required.is_empty() {
+            required = c.secrets.iter().map(|s| s.name.clone()).collect();
         }
     }
     if required.is_empty() {
         required = DEMO_CATALOG.iter().map(|(n, _)| n.to_string()).collect();
     }
+    // The daemon to check: --socket, else the one the config names, else the default.
     let path = socket
-        .or(config_socket)
+        .or_else(|| loaded.as_ref().map(|c| c.daemon.socket.clone()))
         .unwrap_or_else(secretd_client::default_socket_path);
-    if let (Some(path_config), Some(daemon)) = (&config, daemon_process(&path))
-        && let Ok(c) = Config::load(path_config)
-    {
-        for warning in attestation_warnings(&c, daemon) {
+    if let (Some(c), Some(daemon)) = (&loaded, daemon_process(&path)) {
+        for warning in attestation_warnings(c, daemon) {
             println!("warning: {warning}");
         }
     }

@@ -43,12 +43,14 @@ async fn identify_quietly(
     policy: &Policy,
     attestor: &Attestor,
 ) -> Result<Peer, Unidentified> {
-    // The connecting process is known by its pid (its pidfd, held since accept, tells if it
-    // exited); its decisions use the effective ids and groups the socket reported. Any other
+    // The connecting process is known by its pid; its decisions use the effective ids and
+    // groups the socket reported at accept. Any other
     // writer is read afresh: its real ids in /proc must be the ones it wrote with.
     let connecting = sender.pid.is_some() && sender.pid == accepted.sender.pid;
     let (uid, gid, groups, pidfd) = if connecting {
-        let pidfd = accepted.pidfd.as_ref().and_then(|fd| fd.try_clone().ok());
+        // Taken, not copied: a connection keeps no descriptor beyond its socket. A later
+        // identification of this process opens a pidfd afresh.
+        let pidfd = accepted.pidfd.take();
         (
             accepted.sender.uid,
             accepted.sender.gid,
@@ -74,7 +76,6 @@ async fn identify_quietly(
         uid,
         gid,
         groups,
-        pid: sender.pid,
         attested,
         written_as: sender,
     })

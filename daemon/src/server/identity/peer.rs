@@ -4,7 +4,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 
 /// Linux's `SO_PEERGROUPS` (since 4.13); not exported by every libc version.
 const SO_PEERGROUPS: libc::c_int = 59;
@@ -34,7 +33,7 @@ pub(crate) struct Accepted {
     pub(crate) sender: Sender,
     /// Its supplementary groups at connect time (`SO_PEERGROUPS`).
     pub(crate) groups: Vec<u32>,
-    /// A pidfd of it (`SO_PEERPIDFD`, Linux 6.5+): its pid cannot be reused while held.
+    /// A pidfd of it (`SO_PEERPIDFD`, Linux 6.5+), taken by its first identification.
     pub(crate) pidfd: Option<OwnedFd>,
     /// The inode of the daemon's end of the connection, to find the client's end among a
     /// process's descriptors.
@@ -45,9 +44,7 @@ impl Accepted {
     /// Reads what the kernel says about the peer of the accepted socket `fd`.
     pub(crate) fn of(fd: BorrowedFd<'_>) -> io::Result<Accepted> {
         let cred = peer_cred(fd)?;
-        let socket = std::fs::File::from(fd.try_clone_to_owned()?)
-            .metadata()?
-            .ino();
+        let socket = inode(fd)?;
         Ok(Accepted {
             sender: Sender {
                 pid: (cred.pid > 0).then_some(cred.pid),
@@ -71,8 +68,6 @@ pub(crate) struct Peer {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
-    /// Process id, for logs and audit (decisions use the pidfd-checked attestation).
-    pub pid: Option<i32>,
     /// The program behind the requests (`attest`).
     pub attested: super::attest::Attested,
     /// The credentials its requests arrive with: a frame with others is another writer's.
@@ -89,6 +84,22 @@ impl Peer {
     pub(crate) fn sender(&self) -> Sender {
         self.written_as
     }
+
+    /// Its process id, for logs and audit (decisions use the pidfd-checked attestation).
+    pub(crate) fn pid(&self) -> Option<i32> {
+        self.written_as.pid
+    }
+}
+
+/// The inode of the socket `fd` (`fstat` on the descriptor itself: no copy of it is made).
+fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: stat is valid for writes of a `struct stat`; fd is open.
+    if unsafe { libc::fstat(fd.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled the struct.
+    Ok(unsafe { stat.assume_init() }.st_ino)
 }
 
 /// The credentials of the process on the other end of the socket `fd` (`SO_PEERCRED`).

@@ -149,7 +149,6 @@ deny = ["trading_client_secret"]
             uid,
             gid,
             groups: groups.to_vec(),
-            pid: None,
             attested: Attested::default(),
             written_as: super::super::Sender {
                 pid: None,

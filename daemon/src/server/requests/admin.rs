@@ -93,7 +93,7 @@ impl Session {
         };
         tracing::info!(
             uid = self.peer.uid,
-            pid = self.peer.pid,
+            pid = self.peer.pid(),
             secret = name.unwrap_or("*"),
             "refresh requested"
         );

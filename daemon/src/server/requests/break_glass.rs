@@ -44,7 +44,7 @@ impl Session {
         event.error_code = Some(code.as_u16());
         event.detail = e.to_string();
         self.shared.audit.record(event);
-        tracing::warn!(uid = self.peer.uid, pid = self.peer.pid, op = op.as_str(), error = %e, "break-glass request refused");
+        tracing::warn!(uid = self.peer.uid, pid = self.peer.pid(), op = op.as_str(), error = %e, "break-glass request refused");
         WireError::new(code, e.to_string())
     }
 }

@@ -119,7 +119,7 @@ impl Denials {
             kind: ActorType::Client,
             uid: peer.uid,
             gid: peer.gid,
-            pid: peer.pid,
+            pid: peer.pid(),
             program: Some(peer.attested.describe().into()),
         };
         let mut l = self.ledger.lock().recover();
@@ -215,7 +215,6 @@ mod tests {
             uid,
             gid: uid,
             groups: Vec::new(),
-            pid: None,
             attested: Default::default(),
             written_as: crate::server::identity::Sender {
                 pid: None,

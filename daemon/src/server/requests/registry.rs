@@ -36,7 +36,7 @@ impl Registry {
         let info = ConnectionInfo {
             uid: peer.uid,
             gid: peer.gid,
-            pid: peer.pid,
+            pid: peer.pid(),
             exe: a.exe.as_ref().map(|p| p.display().to_string()),
             exe_sha256: a.exe_sha256.clone(),
             systemd_unit: a.unit.clone(),

@@ -151,7 +151,7 @@ impl Session {
             kind,
             uid: self.peer.uid,
             gid: self.peer.gid,
-            pid: self.peer.pid,
+            pid: self.peer.pid(),
             program: Some(self.program.clone()),
         }
     }
@@ -179,7 +179,7 @@ impl Session {
                 op = action.as_str(),
                 uid = self.peer.uid,
                 gid = self.peer.gid,
-                pid = self.peer.pid,
+                pid = self.peer.pid(),
                 program = %self.program,
                 "{why}"
             );

@@ -181,7 +181,7 @@ impl Conn {
                 Received::Stop(turn) => return Next::End(turn),
             };
             let peer = &self.session.peer;
-            tracing::debug!(uid = peer.uid, pid = peer.pid, why = %end, "closing connection");
+            tracing::debug!(uid = peer.uid, pid = peer.pid(), why = %end, "closing connection");
             return Next::End(Turn::Over);
         }
     }
@@ -189,7 +189,7 @@ impl Conn {
     /// Answers a protocol violation and ends the connection.
     async fn refuse(&mut self, io: &mut impl Io, violation: WireError) -> Next {
         let peer = &self.session.peer;
-        tracing::debug!(uid = peer.uid, pid = peer.pid, error = %violation, "protocol violation");
+        tracing::debug!(uid = peer.uid, pid = peer.pid(), error = %violation, "protocol violation");
         let reply = Reply::from(violation);
         let _ = send_reply(&mut self.out, io, &reply, self.session.protocol).await;
         Next::End(Turn::Over)
@@ -263,10 +263,10 @@ pub(super) async fn hello(
     identify: impl AsyncFnOnce(Sender) -> Result<Peer, WireError>,
 ) -> Option<(u16, Peer)> {
     let until = accepted + HELLO_TIMEOUT;
-    let (request, sender) = loop {
+    let first = loop {
         match take_request(frames) {
-            Ok(Some((request, sender))) => break (Ok(request), Some(sender)),
-            Err(v) => break (Err(v), None),
+            Ok(Some(first)) => break Ok(first),
+            Err(v) => break Err(v),
             Ok(None) => {}
         }
         match io.receive(frames.spare(), until, false).await {
@@ -276,10 +276,9 @@ pub(super) async fn hello(
             }
         }
     };
-    let answer = match (answer_hello(request), sender) {
-        (Ok(hello), Some(sender)) => identify(sender).await.map(|peer| (hello, peer)),
-        (Ok(_), None) => Err(violation("a hello with no recorded writer")),
-        (Err(e), _) => Err(e),
+    let answer = match first.and_then(|(request, sender)| Ok((answer_hello(request)?, sender))) {
+        Ok((hello, sender)) => identify(sender).await.map(|peer| (hello, peer)),
+        Err(e) => Err(e),
     };
     let response = match &answer {
         Ok((hello, _)) => Response::Hello(hello.clone()),
@@ -299,8 +298,8 @@ pub(super) async fn hello(
 /// The answer to the first frame: it must be a hello with our magic, from a client whose
 /// protocol version this daemon still serves. The answer names the version both speak: the
 /// client's, or ours if the client is newer.
-fn answer_hello(request: Result<Request, WireError>) -> Result<ServerHello, WireError> {
-    match request? {
+fn answer_hello(request: Request) -> Result<ServerHello, WireError> {
+    match request {
         Request::Hello(h) if h.magic != MAGIC => Err(violation("bad hello magic")),
         Request::Hello(h) if h.protocol_version < MIN_PROTOCOL_VERSION => Err(WireError::new(
             ErrorCode::UnsupportedVersion,

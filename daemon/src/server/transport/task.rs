@@ -145,13 +145,13 @@ pub(super) async fn run(
     tracing::debug!(
         uid = peer.uid,
         gid = peer.gid,
-        pid = peer.pid,
+        pid = peer.pid(),
         program = %peer.attested.describe(),
         "client connected"
     );
     let listed = shared.clone();
     let _registered = listed.connections.register(&peer, protocol);
-    let (uid, pid) = (peer.uid, peer.pid);
+    let (uid, pid) = (peer.uid, peer.pid());
     let session = Session::new(shared, peer, accepted, protocol);
     let mut conn = Conn::new(frames, session);
     let watch = loop {
@@ -201,7 +201,7 @@ enum Handback {
 /// Moves the connection to a thread of its own and waits, parked and holding no worker, until
 /// it comes back. Shutdown shuts the socket's reading side under the thread's blocked read.
 async fn hand_over(conn: Conn, io: TaskIo, seat: Seat, cancel: &CancellationToken) -> Handback {
-    let (uid, pid) = (conn.session.peer.uid, conn.session.peer.pid);
+    let (uid, pid) = (conn.session.peer.uid, conn.session.peer.pid());
     let TaskIo {
         stream,
         cancelled,

@@ -111,7 +111,7 @@ pub(super) fn serve(
     }
     tracing::debug!(
         uid = peer.uid,
-        pid = peer.pid,
+        pid = peer.pid(),
         "connection moved to a thread of its own"
     );
     let counted = Counted::new(&conn.session.shared.metrics.dedicated);
