@@ -232,7 +232,8 @@ pub(crate) struct Metrics {
     /// `omni_secret_missing_crc_total{secret_type}`: GSM payloads that came without a CRC32C.
     missing_crc: IntCounterVec,
     /// `omni_secret_notifications_total{event,result}`: GSM notifications by event and what
-    /// was done (`refreshed`, `coalesced`, `ignored`, `malformed`, `revoked`).
+    /// was done (`refreshed`, `coalesced`, `ignored`, `malformed`, `revoked`,
+    /// `rotation_requested`, `unconfirmed`).
     notifications: IntCounterVec,
     /// `omni_secretd_notification_stream_up`: 1 while the notification stream is open.
     notification_stream_up: IntGauge,

@@ -35,7 +35,7 @@ mod token_server;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use metadata::{FakeMetadata, METADATA_ACCOUNT};
 pub use server::serve;
@@ -119,6 +119,15 @@ pub(crate) struct Version {
     pub(crate) state: Option<VersionState>,
 }
 
+/// A secret's rotation schedule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rotation {
+    /// When GSM next publishes `SECRET_ROTATE` (`None` once a one-shot schedule fired).
+    pub(crate) next: Option<SystemTime>,
+    /// How far `next` advances each time it fires (`None`: a one-shot schedule).
+    pub(crate) period: Option<Duration>,
+}
+
 /// A fault limited to one secret, optionally for its next `remaining` access calls only.
 #[derive(Debug, Clone)]
 pub(crate) struct SecretFault {
@@ -132,6 +141,9 @@ pub(crate) struct State {
     pub(crate) secrets: HashMap<String, Vec<Version>>,
     /// Secret → alias → version number.
     pub(crate) aliases: HashMap<String, HashMap<String, usize>>,
+    /// Secret → its rotation schedule, as GetSecret reports it (`rotation.nextRotationTime`;
+    /// `rotationPeriod` is input only in Google's API, so it is never answered).
+    pub(crate) rotations: HashMap<String, Rotation>,
     /// The fault applied to every access call.
     pub(crate) fault: Option<Fault>,
     /// Faults applied to one secret's access calls.
@@ -201,6 +213,27 @@ impl Handle {
             Some(v) => aliases.insert(alias.to_owned(), v as usize),
             None => aliases.remove(alias),
         };
+    }
+
+    /// Sets `secret`'s rotation schedule, as `gcloud secrets update --next-rotation-time
+    /// --rotation-period` would.
+    pub fn set_rotation(&self, secret: &str, next: SystemTime, period: Option<Duration>) {
+        let rotation = Rotation {
+            next: Some(next),
+            period,
+        };
+        self.lock().rotations.insert(secret.to_owned(), rotation);
+    }
+
+    /// Does what GSM does when a rotation comes due: advances the schedule by its period (or
+    /// clears a one-shot one). The caller publishes the `SECRET_ROTATE` message.
+    pub fn fire_rotation(&self, secret: &str) {
+        if let Some(r) = self.lock().rotations.get_mut(secret) {
+            r.next = match (r.next, r.period) {
+                (Some(next), Some(period)) => Some(next + period),
+                _ => None,
+            };
+        }
     }
 
     /// Sets or clears the fault applied to every access call.

@@ -332,7 +332,17 @@ fn metadata(handle: &Handle, resource: &str) -> Reply {
         );
     };
     match version {
-        None => json_reply(StatusCode::OK, &json!({"name": canonical(&secret)})),
+        None => {
+            let mut answer = json!({"name": canonical(&secret)});
+            let next = stored_key(&state, &secret)
+                .and_then(|k| state.rotations.get(&k))
+                .and_then(|r| r.next);
+            if let Some(next) = next {
+                let at = humantime::format_rfc3339_nanos(next).to_string();
+                answer["rotation"] = json!({"nextRotationTime": at});
+            }
+            json_reply(StatusCode::OK, &answer)
+        }
         Some("") => {
             let list: Vec<Value> = versions
                 .iter()

@@ -73,11 +73,23 @@ struct Listening {
 /// Creates `topic` and `subscription` on `emulator` and starts a daemon listening on it, with
 /// `value` as version 1 of the API key.
 fn listening(emulator: &Emulator, topic: &str, subscription: &str, value: &[u8]) -> Listening {
+    listening_with(emulator, topic, subscription, value, |_| {})
+}
+
+/// Like [`listening`], with `prepare` run on the fake before the daemon starts.
+fn listening_with(
+    emulator: &Emulator,
+    topic: &str,
+    subscription: &str,
+    value: &[u8],
+    prepare: impl FnOnce(&FakeGsm),
+) -> Listening {
     let subscription = emulator
         .topic_and_subscription(topic, subscription)
         .expect("topic and subscription");
     let fake = FakeGsm::start().expect("fake gsm");
     fake.add_version(API_KEY, value);
+    prepare(&fake);
     let env = TestEnv::new();
     let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
     let client = Client::connect(&daemon.socket).expect("connect");
@@ -385,20 +397,34 @@ fn the_stream_survives_an_emulator_restart() {
 }
 
 #[test]
-fn a_rotation_schedule_message_reaches_watchers_that_know_it_and_changes_nothing() {
+fn a_rotation_request_reaches_watchers_only_when_gsms_schedule_moved() {
     let Some(emulator) = emulator_or_skip("notifications: rotation requested") else {
         return;
     };
+    let hour = Duration::from_secs(3600);
     let Listening {
         fake,
         env: _env,
         daemon,
         client,
-    } = listening(
+    } = listening_with(
         emulator,
         "gsm-rotate",
         "host-rotate",
         b"Omni-Key-v1-PS07-7777!",
+        |fake| fake.set_rotation(API_KEY, std::time::SystemTime::now() + hour, Some(hour)),
+    );
+    // The daemon's first look at the schedule (GetSecret on the secret itself).
+    let schedule_reads = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(API_KEY))
+            .count()
+    };
+    wait_until(
+        "the first look at the schedule",
+        Duration::from_secs(30),
+        || (schedule_reads() >= 1).then_some(()),
     );
 
     let mut watch = client.watch(["trading_api_key"]).expect("watch");
@@ -420,13 +446,31 @@ fn a_rotation_schedule_message_reaches_watchers_that_know_it_and_changes_nothing
         Some(secretd_proto::Response::Watching(_))
     ));
     let before = fake.access_count(API_KEY);
+    let rotate = || {
+        emulator
+            .publish(
+                "gsm-rotate",
+                &[gsm_event("SECRET_ROTATE", &secret_id(), None)],
+            )
+            .expect("publish");
+    };
 
-    emulator
-        .publish(
-            "gsm-rotate",
-            &[gsm_event("SECRET_ROTATE", &secret_id(), None)],
-        )
-        .expect("publish");
+    // Forged: GSM's schedule did not move, so no watcher hears of it.
+    rotate();
+    wait_counted(&client, "secret_rotate", "unconfirmed");
+    daemon.wait_for_log("secret.rotation_unconfirmed");
+    // The event would have been written before the message was counted.
+    assert!(
+        matches!(
+            watch.next_timeout(Duration::from_millis(300)),
+            Some(Ok(None))
+        ),
+        "a forged rotation request reached a watcher"
+    );
+
+    // GSM's schedule fires: it advances by its period and publishes.
+    fake.fire_rotation(API_KEY);
+    rotate();
     let request = wait_until(
         "the rotation request",
         Duration::from_secs(30),
@@ -439,7 +483,22 @@ fn a_rotation_schedule_message_reaches_watchers_that_know_it_and_changes_nothing
     assert_eq!(request.name, "trading_api_key");
     assert!(request.at_ms > 0);
     daemon.wait_for_log("secret.rotation_requested");
+    assert_eq!(counted(&client, "secret_rotate", "rotation_requested"), 1.0);
+
+    // The same message replayed: the schedule has not moved since, so it is not announced.
+    rotate();
+    wait_until("the replay judged", Duration::from_secs(30), || {
+        (counted(&client, "secret_rotate", "unconfirmed") >= 2.0).then_some(())
+    });
+    assert!(
+        matches!(
+            watch.next_timeout(Duration::from_millis(300)),
+            Some(Ok(None))
+        ),
+        "a replayed rotation request reached a watcher"
+    );
     assert_eq!(fake.access_count(API_KEY), before, "nothing to fetch");
+
     // The old watcher got nothing: its next frame is whatever comes later, not this event.
     old.stream
         .set_read_timeout(Some(Duration::from_millis(800)))

@@ -7,8 +7,9 @@
 //! that secret's refresh after a random wait of up to `notification_jitter`; messages that
 //! arrive while one is pending coalesce into it. The refresh is the ordinary one, so a
 //! `_DISABLE` or `_DESTROY` revokes the served version only if GSM, asked by version number,
-//! confirms it: whoever can publish to the topic cannot black out the fleet. Every message is
-//! acknowledged; the poll stays as the safety net.
+//! confirms it: whoever can publish to the topic cannot black out the fleet. Likewise a
+//! `SECRET_ROTATE` reaches watchers only once the secret's rotation schedule in GSM shows it
+//! (`rotation_schedule`). Every message is acknowledged; the poll stays as the safety net.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Catalog;
 use super::refresh::REFRESH_WAIT;
+use super::rotation_schedule::{Look, Schedules, Verdict};
 use super::source::Source;
 use crate::config::NotificationsConfig;
 use crate::metrics::Metrics;
@@ -107,6 +109,8 @@ struct Listener {
     jitter: Duration,
     /// `omni_secret_notifications_total`, `omni_secretd_notification_stream_up`.
     metrics: Arc<Metrics>,
+    /// What GSM's rotation schedules said, against which `SECRET_ROTATE` is judged.
+    schedules: Schedules,
     /// Whether a malformed message was logged already (logged once, counted always).
     malformed_logged: AtomicBool,
     /// Scheduled refreshes join the daemon's tasks, so shutdown waits for them.
@@ -127,6 +131,7 @@ pub(crate) async fn run(
 ) {
     let listener = Arc::new(Listener {
         pending: sources.iter().map(|_| AtomicBool::new(false)).collect(),
+        schedules: Schedules::new(sources.len(), cfg.rotation_check_spread),
         catalog,
         sources,
         jitter: cfg.jitter,
@@ -135,6 +140,7 @@ pub(crate) async fn run(
         tracker,
         cancel: cancel.clone(),
     });
+    listener.learn_schedules();
     let mut wait = RESUBSCRIBE_FIRST_WAIT;
     loop {
         let ended = tokio::select! {
@@ -282,16 +288,8 @@ impl Listener {
             self.metrics.notification(&label, "ignored");
             return;
         };
-        let slot = self.catalog.slot(idx);
         if event == "SECRET_ROTATE" {
-            tracing::info!(
-                event = "secret.rotation_requested",
-                secret = %slot.name,
-                "GSM's rotation schedule asks for a new version of this secret"
-            );
-            // Watchers (automation) hear of it; nothing served changes, so no refresh.
-            slot.rotation_requested();
-            self.metrics.notification(&label, "ignored");
+            self.check_rotation(idx, label);
             return;
         }
         if !REFRESHING.contains(&event) {
@@ -322,6 +320,77 @@ impl Listener {
                 "revoked"
             } else {
                 "refreshed"
+            };
+            me.metrics.notification(&label, result);
+        });
+    }
+
+    /// Takes a first look at every GSM secret's rotation schedule, each after a random wait
+    /// within the spread, so that the first `SECRET_ROTATE` after a start can be judged.
+    fn learn_schedules(self: &Arc<Self>) {
+        for (idx, source) in self.sources.iter().enumerate() {
+            if source.kind() != secretd_proto::SourceKind::Gsm {
+                continue;
+            }
+            let me = self.clone();
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    () = me.cancel.cancelled() => return,
+                    () = tokio::time::sleep(me.schedules.delay()) => {}
+                }
+                let slot = me.catalog.slot(idx);
+                me.schedules
+                    .look(idx, &slot.name, me.sources[idx].as_ref())
+                    .await;
+            });
+        }
+    }
+
+    /// Announces a `SECRET_ROTATE` to watchers only once GSM's schedule shows it moved (see
+    /// `rotation_schedule`): whoever can publish to the topic cannot set automation rotating.
+    fn check_rotation(self: &Arc<Self>, idx: usize, label: String) {
+        if !self.schedules.claim(idx) {
+            self.metrics.notification(&label, "coalesced");
+            return;
+        }
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = me.cancel.cancelled() => return,
+                () = tokio::time::sleep(me.schedules.delay()) => {}
+            }
+            let slot = me.catalog.slot(idx);
+            let look = me
+                .schedules
+                .look(idx, &slot.name, me.sources[idx].as_ref())
+                .await;
+            let result = match look {
+                Look::Judged(Verdict::Confirmed) => {
+                    tracing::info!(
+                        event = "secret.rotation_requested",
+                        secret = %slot.name,
+                        "GSM's rotation schedule asks for a new version of this secret"
+                    );
+                    // Watchers (automation) hear of it; nothing served changes, so no refresh.
+                    slot.rotation_requested();
+                    "rotation_requested"
+                }
+                Look::Judged(verdict) => {
+                    let why = if verdict == Verdict::FirstLook {
+                        "this host had not seen the secret's rotation schedule yet"
+                    } else {
+                        "GSM's rotation schedule did not move: the message was not sent by it"
+                    };
+                    tracing::warn!(
+                        event = "secret.rotation_unconfirmed",
+                        secret = %slot.name,
+                        why,
+                        "a SECRET_ROTATE message was not announced to watchers"
+                    );
+                    "unconfirmed"
+                }
+                Look::Failed(_) => "unconfirmed",
+                Look::NoSchedule => "ignored",
             };
             me.metrics.notification(&label, result);
         });

@@ -49,6 +49,10 @@ pub(crate) struct NotificationsConfig {
     /// The longest wait between refreshes while the channel is down (default: no shorter
     /// than the refresh interval, so quota is spent only if an operator asks).
     pub fallback_interval: Duration,
+    /// The longest random wait before a `SECRET_ROTATE` message is checked against the
+    /// secret's rotation schedule (one GetSecret per host and secret: a fleet told at once
+    /// stays inside the metadata quota).
+    pub rotation_check_spread: Duration,
 }
 
 /// Default `[gsm.notifications] health_check_interval`.
@@ -60,6 +64,11 @@ pub(crate) const DEFAULT_PUBSUB_ENDPOINT: &str = "https://pubsub.googleapis.com"
 pub(crate) const DEFAULT_NOTIFICATION_JITTER: Duration = Duration::from_secs(1);
 /// The longest `notification_jitter` (a rotation must still reach the fleet in seconds).
 pub(crate) const MAX_NOTIFICATION_JITTER: Duration = Duration::from_secs(60);
+
+/// Default `[gsm.notifications] rotation_check_spread`.
+pub(crate) const DEFAULT_ROTATION_CHECK_SPREAD: Duration = Duration::from_secs(120);
+/// The longest `rotation_check_spread` (a rotation request must still reach automation soon).
+pub(crate) const MAX_ROTATION_CHECK_SPREAD: Duration = Duration::from_secs(15 * 60);
 
 /// Default `[gsm] endpoint`.
 pub(crate) const DEFAULT_GSM_ENDPOINT: &str = "https://secretmanager.googleapis.com";
@@ -163,8 +172,20 @@ pub(super) fn validate_notifications(
             MAX_NOTIFICATION_JITTER.as_secs()
         )));
     }
+    let rotation_check_spread = duration_or(
+        "gsm.notifications.rotation_check_spread",
+        n.rotation_check_spread,
+        DEFAULT_ROTATION_CHECK_SPREAD,
+    )?;
+    if rotation_check_spread > MAX_ROTATION_CHECK_SPREAD {
+        return Err(invalid(format!(
+            "gsm.notifications.rotation_check_spread must be at most {}s",
+            MAX_ROTATION_CHECK_SPREAD.as_secs()
+        )));
+    }
     Ok(NotificationsConfig {
         subscription: n.subscription,
+        rotation_check_spread,
         endpoint,
         jitter,
         health_check_interval: positive_duration_or(

@@ -74,6 +74,7 @@ pub(super) struct RawNotifications {
     pub(super) notification_jitter: Option<String>,
     pub(super) health_check_interval: Option<String>,
     pub(super) notification_fallback_interval: Option<String>,
+    pub(super) rotation_check_spread: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

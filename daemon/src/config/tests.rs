@@ -1,5 +1,8 @@
 use super::daemon::{DEFAULT_REFRESH_INTERVAL, LAST_KNOWN_GOOD_CREDENTIAL};
-use super::gsm::{DEFAULT_NOTIFICATION_JITTER, DEFAULT_PUBSUB_ENDPOINT, MAX_VERSION_ALIAS_LEN};
+use super::gsm::{
+    DEFAULT_NOTIFICATION_JITTER, DEFAULT_PUBSUB_ENDPOINT, DEFAULT_ROTATION_CHECK_SPREAD,
+    MAX_VERSION_ALIAS_LEN,
+};
 use super::*;
 
 const SPEC_EXAMPLE: &str = r#"
@@ -145,6 +148,7 @@ fn notification_settings_are_checked() {
     let n = ok.gsm.and_then(|g| g.notifications).expect("notifications");
     assert_eq!(n.endpoint, DEFAULT_PUBSUB_ENDPOINT);
     assert_eq!(n.jitter, DEFAULT_NOTIFICATION_JITTER);
+    assert_eq!(n.rotation_check_spread, DEFAULT_ROTATION_CHECK_SPREAD);
     assert_eq!(
         n.fallback_interval, DEFAULT_REFRESH_INTERVAL,
         "no extra polling unless asked"
@@ -158,6 +162,10 @@ fn notification_settings_are_checked() {
         (
             "subscription = \"projects/p/subscriptions/s\"\nnotification_jitter = \"5m\"",
             "at most 60s",
+        ),
+        (
+            "subscription = \"projects/p/subscriptions/s\"\nrotation_check_spread = \"1h\"",
+            "rotation_check_spread must be at most 900s",
         ),
         (
             "subscription = \"projects/p/subscriptions/s\"\nhealth_check_interval = \"0s\"",

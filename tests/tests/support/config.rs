@@ -105,6 +105,7 @@ impl ConfigBuilder<'_> {
         table.insert("endpoint".into(), endpoint.into());
         table.insert("notification_jitter".into(), "200ms".into());
         table.insert("health_check_interval".into(), "1s".into());
+        table.insert("rotation_check_spread".into(), "200ms".into());
         self.gsm
             .as_mut()
             .expect("call gsm(endpoint) first")

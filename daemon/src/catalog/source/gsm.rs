@@ -21,7 +21,9 @@ use google_cloud_secretmanager_v1::client::SecretManagerService;
 use secretd_proto::SourceKind;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{FailureReason, FetchFuture, Fetched, PinError, Source, SourceError, check_value};
+use super::{
+    FailureReason, FetchFuture, Fetched, PinError, ScheduleFuture, Source, SourceError, check_value,
+};
 use crate::catalog::secret_bytes::SecretBytes;
 use crate::config::GsmConfig;
 use crate::util::lock::Recover;
@@ -453,6 +455,22 @@ impl Source for GsmSource {
     fn fetch_version(&self, version: &str) -> Option<FetchFuture<'_>> {
         let name = format!("{}/versions/{version}", self.resource);
         Some(Box::pin(self.access(name)))
+    }
+
+    fn rotation_schedule(&self) -> Option<ScheduleFuture<'_>> {
+        Some(Box::pin(async move {
+            let secret = self
+                .client
+                .get_secret()
+                .set_name(self.resource.clone())
+                .send()
+                .await
+                .map_err(|e| map_error(&self.resource, &e))?;
+            Ok(secret
+                .rotation
+                .and_then(|r| r.next_rotation_time)
+                .map(|t| i128::from(t.seconds()) * 1_000_000_000 + i128::from(t.nanos())))
+        }))
     }
 
     fn pin_version(&self, version: Option<&str>) -> Result<(), PinError> {

@@ -108,6 +108,11 @@ impl SourceError {
 pub(crate) type FetchFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Fetched, SourceError>> + Send + 'a>>;
 
+/// What a read of a secret's rotation schedule returns: GSM's `rotation.next_rotation_time`
+/// in nanoseconds since the Unix epoch, `None` when the secret has no schedule.
+pub(crate) type ScheduleFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<i128>, SourceError>> + Send + 'a>>;
+
 /// A place a value can be fetched from.
 pub(crate) trait Source: Send + Sync + std::fmt::Debug {
     /// Which kind of source this is.
@@ -131,6 +136,12 @@ pub(crate) trait Source: Send + Sync + std::fmt::Debug {
     /// version being served is still allowed or was revoked too.
     fn fetch_version(&self, version: &str) -> Option<FetchFuture<'_>> {
         let _ = version;
+        None
+    }
+
+    /// Reads the secret's rotation schedule, for sources that have one (`None` otherwise):
+    /// a `SECRET_ROTATE` message is believed only when the schedule moved.
+    fn rotation_schedule(&self) -> Option<ScheduleFuture<'_>> {
         None
     }
 
