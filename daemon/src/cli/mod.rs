@@ -228,6 +228,12 @@ enum AuditCmd {
     },
 }
 
+/// The CLI's clap definition, for generators (man pages and completions in the packages).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
 /// Entry point of the `secretd` binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

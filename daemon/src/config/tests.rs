@@ -63,6 +63,21 @@ fn spec_example_parses() {
     );
 }
 
+/// The default `/etc/secretd/secretd.toml` the Debian package ships starts the daemon with an
+/// empty catalog, on the socket `secretd.socket` listens on.
+#[test]
+fn the_packaged_default_config_parses_with_an_empty_catalog() {
+    let text = include_str!("../../../packaging/debian/secretd.toml");
+    let c = Config::parse(text).expect("packaged default config");
+    assert!(c.secrets.is_empty() && c.policies.is_empty());
+    let unit = include_str!("../../../packaging/secretd.socket");
+    let listen = format!("ListenStream={}", c.daemon.socket.display());
+    assert!(
+        unit.lines().any(|l| l == listen),
+        "{listen} missing from secretd.socket"
+    );
+}
+
 /// The error `text` is refused with, judged with no credentials directory (whatever the
 /// environment the tests run in says).
 fn err(text: &str) -> String {
