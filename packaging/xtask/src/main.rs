@@ -29,13 +29,9 @@ fn generate(out: &Path) -> std::io::Result<()> {
     clap_mangen::generate_to(secretd_daemon::cli::command(), &man)?;
     let completions = out.join("completions");
     std::fs::create_dir_all(&completions)?;
+    let mut cli = secretd_daemon::cli::command();
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(
-            shell,
-            &mut secretd_daemon::cli::command(),
-            "secretd",
-            &completions,
-        )?;
+        clap_complete::generate_to(shell, &mut cli, "secretd", &completions)?;
     }
     Ok(())
 }
