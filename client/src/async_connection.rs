@@ -40,8 +40,17 @@ pub(crate) struct AsyncConnection {
 }
 
 impl AsyncConnection {
-    /// Connects, checks who answers (before a byte is sent), and says hello.
+    /// Connects, checks who answers (before a byte is sent), and says hello; once more on a
+    /// new connection if a stopping daemon closed the first one unanswered
+    /// ([`Error::closed_before_answer`]).
     pub(crate) async fn open(path: &Path, timeout: Duration) -> Result<AsyncConnection> {
+        match AsyncConnection::open_once(path, timeout).await {
+            Err(e) if e.closed_before_answer() => AsyncConnection::open_once(path, timeout).await,
+            other => other,
+        }
+    }
+
+    async fn open_once(path: &Path, timeout: Duration) -> Result<AsyncConnection> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| Error::Connect {

@@ -34,18 +34,38 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects and says hello.
+    /// Connects and says hello; once more on a new connection if a stopping daemon closed
+    /// the first one unanswered ([`Error::closed_before_answer`]).
     pub(crate) fn open(path: &Path, timeout: Duration) -> Result<Connection> {
-        let mut conn = Connection::connect_checked(path, timeout)?;
-        let hello = conn.hello()?;
-        conn.accept_hello(hello)?;
-        Ok(conn)
+        let once = || -> Result<Connection> {
+            let mut conn = Connection::connect_checked(path, timeout)?;
+            let hello = conn.hello()?;
+            conn.accept_hello(hello)?;
+            Ok(conn)
+        };
+        match once() {
+            Err(e) if e.closed_before_answer() => once(),
+            other => other,
+        }
     }
 
     /// Connects and sends the hello and `first` in one write, then reads both answers: a
     /// program that asks once pays one round trip, not two. `first` must be encoded alike by
-    /// every protocol version the daemon may answer with (a get is).
+    /// every protocol version the daemon may answer with (a get is). Sent once more on a new
+    /// connection if a stopping daemon closed the first one before answering (every request
+    /// is idempotent, and this one was never answered).
     pub(crate) fn open_with(
+        path: &Path,
+        timeout: Duration,
+        first: &Request,
+    ) -> Result<(Connection, Response<'static>)> {
+        match Connection::open_with_once(path, timeout, first) {
+            Err(e) if e.closed_before_answer() => Connection::open_with_once(path, timeout, first),
+            other => other,
+        }
+    }
+
+    fn open_with_once(
         path: &Path,
         timeout: Duration,
         first: &Request,

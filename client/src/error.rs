@@ -151,6 +151,24 @@ impl Error {
         matches!(self, Error::Io(_) | Error::Protocol(_))
     }
 
+    /// Whether the daemon closed a new connection before answering its hello: what a daemon
+    /// that is stopping does to the connections it accepted last. A restart under socket
+    /// activation leaves the listening socket with systemd, so a second connection waits for
+    /// the next daemon. Not a refusal (`Busy` arrives as an answer) and not an untrusted
+    /// server: those are final. This crate's clients retry such a connection once by
+    /// themselves; an event loop driving [`crate::nonblocking::NonBlockingConnection`] should do the same.
+    pub fn closed_before_answer(&self) -> bool {
+        matches!(
+            self,
+            Error::Io(e) if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::UnexpectedEof
+            )
+        )
+    }
+
     /// The error for an I/O failure on the connection to `path` whose timeout is `after`:
     /// a timeout reads as one.
     pub(crate) fn from_io(e: io::Error, path: &Path, after: Duration) -> Error {

@@ -3,7 +3,7 @@
 //!
 //! The owner registers [`NonBlockingConnection::fd`] for readability with its loop, starts a
 //! read with [`NonBlockingConnection::start_get`], and calls [`NonBlockingConnection::advance`]
-//! whenever the socket is readable. Every byte moved is counted (the same [`Exchange`] the
+//! whenever the socket is readable. Every byte moved is counted (the same `Exchange` the
 //! tokio client drives), so an owner whose caller gave up simply keeps calling `advance` and
 //! discards the answer: the connection stays in step and no reconnect is paid.
 //!

@@ -87,6 +87,9 @@ struct LoopState {
     queue: VecDeque<Call>,
     /// The watchdog's timer, while one is armed.
     watchdog: Option<Py<PyAny>>,
+    /// Whether a connection closed unanswered at hello has been replaced once since the
+    /// last greeting (a stopping daemon does that; a second time, the queue fails).
+    reopened: bool,
 }
 
 /// One connection and the call it serves.
@@ -248,6 +251,7 @@ impl Shared {
             Ok(Progress::Pending) => {}
             Ok(Progress::Greeted) => {
                 lp.conns[i].greeted = true;
+                lp.reopened = false;
                 self.feed(py, lp, counters, i);
             }
             Ok(Progress::Secret(result)) => {
@@ -266,6 +270,14 @@ impl Shared {
                     } else {
                         call.settle(py, Err(e));
                     }
+                } else if !slot.greeted
+                    && lp.conns.is_empty()
+                    && e.closed_before_answer()
+                    && !lp.reopened
+                {
+                    // Closed unanswered by a daemon on its way out: the next one answers.
+                    lp.reopened = true;
+                    self.open(py, lp, counters);
                 } else if !slot.greeted && lp.conns.is_empty() {
                     // Refused at hello (busy, say), with nobody else to serve the queue.
                     lp.fail_queue(py, &e);
@@ -403,6 +415,7 @@ impl State {
             conns: Vec::new(),
             queue: VecDeque::new(),
             watchdog: None,
+            reopened: false,
         });
         self.loops.len() - 1
     }

@@ -3,6 +3,7 @@
 //! the real daemon binary running on a socket inside it, and [`wait_until`] for every wait.
 
 pub(crate) mod config;
+pub(crate) mod container;
 pub(crate) mod google;
 pub(crate) mod http;
 pub(crate) mod impostor;

@@ -9,10 +9,16 @@
 //! gone after the exec. The exe is read before the descriptors, so an exec in between is seen.
 //!
 //! The client's end is found by inode: sock_diag (`NETLINK_SOCK_DIAG`, `UNIX_DIAG_PEER`) names
-//! the peer of the daemon's end, and `/proc/PID/fd` links read `socket:[INODE]`.
+//! the peer of the daemon's end, and each of the process's `/proc/PID/fdinfo/N` files names
+//! its descriptor's mount and inode (`mnt_id:`, `ino:`) next to its flags. fdinfo, not the
+//! `/proc/PID/fd` links: the kernel lets a holder of `CAP_SYS_PTRACE` (all the packaged unit
+//! grants) read another uid's fdinfo, while `/proc/PID/fd` is a directory only its owner (or
+//! `CAP_DAC_READ_SEARCH`) may search. On kernels whose fdinfo has no `ino:` line the link is
+//! read instead, which works for the daemon's own uid.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 /// The most descriptors looked at in one process: a peer with more is not scanned (its
 /// requests match no program selector), so a process cannot make a check take seconds.
@@ -37,10 +43,13 @@ pub(crate) fn holding(pid: i32, ours: u64) -> Holding {
     let Ok(theirs) = peer_inode(ours) else {
         return Holding::Unknown;
     };
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let Some(sockfs) = sockfs_mount_id() else {
         return Holding::Unknown;
     };
-    let wanted = format!("socket:[{theirs}]");
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Holding::Unknown;
+    };
+    let wanted_link = format!("socket:[{theirs}]");
     let mut held = false;
     for (seen, entry) in entries.enumerate() {
         if seen >= MAX_SCANNED_FDS {
@@ -49,18 +58,31 @@ pub(crate) fn holding(pid: i32, ours: u64) -> Holding {
         let Ok(entry) = entry else {
             return Holding::Unknown;
         };
-        let Ok(link) = std::fs::read_link(entry.path()) else {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
             // Closed while we looked.
             continue;
         };
-        if link.as_os_str() != wanted.as_str() {
+        let Some(fd) = Descriptor::parse(&info) else {
+            return Holding::Unknown;
+        };
+        let is_theirs = match fd.inode {
+            Some((mount, inode)) => mount == sockfs && inode == theirs,
+            None => {
+                let link = format!("/proc/{pid}/fd/{}", entry.file_name().to_string_lossy());
+                match std::fs::read_link(link) {
+                    Ok(link) => link.as_os_str() == wanted_link.as_str(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(_) => return Holding::Unknown,
+                }
+            }
+        };
+        if !is_theirs {
             continue;
         }
-        let fd = entry.file_name();
-        match close_on_exec(pid, &fd.to_string_lossy()) {
-            Some(true) => held = true,
-            Some(false) => return Holding::Inherited,
-            None => return Holding::Unknown,
+        if fd.close_on_exec {
+            held = true;
+        } else {
+            return Holding::Inherited;
         }
     }
     if held {
@@ -70,12 +92,47 @@ pub(crate) fn holding(pid: i32, ours: u64) -> Holding {
     }
 }
 
-/// Whether descriptor `fd` of `pid` is close-on-exec (`flags:` in its fdinfo, octal).
-fn close_on_exec(pid: i32, fd: &str) -> Option<bool> {
-    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
-    let flags = u32::from_str_radix(flags, 8).ok()?;
-    Some(flags & libc::O_CLOEXEC as u32 != 0)
+/// What one `/proc/PID/fdinfo/N` file says.
+#[derive(Debug, PartialEq, Eq)]
+struct Descriptor {
+    /// `flags:` (octal) has `O_CLOEXEC`.
+    close_on_exec: bool,
+    /// `mnt_id:` and `ino:`: which file it is (`None` on kernels that print no `ino:`).
+    inode: Option<(u64, u64)>,
+}
+
+impl Descriptor {
+    fn parse(info: &str) -> Option<Descriptor> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let flags = u32::from_str_radix(field("flags:")?, 8).ok()?;
+        let inode = match (field("mnt_id:"), field("ino:")) {
+            (Some(mount), Some(inode)) => Some((mount.parse().ok()?, inode.parse().ok()?)),
+            _ => None,
+        };
+        Some(Descriptor {
+            close_on_exec: flags & libc::O_CLOEXEC as u32 != 0,
+            inode,
+        })
+    }
+}
+
+/// The mount id every socket's fdinfo shows (sockfs's), read once from a socket of our own.
+fn sockfs_mount_id() -> Option<u64> {
+    static SOCKFS: OnceLock<Option<u64>> = OnceLock::new();
+    *SOCKFS.get_or_init(|| {
+        let (probe, _other) = std::os::unix::net::UnixStream::pair().ok()?;
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", probe.as_raw_fd())).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// `SOCK_DIAG_BY_FAMILY`.
@@ -217,6 +274,28 @@ mod tests {
             .metadata()
             .expect("stat")
             .ino()
+    }
+
+    #[test]
+    fn fdinfo_gives_flags_and_the_file_when_the_kernel_names_it() {
+        let modern = "pos:\t0\nflags:\t02000002\nmnt_id:\t9\nino:\t4242\n";
+        assert_eq!(
+            Descriptor::parse(modern),
+            Some(Descriptor {
+                close_on_exec: true,
+                inode: Some((9, 4242))
+            })
+        );
+        let old = "pos:\t0\nflags:\t0100002\nmnt_id:\t9\n";
+        assert_eq!(
+            Descriptor::parse(old),
+            Some(Descriptor {
+                close_on_exec: false,
+                inode: None
+            })
+        );
+        assert_eq!(Descriptor::parse("pos:\t0\n"), None);
+        assert_eq!(Descriptor::parse("flags:\tzz\n"), None);
     }
 
     #[test]
