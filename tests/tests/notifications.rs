@@ -483,7 +483,12 @@ fn a_rotation_request_reaches_watchers_only_when_gsms_schedule_moved() {
     assert_eq!(request.name, "trading_api_key");
     assert!(request.at_ms > 0);
     daemon.wait_for_log("secret.rotation_requested");
-    assert_eq!(counted(&client, "secret_rotate", "rotation_requested"), 1.0);
+    // Counted once the watchers have the event (a scrape may come between the two).
+    wait_until(
+        "the rotation request counted",
+        Duration::from_secs(30),
+        || (counted(&client, "secret_rotate", "rotation_requested") == 1.0).then_some(()),
+    );
 
     // The same message replayed: the schedule has not moved since, so it is not announced.
     rotate();

@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use support::container::Container;
@@ -25,14 +26,16 @@ const CLI_LOOPS: usize = 3;
 const READER_C: &str = include_str!("packaged/reader.c");
 
 /// A daemon config: one file secret for the bot, one more bound to the C reader's path
-/// (`exe` attestation of another uid), metrics on loopback.
-fn config() -> String {
+/// (`exe` attestation of another uid), metrics on loopback; `daemon` adds `[daemon]` keys and
+/// `rest` more tables.
+fn config(daemon: &str, rest: &str) -> String {
     format!(
         r#"[daemon]
 socket = "/run/secretd/secretd.sock"
 db = "/var/lib/secretd/secretd.redb"
 admin_uids = [0]
 metrics_listen = "127.0.0.1:9477"
+{daemon}
 
 [[secret]]
 name = "api_key"
@@ -46,22 +49,39 @@ path = "/etc/secretd/api_key"
 
 [[policy]]
 uids = [{BOT_UID}]
-allow = ["api_key"]
+allow = ["api_key", "gsm_*"]
 
 [[policy]]
 uids = [{BOT_UID}]
 allow = ["c_only"]
 exe = ["/usr/local/bin/secretd-reader"]
-"#
+{rest}"#
     )
+}
+
+/// Writes `config` as the daemon's (it takes effect at the next start).
+fn write_config(ct: &Container, config: &str) {
+    let out = ct.run_with_input("cat > /etc/secretd/secretd.toml", config.as_bytes());
+    assert!(out.status.success(), "writing the config failed");
 }
 
 /// A container with the packages installed, the bot user, the config above (in place before
 /// the daemon first starts: installing starts only the socket) and the C reader built with
 /// pkg-config from the -dev package.
 fn installed(test: &str) -> Option<Container> {
-    let ct = Container::boot(test)?;
+    installed_binding(test, &[])
+}
+
+/// [`installed`], with host paths `binds` mounted read-only inside.
+fn installed_binding(test: &str, binds: &[&Path]) -> Option<Container> {
+    let ct = Container::boot_binding(test, binds)?;
     ct.install_packages();
+    prepare(&ct);
+    Some(ct)
+}
+
+/// The bot user, the secret file, the config and the C reader, on installed packages.
+fn prepare(ct: &Container) {
     ct.sh(&format!(
         "useradd --uid {BOT_UID} --groups secretd --create-home bot"
     ));
@@ -69,13 +89,7 @@ fn installed(test: &str) -> Option<Container> {
         "install -m 0400 -o secretd -g secretd /dev/stdin /etc/secretd/api_key",
         API_KEY.as_bytes(),
     );
-    let out = ct.run_with_input("cat > /etc/secretd/secretd.toml", config().as_bytes());
-    assert!(
-        out.status.success(),
-        "config: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_config(ct, &config("", ""));
     let out = ct.run_with_input(
         "cat > /tmp/reader.c && cc -Wall -Wextra -Werror -o /usr/local/bin/secretd-reader \
          /tmp/reader.c $(pkg-config --cflags --libs secretd)",
@@ -86,7 +100,6 @@ fn installed(test: &str) -> Option<Container> {
         "building the C reader with pkg-config: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(ct)
 }
 
 /// Waits until `unit`'s ActiveState is `state`.
@@ -107,6 +120,59 @@ fn wait_for_state(ct: &Container, unit: &str, state: &str) {
 /// Runs `cmd` as the bot user.
 fn as_bot(cmd: &str) -> String {
     format!("setpriv --reuid=bot --regid=bot --init-groups -- {cmd}")
+}
+
+/// Clients reading without pause, as the bot: the C reader on one connection it keeps
+/// (reconnecting), and [`CLI_LOOPS`] loops of the CLI, a new process and connection per read
+/// (the case that lost requests: a stopping daemon closing new connections unanswered).
+struct ClientLoops<'a> {
+    /// Where they run.
+    ct: &'a Container,
+}
+
+impl<'a> ClientLoops<'a> {
+    fn start(ct: &'a Container) -> ClientLoops<'a> {
+        ct.sh(&format!(
+            "rm -f /tmp/stop /tmp/c.out /tmp/cli-*.out; {} > /tmp/c.out 2> /tmp/c.err &",
+            as_bot("/usr/local/bin/secretd-reader api_key /tmp/stop")
+        ));
+        for n in 0..CLI_LOOPS {
+            ct.sh(&format!(
+                "(ok=0; failed=0; while :; do stop=0; [ -e /tmp/stop ] && stop=1; \
+                   if {} > /dev/null 2>> /tmp/cli.err; then ok=$((ok+1)); else failed=$((failed+1)); fi; \
+                   [ $stop = 1 ] && break; done; echo ok=$ok failed=$failed > /tmp/cli-{n}.out) \
+                 > /dev/null 2>&1 &",
+                as_bot("secretd get api_key")
+            ));
+        }
+        ClientLoops { ct }
+    }
+
+    /// Stops the loops and asserts that every read they made was answered.
+    fn finish_losing_nothing(self, during: &str) {
+        let ct = self.ct;
+        ct.sh("touch /tmp/stop");
+        let results = wait_until("every client loop to finish", UNIT_TIMEOUT, || {
+            let out = ct.run("cat /tmp/c.out /tmp/cli-*.out");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && text.lines().count() == 1 + CLI_LOOPS).then_some(text)
+        });
+        let errors = ct.sh("cat /tmp/c.err; cat /tmp/cli.err 2>/dev/null || true");
+        eprintln!(
+            "client loops across {during}: {}",
+            results.replace('\n', "; ")
+        );
+        for line in results.lines() {
+            assert!(
+                line.contains(" failed=0"),
+                "requests were lost during {during}: {results}\n{errors}"
+            );
+            let ok: u64 = line["ok=".len()..line.find(' ').expect("a space")]
+                .parse()
+                .expect("a count");
+            assert!(ok > 5, "a loop barely ran: {results}");
+        }
+    }
 }
 
 #[test]
@@ -211,22 +277,8 @@ fn restarts_under_a_client_loop_lose_no_request() {
         return;
     };
     assert_eq!(ct.sh(&as_bot("secretd get api_key")), API_KEY);
-    // Clients read without pause while the daemon restarts five times: the C reader on one
-    // connection it keeps (reconnecting), and three CLI loops, a new process and connection
-    // per read (the case that lost requests: a stopping daemon closing new connections).
-    ct.sh(&format!(
-        "{} > /tmp/c.out 2> /tmp/c.err &",
-        as_bot("/usr/local/bin/secretd-reader api_key /tmp/stop")
-    ));
-    for n in 0..CLI_LOOPS {
-        ct.sh(&format!(
-            "(ok=0; failed=0; while :; do stop=0; [ -e /tmp/stop ] && stop=1; \
-               if {} > /dev/null 2>> /tmp/cli.err; then ok=$((ok+1)); else failed=$((failed+1)); fi; \
-               [ $stop = 1 ] && break; done; echo ok=$ok failed=$failed > /tmp/cli-{n}.out) \
-             > /dev/null 2>&1 &",
-            as_bot("secretd get api_key")
-        ));
-    }
+    // Clients read without pause while the daemon restarts five times.
+    let loops = ClientLoops::start(&ct);
     for _ in 0..5 {
         let before = ct.sh("systemctl show -p MainPID --value secretd");
         ct.sh("systemctl restart secretd");
@@ -234,27 +286,7 @@ fn restarts_under_a_client_loop_lose_no_request() {
         let after = ct.sh("systemctl show -p MainPID --value secretd");
         assert_ne!(before, after, "the daemon did not restart");
     }
-    ct.sh("touch /tmp/stop");
-    let results = wait_until("every client loop to finish", UNIT_TIMEOUT, || {
-        let out = ct.run("cat /tmp/c.out /tmp/cli-*.out");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.success() && text.lines().count() == 1 + CLI_LOOPS).then_some(text)
-    });
-    let errors = ct.sh("cat /tmp/c.err; cat /tmp/cli.err 2>/dev/null || true");
-    eprintln!(
-        "client loops across five restarts: {}",
-        results.replace('\n', "; ")
-    );
-    for line in results.lines() {
-        assert!(
-            line.contains(" failed=0"),
-            "requests were lost: {results}\n{errors}"
-        );
-        let ok: u64 = line["ok=".len()..line.find(' ').expect("a space")]
-            .parse()
-            .expect("a count");
-        assert!(ok > 5, "the loop barely ran: {results}");
-    }
+    loops.finish_losing_nothing("five restarts");
 }
 
 #[test]
@@ -280,38 +312,65 @@ fn a_burst_of_restarts_and_a_crash_leave_the_socket_serving() {
 }
 
 #[test]
-fn data_survives_stop_start_upgrade_and_remove_and_purge_deletes_it() {
-    let Some(ct) = installed("data_survives_stop_start_upgrade_and_remove_and_purge_deletes_it")
-    else {
+fn an_upgrade_from_the_previous_commit_keeps_data_and_loses_no_request_and_purge_deletes() {
+    let test =
+        "an_upgrade_from_the_previous_commit_keeps_data_and_loses_no_request_and_purge_deletes";
+    let previous = support::container::target_dir().join("previous/debian");
+    if !support::can_run(
+        previous.is_dir(),
+        test,
+        &format!(
+            "{} (scripts/package --previous; scripts/test builds it first)",
+            previous.display()
+        ),
+    ) {
+        return;
+    }
+    let Some(ct) = Container::boot_binding(test, &[&previous]) else {
         return;
     };
+    ct.install_packages_from(&previous);
+    prepare(&ct);
+    let old_version = ct.sh("dpkg-query -W -f='${Version}' secretd");
     assert_eq!(ct.sh(&as_bot("secretd get api_key")), API_KEY);
     ct.sh("systemctl stop secretd");
     assert_eq!(ct.sh(&as_bot("secretd get api_key")), API_KEY);
     let verify = ct.sh("secretd audit verify");
     eprintln!("audit verify after stop and start: {verify}");
+    let records: u64 = ct
+        .sh("secretd audit tail -n 1000 --json | wc -l")
+        .parse()
+        .expect("count");
 
-    // Reinstalling the packages (dpkg's upgrade path: prerm upgrade, postinst configure with
-    // the old version) keeps the config, the data, and the daemon serving.
-    let records = ct.sh("secretd audit tail -n 1000 --json | wc -l");
-    ct.sh(&format!(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall {}/secretd_*.deb",
-        ct.debs.display()
-    ));
-    wait_for_state(&ct, "secretd.socket", "active");
+    // The upgrade, under client loops: the new binary takes over (postinst try-restart) while
+    // the socket keeps listening; the config and the data stay.
+    let pid = ct.sh("systemctl show -p MainPID --value secretd");
+    let loops = ClientLoops::start(&ct);
+    ct.install_packages();
+    loops.finish_losing_nothing("the upgrade");
+    let new_version = ct.sh("dpkg-query -W -f='${Version}' secretd");
+    eprintln!("upgraded {old_version} -> {new_version}");
+    assert_ne!(
+        old_version, new_version,
+        "apt-get installed the same version"
+    );
+    assert_ne!(
+        pid,
+        ct.sh("systemctl show -p MainPID --value secretd"),
+        "the upgrade did not restart the daemon"
+    );
     assert!(
         ct.sh("cat /etc/secretd/secretd.toml").contains("c_only"),
-        "the config was replaced"
+        "the upgrade replaced the admin's config"
     );
-    assert_eq!(ct.sh(&as_bot("secretd get api_key")), API_KEY);
     ct.sh("secretd audit verify");
     let after: u64 = ct
         .sh("secretd audit tail -n 1000 --json | wc -l")
         .parse()
         .expect("count");
     assert!(
-        after >= records.parse().expect("count"),
-        "audit records were lost"
+        after > records,
+        "audit records were lost: {records} then {after}"
     );
 
     // Remove keeps the data and the config and stops serving; purge deletes them.
@@ -388,4 +447,83 @@ scrape_configs:\n  - job_name: secretd\n    static_configs:\n      - targets: ['
             .then_some(alerts)
     });
     assert!(alerts.contains("\"secret_type\":\"missing\""), "{alerts}");
+}
+
+#[test]
+fn the_last_known_good_key_as_an_encrypted_credential_serves_through_a_gsm_outage() {
+    let test = "the_last_known_good_key_as_an_encrypted_credential_serves_through_a_gsm_outage";
+    // The in-repo GSM fake, run inside the container on loopback (it has no network).
+    let fake = support::container::target_dir()
+        .join(if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        })
+        .join("secretd-fake-gsm");
+    if !support::can_run(
+        fake.exists(),
+        test,
+        &format!("{} (cargo build -p secretd-gsm-fake)", fake.display()),
+    ) {
+        return;
+    }
+    let Some(ct) = installed_binding(test, &[&fake]) else {
+        return;
+    };
+    const GSM_VALUE: &str = "Omni-Gsm-Sealed-Value-0123456789";
+    ct.sh(&format!(
+        "systemd-run --unit=fake-gsm {} --listen 127.0.0.1:8085 --secret projects/apex-test/secrets/gsm-key={GSM_VALUE}",
+        fake.display()
+    ));
+    // The sealing key as a credential encrypted with this host's key (no TPM here), made in
+    // this boot, and handed to the unit with LoadCredentialEncrypted= in a drop-in.
+    ct.sh(
+        "head -c 32 /dev/urandom | systemd-creds encrypt --with-key=host --name=secretd-lkg-key \
+           - /etc/secretd/lkg-key.cred \
+         && mkdir -p /etc/systemd/system/secretd.service.d \
+         && printf '[Service]\\nLoadCredentialEncrypted=secretd-lkg-key:/etc/secretd/lkg-key.cred\\n' \
+           > /etc/systemd/system/secretd.service.d/lkg.conf \
+         && systemctl daemon-reload",
+    );
+    write_config(
+        &ct,
+        &config(
+            "last_known_good = \"/var/lib/secretd/last-known-good.sealed\"",
+            "\n[gsm]\nproject = \"apex-test\"\nendpoint = \"http://127.0.0.1:8085\"\nanonymous = true\n\n\
+             [[secret]]\nname = \"gsm_key\"\nsource = \"gsm\"\ngcp_secret = \"gsm-key\"\nttl = \"1h\"\n",
+        ),
+    );
+    wait_until("the fake GSM to listen", UNIT_TIMEOUT, || {
+        ct.run("curl -s -o /dev/null http://127.0.0.1:8085/")
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(ct.sh(&as_bot("secretd get gsm_key")), GSM_VALUE);
+    wait_until("the sealed last-known-good file", UNIT_TIMEOUT, || {
+        ct.run("test -s /var/lib/secretd/last-known-good.sealed")
+            .status
+            .success()
+            .then_some(())
+    });
+    let plaintext = ct.run(&format!(
+        "grep -c {GSM_VALUE} /var/lib/secretd/last-known-good.sealed"
+    ));
+    assert!(
+        !plaintext.status.success(),
+        "the sealed file holds the value in plaintext"
+    );
+
+    // GSM goes away; the restarted daemon serves the sealed value, unsealed with the key
+    // systemd decrypted for it.
+    ct.sh("systemctl stop fake-gsm && systemctl restart secretd");
+    assert_eq!(ct.sh(&as_bot("secretd get gsm_key")), GSM_VALUE);
+    let cache_source = ct.sh(
+        "secretd status --json | python3 -c \
+           'import json, sys; print(next(r[\"cacheSource\"] for r in json.load(sys.stdin) if r[\"name\"] == \"gsm_key\"))'",
+    );
+    assert_eq!(
+        cache_source, "last_known_good",
+        "gsm_key is not served from the sealed copy"
+    );
 }

@@ -29,7 +29,7 @@ fn repo() -> PathBuf {
 }
 
 /// Cargo's target directory: the test binary is `TARGET/PROFILE/deps/NAME`.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     exe.ancestors()
         .nth(3)
@@ -58,6 +58,12 @@ impl Container {
     /// Boots a fresh container for `test`, or says why it cannot (outside CI only: in CI a
     /// missing part fails the test).
     pub(crate) fn boot(test: &str) -> Option<Container> {
+        Container::boot_binding(test, &[])
+    }
+
+    /// [`Container::boot`], with host files or directories `binds` mounted read-only at the
+    /// same paths inside.
+    pub(crate) fn boot_binding(test: &str, binds: &[&Path]) -> Option<Container> {
         if !can_run(is_root(), test, "root (systemd-nspawn)")
             || !can_run(
                 has_tool("systemd-nspawn"),
@@ -91,7 +97,12 @@ impl Container {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let binds = format!("{},{}", debs.display(), wheels.display());
+        let binds = [debs.as_path(), wheels.as_path()]
+            .iter()
+            .chain(binds)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let out = Command::new(repo().join("scripts/container"))
             .args(["boot", &name, &binds])
             .output()
@@ -139,9 +150,14 @@ impl Container {
 
     /// Installs this build's three packages with apt-get, as a user would.
     pub(crate) fn install_packages(&self) {
+        self.install_packages_from(&self.debs);
+    }
+
+    /// Installs (or upgrades to) the three packages in `dir`, which must be bound in.
+    pub(crate) fn install_packages_from(&self, dir: &Path) {
         self.sh(&format!(
             "DEBIAN_FRONTEND=noninteractive apt-get install -y -q {}/*.deb",
-            self.debs.display()
+            dir.display()
         ));
     }
 }
