@@ -258,6 +258,9 @@ pub(crate) struct Metrics {
     pub(crate) watch_lagged: IntCounter,
     /// `omni_secretd_unlocked_buffers`: value buffers that could not be locked into RAM.
     unlocked_buffers: IntGauge,
+    /// `omni_secretd_connections_refused_total{reason}`: connections refused at accept
+    /// (`total`, `per_uid`); no uid label, so a flood of uids cannot grow the scrape.
+    pub(crate) refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -337,6 +340,11 @@ impl Metrics {
             unlocked_buffers: r.gauge(
                 "omni_secretd_unlocked_buffers",
                 "Secret buffers that could not be locked into RAM (raise LimitMEMLOCK)",
+            )?,
+            refused: r.counters(
+                "omni_secretd_connections_refused_total",
+                "Connections refused at accept, by reason (total: the daemon is full; per_uid: that uid holds its share)",
+                &["reason"],
             )?,
             registry: r.0,
         })

@@ -502,3 +502,106 @@ fn a_denial_flood_from_another_uid_grows_the_database_and_the_log_only_a_little(
     );
     assert!(log_growth < 200, "log grew {log_growth} lines");
 }
+
+/// A process of `uid` (group 65534, which the test socket admits) holding connections until
+/// dropped.
+struct Holder {
+    /// The probe (`secretd-probe SOCKET hold N`); it exits when its stdin closes.
+    child: std::process::Child,
+    /// How many connections the daemon admitted.
+    admitted: usize,
+}
+
+impl Holder {
+    fn start(env: &TestEnv, daemon: &Daemon, uid: u32, n: usize) -> Holder {
+        use std::io::BufRead as _;
+        let probe = env.runnable_copy(&probe_bin());
+        let mut child = std::process::Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .args(["--regid=65534", "--clear-groups"])
+            .arg(probe)
+            .arg(&daemon.socket)
+            .args(["hold", &n.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the probe as another uid");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the probe's answer");
+        let admitted = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("probe said {line:?}"));
+        Holder { child, admitted }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_uids_cannot_lock_out_a_third_and_admins_keep_a_reserve() {
+    if !can_run(
+        is_root(),
+        "two_uids_cannot_lock_out_a_third_and_admins_keep_a_reserve",
+        "root to run clients as other uids",
+    ) {
+        return;
+    }
+    let env = TestEnv::new();
+    // 12 connections, 4 of them kept for admins; one uid may hold a quarter (3) by default.
+    let daemon = start(
+        &env,
+        &[("max_connections", 12), ("admin_reserved_connections", 4)],
+    );
+    let a = Holder::start(&env, &daemon, 65533, 10);
+    let b = Holder::start(&env, &daemon, 65532, 10);
+    assert_eq!((a.admitted, b.admitted), (3, 3), "each uid gets a quarter");
+    // A third uid still gets in.
+    let socket = daemon.socket.to_str().expect("utf8");
+    let out = env.run_as_nobody(&probe_bin(), &[socket, "get", "trading_api_key"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ok get trading_api_key"), "{stdout}");
+    // The shared seats fill up (3 + 3 + 2 of 8), and a fourth uid is refused over and over...
+    let c = Holder::start(&env, &daemon, 65531, 10);
+    assert_eq!(
+        c.admitted, 2,
+        "only the shared seats are left to non-admins"
+    );
+    let flood = Holder::start(&env, &daemon, 65530, 300);
+    assert_eq!(flood.admitted, 0);
+    // ...while the operator still gets in, from the reserve.
+    let admin = Client::connect(&daemon.socket).expect("an admin connects from the reserve");
+    admin.status().expect("status");
+    let metrics = admin.metrics().expect("metrics");
+    let refused = |reason: &str| -> f64 {
+        let key = format!("omni_secretd_connections_refused_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(refused("total") >= 300.0 + 8.0, "{metrics}");
+    assert!(refused("per_uid") >= 14.0, "{metrics}");
+    // Hundreds of refusals make a few summary lines, each with its count, not one per
+    // connection.
+    let log = wait_until("the refusal summary", Duration::from_secs(30), || {
+        let log = daemon.log();
+        log.contains("uid=65530").then_some(log)
+    });
+    let lines = log.matches("connections.refused").count();
+    assert!(
+        lines <= 8,
+        "{lines} refusal lines for 300+ refusals:\n{log}"
+    );
+    assert!(log.contains("count=300"), "{log}");
+    drop((a, b, c, flood));
+}

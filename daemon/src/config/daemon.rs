@@ -13,9 +13,14 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Refusals one uid may cause in a minute, unless `daemon.max_denials_per_minute_per_uid` says
 /// otherwise.
 pub(crate) const DEFAULT_MAX_DENIALS_PER_MINUTE: u64 = 600;
-/// Connections one uid may hold at once, unless `daemon.max_connections_per_uid` says
-/// otherwise (never more than `max_connections`).
-pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
+/// Unless `daemon.max_connections_per_uid` says otherwise, one uid may hold this share of
+/// `max_connections` (1/4): two busy or hostile uids still leave half the seats to everyone
+/// else. A pool larger than that needs the setting raised.
+pub(crate) const DEFAULT_PER_UID_SHARE: usize = 4;
+/// Connections kept for `admin_uids` alone, unless `daemon.admin_reserved_connections` says
+/// otherwise (and never more than a quarter of `max_connections` by default): the operator can
+/// always run `secretd status`, whoever fills the rest.
+pub(crate) const DEFAULT_ADMIN_RESERVED_CONNECTIONS: usize = 16;
 /// The hard ceiling on `daemon.max_connections` (each connection holds a file descriptor).
 pub(crate) const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 /// The shortest accepted refresh interval or TTL; anything shorter would hammer the source.
@@ -90,8 +95,13 @@ pub(crate) struct DaemonConfig {
     /// Whether `max_connections` was set in the file (then it is never lowered to fit the
     /// file-descriptor limit: the daemon refuses to start instead).
     pub max_connections_explicit: bool,
-    /// Connections one uid may hold at once.
-    pub max_connections_per_uid: usize,
+    /// Connections one uid may hold at once, as set; else a quarter of `max_connections`
+    /// ([`DaemonConfig::per_uid_connections`]).
+    pub max_connections_per_uid: Option<usize>,
+    /// Connections only `admin_uids` may use, as set; else
+    /// [`DEFAULT_ADMIN_RESERVED_CONNECTIONS`] or a quarter of `max_connections` if less
+    /// ([`DaemonConfig::admin_reserved`]).
+    pub admin_reserved_connections: Option<usize>,
     /// How long audit records are kept.
     pub audit_retention: Duration,
     /// How often rotation due dates are checked.
@@ -173,7 +183,11 @@ pub(super) fn validate_daemon(
         raw.metrics_listen_public,
         raw.http_max_connections,
     )?;
-    let limits = connection_limits(raw.max_connections, raw.max_connections_per_uid)?;
+    let limits = connection_limits(
+        raw.max_connections,
+        raw.max_connections_per_uid,
+        raw.admin_reserved_connections,
+    )?;
     Ok(DaemonConfig {
         socket: socket_path(raw.socket)?,
         socket_mode: match raw.socket_mode {
@@ -197,6 +211,7 @@ pub(super) fn validate_daemon(
         max_connections: limits.total,
         max_connections_explicit: limits.explicit,
         max_connections_per_uid: limits.per_uid,
+        admin_reserved_connections: limits.reserved,
         audit_retention: positive_duration_or(
             "daemon.audit_retention",
             raw.audit_retention,
@@ -360,15 +375,18 @@ struct ConnectionLimits {
     /// Whether it was set (a default one is lowered to fit the open-files limit, an explicit
     /// one that does not fit is refused).
     explicit: bool,
-    /// `daemon.max_connections_per_uid`.
-    per_uid: usize,
+    /// `daemon.max_connections_per_uid`, if set.
+    per_uid: Option<usize>,
+    /// `daemon.admin_reserved_connections`, if set.
+    reserved: Option<usize>,
 }
 
-/// `daemon.max_connections` (1 to [`MAX_CONNECTIONS_LIMIT`]) and `max_connections_per_uid`
-/// (1 to `max_connections`).
+/// `daemon.max_connections` (1 to [`MAX_CONNECTIONS_LIMIT`]), `max_connections_per_uid`
+/// (1 to `max_connections`) and `admin_reserved_connections` (below `max_connections`).
 fn connection_limits(
     total: Option<usize>,
     per_uid: Option<usize>,
+    reserved: Option<usize>,
 ) -> Result<ConnectionLimits, ConfigError> {
     let explicit = total.is_some();
     let total = total.unwrap_or(DEFAULT_MAX_CONNECTIONS);
@@ -377,18 +395,36 @@ fn connection_limits(
             "daemon.max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}"
         )));
     }
-    let per_uid = match per_uid {
-        Some(n) if n == 0 || n > total => {
-            return Err(invalid(format!(
-                "daemon.max_connections_per_uid must be between 1 and max_connections ({total})"
-            )));
-        }
-        Some(n) => n,
-        None => DEFAULT_MAX_CONNECTIONS_PER_UID.min(total),
-    };
+    if per_uid.is_some_and(|n| n == 0 || n > total) {
+        return Err(invalid(format!(
+            "daemon.max_connections_per_uid must be between 1 and max_connections ({total})"
+        )));
+    }
+    if reserved.is_some_and(|n| n >= total) {
+        return Err(invalid(format!(
+            "daemon.admin_reserved_connections must be below max_connections ({total})"
+        )));
+    }
     Ok(ConnectionLimits {
         total,
         explicit,
         per_uid,
+        reserved,
     })
+}
+
+impl DaemonConfig {
+    /// Connections one uid may hold at once.
+    pub(crate) fn per_uid_connections(&self) -> usize {
+        self.max_connections_per_uid
+            .unwrap_or(self.max_connections / DEFAULT_PER_UID_SHARE)
+            .clamp(1, self.max_connections)
+    }
+
+    /// Connections only admins may use (the others share the rest).
+    pub(crate) fn admin_reserved(&self) -> usize {
+        self.admin_reserved_connections
+            .unwrap_or(DEFAULT_ADMIN_RESERVED_CONNECTIONS.min(self.max_connections / 4))
+            .min(self.max_connections.saturating_sub(1))
+    }
 }

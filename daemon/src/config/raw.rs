@@ -34,6 +34,7 @@ pub(super) struct RawDaemon {
     pub(super) max_denials_per_minute_per_uid: Option<u64>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_uid: Option<usize>,
+    pub(super) admin_reserved_connections: Option<usize>,
     pub(super) audit_retention: Option<String>,
     pub(super) rotation_check_interval: Option<String>,
     pub(super) rotation_warning: Option<String>,

@@ -115,8 +115,8 @@ fn fit_connections_to_fd_limit(config: &mut Config) -> Result<(), ServeError> {
         max_connections = budget,
         "the default max_connections does not fit under the open-files limit; lowered (raise LimitNOFILE for more)"
     );
+    // The per-uid cap and the admin reserve follow (see DaemonConfig's accessors).
     d.max_connections = budget;
-    d.max_connections_per_uid = d.max_connections_per_uid.min(budget);
     Ok(())
 }
 
@@ -177,10 +177,11 @@ async fn serve_bound(
     server::transport::serve(
         listener,
         shared,
-        (
-            config.daemon.max_connections,
-            config.daemon.max_connections_per_uid,
-        ),
+        server::transport::Limits {
+            total: config.daemon.max_connections,
+            per_uid: config.daemon.per_uid_connections(),
+            admin_reserved: config.daemon.admin_reserved(),
+        },
         cancel.clone(),
         tracker.clone(),
     )

@@ -4,6 +4,9 @@
 //! Usage: `secretd-probe SOCKET [delay MS] (get NAME | refresh NAME | status)...`
 //! Output lines: `ok get NAME VERSION SOURCE LEN`, `err get NAME CODE`, `ok status N NAME,...`.
 //!
+//! `secretd-probe SOCKET hold N` opens N connections (as many as the daemon admits), prints
+//! `held ADMITTED REFUSED`, and keeps them open until its stdin closes.
+//!
 //! `secretd-probe SOCKET flood SECONDS` reads a new unknown name in a tight loop for SECONDS,
 //! reconnecting whenever the daemon closes the connection, and prints
 //! `flood REQUESTS REFUSED CLOSED` (what a hostile local user can do with no policy at all).
@@ -20,6 +23,11 @@ fn main() -> ExitCode {
         && op == "flood"
     {
         return flood(socket, seconds.parse().unwrap_or(1.0));
+    }
+    if let [op, n] = ops
+        && op == "hold"
+    {
+        return hold(socket, n.parse().unwrap_or(1));
     }
     // `delay MS` first: wait before connecting (so a test can change the binary meanwhile).
     let ops = match ops {
@@ -101,5 +109,21 @@ fn flood(socket: &str, seconds: f64) -> ExitCode {
         }
     }
     println!("flood {requests} {refused} {closed}");
+    ExitCode::SUCCESS
+}
+
+/// Opens `n` connections, says how many were admitted, and holds them until stdin closes.
+fn hold(socket: &str, n: usize) -> ExitCode {
+    let (mut held, mut refused) = (Vec::new(), 0usize);
+    for _ in 0..n {
+        match secretd_client::Client::connect(socket) {
+            Ok(c) => held.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    println!("held {} {refused}", held.len());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(held);
     ExitCode::SUCCESS
 }

@@ -330,7 +330,17 @@ mod tests {
             .spawn()
             .expect("sleep");
         let pid = i32::try_from(child.id()).expect("pid");
-        assert_eq!(holding(pid, ino(&lone)), Holding::NotHeld);
+        // spawn() returns once exec has begun closing the close-on-exec descriptors (its
+        // error pipe is among the first), and the kernel clears their flags before it closes
+        // them one by one: a scan in that window sees inherited copies. It settles at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while holding(pid, ino(&lone)) != Holding::NotHeld {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a process that never had the connection is said to hold it"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -58,6 +58,11 @@ impl Policy {
         Policy { admin_uids, rules }
     }
 
+    /// Whether `uid` may run admin operations (and use the connections kept for admins).
+    pub(crate) fn is_admin(&self, uid: u32) -> bool {
+        self.admin_uids.contains(&uid)
+    }
+
     /// Everything `peer` may do with `catalog`.
     pub(crate) fn access_for(&self, peer: &Peer, catalog: &Catalog) -> Access {
         let matching: Vec<usize> = self
@@ -76,7 +81,7 @@ impl Policy {
             .map(|slot| self.allows(&matching, &slot.name))
             .collect();
         Access {
-            admin: self.admin_uids.contains(&peer.uid),
+            admin: self.is_admin(peer.uid),
             readable,
             matching,
         }

@@ -7,6 +7,7 @@ mod alarm;
 mod connection;
 mod frame_buf;
 mod recv;
+mod refusals;
 pub(crate) mod socket;
 mod task;
 mod thread;
@@ -23,6 +24,8 @@ use tokio_util::task::TaskTracker;
 use super::Shared;
 use super::identity::Accepted;
 
+pub(crate) use admission::Limits;
+
 /// How long a new connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may sit between requests before the daemon closes it (clients
@@ -36,8 +39,8 @@ const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after an accept error such as EMFILE, so the loop does not spin.
 pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`.
-/// `max_connections` caps all connections, `max_per_uid` those of one uid.
+/// Runs the accept loop until `cancel` fires. Connection tasks join `tracker`. `limits` caps
+/// all connections, those of one uid, and keeps a reserve for admins.
 ///
 /// At shutdown the listener closes *before* the connections are told to finish: a client
 /// whose connection ends (a watch stream, say) and that reconnects at once must find the door
@@ -45,16 +48,25 @@ pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
-    (max_connections, max_per_uid): (usize, usize),
+    limits: admission::Limits,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let admission = Arc::new(admission::Admission::new(max_connections, max_per_uid));
+    let admission = Arc::new(admission::Admission::new(limits));
     // Connections follow this token, cancelled only once the listener is closed.
     let leave = CancellationToken::new();
+    let mut refused = refusals::Refusals::default();
+    let mut summary = tokio::time::interval(refusals::REFUSAL_LOG_INTERVAL);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = summary.tick() => {
+                for line in refused.take_summary() {
+                    line.log(limits);
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -80,7 +92,8 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        match admission.admit(accepted.sender.uid) {
+        let uid = accepted.sender.uid;
+        match admission.admit(uid, shared.policy.is_admin(uid)) {
             Ok(slot) => {
                 let open = shared.metrics.connections.clone();
                 open.inc();
@@ -98,20 +111,19 @@ pub(crate) async fn serve(
                 });
             }
             Err(refusal) => {
-                let why = match refusal {
-                    admission::Refusal::Total => "connection limit reached; refusing",
-                    admission::Refusal::PerUid => "per-uid connection limit reached; refusing",
-                };
-                tracing::warn!(
-                    uid = accepted.sender.uid,
-                    pid = accepted.sender.pid,
-                    max_connections,
-                    max_per_uid,
-                    "{why}"
-                );
+                // Counted, and logged in the next summary: a flood costs a line per uid.
+                refused.note(uid, refusal);
+                shared
+                    .metrics
+                    .refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
                 tracker.spawn(task::refuse_busy(stream, refusal));
             }
         }
+    }
+    for line in refused.take_summary() {
+        line.log(limits);
     }
     drop(listener);
     leave.cancel();
