@@ -392,6 +392,8 @@ fn connection_limit_answers_busy() {
     let config = env
         .conf()
         .daemon("max_connections", 2)
+        // One uid may hold only a quarter by default: let it hold both, to reach the total.
+        .daemon("max_connections_per_uid", 2)
         .file_secret("trading_api_key", KEY)
         .readable_by_me()
         .build();

@@ -605,3 +605,46 @@ fn two_uids_cannot_lock_out_a_third_and_admins_keep_a_reserve() {
     assert!(log.contains("count=300"), "{log}");
     drop((a, b, c, flood));
 }
+
+#[test]
+fn a_trickle_of_bytes_keeps_no_seat_past_the_frame_deadline() {
+    let env = TestEnv::new();
+    let conf = env
+        .conf()
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .daemon("frame_deadline", "1s")
+        .daemon("max_connections_per_uid", 1);
+    let daemon = env.start(&conf.build());
+    for in_hello in [true, false] {
+        let what = if in_hello { "the hello" } else { "a request" };
+        let mut s = wait_until("a seat", Duration::from_secs(10), || {
+            if in_hello {
+                UnixStream::connect(&daemon.socket).ok()
+            } else {
+                RawConn::try_greeted(&daemon.socket).ok().map(|c| c.stream)
+            }
+        });
+        // A frame header promising 64 bytes, then one byte every 200 ms: 13 s in all, unless
+        // the daemon cuts it off at the deadline. The bound here (4.5 s) is far above 1 s but
+        // below the default deadline of 5 s, so it shows the setting applies.
+        s.write_all(&64u32.to_le_bytes()).expect("header");
+        let started = Instant::now();
+        let cut_off = loop {
+            if started.elapsed() > Duration::from_millis(4500) {
+                break false;
+            }
+            if s.write_all(&[1]).is_err() {
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(cut_off, "a client trickling {what} kept its connection");
+        // Its seat (the uid's only one) is free again.
+        wait_until(
+            "the trickler's seat to be given back",
+            Duration::from_secs(10),
+            || Client::connect(&daemon.socket).ok(),
+        );
+    }
+}

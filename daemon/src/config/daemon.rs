@@ -51,6 +51,12 @@ pub(crate) const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
 pub(crate) const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `daemon.write_timeout`: a stuck client holds a seat this long at most.
 pub(crate) const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `daemon.frame_deadline`: how long a frame may take to arrive once its first byte
+/// has (the hello: once the connection is accepted). A client trickling bytes holds its seat
+/// this long at most.
+pub(crate) const DEFAULT_FRAME_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest `daemon.frame_deadline`.
+pub(crate) const MAX_FRAME_DEADLINE: Duration = Duration::from_secs(60);
 /// Default `daemon.attest_max_exe_bytes`: executables larger than this are not hashed (and
 /// match no `exe_sha256` selector), so a peer cannot make the daemon read gigabytes.
 pub(crate) const DEFAULT_ATTEST_MAX_EXE_BYTES: u64 = 256 * 1024 * 1024;
@@ -120,6 +126,8 @@ pub(crate) struct DaemonConfig {
     pub audit_anchor_interval: Duration,
     /// How long writing one response may take (`write_timeout`).
     pub write_timeout: Duration,
+    /// How long a frame may take once started, and the hello once accepted (`frame_deadline`).
+    pub frame_deadline: Duration,
     /// The largest executable hashed for an `exe_sha256` selector (`attest_max_exe_bytes`).
     pub attest_max_exe_bytes: u64,
     /// The sealed last-known-good file and its key, when enabled.
@@ -230,7 +238,18 @@ pub(super) fn validate_daemon(
         first_fetch_wait: first_fetch_wait(raw.first_fetch_wait)?,
         audit_key,
         fingerprint_key,
-        write_timeout: write_timeout(raw.write_timeout)?,
+        write_timeout: bounded_duration(
+            "daemon.write_timeout",
+            raw.write_timeout,
+            DEFAULT_WRITE_TIMEOUT,
+            MAX_WRITE_TIMEOUT,
+        )?,
+        frame_deadline: bounded_duration(
+            "daemon.frame_deadline",
+            raw.frame_deadline,
+            DEFAULT_FRAME_DEADLINE,
+            MAX_FRAME_DEADLINE,
+        )?,
         attest_max_exe_bytes: attest_max_exe_bytes(raw.attest_max_exe_bytes)?,
         audit_anchor_interval: positive_duration_or(
             "daemon.audit_anchor_interval",
@@ -278,16 +297,18 @@ fn first_fetch_wait(text: Option<String>) -> Result<Duration, ConfigError> {
     Ok(wait)
 }
 
-/// `daemon.write_timeout`: longer than zero, at most [`MAX_WRITE_TIMEOUT`].
-fn write_timeout(text: Option<String>) -> Result<Duration, ConfigError> {
-    let timeout = positive_duration_or("daemon.write_timeout", text, DEFAULT_WRITE_TIMEOUT)?;
-    if timeout > MAX_WRITE_TIMEOUT {
-        return Err(invalid(format!(
-            "daemon.write_timeout must be at most {}s",
-            MAX_WRITE_TIMEOUT.as_secs()
-        )));
+/// A duration `key` longer than zero and at most `max` (`default` when unset).
+fn bounded_duration(
+    key: &str,
+    text: Option<String>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = positive_duration_or(key, text, default)?;
+    if value > max {
+        return Err(invalid(format!("{key} must be at most {}s", max.as_secs())));
     }
-    Ok(timeout)
+    Ok(value)
 }
 
 /// `daemon.attest_max_exe_bytes`: above zero (an `exe_sha256` selector needs some file to hash).

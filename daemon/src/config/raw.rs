@@ -43,6 +43,7 @@ pub(super) struct RawDaemon {
     pub(super) fingerprint_key: Option<PathBuf>,
     pub(super) audit_anchor_interval: Option<String>,
     pub(super) write_timeout: Option<String>,
+    pub(super) frame_deadline: Option<String>,
     pub(super) attest_max_exe_bytes: Option<u64>,
     pub(super) last_known_good: Option<PathBuf>,
     pub(super) last_known_good_key: Option<PathBuf>,

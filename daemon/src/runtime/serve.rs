@@ -324,6 +324,7 @@ async fn start_values(
         denials: Denials::new(config.daemon.max_denials_per_minute_per_uid),
         connections: Default::default(),
         write_timeout: config.daemon.write_timeout,
+        frame_deadline: config.daemon.frame_deadline,
     }))
 }
 

@@ -45,4 +45,6 @@ pub(crate) struct Shared {
     pub(crate) connections: Registry,
     /// How long writing one response may take (`daemon.write_timeout`).
     pub(crate) write_timeout: std::time::Duration,
+    /// How long a started frame, or the hello after accept, may take (`daemon.frame_deadline`).
+    pub(crate) frame_deadline: std::time::Duration,
 }

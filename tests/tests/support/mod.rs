@@ -391,11 +391,17 @@ impl RawConn {
 
     /// Connects and completes a good hello.
     pub(crate) fn greeted(socket: &Path) -> RawConn {
+        RawConn::try_greeted(socket).unwrap_or_else(|other| panic!("hello failed: {other:?}"))
+    }
+
+    /// Connects and says hello: the greeted connection, or what the daemon answered instead
+    /// (`Busy`, say).
+    pub(crate) fn try_greeted(socket: &Path) -> Result<RawConn, Box<Option<Response<'static>>>> {
         let mut conn = RawConn::connect(socket);
         conn.send(&Request::Hello(ClientHello::new("raw-test")));
         match conn.recv() {
-            Some(Response::Hello(_)) => conn,
-            other => panic!("hello failed: {other:?}"),
+            Some(Response::Hello(_)) => Ok(conn),
+            other => Err(Box::new(other)),
         }
     }
 

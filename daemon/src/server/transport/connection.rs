@@ -17,9 +17,9 @@ use secretd_proto::{
     WireError,
 };
 
+use super::IDLE_TIMEOUT;
 use super::admission::Seat;
 use super::frame_buf::{FrameBuf, FrameFault, Sender};
-use super::{FRAME_DEADLINE, HELLO_TIMEOUT, IDLE_TIMEOUT};
 use crate::server::identity::Peer;
 use crate::server::requests::{Reply, Session, Subscription, encode_reply};
 
@@ -155,7 +155,7 @@ impl Conn {
             }
             let partial = self.frames.partial_since();
             let until = match partial {
-                Some(started) => started + FRAME_DEADLINE,
+                Some(started) => started + self.session.shared.frame_deadline,
                 None => self.session.next_flush.min(self.active + IDLE_TIMEOUT),
             };
             let received = io
@@ -173,7 +173,9 @@ impl Conn {
                 Received::Deadline if partial.is_none() && Instant::now() < until_idle(self) => {
                     return Next::Flush;
                 }
-                Received::Deadline if partial.is_some() => Ending::SlowFrame,
+                Received::Deadline if partial.is_some() => {
+                    Ending::SlowFrame(self.session.shared.frame_deadline)
+                }
                 Received::Deadline => Ending::Idle,
                 Received::Closed if partial.is_some() => Ending::Frame(FrameError::Truncated),
                 Received::Closed => Ending::Frame(FrameError::Closed),
@@ -210,9 +212,9 @@ enum Ending {
     /// No request within the idle timeout.
     #[error("no request within {IDLE_TIMEOUT:?}")]
     Idle,
-    /// A frame started but did not finish in time.
-    #[error("frame not completed within {FRAME_DEADLINE:?}")]
-    SlowFrame,
+    /// A frame started but did not finish within the frame deadline.
+    #[error("frame not completed within {0:?}")]
+    SlowFrame(std::time::Duration),
 }
 
 /// The next whole request in `frames`, decoded (`Ok(None)` until one is whole), or the
@@ -252,17 +254,17 @@ async fn send_reply(
     result
 }
 
-/// Reads and answers the hello, the first frame, within [`HELLO_TIMEOUT`] of `accepted`. The
+/// Reads and answers the hello, the first frame, within `deadline` of `accepted`. The
 /// process that wrote it is identified (`identify`) before the answer, so a writer that cannot
 /// be answered for is told why at once. Returns the protocol version both speak and the
 /// identity, or `None` when the connection ends here.
 pub(super) async fn hello(
     frames: &mut FrameBuf,
     io: &mut impl Io,
-    accepted: Instant,
+    (accepted, deadline): (Instant, std::time::Duration),
     identify: impl AsyncFnOnce(Sender) -> Result<Peer, WireError>,
 ) -> Option<(u16, Peer)> {
-    let until = accepted + HELLO_TIMEOUT;
+    let until = accepted + deadline;
     let first = loop {
         match take_request(frames) {
             Ok(Some(first)) => break Ok(first),

@@ -26,13 +26,9 @@ use super::identity::Accepted;
 
 pub(crate) use admission::Limits;
 
-/// How long a new connection may take to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may sit between requests before the daemon closes it (clients
 /// reconnect transparently).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long the rest of a frame may take once its first byte arrived (slow senders).
-const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// How long writing a refusal to a client over a connection limit may take (everything else
 /// is written within `daemon.write_timeout`).
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);

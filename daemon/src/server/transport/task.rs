@@ -137,8 +137,13 @@ pub(super) async fn run(
             .await
             .map_err(|e| WireError::new(ErrorCode::PermissionDenied, e.to_string()))
     };
-    let Some((protocol, peer)) =
-        connection::hello(&mut frames, &mut io, accepted_at, identify).await
+    let Some((protocol, peer)) = connection::hello(
+        &mut frames,
+        &mut io,
+        (accepted_at, shared.frame_deadline),
+        identify,
+    )
+    .await
     else {
         return;
     };
