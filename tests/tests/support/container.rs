@@ -153,10 +153,13 @@ impl Container {
         self.install_packages_from(&self.debs);
     }
 
-    /// Installs (or upgrades to) the three packages in `dir`, which must be bound in.
+    /// Installs (or upgrades to) the three packages in `dir`, which must be bound in. As an
+    /// unattended upgrade does: a config the admin changed is kept without a prompt when the
+    /// package's default changed too (`--force-confold`).
     pub(crate) fn install_packages_from(&self, dir: &Path) {
         self.sh(&format!(
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q {}/*.deb",
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+               -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {}/*.deb",
             dir.display()
         ));
     }
