@@ -372,7 +372,7 @@ fn idle_floods_of_the_metrics_port_and_the_socket_leave_reads_and_scrapes_workin
     });
     drop(tcp);
 
-    // 1,100 idle socket connections from one uid: its cap (512) holds, and the daemon still
+    // 1,100 idle socket connections from one uid: its cap (a quarter) holds, and the daemon still
     // has descriptors for everyone else.
     let uds: Vec<_> = (0..1100)
         .filter_map(|_| UnixStream::connect(&daemon.socket).ok())
@@ -647,4 +647,57 @@ fn a_trickle_of_bytes_keeps_no_seat_past_the_frame_deadline() {
             || Client::connect(&daemon.socket).ok(),
         );
     }
+}
+
+#[test]
+fn a_slow_client_flood_of_the_metrics_port_leaves_scrapes_working() {
+    let env = TestEnv::new();
+    let port = free_port();
+    let config = env
+        .conf()
+        .daemon("metrics_listen", format!("127.0.0.1:{port}"))
+        .daemon("http_max_connections", 8)
+        .file_secret("trading_api_key", KEY)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
+    wait_until("/metrics to answer", Duration::from_secs(10), || {
+        try_http_get(port, "/metrics")
+            .ok()
+            .filter(|(code, _)| *code == 200)
+    });
+    // Connections that never send a request, opened without pause for the whole test: the
+    // eight slots are always full of them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    held.push(s);
+                }
+                if held.len() > 400 {
+                    held.drain(..200);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            held.len()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let answered = (0..20)
+        .filter(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            try_http_get(port, "/metrics").is_ok_and(|(code, _)| code == 200)
+        })
+        .count();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let held = flood.join().expect("flood");
+    eprintln!("{answered} of 20 scrapes answered while {held} silent connections were open");
+    assert!(
+        answered >= 19,
+        "only {answered} of 20 scrapes answered under a slow-client flood"
+    );
+    drop(daemon);
 }

@@ -6,7 +6,8 @@ pub(crate) mod status_json;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -19,13 +20,17 @@ use tokio_util::task::TaskTracker;
 
 use super::Shared;
 use super::requests::{scrape, status};
+use crate::util::lock::Recover;
 use status_json::status_json;
 
 /// Requests on one HTTP connection are short; a slow scraper gets cut off after this.
 pub(crate) const HTTP_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a connection may take to send a request's headers (idle connections included):
-/// a connection that says nothing gives its slot back after this.
-pub(crate) const HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// a connection that says nothing gives its slot back after this. A scraper sends its request
+/// at once.
+pub(crate) const HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a new connection waits for the slot of one it evicted to be given back.
+const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 type Reply = Response<Full<Bytes>>;
 
@@ -39,8 +44,10 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Reply 
 }
 
 /// Binds `addr` (failing startup if it cannot) and serves until `cancel` fires.
-/// At most `max_connections` are served at once; one more is closed at once (an HTTP client
-/// retries), so idle or slow connections cannot take the daemon's file descriptors.
+/// At most `max_connections` are served at once, so idle or slow connections cannot take the
+/// daemon's file descriptors. When all are taken, the oldest connection that has not yet sent
+/// a request is closed for the new one (a slow-client flood cannot lock scrapers out); if every
+/// connection has sent one, the new connection is closed unread (an HTTP client retries).
 pub(crate) async fn start(
     addr: SocketAddr,
     max_connections: usize,
@@ -53,6 +60,7 @@ pub(crate) async fn start(
     tracing::info!(listen = %bound, "metrics and health endpoints listening");
     let conns = tracker.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let open = Arc::new(Open::default());
     tracker.spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -65,14 +73,23 @@ pub(crate) async fn start(
                     }
                 },
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                // Over the cap: closed unread.
-                drop(stream);
-                continue;
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) if open.evict_oldest_silent() => {
+                    match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
+                        Ok(Ok(slot)) => slot,
+                        _ => continue,
+                    }
+                }
+                // Full of connections that each sent a request: closed unread.
+                Err(_) => continue,
             };
             let shared = shared.clone();
+            let (id, evicted, asked) = open.add();
+            let open = open.clone();
             conns.spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
+                    asked.store(true, Ordering::Relaxed);
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(route(&shared, &req)) }
                 });
@@ -80,12 +97,57 @@ pub(crate) async fn start(
                     .timer(TokioTimer::new())
                     .header_read_timeout(HTTP_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(HTTP_CONNECTION_TIMEOUT, conn).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(HTTP_CONNECTION_TIMEOUT, conn) => {}
+                    () = evicted.cancelled() => {}
+                }
+                open.remove(id);
                 drop(slot);
             });
         }
     });
     Ok(bound)
+}
+
+/// The open HTTP connections, oldest first, and whether each has sent a request yet.
+#[derive(Default)]
+struct Open {
+    /// (id, its eviction, whether it asked); a few dozen entries at most.
+    conns: Mutex<Vec<(u64, CancellationToken, Arc<AtomicBool>)>>,
+    /// The next id.
+    next: AtomicU64,
+}
+
+impl Open {
+    /// Registers a connection: its id, the token that evicts it, and its "asked" flag.
+    fn add(&self) -> (u64, CancellationToken, Arc<AtomicBool>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (evict, asked) = (CancellationToken::new(), Arc::new(AtomicBool::new(false)));
+        self.conns
+            .lock()
+            .recover()
+            .push((id, evict.clone(), asked.clone()));
+        (id, evict, asked)
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().recover().retain(|(i, _, _)| *i != id);
+    }
+
+    /// Evicts the oldest connection that has not sent a request; false when there is none.
+    fn evict_oldest_silent(&self) -> bool {
+        let conns = self.conns.lock().recover();
+        let silent = conns
+            .iter()
+            .find(|(_, evict, asked)| !asked.load(Ordering::Relaxed) && !evict.is_cancelled());
+        match silent {
+            Some((_, evict, _)) => {
+                evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
