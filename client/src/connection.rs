@@ -37,16 +37,12 @@ impl Connection {
     /// Connects and says hello; once more on a new connection if a stopping daemon closed
     /// the first one unanswered ([`Error::closed_before_answer`]).
     pub(crate) fn open(path: &Path, timeout: Duration) -> Result<Connection> {
-        let once = || -> Result<Connection> {
+        Error::again_if_closed(|| {
             let mut conn = Connection::connect_checked(path, timeout)?;
             let hello = conn.hello()?;
             conn.accept_hello(hello)?;
             Ok(conn)
-        };
-        match once() {
-            Err(e) if e.closed_before_answer() => once(),
-            other => other,
-        }
+        })
     }
 
     /// Connects and sends the hello and `first` in one write, then reads both answers: a
@@ -59,10 +55,7 @@ impl Connection {
         timeout: Duration,
         first: &Request,
     ) -> Result<(Connection, Response<'static>)> {
-        match Connection::open_with_once(path, timeout, first) {
-            Err(e) if e.closed_before_answer() => Connection::open_with_once(path, timeout, first),
-            other => other,
-        }
+        Error::again_if_closed(|| Connection::open_with_once(path, timeout, first))
     }
 
     fn open_with_once(

@@ -169,6 +169,15 @@ impl Error {
         )
     }
 
+    /// Runs `attempt`, and once more when the daemon closed its connection before answering
+    /// ([`Error::closed_before_answer`]).
+    pub(crate) fn again_if_closed<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+        match attempt() {
+            Err(e) if e.closed_before_answer() => attempt(),
+            other => other,
+        }
+    }
+
     /// The error for an I/O failure on the connection to `path` whose timeout is `after`:
     /// a timeout reads as one.
     pub(crate) fn from_io(e: io::Error, path: &Path, after: Duration) -> Error {
