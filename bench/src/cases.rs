@@ -233,7 +233,7 @@ pub(crate) fn harness(args: &[String]) -> Result<(), BenchError> {
 /// and is audited as its own record (steady-state reads are aggregated), so this row shows
 /// what an unaggregated audit trail would cost.
 pub(crate) fn connect_get(socket: &Path, n: usize) -> Row {
-    connect_get_as("rust-connect+get (1 audit record each)", socket, n)
+    connect_get_as("rust-connect+get (new connection each read)", socket, n)
 }
 
 /// `Client::get_once`: connect, hello and get in one write, close: one round trip.

@@ -83,6 +83,16 @@ impl Drop for Daemon {
 
 /// Starts `secretd serve --config config`, its log appended to `log` (warnings and worse).
 pub(crate) fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, BenchError> {
+    spawn_logging(secretd, config, log, "warn")
+}
+
+/// [`spawn`], logging at `level`.
+pub(crate) fn spawn_logging(
+    secretd: &Path,
+    config: &Path,
+    log: &Path,
+    level: &str,
+) -> Result<Child, BenchError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -91,7 +101,7 @@ pub(crate) fn spawn(secretd: &Path, config: &Path, log: &Path) -> Result<Child, 
     Command::new(secretd)
         .args(["serve", "--config"])
         .arg(config)
-        .env("SECRETD_LOG", "warn")
+        .env("SECRETD_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

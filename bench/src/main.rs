@@ -1,5 +1,5 @@
 //! `cargo run --release -p secretd-bench -- [--quick] [--python PATH] [--no-build]
-//! [--only reads,program,restart,propagation,catalog]`
+//! [--only reads,program,restart,propagation,catalog,flood]`
 //!
 //! Starts the real daemon with a 64-byte secret and measures a read from every client
 //! language against a plain Unix-socket round trip of the same frame sizes, all in one run, then
@@ -10,6 +10,7 @@ mod cases;
 mod catalog;
 mod error;
 mod fixture;
+mod flood;
 mod notes;
 mod program;
 mod propagation;
@@ -44,6 +45,8 @@ struct Sizes {
     changes: usize,
     /// One round of the client program, each way.
     program_run: Duration,
+    /// Each flood row, each way.
+    flood_run: Duration,
 }
 
 const FULL: Sizes = Sizes {
@@ -55,6 +58,7 @@ const FULL: Sizes = Sizes {
     restarts: 20,
     changes: 10,
     program_run: Duration::from_secs(3),
+    flood_run: Duration::from_secs(5),
 };
 
 const QUICK: Sizes = Sizes {
@@ -66,6 +70,7 @@ const QUICK: Sizes = Sizes {
     restarts: 2,
     changes: 2,
     program_run: Duration::from_millis(300),
+    flood_run: Duration::from_secs(1),
 };
 
 /// Command-line options.
@@ -82,7 +87,14 @@ struct Options {
 }
 
 /// The parts of a run, for `--only`.
-const PARTS: [&str; 5] = ["reads", "program", "restart", "propagation", "catalog"];
+const PARTS: [&str; 6] = [
+    "reads",
+    "program",
+    "restart",
+    "propagation",
+    "catalog",
+    "flood",
+];
 
 impl Options {
     /// Whether part `name` runs.
@@ -121,7 +133,7 @@ fn parse_args() -> Result<Options, BenchError> {
             "-h" | "--help" => {
                 return Err(
                     "usage: secretd-bench [--quick] [--python PATH] [--no-build] \
-                     [--only reads,program,restart,propagation,catalog]"
+                     [--only reads,program,restart,propagation,catalog,flood]"
                         .into(),
                 );
             }
@@ -215,6 +227,7 @@ fn run() -> Result<bool, BenchError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some(cases::HARNESS_ARG) => return cases::harness(&args[1..]).map(|()| true),
+        Some(flood::FLOOD_ARG) => return flood::helper(&args[1..]).map(|()| true),
         Some(program::ECHO_ARG) => return program::echo_server(&args[1..]).map(|()| true),
         Some(program::PROGRAM_ARG) => {
             return program::client_program(&args[1..]).map(|()| true);
@@ -426,6 +439,22 @@ fn run() -> Result<bool, BenchError> {
         Vec::new()
     };
 
+    let floods = if options.runs("flood") {
+        match flood::measure(&secretd, dir.path(), sizes.flood_run) {
+            Ok(floods) => Some(floods),
+            Err(BenchError::CannotRun) => {
+                notes.skip("flood rows: need root, to run clients as other uids");
+                None
+            }
+            Err(e) => {
+                notes.fail(format!("floods: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let clients = cases::idle_clients(&socket, 100);
     cases::settle();
     let rss_100 = daemon.rss_kib();
@@ -457,6 +486,9 @@ fn run() -> Result<bool, BenchError> {
     }
     if !programs.is_empty() {
         program::print_table(&programs, sizes.program_run);
+    }
+    if let Some(floods) = &floods {
+        flood::print(floods);
     }
     if !gaps.is_empty() {
         restart::print_table(&gaps);
@@ -529,7 +561,7 @@ fn print_targets(rows: &[Row]) {
         );
     }
     if let (Some(plain), Some(attested)) = (
-        find(rows, "rust-connect+get (1 audit record each)"),
+        find(rows, "rust-connect+get (new connection each read)"),
         find(rows, "rust-connect+get attested (exe + sha256)"),
     ) {
         let r = attested.quantile_us(0.5) / plain.quantile_us(0.5);
@@ -567,7 +599,7 @@ fn print_targets(rows: &[Row]) {
     }
     if let Some(raw) = find(rows, "raw-connect+pingpong") {
         for case in [
-            "rust-connect+get (1 audit record each)",
+            "rust-connect+get (new connection each read)",
             "rust-connect+get once (hello pipelined)",
         ] {
             if let Some(row) = find(rows, case) {

@@ -106,7 +106,7 @@ mod tests {
         assert_eq!(baseline_name("raw-uds-pingpong x4"), "raw-uds-pingpong x4");
         assert_eq!(baseline_name("rust-client-get"), "raw-uds-pingpong");
         assert_eq!(
-            baseline_name("rust-connect+get (1 audit record each)"),
+            baseline_name("rust-connect+get (new connection each read)"),
             "raw-connect+pingpong"
         );
         assert_eq!(

@@ -51,7 +51,7 @@ impl AsyncConnection {
     }
 
     async fn open_once(path: &Path, timeout: Duration) -> Result<AsyncConnection> {
-        let stream = UnixStream::connect(path)
+        let stream = connect_within(path, timeout)
             .await
             .map_err(|source| Error::Connect {
                 path: path.to_owned(),
@@ -174,5 +174,32 @@ impl AsyncConnection {
             Err::<(), _>(io::ErrorKind::WouldBlock.into())
         });
         Ok(())
+    }
+}
+
+/// The first pause before connecting again to a daemon whose queue of new connections was
+/// full; it doubles up to [`CONNECT_RETRY_MAX`].
+pub(crate) const CONNECT_RETRY_MIN: Duration = Duration::from_millis(1);
+/// The longest pause between such connects.
+pub(crate) const CONNECT_RETRY_MAX: Duration = Duration::from_millis(50);
+
+/// Connects to `path`. A non-blocking connect to a Unix socket whose queue is full fails at
+/// once with `EAGAIN` (a burst of clients, a connect flood): it is tried again after a pause
+/// that doubles, until `timeout` has passed (then `EAGAIN` is the error, reported as "busy").
+async fn connect_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = CONNECT_RETRY_MIN;
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep_until((now + pause).min(deadline)).await;
+                pause = (pause * 2).min(CONNECT_RETRY_MAX);
+            }
+            other => return other,
+        }
     }
 }

@@ -91,7 +91,7 @@ impl Connection {
 
     /// Connects to `path` and checks who answers, before a byte is sent.
     fn connect_checked(path: &Path, timeout: Duration) -> Result<Connection> {
-        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
+        let stream = connect_within(path, timeout).map_err(|source| Error::Connect {
             path: path.to_owned(),
             source,
         })?;
@@ -256,4 +256,16 @@ impl Connection {
             other => other.into(),
         }
     }
+}
+
+/// Connects to `path`, waiting at most `timeout` when the daemon's queue of new connections
+/// is full: the kernel wakes a blocking connect as soon as the daemon accepts (no polling),
+/// and the send timeout bounds that wait (`EAGAIN` after it, reported as "busy").
+fn connect_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    // socket2 opens it close-on-exec.
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_write_timeout(Some(timeout))?;
+    socket.connect(&SockAddr::unix(path)?)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)))
 }

@@ -209,6 +209,10 @@ fn connect_message(path: &Path, source: &io::Error) -> String {
             "secretd refused the connection at {path} (the socket exists but no daemon is \
              listening: it stopped or is restarting)"
         ),
+        io::ErrorKind::WouldBlock => format!(
+            "secretd at {path} is busy: its queue of new connections stayed full for the whole \
+             request timeout; retry later"
+        ),
         io::ErrorKind::PermissionDenied => format!(
             "cannot connect to secretd at {path}: permission denied (the socket's mode or group \
              does not let this user in)"

@@ -210,6 +210,10 @@ impl Shared {
                     call: None,
                 });
             }
+            // The daemon's queue of new connections is full (a burst, a flood): the watchdog
+            // connects again every half second while the calls are within their timeout.
+            Err(rust::Error::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if lp.conns.is_empty() => lp.fail_queue(py, &e),
             // Others are greeted or greeting: the queue waits for them.
             Err(_) => {}

@@ -57,6 +57,11 @@ pub(crate) const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// The longest `daemon.frame_deadline`.
 pub(crate) const MAX_FRAME_DEADLINE: Duration = Duration::from_secs(60);
+/// Default `daemon.audit_read_window`: reads of one secret version by one uid and program
+/// are recorded once when first seen, then as one count per window.
+pub(crate) const DEFAULT_AUDIT_READ_WINDOW: Duration = Duration::from_secs(60);
+/// The longest `daemon.audit_read_window`: counts reach the trail within two of these.
+pub(crate) const MAX_AUDIT_READ_WINDOW: Duration = Duration::from_secs(3600);
 /// Default `daemon.attest_max_exe_bytes`: executables larger than this are not hashed (and
 /// match no `exe_sha256` selector), so a peer cannot make the daemon read gigabytes.
 pub(crate) const DEFAULT_ATTEST_MAX_EXE_BYTES: u64 = 256 * 1024 * 1024;
@@ -128,6 +133,8 @@ pub(crate) struct DaemonConfig {
     pub write_timeout: Duration,
     /// How long a frame may take once started, and the hello once accepted (`frame_deadline`).
     pub frame_deadline: Duration,
+    /// How often counted reads are written to the audit trail (`audit_read_window`).
+    pub audit_read_window: Duration,
     /// The largest executable hashed for an `exe_sha256` selector (`attest_max_exe_bytes`).
     pub attest_max_exe_bytes: u64,
     /// The sealed last-known-good file and its key, when enabled.
@@ -249,6 +256,12 @@ pub(super) fn validate_daemon(
             raw.frame_deadline,
             DEFAULT_FRAME_DEADLINE,
             MAX_FRAME_DEADLINE,
+        )?,
+        audit_read_window: bounded_duration(
+            "daemon.audit_read_window",
+            raw.audit_read_window,
+            DEFAULT_AUDIT_READ_WINDOW,
+            MAX_AUDIT_READ_WINDOW,
         )?,
         attest_max_exe_bytes: attest_max_exe_bytes(raw.attest_max_exe_bytes)?,
         audit_anchor_interval: positive_duration_or(

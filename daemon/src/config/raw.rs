@@ -44,6 +44,7 @@ pub(super) struct RawDaemon {
     pub(super) audit_anchor_interval: Option<String>,
     pub(super) write_timeout: Option<String>,
     pub(super) frame_deadline: Option<String>,
+    pub(super) audit_read_window: Option<String>,
     pub(super) attest_max_exe_bytes: Option<u64>,
     pub(super) last_known_good: Option<PathBuf>,
     pub(super) last_known_good_key: Option<PathBuf>,

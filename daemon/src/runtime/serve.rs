@@ -18,7 +18,7 @@ use crate::catalog::source;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::identity::{Attestor, Policy};
-use crate::server::requests::Denials;
+use crate::server::requests::{Denials, ReadLedger};
 use crate::server::transport::socket::{self, SocketFile};
 use crate::server::{self, Shared};
 use crate::store::Store;
@@ -322,6 +322,8 @@ async fn start_values(
         break_glass,
         metrics,
         denials: Denials::new(config.daemon.max_denials_per_minute_per_uid),
+        reads: ReadLedger::new(audit.clone()),
+        audit_read_window: config.daemon.audit_read_window,
         connections: Default::default(),
         write_timeout: config.daemon.write_timeout,
         frame_deadline: config.daemon.frame_deadline,
@@ -353,6 +355,7 @@ async fn start_services(
     }
     run.tracker
         .spawn(roll_denials(shared.clone(), run.cancel.clone()));
+    run.until_cancelled(roll_reads(shared.clone()));
     if let Some(addr) = config.daemon.metrics_listen {
         server::http::start(
             addr,
@@ -447,6 +450,17 @@ async fn report_first_fetches(
 const DENIAL_ROLL_TICK: Duration = Duration::from_secs(5);
 
 /// Writes the refusal ledger's aggregated records as each minute ends, and at shutdown.
+/// Writes the read ledger's counts every `audit_read_window` (what is left at shutdown is
+/// written when the ledger is dropped, after the last connection has flushed into it).
+async fn roll_reads(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.audit_read_window);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared.reads.roll();
+    }
+}
+
 async fn roll_denials(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(DENIAL_ROLL_TICK);
     loop {

@@ -18,7 +18,7 @@ use crate::catalog::source::Source;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use identity::Policy;
-use requests::{Denials, Registry};
+use requests::{Denials, ReadLedger, Registry};
 
 /// State every connection shares.
 #[derive(Debug)]
@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Refusals, aggregated and rate-limited per uid.
     pub(crate) denials: Denials,
+    /// Reads, aggregated per uid, program, secret and version across connections.
+    pub(crate) reads: ReadLedger,
+    /// How often counted reads reach the audit trail (`daemon.audit_read_window`).
+    pub(crate) audit_read_window: std::time::Duration,
     /// Every open connection and what was attested of it, for `status --connections`.
     pub(crate) connections: Registry,
     /// How long writing one response may take (`daemon.write_timeout`).

@@ -5,4 +5,5 @@
 pub(crate) mod host;
 pub(crate) mod key_file;
 pub(crate) mod lock;
+pub(crate) mod shares;
 pub(crate) mod time;

@@ -10,6 +10,12 @@
 //! `secretd-probe SOCKET flood SECONDS` reads a new unknown name in a tight loop for SECONDS,
 //! reconnecting whenever the daemon closes the connection, and prints
 //! `flood REQUESTS REFUSED CLOSED` (what a hostile local user can do with no policy at all).
+//!
+//! `secretd-probe SOCKET churn SECONDS THREADS` connects and closes at once, as fast as
+//! THREADS threads can, for SECONDS, and prints `churn CONNECTS FAILED`.
+//!
+//! `secretd-probe SOCKET reconnect SECONDS NAME` reads NAME on a new connection each time for
+//! SECONDS, and prints `reconnect OK FAILED` and each distinct failure on its own line.
 
 use std::process::ExitCode;
 
@@ -23,6 +29,20 @@ fn main() -> ExitCode {
         && op == "flood"
     {
         return flood(socket, seconds.parse().unwrap_or(1.0));
+    }
+    if let [op, seconds, threads] = ops
+        && op == "churn"
+    {
+        return churn(
+            socket,
+            seconds.parse().unwrap_or(1.0),
+            threads.parse().unwrap_or(1),
+        );
+    }
+    if let [op, seconds, name] = ops
+        && op == "reconnect"
+    {
+        return reconnect(socket, seconds.parse().unwrap_or(1.0), name);
     }
     if let [op, n] = ops
         && op == "hold"
@@ -109,6 +129,49 @@ fn flood(socket: &str, seconds: f64) -> ExitCode {
         }
     }
     println!("flood {requests} {refused} {closed}");
+    ExitCode::SUCCESS
+}
+
+/// Connects and closes at once from `threads` threads for `seconds`.
+fn churn(socket: &str, seconds: f64, threads: usize) -> ExitCode {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let socket = socket.to_owned();
+            std::thread::spawn(move || {
+                let (mut connects, mut failed) = (0u64, 0u64);
+                while std::time::Instant::now() < until {
+                    match std::os::unix::net::UnixStream::connect(&socket) {
+                        Ok(_) => connects += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (connects, failed)
+            })
+        })
+        .collect();
+    let (connects, failed) = workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or((0, 0)))
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    println!("churn {connects} {failed}");
+    ExitCode::SUCCESS
+}
+
+/// Reads `name` on a new connection each time for `seconds`.
+fn reconnect(socket: &str, seconds: f64, name: &str) -> ExitCode {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let (mut ok, mut failures) = (0u64, std::collections::BTreeMap::<String, u64>::new());
+    while std::time::Instant::now() < until {
+        match secretd_client::Client::connect(socket).and_then(|c| c.get(name)) {
+            Ok(_) => ok += 1,
+            Err(e) => *failures.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    println!("reconnect {ok} {}", failures.values().sum::<u64>());
+    for (why, n) in failures {
+        println!("failed {n} {why}");
+    }
     ExitCode::SUCCESS
 }
 

@@ -27,16 +27,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::OnceCell;
 
 use super::holder::{self, Holding};
 use crate::util::lock::Recover;
+use crate::util::shares::Shares;
 
 /// The most executables whose hashes are kept.
 const MAX_CACHED_HASHES: usize = 256;
 /// Attestation work in flight on the blocking pool at once (hashes, descriptor scans): a
 /// flood of peers with huge executables holds these, never a runtime worker.
-pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 4;
+pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
+/// Attestation work of one uid at once: a quarter, so a uid's backlog (a connect flood, a
+/// slow executable) queues behind itself and leaves the rest to others.
+pub(crate) const MAX_ATTESTATIONS_PER_UID: usize = MAX_CONCURRENT_ATTESTATIONS / 4;
 /// How long opening a peer's executable or scanning its descriptors may take (an executable on
 /// a FUSE mount its owner controls could hang forever); past it the peer matches no program
 /// selector.
@@ -154,8 +158,8 @@ pub(crate) struct Attestor {
     /// Hashes by file identity; one being computed is shared by everyone waiting for it, so a
     /// file is hashed once however many of its processes connect at the same moment.
     hashes: Mutex<HashMap<ExeKey, Arc<OnceCell<Option<String>>>>>,
-    /// Permits for attestation work on the blocking pool.
-    work: Semaphore,
+    /// Permits for attestation work on the blocking pool, in all and per uid.
+    work: Shares,
     /// Whether the fallback without pidfds was logged.
     reported_no_pidfd: AtomicBool,
     /// Whether a peer whose descriptors the daemon cannot read was logged.
@@ -168,14 +172,14 @@ impl Attestor {
         Attestor {
             max_exe_bytes,
             hashes: Mutex::new(HashMap::new()),
-            work: Semaphore::new(MAX_CONCURRENT_ATTESTATIONS),
+            work: Shares::new(MAX_CONCURRENT_ATTESTATIONS, MAX_ATTESTATIONS_PER_UID),
             reported_no_pidfd: AtomicBool::new(false),
             reported_unreadable: AtomicBool::new(false),
         }
     }
 
-    /// Attests process `pid`, which wrote on the connection whose daemon end has inode
-    /// `socket`; `pidfd` is one already held for it (from accept), if any.
+    /// Attests process `pid` of `uid`, which wrote on the connection whose daemon end has
+    /// inode `socket`; `pidfd` is one already held for it (from accept), if any.
     ///
     /// When a policy selects by program, the executable is opened once, first: the
     /// descriptors and the hash then answer for that file, and opening `/proc/PID/exe` again at
@@ -183,7 +187,7 @@ impl Attestor {
     /// program selector).
     pub(crate) async fn attest(
         &self,
-        pid: i32,
+        (pid, uid): (i32, u32),
         pidfd: Option<OwnedFd>,
         socket: u64,
         needs: Needs,
@@ -197,7 +201,7 @@ impl Attestor {
             }
         };
         let opened = if needs.program {
-            self.bounded(SCAN_TIMEOUT, move || open_exe(pid))
+            self.bounded(uid, SCAN_TIMEOUT, move || open_exe(pid))
                 .await
                 .flatten()
         } else {
@@ -208,7 +212,7 @@ impl Attestor {
             let exe = attested.describe();
             let holding = match opened {
                 Some(_) => {
-                    self.bounded(SCAN_TIMEOUT, move || holder::holding(pid, socket))
+                    self.bounded(uid, SCAN_TIMEOUT, move || holder::holding(pid, socket))
                         .await
                 }
                 None => None,
@@ -227,10 +231,10 @@ impl Attestor {
             && attested.exe.is_some()
         {
             if needs.hash {
-                attested.exe_sha256 = self.hash(file, key).await;
+                attested.exe_sha256 = self.hash(uid, file, key).await;
             }
             let now = self
-                .bounded(SCAN_TIMEOUT, move || {
+                .bounded(uid, SCAN_TIMEOUT, move || {
                     open_exe(pid).map(|(_, k)| (k.dev, k.ino))
                 })
                 .await
@@ -251,28 +255,30 @@ impl Attestor {
     /// (the thread finishes on its own; `None` then, or if the runtime is going away).
     async fn bounded<T: Send + 'static>(
         &self,
+        uid: u32,
         limit: Duration,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        tokio::time::timeout(limit, self.blocking(work))
+        tokio::time::timeout(limit, self.blocking(uid, work))
             .await
             .ok()
             .flatten()
     }
 
-    /// Runs `work` on the blocking pool under one of the permits (`None` if the runtime is
-    /// going away).
+    /// Runs `work` for `uid` on the blocking pool under one of the permits, after `uid`'s
+    /// earlier work (`None` if the runtime is going away).
     async fn blocking<T: Send + 'static>(
         &self,
+        uid: u32,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        let _permit = self.work.acquire().await.ok()?;
+        let _permit = self.work.acquire(uid).await?;
         tokio::task::spawn_blocking(work).await.ok()
     }
 
     /// The SHA-256 of the opened executable `file` (identity `key`); `None` when too large,
     /// unreadable, changed meanwhile, or not done within [`HASH_TIMEOUT`].
-    async fn hash(&self, file: std::fs::File, key: ExeKey) -> Option<String> {
+    async fn hash(&self, uid: u32, file: std::fs::File, key: ExeKey) -> Option<String> {
         if key.size > self.max_exe_bytes {
             tracing::debug!(
                 bytes = key.size,
@@ -292,7 +298,7 @@ impl Attestor {
         let max = self.max_exe_bytes;
         // A timeout drops this wait but never caches a miss: the next connection retries.
         let computed = cell.get_or_init(|| async move {
-            self.blocking(move || hash_file(file, key, max))
+            self.blocking(uid, move || hash_file(file, key, max))
                 .await
                 .flatten()
         });
@@ -462,8 +468,11 @@ mod tests {
             .ino()
     }
 
-    fn me() -> i32 {
-        i32::try_from(std::process::id()).expect("pid")
+    fn me() -> (i32, u32) {
+        // SAFETY: geteuid has no preconditions.
+        (i32::try_from(std::process::id()).expect("pid"), unsafe {
+            libc::geteuid()
+        })
     }
 
     #[test]
@@ -555,7 +564,7 @@ mod tests {
         let (ours, _theirs) = UnixStream::pair().expect("pair");
         let attestor = Attestor::new(u64::MAX);
         let attested = attestor
-            .attest(pid, None, ino(&ours), Needs::default())
+            .attest((pid, 0), None, ino(&ours), Needs::default())
             .await
             .expect("nothing to refuse");
         assert_eq!(attested, Attested::default());

@@ -69,7 +69,11 @@ async fn identify_quietly(
     };
     let needs = policy.needs(uid, gid, &groups);
     let attested = match sender.pid {
-        Some(pid) => attestor.attest(pid, pidfd, accepted.socket, needs).await?,
+        Some(pid) => {
+            attestor
+                .attest((pid, uid), pidfd, accepted.socket, needs)
+                .await?
+        }
         None => Attested::default(),
     };
     Ok(Peer {

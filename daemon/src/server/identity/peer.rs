@@ -41,9 +41,9 @@ pub(crate) struct Accepted {
 }
 
 impl Accepted {
-    /// Reads what the kernel says about the peer of the accepted socket `fd`.
-    pub(crate) fn of(fd: BorrowedFd<'_>) -> io::Result<Accepted> {
-        let cred = peer_cred(fd)?;
+    /// Reads what the kernel says about the peer of the accepted socket `fd`, whose
+    /// credentials `cred` (from [`peer_cred`]) admission has already looked at.
+    pub(crate) fn of(fd: BorrowedFd<'_>, cred: libc::ucred) -> io::Result<Accepted> {
         let socket = inode(fd)?;
         Ok(Accepted {
             sender: Sender {

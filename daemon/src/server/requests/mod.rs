@@ -7,6 +7,7 @@ pub(crate) mod admin;
 mod break_glass;
 pub(crate) mod denials;
 mod read;
+mod read_ledger;
 mod registry;
 mod reply;
 pub(crate) mod scrape;
@@ -16,6 +17,7 @@ mod subscription;
 mod watch;
 
 pub(crate) use denials::Denials;
+pub(crate) use read_ledger::ReadLedger;
 pub(crate) use registry::Registry;
 pub(crate) use reply::{Reply, encode_reply};
 pub(crate) use session::Session;

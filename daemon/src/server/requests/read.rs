@@ -2,9 +2,10 @@
 
 use secretd_proto::{ErrorCode, WireError, validate_name};
 
+use super::read_ledger::{First, Read};
 use super::reply::{Answer, Reply, audit_down};
 use super::session::Session;
-use crate::audit::{Action, ActorType, AuditEvent, Outcome};
+use crate::audit::{Action, ActorType};
 use crate::catalog::entry::Entry;
 
 impl Session {
@@ -35,41 +36,53 @@ impl Session {
         Ok(Reply::Secret(entry))
     }
 
-    /// Counts a read; records it at once if it is this connection's first of the secret.
-    /// False means the audit trail cannot take it, and the read must be refused.
+    /// Counts a read; the daemon-wide ledger records it at once if it is the first of this
+    /// uid and program at this version in the window. False means the audit trail cannot
+    /// take it, and the read must be refused.
     fn audit_read(&mut self, idx: usize, entry: &Entry) -> bool {
-        let audit = &self.shared.audit;
-        if !audit.healthy() {
+        if !self.shared.audit.healthy() {
             return false;
+        }
+        let tally = self.reads.of(idx);
+        if tally.version == entry.version && tally.fingerprint == entry.fingerprint && tally.noted {
+            tally.pending += 1;
+            return true;
         }
         let actor = self.actor(ActorType::Client);
         let name = &self.shared.catalog.slot(idx).name;
+        let ledger = &self.shared.reads;
         let tally = self.reads.of(idx);
         if tally.version != entry.version || tally.fingerprint != entry.fingerprint {
             // The value changed under this connection: the reads counted so far were of the
             // old one, and an audit after a compromise must show who kept reading it.
-            if tally.pending > 0 {
-                let mut event = AuditEvent::new(Action::Read, name, &actor, Outcome::Ok);
-                event.count = std::mem::take(&mut tally.pending);
-                event.version.clone_from(&tally.version);
-                event.fingerprint.clone_from(&tally.fingerprint);
-                event.detail = "aggregated".into();
-                if !audit.record(event) {
-                    return false;
-                }
-            }
+            let old = Read {
+                actor: &actor,
+                slot: idx,
+                name,
+                version: &tally.version,
+                fingerprint: &tally.fingerprint,
+            };
+            ledger.add(old, std::mem::take(&mut tally.pending));
             tally.version.clone_from(&entry.version);
             tally.fingerprint.clone_from(&entry.fingerprint);
+            tally.noted = false;
         }
-        if tally.recorded_first {
-            tally.pending += 1;
-            return true;
+        let read = Read {
+            actor: &actor,
+            slot: idx,
+            name,
+            version: &entry.version,
+            fingerprint: &entry.fingerprint,
+        };
+        match ledger.first(read) {
+            First::Recorded => tally.noted = true,
+            First::Counted => {
+                tally.noted = true;
+                tally.pending += 1;
+            }
+            First::Refused => return false,
         }
-        let mut event = AuditEvent::new(Action::Read, name, &actor, Outcome::Ok);
-        event.version.clone_from(&tally.version);
-        event.fingerprint.clone_from(&tally.fingerprint);
-        tally.recorded_first = audit.record(event);
-        tally.recorded_first
+        true
     }
 
     /// Refuses a read by policy (see `denials` for how refusals are recorded and limited).

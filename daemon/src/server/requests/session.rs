@@ -3,22 +3,25 @@
 //! it (`read`, `admin`, `break_glass`, `watch`) and returns the [`Reply`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use secretd_proto::{ErrorCode, Request, WireError};
 
+use super::read_ledger::Read;
 use super::reply::Reply;
 use crate::audit::{Action, Actor, ActorType, AuditEvent, Outcome};
 use crate::server::Shared;
 use crate::server::identity::{self, Accepted, Access, Peer, Sender, Unidentified};
 
-/// Reads (or denials) of one secret on this connection. The first is recorded at once, the
-/// rest are counted and written by [`Session::flush`], so a bot reading 100k times a second
-/// costs the audit trail one record a minute.
+/// Reads (or denials) of one secret on this connection, counted without a lock. The first
+/// read of a version goes to the daemon-wide [`super::read_ledger`] (recorded at once if no
+/// connection of the same uid and program read it this window); the rest are counted and
+/// handed to the ledger by [`Session::flush`], so a bot reading 100k times a second, over one
+/// connection or a new one per read, costs the audit trail a record or two a window.
 #[derive(Debug, Default)]
 pub(super) struct Tally {
-    /// Whether the first event was recorded.
-    pub(super) recorded_first: bool,
+    /// Whether the ledger has seen this version's first read (reads only).
+    pub(super) noted: bool,
     /// Events since the last record.
     pub(super) pending: u64,
     /// The version last read.
@@ -51,10 +54,6 @@ impl Tallies {
         self.0.iter_mut().map(|(i, t)| (*i, t))
     }
 }
-
-/// How often a connection writes its aggregated read counts to the audit trail (also at
-/// disconnect).
-pub(crate) const AUDIT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A connection's view of the daemon: its peer and what that peer may do. It owns what it
 /// needs, so the connection can move between the runtime and a thread of its own.
@@ -94,6 +93,7 @@ impl Session {
     ) -> Session {
         let access = shared.policy.access_for(&peer, &shared.catalog);
         let program = peer.attested.describe().into();
+        let next_flush = Instant::now() + shared.audit_read_window;
         Session {
             shared,
             peer,
@@ -104,7 +104,7 @@ impl Session {
             protocol,
             closing: false,
             program,
-            next_flush: Instant::now() + AUDIT_FLUSH_INTERVAL,
+            next_flush,
         }
     }
 
@@ -205,30 +205,34 @@ impl Session {
         event
     }
 
-    /// Writes the counts gathered since the last flush as aggregated records.
+    /// Hands the reads counted since the last flush to the daemon-wide ledger, and writes the
+    /// denials counted as aggregated records.
     pub(crate) fn flush(&mut self) {
-        self.next_flush = Instant::now() + AUDIT_FLUSH_INTERVAL;
+        self.next_flush = Instant::now() + self.shared.audit_read_window;
         let actor = self.actor(ActorType::Client);
-        for (tallies, outcome) in [
-            (&mut self.reads, Outcome::Ok),
-            (&mut self.denials, Outcome::Denied),
-        ] {
-            for (idx, tally) in tallies.iter_mut() {
-                if tally.pending == 0 {
-                    continue;
-                }
-                let name = &self.shared.catalog.slot(idx).name;
-                let mut event = AuditEvent::new(Action::Read, name, &actor, outcome);
-                event.count = std::mem::take(&mut tally.pending);
-                event.version.clone_from(&tally.version);
-                event.fingerprint.clone_from(&tally.fingerprint);
-                event.detail = "aggregated".into();
-                if outcome == Outcome::Denied {
-                    event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
-                }
-                if !self.shared.audit.record(event) {
-                    tracing::error!(secret = %name, "aggregated reads could not be audited");
-                }
+        for (idx, tally) in self.reads.iter_mut() {
+            let read = Read {
+                actor: &actor,
+                slot: idx,
+                name: &self.shared.catalog.slot(idx).name,
+                version: &tally.version,
+                fingerprint: &tally.fingerprint,
+            };
+            self.shared
+                .reads
+                .add(read, std::mem::take(&mut tally.pending));
+        }
+        for (idx, tally) in self.denials.iter_mut() {
+            if tally.pending == 0 {
+                continue;
+            }
+            let name = &self.shared.catalog.slot(idx).name;
+            let mut event = AuditEvent::new(Action::Read, name, &actor, Outcome::Denied);
+            event.count = std::mem::take(&mut tally.pending);
+            event.detail = "aggregated".into();
+            event.error_code = Some(ErrorCode::PermissionDenied.as_u16());
+            if !self.shared.audit.record(event) {
+                tracing::error!(secret = %name, "aggregated denials could not be audited");
             }
         }
     }

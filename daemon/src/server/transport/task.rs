@@ -15,8 +15,7 @@ use tokio::net::UnixStream;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::BUSY_WRITE_TIMEOUT;
-use super::admission::{Admission, Refusal, Seat, Slot};
+use super::admission::{Admission, Seat, Slot};
 use super::alarm::Alarm;
 use super::connection::{self, Conn, Io, Received, Turn, write_timed_out};
 use super::frame_buf::FrameBuf;
@@ -353,16 +352,4 @@ async fn send_error(stream: &UnixStream, error: WireError, timeout: Duration) {
     if encode_frame(&Response::Error(error), &mut out).is_ok() {
         let _ = write_all(stream, &out, timeout).await;
     }
-}
-
-/// Tells a client over a connection limit to come back later, then closes.
-pub(super) async fn refuse_busy(stream: UnixStream, refusal: Refusal) {
-    let message = match refusal {
-        Refusal::Total => "secretd is at its connection limit; retry shortly",
-        Refusal::PerUid => {
-            "this uid holds as many connections as secretd allows one uid; close some or retry"
-        }
-    };
-    let busy = WireError::new(ErrorCode::Busy, message);
-    send_error(&stream, busy, BUSY_WRITE_TIMEOUT).await;
 }
