@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use secretd_client::Client;
 use support::{TestEnv, can_run, euid, is_root, probe_bin};
 
 const KEY: &[u8] = b"Omni-Key-Attributed-0123456789!";
@@ -167,10 +168,31 @@ fn a_thief_copying_an_allowed_programs_connection_is_answered_as_itself() {
         "the refusal names the thief's program: {log}"
     );
 
-    // The bot's own next request is still answered as the bot.
+    // The operator's listing shows who asks on the connection now: the thief.
+    let admin = Client::connect(&daemon.socket).expect("admin");
+    let exes = |admin: &Client| -> Vec<Option<String>> {
+        let mut exes: Vec<_> = admin
+            .connections()
+            .expect("connections")
+            .into_iter()
+            .map(|c| c.exe)
+            .collect();
+        exes.sort();
+        exes
+    };
+    let path = |p: &Path| Some(p.display().to_string());
+    let me = std::env::current_exe().expect("exe");
+    let mut want = vec![path(&thief), path(&me)];
+    want.sort();
+    assert_eq!(exes(&admin), want);
+
+    // The bot's own next request is still answered as the bot, and listed as the bot again.
     let mut stdin = bot.stdin.take().expect("stdin");
     writeln!(stdin).expect("ask again");
     assert_eq!(lines.next().expect("line").expect("utf8"), "secret");
+    let mut want = vec![path(&allowed), path(&me)];
+    want.sort();
+    assert_eq!(exes(&admin), want);
     drop(stdin);
     let _ = bot.wait();
 }

@@ -15,7 +15,7 @@ pub(crate) mod fingerprint;
 pub(crate) mod last_known_good;
 pub(crate) mod notifications;
 pub(crate) mod refresh;
-pub(crate) mod rotation_schedule;
+pub(crate) mod rotation;
 pub(crate) mod secret_bytes;
 pub(crate) mod slot;
 pub(crate) mod source;

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Catalog;
 use super::refresh::REFRESH_WAIT;
-use super::rotation_schedule::{Look, Schedules, Verdict};
+use super::rotation::schedule::{Look, Schedules, Verdict};
 use super::source::Source;
 use crate::config::NotificationsConfig;
 use crate::metrics::Metrics;

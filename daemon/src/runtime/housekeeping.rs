@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditLog};
+use crate::catalog::rotation;
 use crate::config::DaemonConfig;
 use crate::store::Store;
-use crate::util::time::{millis, now_ms};
 
 /// How often records past retention are pruned.
 pub(crate) const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -29,41 +29,9 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = rotation.tick() => check_rotations(&store, cfg.rotation_warning),
+            _ = rotation.tick() => rotation::due::check(&store, cfg.rotation_warning),
             _ = prune_timer.tick() => audit::prune(&store, &audit, cfg.audit_retention),
             _ = anchor.tick() => log_anchor(&store),
-        }
-    }
-}
-
-/// Logs `omni.rotation_overdue` for overdue secrets and `secret.near_expiry` for those due
-/// within `warning`.
-fn check_rotations(store: &Store, warning: Duration) {
-    let metas = match store.all_meta() {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read secret metadata for the rotation check");
-            return;
-        }
-    };
-    let now = now_ms();
-    for meta in metas.values() {
-        let due = meta.rotation_due_at_ms;
-        if now > due {
-            tracing::error!(
-                event = "omni.rotation_overdue",
-                secret = %meta.name,
-                overdue_days = (now - due) / 86_400_000,
-                status = meta.status.as_str(),
-                "secret rotation is overdue"
-            );
-        } else if due - now < millis(warning, i64::MAX) {
-            tracing::warn!(
-                event = "secret.near_expiry",
-                secret = %meta.name,
-                due_in_days = (due - now) / 86_400_000,
-                "secret rotation is due soon"
-            );
         }
     }
 }

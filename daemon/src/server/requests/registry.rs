@@ -15,37 +15,39 @@ use crate::util::time::now_ms;
 pub(crate) struct Registry {
     /// The next connection's number.
     next: AtomicU64,
-    /// What each open connection showed at accept.
+    /// Who each open connection's requests come from (the last writer identified on it).
     open: Mutex<BTreeMap<u64, ConnectionInfo>>,
 }
 
-/// A registered connection; removed from the registry when dropped.
-#[derive(Debug)]
-pub(crate) struct Registered<'a> {
-    /// The registry.
-    registry: &'a Registry,
-    /// This connection's number.
-    id: u64,
-}
-
 impl Registry {
-    /// Registers a connection that agreed on `protocol` in its hello.
-    pub(crate) fn register(&self, peer: &Peer, protocol: u16) -> Registered<'_> {
+    /// Registers a connection whose requests come from `peer`, which agreed on `protocol` in
+    /// its hello; returns the connection's number.
+    pub(crate) fn register(&self, peer: &Peer, protocol: u16) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let a = &peer.attested;
         let info = ConnectionInfo {
-            uid: peer.uid,
-            gid: peer.gid,
-            pid: peer.pid(),
-            exe: a.exe.as_ref().map(|p| p.display().to_string()),
-            exe_sha256: a.exe_sha256.clone(),
-            systemd_unit: a.unit.clone(),
-            cgroup: a.cgroup.clone(),
             connected_at_ms: now_ms(),
             protocol_version: protocol,
+            ..describe(peer)
         };
         self.open.lock().recover().insert(id, info);
-        Registered { registry: self, id }
+        id
+    }
+
+    /// Connection `id`'s requests now come from `peer` (another process wrote on it): the
+    /// listing shows who is asking now, not who connected.
+    pub(crate) fn update(&self, id: u64, peer: &Peer) {
+        if let Some(info) = self.open.lock().recover().get_mut(&id) {
+            *info = ConnectionInfo {
+                connected_at_ms: info.connected_at_ms,
+                protocol_version: info.protocol_version,
+                ..describe(peer)
+            };
+        }
+    }
+
+    /// Connection `id` is closed.
+    pub(crate) fn remove(&self, id: u64) {
+        self.open.lock().recover().remove(&id);
     }
 
     /// Every open connection, oldest first.
@@ -54,8 +56,18 @@ impl Registry {
     }
 }
 
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.registry.open.lock().recover().remove(&self.id);
+/// What the listing says of `peer` (times and protocol to be filled in).
+fn describe(peer: &Peer) -> ConnectionInfo {
+    let a = &peer.attested;
+    ConnectionInfo {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid(),
+        exe: a.exe.as_ref().map(|p| p.display().to_string()),
+        exe_sha256: a.exe_sha256.clone(),
+        systemd_unit: a.unit.clone(),
+        cgroup: a.cgroup.clone(),
+        connected_at_ms: 0,
+        protocol_version: 0,
     }
 }

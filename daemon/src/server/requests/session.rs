@@ -80,6 +80,14 @@ pub(crate) struct Session {
     pub(super) program: std::sync::Arc<str>,
     /// When the read counts are next written, whichever thread serves the connection.
     pub(crate) next_flush: Instant,
+    /// This connection's number in the registry `status --connections` lists.
+    listing: u64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.connections.remove(self.listing);
+    }
 }
 
 impl Session {
@@ -94,6 +102,7 @@ impl Session {
         let access = shared.policy.access_for(&peer, &shared.catalog);
         let program = peer.attested.describe().into();
         let next_flush = Instant::now() + shared.audit_read_window;
+        let listing = shared.connections.register(&peer, protocol);
         Session {
             shared,
             peer,
@@ -105,6 +114,7 @@ impl Session {
             closing: false,
             program,
             next_flush,
+            listing,
         }
     }
 
@@ -120,6 +130,7 @@ impl Session {
         self.denials = Tallies::default();
         self.access = shared.policy.access_for(&peer, &shared.catalog);
         self.program = peer.attested.describe().into();
+        shared.connections.update(self.listing, &peer);
         self.peer = peer;
         Ok(())
     }

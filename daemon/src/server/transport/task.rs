@@ -153,8 +153,6 @@ pub(super) async fn run(
         program = %peer.attested.describe(),
         "client connected"
     );
-    let listed = shared.clone();
-    let _registered = listed.connections.register(&peer, protocol);
     let (uid, pid) = (peer.uid, peer.pid());
     let session = Session::new(shared, peer, accepted, protocol);
     let mut conn = Conn::new(frames, session);

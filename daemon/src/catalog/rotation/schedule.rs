@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::source::{FailureReason, Source};
+use crate::catalog::source::{FailureReason, Source};
 use crate::util::lock::Recover;
 
 /// What one look at a schedule says about the message that caused it.
