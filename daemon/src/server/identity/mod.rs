@@ -1,9 +1,8 @@
 //! Who is asking: the process that wrote each request as the kernel reports it (`peer`), the
-//! program it runs (`attest`, with `holder` checking it holds the connection close-on-exec),
-//! and what the configured policy grants it (`policy`).
+//! program it runs (`attest/`: the process, its executable, and `holder` checking it holds the
+//! connection close-on-exec), and what the configured policy grants it (`policy`).
 
 pub(crate) mod attest;
-mod holder;
 mod peer;
 pub(crate) mod policy;
 

@@ -4,9 +4,9 @@
 //! The writer's pid comes with its bytes (`SCM_CREDENTIALS`). The daemon takes a pidfd of it
 //! (the one `SO_PEERPIDFD` gave at accept when the writer is the process that connected, else
 //! `pidfd_open`) and reads, under `/proc/PID`, the executable, the cgroup and the systemd unit
-//! the cgroup names. When a policy that could match the writer's uid and groups selects by
+//! the cgroup names (`process`). When a policy that could match the writer's uid and groups selects by
 //! program, it also checks that the writer holds the connection close-on-exec (`holder`), and
-//! hashes the executable if a selector asks for the hash. Afterwards the pidfd's process must
+//! hashes the executable (`exe`) if a selector asks for the hash. Afterwards the pidfd's process must
 //! still be alive: while it is, its pid cannot have been reused, so what was read is its own.
 //! Kernels without pidfds fall back to the process's start time, read before and after.
 //!
@@ -17,19 +17,23 @@
 //! believed. Anything that cannot be read is `None`, and a selector that names it matches
 //! nothing.
 
+mod exe;
+mod holder;
+mod process;
+
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::holder::{self, Holding};
+use exe::{ExeKey, hash_file, open_exe};
+use holder::Holding;
+use process::{alive, pidfd_open, read, start_time};
+
 use crate::util::lock::Recover;
 use crate::util::shares::Shares;
 
@@ -48,37 +52,6 @@ const SCAN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection waits for its executable's hash (the hash goes on, and is cached,
 /// for the next connection of that program).
 const HASH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How much of an executable one read takes while hashing.
-const HASH_CHUNK: usize = 64 * 1024;
-
-/// An executable file's identity: device, inode, size, and modification and change times to
-/// the nanosecond. `touch -r` can put a patched file's mtime back; nobody can set its ctime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ExeKey {
-    /// `st_dev`.
-    dev: u64,
-    /// `st_ino`.
-    ino: u64,
-    /// `st_size`.
-    size: u64,
-    /// `st_mtime`, seconds and nanoseconds.
-    mtime: (i64, i64),
-    /// `st_ctime`, seconds and nanoseconds.
-    ctime: (i64, i64),
-}
-
-impl ExeKey {
-    fn of(meta: &std::fs::Metadata) -> ExeKey {
-        ExeKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-}
-
 /// What the kernel says about the program behind some requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Attested {
@@ -330,130 +303,10 @@ impl Attestor {
     }
 }
 
-/// Hashes `file` (at most `max` bytes), believing the result only if the file is still what
-/// `key` describes afterwards.
-fn hash_file(mut file: std::fs::File, key: ExeKey, max: u64) -> Option<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_CHUNK];
-    let mut total: u64 = 0;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                total += n as u64;
-                if total > max {
-                    return None;
-                }
-                hasher.update(&buf[..n]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    let after = ExeKey::of(&file.metadata().ok()?);
-    (after == key && total == key.size).then(|| hex::encode(hasher.finalize()))
-}
-
-/// Opens the executable `pid` runs (the file itself, whatever is at its path now) and stats it.
-fn open_exe(pid: i32) -> Option<(std::fs::File, ExeKey)> {
-    let file = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
-    let key = ExeKey::of(&file.metadata().ok()?);
-    Some((file, key))
-}
-
-/// A pidfd of `pid` (`pidfd_open`, Linux 5.3+).
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new fd we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: the kernel installed this fd for us.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Whether the pidfd's process is still alive (signal 0 delivers nothing). Only `ESRCH` means
-/// gone: a daemon without `CAP_KILL` gets `EPERM` for another uid's live process.
-fn alive(pidfd: &OwnedFd) -> bool {
-    // SAFETY: pidfd_send_signal with signal 0 only checks; the fd is open.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// A process's start time (field 22 of /proc/PID/stat), to notice a reused pid.
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after its last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Reads the attributes of `pid` that cost a few small reads: the executable's path, the
-/// cgroup, the unit.
-fn read(pid: i32) -> Attested {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"));
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|text| cgroup_path(&text));
-    let unit = cgroup.as_deref().and_then(unit_of);
-    Attested {
-        exe,
-        exe_sha256: None,
-        cgroup,
-        unit,
-    }
-}
-
-/// The cgroup path from /proc/PID/cgroup: the `name=systemd` v1 hierarchy's when it places
-/// the process somewhere (hybrid hosts), else the v2 one (`0::PATH`). Only paths in the system
-/// manager's tree count: inside a `user@UID.service` the user's own manager (or the user, by
-/// hand) names the cgroups, so any user could make one named like a unit.
-fn cgroup_path(text: &str) -> Option<String> {
-    let mut v2 = None;
-    let mut v1 = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers == "name=systemd" && path != "/" {
-            v1 = Some(path.to_owned());
-        }
-        if controllers.is_empty() {
-            v2 = Some(path.to_owned());
-        }
-    }
-    v1.or(v2).filter(|p| p != "/").filter(|p| in_system_tree(p))
-}
-
-/// Whether a cgroup path lies outside every user manager's delegated subtree.
-fn in_system_tree(path: &str) -> bool {
-    !path
-        .split('/')
-        .any(|c| c.starts_with("user@") && c.ends_with(".service"))
-}
-
-/// The system manager's unit whose cgroup holds `cgroup`: the first component below PID 1's
-/// slices. A unit with `Delegate=yes` may make cgroups below its own; they are its subtree and
-/// name it, never a unit of their own.
-fn unit_of(cgroup: &str) -> Option<String> {
-    let first = cgroup
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .find(|c| !c.ends_with(".slice"))?;
-    (first.ends_with(".service") || first.ends_with(".scope")).then(|| first.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::net::UnixStream;
 
     const ALL: Needs = Needs {
@@ -473,48 +326,6 @@ mod tests {
         (i32::try_from(std::process::id()).expect("pid"), unsafe {
             libc::geteuid()
         })
-    }
-
-    #[test]
-    fn cgroups_and_units_on_hybrid_and_unified_hosts() {
-        let hybrid = "9:name=systemd:/system.slice/mm-bot.service\n4:memory:/x\n0::/\n";
-        assert_eq!(
-            cgroup_path(hybrid).as_deref(),
-            Some("/system.slice/mm-bot.service")
-        );
-        let unit = |text: &str| cgroup_path(text).and_then(|c| unit_of(&c));
-        assert_eq!(
-            unit("0::/system.slice/mm-bot.service\n").as_deref(),
-            Some("mm-bot.service")
-        );
-        assert_eq!(
-            unit("0::/trading.slice/mm.slice/mm-bot.service\n").as_deref(),
-            Some("mm-bot.service")
-        );
-        assert_eq!(
-            unit("0::/user.slice/user-1000.slice/session-3.scope\n").as_deref(),
-            Some("session-3.scope")
-        );
-        assert_eq!(cgroup_path("9:name=systemd:/\n0::/\n"), None);
-        assert_eq!(unit_of("/system.slice"), None);
-    }
-
-    #[test]
-    fn a_users_own_manager_names_no_unit_and_no_cgroup() {
-        // Anyone can make these under their own delegated manager.
-        for path in [
-            "/user.slice/user-1000.slice/user@1000.service/app.slice/mm-bot.service",
-            "/user.slice/user-1000.slice/user@1000.service/mm-bot.service",
-            "/system.slice/user@1000.service/x",
-        ] {
-            assert_eq!(cgroup_path(&format!("0::{path}\n")), None, "{path}");
-        }
-        // A delegated unit's subtree names the unit, never a unit of its own.
-        assert_eq!(
-            unit_of("/system.slice/runner.service/payload/mm-bot.service").as_deref(),
-            Some("runner.service")
-        );
-        assert_eq!(unit_of("/mm-bot.service.d/x"), None);
     }
 
     #[tokio::test]
@@ -568,39 +379,5 @@ mod tests {
             .await
             .expect("nothing to refuse");
         assert_eq!(attested, Attested::default());
-    }
-
-    #[test]
-    fn a_file_patched_with_its_mtime_put_back_is_hashed_again() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("bot");
-        std::fs::write(&path, b"original program").expect("write");
-        let before = ExeKey::of(&std::fs::metadata(&path).expect("stat"));
-        let mtime = std::fs::metadata(&path)
-            .expect("stat")
-            .modified()
-            .expect("mtime");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        f.write_all(b"patched program!").expect("patch");
-        f.set_modified(mtime).expect("touch -r");
-        drop(f);
-        let after = ExeKey::of(&std::fs::metadata(&path).expect("stat"));
-        assert_eq!((before.size, before.mtime), (after.size, after.mtime));
-        assert_ne!(before, after, "the ctime tells them apart");
-        // A file that changes while it is hashed is not believed.
-        let file = std::fs::File::open(&path).expect("open");
-        assert_eq!(hash_file(file, before, u64::MAX), None);
-        let file = std::fs::File::open(&path).expect("open");
-        assert_eq!(hash_file(file, after, u64::MAX).map(|h| h.len()), Some(64));
-        let file = std::fs::File::open(&path).expect("open");
-        assert_eq!(
-            hash_file(file, after, 4),
-            None,
-            "over the limit while reading"
-        );
     }
 }
