@@ -14,6 +14,18 @@ pub(crate) const NAME: &str = "bench_key";
 pub(crate) const VALUE: &[u8; 64] =
     b"Omni-Bench-Key-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL!";
 
+/// What a daemon of the bench may have beyond the plain one: TOML lines for its policy
+/// (`selectors`) and its `[daemon]` table, and environment variables.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Custom<'a> {
+    /// Lines added to the policy.
+    pub selectors: &'a str,
+    /// Lines added to `[daemon]`.
+    pub daemon_lines: &'a str,
+    /// Environment variables for the daemon.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 /// A running daemon; killed when dropped.
 #[derive(Debug)]
 pub(crate) struct Daemon {
@@ -21,6 +33,8 @@ pub(crate) struct Daemon {
     child: Child,
     /// Its socket.
     pub socket: PathBuf,
+    /// Its log (warnings and worse).
+    pub log: PathBuf,
 }
 
 impl Daemon {
@@ -36,6 +50,28 @@ impl Daemon {
         dir: &Path,
         selectors: &str,
     ) -> Result<Daemon, BenchError> {
+        Daemon::start_custom(
+            secretd,
+            dir,
+            &Custom {
+                selectors,
+                ..Custom::default()
+            },
+        )
+    }
+
+    /// [`Daemon::start`] with `custom`'s additions.
+    pub(crate) fn start_custom(
+        secretd: &Path,
+        dir: &Path,
+        custom: &Custom<'_>,
+    ) -> Result<Daemon, BenchError> {
+        let Custom {
+            selectors,
+            daemon_lines,
+            env,
+        } = *custom;
+        std::fs::create_dir_all(dir).map_err(BenchError::io("daemon dir"))?;
         let value = dir.join("bench_key.value");
         std::fs::write(&value, VALUE).map_err(BenchError::io("write value"))?;
         std::fs::set_permissions(&value, std::fs::Permissions::from_mode(0o600))
@@ -44,7 +80,7 @@ impl Daemon {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         let config = format!(
-            "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\nadmin_uids = [{uid}]\n\n\
+            "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\nadmin_uids = [{uid}]\n{daemon_lines}\n\
              [[secret]]\nname = \"{NAME}\"\nsource = \"file\"\npath = \"{}\"\n\n\
              [[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n{selectors}",
             socket.display(),
@@ -53,19 +89,32 @@ impl Daemon {
         );
         let config_path = dir.join("secretd.toml");
         std::fs::write(&config_path, config).map_err(BenchError::io("write config"))?;
-        let child = spawn(secretd, &config_path, &dir.join("secretd.log"))?;
-        let daemon = Daemon { child, socket };
+        let log = dir.join("secretd.log");
+        let child = spawn_with(secretd, &config_path, &log, "warn", env)?;
+        let daemon = Daemon { child, socket, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while secretd_client::Client::connect(&daemon.socket)
             .and_then(|c| c.get(NAME))
             .is_err()
         {
             if Instant::now() > deadline {
-                return Err("the daemon did not start serving within 20 s".into());
+                return Err(format!(
+                    "the daemon did not start serving within 20 s; its log ends: {}",
+                    daemon.log_tail()
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(daemon)
+    }
+
+    /// The last lines of the daemon's log, for a failure's report.
+    pub(crate) fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut tail: Vec<&str> = log.lines().rev().take(3).collect();
+        tail.reverse();
+        tail.join(" / ")
     }
 
     /// The daemon's resident set size in KiB (`VmRSS`).
@@ -93,6 +142,17 @@ pub(crate) fn spawn_logging(
     log: &Path,
     level: &str,
 ) -> Result<Child, BenchError> {
+    spawn_with(secretd, config, log, level, &[])
+}
+
+/// [`spawn`], logging at `level`, with `env` set.
+fn spawn_with(
+    secretd: &Path,
+    config: &Path,
+    log: &Path,
+    level: &str,
+    env: &[(&str, &str)],
+) -> Result<Child, BenchError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -102,6 +162,7 @@ pub(crate) fn spawn_logging(
         .args(["serve", "--config"])
         .arg(config)
         .env("SECRETD_LOG", level)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

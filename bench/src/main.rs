@@ -1,11 +1,12 @@
 //! `cargo run --release -p secretd-bench -- [--quick] [--python PATH] [--no-build]
-//! [--only reads,program,restart,propagation,catalog,flood]`
+//! [--only reads,program,restart,propagation,catalog,flood,attribution]`
 //!
 //! Starts the real daemon with a 64-byte secret and measures a read from every client
 //! language against a plain Unix-socket round trip of the same frame sizes, all in one run, then
 //! prints a Markdown table (BENCHMARKS.md explains it) and the daemon's memory. `SECRETD_BENCH_DAEMON`
 //! names another daemon binary to measure (a before/after table of two commits).
 
+mod attribution;
 mod cases;
 mod catalog;
 mod error;
@@ -87,13 +88,14 @@ struct Options {
 }
 
 /// The parts of a run, for `--only`.
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 7] = [
     "reads",
     "program",
     "restart",
     "propagation",
     "catalog",
     "flood",
+    "attribution",
 ];
 
 impl Options {
@@ -133,7 +135,7 @@ fn parse_args() -> Result<Options, BenchError> {
             "-h" | "--help" => {
                 return Err(
                     "usage: secretd-bench [--quick] [--python PATH] [--no-build] \
-                     [--only reads,program,restart,propagation,catalog,flood]"
+                     [--only reads,program,restart,propagation,catalog,flood,attribution]"
                         .into(),
                 );
             }
@@ -455,6 +457,22 @@ fn run() -> Result<bool, BenchError> {
         None
     };
 
+    let attributed = if options.runs("attribution") {
+        match attribution::measure(&profile_dir, dir.path(), sizes.single, sizes.per_thread) {
+            Ok(a) => Some(a),
+            Err(BenchError::CannotRun) => {
+                notes.skip("attribution rows: secretd-bench-daemon is not built");
+                None
+            }
+            Err(e) => {
+                notes.fail(format!("attribution: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let clients = cases::idle_clients(&socket, 100);
     cases::settle();
     let rss_100 = daemon.rss_kib();
@@ -489,6 +507,9 @@ fn run() -> Result<bool, BenchError> {
     }
     if let Some(floods) = &floods {
         flood::print(floods);
+    }
+    if let Some(attributed) = &attributed {
+        attribution::print(attributed);
     }
     if !gaps.is_empty() {
         restart::print_table(&gaps);

@@ -7,7 +7,7 @@ mod peer;
 pub(crate) mod policy;
 
 pub(crate) use attest::{Attestor, Unidentified};
-pub(crate) use peer::{Accepted, Peer, Sender, peer_cred};
+pub(crate) use peer::{Accepted, Peer, Sender, UNATTRIBUTED, peer_cred, unattributed};
 pub(crate) use policy::{Access, Policy};
 
 use attest::Attested;
@@ -45,7 +45,8 @@ async fn identify_quietly(
     // The connecting process is known by its pid; its decisions use the effective ids and
     // groups the socket reported at accept. Any other
     // writer is read afresh: its real ids in /proc must be the ones it wrote with.
-    let connecting = sender.pid.is_some() && sender.pid == accepted.sender.pid;
+    let connecting = (sender.pid.is_some() && sender.pid == accepted.sender.pid)
+        || (unattributed() && sender == UNATTRIBUTED);
     let (uid, gid, groups, pidfd) = if connecting {
         // Taken, not copied: a connection keeps no descriptor beyond its socket. A later
         // identification of this process opens a pidfd afresh.

@@ -25,6 +25,32 @@ pub(crate) struct Sender {
     pub(crate) gid: u32,
 }
 
+/// Whether reads are unattributed: only in a build with the bench's knobs (feature
+/// `bench-knobs`, binary `secretd-bench-daemon`) run with `SECRETD_BENCH_ATTRIBUTION=off`, to
+/// measure what attribution costs. Every other build is always attributed (a constant `false`,
+/// so the plain path is compiled out).
+#[cfg(feature = "bench-knobs")]
+pub(crate) fn unattributed() -> bool {
+    static OFF: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("SECRETD_BENCH_ATTRIBUTION").is_ok_and(|v| v == "off")
+    });
+    *OFF
+}
+
+/// Whether reads are unattributed: never, in this build.
+#[cfg(not(feature = "bench-knobs"))]
+pub(crate) const fn unattributed() -> bool {
+    false
+}
+
+/// The writer an unattributed read names (bench builds only): identification takes it for
+/// the process that connected.
+pub(crate) const UNATTRIBUTED: Sender = Sender {
+    pid: None,
+    uid: u32::MAX,
+    gid: u32::MAX,
+};
+
 /// What accept learns of the process that connected, before a byte is read: cheap socket
 /// options only, so accepting never waits on anything a peer controls.
 #[derive(Debug)]

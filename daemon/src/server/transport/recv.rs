@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::frame_buf::Sender;
+use crate::server::identity::{UNATTRIBUTED, unattributed};
 
 /// The control buffer: room for one `SCM_CREDENTIALS` message, 8-byte aligned as `cmsghdr`s
 /// must be. `CMSG_SPACE(sizeof(struct ucred))` is 32 on every 64- and 32-bit Linux ABI.
@@ -24,6 +25,9 @@ struct CredsBuf([u8; 32]);
 /// socket: the sockets it accepts inherit the flag, and bytes sent before the accept carry
 /// credentials too).
 pub(crate) fn pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
+    if unattributed() {
+        return Ok(());
+    }
     let on: libc::c_int = 1;
     // SAFETY: `on` is a valid c_int for the length given; fd is an open socket.
     let rc = unsafe {
@@ -56,6 +60,9 @@ pub(crate) enum Read {
 /// Bytes that arrived without credentials (the flag was not set on the listener) are an
 /// error: they cannot be attributed.
 pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Read> {
+    if unattributed() {
+        return recv_plain(fd, buf);
+    }
     let mut control = CredsBuf([0; 32]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -82,6 +89,17 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Read> {
         None => Err(io::Error::other(
             "bytes arrived without the writer's credentials (SO_PASSCRED is not set)",
         )),
+    }
+}
+
+/// A read without credentials (bench builds with attribution off).
+fn recv_plain(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Read> {
+    // SAFETY: buf is valid for writes of its length; fd is an open socket.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    match usize::try_from(n) {
+        Err(_) => Err(io::Error::last_os_error()),
+        Ok(0) => Ok(Read::Closed),
+        Ok(n) => Ok(Read::Bytes(n, UNATTRIBUTED)),
     }
 }
 
