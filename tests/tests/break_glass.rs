@@ -310,6 +310,8 @@ fn every_bad_envelope_is_refused_alike_changes_nothing_and_is_rate_limited() {
         rewrite(&base, &|b| b.truncate(b.len() / 2)),
     ];
     let expired = seal("trading_api_key", "1s", &public, "expired.sbg");
+    // Time itself is under test: the envelope must be past its 1 s validity (a submission
+    // meanwhile would spend one of the five rejections a minute the test counts on).
     std::thread::sleep(Duration::from_millis(1500));
     let mut answers = Vec::new();
     for path in bad.iter().take(4).chain(std::iter::once(&expired)) {

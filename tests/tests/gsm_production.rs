@@ -555,9 +555,9 @@ fn a_destroyed_pinned_version_is_revoked_and_survives_no_restart() {
         "{outcome:?}"
     );
     assert!(client.get("trading_api_key").is_err(), "revoked");
-    // The sealed last-known-good copy is rewritten without it (within its write interval): a
-    // restart during a GSM outage must not bring a revoked key back.
-    std::thread::sleep(Duration::from_secs(3));
+    // The sealed last-known-good copy is rewritten without it, at the latest when the daemon
+    // stops (the writer seals a pending change on its way out): a restart during a GSM outage
+    // must not bring a revoked key back. Stopped at once, so that last write is what is tested.
     assert!(daemon.stop().success());
     fake.set_fault(Some(Fault::Unavailable));
     let daemon = env.start(&daemon_conf);
@@ -703,6 +703,51 @@ fn rate_limits_back_off_and_a_secret_that_never_loaded_retries_soon() {
         client.get("trading_api_key").ok()
     });
     assert_eq!(fake.access_count(API_KEY), 4);
+}
+
+#[test]
+fn a_secret_that_never_loaded_is_retried_at_least_every_15_seconds() {
+    // Six transient failures before GSM answers. Retries of a secret that never loaded wait
+    // 1, 2, 4, 8 s (each ±20%), then 15 s at most however many failures came before (the
+    // cap, `NEVER_LOADED_RETRY_CAP`, applies after the jitter), although the TTL is 5 min:
+    // uncapped, the sixth wait would be 32 s ±20%.
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-QQQQ-1515!");
+    fake.set_secret_fault(API_KEY, Some(Fault::Unavailable), Some(6));
+    let env = TestEnv::new();
+    let daemon = env.start(&config(
+        &env,
+        &fake,
+        "latest",
+        &[("max_attempts", "1")],
+        &[("refresh_interval", "5m")],
+    ));
+    // When each access arrived, watched every 20 ms (the fake answers a failure at once).
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < 7 && Instant::now() < deadline {
+        let n = fake.access_count(API_KEY);
+        while seen.len() < n {
+            seen.push(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen.len(), 7, "six failures and the success within 120 s");
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    // The promise (15 s) plus a stated 3 s for a loaded machine and the watch's own steps.
+    let bound = Duration::from_secs(15) + Duration::from_secs(3);
+    assert!(
+        gaps.iter().all(|g| *g <= bound),
+        "a retry waited longer than 15 s: {gaps:?}"
+    );
+    assert!(
+        gaps[5] >= Duration::from_secs(10),
+        "the last waits are the cap's, not shorter: {gaps:?}"
+    );
+    let client = Client::connect(&daemon.socket).expect("connect");
+    wait_until("served after the outage", Duration::from_secs(10), || {
+        client.get("trading_api_key").ok()
+    });
 }
 
 #[test]

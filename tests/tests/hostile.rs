@@ -44,14 +44,20 @@ fn rss_kib(daemon: &Daemon) -> u64 {
         .expect("daemon RSS")
 }
 
-/// The daemon is alive, answers a fresh client within a second, and grew by less than the
-/// slack since `baseline`.
+/// How long a fresh client's connect and read may take after an attack: far above a healthy
+/// one (well under a millisecond) on a loaded 2-core machine, below the client's 5 s timeout,
+/// and far below the stalls these attacks caused (35 s for a huge executable). How fast is
+/// the bench's business.
+const ANSWERS_AFTER_ATTACK: Duration = Duration::from_secs(3);
+
+/// The daemon is alive, answers a fresh client within [`ANSWERS_AFTER_ATTACK`], and grew by
+/// less than the slack since `baseline`.
 fn assert_healthy(daemon: &Daemon, baseline_kib: u64, after: &str) {
     let t = Instant::now();
     let client = Client::connect(&daemon.socket).unwrap_or_else(|e| panic!("after {after}: {e}"));
     assert_eq!(client.get("trading_api_key").expect("get").expose(), KEY);
     assert!(
-        t.elapsed() < Duration::from_secs(1),
+        t.elapsed() < ANSWERS_AFTER_ATTACK,
         "after {after}: a read took {:?}",
         t.elapsed()
     );

@@ -518,3 +518,94 @@ fn a_rotation_request_reaches_watchers_only_when_gsms_schedule_moved() {
         "a protocol-3 watcher received an event it cannot decode"
     );
 }
+
+#[test]
+fn destroy_and_update_messages_refresh_at_once() {
+    let Some(emulator) = emulator_or_skip("notifications: destroy and update") else {
+        return;
+    };
+    let Listening {
+        fake,
+        env: _env,
+        daemon: _daemon,
+        client,
+    } = listening(
+        emulator,
+        "gsm-destroy",
+        "host-destroy",
+        b"Omni-Key-v1-PS09-9999!",
+    );
+    stream_up(&client);
+
+    // A secret's metadata changed (SECRET_UPDATE: an alias moved, a label...): what it serves
+    // is read again at once, not at the next refresh five minutes away.
+    fake.add_version(API_KEY, b"Omni-Key-v2-PS09-9999!");
+    emulator
+        .publish(
+            "gsm-destroy",
+            &[gsm_event("SECRET_UPDATE", &secret_id(), None)],
+        )
+        .expect("publish");
+    let moved = wait_until(
+        "version 2 after SECRET_UPDATE",
+        Duration::from_secs(60),
+        || {
+            let s = client.get("trading_api_key").expect("served");
+            (s.version() == "2").then_some(s)
+        },
+    );
+    assert_eq!(moved.source(), SourceKind::Gsm);
+    wait_counted(&client, "secret_update", "refreshed");
+
+    // The served version destroyed in GSM (and the older one, so `latest` has nothing left to
+    // fall back to): withdrawn within seconds of the message.
+    fake.set_version_state(API_KEY, 1, VersionState::Destroyed);
+    fake.set_version_state(API_KEY, 2, VersionState::Destroyed);
+    emulator
+        .publish(
+            "gsm-destroy",
+            &[gsm_event("SECRET_VERSION_DESTROY", &secret_id(), Some(2))],
+        )
+        .expect("publish");
+    let refused = wait_until(
+        "the destroyed version withdrawn",
+        Duration::from_secs(60),
+        || client.get("trading_api_key").err(),
+    );
+    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+    wait_counted(&client, "secret_version_destroy", "revoked");
+}
+
+#[test]
+fn while_notifications_cannot_arrive_the_host_polls_at_the_fallback_interval() {
+    // No emulator needed: the stream's endpoint is a port nobody listens on, so notifications
+    // are down from the start.
+    let fake = FakeGsm::start().expect("fake gsm");
+    fake.add_version(API_KEY, b"Omni-Key-v1-PS10-1010!");
+    let env = TestEnv::new();
+    let dead = format!("http://127.0.0.1:{}", support::http::free_port());
+    let config = env
+        .conf()
+        .daemon("refresh_interval", "5m")
+        .gsm_authenticated(&fake)
+        .gsm_notifications("projects/apex-test/subscriptions/host-deaf", &dead)
+        .gsm_notifications_set("notification_fallback_interval", "2s")
+        .gsm_secret("trading_api_key", API_KEY)
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    // With a 5 min TTL one fetch would be all for minutes; down, the host polls every 2 s
+    // (jittered shorter), so a new version arrives without a message.
+    let first = fake.access_count(API_KEY);
+    fake.add_version(API_KEY, b"Omni-Key-v2-PS10-1010!");
+    wait_until("version 2 by polling", Duration::from_secs(30), || {
+        (client.get("trading_api_key").expect("get").version() == "2").then_some(())
+    });
+    wait_until("more polls", Duration::from_secs(30), || {
+        (fake.access_count(API_KEY) >= first + 3).then_some(())
+    });
+    let health = client.health().expect("health");
+    assert_eq!(health.status, HealthStatus::Degraded, "{health:?}");
+}

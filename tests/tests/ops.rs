@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use secretd_client::Client;
 use secretd_gsm_fake::{FakeGsm, Fault};
-use support::http::{free_port, http_get};
+use support::http::{free_port, http_get, try_http_get};
 use support::{TestEnv, cli, secretd_bin, wait_until};
 
 const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
@@ -503,4 +503,38 @@ fn a_shared_fingerprint_key_makes_fingerprints_compare_across_hosts() {
         assert!(!status.success(), "{path:?}");
         assert!(daemon.log().contains("fingerprint"), "{}", daemon.log());
     }
+}
+
+#[test]
+fn metrics_off_loopback_need_metrics_listen_public() {
+    let env = TestEnv::new();
+    let port = free_port();
+    let everywhere = |public: bool| {
+        let mut conf = env
+            .conf()
+            .daemon("metrics_listen", format!("0.0.0.0:{port}"))
+            .file_secret("trading_api_key", b"Omni-Key-Public-Metrics-01!")
+            .readable_by_me();
+        if public {
+            conf = conf.daemon("metrics_listen_public", true);
+        }
+        conf.build()
+    };
+    // Every address of the host, unasked for: the endpoints name every secret, so the daemon
+    // refuses to start and says which key allows it.
+    let mut refused = env.spawn(&everywhere(false), "everywhere.toml");
+    let status = refused
+        .wait_exit(Duration::from_secs(30))
+        .expect("the daemon refuses to start");
+    assert!(!status.success());
+    let log = refused.log();
+    assert!(log.contains("metrics_listen_public"), "{log}");
+    // Asked for: it serves on every address, loopback among them.
+    let daemon = env.start(&everywhere(true));
+    let (code, body) = wait_until("/metrics on 0.0.0.0", Duration::from_secs(10), || {
+        try_http_get(port, "/metrics").ok()
+    });
+    assert_eq!(code, 200);
+    assert!(body.contains("trading_api_key"), "{body}");
+    drop(daemon);
 }

@@ -681,10 +681,20 @@ fn a_full_disk_makes_reads_fail_closed_until_the_audit_trail_recovers() {
     );
     assert!(err.to_string().contains("audit"), "{err}");
     daemon.wait_for_log("omni.alert.audit_failure");
-    let again = Client::connect(&daemon.socket)
-        .expect("connect")
-        .get("trading_api_key");
+    let admin = Client::connect(&daemon.socket).expect("connect");
+    let again = admin.get("trading_api_key");
     assert!(again.is_err(), "still refused while the disk is full");
+    // Audit before effect: an admin operation whose record cannot be written is refused, not
+    // carried out unrecorded.
+    let refresh = admin
+        .refresh(Some("trading_api_key"))
+        .expect_err("a refresh nobody can audit");
+    assert_eq!(
+        refresh.code(),
+        Some(secretd_client::ErrorCode::Unavailable),
+        "{refresh}"
+    );
+    assert!(refresh.to_string().contains("audit"), "{refresh}");
 
     // Space comes back: the writer reopens the store, commits what it held, and reads resume.
     std::fs::remove_file(&filler).expect("remove filler");

@@ -113,6 +113,19 @@ impl ConfigBuilder<'_> {
         self
     }
 
+    /// Sets `[gsm.notifications] key = value` (after [`ConfigBuilder::gsm_notifications`]).
+    pub(crate) fn gsm_notifications_set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        let Some(Value::Table(table)) = self
+            .gsm
+            .as_mut()
+            .and_then(|gsm| gsm.get_mut("notifications"))
+        else {
+            panic!("call gsm_notifications first");
+        };
+        table.insert(key.into(), value.into());
+        self
+    }
+
     /// Sets `[gsm] key = value` (after [`ConfigBuilder::gsm`]).
     pub(crate) fn gsm_set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.gsm
