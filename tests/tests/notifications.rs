@@ -428,6 +428,26 @@ fn a_rotation_request_reaches_watchers_only_when_gsms_schedule_moved() {
     );
 
     let mut watch = client.watch(["trading_api_key"]).expect("watch");
+    // The CLI's watcher too: it prints each event as a JSON line.
+    let mut cli_watch = std::process::Command::new(support::secretd_bin())
+        .args(["watch", "trading_api_key", "--socket"])
+        .arg(&daemon.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("secretd watch");
+    let cli_lines = {
+        use std::io::BufRead as _;
+        let out = cli_watch.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
     // A watcher of protocol 3 does not know the event: it must not receive it.
     let mut old = support::RawConn::connect(&daemon.socket);
     old.send(&secretd_proto::Request::Hello(secretd_proto::ClientHello {
@@ -482,6 +502,19 @@ fn a_rotation_request_reaches_watchers_only_when_gsms_schedule_moved() {
     );
     assert_eq!(request.name, "trading_api_key");
     assert!(request.at_ms > 0);
+    let printed = wait_until("the CLI's rotation line", Duration::from_secs(30), || {
+        cli_lines
+            .recv_timeout(Duration::from_millis(500))
+            .ok()
+            .filter(|l| l.contains("rotation_requested"))
+    });
+    assert!(
+        printed.contains(r#""event":"rotation_requested""#)
+            && printed.contains(r#""name":"trading_api_key""#),
+        "{printed}"
+    );
+    let _ = cli_watch.kill();
+    let _ = cli_watch.wait();
     daemon.wait_for_log("secret.rotation_requested");
     // Counted once the watchers have the event (a scrape may come between the two).
     wait_until(
