@@ -249,12 +249,19 @@ pub(crate) fn is_version_number(version: &str) -> bool {
         && version.parse::<u64>().is_ok_and(|v| v > 0)
 }
 
+/// Names GSM reserves, in any case: no version can have them as an alias, so a config naming
+/// one (other than `latest` itself) names nothing that could ever be served.
+const RESERVED_ALIASES: [&str; 2] = ["latest", "new"];
+
 /// `latest`, a version number (1, 2, ...), or an alias as GSM allows them.
 pub(super) fn is_version_or_alias(version: &str) -> bool {
     if version == "latest" || is_version_number(version) {
         return true;
     }
-    version.len() <= MAX_VERSION_ALIAS_LEN
+    !RESERVED_ALIASES
+        .iter()
+        .any(|r| version.eq_ignore_ascii_case(r))
+        && version.len() <= MAX_VERSION_ALIAS_LEN
         && version.starts_with(|c: char| c.is_ascii_alphabetic())
         && version
             .bytes()

@@ -159,7 +159,8 @@ fn gsm_source(keys: SourceKeys<'_>, gsm: Option<&GsmConfig>) -> Result<SourceCon
     if !is_version_or_alias(&version) {
         return Err(invalid(format!(
             "secret {name:?}: version = {version:?} must be \"latest\", a version \
-             number, or a GSM version alias (a letter, then letters, digits, - or _)"
+             number, or a GSM version alias (a letter, then letters, digits, - or _; not \
+             \"new\" or another case of \"latest\", which GSM reserves)"
         )));
     }
     Ok(SourceConfig::Gsm { resource, version })

@@ -136,6 +136,11 @@ fn gsm_settings_that_would_leak_tokens_or_spend_quota_are_refused() {
         "",
         "2prod",
         "prod alias",
+        // GSM reserves these, in any case.
+        "NEW",
+        "new",
+        "Latest",
+        "LATEST",
         &"a".repeat(MAX_VERSION_ALIAS_LEN + 1),
     ] {
         assert!(version(bad).is_err(), "{bad:?}");
