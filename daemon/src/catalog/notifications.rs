@@ -113,6 +113,8 @@ struct Listener {
     schedules: Schedules,
     /// Whether a malformed message was logged already (logged once, counted always).
     malformed_logged: AtomicBool,
+    /// Whether it was logged that the subscription cannot be checked (no permission).
+    unchecked_logged: AtomicBool,
     /// Scheduled refreshes join the daemon's tasks, so shutdown waits for them.
     tracker: TaskTracker,
     /// Shutdown.
@@ -137,6 +139,7 @@ pub(crate) async fn run(
         jitter: cfg.jitter,
         metrics,
         malformed_logged: AtomicBool::new(false),
+        unchecked_logged: AtomicBool::new(false),
         tracker,
         cancel: cancel.clone(),
     });
@@ -171,6 +174,13 @@ pub(crate) async fn run(
         wait = (wait * 2).min(RESUBSCRIBE_MAX_WAIT);
     }
     listener.metrics.notification_stream(false);
+}
+
+/// Whether a failed subscription check says nothing about the stream: the caller may not
+/// look (a permission error), which is not the subscription being gone.
+fn cannot_check(e: &google_cloud_gax::error::Error) -> bool {
+    e.status()
+        .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::PermissionDenied)
 }
 
 /// Why one subscription of the notification stream ended.
@@ -234,6 +244,13 @@ impl Listener {
                     .send();
                 let down = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await {
                     Ok(Ok(_)) => None,
+                    // Least privilege (`roles/pubsub.subscriber`) has no
+                    // `pubsub.subscriptions.get`: the check cannot tell, so the stream
+                    // judges alone (a deleted subscription still ends it).
+                    Ok(Err(e)) if cannot_check(&e) => {
+                        self.report_unchecked(&cfg.subscription);
+                        None
+                    }
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some("no answer in time".to_owned()),
                 };
@@ -264,6 +281,19 @@ impl Listener {
         tokio::select! {
             ended = messages => ended,
             never = health => never,
+        }
+    }
+
+    /// Says once that the subscription cannot be checked, and what that costs.
+    fn report_unchecked(&self, subscription: &str) {
+        if !self.unchecked_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                event = "gsm.notifications.unchecked",
+                subscription = %subscription,
+                "no permission to check the subscription (pubsub.subscriptions.get, in \
+                 roles/pubsub.viewer); the stream alone says whether notifications flow, and \
+                 an outage the Pub/Sub client rides out by retrying is not seen (logged once)"
+            );
         }
     }
 
@@ -419,6 +449,22 @@ impl Listener {
                 why,
                 "a malformed notification was acknowledged and dropped (further ones are only counted)"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use google_cloud_gax::error::Error;
+    use google_cloud_gax::error::rpc::{Code, Status};
+
+    #[test]
+    fn only_a_permission_error_leaves_the_stream_to_judge() {
+        let failed = |code| Error::service(Status::default().set_code(code));
+        assert!(cannot_check(&failed(Code::PermissionDenied)));
+        for down in [Code::NotFound, Code::Unavailable, Code::Unauthenticated] {
+            assert!(!cannot_check(&failed(down)), "{down:?}");
         }
     }
 }
