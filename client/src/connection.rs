@@ -265,7 +265,23 @@ fn connect_within(path: &Path, timeout: Duration) -> std::io::Result<UnixStream>
     use socket2::{Domain, SockAddr, Socket, Type};
     // socket2 opens it close-on-exec.
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    socket.set_write_timeout(Some(timeout))?;
-    socket.connect(&SockAddr::unix(path)?)?;
-    Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)))
+    // A send timeout of zero means none at all: never wait unbounded.
+    socket.set_write_timeout(Some(timeout.max(MIN_CONNECT_WAIT)))?;
+    let addr = SockAddr::unix(path)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match socket.connect(&addr) {
+            // A signal handler (Python's, say) interrupted the wait: the socket is still
+            // unconnected, so ask again while there is time.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Interrupted
+                    && std::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket))),
+        }
+    }
 }
+
+/// The shortest wait for a full connection queue, whatever the timeout says (a zero send
+/// timeout would mean no limit at all).
+const MIN_CONNECT_WAIT: Duration = Duration::from_millis(1);

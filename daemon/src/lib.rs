@@ -21,3 +21,10 @@ mod runtime;
 mod server;
 mod store;
 mod util;
+
+/// Turns the bench's knobs on (`secretd-bench-daemon`, feature `bench-knobs`, only): without
+/// this call a binary built with the feature behaves exactly as `secretd`.
+#[cfg(feature = "bench-knobs")]
+pub fn enable_bench_knobs() {
+    server::identity::BENCH_KNOBS.store(true, std::sync::atomic::Ordering::Relaxed);
+}

@@ -3,5 +3,6 @@
 //! what attribution costs in the same build and the same run. Never installed.
 
 fn main() -> std::process::ExitCode {
+    secretd_daemon::enable_bench_knobs();
     secretd_daemon::cli::main()
 }

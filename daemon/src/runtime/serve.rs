@@ -174,6 +174,8 @@ async fn serve_bound(
     start_services(&config, &shared, google_credentials, &store, &run).await?;
     announce_ready(&audit, config.secrets.len(), socket_file);
     drop(audit);
+    // Kept to write the read ledger's last counts once every connection has flushed into it.
+    let ledger = shared.clone();
     server::transport::serve(
         listener,
         shared,
@@ -187,6 +189,10 @@ async fn serve_bound(
     )
     .await;
     shut_down(tracker).await;
+    // Now, not when the last handle on `Shared` goes: a connection stuck past the grace
+    // period would otherwise hold every other connection's counts back with its own.
+    ledger.reads.roll();
+    drop(ledger);
     Ok(())
 }
 

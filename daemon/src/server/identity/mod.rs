@@ -7,6 +7,8 @@ mod peer;
 pub(crate) mod policy;
 
 pub(crate) use attest::{Attestor, Unidentified};
+#[cfg(feature = "bench-knobs")]
+pub(crate) use peer::BENCH_KNOBS;
 pub(crate) use peer::{Accepted, Peer, Sender, UNATTRIBUTED, peer_cred, unattributed};
 pub(crate) use policy::{Access, Policy};
 

@@ -32,10 +32,17 @@ pub(crate) struct Sender {
 #[cfg(feature = "bench-knobs")]
 pub(crate) fn unattributed() -> bool {
     static OFF: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        std::env::var("SECRETD_BENCH_ATTRIBUTION").is_ok_and(|v| v == "off")
+        BENCH_KNOBS.load(std::sync::atomic::Ordering::Relaxed)
+            && std::env::var("SECRETD_BENCH_ATTRIBUTION").is_ok_and(|v| v == "off")
     });
     *OFF
 }
+
+/// Set only by `secretd-bench-daemon`'s `main`: a `secretd` built with every feature (say
+/// `cargo build --all-features`) still ignores the bench's environment variable.
+#[cfg(feature = "bench-knobs")]
+pub(crate) static BENCH_KNOBS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Whether reads are unattributed: never, in this build.
 #[cfg(not(feature = "bench-knobs"))]

@@ -21,8 +21,8 @@ use crate::util::lock::Recover;
 /// The most (uid, program, secret) keys held before every count is written.
 pub(crate) const MAX_READ_KEYS: usize = 4096;
 
-/// Who read which secret: the uid, the attested program and the slot.
-type Key = (u32, Arc<str>, usize);
+/// Who read which secret: the uid and gid, the attested program and the slot.
+type Key = (u32, u32, Arc<str>, usize);
 
 /// One key's reads.
 #[derive(Debug)]
@@ -192,6 +192,7 @@ impl Drop for ReadLedger {
 fn key_of(read: Read<'_>) -> Key {
     (
         read.actor.uid,
+        read.actor.gid,
         read.actor.program.clone().unwrap_or_else(|| Arc::from("")),
         read.slot,
     )

@@ -224,18 +224,25 @@ impl Attestor {
         Ok(if same { attested } else { Attested::default() })
     }
 
-    /// Runs `work` on the blocking pool under one of the permits, giving up after `limit`
-    /// (the thread finishes on its own; `None` then, or if the runtime is going away).
+    /// Runs `work` for `uid` on the blocking pool under one of the permits, giving up `limit`
+    /// after it started (the thread finishes on its own, holding its permit; `None` then, or
+    /// if the runtime is going away).
     async fn bounded<T: Send + 'static>(
         &self,
         uid: u32,
         limit: Duration,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        tokio::time::timeout(limit, self.blocking(uid, work))
-            .await
-            .ok()
-            .flatten()
+        // The limit is the work's, not the queue's: a burst of one uid's connections waits
+        // its turn (behind itself only) instead of running out of time in the line. The
+        // permit goes with the work, so work still running after the limit (a hung file
+        // system) keeps holding it: the permits bound the threads, not just the waits.
+        let permit = self.work.acquire(uid).await?;
+        let run = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        });
+        tokio::time::timeout(limit, run).await.ok()?.ok()
     }
 
     /// Runs `work` for `uid` on the blocking pool under one of the permits, after `uid`'s
@@ -245,8 +252,13 @@ impl Attestor {
         uid: u32,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        let _permit = self.work.acquire(uid).await?;
-        tokio::task::spawn_blocking(work).await.ok()
+        let permit = self.work.acquire(uid).await?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .ok()
     }
 
     /// The SHA-256 of the opened executable `file` (identity `key`); `None` when too large,
