@@ -687,9 +687,21 @@ fn rate_limits_back_off_and_a_secret_that_never_loaded_retries_soon() {
 
     // Three transient failures, then GSM answers: a secret that never loaded is served within
     // seconds (waits of about 1, 2 and 4 s), although its TTL is five minutes.
+    let (fake, _env, daemon) = never_loaded(b"Omni-Key-v1-OOOO-4040!", 3);
+    let client = Client::connect(&daemon.socket).expect("connect");
+    wait_until("served after the outage", Duration::from_secs(30), || {
+        client.get("trading_api_key").ok()
+    });
+    assert_eq!(fake.access_count(API_KEY), 4);
+}
+
+/// A daemon whose API key (`value`) fails with UNAVAILABLE `failures` times before GSM
+/// answers: one HTTP attempt per fetch and a 5 min TTL, so every retry within minutes is the
+/// backoff of a secret that never loaded.
+fn never_loaded(value: &[u8], failures: u32) -> (FakeGsm, TestEnv, support::Daemon) {
     let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-OOOO-4040!");
-    fake.set_secret_fault(API_KEY, Some(Fault::Unavailable), Some(3));
+    fake.add_version(API_KEY, value);
+    fake.set_secret_fault(API_KEY, Some(Fault::Unavailable), Some(failures));
     let env = TestEnv::new();
     let daemon = env.start(&config(
         &env,
@@ -698,11 +710,7 @@ fn rate_limits_back_off_and_a_secret_that_never_loaded_retries_soon() {
         &[("max_attempts", "1")],
         &[("refresh_interval", "5m")],
     ));
-    let client = Client::connect(&daemon.socket).expect("connect");
-    wait_until("served after the outage", Duration::from_secs(30), || {
-        client.get("trading_api_key").ok()
-    });
-    assert_eq!(fake.access_count(API_KEY), 4);
+    (fake, env, daemon)
 }
 
 #[test]
@@ -711,17 +719,7 @@ fn a_secret_that_never_loaded_is_retried_at_least_every_15_seconds() {
     // 1, 2, 4, 8 s (each ±20%), then 15 s at most however many failures came before (the
     // cap, `NEVER_LOADED_RETRY_CAP`, applies after the jitter), although the TTL is 5 min:
     // uncapped, the sixth wait would be 32 s ±20%.
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-QQQQ-1515!");
-    fake.set_secret_fault(API_KEY, Some(Fault::Unavailable), Some(6));
-    let env = TestEnv::new();
-    let daemon = env.start(&config(
-        &env,
-        &fake,
-        "latest",
-        &[("max_attempts", "1")],
-        &[("refresh_interval", "5m")],
-    ));
+    let (fake, _env, daemon) = never_loaded(b"Omni-Key-v1-QQQQ-1515!", 6);
     // When each access arrived, watched every 20 ms (the fake answers a failure at once).
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
