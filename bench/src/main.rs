@@ -13,6 +13,7 @@ mod error;
 mod fixture;
 mod flood;
 mod notes;
+mod options;
 mod program;
 mod propagation;
 mod restart;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use error::BenchError;
 use notes::Notes;
+use options::parse_args;
 use stats::Row;
 
 /// How many operations each case runs.
@@ -73,81 +75,6 @@ const QUICK: Sizes = Sizes {
     program_run: Duration::from_millis(300),
     flood_run: Duration::from_secs(1),
 };
-
-/// Command-line options.
-#[derive(Debug)]
-struct Options {
-    /// Fewer samples (a smoke run for CI).
-    quick: bool,
-    /// The Python interpreter with `secretd` installed.
-    python: Option<PathBuf>,
-    /// Do not run `cargo build` for the daemon and libsecretd first.
-    no_build: bool,
-    /// The parts to run (`--only`); all when empty.
-    only: Vec<String>,
-}
-
-/// The parts of a run, for `--only`.
-const PARTS: [&str; 7] = [
-    "reads",
-    "program",
-    "restart",
-    "propagation",
-    "catalog",
-    "flood",
-    "attribution",
-];
-
-impl Options {
-    /// Whether part `name` runs.
-    fn runs(&self, name: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| o == name)
-    }
-}
-
-fn parse_args() -> Result<Options, BenchError> {
-    let mut options = Options {
-        quick: false,
-        python: None,
-        no_build: false,
-        only: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--no-build" => options.no_build = true,
-            "--only" => {
-                let list = args.next().ok_or("--only needs a list of parts")?;
-                for part in list.split(',') {
-                    if !PARTS.contains(&part) {
-                        return Err(BenchError::from(format!(
-                            "unknown part {part:?}: one of {}",
-                            PARTS.join(", ")
-                        )));
-                    }
-                    options.only.push(part.into());
-                }
-            }
-            "--python" => {
-                options.python = Some(args.next().ok_or("--python needs a path")?.into());
-            }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: secretd-bench [--quick] [--python PATH] [--no-build] \
-                     [--only reads,program,restart,propagation,catalog,flood,attribution]"
-                        .into(),
-                );
-            }
-            other => {
-                return Err(BenchError::from(format!(
-                    "unknown argument {other:?} (try --help)"
-                )));
-            }
-        }
-    }
-    Ok(options)
-}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
