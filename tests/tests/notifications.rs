@@ -4,137 +4,16 @@
 
 mod support;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use secretd_client::{ChannelState, Client, ErrorCode, HealthStatus, SourceKind};
 use secretd_gsm_fake::pubsub_emulator::{Emulator, emulator_script, gsm_event};
-use secretd_gsm_fake::{FakeGsm, VersionState, project_number};
+use secretd_gsm_fake::{FakeGsm, VersionState};
+use support::notify::{
+    API_KEY, DEFAULT_JITTER, LOADED_MARGIN, Listening, PROPAGATION_PROMISE, counted,
+    emulator_or_skip, listening, listening_with, metric, secret_id, stream_up, wait_counted,
+};
 use support::{TestEnv, can_run, wait_until};
-
-const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
-
-/// The emulator the tests of this file share (it takes seconds to start), or `None` where
-/// the machine has none (outside CI only).
-fn shared_emulator() -> Option<&'static Emulator> {
-    static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
-    EMULATOR
-        .get_or_init(|| emulator_script().map(|script| Emulator::start(&script).expect("emulator")))
-        .as_ref()
-}
-
-fn emulator_or_skip(test: &str) -> Option<&'static Emulator> {
-    let emulator = shared_emulator();
-    can_run(
-        emulator.is_some(),
-        test,
-        "Google's Pub/Sub emulator (google-cloud-cli-pubsub-emulator) and java",
-    )
-    .then_some(emulator)
-    .flatten()
-}
-
-/// The name GSM gives the API key in notifications (with the project number).
-fn secret_id() -> String {
-    API_KEY.replace("apex-test", &project_number("apex-test"))
-}
-
-/// A daemon on `fake` refreshing every 5 minutes, listening on `subscription`.
-/// How soon a version announced on the topic is served: the fleet-notification contract (for
-/// version-numbered reads; README, "Fleet notifications").
-const PROPAGATION_PROMISE: Duration = Duration::from_secs(3);
-/// `notification_jitter`'s default: the refresh waits a random time up to this.
-const DEFAULT_JITTER: Duration = Duration::from_secs(1);
-/// What a loaded 2-core machine may add to a promised time (stated, not tuned).
-const LOADED_MARGIN: Duration = Duration::from_secs(6);
-
-fn daemon_config(env: &TestEnv, fake: &FakeGsm, emulator: &Emulator, subscription: &str) -> String {
-    env.conf()
-        .daemon("refresh_interval", "5m")
-        .gsm_authenticated(fake)
-        .gsm_notifications(subscription, &emulator.endpoint())
-        .gsm_secret("trading_api_key", API_KEY)
-        .readable_by_me()
-        .build()
-}
-
-/// A daemon serving version 1 of the API key, its notification stream up.
-struct Listening {
-    /// The GSM fake.
-    fake: FakeGsm,
-    /// The daemon's directory (kept for its lifetime).
-    env: TestEnv,
-    /// The daemon.
-    daemon: support::Daemon,
-    /// A client of it.
-    client: Client,
-}
-
-/// Creates `topic` and `subscription` on `emulator` and starts a daemon listening on it, with
-/// `value` as version 1 of the API key.
-fn listening(emulator: &Emulator, topic: &str, subscription: &str, value: &[u8]) -> Listening {
-    listening_with(emulator, topic, subscription, value, |_| {})
-}
-
-/// Like [`listening`], with `prepare` run on the fake before the daemon starts.
-fn listening_with(
-    emulator: &Emulator,
-    topic: &str,
-    subscription: &str,
-    value: &[u8],
-    prepare: impl FnOnce(&FakeGsm),
-) -> Listening {
-    let subscription = emulator
-        .topic_and_subscription(topic, subscription)
-        .expect("topic and subscription");
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, value);
-    prepare(&fake);
-    let env = TestEnv::new();
-    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
-    let client = Client::connect(&daemon.socket).expect("connect");
-    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
-    stream_up(&client);
-    Listening {
-        fake,
-        env,
-        daemon,
-        client,
-    }
-}
-
-/// The value of one series in the daemon's metrics, 0 when absent.
-fn metric(client: &Client, series: &str) -> f64 {
-    client
-        .metrics()
-        .expect("metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// How many notifications of `event` ended in `result`.
-fn counted(client: &Client, event: &str, result: &str) -> f64 {
-    metric(
-        client,
-        &format!("omni_secret_notifications_total{{event=\"{event}\",result=\"{result}\"}}"),
-    )
-}
-
-/// Waits until at least one notification of `event` ended in `result`.
-fn wait_counted(client: &Client, event: &str, result: &str) {
-    wait_until(
-        || format!("a {event} notification counted as {result}"),
-        Duration::from_secs(30),
-        || (counted(client, event, result) >= 1.0).then_some(()),
-    );
-}
-
-fn stream_up(client: &Client) {
-    wait_until("the notification stream", Duration::from_secs(30), || {
-        (metric(client, "omni_secretd_notification_stream_up") == 1.0).then_some(())
-    });
-}
 
 #[test]
 fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh() {

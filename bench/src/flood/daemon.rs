@@ -88,7 +88,7 @@ pub(super) fn setup(secretd: &Path, dir: &Path) -> Result<Setup, BenchError> {
         let _ = std::fs::remove_file(&log);
         // At info, as a journal would get it: the rows count what a flood adds there.
         let child = fixture::spawn_logging(secretd, &config_path, &log, "info")?;
-        let setup = Setup {
+        let mut setup = Setup {
             child,
             socket: socket.clone(),
             db: db.clone(),
@@ -106,13 +106,14 @@ pub(super) fn setup(secretd: &Path, dir: &Path) -> Result<Setup, BenchError> {
 
 impl Setup {
     /// Waits until the daemon serves, up to 20 s.
-    pub(super) fn serving(&self) -> Result<(), BenchError> {
+    pub(super) fn serving(&mut self) -> Result<(), BenchError> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Client::connect(&self.socket)
             .and_then(|c| c.get(NAME))
             .is_err()
         {
-            if Instant::now() > deadline || self.exited() {
+            let exited = self.child.try_wait().ok().flatten().is_some();
+            if Instant::now() > deadline || exited {
                 let log = self.log_text();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(format!(
@@ -124,22 +125,6 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
-    }
-
-    /// Whether the daemon has exited.
-    pub(super) fn exited(&self) -> bool {
-        // SAFETY: waitpid on our own child with WNOHANG only peeks; WNOWAIT leaves it waitable.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.child.id(),
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        // SAFETY: si_pid is set when waitid reports a child.
-        rc == 0 && unsafe { info.si_pid() } != 0
     }
 
     /// The daemon's log so far.

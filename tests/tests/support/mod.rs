@@ -7,6 +7,7 @@ pub(crate) mod container;
 pub(crate) mod google;
 pub(crate) mod http;
 pub(crate) mod impostor;
+pub(crate) mod notify;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -138,16 +138,10 @@ fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// The frames that tell a refused client why, encoded once.
 static BUSY_FRAMES: LazyLock<[Vec<u8>; 2]> = LazyLock::new(|| {
     [Refusal::Total, Refusal::PerUid].map(|refusal| {
-        let message = match refusal {
-            Refusal::Total => "secretd is at its connection limit; retry shortly",
-            Refusal::PerUid => {
-                "this uid holds as many connections as secretd allows one uid; close some or retry"
-            }
-        };
         let mut frame = Vec::new();
         // A fixed, small error response: encoding it cannot fail.
         let _ = encode_frame(
-            &Response::Error(WireError::new(ErrorCode::Busy, message)),
+            &Response::Error(WireError::new(ErrorCode::Busy, refusal.reply())),
             &mut frame,
         );
         frame

@@ -88,6 +88,16 @@ impl Refusal {
         }
     }
 
+    /// What the refused client is told (a `Busy` error).
+    pub(super) fn reply(self) -> &'static str {
+        match self {
+            Refusal::Total => "secretd is at its connection limit; retry shortly",
+            Refusal::PerUid => {
+                "this uid holds as many connections as secretd allows one uid; close some or retry"
+            }
+        }
+    }
+
     /// The log line.
     pub(super) fn message(self) -> &'static str {
         match self {
