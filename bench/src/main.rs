@@ -1,11 +1,12 @@
 //! `cargo run --release -p secretd-bench -- [--quick] [--python PATH] [--no-build]
-//! [--only reads,program,restart,propagation,catalog,flood,attribution]`
+//! [--only reads,program,restart,propagation,catalog,flood,attribution,any-process]`
 //!
 //! Starts the real daemon with a 64-byte secret and measures a read from every client
 //! language against a plain Unix-socket round trip of the same frame sizes, all in one run, then
 //! prints a Markdown table (BENCHMARKS.md explains it) and the daemon's memory. `SECRETD_BENCH_DAEMON`
 //! names another daemon binary to measure (a before/after table of two commits).
 
+mod any_process;
 mod attribution;
 mod cases;
 mod catalog;
@@ -158,6 +159,10 @@ fn run() -> Result<bool, BenchError> {
         Some(cases::HARNESS_ARG) => return cases::harness(&args[1..]).map(|()| true),
         Some(flood::FLOOD_ARG) => return flood::helper(&args[1..]).map(|()| true),
         Some(program::ECHO_ARG) => return program::echo_server(&args[1..]).map(|()| true),
+        Some(any_process::LOAD_ARG) => return any_process::load_helper(&args[1..]).map(|()| true),
+        Some(any_process::GET_ONCE_ARG) => {
+            return any_process::get_once_helper(&args[1..]).map(|()| true);
+        }
         Some(program::PROGRAM_ARG) => {
             return program::client_program(&args[1..]).map(|()| true);
         }
@@ -400,6 +405,22 @@ fn run() -> Result<bool, BenchError> {
         None
     };
 
+    let any_process = if options.runs("any-process") {
+        match any_process::measure(&secretd, dir.path(), sizes.connect, sizes.cli) {
+            Ok(rows) => Some(rows),
+            Err(BenchError::CannotRun) => {
+                notes.skip("any-process rows: need root, for a unit's cgroup");
+                None
+            }
+            Err(e) => {
+                notes.fail(format!("any-process: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let clients = cases::idle_clients(&socket, 100);
     cases::settle();
     let rss_100 = daemon.rss_kib();
@@ -437,6 +458,9 @@ fn run() -> Result<bool, BenchError> {
     }
     if let Some(attributed) = &attributed {
         attribution::print(attributed);
+    }
+    if let Some(any_process) = &any_process {
+        any_process::print(any_process);
     }
     if !gaps.is_empty() {
         restart::print_table(&gaps);

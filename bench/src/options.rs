@@ -18,7 +18,7 @@ pub(crate) struct Options {
 }
 
 /// The parts of a run, for `--only`.
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "reads",
     "program",
     "restart",
@@ -26,6 +26,7 @@ const PARTS: [&str; 7] = [
     "catalog",
     "flood",
     "attribution",
+    "any-process",
 ];
 
 impl Options {
@@ -65,7 +66,7 @@ pub(crate) fn parse_args() -> Result<Options, BenchError> {
             "-h" | "--help" => {
                 return Err(
                     "usage: secretd-bench [--quick] [--python PATH] [--no-build] \
-                     [--only reads,program,restart,propagation,catalog,flood,attribution]"
+                     [--only reads,program,restart,propagation,catalog,flood,attribution,any-process]"
                         .into(),
                 );
             }

@@ -10,7 +10,7 @@ use std::process::Command;
 use secretd_client::Client;
 use std::time::Duration;
 
-use support::{TestEnv, can_run, euid, is_root, probe_bin, wait_until};
+use support::{TestEnv, can_run, cgroup_root, euid, is_root, probe_bin, wait_until};
 
 const KEY: &[u8] = b"Omni-Key-Attested-0123456789!";
 
@@ -137,19 +137,6 @@ body = recv(s)
 tag = struct.unpack("<I", body[:4])[0]
 print("secret" if tag == 1 else "error %d" % struct.unpack("<H", body[4:6])[0])
 "#;
-
-/// Where a test can make a cgroup a unit would have: the `name=systemd` v1 hierarchy on hybrid
-/// hosts, else the unified v2 root.
-fn cgroup_root() -> Option<PathBuf> {
-    let v1 = Path::new("/sys/fs/cgroup/systemd");
-    if v1.join("cgroup.procs").exists() {
-        return Some(v1.to_owned());
-    }
-    let v2 = Path::new("/sys/fs/cgroup");
-    v2.join("cgroup.controllers")
-        .exists()
-        .then(|| v2.to_owned())
-}
 
 #[test]
 fn a_unit_and_cgroup_binding_selects_an_interpreted_bot_whatever_its_interpreter() {

@@ -102,21 +102,6 @@ fn prepare(ct: &Container) {
     );
 }
 
-/// Waits until `unit`'s ActiveState is `state`.
-fn wait_for_state(ct: &Container, unit: &str, state: &str) {
-    let last = std::cell::RefCell::new(String::new());
-    wait_until(
-        || format!("{unit} to be {state} (last: {})", last.borrow()),
-        UNIT_TIMEOUT,
-        || {
-            let now = ct.sh(&format!("systemctl show -p ActiveState --value {unit}"));
-            let reached = now == state;
-            *last.borrow_mut() = now;
-            reached.then_some(())
-        },
-    );
-}
-
 /// Runs `cmd` as the bot user.
 fn as_bot(cmd: &str) -> String {
     format!("setpriv --reuid=bot --regid=bot --init-groups -- {cmd}")
@@ -282,7 +267,7 @@ fn restarts_under_a_client_loop_lose_no_request() {
     for _ in 0..5 {
         let before = ct.sh("systemctl show -p MainPID --value secretd");
         ct.sh("systemctl restart secretd");
-        wait_for_state(&ct, "secretd", "active");
+        ct.wait_for_state("secretd", "active", UNIT_TIMEOUT);
         let after = ct.sh("systemctl show -p MainPID --value secretd");
         assert_ne!(before, after, "the daemon did not restart");
     }

@@ -7,6 +7,8 @@ mod break_glass_cmds;
 mod check_cmd;
 mod client_cmds;
 mod error;
+mod polkit_cmd;
+mod run;
 mod serve_cmd;
 
 use std::path::PathBuf;
@@ -94,6 +96,11 @@ enum Command {
         /// Catalog names.
         names: Vec<String>,
     },
+    /// Run a command with secrets in its environment, files or templates; restart, signal or
+    /// stop it when one changes. Exits with the command's status (128+N for signal N), 125 if
+    /// secretd run itself failed (nothing was started), 126/127 if the command could not be
+    /// executed or found, 75 after `--on-change exit`.
+    Run(run::RunArgs),
     /// Admin: fetch one secret (or all) from its source now; prints each result.
     Refresh {
         /// The catalog name; every secret when omitted.
@@ -120,6 +127,19 @@ enum Command {
         /// RSA key size.
         #[arg(long, default_value_t = 3072)]
         bits: usize,
+    },
+    /// The polkit rule letting the daemon's user try-restart the units [[credential]]
+    /// restarts on a rotation (the packaged unit writes it before each start).
+    PolkitRule {
+        /// The daemon's config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The user the daemon runs as.
+        #[arg(long, default_value = "secretd")]
+        user: String,
+        /// Write the rule here (atomically) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Admin: emergency values that outrank GSM until they expire.
     BreakGlass {
@@ -241,9 +261,19 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // --help and --version are not errors; clap picks the exit code (0 or 2).
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
+            let usage = u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
+            // `secretd run`'s own usage errors must not look like the command's status.
+            let code = if usage != 0 && is_run_command() {
+                run::EXIT_RUN_FAILED
+            } else {
+                usage
+            };
+            return ExitCode::from(code);
         }
     };
+    if let Command::Run(args) = cli.command {
+        return ExitCode::from(run::run(cli.socket, args));
+    }
     match run(cli.command, cli.socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -251,6 +281,23 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// Whether the command line is a `secretd run` (the first word that is not an option or the
+/// global `--socket`'s value).
+fn is_run_command() -> bool {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--socket") => {
+                args.next();
+            }
+            Some(a) if a.starts_with('-') => {}
+            Some(word) => return word == "run",
+            None => return false,
+        }
+    }
+    false
 }
 
 /// Runs one subcommand.
@@ -275,6 +322,10 @@ fn run(command: Command, socket: Option<PathBuf>) -> Result<(), error::CliError>
         } => client_cmds::connections(socket, json),
         Command::Status { json, .. } => client_cmds::status(socket, json),
         Command::Refresh { name } => client_cmds::refresh(socket, name.as_deref()),
+        // Dispatched in `main`: its exit code is the command's, not 0 or 1.
+        Command::Run(_) => Err(error::CliError::Runtime(std::io::Error::other(
+            "secretd run is dispatched by main",
+        ))),
         Command::Watch { names } => client_cmds::watch(socket, &names),
         Command::Rotation { step } => {
             let (name, step) = rotation_step(step);
@@ -294,6 +345,9 @@ fn run(command: Command, socket: Option<PathBuf>) -> Result<(), error::CliError>
             out_public,
             bits,
         } => keygen(bits, &out_private, &out_public),
+        Command::PolkitRule { config, user, out } => {
+            polkit_cmd::run(&config, &user, out.as_deref())
+        }
         Command::BreakGlass { cmd } => match cmd {
             BreakGlassCmd::Apply {
                 name,

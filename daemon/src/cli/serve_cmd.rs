@@ -34,7 +34,7 @@ pub(super) fn run(
     unsafe { std::env::remove_var(crate::catalog::source::gsm::GOOGLE_LOGGING_ENV) };
     init_logging(log_format);
     // Also before any thread: it clears the LISTEN_* variables.
-    let activated = crate::runtime::systemd::take_activated_socket();
+    let activated = crate::runtime::systemd::take_activated_sockets();
     let mut config = if dev {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };

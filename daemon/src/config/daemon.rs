@@ -139,6 +139,8 @@ pub(crate) struct DaemonConfig {
     pub attest_max_exe_bytes: u64,
     /// The sealed last-known-good file and its key, when enabled.
     pub last_known_good: Option<LastKnownGoodConfig>,
+    /// The systemd credential provider's socket (`credentials_socket`), when enabled.
+    pub credentials_socket: Option<PathBuf>,
 }
 
 /// `[daemon] last_known_good` and where its key comes from.
@@ -274,6 +276,19 @@ pub(super) fn validate_daemon(
             raw.last_known_good_key,
             credentials,
         )?,
+        credentials_socket: raw
+            .credentials_socket
+            .map(|p| {
+                if p.is_absolute() {
+                    Ok(p)
+                } else {
+                    Err(invalid(format!(
+                        "daemon.credentials_socket = {:?} must be an absolute path",
+                        p.display()
+                    )))
+                }
+            })
+            .transpose()?,
     })
 }
 

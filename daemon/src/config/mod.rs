@@ -4,6 +4,7 @@
 //! unparsable durations are errors with the offending key named, so a typo never silently
 //! changes who can read what.
 
+mod credentials;
 mod daemon;
 mod gsm;
 mod http;
@@ -18,6 +19,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub(crate) use credentials::CredentialGrant;
+use credentials::validate_credential;
 pub(crate) use daemon::{
     AUDIT_KEY_CREDENTIAL, CREDENTIALS_DIRECTORY_ENV, DaemonConfig, GroupRef, LastKnownGoodConfig,
     MAX_SECRETS,
@@ -71,6 +74,8 @@ pub(crate) struct Config {
     pub secrets: Vec<SecretConfig>,
     /// Who may read what.
     pub policies: Vec<PolicyConfig>,
+    /// Which systemd units may load which secrets as credentials.
+    pub credentials: Vec<CredentialGrant>,
 }
 
 /// `[break_glass]`.
@@ -146,12 +151,26 @@ impl Config {
             .enumerate()
             .map(|(i, p)| validate_policy(i, p))
             .collect::<Result<Vec<_>, _>>()?;
+        let credentials = raw
+            .credentials
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| validate_credential(i, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !credentials.is_empty() && daemon.credentials_socket.is_none() {
+            return Err(invalid(
+                "[[credential]] is configured but daemon.credentials_socket is not: set it \
+                 (the package's secretd-credentials.socket listens on \
+                 /run/secretd/credentials.sock)",
+            ));
+        }
         Ok(Config {
             daemon,
             gsm,
             break_glass,
             secrets,
             policies,
+            credentials,
         })
     }
 }

@@ -16,6 +16,8 @@ pub(super) struct RawConfig {
     pub(super) secrets: Vec<RawSecret>,
     #[serde(default, rename = "policy")]
     pub(super) policies: Vec<RawPolicy>,
+    #[serde(default, rename = "credential")]
+    pub(super) credentials: Vec<RawCredential>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +26,7 @@ pub(super) struct RawDaemon {
     pub(super) socket: Option<PathBuf>,
     pub(super) socket_mode: Option<String>,
     pub(super) socket_group: Option<String>,
+    pub(super) credentials_socket: Option<PathBuf>,
     pub(super) db: Option<PathBuf>,
     pub(super) admin_uids: Option<Vec<u32>>,
     pub(super) refresh_interval: Option<String>,
@@ -116,4 +119,15 @@ pub(super) struct RawPolicy {
     pub(super) exe_sha256: Option<Vec<String>>,
     pub(super) systemd_unit: Option<Vec<String>>,
     pub(super) cgroup: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    #[serde(default)]
+    pub(super) units: Vec<String>,
+    #[serde(default)]
+    pub(super) allow: Vec<String>,
+    pub(super) on_change: Option<String>,
+    pub(super) stagger: Option<String>,
 }

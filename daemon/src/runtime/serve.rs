@@ -17,8 +17,10 @@ use crate::catalog::refresh;
 use crate::catalog::source;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::server::credentials;
 use crate::server::identity::{Attestor, Policy};
 use crate::server::requests::{Denials, ReadLedger};
+use crate::server::transport::credentials_socket;
 use crate::server::transport::socket::{self, SocketFile};
 use crate::server::{self, Shared};
 use crate::store::Store;
@@ -36,27 +38,47 @@ pub(crate) use super::error::ServeError;
 pub(crate) async fn run(
     mut config: Config,
     cancel: CancellationToken,
-    activated: Option<std::os::fd::OwnedFd>,
+    activated: Vec<std::os::fd::OwnedFd>,
 ) -> Result<(), ServeError> {
     process::harden().map_err(ServeError::Harden)?;
     fit_connections_to_fd_limit(&mut config)?;
+    let (client_fd, credentials_fd) = credentials_socket::sort_activated(activated, &config.daemon);
     // Bind before anything else: a second daemon on the same socket must fail here, not after
     // it has loaded secrets and hit the source.
-    let (listener, socket_file) = match activated {
+    let (listener, socket_file) = match client_fd {
         Some(fd) => socket::adopt(fd, &config.daemon.socket)?,
         None => socket::bind(&config.daemon)?,
     };
-    let opened = open_store::open_store(&config);
-    let (store, key, audit, audit_thread) = match opened {
+    let credentials = config
+        .daemon
+        .credentials_socket
+        .as_deref()
+        .map(|path| credentials_socket::listen(path, credentials_fd))
+        .transpose();
+    let opened = credentials
+        .map_err(ServeError::from)
+        .and_then(|credentials| open_store::open_store(&config).map(|parts| (parts, credentials)));
+    let ((store, key, audit, audit_thread), credentials) = match opened {
         Ok(parts) => parts,
         Err(e) => {
             socket_file.remove();
             return Err(e);
         }
     };
+    let (credentials, credentials_file) = match credentials {
+        Some((listener, file)) => (Some(listener), file),
+        None => (None, None),
+    };
     let store_for_anchor = store.clone();
     let watchdog = tokio::spawn(watch_socket(socket_file.clone(), cancel.clone()));
-    let result = serve_bound(config, store, key, audit, listener, &socket_file, cancel).await;
+    let sockets = Listeners {
+        client: listener,
+        credentials,
+    };
+    let result = serve_bound(config, store, key, audit, sockets, &socket_file, cancel).await;
+    if let Some(file) = credentials_file {
+        file.remove();
+    }
     // Finished means it saw the socket lost (true) or the shutdown (false); a setup error
     // can return before either, so a running watchdog is stopped here.
     let lost = if watchdog.is_finished() {
@@ -148,12 +170,20 @@ async fn watch_socket(socket: SocketFile, cancel: CancellationToken) -> bool {
     }
 }
 
+/// The sockets the daemon serves on.
+struct Listeners {
+    /// Clients.
+    client: interprocess::local_socket::tokio::Listener,
+    /// systemd's credential requests, when `credentials_socket` is set.
+    credentials: Option<tokio::net::UnixListener>,
+}
+
 async fn serve_bound(
     config: Config,
     store: Arc<Store>,
     key: Arc<FingerprintKey>,
     audit: AuditLog,
-    listener: interprocess::local_socket::tokio::Listener,
+    sockets: Listeners,
     socket_file: &SocketFile,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -172,12 +202,15 @@ async fn serve_bound(
     }
     let shared = start_values(&config, &store, key, &audit, sources, &run).await?;
     start_services(&config, &shared, google_credentials, &store, &run).await?;
+    if let Some(listener) = sockets.credentials {
+        start_credentials(&config, &shared, listener, &run);
+    }
     announce_ready(&audit, config.secrets.len(), socket_file);
     drop(audit);
     // Kept to write the read ledger's last counts once every connection has flushed into it.
     let ledger = shared.clone();
     server::transport::serve(
-        listener,
+        sockets.client,
         shared,
         server::transport::Limits {
             total: config.daemon.max_connections,
@@ -380,6 +413,35 @@ async fn start_services(
         run.cancel.clone(),
     ));
     Ok(())
+}
+
+/// Phase 4b: the systemd credential provider, and the restarts of units after a rotation.
+fn start_credentials(
+    config: &Config,
+    shared: &Arc<Shared>,
+    listener: tokio::net::UnixListener,
+    run: &Running,
+) {
+    let grants: Arc<[crate::config::CredentialGrant]> = config.credentials.clone().into();
+    let socket = config
+        .daemon
+        .credentials_socket
+        .as_deref()
+        .unwrap_or(std::path::Path::new(""));
+    let restarts = credentials::Restarts::new(grants.clone(), socket);
+    run.tracker.spawn(restarts.clone().run(
+        shared.catalog.clone(),
+        run.cancel.clone(),
+        run.tracker.clone(),
+    ));
+    run.tracker.spawn(credentials::serve(
+        listener,
+        shared.clone(),
+        grants,
+        restarts,
+        run.cancel.clone(),
+        run.tracker.clone(),
+    ));
 }
 
 /// Phase 5: the start is audited, systemd told, and the log says so.

@@ -6,10 +6,15 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// The first file descriptor systemd passes.
 const SD_LISTEN_FDS_START: i32 = 3;
 
-/// Takes the activated listening socket, if systemd passed one to *this* process: honoured
+/// The most sockets taken from systemd: the client socket and the credentials socket, with
+/// room to spare. More are a unit file's mistake.
+const MAX_ACTIVATED: i32 = 8;
+
+/// Takes the activated listening sockets, if systemd passed any to *this* process: honoured
 /// only when `LISTEN_PID` is our pid (a variable inherited from a parent is ignored). Clears the
-/// variables so nothing we start inherits them. Call before any other thread exists.
-pub(crate) fn take_activated_socket() -> Option<OwnedFd> {
+/// variables so nothing we start inherits them. Call before any other thread exists. The caller
+/// tells the sockets apart by the paths they are bound to.
+pub(crate) fn take_activated_sockets() -> Vec<OwnedFd> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -25,18 +30,24 @@ pub(crate) fn take_activated_socket() -> Option<OwnedFd> {
         std::env::remove_var("LISTEN_FDNAMES");
     }
     if !ours || count < 1 {
-        return None;
+        return Vec::new();
     }
-    if count > 1 {
-        tracing::warn!(count, "systemd passed several sockets; using the first");
+    if count > MAX_ACTIVATED {
+        tracing::warn!(
+            count,
+            "systemd passed more sockets than secretd uses; taking the first {MAX_ACTIVATED}"
+        );
     }
-    // SAFETY: systemd hands fd 3 to this process for it to own; nothing else in the process
-    // knows about it.
-    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
-    // The socket must not leak into anything we exec.
-    // SAFETY: fcntl on an fd we own.
-    unsafe { libc::fcntl(SD_LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Some(fd)
+    (SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count.min(MAX_ACTIVATED))
+        .map(|fd| {
+            // The socket must not leak into anything we exec.
+            // SAFETY: fcntl on an fd systemd handed to this process.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: systemd hands these fds to this process for it to own; nothing else in
+            // the process knows about them.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .collect()
 }
 
 /// Sends a state line (`READY=1`, `STOPPING=1`) to systemd if it asked for notifications.

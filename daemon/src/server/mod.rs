@@ -2,8 +2,9 @@
 //! accept loop with its seats, framing, the one connection loop and its two drivers) →
 //! `identity` (who the peer is, what program it runs, what policy grants it) → `requests`
 //! (the session, a handler per request, the reply). Beside them, `http` serves `/metrics`,
-//! `/healthz` and `/status`.
+//! `/healthz` and `/status`, and `credentials` answers systemd's `LoadCredential=` requests.
 
+pub(crate) mod credentials;
 pub(crate) mod http;
 pub(crate) mod identity;
 pub(crate) mod requests;

@@ -148,6 +148,21 @@ impl Container {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Waits until `unit`'s ActiveState is `state`, for at most `timeout`.
+    pub(crate) fn wait_for_state(&self, unit: &str, state: &str, timeout: std::time::Duration) {
+        let last = std::cell::RefCell::new(String::new());
+        super::wait_until(
+            || format!("{unit} to be {state} (last: {})", last.borrow()),
+            timeout,
+            || {
+                let now = self.sh(&format!("systemctl show -p ActiveState --value {unit}"));
+                let reached = now == state;
+                *last.borrow_mut() = now;
+                reached.then_some(())
+            },
+        );
+    }
+
     /// Installs this build's three packages with apt-get, as a user would.
     pub(crate) fn install_packages(&self) {
         self.install_packages_from(&self.debs);

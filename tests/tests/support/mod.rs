@@ -94,6 +94,19 @@ impl<F: Fn() -> String> Waiting for F {
     }
 }
 
+/// Where a test can make a cgroup a unit would have: the `name=systemd` v1 hierarchy on hybrid
+/// hosts, else the unified v2 root.
+pub(crate) fn cgroup_root() -> Option<PathBuf> {
+    let v1 = Path::new("/sys/fs/cgroup/systemd");
+    if v1.join("cgroup.procs").exists() {
+        return Some(v1.to_owned());
+    }
+    let v2 = Path::new("/sys/fs/cgroup");
+    v2.join("cgroup.controllers")
+        .exists()
+        .then(|| v2.to_owned())
+}
+
 /// Polls `probe` every 20 ms until it returns `Some`, for at most `timeout`, and returns
 /// what it found; panics naming `what` if the time runs out. Tests never sleep a fixed time
 /// and hope: they wait for the state, with a generous deadline.

@@ -6,6 +6,7 @@ mod accept;
 mod admission;
 mod alarm;
 mod connection;
+pub(crate) mod credentials_socket;
 mod fair_queue;
 mod frame_buf;
 mod recv;

@@ -39,14 +39,14 @@ pub(crate) enum SocketError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SocketError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SocketError + '_ {
     move |source| SocketError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-fn unsafe_path(path: &Path, why: impl Into<String>) -> SocketError {
+pub(super) fn unsafe_path(path: &Path, why: impl Into<String>) -> SocketError {
     SocketError::Unsafe {
         path: path.to_owned(),
         why: why.into(),
@@ -64,6 +64,14 @@ pub(crate) struct SocketFile {
 }
 
 impl SocketFile {
+    /// A socket file this daemon bound, with its device and inode right after the bind.
+    pub(crate) fn bound(path: &Path, identity: (u64, u64)) -> SocketFile {
+        SocketFile {
+            path: path.to_owned(),
+            identity: Some(identity),
+        }
+    }
+
     /// The socket path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
@@ -175,7 +183,7 @@ pub(crate) fn adopt(
 
 /// The filesystem path a Unix socket is bound to, if it is bound to one (not abstract, not
 /// unnamed).
-fn bound_path(fd: std::os::fd::RawFd) -> io::Result<Option<PathBuf>> {
+pub(crate) fn bound_path(fd: std::os::fd::RawFd) -> io::Result<Option<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -219,7 +227,11 @@ fn dir_mode_for(socket_mode: u32) -> u32 {
     mode
 }
 
-fn prepare_dir(dir: &Path, socket_mode: u32, gid: Option<u32>) -> Result<(), SocketError> {
+pub(super) fn prepare_dir(
+    dir: &Path,
+    socket_mode: u32,
+    gid: Option<u32>,
+) -> Result<(), SocketError> {
     let wanted = dir_mode_for(socket_mode);
     match std::fs::DirBuilder::new().mode(wanted).create(dir) {
         Ok(()) => {
@@ -269,7 +281,7 @@ fn prepare_dir(dir: &Path, socket_mode: u32, gid: Option<u32>) -> Result<(), Soc
     Ok(())
 }
 
-fn clear_stale(path: &Path) -> Result<(), SocketError> {
+pub(super) fn clear_stale(path: &Path) -> Result<(), SocketError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

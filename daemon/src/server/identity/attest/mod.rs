@@ -315,6 +315,25 @@ impl Attestor {
     }
 }
 
+/// The system manager's unit whose cgroup holds process `pid`, read under a pidfd (or the
+/// start time) so a pid reused meanwhile is noticed: `None` if the process is gone, changed,
+/// or sits in no system unit. For callers the kernel vouches for otherwise (the credential
+/// provider's root peers), so no descriptor or executable checks.
+pub(crate) fn unit_of_process(pid: i32) -> Option<String> {
+    let pidfd = pidfd_open(pid);
+    let started = if pidfd.is_none() {
+        Some(start_time(pid)?)
+    } else {
+        None
+    };
+    let unit = read(pid).unit;
+    let same = match &pidfd {
+        Some(fd) => alive(fd),
+        None => start_time(pid) == started,
+    };
+    same.then_some(unit).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
