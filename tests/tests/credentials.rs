@@ -175,23 +175,18 @@ fn units_get_what_credential_grants_and_a_refusal_fails_their_start() {
 fn a_credential_table_needs_the_socket_and_valid_units() {
     let env = TestEnv::new();
     let base = env.conf().file_secret("k", b"v").readable_by_me().build();
-    let check = |extra: &str| {
-        let path = env.path("c.toml");
-        std::fs::write(&path, format!("{base}\n{extra}")).expect("config");
-        let out = Command::new(support::secretd_bin())
-            .args(["check", "--config"])
-            .arg(&path)
-            .args(["--require", "k"])
-            .env("SECRETD_SOCKET", env.path("none.sock"))
-            .output()
-            .expect("secretd check");
-        // The config's error is one of the violations, on stdout.
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let check = |extra: &str| check_config(&env, &format!("{base}\n{extra}"));
+    // One socket cannot be both.
+    let both = env
+        .conf()
+        .daemon("credentials_socket", env.socket().to_str().expect("utf-8"))
+        .file_secret("k", b"v")
+        .build();
+    assert!(
+        check_config(&env, &both).contains("another path than daemon.socket"),
+        "{}",
+        check_config(&env, &both)
+    );
     let table = "[[credential]]\nunits = [\"mm-bot.service\"]\nallow = [\"k\"]\n";
     assert!(
         check(table).contains("credentials_socket is not"),
@@ -204,6 +199,12 @@ fn a_credential_table_needs_the_socket_and_valid_units() {
         "{}",
         check(bad_unit)
     );
+    let escaped = "[[credential]]\nunits = [\"a\\\\x2d*.service\"]\nallow = [\"k\"]\n";
+    assert!(
+        check(escaped).contains("is not a service unit name"),
+        "{}",
+        check(escaped)
+    );
     let bad_change =
         "[[credential]]\nunits = [\"a.service\"]\nallow = [\"k\"]\non_change = \"reload\"\n";
     assert!(
@@ -211,4 +212,23 @@ fn a_credential_table_needs_the_socket_and_valid_units() {
         "{}",
         check(bad_change)
     );
+}
+
+/// `secretd check` of `config`: what it says (the config's error is one of the violations).
+fn check_config(env: &TestEnv, config: &str) -> String {
+    let path = env.path("c.toml");
+    std::fs::write(&path, config).expect("config");
+    let out = Command::new(support::secretd_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .args(["--require", "k"])
+        .env("SECRETD_SOCKET", env.path("none.sock"))
+        .output()
+        .expect("secretd check");
+    // The config's error is one of the violations, on stdout.
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -386,7 +386,8 @@ fn signals_reach_the_command() {
     let f = Fixture::new();
     let log = f.env.path("signals");
     let script = format!(
-        "trap 'echo hup >> {0}' HUP; trap 'echo int >> {0}' INT; trap 'echo term >> {0}; exit 3' TERM; \
+        "trap 'echo hup >> {0}' HUP; trap 'echo int >> {0}' INT; trap 'echo usr1 >> {0}' USR1; \
+         trap 'echo term >> {0}; exit 3' TERM; \
          echo ready >> {0}; while :; do sleep 0.05; done",
         log.display()
     );
@@ -396,6 +397,8 @@ fn signals_reach_the_command() {
     wait_for_file(&f, "signals", "hup");
     signal(&run, libc::SIGINT);
     wait_for_file(&f, "signals", "int");
+    signal(&run, libc::SIGUSR1);
+    wait_for_file(&f, "signals", "usr1");
     signal(&run, libc::SIGTERM);
     assert_eq!(
         wait_exit(&mut run).code(),
@@ -404,7 +407,7 @@ fn signals_reach_the_command() {
     );
     assert_eq!(
         f.file("signals").lines().collect::<Vec<_>>(),
-        ["ready", "hup", "int", "term"]
+        ["ready", "hup", "int", "usr1", "term"]
     );
 }
 
@@ -441,13 +444,35 @@ fn mask_replaces_values_even_when_written_in_pieces() {
 }
 
 #[test]
+fn a_masked_command_whose_orphan_keeps_the_pipe_open_still_ends_the_run() {
+    let f = Fixture::new();
+    // The orphan holds the command's stdout for a minute; the run ends with the command.
+    let mut run = f.spawn(&[
+        "--mask",
+        "--env",
+        "K=api_key",
+        "--",
+        "sh",
+        "-c",
+        "(sleep 60 &); echo done; exit 4",
+    ]);
+    assert_eq!(wait_exit(&mut run).code(), Some(4));
+}
+
+#[test]
 fn a_killed_runs_directory_is_removed_by_the_next_run() {
     let f = Fixture::new();
     let mut run = f.spawn(&["--file", "api_key=key", "--", "sleep", "1000"]);
-    let dir = f.runs_folder().join(run.id().to_string());
-    wait_until("the run directory", SETTLE, || {
-        dir.join("key").exists().then_some(())
+    let prefix = format!("{}-", run.id());
+    let dir = wait_until("the run directory", SETTLE, || {
+        let entries = std::fs::read_dir(f.runs_folder()).ok()?;
+        entries
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .filter(|d| d.join("key").exists())
     });
+
     let mode = std::fs::metadata(f.runs_folder())
         .expect("folder")
         .permissions()

@@ -51,12 +51,15 @@ pub(super) fn validate_credential(
         return Err(invalid(format!("{key} allows no secrets")));
     }
     for unit in &c.units {
-        // systemd names units with letters, digits and ":-_.\@"; a glob adds "*?[]!". Quotes
-        // or slashes could never match a unit and would break the generated polkit rule.
+        // systemd names units with letters, digits and ":-_.@" (and escapes others with a
+        // backslash); a glob adds "*?[]!". Quotes or slashes could never match a unit and
+        // would break the generated polkit rule. A backslash is refused too: globset reads it
+        // as an escape and the polkit rule would not, so the two could grant different units
+        // (match an escaped unit name with `?`).
         let ok = unit.ends_with(".service")
             && unit
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@*?[]!".contains(&b));
+                .all(|b| b.is_ascii_alphanumeric() || b":-_.@*?[]!".contains(&b));
         if !ok {
             return Err(invalid(format!(
                 "{key} unit {unit:?} is not a service unit name or glob (like \"fix-gw@*.service\")"

@@ -157,6 +157,11 @@ impl Config {
             .enumerate()
             .map(|(i, c)| validate_credential(i, c))
             .collect::<Result<Vec<_>, _>>()?;
+        if daemon.credentials_socket.as_deref() == Some(daemon.socket.as_path()) {
+            return Err(invalid(
+                "daemon.credentials_socket must be another path than daemon.socket",
+            ));
+        }
         if !credentials.is_empty() && daemon.credentials_socket.is_none() {
             return Err(invalid(
                 "[[credential]] is configured but daemon.credentials_socket is not: set it \

@@ -38,7 +38,7 @@ pub(crate) use super::error::ServeError;
 pub(crate) async fn run(
     mut config: Config,
     cancel: CancellationToken,
-    activated: Vec<std::os::fd::OwnedFd>,
+    activated: Vec<(std::os::fd::OwnedFd, Option<String>)>,
 ) -> Result<(), ServeError> {
     process::harden().map_err(ServeError::Harden)?;
     fit_connections_to_fd_limit(&mut config)?;
@@ -49,12 +49,24 @@ pub(crate) async fn run(
         Some(fd) => socket::adopt(fd, &config.daemon.socket)?,
         None => socket::bind(&config.daemon)?,
     };
-    let credentials = config
-        .daemon
-        .credentials_socket
-        .as_deref()
-        .map(|path| credentials_socket::listen(path, credentials_fd))
-        .transpose();
+    let credentials = match (config.daemon.credentials_socket.as_deref(), credentials_fd) {
+        (Some(path), fd) => Some(credentials_socket::listen(path, fd)),
+        // Enabled in systemd but not in the config: refuse every request (a unit then fails
+        // to start at once instead of waiting on a socket nobody answers).
+        (None, Some(fd)) => {
+            tracing::error!(
+                event = "credential.unconfigured",
+                "systemd passed secretd-credentials.socket but daemon.credentials_socket is \
+                 not set: every credential request is refused"
+            );
+            Some(credentials_socket::listen(
+                std::path::Path::new("secretd-credentials.socket"),
+                Some(fd),
+            ))
+        }
+        (None, None) => None,
+    }
+    .transpose();
     let opened = credentials
         .map_err(ServeError::from)
         .and_then(|credentials| open_store::open_store(&config).map(|parts| (parts, credentials)));

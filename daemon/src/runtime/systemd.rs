@@ -12,9 +12,10 @@ const MAX_ACTIVATED: i32 = 8;
 
 /// Takes the activated listening sockets, if systemd passed any to *this* process: honoured
 /// only when `LISTEN_PID` is our pid (a variable inherited from a parent is ignored). Clears the
-/// variables so nothing we start inherits them. Call before any other thread exists. The caller
-/// tells the sockets apart by the paths they are bound to.
-pub(crate) fn take_activated_sockets() -> Vec<OwnedFd> {
+/// variables so nothing we start inherits them. Call before any other thread exists. Each
+/// comes with its name (`LISTEN_FDNAMES`: `FileDescriptorName=`, by default the socket unit's
+/// name); the caller tells the sockets apart by name and by the paths they are bound to.
+pub(crate) fn take_activated_sockets() -> Vec<(OwnedFd, Option<String>)> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -23,6 +24,9 @@ pub(crate) fn take_activated_sockets() -> Vec<OwnedFd> {
         .ok()
         .and_then(|n| n.parse::<i32>().ok())
         .unwrap_or(0);
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
     // SAFETY: called while the process is single-threaded (documented precondition).
     unsafe {
         std::env::remove_var("LISTEN_PID");
@@ -43,9 +47,12 @@ pub(crate) fn take_activated_sockets() -> Vec<OwnedFd> {
             // The socket must not leak into anything we exec.
             // SAFETY: fcntl on an fd systemd handed to this process.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            let name = usize::try_from(fd - SD_LISTEN_FDS_START)
+                .ok()
+                .and_then(|i| names.get(i).cloned());
             // SAFETY: systemd hands these fds to this process for it to own; nothing else in
             // the process knows about them.
-            unsafe { OwnedFd::from_raw_fd(fd) }
+            (unsafe { OwnedFd::from_raw_fd(fd) }, name)
         })
         .collect()
 }

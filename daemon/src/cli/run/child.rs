@@ -109,9 +109,14 @@ impl Child {
         unsafe { libc::kill(self.pid, signal) };
     }
 
-    /// Waits for the masked output to drain after the child exited.
-    pub(super) fn finish_output(self) {
-        for pump in self.pumps {
+    /// Waits, at most `wait`, for the masked output to drain after the child exited; a pipe a
+    /// grandchild still holds is left to drain (or not) on its own.
+    pub(super) fn finish_output(self, wait: std::time::Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        while self.pumps.iter().any(|p| !p.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for pump in self.pumps.into_iter().filter(|p| p.is_finished()) {
             let _ = pump.join();
         }
     }

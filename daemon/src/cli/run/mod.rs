@@ -163,6 +163,10 @@ pub(crate) fn run(socket: Option<PathBuf>, args: RunArgs) -> u8 {
 /// Everything before the child starts: all values read, all outputs written, or nothing.
 fn prepare(socket: Option<PathBuf>, args: RunArgs) -> Result<Prepared, RunError> {
     let plan = Plan::parse(args)?;
+    // Before any file is written: a signal from here on is an event, never the end of the
+    // run with its files left behind.
+    let (tx, rx) = mpsc::channel();
+    supervise::listen_for_signals(tx.clone())?;
     let path = socket.unwrap_or_else(secretd_client::default_socket_path);
     let client = Client::connect(&path).map_err(RunError::Connect)?;
     let fetcher = Arc::new(Fetcher::new(client, plan.mask));
@@ -180,8 +184,6 @@ fn prepare(socket: Option<PathBuf>, args: RunArgs) -> Result<Prepared, RunError>
         .transpose()?;
     let mut supervisor = Supervisor::new(plan, fetcher, templates, run_dir, values);
     supervisor.write_outputs()?;
-    let (tx, rx) = mpsc::channel();
-    supervise::listen_for_signals(tx.clone())?;
     Ok(Prepared {
         supervisor,
         events: rx,
@@ -201,6 +203,14 @@ struct Prepared {
 
 fn finish(prepared: &mut Prepared) -> u8 {
     let supervisor = &mut prepared.supervisor;
+    // Told to stop while reading the secrets: start nothing.
+    while let Ok(event) = prepared.events.try_recv() {
+        if let Event::Signal { signal, .. } = event
+            && supervise::TERMINATING.contains(&signal)
+        {
+            return 128u8.saturating_add(u8::try_from(signal).unwrap_or(0));
+        }
+    }
     if let Err(code) = supervisor.start_child() {
         return code;
     }

@@ -13,13 +13,15 @@ use super::plan::RESERVED_PREFIX;
 
 /// The lock a live run holds in its directory; a directory whose lock can be taken is stale.
 const LOCK_FILE: &str = ".secretd-run.lock";
+/// How old a run directory without a lock must be before another run removes it.
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// The folder under the base directory that holds the runs' directories.
 const RUNS_FOLDER: &str = "secretd-run";
 
 /// A live run's directory.
 #[derive(Debug)]
 pub(super) struct RunDir {
-    /// `<base>/secretd-run/<pid>`.
+    /// `<base>/secretd-run/<pid>-<random>`.
     path: PathBuf,
     /// The flock that marks the directory live (closed on exec: the child does not hold it).
     _lock: File,
@@ -30,11 +32,9 @@ impl RunDir {
     pub(super) fn create() -> Result<RunDir, RunError> {
         let runs = runs_folder()?;
         remove_stale(&runs);
-        let path = runs.join(std::process::id().to_string());
-        // A directory with our pid can only be a dead run's: pids are unique among the living.
-        if path.exists() {
-            let _ = fs::remove_dir_all(&path);
-        }
+        // The pid for the reader, a random part because pids repeat across pid namespaces
+        // (containers sharing a runtime directory).
+        let path = runs.join(format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
         DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -142,26 +142,27 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Removes the directories of runs that are gone (their lock is free). Best effort: one we
-/// cannot remove is left for the next run.
+/// Removes the directories of runs that are gone: their lock is free. One without a lock is a
+/// run between its mkdir and its lock (a moment), or one killed there: removed once it is
+/// [`UNLOCKED_GRACE`] old. Best effort: one that cannot be removed is left for the next run.
 fn remove_stale(runs: &Path) {
     let Ok(entries) = fs::read_dir(runs) else {
         return;
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let Ok(lock) = File::open(dir.join(LOCK_FILE)) else {
-            // No lock file: a run between its mkdir and its lock, or one killed there. Only
-            // a dead pid's is removed.
-            let pid = entry.file_name().to_string_lossy().parse::<libc::pid_t>();
-            // SAFETY: signal 0 only checks that the process exists.
-            if pid.is_ok_and(|pid| unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)) {
-                let _ = fs::remove_dir_all(&dir);
+        let stale = match File::open(dir.join(LOCK_FILE)) {
+            Ok(lock) => {
+                // SAFETY: flock on an fd we own; it is released when `lock` closes.
+                let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                rc == 0
             }
-            continue;
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNLOCKED_GRACE)),
         };
-        // SAFETY: flock on an fd we own; it is released when `lock` closes.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if stale {
             let _ = fs::remove_dir_all(&dir);
         }
     }

@@ -16,8 +16,23 @@ use super::template::Template;
 use super::values::{Fetcher, Values};
 use super::{EXIT_RUN_FAILED, EXIT_SECRET_CHANGED, RunError, say};
 
-/// The signals forwarded to the child.
-pub(super) const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+/// The signals forwarded to the child (handled, so none of them kills the run and leaves the
+/// child and its files behind).
+pub(super) const FORWARDED: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+/// The forwarded signals that ask to stop: one arriving during a restart ends the run with
+/// the child's status instead of starting it again, and one arriving before the child started
+/// starts nothing.
+pub(super) const TERMINATING: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT];
+/// How long the run waits, after the child exited, for the rest of its masked output (a
+/// grandchild may hold the pipe open for ever).
+const MASK_DRAIN: Duration = Duration::from_secs(2);
 
 /// What wakes the loop.
 #[derive(Debug)]
@@ -93,6 +108,8 @@ pub(super) struct Supervisor {
     pub(super) change_due: Option<Instant>,
     /// A stop in progress.
     stopping: Option<Stopping>,
+    /// A change came due during a stop: check again once the child runs again.
+    recheck_after_stop: bool,
 }
 
 impl Supervisor {
@@ -112,6 +129,7 @@ impl Supervisor {
             child: None,
             change_due: None,
             stopping: None,
+            recheck_after_stop: false,
         }
     }
 
@@ -187,7 +205,7 @@ impl Supervisor {
                 from_terminal,
             } => {
                 if let Some(stop) = &mut self.stopping
-                    && signal != libc::SIGHUP
+                    && TERMINATING.contains(&signal)
                 {
                     stop.then = AfterStop::ChildStatus;
                 }
@@ -226,13 +244,25 @@ impl Supervisor {
     fn on_child_exit(&mut self) -> Option<u8> {
         let pid = self.child.as_ref()?.pid;
         let status = child::reap(pid)?;
-        if let Some(child) = self.child.take() {
-            child.finish_output();
-        }
+        let child = self.child.take()?;
         match self.stopping.take().map(|s| s.then) {
-            Some(AfterStop::Restart) => self.start_child().err(),
-            Some(AfterStop::Exit(code)) => Some(code),
-            Some(AfterStop::ChildStatus) | None => Some(status),
+            Some(AfterStop::Restart) => {
+                // The old child's output drains beside the new one's.
+                drop(child);
+                if self.recheck_after_stop {
+                    self.recheck_after_stop = false;
+                    self.change_due = Some(Instant::now());
+                }
+                self.start_child().err()
+            }
+            Some(AfterStop::Exit(code)) => {
+                child.finish_output(MASK_DRAIN);
+                Some(code)
+            }
+            Some(AfterStop::ChildStatus) | None => {
+                child.finish_output(MASK_DRAIN);
+                Some(status)
+            }
         }
     }
 
@@ -256,6 +286,7 @@ impl Supervisor {
     /// Re-reads every value; if any differs, does what `--on-change` says.
     fn act_on_change(&mut self) {
         if self.stopping.is_some() {
+            self.recheck_after_stop = true;
             return;
         }
         let names: Vec<String> = self.values.names().map(str::to_owned).collect();

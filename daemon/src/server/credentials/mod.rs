@@ -70,23 +70,41 @@ pub(crate) async fn serve(
             },
         };
         let (shared, grants, restarts) = (shared.clone(), grants.clone(), restarts.clone());
+        let cancel = cancel.clone();
         tracker.spawn(async move {
-            let answered =
-                tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, &shared, &grants, &restarts));
-            if answered.await.is_err() {
-                tracing::warn!(
-                    event = "credential.timeout",
-                    "a credential answer timed out"
-                );
-            }
+            answer_or_refuse(stream, &shared, &grants, &restarts, &cancel).await;
             drop(seat);
         });
     }
 }
 
+/// Answers one connection, and refuses it if the answer cannot finish: timed out, the daemon
+/// stopping, or a bug's panic. Dropping the connection instead would hand systemd an EOF,
+/// and with it the unit an empty (or cut) credential.
+async fn answer_or_refuse(
+    mut stream: UnixStream,
+    shared: &Shared,
+    grants: &[CredentialGrant],
+    restarts: &Restarts,
+    cancel: &CancellationToken,
+) {
+    use futures::FutureExt as _;
+    let answering =
+        std::panic::AssertUnwindSafe(answer(&mut stream, shared, grants, restarts)).catch_unwind();
+    let why = tokio::select! {
+        answered = tokio::time::timeout(ANSWER_TIMEOUT, answering) => match answered {
+            Ok(Ok(())) => return,
+            Ok(Err(_)) => "the answer failed (a bug: see the panic above)",
+            Err(_) => "the answer timed out",
+        },
+        () = cancel.cancelled() => "secretd is stopping",
+    };
+    refuse(&mut stream, shared, None, why, None).await;
+}
+
 /// Answers one connection: the value, or a refusal that fails the unit's start.
 async fn answer(
-    mut stream: UnixStream,
+    stream: &mut UnixStream,
     shared: &Shared,
     grants: &[CredentialGrant],
     restarts: &Restarts,
@@ -95,13 +113,13 @@ async fn answer(
     let request = match request::identify(stream.as_fd()) {
         Ok(request) => request,
         Err(e) => {
-            refuse(&mut stream, shared, None, &e.to_string(), e.unit()).await;
+            refuse(stream, shared, None, &e.to_string(), e.unit()).await;
             return;
         }
     };
-    match serve_value(&mut stream, shared, grants, &request).await {
+    match serve_value(stream, shared, grants, &request).await {
         Ok(taken) => restarts.took(&request.unit, taken),
-        Err(why) => refuse(&mut stream, shared, Some(&request), &why, None).await,
+        Err(why) => refuse(stream, shared, Some(&request), &why, None).await,
     }
 }
 

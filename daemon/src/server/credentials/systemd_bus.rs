@@ -83,21 +83,33 @@ impl Bus {
         let units: Vec<UnitRow> = self.forget_on_error(listed).await?.body().deserialize()?;
         let mut loading = Vec::new();
         for (name, .., path, _, _, _) in units {
-            let got = conn
-                .call_method(
-                    Some(SYSTEMD),
-                    path.as_str(),
-                    Some("org.freedesktop.DBus.Properties"),
-                    "Get",
-                    &("org.freedesktop.systemd1.Service", "LoadCredential"),
-                )
-                .await?;
-            let value: OwnedValue = got.body().deserialize()?;
-            let credentials: Vec<(String, String)> = value.try_into()?;
-            if credentials.iter().any(|(i, s)| i == id && s == socket) {
-                loading.push(name);
+            match load_credentials(&conn, &path).await {
+                Ok(credentials) if credentials.iter().any(|(i, s)| i == id && s == socket) => {
+                    loading.push(name);
+                }
+                Ok(_) => {}
+                // Gone between the list and the look (stopped, unloaded): nothing to restart.
+                Err(e) => tracing::debug!(unit = %name, error = %e, "cannot read LoadCredential="),
             }
         }
         Ok(loading)
     }
+}
+
+/// A service's `LoadCredential=` entries: (id, path).
+async fn load_credentials(
+    conn: &zbus::Connection,
+    unit: &OwnedObjectPath,
+) -> zbus::Result<Vec<(String, String)>> {
+    let got = conn
+        .call_method(
+            Some(SYSTEMD),
+            unit.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.freedesktop.systemd1.Service", "LoadCredential"),
+        )
+        .await?;
+    let value: OwnedValue = got.body().deserialize()?;
+    Ok(value.try_into()?)
 }

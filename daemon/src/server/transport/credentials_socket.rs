@@ -14,22 +14,31 @@ use crate::config::DaemonConfig;
 /// The credentials socket file's mode.
 pub(crate) const CREDENTIALS_SOCKET_MODE: u32 = 0o600;
 
-/// Sorts the sockets systemd passed into the client socket and the credentials socket, by the
-/// paths they are bound to. A socket bound elsewhere is the client socket if there is none
-/// yet (a unit that names another path: the daemon serves where systemd listens), else it is
-/// closed with a warning.
+/// The socket unit the package ships for credentials (systemd names its fd after it).
+const CREDENTIALS_SOCKET_UNIT: &str = "secretd-credentials.socket";
+/// The socket unit of the client socket.
+const CLIENT_SOCKET_UNIT: &str = "secretd.socket";
+
+/// Sorts the sockets systemd passed into the client socket and the credentials socket, by name
+/// (`LISTEN_FDNAMES`) or by the path each is bound to. A socket bound elsewhere and not named
+/// for credentials is the client socket if there is none yet (a unit that names another path:
+/// the daemon serves where systemd listens), else it is closed with a warning. The
+/// credentials socket is never taken for the client socket.
 pub(crate) fn sort_activated(
-    fds: Vec<OwnedFd>,
+    fds: Vec<(OwnedFd, Option<String>)>,
     cfg: &DaemonConfig,
 ) -> (Option<OwnedFd>, Option<OwnedFd>) {
     let (mut client, mut credentials) = (None, None);
     let mut others = Vec::new();
-    for fd in fds {
+    for (fd, name) in fds {
         let path = bound_path(fd.as_raw_fd()).ok().flatten();
-        let is_credentials = path.is_some() && path.as_deref() == cfg.credentials_socket.as_deref();
+        let named = |unit: &str| name.as_deref() == Some(unit);
+        let is_credentials = named(CREDENTIALS_SOCKET_UNIT)
+            || (path.is_some() && path.as_deref() == cfg.credentials_socket.as_deref());
+        let is_client = named(CLIENT_SOCKET_UNIT) || path.as_deref() == Some(cfg.socket.as_path());
         if is_credentials && credentials.is_none() {
             credentials = Some(fd);
-        } else if path.as_deref() == Some(cfg.socket.as_path()) && client.is_none() {
+        } else if is_client && client.is_none() {
             client = Some(fd);
         } else {
             others.push((fd, path));
@@ -42,8 +51,7 @@ pub(crate) fn sort_activated(
         }
         tracing::warn!(
             path = %path.as_deref().unwrap_or(Path::new("?")).display(),
-            "systemd passed a socket secretd has no use for (is daemon.credentials_socket \
-             set to its path?); closing it"
+            "systemd passed a socket secretd has no use for; closing it"
         );
     }
     (client, credentials)
