@@ -10,7 +10,10 @@
 //!   "dataCrc32c": "DECIMAL"}}`: names come back with the project *number*.
 //! - `latest` is the newest created version whatever its state, so a disabled newest version
 //!   answers 400 `FAILED_PRECONDITION` ("... is in DISABLED state"), a destroyed one says
-//!   DESTROYED. Aliases (`prod`) resolve to the version they point at.
+//!   DESTROYED. Aliases (`prod`) resolve to the version they point at; destroying a version
+//!   removes its aliases.
+//! - With [`Handle::set_read_lag`], `latest` and aliases are eventually consistent: a version
+//!   added or an alias moved shows only after the lag. Reads by number are always current.
 //! - Regional secrets live at `projects/P/locations/L/secrets/S`.
 //! - Errors are `{"error": {"code": 404, "message": "...", "status": "NOT_FOUND"}}`; a 429 is
 //!   `RESOURCE_EXHAUSTED` with a `google.rpc.ErrorInfo` detail.
@@ -113,10 +116,21 @@ pub struct Recorded {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Version {
     pub(crate) data: Vec<u8>,
     pub(crate) state: Option<VersionState>,
+    /// When it was added: `latest` shows it only once the read lag has passed.
+    pub(crate) added: std::time::Instant,
+}
+
+/// An alias's previous target, shown until the read lag has passed since it moved.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AliasMove {
+    /// Where it pointed before (`None`: it did not exist).
+    pub(crate) previous: Option<usize>,
+    /// When it moved.
+    pub(crate) at: std::time::Instant,
 }
 
 /// A secret's rotation schedule.
@@ -141,6 +155,11 @@ pub(crate) struct State {
     pub(crate) secrets: HashMap<String, Vec<Version>>,
     /// Secret → alias → version number.
     pub(crate) aliases: HashMap<String, HashMap<String, usize>>,
+    /// Secret → alias → its last move, for the read lag.
+    pub(crate) alias_moves: HashMap<String, HashMap<String, AliasMove>>,
+    /// How long `latest` and aliases take to show a change (Secret Manager's eventual
+    /// consistency: "typically within minutes"); reads by version number are immediate.
+    pub(crate) read_lag: Duration,
     /// Secret → its rotation schedule, as GetSecret reports it (`rotation.nextRotationTime`;
     /// `rotationPeriod` is input only in Google's API, so it is never answered).
     pub(crate) rotations: HashMap<String, Rotation>,
@@ -186,6 +205,7 @@ impl Handle {
         versions.push(Version {
             data: data.to_vec(),
             state: Some(VersionState::Enabled),
+            added: std::time::Instant::now(),
         });
         versions.len() as u64
     }
@@ -201,18 +221,38 @@ impl Handle {
             v.state = Some(new);
             if new == VersionState::Destroyed {
                 v.data.clear();
+                // Google removes the aliases of a destroyed version.
+                if let Some(aliases) = state.aliases.get_mut(secret) {
+                    aliases.retain(|_, n| *n as u64 != version);
+                }
             }
         }
+    }
+
+    /// Makes `latest` and aliases show a change only after `lag`, as Secret Manager's
+    /// eventual consistency may ("typically within minutes"); reads by version number stay
+    /// immediate, as Google guarantees. Zero (the default) shows everything at once.
+    pub fn set_read_lag(&self, lag: Duration) {
+        self.lock().read_lag = lag;
     }
 
     /// Points `alias` of `secret` at `version` (or removes it with `None`).
     pub fn set_alias(&self, secret: &str, alias: &str, version: Option<u64>) {
         let mut state = self.lock();
         let aliases = state.aliases.entry(secret.to_owned()).or_default();
-        match version {
+        let previous = match version {
             Some(v) => aliases.insert(alias.to_owned(), v as usize),
             None => aliases.remove(alias),
         };
+        let moved = AliasMove {
+            previous,
+            at: std::time::Instant::now(),
+        };
+        state
+            .alias_moves
+            .entry(secret.to_owned())
+            .or_default()
+            .insert(alias.to_owned(), moved);
     }
 
     /// Sets `secret`'s rotation schedule, as `gcloud secrets update --next-rotation-time

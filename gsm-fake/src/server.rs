@@ -136,6 +136,25 @@ fn stored_key(state: &State, secret: &str) -> Option<String> {
         .cloned()
 }
 
+/// `latest` as an eventually consistent read sees it: the newest version older than the lag
+/// (the first version when every one is newer).
+fn lagged_latest(versions: &[crate::Version], lag: std::time::Duration) -> usize {
+    versions
+        .iter()
+        .rposition(|v| v.added.elapsed() >= lag)
+        .map_or(1, |i| i + 1)
+}
+
+/// Where alias `alias` of secret `key` points, as an eventually consistent read sees it: its
+/// previous target while it moved less than the lag ago.
+fn lagged_alias(state: &State, key: &str, alias: &str) -> Option<usize> {
+    let current = state.aliases.get(key).and_then(|a| a.get(alias)).copied();
+    match state.alias_moves.get(key).and_then(|m| m.get(alias)) {
+        Some(moved) if moved.at.elapsed() < state.read_lag => moved.previous,
+        _ => current,
+    }
+}
+
 /// The fault for this access call: the secret's own (used up one call at a time), else the
 /// global one.
 fn take_fault(state: &mut State, secret: &str) -> Option<Fault> {
@@ -249,15 +268,11 @@ async fn access(handle: &Handle, version_name: &str) -> Reply {
                 &format!("Secret [{named}] not found or has no versions."),
             );
         };
-        let alias = state
-            .aliases
-            .get(&key)
-            .and_then(|a| a.get(version))
-            .copied();
+        let alias = lagged_alias(&state, &key, version);
         // `latest` is the newest version created, whatever its state (Google's documented
-        // behaviour: a disabled newest version makes `latest` fail).
+        // behaviour: a disabled newest version makes `latest` fail), once the read lag shows it.
         let number = match (version, alias, version.parse::<usize>()) {
-            ("latest", _, _) => versions.len(),
+            ("latest", _, _) => lagged_latest(versions, state.read_lag),
             (_, Some(n), _) => n,
             (_, None, Ok(n)) if n >= 1 && n <= versions.len() => n,
             _ => {

@@ -32,6 +32,9 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
         b"Omni-Key-v1-PS01-1111!",
     );
 
+    // GSM as it is: `latest` shows a new version only after a while ("typically within
+    // minutes"); a read by number is current at once. Here `latest` lags for an hour.
+    fake.set_read_lag(Duration::from_secs(3600));
     fake.add_version(API_KEY, b"Omni-Key-v2-PS02-2222!");
     let published = Instant::now();
     emulator
@@ -40,7 +43,8 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
             &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(2))],
         )
         .expect("publish");
-    // The refresh interval is 5 minutes: only the notification can bring version 2 this soon.
+    // The refresh interval is 5 minutes and `latest` lags an hour: only the notification's
+    // version number can bring version 2 this soon.
     let served = wait_until(
         "version 2 via the notification",
         Duration::from_secs(60),
@@ -62,6 +66,22 @@ fn a_new_version_announced_on_the_topic_is_served_long_before_the_next_refresh()
         "version 2 served {took:?} after its notification; promised within {bound:?}"
     );
     wait_counted(&client, "secret_version_add", "refreshed");
+
+    // The poll reads `latest`, which still says 1: version 2 stays (GSM confirms it by
+    // number), and an old message names nothing newer, so nothing rolls back.
+    let outcomes = client.refresh(Some("trading_api_key")).expect("refresh");
+    assert!(outcomes[0].error.is_none(), "{outcomes:?}");
+    emulator
+        .publish(
+            "gsm-new-version",
+            &[gsm_event("SECRET_VERSION_ADD", &secret_id(), Some(1))],
+        )
+        .expect("publish");
+    wait_until("the old message handled", Duration::from_secs(30), || {
+        (counted(&client, "secret_version_add", "refreshed") >= 2.0).then_some(())
+    });
+    let still = client.get("trading_api_key").expect("get");
+    assert_eq!(still.version(), "2", "rolled back to what `latest` lags at");
 
     // Other secrets' messages, GSM's test message and malformed ones are acknowledged and
     // change nothing.

@@ -7,7 +7,11 @@
 //! that secret's refresh after a random wait of up to `notification_jitter`; messages that
 //! arrive while one is pending coalesce into it. The refresh is the ordinary one, so a
 //! `_DISABLE` or `_DESTROY` revokes the served version only if GSM, asked by version number,
-//! confirms it: whoever can publish to the topic cannot black out the fleet. Likewise a
+//! confirms it: whoever can publish to the topic cannot black out the fleet. A
+//! `SECRET_VERSION_ADD` names the new version (`versionId`): a secret bound to `latest` reads
+//! it by number, which GSM guarantees current where `latest` converges within minutes, and
+//! serves it only if it is newer than the served one (an old or forged message rolls nothing
+//! back). Likewise a
 //! `SECRET_ROTATE` reaches watchers only once the secret's rotation schedule in GSM shows it
 //! (`rotation_schedule`). Every message is acknowledged; the poll stays as the safety net.
 
@@ -326,6 +330,12 @@ impl Listener {
             self.metrics.notification(&label, "ignored");
             return;
         }
+        if event == "SECRET_VERSION_ADD"
+            && let Some(version) = attribute("versionId").and_then(|v| self.version_of(idx, v))
+        {
+            // Read by number: strongly consistent, where `latest` may lag for minutes.
+            self.catalog.slot(idx).trigger.announce_version(version);
+        }
         if self.pending[idx].swap(true, Ordering::SeqCst) {
             self.metrics.notification(&label, "coalesced");
             return;
@@ -438,6 +448,14 @@ impl Listener {
         self.sources
             .iter()
             .position(|s| s.gsm_names().iter().any(|n| n == secret_id))
+    }
+
+    /// The version number in `versionId` (`projects/NUMBER/secrets/S/versions/N`), if it names
+    /// slot `idx`'s secret.
+    fn version_of(&self, idx: usize, version_id: &str) -> Option<u64> {
+        let (secret, version) = version_id.rsplit_once("/versions/")?;
+        let ours = self.sources[idx].gsm_names().iter().any(|n| n == secret);
+        ours.then(|| version.parse().ok()).flatten()
     }
 
     /// Counts a malformed message, and logs the first.

@@ -163,12 +163,84 @@ impl Refresher {
     }
 
     async fn fetch_and_install(&self) -> Result<(), SourceError> {
+        let announced = self.catalog.slot(self.idx).trigger.take_announced();
+        if self.source.follows_latest()
+            && let Some(version) = announced.filter(|n| self.is_newer(*n))
+            && self.install_announced(version).await
+        {
+            return Ok(());
+        }
         let fetched = match self.deadline(self.source.fetch()).await {
             Err(e) if e.reason == FailureReason::Disabled => return Err(self.refused(e).await),
             other => other?,
         };
+        if self.source.follows_latest()
+            && let Some(served) = self.served_version()
+            && version_number(fetched.version.as_deref()).is_some_and(|got| got < served)
+        {
+            return self.keep_newer(served).await;
+        }
         self.install(fetched);
         Ok(())
+    }
+
+    /// The version number served, if a numbered version is served.
+    fn served_version(&self) -> Option<u64> {
+        let served = self.catalog.slot(self.idx).current()?;
+        version_number(Some(&served.version))
+    }
+
+    /// Whether version `n` is newer than the one served (or nothing is served).
+    fn is_newer(&self, n: u64) -> bool {
+        self.served_version().is_none_or(|served| n > served)
+    }
+
+    /// Reads an announced version by number, which GSM guarantees current where `latest` may
+    /// lag for minutes; serves it if it is newer than the served one. False when it cannot be
+    /// read (the ordinary read of `latest` follows).
+    async fn install_announced(&self, version: u64) -> bool {
+        let Some(read) = self.source.fetch_version(&version.to_string()) else {
+            return false;
+        };
+        match self.deadline(read).await {
+            Ok(fetched)
+                if version_number(fetched.version.as_deref()).is_some_and(|n| self.is_newer(n)) =>
+            {
+                self.install(fetched);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::info!(
+                    secret = %self.catalog.slot(self.idx).name,
+                    version,
+                    error = %e.message,
+                    "the announced version cannot be read by number; reading latest"
+                );
+                false
+            }
+        }
+    }
+
+    /// `latest` answered an older version than the one served (read by number after a
+    /// notification): `latest` has not caught up. GSM confirms the served version by number:
+    /// still allowed, it stays (a forged or stale answer cannot roll the host back); refused,
+    /// it was revoked.
+    async fn keep_newer(&self, served: u64) -> Result<(), SourceError> {
+        let Some(check) = self.source.fetch_version(&served.to_string()) else {
+            return Ok(());
+        };
+        match self.deadline(check).await {
+            Ok(fetched) => {
+                self.install(fetched);
+                Ok(())
+            }
+            Err(e) if e.reason == FailureReason::Disabled => {
+                self.revoke(&served.to_string(), &e);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs one fetch under [`FETCH_DEADLINE`].
@@ -295,6 +367,11 @@ impl Refresher {
             );
         }
     }
+}
+
+/// A version string as a number (`None` for an alias-less source such as a file).
+fn version_number(version: Option<&str>) -> Option<u64> {
+    version?.parse().ok()
 }
 
 /// `base` scaled by a uniform factor in `range`.

@@ -17,6 +17,10 @@ pub(crate) struct RefreshTrigger {
     attempts_started: AtomicU64,
     /// The number of the last finished attempt.
     attempts_done: watch::Sender<u64>,
+    /// The newest version number a notification announced (`SECRET_VERSION_ADD`'s
+    /// `versionId`) that the next fetch has not looked at yet; 0 for none. GSM reads by
+    /// number are strongly consistent where `latest` lags.
+    announced: AtomicU64,
 }
 
 impl Default for RefreshTrigger {
@@ -25,6 +29,7 @@ impl Default for RefreshTrigger {
             now: Notify::new(),
             attempts_started: AtomicU64::new(0),
             attempts_done: watch::Sender::new(0),
+            announced: AtomicU64::new(0),
         }
     }
 }
@@ -47,6 +52,16 @@ impl RefreshTrigger {
         tokio::time::timeout_at(deadline, done.wait_for(|n| *n >= 1))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Notes that a notification announced version `n` (the newest announced is kept).
+    pub(crate) fn announce_version(&self, n: u64) {
+        self.announced.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// The newest version announced since the last call, if any.
+    pub(super) fn take_announced(&self) -> Option<u64> {
+        Some(self.announced.swap(0, Ordering::SeqCst)).filter(|n| *n > 0)
     }
 
     /// Asks the refresher for a fetch now. The ticket resolves when a fetch that started

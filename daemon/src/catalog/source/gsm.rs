@@ -457,6 +457,10 @@ impl Source for GsmSource {
         Some(Box::pin(self.access(name)))
     }
 
+    fn follows_latest(&self) -> bool {
+        self.alias == "latest" && self.pinned.lock().recover().is_none()
+    }
+
     fn rotation_schedule(&self) -> Option<ScheduleFuture<'_>> {
         Some(Box::pin(async move {
             let secret = self

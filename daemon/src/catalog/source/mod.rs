@@ -139,6 +139,13 @@ pub(crate) trait Source: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether the source serves its newest version (GSM's `latest`, no rotation pin): a
+    /// version announced by number may be read by number before `latest` shows it, and an
+    /// older answer from `latest` than the version served is `latest` lagging, not a change.
+    fn follows_latest(&self) -> bool {
+        false
+    }
+
     /// Reads the secret's rotation schedule, for sources that have one (`None` otherwise):
     /// a `SECRET_ROTATE` message is believed only when the schedule moved.
     fn rotation_schedule(&self) -> Option<ScheduleFuture<'_>> {
