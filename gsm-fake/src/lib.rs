@@ -114,6 +114,8 @@ pub struct Recorded {
     pub path: String,
     /// The query string, if any.
     pub query: Option<String>,
+    /// The `x-goog-user-project` header: the quota project the call is billed to.
+    pub user_project: Option<String>,
 }
 
 #[derive(Debug)]

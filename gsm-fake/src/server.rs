@@ -59,6 +59,11 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Reply {
         method: method.to_string(),
         path: path.clone(),
         query: req.uri().query().map(str::to_owned),
+        user_project: req
+            .headers()
+            .get("x-goog-user-project")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     if let Some(control) = path.strip_prefix("/fake/") {
         let body = match req.into_body().collect().await.map(|b| b.to_bytes()) {

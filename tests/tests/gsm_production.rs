@@ -70,7 +70,28 @@ fn clean_google_env(env: &TestEnv) -> Vec<(&'static str, String)> {
     vec![
         ("GOOGLE_APPLICATION_CREDENTIALS", String::new()),
         ("HOME", env.path("home").display().to_string()),
+        // Every credential type bills its calls here (`x-goog-user-project`).
+        ("GOOGLE_CLOUD_QUOTA_PROJECT", QUOTA_PROJECT.into()),
     ]
+}
+
+/// The quota project the daemons are given.
+const QUOTA_PROJECT: &str = "apex-billing";
+
+/// Asserts that `fake` saw access calls, each billed to [`QUOTA_PROJECT`].
+fn assert_billed_to_quota_project(fake: &FakeGsm) {
+    let access: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(":access"))
+        .collect();
+    assert!(!access.is_empty(), "no access call");
+    assert!(
+        access
+            .iter()
+            .all(|r| r.user_project.as_deref() == Some(QUOTA_PROJECT)),
+        "GOOGLE_CLOUD_QUOTA_PROJECT not honoured: {access:?}"
+    );
 }
 
 fn vars<'a>(list: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
@@ -141,6 +162,7 @@ fn metadata_server_credentials_read_from_a_gsm_that_requires_tokens() {
         client.get("trading_api_key").ok()
     });
     assert_eq!(secret.expose(), b"Omni-Key-ADC-AAAA-1111!");
+    assert_billed_to_quota_project(&fake);
     assert!(metadata.tokens_issued() >= 1);
     assert_eq!(
         metadata.flavorless_requests(),
@@ -199,6 +221,7 @@ fn a_service_account_key_signs_its_own_tokens_and_a_forged_key_is_refused() {
         client.get("trading_api_key").ok()
     });
     assert_eq!(secret.expose(), b"Omni-Key-SA-BBBB-2222!");
+    assert_billed_to_quota_project(&fake);
     assert_eq!(fake.unauthenticated_count(), 0);
     let log = daemon.wait_for_log("Google credentials work");
     assert!(
@@ -265,6 +288,7 @@ fn workload_identity_federation_exchanges_a_file_sourced_token_at_the_sts() {
         || client.get("trading_api_key").ok(),
     );
     assert_eq!(secret.expose(), b"Omni-Key-WIF-RRRR-7070!");
+    assert_billed_to_quota_project(&fake);
     assert!(sts.count("sts") >= 1);
     assert!(fake.accepted("sts") >= 1, "GSM saw the STS token");
     assert_eq!((sts.count("refused"), fake.unauthenticated_count()), (0, 0));
@@ -289,6 +313,7 @@ fn read_with_credentials(
     let secret = wait_until("the value", Duration::from_secs(20), || {
         client.get("trading_api_key").ok()
     });
+    assert_billed_to_quota_project(fake);
     (daemon, secret.expose().to_vec())
 }
 

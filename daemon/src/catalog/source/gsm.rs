@@ -160,13 +160,30 @@ pub(crate) fn credentials(cfg: &GsmConfig) -> Result<GoogleCredentials, GsmSetup
     match file {
         Some(path) => from_file(&path),
         None => Ok(GoogleCredentials {
-            credentials: google_cloud_auth::credentials::mds::Builder::default()
-                .build()
-                .map_err(GsmSetupError::MetadataServer)?,
+            credentials: with_quota(
+                google_cloud_auth::credentials::mds::Builder::default(),
+                |b, q| b.with_quota_project_id(q),
+            )
+            .build()
+            .map_err(GsmSetupError::MetadataServer)?,
             kind: CredentialKind::MetadataServer,
             origin: "the metadata server".into(),
             account: None,
         }),
+    }
+}
+
+/// The environment variable naming the project calls are billed to (Application Default
+/// Credentials' `GOOGLE_CLOUD_QUOTA_PROJECT`; it outranks a `quota_project_id` in the file).
+pub(crate) const QUOTA_PROJECT_ENV: &str = "GOOGLE_CLOUD_QUOTA_PROJECT";
+
+/// `builder` with the quota project from [`QUOTA_PROJECT_ENV`], when it is set: only the crate's
+/// own ADC builder reads the variable, and the daemon builds each credential type itself. The
+/// calls then carry `x-goog-user-project` (and need `serviceusage.services.use` on it).
+fn with_quota<B>(builder: B, set: impl FnOnce(B, String) -> B) -> B {
+    match std::env::var(QUOTA_PROJECT_ENV) {
+        Ok(project) if !project.trim().is_empty() => set(builder, project.trim().to_owned()),
+        _ => builder,
     }
 }
 
@@ -217,10 +234,26 @@ fn from_file(path: &Path) -> Result<GoogleCredentials, GsmSetupError> {
         }
     };
     let built = match kind {
-        CredentialKind::ServiceAccount => service_account::Builder::new(json).build(),
-        CredentialKind::ExternalAccount => external_account::Builder::new(json).build(),
-        CredentialKind::Impersonated => impersonated::Builder::new(json).build(),
-        _ => user_account::Builder::new(json).build(),
+        CredentialKind::ServiceAccount => {
+            with_quota(service_account::Builder::new(json), |b, q| {
+                b.with_quota_project_id(q)
+            })
+            .build()
+        }
+        CredentialKind::ExternalAccount => {
+            with_quota(external_account::Builder::new(json), |b, q| {
+                b.with_quota_project_id(q)
+            })
+            .build()
+        }
+        CredentialKind::Impersonated => with_quota(impersonated::Builder::new(json), |b, q| {
+            b.with_quota_project_id(q)
+        })
+        .build(),
+        _ => with_quota(user_account::Builder::new(json), |b, q| {
+            b.with_quota_project_id(q)
+        })
+        .build(),
     };
     Ok(GoogleCredentials {
         credentials: built.map_err(|source| GsmSetupError::Credentials {
