@@ -130,13 +130,15 @@ fn start_fleet(
         let config = format!(
             "[daemon]\nsocket = \"{}\"\ndb = \"{}\"\nadmin_uids = [{uid}]\n\
              refresh_interval = \"{}s\"\nallow_short_ttl = true\n\n\
-             [gsm]\nendpoint = \"{}\"\nanonymous = true\n\n{listen}\
+             [gsm]\nendpoint = \"{}\"\nanonymous = true\nproject = \"apex-bench\"\n\
+             project_number = \"{}\"\n\n{listen}\
              [[secret]]\nname = \"{NAME}\"\nsource = \"gsm\"\ngcp_secret = \"{RESOURCE}\"\n\n\
              [[policy]]\nuids = [{uid}]\nallow = [\"*\"]\n",
             socket.display(),
             dir.join("secretd.redb").display(),
             interval.as_secs(),
             fake.endpoint(),
+            project_number("apex-bench"),
         );
         let config_path = dir.join("secretd.toml");
         std::fs::write(&config_path, config).map_err(BenchError::io("config"))?;

@@ -13,6 +13,9 @@ use super::{ConfigError, invalid};
 pub(crate) struct GsmConfig {
     /// The default GCP project.
     pub project: Option<String>,
+    /// `project`'s number: GSM's notifications name secrets by project number, and a host
+    /// must recognise them before any access has answered (it may start in an outage).
+    pub project_number: Option<String>,
     /// The API endpoint (overridable for tests and emulators).
     pub endpoint: String,
     /// The endpoint of regional secrets, `{location}` standing for the secret's location.
@@ -130,7 +133,19 @@ pub(super) fn validate_gsm(
         .notifications
         .map(|n| validate_notifications(n, g.anonymous, refresh_interval))
         .transpose()?;
+    if let Some(number) = &g.project_number {
+        if g.project.is_none() {
+            return Err(invalid("gsm.project_number is set but gsm.project is not"));
+        }
+        if number.is_empty() || number.len() > 20 || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(format!(
+                "gsm.project_number = {number:?} must be the project's number (digits, as \
+                 `gcloud projects describe PROJECT --format='value(projectNumber)'` prints it)"
+            )));
+        }
+    }
     Ok(GsmConfig {
+        project_number: g.project_number,
         project: g.project,
         endpoint,
         regional_endpoint,
@@ -289,4 +304,23 @@ pub(super) fn validate_gcp_resource(name: &str, resource: &str) -> Result<(), Co
              or \"projects/P/locations/L/secrets/S\""
         )))
     }
+}
+
+impl GsmConfig {
+    /// `resource` as GSM's notifications name it: with the project number in place of
+    /// `[gsm] project`'s id. `None` when it already names a number, or another project.
+    pub(crate) fn numbered(&self, resource: &str) -> Option<String> {
+        let rest = resource.strip_prefix("projects/")?;
+        let (project, tail) = rest.split_once('/')?;
+        let number = self.project_number.as_ref()?;
+        (self.project.as_deref() == Some(project)).then(|| format!("projects/{number}/{tail}"))
+    }
+}
+
+/// Whether `resource` names its project by number.
+pub(crate) fn names_project_number(resource: &str) -> bool {
+    resource
+        .strip_prefix("projects/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -78,6 +78,29 @@ pub(crate) struct Config {
     pub credentials: Vec<CredentialGrant>,
 }
 
+/// With notifications on, every GSM secret must be recognisable in a message from the start:
+/// GSM names secrets there by project number, and a host that starts during an outage has
+/// learned none from an answer.
+fn check_notifications_can_name(
+    gsm: &GsmConfig,
+    secrets: &[SecretConfig],
+) -> Result<(), ConfigError> {
+    for s in secrets {
+        let SourceConfig::Gsm { resource, .. } = &s.source else {
+            continue;
+        };
+        if !gsm::names_project_number(resource) && gsm.numbered(resource).is_none() {
+            return Err(invalid(format!(
+                "secret {:?}: with [gsm.notifications], GSM names secrets by project number: \
+                 set [gsm] project and project_number for {resource:?}'s project, or name it \
+                 projects/NUMBER/secrets/...",
+                s.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `[break_glass]`.
 #[derive(Debug, Clone)]
 pub(crate) struct BreakGlassConfig {
@@ -144,6 +167,9 @@ impl Config {
                 )));
             }
             secrets.push(secret);
+        }
+        if let Some(gsm) = gsm.as_ref().filter(|g| g.notifications.is_some()) {
+            check_notifications_can_name(gsm, &secrets)?;
         }
         let policies = raw
             .policies

@@ -59,6 +59,7 @@ pub(super) struct RawDaemon {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGsm {
     pub(super) project: Option<String>,
+    pub(super) project_number: Option<String>,
     pub(super) endpoint: Option<String>,
     pub(super) regional_endpoint: Option<String>,
     pub(super) credentials_file: Option<PathBuf>,

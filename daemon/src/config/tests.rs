@@ -253,3 +253,27 @@ fn mistakes_are_named() {
     assert!(err("[[policy]]\nallow=[\"*\"]").contains("matches nobody"));
     assert!(err("[[policy]]\nuids=[1]\nallow=[\"[\"]").contains("pattern"));
 }
+
+#[test]
+fn notifications_need_every_secret_nameable_by_project_number() {
+    let conf = |gsm: &str, resource: &str| {
+        format!(
+            "[gsm]\n{gsm}\n[gsm.notifications]\nsubscription = \"projects/p/subscriptions/h\"\n\
+             [[secret]]\nname = \"k\"\nsource = \"gsm\"\ngcp_secret = \"{resource}\"\n"
+        )
+    };
+    let by_id = "projects/apex/secrets/k";
+    assert!(err(&conf("", by_id)).contains("project_number"));
+    let numbered = "project = \"apex\"\nproject_number = \"123456789012\"";
+    let ok = Config::parse(&conf(numbered, by_id)).expect("numbered");
+    assert_eq!(
+        ok.gsm.expect("gsm").numbered(by_id).as_deref(),
+        Some("projects/123456789012/secrets/k")
+    );
+    assert!(Config::parse(&conf("", "projects/123456789012/secrets/k")).is_ok());
+    // Another project by id cannot be numbered from [gsm] project.
+    assert!(err(&conf(numbered, "projects/other/secrets/k")).contains("project_number"));
+    assert!(err(&conf("project_number = \"1\"", by_id)).contains("gsm.project is not"));
+    let letters = "project = \"apex\"\nproject_number = \"apex\"";
+    assert!(err(&conf(letters, by_id)).contains("digits"));
+}

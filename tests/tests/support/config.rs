@@ -97,7 +97,8 @@ impl ConfigBuilder<'_> {
             .gsm_set("credentials_file", key)
     }
 
-    /// `[gsm.notifications]` on `subscription` at the emulator's `endpoint`, with a short
+    /// `[gsm.notifications]` on `subscription` at the emulator's `endpoint` (and `[gsm] project`
+    /// with its number, as notifications need), with a short
     /// jitter (after [`ConfigBuilder::gsm`]).
     pub(crate) fn gsm_notifications(mut self, subscription: &str, endpoint: &str) -> Self {
         let mut table = Table::new();
@@ -106,10 +107,14 @@ impl ConfigBuilder<'_> {
         table.insert("notification_jitter".into(), "200ms".into());
         table.insert("health_check_interval".into(), "1s".into());
         table.insert("rotation_check_spread".into(), "200ms".into());
-        self.gsm
-            .as_mut()
-            .expect("call gsm(endpoint) first")
-            .insert("notifications".into(), Value::Table(table));
+        let gsm = self.gsm.as_mut().expect("call gsm(endpoint) first");
+        gsm.insert("notifications".into(), Value::Table(table));
+        // The tests' secrets live in project apex-test; messages name it by number.
+        gsm.insert("project".into(), "apex-test".into());
+        gsm.insert(
+            "project_number".into(),
+            secretd_gsm_fake::project_number("apex-test").into(),
+        );
         self
     }
 

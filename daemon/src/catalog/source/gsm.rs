@@ -390,6 +390,8 @@ pub(crate) struct GsmSource {
     /// The secret's name as GSM answers it (`projects/NUMBER/...`), learned from an access:
     /// notifications name secrets this way.
     answered_as: std::sync::Mutex<Option<String>>,
+    /// The same name from the config (`[gsm] project_number`), known before any access.
+    configured_number: Option<String>,
 }
 
 impl GsmSource {
@@ -407,7 +409,14 @@ impl GsmSource {
             pinned: std::sync::Mutex::new(None),
             require_crc32c,
             answered_as: std::sync::Mutex::new(None),
+            configured_number: None,
         }
+    }
+
+    /// Also recognises the secret under `numbered` (its name with the project number).
+    pub(crate) fn also_named(mut self, numbered: String) -> GsmSource {
+        self.configured_number = Some(numbered);
+        self
     }
 
     fn version_name(&self) -> String {
@@ -481,6 +490,7 @@ impl Source for GsmSource {
 
     fn gsm_names(&self) -> Vec<String> {
         let mut names = vec![self.resource.clone()];
+        names.extend(self.configured_number.clone());
         names.extend(self.answered_as.lock().recover().clone());
         names
     }

@@ -234,12 +234,11 @@ pub(crate) async fn build_all(config: &Config) -> Result<Built, BuildError> {
                         c
                     }
                 };
-                Arc::new(gsm::GsmSource::new(
-                    client,
-                    resource,
-                    version,
-                    cfg.require_crc32c,
-                ))
+                let mut source = gsm::GsmSource::new(client, resource, version, cfg.require_crc32c);
+                if let Some(numbered) = cfg.numbered(resource) {
+                    source = source.also_named(numbered);
+                }
+                Arc::new(source)
             }
         });
     }
