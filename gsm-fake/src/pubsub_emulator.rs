@@ -186,8 +186,41 @@ impl Emulator {
         Ok(())
     }
 
+    /// Pulls what `subscription` (its full name) can deliver right now, as another subscriber
+    /// would, without acknowledging it; returns each message's attributes. A message another
+    /// client holds under its lease is not among them; one it nacked is.
+    pub fn pull_now(&self, subscription: &str) -> Result<Vec<serde_json::Value>, EmulatorError> {
+        let body = serde_json::json!({"maxMessages": 100, "returnImmediately": true});
+        let answer = self.call_answer(
+            "POST",
+            &format!("/v1/{subscription}:pull"),
+            &body.to_string(),
+            &[200],
+        )?;
+        let parsed: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        Ok(parsed["receivedMessages"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|m| m["message"]["attributes"].clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// One REST call that must answer one of `ok` codes.
     fn call(&self, method: &str, path: &str, body: &str, ok: &[u16]) -> Result<(), EmulatorError> {
+        self.call_answer(method, path, body, ok).map(drop)
+    }
+
+    /// [`Emulator::call`], returning the answer's body.
+    fn call_answer(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        ok: &[u16],
+    ) -> Result<String, EmulatorError> {
         let (code, answer) =
             request(self.port, method, path, body).map_err(|source| EmulatorError::Request {
                 method: method.to_owned(),
@@ -195,7 +228,7 @@ impl Emulator {
                 source,
             })?;
         if ok.contains(&code) {
-            return Ok(());
+            return Ok(answer);
         }
         Err(EmulatorError::Refused {
             method: method.to_owned(),
