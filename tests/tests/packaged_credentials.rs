@@ -129,11 +129,12 @@ fn units_load_credentials_are_refused_without_starting_and_restart_on_rotation()
             "secretd's journal does not name {unit} and why:\n{journal}"
         );
     }
-    let audit = ct.sh("secretd audit tail --json -n 100");
-    assert!(
-        audit.contains("unit=mm-bot.service (credential)"),
-        "{audit}"
-    );
+    let audit = wait_until("the reads in the audit trail", UNIT_TIMEOUT, || {
+        let audit = ct.sh("secretd audit tail --json -n 100");
+        audit
+            .contains("unit=mm-bot.service (credential)")
+            .then_some(audit)
+    });
     assert!(!audit.contains(OLD), "the audit holds a value");
 
     // A restart of secretd forgets who loaded what: it asks systemd instead, so the units that
