@@ -771,6 +771,11 @@ fn a_secret_that_never_loaded_is_retried_at_least_every_15_seconds() {
     wait_until("served after the outage", Duration::from_secs(10), || {
         client.get("trading_api_key").ok()
     });
+    // It had nothing to serve meanwhile, and the alert says so.
+    let log = daemon.log();
+    assert!(log.contains("omni.alert.cache_failure"), "{log}");
+    assert!(log.contains("never loaded"), "{log}");
+    assert!(!log.contains("serving the last good value"), "{log}");
 }
 
 #[test]

@@ -349,13 +349,19 @@ impl Refresher {
         let message = error.message.clone();
         let failures = slot.record_failure(error);
         if failures >= ALERT_AFTER_FAILURES {
+            // Only a secret that loaded once has a last good value to serve.
+            let serving = if slot.current().is_some() {
+                "secret refresh keeps failing; serving the last good value until max_stale"
+            } else {
+                "secret refresh keeps failing and it never loaded: reads answer Unavailable"
+            };
             tracing::error!(
                 event = "omni.alert.cache_failure",
                 secret = %slot.name,
                 reason,
                 count = failures,
                 error = %message,
-                "secret refresh keeps failing; serving the last good value until max_stale"
+                "{serving}"
             );
         } else {
             tracing::warn!(
