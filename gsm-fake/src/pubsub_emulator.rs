@@ -186,6 +186,12 @@ impl Emulator {
         Ok(())
     }
 
+    /// The process group of the emulator (its script and Java), for a kill at exit when the
+    /// emulator lives in a static and is never dropped.
+    pub fn process_group(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or(0)
+    }
+
     /// Pulls what `subscription` (its full name) can deliver right now, as another subscriber
     /// would, without acknowledging it; returns each message's attributes. A message another
     /// client holds under its lease is not among them; one it nacked is.

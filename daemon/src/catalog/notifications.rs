@@ -13,9 +13,7 @@
 //! serves it only if it is newer than the served one (an old or forged message rolls nothing
 //! back). Likewise a
 //! `SECRET_ROTATE` reaches watchers only once the secret's rotation schedule in GSM shows it
-//! (`rotation_schedule`). A message that triggers a refresh is acknowledged once the refresh
-//! is done, and nacked if the daemon stops first (Pub/Sub then redelivers it at once);
-//! others are acknowledged on arrival. The poll stays as the safety net.
+//! (`rotation_schedule`). Every message is acknowledged; the poll stays as the safety net.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +23,6 @@ use futures::StreamExt as _;
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
 use google_cloud_pubsub::model::Message;
-use google_cloud_pubsub::subscriber::ShutdownBehavior;
-use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,8 +40,6 @@ pub(crate) const RESUBSCRIBE_FIRST_WAIT: Duration = Duration::from_secs(1);
 pub(crate) const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait between resubscription attempts.
 pub(crate) const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(30);
-/// How long shutdown waits for the nacks of messages not yet handled to reach Pub/Sub.
-pub(crate) const NACK_FLUSH: Duration = Duration::from_secs(3);
 
 /// Every event GSM publishes: the `event` label is one of these in lower case, or `other`, so
 /// whoever can publish to the topic cannot grow the metrics without bound.
@@ -115,10 +109,6 @@ struct Listener {
     /// Per slot: a refresh is scheduled and has not been asked for yet (later messages
     /// coalesce into it).
     pending: Vec<AtomicBool>,
-    /// Per slot: the messages the scheduled refresh answers, acknowledged once it is done. At
-    /// shutdown they are dropped, which nacks them: Pub/Sub redelivers them at once, to the
-    /// restarted host or another subscriber, instead of losing them.
-    held: Vec<std::sync::Mutex<Vec<Handler>>>,
     /// The longest random wait before a scheduled refresh.
     jitter: Duration,
     /// `omni_secret_notifications_total`, `omni_secretd_notification_stream_up`.
@@ -147,10 +137,6 @@ pub(crate) async fn run(
 ) {
     let listener = Arc::new(Listener {
         pending: sources.iter().map(|_| AtomicBool::new(false)).collect(),
-        held: sources
-            .iter()
-            .map(|_| std::sync::Mutex::default())
-            .collect(),
         schedules: Schedules::new(sources.len(), cfg.rotation_check_spread),
         catalog,
         sources,
@@ -164,11 +150,10 @@ pub(crate) async fn run(
     listener.learn_schedules();
     let mut wait = RESUBSCRIBE_FIRST_WAIT;
     loop {
-        // It watches `cancel` itself, to nack what it holds before it returns.
-        let ended = listener.clone().listen(&cfg, &credentials).await;
-        if cancel.is_cancelled() {
-            break;
-        }
+        let ended = tokio::select! {
+            () = cancel.cancelled() => break,
+            ended = listener.clone().listen(&cfg, &credentials) => ended,
+        };
         listener.metrics.notification_stream(false);
         let why = match &ended {
             Err(e) => e.to_string(),
@@ -240,11 +225,7 @@ impl Listener {
             .map_err(|e| StreamEnded::Build("admin", e))?;
         // As a `Stream`, the pull survives the select below dropping a `next()` half-way (the
         // pending read lives in the stream, not in the dropped future).
-        let pull = client
-            .subscribe(cfg.subscription.clone())
-            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
-            .build();
-        let shutdown = pull.shutdown_token();
+        let pull = client.subscribe(cfg.subscription.clone()).build();
         let mut stream = Box::pin(futures::stream::unfold(pull, |mut pull| async move {
             pull.next().await.map(|item| (item, pull))
         }));
@@ -293,21 +274,17 @@ impl Listener {
             let mut delivered = false;
             while let Some(item) = stream.next().await {
                 let (message, handler) = item.map_err(StreamEnded::Pull)?;
+                // Acknowledged at once: the refresh it triggers is idempotent and the poll is
+                // the safety net, so a redelivery would only cost a GSM call.
+                handler.ack();
                 delivered = true;
-                self.handle(&message, handler);
+                self.handle(&message);
             }
             Ok(delivered)
         };
         tokio::select! {
             ended = messages => ended,
             never = health => never,
-            () = self.cancel.cancelled() => {
-                // Messages not handled yet go back to Pub/Sub now (ack deadline 0), so the
-                // restarted host gets them at once instead of after the lease runs out.
-                self.release_held();
-                let _ = tokio::time::timeout(NACK_FLUSH, shutdown.shutdown()).await;
-                Ok(false)
-            }
         }
     }
 
@@ -324,30 +301,9 @@ impl Listener {
         }
     }
 
-    /// Nacks every message held for a refresh that will not happen (shutdown).
-    fn release_held(&self) {
-        for held in &self.held {
-            for handler in std::mem::take(&mut *held.lock().recover()) {
-                handler.nack();
-            }
-        }
-    }
-
-    /// Routes one message: a refresh for a catalog secret (the message is acknowledged once
-    /// it is done), nothing for anything else (acknowledged at once).
-    fn handle(self: &Arc<Self>, message: &Message, handler: Handler) {
+    /// Routes one message: a refresh for a catalog secret, nothing for anything else.
+    fn handle(self: &Arc<Self>, message: &Message) {
         let attribute = |k: &str| message.attributes.get(k).map(String::as_str);
-        tracing::debug!(
-            event = "gsm.notification",
-            event_type = attribute("eventType").unwrap_or(""),
-            secret = attribute("secretId").unwrap_or(""),
-            "notification received"
-        );
-        if !self.holds(message) {
-            handler.ack();
-        } else if let Some(idx) = attribute("secretId").and_then(|s| self.slot_of(s)) {
-            self.held[idx].lock().recover().push(handler);
-        }
         let (Some(event), Some(secret)) = (attribute("eventType"), attribute("secretId")) else {
             // TOPIC_CONFIGURED (GSM's test message) carries no secretId: not malformed.
             if attribute("eventType") == Some("TOPIC_CONFIGURED") {
@@ -395,15 +351,10 @@ impl Listener {
             let slot = me.catalog.slot(idx);
             let was_revoked = slot.health().revoked.is_some();
             me.pending[idx].store(false, Ordering::SeqCst);
-            // Taken after the reset: a message arriving later schedules a refresh of its own.
-            let answered = std::mem::take(&mut *me.held[idx].lock().recover());
             let ticket = slot.trigger.request();
             let finished = ticket
                 .wait(tokio::time::Instant::now() + REFRESH_WAIT)
                 .await;
-            for handler in answered {
-                handler.ack();
-            }
             let revoked = !was_revoked && slot.health().revoked.is_some();
             let result = if finished && revoking && revoked {
                 "revoked"
@@ -490,14 +441,6 @@ impl Listener {
         if let Some(channel) = &self.catalog.channel {
             channel.set(down);
         }
-    }
-
-    /// Whether `message` waits for a refresh before it is acknowledged: a refreshing event
-    /// about a catalog secret.
-    fn holds(&self, message: &Message) -> bool {
-        let attribute = |k: &str| message.attributes.get(k).map(String::as_str);
-        let refreshing = attribute("eventType").is_some_and(|e| REFRESHING.contains(&e));
-        refreshing && attribute("secretId").is_some_and(|s| self.slot_of(s).is_some())
     }
 
     /// The slot whose GSM secret `secret_id` names (by project id or number).

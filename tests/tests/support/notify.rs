@@ -3,6 +3,7 @@
 //! say what became of each notification.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use secretd_client::Client;
@@ -18,8 +19,27 @@ pub(crate) const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-ke
 pub(crate) fn shared_emulator() -> Option<&'static Emulator> {
     static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
     EMULATOR
-        .get_or_init(|| emulator_script().map(|script| Emulator::start(&script).expect("emulator")))
+        .get_or_init(|| {
+            let emulator = Emulator::start(&emulator_script()?).expect("emulator");
+            // A static is never dropped: without this, every test binary left a JVM behind.
+            EMULATOR_GROUP.store(emulator.process_group(), Ordering::SeqCst);
+            // SAFETY: registers a plain extern "C" function that only calls kill(2).
+            unsafe { libc::atexit(kill_shared_emulator) };
+            Some(emulator)
+        })
         .as_ref()
+}
+
+/// The shared emulator's process group, for [`kill_shared_emulator`].
+static EMULATOR_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Kills the shared emulator when the test binary exits.
+extern "C" fn kill_shared_emulator() {
+    let group = EMULATOR_GROUP.load(Ordering::SeqCst);
+    if group > 0 {
+        // SAFETY: kill has no memory effects; the group is the emulator's own.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
 }
 
 pub(crate) fn emulator_or_skip(test: &str) -> Option<&'static Emulator> {
