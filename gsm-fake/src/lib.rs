@@ -51,6 +51,11 @@ pub enum Fault {
     Http500Html,
     /// HTTP 503 with a JSON `UNAVAILABLE` status.
     Unavailable,
+    /// HTTP 504 `DEADLINE_EXCEEDED`: Google's front end gave up waiting for the backend.
+    DeadlineExceeded,
+    /// HTTP 403 `PERMISSION_DENIED` with an ErrorInfo of reason `SERVICE_DISABLED`: the
+    /// Secret Manager API is not enabled in the project.
+    ServiceDisabled,
     /// HTTP 404 `NOT_FOUND`, whatever exists.
     NotFound,
     /// HTTP 403 `PERMISSION_DENIED`.
@@ -79,6 +84,8 @@ impl Fault {
         Some(match name {
             "http500_html" => Fault::Http500Html,
             "unavailable" => Fault::Unavailable,
+            "deadline_exceeded" => Fault::DeadlineExceeded,
+            "service_disabled" => Fault::ServiceDisabled,
             "not_found" => Fault::NotFound,
             "permission_denied" => Fault::PermissionDenied,
             "unauthenticated" => Fault::Unauthenticated,

@@ -184,6 +184,30 @@ fn take_fault(state: &mut State, secret: &str) -> Option<Fault> {
 }
 
 /// GSM's answer to a quota overrun: 429 RESOURCE_EXHAUSTED with an ErrorInfo detail.
+/// What Google answers when the API is not enabled in the project.
+fn service_disabled() -> Reply {
+    json_reply(
+        StatusCode::FORBIDDEN,
+        &json!({"error": {
+            "code": 403,
+            "message": "Secret Manager API has not been used in project 123456789012 before or \
+                        it is disabled. Enable it by visiting https://console.developers.google.\
+                        com/apis/api/secretmanager.googleapis.com/overview?project=123456789012 \
+                        then retry (injected).",
+            "status": "PERMISSION_DENIED",
+            "details": [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "SERVICE_DISABLED",
+                "domain": "googleapis.com",
+                "metadata": {
+                    "service": "secretmanager.googleapis.com",
+                    "consumer": "projects/123456789012",
+                },
+            }],
+        }}),
+    )
+}
+
 fn rate_limited() -> Reply {
     json_reply(
         StatusCode::TOO_MANY_REQUESTS,
@@ -236,6 +260,14 @@ async fn access(handle: &Handle, version_name: &str) -> Reply {
                 "The service is currently unavailable.",
             );
         }
+        Some(Fault::DeadlineExceeded) => {
+            return gsm_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "DEADLINE_EXCEEDED",
+                "The request timed out (injected).",
+            );
+        }
+        Some(Fault::ServiceDisabled) => return service_disabled(),
         Some(Fault::NotFound) => {
             return gsm_error(
                 StatusCode::NOT_FOUND,

@@ -503,8 +503,8 @@ pub struct SecretStatus {
     /// Keyed fingerprint of the cached value (HMAC-SHA256, hex), once the store has a key.
     pub fingerprint: Option<String>,
     /// Why the last refresh failed, as a stable name (`not_found`, `permission_denied`,
-    /// `unauthenticated`, `disabled`, `rate_limited`, `unavailable`, `timeout`,
-    /// `invalid_payload`). Protocol 4.
+    /// `service_disabled`, `unauthenticated`, `disabled`, `rate_limited`, `unavailable`,
+    /// `timeout`, `invalid_payload`; a client must accept names it does not know). Protocol 4.
     pub last_error_reason: Option<String>,
     /// The configured version: `latest`, a GSM alias, or a number (GSM secrets). Protocol 4.
     pub version_alias: Option<String>,

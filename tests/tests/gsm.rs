@@ -293,24 +293,50 @@ fn refresh_cadence_has_no_stampede_and_permanent_errors_back_off() {
     assert_eq!(fake.non_access_calls(), 0);
     drop(daemon);
 
-    // NOT_FOUND is not retried like UNAVAILABLE.
+    // NOT_FOUND and an API not enabled (SERVICE_DISABLED) are not retried like UNAVAILABLE
+    // and a gateway's 504 DEADLINE_EXCEEDED; each is reported under its own reason.
     let count_for = |fault: Fault| {
         let fake = seeded_fake();
         fake.set_fault(Some(fault));
         let env = TestEnv::new();
-        let _daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "10s")]));
+        let daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "10s")]));
         // The daemon serves before its first fetch finishes: count from that fetch on.
         wait_until("the first fetch", Duration::from_secs(10), || {
             (fake.access_count(API_KEY) >= 1).then_some(())
         });
         std::thread::sleep(Duration::from_secs(3));
-        fake.access_count(API_KEY)
+        let client = Client::connect(&daemon.socket).expect("connect");
+        let reason = wait_until("the failure recorded", Duration::from_secs(10), || {
+            client
+                .status()
+                .ok()?
+                .into_iter()
+                .find(|r| r.name == "trading_api_key")?
+                .last_error_reason
+        });
+        (fake.access_count(API_KEY), reason, daemon.log())
     };
-    let not_found = count_for(Fault::NotFound);
-    let unavailable = count_for(Fault::Unavailable);
+    let (not_found, reason, _) = count_for(Fault::NotFound);
     assert!(not_found <= 1, "NOT_FOUND retried {not_found} times in 3s");
+    assert_eq!(reason, "not_found");
+    let (disabled, reason, log) = count_for(Fault::ServiceDisabled);
     assert!(
-        unavailable >= 3,
-        "UNAVAILABLE retried only {unavailable} times in 3s"
+        disabled <= 1,
+        "SERVICE_DISABLED retried {disabled} times in 3s"
     );
+    assert_eq!(reason, "service_disabled");
+    assert!(
+        log.contains("gcloud services enable secretmanager.googleapis.com"),
+        "{log}"
+    );
+    for fault in [Fault::Unavailable, Fault::DeadlineExceeded] {
+        let (retried, reason, _) = count_for(fault.clone());
+        assert!(retried >= 3, "{fault:?} retried only {retried} times in 3s");
+        let expected = if fault == Fault::Unavailable {
+            "unavailable"
+        } else {
+            "timeout"
+        };
+        assert_eq!(reason, expected, "{fault:?}");
+    }
 }

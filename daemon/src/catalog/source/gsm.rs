@@ -572,9 +572,26 @@ fn clip(message: &str) -> String {
 /// Maps a client error to a failure category. Only texts that cannot contain payload bytes
 /// or tokens are carried over: GSM's own status message, HTTP codes, network errors; never a
 /// deserializer's message, which may quote the response body.
+/// Whether a status's details say the API is disabled (`ErrorInfo` reason `SERVICE_DISABLED`).
+fn service_disabled(details: &[google_cloud_gax::error::rpc::StatusDetails]) -> bool {
+    details.iter().any(|d| {
+        matches!(d, google_cloud_gax::error::rpc::StatusDetails::ErrorInfo(info)
+            if info.reason == "SERVICE_DISABLED")
+    })
+}
+
 fn map_error(name: &str, e: &GaxError) -> SourceError {
     use FailureReason as R;
     if let Some(status) = e.status() {
+        if status.code == Code::PermissionDenied && service_disabled(&status.details) {
+            return SourceError::new(
+                R::ServiceDisabled,
+                "the Secret Manager API is not enabled in the secret's project \
+                 (SERVICE_DISABLED): enable it (gcloud services enable \
+                 secretmanager.googleapis.com --project PROJECT); not retried before the next \
+                 refresh",
+            );
+        }
         let reason = match status.code {
             Code::NotFound => R::NotFound,
             // GSM's answer for a disabled or destroyed version (and a disabled CMEK key).

@@ -40,6 +40,9 @@ pub(crate) enum FailureReason {
     NotFound,
     /// The source knows the daemon's credentials but they may not read this secret (IAM).
     PermissionDenied,
+    /// The source's API is not enabled in the project (GSM's `SERVICE_DISABLED`): a
+    /// configuration step, not an outage and not IAM.
+    ServiceDisabled,
     /// The source did not accept the daemon's credentials at all (no token, a forged or
     /// expired one, a key GSM does not know).
     Unauthenticated,
@@ -74,6 +77,7 @@ impl FailureReason {
         match self {
             FailureReason::NotFound => "not_found",
             FailureReason::PermissionDenied => "permission_denied",
+            FailureReason::ServiceDisabled => "service_disabled",
             FailureReason::Unauthenticated => "unauthenticated",
             FailureReason::Disabled => "disabled",
             FailureReason::RateLimited => "rate_limited",
