@@ -9,12 +9,11 @@
 //! operation inside their own process. The start-up rows time a process from spawn to exit,
 //! interleaved. Needs root (the unit's cgroup).
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use secretd_gsm_fake::systemd_credentials::{CREDENTIAL_SIZE_MAX, load_credential};
 
 use crate::error::BenchError;
 use crate::fixture::{Custom, Daemon, NAME};
@@ -24,8 +23,6 @@ use crate::stats::Row;
 pub(crate) const LOAD_ARG: &str = "__credential-load";
 /// The argument that makes this binary the `get_once` helper.
 pub(crate) const GET_ONCE_ARG: &str = "__get-once";
-/// systemd's `CREDENTIAL_SIZE_MAX`: it reads one byte more, to notice a larger reply.
-const CREDENTIAL_SIZE_MAX: u64 = 1024 * 1024;
 /// Rounds of each pair of cases, alternating which goes first.
 const ROUNDS: usize = 4;
 
@@ -207,9 +204,11 @@ pub(crate) fn load_helper(args: &[String]) -> Result<(), BenchError> {
     let mut out = String::new();
     for _ in 0..n {
         let t = Instant::now();
-        let len = load(socket, &format!("{:x}/unit/{unit}/{id}", fastrand::u64(..)))?;
+        let len = load_credential(Path::new(socket), unit, id)
+            .map_err(BenchError::io("load the credential"))?
+            .len();
         let ns = t.elapsed().as_nanos();
-        if len == 0 || len > CREDENTIAL_SIZE_MAX as usize {
+        if len == 0 || len > CREDENTIAL_SIZE_MAX {
             return Err(format!("the credential load was refused ({len} bytes)").into());
         }
         out.push_str(&format!("{ns} "));
@@ -232,62 +231,6 @@ pub(crate) fn get_once_helper(args: &[String]) -> Result<(), BenchError> {
     }
     println!("{out}");
     Ok(())
-}
-
-/// One load as systemd does it; the reply's length (at most one byte over the cap).
-fn load(socket: &str, abstract_name: &str) -> Result<usize, BenchError> {
-    let sys = |rc: libc::c_int, what: &'static str| {
-        if rc < 0 {
-            Err(BenchError::io(what)(std::io::Error::last_os_error()))
-        } else {
-            Ok(rc)
-        }
-    };
-    // SAFETY: socket(2) returns a new fd or -1.
-    let fd = sys(
-        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
-        "socket",
-    )?;
-    // SAFETY: the fd was just created and is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut name = vec![0u8];
-    name.extend_from_slice(abstract_name.as_bytes());
-    sys(address(&fd, &name, true), "bind")?;
-    sys(
-        address(&fd, std::ffi::OsStr::new(socket).as_bytes(), false),
-        "connect",
-    )?;
-    // SAFETY: shutdown on an fd we own.
-    sys(
-        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) },
-        "shutdown",
-    )?;
-    let mut data = Vec::new();
-    std::fs::File::from(fd)
-        .take(CREDENTIAL_SIZE_MAX + 1)
-        .read_to_end(&mut data)
-        .map_err(BenchError::io("read the credential"))?;
-    Ok(data.len())
-}
-
-fn address(fd: &OwnedFd, path: &[u8], bind: bool) -> libc::c_int {
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let len = path.len().min(addr.sun_path.len());
-    for (dst, src) in addr.sun_path.iter_mut().zip(&path[..len]) {
-        *dst = *src as libc::c_char;
-    }
-    let socklen = (std::mem::size_of::<libc::sa_family_t>() + len) as libc::socklen_t;
-    let ptr = (&raw const addr).cast::<libc::sockaddr>();
-    // SAFETY: addr is valid for socklen bytes; the fd is ours.
-    unsafe {
-        if bind {
-            libc::bind(fd.as_raw_fd(), ptr, socklen)
-        } else {
-            libc::connect(fd.as_raw_fd(), ptr, socklen)
-        }
-    }
 }
 
 /// A unit's cgroup under system.slice (the `name=systemd` v1 hierarchy on hybrid hosts, else

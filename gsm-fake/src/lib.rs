@@ -3,6 +3,8 @@
 //! server and of Google's token endpoints (STS, OAuth, IAM Credentials), so every kind of
 //! Google credentials can be exercised end to end. [`pubsub_emulator`] starts and drives
 //! Google's own Pub/Sub emulator, for the notification tests and the propagation bench.
+//! [`systemd_credentials`] is systemd's side of a `LoadCredential=` from a socket, for the
+//! credential provider's tests and bench.
 //!
 //! It behaves as Google documents, not as is convenient:
 //! - `GET /v1/projects/P/secrets/S/versions/V:access` answers
@@ -33,6 +35,7 @@ mod auth;
 mod metadata;
 pub mod pubsub_emulator;
 mod server;
+pub mod systemd_credentials;
 mod token_server;
 
 use std::collections::{HashMap, HashSet};

@@ -227,20 +227,27 @@ impl Refresher {
     /// still allowed, it stays (a forged or stale answer cannot roll the host back); refused,
     /// it was revoked.
     async fn keep_newer(&self, served: u64) -> Result<(), SourceError> {
-        let Some(check) = self.source.fetch_version(&served.to_string()) else {
-            return Ok(());
-        };
-        match self.deadline(check).await {
+        self.confirm_served(&served.to_string())
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    /// Asks GSM for the served `version` by number: allowed, it is installed again (fresh);
+    /// refused (disabled or destroyed), it is revoked. `None` for sources without versions.
+    async fn confirm_served(&self, version: &str) -> Option<Result<(), SourceError>> {
+        let check = self.source.fetch_version(version)?;
+        Some(match self.deadline(check).await {
             Ok(fetched) => {
                 self.install(fetched);
                 Ok(())
             }
-            Err(e) if e.reason == FailureReason::Disabled => {
-                self.revoke(&served.to_string(), &e);
+            Err(e) => {
+                if e.reason == FailureReason::Disabled {
+                    self.revoke(version, &e);
+                }
                 Err(e)
             }
-            Err(e) => Err(e),
-        }
+        })
     }
 
     /// Runs one fetch under [`FETCH_DEADLINE`].
@@ -267,30 +274,21 @@ impl Refresher {
     /// checked by number, once: still allowed, it stays served (and fresh); refused too, it was
     /// revoked, and is withdrawn at once. Returns the error to record, reason `disabled`.
     async fn refused(&self, error: SourceError) -> SourceError {
-        let slot = self.catalog.slot(self.idx);
-        let Some(served) = slot.current() else {
+        let Some(served) = self.catalog.slot(self.idx).current() else {
             return error;
         };
-        let Some(check) = self.source.fetch_version(&served.version) else {
-            return error;
-        };
-        match self.deadline(check).await {
-            Ok(fetched) => {
-                self.install(fetched);
-                SourceError::new(
-                    FailureReason::Disabled,
-                    format!(
-                        "{}; still serving version {}, which GSM allows",
-                        error.message, served.version
-                    ),
-                )
-            }
-            Err(e) if e.reason == FailureReason::Disabled => {
-                self.revoke(&served.version, &e);
-                e
-            }
+        match self.confirm_served(&served.version).await {
+            Some(Ok(())) => SourceError::new(
+                FailureReason::Disabled,
+                format!(
+                    "{}; still serving version {}, which GSM allows",
+                    error.message, served.version
+                ),
+            ),
+            // Revoked.
+            Some(Err(e)) if e.reason == FailureReason::Disabled => e,
             // Cannot tell (an outage): keep serving, report the original refusal.
-            Err(_) => error,
+            Some(Err(_)) | None => error,
         }
     }
 

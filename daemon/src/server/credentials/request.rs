@@ -6,6 +6,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::server::identity::attest::unit_of_process;
+use crate::server::transport::socket::{Side, unix_address};
 
 /// The longest unit name systemd allows.
 const MAX_UNIT_NAME: usize = 255;
@@ -57,8 +58,8 @@ pub(super) fn identify(fd: BorrowedFd<'_>) -> Result<Request, NotARequest> {
     if cred.uid != 0 {
         return Err(NotARequest::NotRoot(cred.uid));
     }
-    let address =
-        peer_address(fd).map_err(|e| NotARequest::Address(format!("no peer address: {e}")))?;
+    let address = unix_address(fd.as_raw_fd(), Side::Peer)
+        .map_err(|e| NotARequest::Address(format!("no peer address: {e}")))?;
     let (unit, id) = parse_address(&address)?;
     match unit_of_process(cred.pid) {
         Some(found) if found == unit => Ok(Request {
@@ -71,23 +72,6 @@ pub(super) fn identify(fd: BorrowedFd<'_>) -> Result<Request, NotARequest> {
             found: found.unwrap_or_else(|| "no system unit".into()),
         }),
     }
-}
-
-/// The raw `sun_path` bytes of the peer's address (abstract: starting with a NUL).
-fn peer_address(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u8>> {
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: addr and len are valid for writes of the sizes given.
-    let rc = unsafe { libc::getpeername(fd.as_raw_fd(), (&raw mut addr).cast(), &mut len) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let offset = std::mem::size_of::<libc::sa_family_t>();
-    let path_len = (len as usize)
-        .saturating_sub(offset)
-        .min(addr.sun_path.len());
-    Ok(addr.sun_path[..path_len].iter().map(|c| *c as u8).collect())
 }
 
 /// `\0<1-16 hex digits>/unit/<unit>/<id>` → (unit, id).

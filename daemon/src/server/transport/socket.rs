@@ -185,24 +185,7 @@ pub(crate) fn adopt(
 /// unnamed).
 pub(crate) fn bound_path(fd: std::os::fd::RawFd) -> io::Result<Option<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: addr and len are valid for writes of the sizes given.
-    let rc = unsafe { libc::getsockname(fd, (&raw mut addr).cast(), &mut len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if addr.sun_family != libc::AF_UNIX as libc::sa_family_t {
-        return Err(io::Error::other(
-            "systemd passed a socket that is not a Unix socket",
-        ));
-    }
-    let offset = std::mem::size_of::<libc::sa_family_t>();
-    let path_len = (len as usize)
-        .saturating_sub(offset)
-        .min(addr.sun_path.len());
-    let raw: Vec<u8> = addr.sun_path[..path_len].iter().map(|c| *c as u8).collect();
+    let raw = unix_address(fd, Side::Ours)?;
     match raw.first() {
         // Unnamed, or an abstract address: no file to check.
         None | Some(0) => Ok(None),
@@ -213,6 +196,41 @@ pub(crate) fn bound_path(fd: std::os::fd::RawFd) -> io::Result<Option<PathBuf>> 
             ))))
         }
     }
+}
+
+/// Which end of a connection [`unix_address`] reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    /// Ours (`getsockname`).
+    Ours,
+    /// The peer's (`getpeername`).
+    Peer,
+}
+
+/// The raw `sun_path` bytes of one end of a Unix socket (empty: unnamed; a leading NUL:
+/// abstract).
+pub(crate) fn unix_address(fd: std::os::fd::RawFd, side: Side) -> io::Result<Vec<u8>> {
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        match side {
+            Side::Ours => libc::getsockname(fd, (&raw mut addr).cast(), &mut len),
+            Side::Peer => libc::getpeername(fd, (&raw mut addr).cast(), &mut len),
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if addr.sun_family != libc::AF_UNIX as libc::sa_family_t {
+        return Err(io::Error::other("not a Unix socket"));
+    }
+    let offset = std::mem::size_of::<libc::sa_family_t>();
+    let path_len = (len as usize)
+        .saturating_sub(offset)
+        .min(addr.sun_path.len());
+    Ok(addr.sun_path[..path_len].iter().map(|c| *c as u8).collect())
 }
 
 /// The directory mode that lets exactly the socket's audience reach it.
