@@ -100,10 +100,15 @@ impl Restarts {
                         () = cancel.cancelled() => return,
                         () = tokio::time::sleep(delay) => {}
                     }
-                    this.pending.lock().recover().remove(&unit);
                     // Restarted meanwhile (by an operator, or a crash) with the new value: done.
                     if this.is_stale(&catalog, &unit) {
+                        // The restarted unit loads what is served now; until its load is seen,
+                        // another notice must not schedule a second restart.
+                        this.expect_current(&catalog, &unit);
+                        this.pending.lock().recover().remove(&unit);
                         this.restart(&unit).await;
+                    } else {
+                        this.pending.lock().recover().remove(&unit);
                     }
                 });
             }
@@ -168,6 +173,16 @@ impl Restarts {
                 Some((unit.clone(), stagger))
             })
             .collect()
+    }
+
+    /// Records that `unit` is about to load the values served now (its restart is asked for).
+    fn expect_current(&self, catalog: &Catalog, unit: &str) {
+        let mut all = self.taken.lock().recover();
+        for taken in all.get_mut(unit).into_iter().flatten() {
+            if let Ok(entry) = catalog.read(taken.slot) {
+                taken.fingerprint.clone_from(&entry.fingerprint);
+            }
+        }
     }
 
     fn is_stale(&self, catalog: &Catalog, unit: &str) -> bool {
