@@ -128,6 +128,10 @@ typedef void (*secretd_watch_callback)(const secretd_change_event *event, void *
 // The process behind the socket cannot be the real daemon; nothing was sent to it.
 #define SECRETD_RESULT_UNTRUSTED_SERVER 14
 
+// The served version was withdrawn in GSM (disabled, destroyed, or the secret deleted): an
+// operator's act, not an outage. Nothing is served until a version is allowed again.
+#define SECRETD_RESULT_REVOKED 15
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

@@ -116,6 +116,10 @@ pub(crate) struct SlotGauges<'a> {
     pub(crate) servable: bool,
     /// Whether the value is past its TTL (its source is failing).
     pub(crate) stale: bool,
+    /// Why the served version was withdrawn (`disabled`, `deleted`), while it is.
+    pub(crate) revoked: Option<&'static str>,
+    /// Whether an announced revocation went unconfirmed through its window.
+    pub(crate) revocation_unconfirmed: bool,
 }
 
 /// Point-in-time values of the daemon, taken at scrape time.
@@ -152,6 +156,12 @@ struct SecretGauges {
     servable: IntGaugeVec,
     /// `omni_secret_stale{secret_type}`: 1 while the served value is past its TTL.
     stale: IntGaugeVec,
+    /// `omni_secret_revoked{secret_type,reason}`: 1 while the source's value is withdrawn,
+    /// and why.
+    revoked: IntGaugeVec,
+    /// `omni_secret_revocation_unconfirmed{secret_type}`: 1 while GSM announced the served
+    /// version revoked and did not confirm it within `revocation_confirm_window`.
+    revocation_unconfirmed: IntGaugeVec,
 }
 
 impl SecretGauges {
@@ -187,6 +197,16 @@ impl SecretGauges {
                 "1 while the served value is past its TTL (its source is failing)",
                 per_secret,
             )?,
+            revoked: r.gauges(
+                "omni_secret_revoked",
+                "1 while the secret's value is withdrawn, by reason (disabled: the version was disabled or destroyed; deleted: the secret was deleted)",
+                &["secret_type", "reason"],
+            )?,
+            revocation_unconfirmed: r.gauges(
+                "omni_secret_revocation_unconfirmed",
+                "1 while GSM announced the served version revoked but did not confirm it within revocation_confirm_window",
+                per_secret,
+            )?,
         })
     }
 
@@ -214,6 +234,12 @@ impl SecretGauges {
         self.rotation_overdue
             .with_label_values(&[row.name])
             .set(i64::from(row.rotation_overdue));
+        if let Some(reason) = row.revoked {
+            self.revoked.with_label_values(&[row.name, reason]).set(1);
+        }
+        self.revocation_unconfirmed
+            .with_label_values(&[row.name])
+            .set(i64::from(row.revocation_unconfirmed));
     }
 }
 
@@ -237,6 +263,9 @@ pub(crate) struct Metrics {
     notifications: IntCounterVec,
     /// `omni_secretd_notification_stream_up`: 1 while the notification stream is open.
     notification_stream_up: IntGauge,
+    /// `omni_secretd_notification_subscription_missing`: 1 while Pub/Sub says the
+    /// subscription does not exist (deleted, or expired unused), which no retry mends.
+    subscription_missing: IntGauge,
     /// `omni_secret_refresh_duration_seconds{secret_type}`.
     refresh_latency: HistogramVec,
     /// `omni_secretd_connections`: open client connections.
@@ -288,7 +317,7 @@ impl Metrics {
             )?,
             revocations: r.counters(
                 "omni_secret_revocations_total",
-                "Served versions withdrawn because GSM refused them (disabled or destroyed)",
+                "Served versions withdrawn because GSM refused them (disabled or destroyed) or deleted the secret",
                 per_secret,
             )?,
             missing_crc: r.counters(
@@ -304,6 +333,10 @@ impl Metrics {
             notification_stream_up: r.gauge(
                 "omni_secretd_notification_stream_up",
                 "1 while the GSM notification stream is open",
+            )?,
+            subscription_missing: r.gauge(
+                "omni_secretd_notification_subscription_missing",
+                "1 while the notification subscription does not exist (deleted or expired): re-create it",
             )?,
             refresh_latency: r.register(HistogramVec::new(
                 HistogramOpts::new(
@@ -372,6 +405,11 @@ impl Metrics {
         self.notification_stream_up.set(i64::from(up));
     }
 
+    /// Records whether Pub/Sub says the notification subscription does not exist.
+    pub(crate) fn subscription_missing(&self, missing: bool) {
+        self.subscription_missing.set(i64::from(missing));
+    }
+
     /// Counts a GSM payload that came without a CRC32C.
     pub(crate) fn missing_crc(&self, secret: &str) {
         self.missing_crc.with_label_values(&[secret]).inc();
@@ -399,6 +437,7 @@ impl Metrics {
     pub(crate) fn render(&self, now: &Gauges<'_>) -> String {
         self.now.cache_age.reset();
         self.now.info.reset();
+        self.now.revoked.reset();
         for row in &now.slots {
             self.now.set(row);
         }

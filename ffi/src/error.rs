@@ -44,10 +44,13 @@ pub const SECRETD_RESULT_UNSUPPORTED_VERSION: secretd_result = 12;
 pub const SECRETD_RESULT_TIMEOUT: secretd_result = 13;
 /// The process behind the socket cannot be the real daemon; nothing was sent to it.
 pub const SECRETD_RESULT_UNTRUSTED_SERVER: secretd_result = 14;
+/// The served version was withdrawn in GSM (disabled, destroyed, or the secret deleted): an
+/// operator's act, not an outage. Nothing is served until a version is allowed again.
+pub const SECRETD_RESULT_REVOKED: secretd_result = 15;
 
 /// Every code with its message, in number order: the constants above are the one list of
 /// codes (cbindgen writes them into the header), and this table gives each its words.
-const MESSAGES: [(secretd_result, &str); 15] = [
+const MESSAGES: [(secretd_result, &str); 16] = [
     (SECRETD_RESULT_OK, "success"),
     (
         SECRETD_RESULT_NOT_FOUND,
@@ -96,6 +99,10 @@ const MESSAGES: [(secretd_result, &str); 15] = [
         SECRETD_RESULT_UNTRUSTED_SERVER,
         "the process behind the socket cannot be secretd; nothing was sent to it",
     ),
+    (
+        SECRETD_RESULT_REVOKED,
+        "secret revoked in GSM (version disabled or destroyed, or secret deleted)",
+    ),
 ];
 
 /// The words for `code`, if it is one of ours.
@@ -119,6 +126,7 @@ pub(crate) fn code_of(e: &Error) -> secretd_result {
             ErrorCode::NotFound => SECRETD_RESULT_NOT_FOUND,
             ErrorCode::PermissionDenied => SECRETD_RESULT_PERMISSION_DENIED,
             ErrorCode::Unavailable => SECRETD_RESULT_UNAVAILABLE,
+            ErrorCode::Revoked => SECRETD_RESULT_REVOKED,
             ErrorCode::InvalidRequest => SECRETD_RESULT_INVALID_ARGUMENT,
             ErrorCode::UnsupportedVersion => SECRETD_RESULT_UNSUPPORTED_VERSION,
             ErrorCode::ProtocolViolation => SECRETD_RESULT_PROTOCOL,
@@ -209,6 +217,6 @@ mod tests {
             assert_eq!(*code as usize, i, "MESSAGES out of number order at {i}");
             assert!(!text.is_empty());
         }
-        assert_eq!(message(SECRETD_RESULT_UNTRUSTED_SERVER + 1), None);
+        assert_eq!(message(SECRETD_RESULT_REVOKED + 1), None);
     }
 }

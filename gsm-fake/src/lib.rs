@@ -32,6 +32,7 @@
 //! `PUT /fake/fault {"fault": "unavailable"}` (or `null`), `GET /fake/requests`.
 
 mod auth;
+pub mod grpc_recorder;
 mod metadata;
 pub mod pubsub_emulator;
 mod server;
@@ -134,6 +135,19 @@ pub(crate) struct Version {
     pub(crate) state: Option<VersionState>,
     /// When it was added: `latest` shows it only once the read lag has passed.
     pub(crate) added: std::time::Instant,
+    /// Its state before the last change, and when it changed: access shows the old state
+    /// until the state lag has passed.
+    pub(crate) changed: Option<(Option<VersionState>, std::time::Instant)>,
+}
+
+impl Version {
+    /// The state an access sees, `lag` being the state lag.
+    pub(crate) fn seen_state(&self, lag: Duration) -> Option<VersionState> {
+        match self.changed {
+            Some((before, at)) if at.elapsed() < lag => before,
+            _ => self.state,
+        }
+    }
 }
 
 /// An alias's previous target, shown until the read lag has passed since it moved.
@@ -172,6 +186,14 @@ pub(crate) struct State {
     /// How long `latest` and aliases take to show a change (Secret Manager's eventual
     /// consistency: "typically within minutes"); reads by version number are immediate.
     pub(crate) read_lag: Duration,
+    /// How long a version's state change (disable, enable, destroy) and a secret's deletion
+    /// take to show in access calls.
+    pub(crate) state_lag: Duration,
+    /// Secrets deleted, and when: access finds them until the state lag has passed.
+    pub(crate) deleted: HashMap<String, std::time::Instant>,
+    /// The location of the regional endpoint this fake plays (`None`: the global endpoint);
+    /// each serves its own resources only.
+    pub(crate) location: Option<String>,
     /// Secret → its rotation schedule, as GetSecret reports it (`rotation.nextRotationTime`;
     /// `rotationPeriod` is input only in Google's API, so it is never answered).
     pub(crate) rotations: HashMap<String, Rotation>,
@@ -213,11 +235,16 @@ impl Handle {
     /// Adds a new enabled version and returns its number (1, 2, ...).
     pub fn add_version(&self, secret: &str, data: &[u8]) -> u64 {
         let mut state = self.lock();
+        if state.deleted.remove(secret).is_some() {
+            // Created anew: a re-created secret numbers its versions from 1 again.
+            state.secrets.remove(secret);
+        }
         let versions = state.secrets.entry(secret.to_owned()).or_default();
         versions.push(Version {
             data: data.to_vec(),
             state: Some(VersionState::Enabled),
             added: std::time::Instant::now(),
+            changed: None,
         });
         versions.len() as u64
     }
@@ -225,14 +252,19 @@ impl Handle {
     /// Changes a version's state (disable, enable, destroy), as an operator would in GSM.
     pub fn set_version_state(&self, secret: &str, version: u64, new: VersionState) {
         let mut state = self.lock();
+        let lagging = state.state_lag;
         if let Some(v) = state
             .secrets
             .get_mut(secret)
             .and_then(|vs| vs.get_mut(version.saturating_sub(1) as usize))
         {
+            v.changed = Some((v.state, std::time::Instant::now()));
             v.state = Some(new);
             if new == VersionState::Destroyed {
-                v.data.clear();
+                // The data stays only while the state lag shows the version as it was.
+                if lagging.is_zero() {
+                    v.data.clear();
+                }
                 // Google removes the aliases of a destroyed version.
                 if let Some(aliases) = state.aliases.get_mut(secret) {
                     aliases.retain(|_, n| *n as u64 != version);
@@ -246,6 +278,25 @@ impl Handle {
     /// immediate, as Google guarantees. Zero (the default) shows everything at once.
     pub fn set_read_lag(&self, lag: Duration) {
         self.lock().read_lag = lag;
+    }
+
+    /// Makes a version's state change and a secret's deletion show in access calls only after
+    /// `lag`, as Secret Manager's eventual consistency may. Zero (the default) shows them at
+    /// once.
+    pub fn set_state_lag(&self, lag: Duration) {
+        self.lock().state_lag = lag;
+    }
+
+    /// Deletes `secret` with its versions and aliases, as `gcloud secrets delete` does (shown
+    /// after the state lag). Adding a version afterwards creates it anew, from version 1.
+    pub fn delete_secret(&self, secret: &str) {
+        let mut state = self.lock();
+        if state.secrets.contains_key(secret) {
+            state
+                .deleted
+                .insert(secret.to_owned(), std::time::Instant::now());
+            state.aliases.remove(secret);
+        }
     }
 
     /// Points `alias` of `secret` at `version` (or removes it with `None`).
@@ -462,6 +513,17 @@ impl FakeGsm {
         let handle = Handle::default();
         let served = handle.clone();
         let running = Running::start("fake-gsm", move |listener| serve(listener, served))?;
+        Ok(FakeGsm { handle, running })
+    }
+
+    /// Starts a fake of the regional endpoint of `location`
+    /// (`secretmanager.LOCATION.rep.googleapis.com`), which serves secrets in that location
+    /// only; [`FakeGsm::start`]'s serves global secrets only.
+    pub fn start_regional(location: &str) -> std::io::Result<FakeGsm> {
+        let handle = Handle::default();
+        handle.lock().location = Some(location.to_owned());
+        let served = handle.clone();
+        let running = Running::start("fake-gsm-regional", move |listener| serve(listener, served))?;
         Ok(FakeGsm { handle, running })
     }
 

@@ -159,6 +159,13 @@ impl Emulator {
         Ok(sub_name)
     }
 
+    /// Deletes subscription `sub_name` (a full name), as Pub/Sub does to one unused for 31
+    /// days.
+    pub fn delete_subscription(&self, sub_name: &str) -> Result<(), EmulatorError> {
+        self.call("DELETE", &format!("/v1/{sub_name}"), "", &[200])?;
+        Ok(())
+    }
+
     /// Publishes messages with these attributes (and a small JSON body, as GSM sends) to
     /// `topic`, in batches.
     pub fn publish(
@@ -166,13 +173,28 @@ impl Emulator {
         topic: &str,
         messages: &[serde_json::Value],
     ) -> Result<(), EmulatorError> {
+        let plain = serde_json::json!({"name": "projects/0/secrets/x"});
+        let with_data: Vec<_> = messages
+            .iter()
+            .map(|a| (a.clone(), plain.clone()))
+            .collect();
+        self.publish_with_data(topic, &with_data)
+    }
+
+    /// Publishes messages with these attributes and data (GSM's data is the secret or
+    /// version as JSON: a `SECRET_UPDATE` carries `versionAliases`).
+    pub fn publish_with_data(
+        &self,
+        topic: &str,
+        messages: &[(serde_json::Value, serde_json::Value)],
+    ) -> Result<(), EmulatorError> {
         for batch in messages.chunks(100) {
             let list: Vec<serde_json::Value> = batch
                 .iter()
-                .map(|attributes| {
+                .map(|(attributes, data)| {
                     serde_json::json!({
                         "attributes": attributes,
-                        "data": B64.encode(r#"{"name":"projects/0/secrets/x"}"#),
+                        "data": B64.encode(data.to_string()),
                     })
                 })
                 .collect();

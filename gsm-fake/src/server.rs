@@ -93,10 +93,41 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Reply {
     let Some(resource) = path.strip_prefix("/v1/") else {
         return gsm_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown path");
     };
+    if let Some(refused) = wrong_endpoint(handle.lock().location.as_deref(), resource) {
+        return refused;
+    }
     if let Some(version_name) = resource.strip_suffix(":access") {
         return access(handle, version_name).await;
     }
     metadata(handle, resource)
+}
+
+/// Google's endpoints serve their own resources only: the global endpoint refuses regional
+/// secrets, and a regional endpoint (`secretmanager.L.rep.googleapis.com`) "only allows
+/// requests to proceed if the affected resource exists in the location specified by the
+/// endpoint". `location` is this fake's (`None`: global).
+fn wrong_endpoint(location: Option<&str>, resource: &str) -> Option<Reply> {
+    let parts: Vec<&str> = resource.split('/').collect();
+    let resource_location = match parts.as_slice() {
+        ["projects", _, "locations", l, ..] => Some(*l),
+        _ => None,
+    };
+    let message = match (location, resource_location) {
+        (None, None) => return None,
+        (Some(ours), Some(theirs)) if ours == theirs => return None,
+        (None, Some(theirs)) => format!(
+            "regional secrets in {theirs} are served by the regional endpoint \
+             secretmanager.{theirs}.rep.googleapis.com, not the global one"
+        ),
+        (Some(ours), _) => {
+            format!("this regional endpoint serves resources in {ours} only: {resource} is not one")
+        }
+    };
+    Some(gsm_error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        &message,
+    ))
 }
 
 /// Splits `projects/P[/locations/L]/secrets/S[/versions[/V]]` into the secret and the rest.
@@ -296,6 +327,12 @@ async fn access(handle: &Handle, version_name: &str) -> Reply {
     let (number, data) = {
         let state = handle.lock();
         let versions = stored_key(&state, &secret)
+            .filter(|k| {
+                state
+                    .deleted
+                    .get(k)
+                    .is_none_or(|at| at.elapsed() < state.state_lag)
+            })
             .and_then(|k| state.secrets.get(&k).map(|v| (k, v)))
             .filter(|(_, v)| !v.is_empty());
         let Some((key, versions)) = versions else {
@@ -327,7 +364,7 @@ async fn access(handle: &Handle, version_name: &str) -> Reply {
                 &format!("Secret Version [{named}/versions/{version}] not found."),
             );
         };
-        let refused = match v.state {
+        let refused = match v.seen_state(state.state_lag) {
             Some(VersionState::Enabled) => None,
             Some(VersionState::Disabled) => Some("DISABLED"),
             Some(VersionState::Destroyed) | None => Some("DESTROYED"),
@@ -438,6 +475,23 @@ fn control_api(handle: &Handle, method: &Method, path: &str, body: &[u8]) -> Rep
             }
             let n = handle.add_version(secret, data.as_bytes());
             json_reply(StatusCode::OK, &json!({"version": n}))
+        }
+        (&Method::PUT, "state") => {
+            let state = match parsed["state"].as_str() {
+                Some("enabled") => VersionState::Enabled,
+                Some("disabled") => VersionState::Disabled,
+                Some("destroyed") => VersionState::Destroyed,
+                _ => return bad("state must be enabled, disabled or destroyed"),
+            };
+            let (Some(secret), Some(version)) =
+                (parsed["secret"].as_str(), parsed["version"].as_u64())
+            else {
+                return bad(
+                    "need {\"secret\": \"projects/p/secrets/s\", \"version\": N, \"state\": ...}",
+                );
+            };
+            handle.set_version_state(secret, version, state);
+            json_reply(StatusCode::OK, &json!({}))
         }
         (&Method::PUT, "fault") => {
             let fault = match parsed["fault"].as_str() {

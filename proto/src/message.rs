@@ -25,7 +25,9 @@ use crate::value::SecretValue;
 /// - 5: [`Request::Health`] and [`Response::Health`] (the host's health as `/healthz` judges
 ///   it, with the notification channel's state). Clients send it only to a daemon that
 ///   answered 5.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// - 6: [`crate::ErrorCode::Revoked`], sent only to clients that agreed on 6 (older ones are
+///   told `Unavailable`, as before).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The oldest protocol version the daemon still serves, so clients built against earlier
 /// releases keep working after an upgrade.

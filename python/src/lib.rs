@@ -52,6 +52,12 @@ create_exception!(
 );
 create_exception!(
     secretd,
+    Revoked,
+    Unavailable,
+    "The served version was withdrawn in GSM (disabled, destroyed, or the secret deleted)."
+);
+create_exception!(
+    secretd,
     Timeout,
     Unavailable,
     "The daemon did not answer within the request timeout (5 s by default)."
@@ -86,6 +92,7 @@ fn to_py_err(py: Python<'_>, e: RustError) -> PyErr {
             ErrorCode::NotFound => NotFound::new_err(message),
             ErrorCode::PermissionDenied => PermissionDenied::new_err(message),
             ErrorCode::Unavailable => Unavailable::new_err(message),
+            ErrorCode::Revoked => Revoked::new_err(message),
             ErrorCode::ProtocolViolation | ErrorCode::UnsupportedVersion => {
                 ProtocolError::new_err(message)
             }
@@ -484,6 +491,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NotFound", py.get_type::<NotFound>())?;
     m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;
     m.add("Unavailable", py.get_type::<Unavailable>())?;
+    m.add("Revoked", py.get_type::<Revoked>())?;
     m.add("Timeout", py.get_type::<Timeout>())?;
     m.add("UntrustedServer", py.get_type::<UntrustedServer>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;

@@ -73,8 +73,9 @@ def test_exception_classes_map_codes(daemon: Daemon) -> None:
     assert "secretd is not running at /nonexistent/secretd.sock (no socket)" in str(e5.value)
     assert issubclass(secretd.ProtocolError, secretd.Error)
     for cls in (secretd.NotFound, secretd.PermissionDenied, secretd.Unavailable,
-                secretd.Timeout, secretd.ProtocolError, secretd.ConnectError):
+                secretd.Revoked, secretd.Timeout, secretd.ProtocolError, secretd.ConnectError):
         assert issubclass(cls, secretd.Error)
+    assert issubclass(secretd.Revoked, secretd.Unavailable)
     client.close()
     with pytest.raises(secretd.Error, match="closed"):
         client.get("trading_api_key")

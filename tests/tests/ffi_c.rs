@@ -375,3 +375,32 @@ fn c_watch_callback_and_cached_client() {
     assert_eq!(lines.next().expect("line").expect("read"), "changed 2");
     assert!(child.wait().expect("wait").success());
 }
+
+#[test]
+fn c_api_tells_a_revoked_secret_from_an_unavailable_one() {
+    if !gcc_or_skip("c_api_revoked") {
+        return;
+    }
+    let fake = secretd_gsm_fake::FakeGsm::start().expect("fake gsm");
+    let gcp = "projects/apex-test/secrets/omni-trading-api-key";
+    fake.add_version(gcp, KEY.as_bytes());
+    let env = TestEnv::new();
+    let config = env
+        .conf()
+        .daemon("refresh_interval", "1s")
+        .gsm_authenticated(&fake)
+        .gsm_secret("trading_api_key", gcp)
+        .with("version", "1")
+        .readable_by_me()
+        .build();
+    let daemon = env.start(&config);
+    let client = secretd_client::Client::connect(&daemon.socket).expect("connect");
+    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    fake.set_version_state(gcp, 1, secretd_gsm_fake::VersionState::Disabled);
+    support::wait_until("the revocation", std::time::Duration::from_secs(30), || {
+        client.get("trading_api_key").err()
+    });
+    let socket = daemon.socket.to_str().expect("utf8");
+    let out = run(&c_test(&env, "test_revoked"), &[socket, "trading_api_key"]);
+    assert!(out.contains("ok "), "{out}");
+}

@@ -271,7 +271,7 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
     let refused = client
         .get("trading_client_secret")
         .expect_err("a disabled served version is revoked");
-    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+    assert_eq!(refused.code(), Some(ErrorCode::Revoked));
 }
 
 #[test]

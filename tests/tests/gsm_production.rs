@@ -500,7 +500,7 @@ fn revoking_the_served_version_stops_it_everywhere_within_one_refresh() {
     assert_eq!(change.version, "", "nothing is served any more");
     assert_eq!(change.fingerprint, "");
     let refused = plain.get("trading_api_key").expect_err("revoked");
-    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+    assert_eq!(refused.code(), Some(ErrorCode::Revoked));
     assert!(refused.to_string().contains("revoked"), "{refused}");
     // The cached client hears the same event on its own watch, a moment later or sooner.
     let refused = wait_until(
@@ -640,7 +640,7 @@ fn an_alias_move_reaches_the_daemon_and_status_names_both() {
 #[test]
 fn regional_and_global_secrets_mix() {
     let global = FakeGsm::start().expect("global fake");
-    let regional = FakeGsm::start().expect("regional fake");
+    let regional = FakeGsm::start_regional("europe-west4").expect("regional fake");
     const REGIONAL: &str = "projects/apex-test/locations/europe-west4/secrets/omni-eu-key";
     global.add_version(API_KEY, b"Omni-Key-Global-LLLL!");
     regional.add_version(REGIONAL, b"Omni-Key-Regional-MMMM!");
@@ -654,6 +654,13 @@ fn regional_and_global_secrets_mix() {
         .gsm_secret("trading_api_key", API_KEY)
         .readable_by_me()
         .gsm_secret("trading_eu_key", REGIONAL)
+        .readable_by_me()
+        // The endpoint above is europe-west4's alone (no `{location}` in it), and a regional
+        // endpoint serves its own location only, as Google's do.
+        .gsm_secret(
+            "trading_us_key",
+            "projects/apex-test/locations/us-east1/secrets/omni-us-key",
+        )
         .readable_by_me()
         .build();
     let daemon = env.start(&conf);
@@ -680,6 +687,17 @@ fn regional_and_global_secrets_mix() {
         .find(|r| r.name == "trading_eu_key")
         .expect("row");
     assert_eq!(eu.gcp_secret.as_deref(), Some(REGIONAL));
+    let us = client
+        .status()
+        .expect("status")
+        .into_iter()
+        .find(|r| r.name == "trading_us_key")
+        .expect("row");
+    let why = us.last_error.expect("the us-east1 secret failed").message;
+    assert!(
+        why.contains("serves resources in europe-west4 only"),
+        "{why}"
+    );
 }
 
 #[test]

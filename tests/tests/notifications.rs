@@ -186,7 +186,7 @@ fn a_revocation_message_takes_effect_only_when_gsm_confirms_it() {
     let refused = wait_until("the revocation", Duration::from_secs(60), || {
         client.get("trading_api_key").err()
     });
-    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+    assert_eq!(refused.code(), Some(ErrorCode::Revoked));
     wait_counted(&client, "secret_version_disable", "revoked");
     daemon.wait_for_log("omni.alert.version_revoked");
 }
@@ -504,7 +504,7 @@ fn destroy_and_update_messages_refresh_at_once() {
         Duration::from_secs(60),
         || client.get("trading_api_key").err(),
     );
-    assert_eq!(refused.code(), Some(ErrorCode::Unavailable));
+    assert_eq!(refused.code(), Some(ErrorCode::Revoked));
     wait_counted(&client, "secret_version_destroy", "revoked");
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use secretd_proto::{EntryState, ErrorCode, SourceKind, WireError};
 use tokio::time::Instant;
 
+use super::revocation::{Cause, Revoked};
 use super::secret_bytes::SecretBytes;
 
 /// One cached value.
@@ -141,8 +142,9 @@ pub(crate) enum Unservable {
     Loading,
     /// The value is older than its TTL plus `max_stale`.
     TooStale,
-    /// GSM refused the version that was served (disabled or destroyed): it was withdrawn.
-    Revoked(String),
+    /// GSM refused the version that was served (disabled or destroyed), or deleted the
+    /// secret: it was withdrawn.
+    Revoked(Revoked),
 }
 
 impl Unservable {
@@ -155,10 +157,26 @@ impl Unservable {
             Unservable::Loading => format!(
                 "secret {name:?} has not been loaded from its source yet: its first fetch is still running"
             ),
-            Unservable::Revoked(version) => format!(
-                "secret {name:?}: version {version} was revoked in GSM (disabled or destroyed) \
-                 and is served no more; enable a version or move the alias"
-            ),
+            Unservable::Revoked(Revoked {
+                version,
+                cause: Cause::Refused,
+            }) => {
+                let message = format!(
+                    "secret {name:?}: version {version} was revoked in GSM (disabled or \
+                     destroyed) and is served no more; enable a version or move the alias"
+                );
+                return WireError::new(ErrorCode::Revoked, message);
+            }
+            Unservable::Revoked(Revoked {
+                version,
+                cause: Cause::Deleted,
+            }) => {
+                let message = format!(
+                    "secret {name:?}: the secret was deleted in GSM, so version {version} is \
+                     served no more; re-create it (the next refresh picks it up)"
+                );
+                return WireError::new(ErrorCode::Revoked, message);
+            }
             Unservable::TooStale => {
                 format!("secret {name:?} is stale past max_stale while its source is failing")
             }

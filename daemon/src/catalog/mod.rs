@@ -15,6 +15,7 @@ pub(crate) mod fingerprint;
 pub(crate) mod last_known_good;
 pub(crate) mod notifications;
 pub(crate) mod refresh;
+pub(crate) mod revocation;
 pub(crate) mod rotation;
 pub(crate) mod secret_bytes;
 pub(crate) mod slot;
@@ -54,6 +55,9 @@ pub(crate) struct Catalog {
     pub(crate) dirty: Notify,
     /// The GSM notification channel's health, when `[gsm.notifications]` is configured.
     pub(crate) channel: Option<notifications::ChannelHealth>,
+    /// How long an announced or suspected withdrawal is checked before it counts as
+    /// unconfirmed (`[gsm] revocation_confirm_window`).
+    pub(crate) revocation_window: Duration,
 }
 
 impl Catalog {
@@ -90,6 +94,12 @@ impl Catalog {
                 .as_ref()
                 .and_then(|g| g.notifications.as_ref())
                 .map(|n| notifications::ChannelHealth::new(n.fallback_interval)),
+            revocation_window: config
+                .gsm
+                .as_ref()
+                .map_or(crate::config::DEFAULT_REVOCATION_CONFIRM_WINDOW, |g| {
+                    g.revocation_confirm_window
+                }),
         }
     }
 
@@ -128,7 +138,7 @@ impl Catalog {
         let Some(entry) = slot.current() else {
             let health = slot.health();
             return Err(match (health.revoked, health.last_error) {
-                (Some(version), _) => Unservable::Revoked(version),
+                (Some(revoked), _) => Unservable::Revoked(revoked),
                 (None, Some(e)) => Unservable::NeverLoaded(e.message),
                 (None, None) => Unservable::Loading,
             });

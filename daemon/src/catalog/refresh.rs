@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Catalog;
 use super::fingerprint::FingerprintKey;
+use super::revocation::{Answer, Cause, Suspicion, Verdict};
 use super::source::{FailureReason, Fetched, Source, SourceError};
 use crate::audit::{Action, Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
@@ -90,10 +91,12 @@ impl Refresher {
     async fn run(self, cancel: CancellationToken, first_done: mpsc::Sender<()>) {
         let slot = self.catalog.slot(self.idx);
         let mut first_done = Some(first_done);
+        // Since when, and how often, an alias a notification said moved was re-read.
+        let mut following: Option<(tokio::time::Instant, u32)> = None;
         loop {
-            let outcome = tokio::select! {
+            let (outcome, check_in) = tokio::select! {
                 _ = cancel.cancelled() => return,
-                outcome = self.fetch_once() => outcome,
+                attempt = self.fetch_once() => attempt,
             };
             let failures = slot.health().consecutive_failures;
             // While notifications cannot reach this host, poll at the fallback interval.
@@ -115,6 +118,12 @@ impl Refresher {
                 }
                 Err(_) => backoff(failures, slot.ttl),
             };
+            // A withdrawal in doubt is checked sooner, with its own backoff; so is an alias
+            // that has not caught up with a notification.
+            let delay = check_in.map_or(delay, |d| d.min(delay));
+            let delay = self
+                .follow_alias(&mut following)
+                .map_or(delay, |d| d.min(delay));
             if let Some(tx) = first_done.take() {
                 // The receiver may be gone once startup is over; that is fine.
                 let _ = tx.try_send(());
@@ -127,15 +136,54 @@ impl Refresher {
         }
     }
 
-    async fn fetch_once(&self) -> Result<(), SourceError> {
+    /// After a read of an alias that a notification said points at another version: until
+    /// the alias read agrees, the next read is due soon (1 s, doubling), for at most the
+    /// secret's refresh period, after which the poll takes over. GSM's aliases converge
+    /// eventually, so this cannot meet the 3 s a version read by number does.
+    fn follow_alias(
+        &self,
+        following: &mut Option<(tokio::time::Instant, u32)>,
+    ) -> Option<Duration> {
         let slot = self.catalog.slot(self.idx);
-        let _permit =
-            self.limiter.acquire().await.map_err(|_| {
-                SourceError::new(FailureReason::Unavailable, "daemon is shutting down")
-            })?;
+        let Some(target) = slot.trigger.alias_target() else {
+            *following = None;
+            return None;
+        };
+        let agrees = self.served_version() == Some(target);
+        if agrees || self.source.alias().is_none() {
+            slot.trigger.alias_settled();
+            *following = None;
+            return None;
+        }
+        let (since, reads) = following.get_or_insert((tokio::time::Instant::now(), 0));
+        *reads += 1;
+        if since.elapsed() >= slot.ttl.mul_f64(REFRESH_AT.0) {
+            tracing::info!(
+                secret = %slot.name,
+                alias = self.source.alias().unwrap_or_default(),
+                announced = target,
+                reads = *reads,
+                "the alias did not point where a notification said; the poll takes over"
+            );
+            slot.trigger.alias_settled();
+            *following = None;
+            return None;
+        }
+        Some(FIRST_RETRY.saturating_mul(1 << (*reads - 1).min(16)))
+    }
+
+    /// One attempt: the fetch, then the check of a withdrawal in doubt (and when the next
+    /// check of it is due), audited as one refresh.
+    async fn fetch_once(&self) -> (Result<(), SourceError>, Option<Duration>) {
+        let slot = self.catalog.slot(self.idx);
+        let Ok(_permit) = self.limiter.acquire().await else {
+            let closing = SourceError::new(FailureReason::Unavailable, "daemon is shutting down");
+            return (Err(closing), None);
+        };
         let attempt = slot.trigger.begin_attempt();
         let started = std::time::Instant::now();
         let result = self.fetch_and_install().await;
+        let check_in = self.check_doubt(&result).await;
         let mut event = AuditEvent::new(Action::Refresh, &slot.name, &Actor::daemon(), Outcome::Ok);
         event.duration_ms = millis(started.elapsed(), u32::MAX);
         self.metrics
@@ -159,7 +207,93 @@ impl Refresher {
             tracing::warn!(secret = %slot.name, "refresh could not be audited");
         }
         slot.trigger.end_attempt(attempt);
-        result
+        (result, check_in)
+    }
+
+    /// Checks a withdrawal in doubt (see `revocation`) after a fetch that ended in `result`;
+    /// returns when the next check is due, if sooner than the poll. A `NOT_FOUND` for a
+    /// secret that was served opens a deletion doubt by itself.
+    async fn check_doubt(&self, result: &Result<(), SourceError>) -> Option<Duration> {
+        let slot = self.catalog.slot(self.idx);
+        let now = tokio::time::Instant::now();
+        if let Err(e) = result
+            && e.reason == FailureReason::NotFound
+            && self.source.kind() == SourceKind::Gsm
+            && slot.current().is_some()
+        {
+            slot.doubt.begin(Suspicion::Deleted, now);
+        }
+        let answer = match slot.doubt.suspicion()? {
+            Suspicion::Refused(version) => self.ask_by_number(&version).await,
+            Suspicion::Deleted => match result {
+                Ok(()) => Answer::Allowed,
+                Err(e) if e.reason == FailureReason::NotFound => Answer::NotFound,
+                Err(_) => Answer::Unknown,
+            },
+        };
+        let window = self.catalog.revocation_window;
+        match slot
+            .doubt
+            .judge(answer, window, tokio::time::Instant::now())
+        {
+            Verdict::Revoke(cause) => {
+                if let Some(served) = slot.current() {
+                    let why = match cause {
+                        Cause::Refused => SourceError::new(
+                            FailureReason::Disabled,
+                            format!(
+                                "GSM refuses version {} by number, as a notification announced",
+                                served.version
+                            ),
+                        ),
+                        Cause::Deleted => SourceError::new(
+                            FailureReason::NotFound,
+                            format!(
+                                "GSM answered NOT_FOUND for the secret at least {} times in a \
+                                 row over {}s: it was deleted",
+                                super::revocation::DELETED_AFTER,
+                                window.as_secs()
+                            ),
+                        ),
+                    };
+                    self.revoke(&served.version, &why, cause);
+                }
+                None
+            }
+            Verdict::CheckIn(d) => Some(d),
+            Verdict::Unconfirmed => {
+                tracing::error!(
+                    event = "omni.alert.revocation_unconfirmed",
+                    secret = %slot.name,
+                    window_s = window.as_secs(),
+                    "GSM announced the served version disabled or destroyed, but still \
+                     allows it when asked by number: it stays served, checked at every refresh"
+                );
+                None
+            }
+            Verdict::Cleared | Verdict::AtThePoll => None,
+        }
+    }
+
+    /// Asks GSM for `version` by number, if it is still the one served: allowed, it is
+    /// installed again (fresh); refused, the caller revokes it.
+    async fn ask_by_number(&self, version: &str) -> Answer {
+        let served = self.catalog.slot(self.idx).current();
+        if served.is_none_or(|e| e.version != version) {
+            return Answer::Moved;
+        }
+        let Some(read) = self.source.fetch_version(version) else {
+            return Answer::Moved;
+        };
+        match self.deadline(read).await {
+            Ok(fetched) => {
+                self.install(fetched);
+                Answer::Allowed
+            }
+            Err(e) if e.reason == FailureReason::Disabled => Answer::Refused,
+            Err(e) if e.reason == FailureReason::NotFound => Answer::NotFound,
+            Err(_) => Answer::Unknown,
+        }
     }
 
     async fn fetch_and_install(&self) -> Result<(), SourceError> {
@@ -243,7 +377,7 @@ impl Refresher {
             }
             Err(e) => {
                 if e.reason == FailureReason::Disabled {
-                    self.revoke(version, &e);
+                    self.revoke(version, &e, Cause::Refused);
                 }
                 Err(e)
             }
@@ -293,10 +427,10 @@ impl Refresher {
     }
 
     /// Withdraws `version`: GSM refused it by number, so an operator disabled or destroyed it
-    /// (how a leaked key is revoked).
-    fn revoke(&self, version: &str, why: &SourceError) {
+    /// (how a leaked key is revoked), or deleted the secret (`cause`).
+    fn revoke(&self, version: &str, why: &SourceError, cause: Cause) {
         let slot = self.catalog.slot(self.idx);
-        if !slot.revoke(version) {
+        if !slot.revoke(version, cause) {
             return;
         }
         // The sealed last-known-good copy must not bring it back after a restart.
@@ -308,8 +442,9 @@ impl Refresher {
             secret = %slot.name,
             version,
             break_glass_active = overridden,
+            cause = cause.as_str(),
             error = %why.message,
-            "GSM refuses the version being served: it is served no more"
+            "GSM withdrew the version being served: it is served no more"
         );
         let mut event = AuditEvent::new(Action::Revoke, &slot.name, &Actor::daemon(), Outcome::Ok);
         event.version = version.to_owned();

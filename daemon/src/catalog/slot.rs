@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::announce::Announcer;
 use super::entry::Entry;
+use super::revocation::{Cause, Doubt, Revoked};
 use super::secret_bytes::SecretBytes;
 use super::source::{Fetched, SourceError};
 use super::trigger::RefreshTrigger;
@@ -29,9 +30,11 @@ pub(crate) struct Health {
     pub(crate) consecutive_failures: u32,
     /// The most recent failure, cleared by a success.
     pub(crate) last_error: Option<SourceError>,
-    /// The version withdrawn because GSM refused it, until a value is installed again.
-    pub(crate) revoked: Option<String>,
+    /// The version withdrawn because GSM refused it or deleted the secret, until a value is
+    /// installed again.
+    pub(crate) revoked: Option<Revoked>,
 }
+
 
 /// The values a slot holds: the source's, and a break-glass override that outranks it.
 #[derive(Debug, Default)]
@@ -59,6 +62,8 @@ pub(crate) struct Slot {
     health: Mutex<Health>,
     /// Wakes this slot's refresher and lets on-demand refreshes wait for their fetch.
     pub(crate) trigger: RefreshTrigger,
+    /// A withdrawal announced or suspected and not yet confirmed (see `revocation`).
+    pub(crate) doubt: Doubt,
     /// Tells watchers when the served value changes.
     announcer: Announcer,
 }
@@ -78,6 +83,7 @@ impl Slot {
             values: Values::default(),
             health: Mutex::new(Health::default()),
             trigger: RefreshTrigger::default(),
+            doubt: Doubt::default(),
             announcer,
         }
     }
@@ -197,7 +203,7 @@ impl Slot {
     /// Withdraws the source's value because its source revoked `version` (an active override
     /// still outranks it), and tells watchers and cached clients. Returns whether a value was
     /// withdrawn.
-    pub(crate) fn revoke(&self, version: &str) -> bool {
+    pub(crate) fn revoke(&self, version: &str, cause: Cause) -> bool {
         let withdrawn = {
             let mut current = self.values.current.write().recover();
             match current.as_ref() {
@@ -206,7 +212,10 @@ impl Slot {
             }
         };
         if withdrawn {
-            self.health.lock().recover().revoked = Some(version.to_owned());
+            self.health.lock().recover().revoked = Some(Revoked {
+                version: version.to_owned(),
+                cause,
+            });
             self.announce();
         }
         withdrawn

@@ -21,6 +21,10 @@ pub(crate) struct RefreshTrigger {
     /// `versionId`) that the next fetch has not looked at yet; 0 for none. GSM reads by
     /// number are strongly consistent where `latest` lags.
     announced: AtomicU64,
+    /// Where a notification said the configured alias points now (`SECRET_UPDATE`'s
+    /// `versionAliases`), while the alias read has not agreed yet; 0 for none. A hint to
+    /// re-read, never a value to serve: only the alias read itself is believed.
+    alias_target: AtomicU64,
 }
 
 impl Default for RefreshTrigger {
@@ -30,6 +34,7 @@ impl Default for RefreshTrigger {
             attempts_started: AtomicU64::new(0),
             attempts_done: watch::Sender::new(0),
             announced: AtomicU64::new(0),
+            alias_target: AtomicU64::new(0),
         }
     }
 }
@@ -62,6 +67,22 @@ impl RefreshTrigger {
     /// The newest version announced since the last call, if any.
     pub(super) fn take_announced(&self) -> Option<u64> {
         Some(self.announced.swap(0, Ordering::SeqCst)).filter(|n| *n > 0)
+    }
+
+    /// Notes that a notification says the alias points at version `n` now.
+    pub(crate) fn expect_alias(&self, n: u64) {
+        self.alias_target.store(n, Ordering::SeqCst);
+    }
+
+    /// The version the alias should point at, if a notification said so and the alias read
+    /// has not agreed yet.
+    pub(super) fn alias_target(&self) -> Option<u64> {
+        Some(self.alias_target.load(Ordering::SeqCst)).filter(|n| *n > 0)
+    }
+
+    /// Stops waiting for the alias to agree (it did, or the poll took over).
+    pub(super) fn alias_settled(&self) {
+        self.alias_target.store(0, Ordering::SeqCst);
     }
 
     /// Asks the refresher for a fetch now. The ticket resolves when a fetch that started

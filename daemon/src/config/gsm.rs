@@ -32,9 +32,19 @@ pub(crate) struct GsmConfig {
     pub max_attempts: u32,
     /// Refuse versions GSM sends without a CRC32C (else they are served and counted).
     pub require_crc32c: bool,
+    /// How long a revocation GSM announced (a version disabled or destroyed, the secret
+    /// deleted) is checked with backoff before it counts as unconfirmed: GSM's state converges
+    /// eventually, and a message alone never revokes.
+    pub revocation_confirm_window: Duration,
     /// GSM's Pub/Sub notifications, when a subscription is configured.
     pub notifications: Option<NotificationsConfig>,
 }
+
+/// Default `[gsm] revocation_confirm_window`.
+pub(crate) const DEFAULT_REVOCATION_CONFIRM_WINDOW: Duration = Duration::from_secs(30);
+/// The longest `revocation_confirm_window`: a deleted secret must stop being served in
+/// minutes, not hours.
+pub(crate) const MAX_REVOCATION_CONFIRM_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// `[gsm.notifications]`: a pull subscription on the topic the catalog's secrets publish to.
 #[derive(Debug, Clone)]
@@ -46,7 +56,9 @@ pub(crate) struct NotificationsConfig {
     /// The longest random wait between a notification and its refresh (a fleet told at once
     /// does not fetch at once), and the window in which notifications coalesce.
     pub jitter: Duration,
-    /// How often the subscription is checked (`GetSubscription`): the stream counts as up only
+    /// How often the Pub/Sub endpoint is checked to accept a connection (no API call, no
+    /// permission): the Pub/Sub client retries a lost connection quietly, so the stream counts
+    /// as up only
     /// while it is open and the last check succeeded.
     pub health_check_interval: Duration,
     /// The longest wait between refreshes while the channel is down (default: no shorter
@@ -129,6 +141,17 @@ pub(super) fn validate_gsm(
             FETCH_DEADLINE.as_secs()
         )));
     }
+    let revocation_confirm_window = positive_duration_or(
+        "gsm.revocation_confirm_window",
+        g.revocation_confirm_window,
+        DEFAULT_REVOCATION_CONFIRM_WINDOW,
+    )?;
+    if revocation_confirm_window > MAX_REVOCATION_CONFIRM_WINDOW {
+        return Err(invalid(format!(
+            "gsm.revocation_confirm_window must be at most {}s",
+            MAX_REVOCATION_CONFIRM_WINDOW.as_secs()
+        )));
+    }
     let notifications = g
         .notifications
         .map(|n| validate_notifications(n, g.anonymous, refresh_interval))
@@ -155,6 +178,7 @@ pub(super) fn validate_gsm(
         retry_budget,
         max_attempts,
         require_crc32c: g.require_crc32c,
+        revocation_confirm_window,
         notifications,
     })
 }

@@ -28,6 +28,7 @@ pub(crate) use daemon::{
 use daemon::{DEFAULT_BREAK_GLASS_MAX_TTL, validate_daemon};
 #[cfg(test)]
 pub(crate) use gsm::DEFAULT_GSM_REGIONAL_ENDPOINT;
+pub(crate) use gsm::DEFAULT_REVOCATION_CONFIRM_WINDOW;
 use gsm::validate_gsm;
 pub(crate) use gsm::{FETCH_DEADLINE, GsmConfig, NotificationsConfig, is_version_number};
 use policy::validate_policy;

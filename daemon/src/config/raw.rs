@@ -70,6 +70,7 @@ pub(super) struct RawGsm {
     pub(super) max_attempts: Option<u32>,
     #[serde(default)]
     pub(super) require_crc32c: bool,
+    pub(super) revocation_confirm_window: Option<String>,
     pub(super) notifications: Option<RawNotifications>,
 }
 

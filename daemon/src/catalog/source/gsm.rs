@@ -504,6 +504,11 @@ impl Source for GsmSource {
         self.alias == "latest" && self.pinned.lock().recover().is_none()
     }
 
+    fn alias(&self) -> Option<&str> {
+        let named = self.alias != "latest" && !crate::config::is_version_number(&self.alias);
+        (named && self.pinned.lock().recover().is_none()).then_some(self.alias.as_str())
+    }
+
     fn rotation_schedule(&self) -> Option<ScheduleFuture<'_>> {
         Some(Box::pin(async move {
             let secret = self

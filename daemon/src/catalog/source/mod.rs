@@ -150,6 +150,13 @@ pub(crate) trait Source: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// The GSM alias the source serves (`prod`), when it serves one and no rotation pins a
+    /// version: an alias converges eventually after it moves, so a notification that says
+    /// where it points now is followed by re-reading the alias until it agrees.
+    fn alias(&self) -> Option<&str> {
+        None
+    }
+
     /// Reads the secret's rotation schedule, for sources that have one (`None` otherwise):
     /// a `SECRET_ROTATE` message is believed only when the schedule moved.
     fn rotation_schedule(&self) -> Option<ScheduleFuture<'_>> {

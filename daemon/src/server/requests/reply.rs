@@ -105,8 +105,11 @@ impl From<WireError> for Reply {
     }
 }
 
+/// The first protocol version whose clients know [`ErrorCode::Revoked`].
+const REVOKED_SINCE: u16 = 6;
+
 /// A value-free response as a client speaking an older `protocol` reads it (newer source
-/// kinds become the kinds they stand in for), or `None` when it reads the response as it is.
+/// kinds become the kinds they stand in for, `Revoked` becomes `Unavailable`), or `None` when it reads the response as it is.
 fn older(response: &Response<'static>, protocol: u16) -> Option<Response<'static>> {
     if protocol >= PROTOCOL_VERSION {
         return None;
@@ -120,6 +123,9 @@ fn older(response: &Response<'static>, protocol: u16) -> Option<Response<'static
         Response::Status(rows) => Some(Response::Status(rows.iter().map(row).collect())),
         Response::Rotated(s) => Some(Response::Rotated(row(s))),
         Response::BreakGlass(s) => Some(Response::BreakGlass(row(s))),
+        Response::Error(e) if e.code == ErrorCode::Revoked && protocol < REVOKED_SINCE => Some(
+            Response::Error(WireError::new(ErrorCode::Unavailable, e.message.clone())),
+        ),
         _ => None,
     }
 }

@@ -34,6 +34,8 @@ pub(crate) fn render(shared: &Shared) -> String {
                 served: served.map(|e| (e.version.clone(), e.source, e.fingerprint.clone())),
                 servable: matches!(state, EntryState::Fresh | EntryState::Stale),
                 stale: matches!(state, EntryState::Stale | EntryState::Expired),
+                revoked: slot.health().revoked.map(|r| r.cause.as_str()),
+                revocation_unconfirmed: slot.doubt.unconfirmed(),
             }
         })
         .collect();

@@ -19,25 +19,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use google_cloud_auth::credentials::Credentials;
-use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Catalog;
 use super::refresh::REFRESH_WAIT;
+use super::revocation::Suspicion;
 use super::rotation::schedule::{Look, Schedules, Verdict};
 use super::source::Source;
 use crate::config::NotificationsConfig;
 use crate::metrics::Metrics;
 use crate::util::lock::Recover;
 
+mod stream;
+
+use stream::StreamEnded;
+
 /// The first wait before resubscribing after the stream ended; it doubles per failure.
 pub(crate) const RESUBSCRIBE_FIRST_WAIT: Duration = Duration::from_secs(1);
-/// How long one GetSubscription health check may take before it counts as failed.
-pub(crate) const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait between resubscription attempts.
 pub(crate) const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -117,8 +119,6 @@ struct Listener {
     schedules: Schedules,
     /// Whether a malformed message was logged already (logged once, counted always).
     malformed_logged: AtomicBool,
-    /// Whether it was logged that the subscription cannot be checked (no permission).
-    unchecked_logged: AtomicBool,
     /// Scheduled refreshes join the daemon's tasks, so shutdown waits for them.
     tracker: TaskTracker,
     /// Shutdown.
@@ -143,18 +143,22 @@ pub(crate) async fn run(
         jitter: cfg.jitter,
         metrics,
         malformed_logged: AtomicBool::new(false),
-        unchecked_logged: AtomicBool::new(false),
         tracker,
         cancel: cancel.clone(),
     });
     listener.learn_schedules();
     let mut wait = RESUBSCRIBE_FIRST_WAIT;
+    let mut last_why = String::new();
+    let sink = SinkOf(listener.clone());
     loop {
         let ended = tokio::select! {
             () = cancel.cancelled() => break,
-            ended = listener.clone().listen(&cfg, &credentials) => ended,
+            ended = stream::listen(&cfg, &credentials, &sink) => ended,
         };
         listener.metrics.notification_stream(false);
+        listener
+            .metrics
+            .subscription_missing(matches!(ended, Err(StreamEnded::SubscriptionMissing)));
         let why = match &ended {
             Err(e) => e.to_string(),
             Ok(_) => StreamEnded::Closed.to_string(),
@@ -164,13 +168,18 @@ pub(crate) async fn run(
         if healthy_for_a_while {
             wait = RESUBSCRIBE_FIRST_WAIT;
         }
-        tracing::warn!(
-            event = "gsm.notifications",
-            subscription = %cfg.subscription,
-            error = %why,
-            retry_in_ms = wait.as_millis() as u64,
-            "the notification stream is down; refreshes poll until it is back"
-        );
+        // Said once per reason: a subscription that stays missing would otherwise log twice
+        // a minute for as long as nobody re-creates it.
+        if why != last_why {
+            tracing::warn!(
+                event = "gsm.notifications",
+                subscription = %cfg.subscription,
+                error = %why,
+                retry_in_ms = wait.as_millis() as u64,
+                "the notification stream is down; refreshes poll until it is back"
+            );
+        }
+        last_why = why;
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
@@ -180,127 +189,27 @@ pub(crate) async fn run(
     listener.metrics.notification_stream(false);
 }
 
-/// Whether a failed subscription check says nothing about the stream: the caller may not
-/// look (a permission error), which is not the subscription being gone.
-fn cannot_check(e: &google_cloud_gax::error::Error) -> bool {
-    e.status()
-        .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::PermissionDenied)
-}
+/// The listener as the stream's [`stream::Sink`].
+struct SinkOf(Arc<Listener>);
 
-/// Why one subscription of the notification stream ended.
-#[derive(Debug, thiserror::Error)]
-enum StreamEnded {
-    /// A Pub/Sub client could not be built (which one, and Google's reason).
-    #[error("cannot create the Pub/Sub {0} client: {1}")]
-    Build(
-        &'static str,
-        #[source] google_cloud_gax::client_builder::Error,
-    ),
-    /// The streaming pull failed (after the client's own retries).
-    #[error("{0}")]
-    Pull(#[source] google_cloud_pubsub::Error),
-    /// The stream ended without an error.
-    #[error("the stream ended")]
-    Closed,
+impl stream::Sink for SinkOf {
+    fn health(&self, down: Option<String>) {
+        let listener = &self.0;
+        listener.metrics.notification_stream(down.is_none());
+        // The stream is open: the subscription exists.
+        listener.metrics.subscription_missing(false);
+        listener.set_health(down.map(|e| format!("the Pub/Sub endpoint does not answer: {e}")));
+    }
+
+    fn message(&self, message: Message, handler: Handler) {
+        // Acknowledged at once: the refresh it triggers is idempotent and the poll is the
+        // safety net, so a redelivery would only cost a GSM call.
+        handler.ack();
+        self.0.handle(&message);
+    }
 }
 
 impl Listener {
-    /// One subscription: returns when the stream ends, `Ok(true)` if it delivered anything.
-    async fn listen(
-        self: Arc<Self>,
-        cfg: &NotificationsConfig,
-        credentials: &Credentials,
-    ) -> Result<bool, StreamEnded> {
-        let client = Subscriber::builder()
-            .with_endpoint(cfg.endpoint.clone())
-            .with_credentials(credentials.clone())
-            .build()
-            .await
-            .map_err(|e| StreamEnded::Build("subscriber", e))?;
-        let admin = SubscriptionAdmin::builder()
-            .with_endpoint(cfg.endpoint.clone())
-            .with_credentials(credentials.clone())
-            .build()
-            .await
-            .map_err(|e| StreamEnded::Build("admin", e))?;
-        // As a `Stream`, the pull survives the select below dropping a `next()` half-way (the
-        // pending read lives in the stream, not in the dropped future).
-        let pull = client.subscribe(cfg.subscription.clone()).build();
-        let mut stream = Box::pin(futures::stream::unfold(pull, |mut pull| async move {
-            pull.next().await.map(|item| (item, pull))
-        }));
-        tracing::info!(
-            event = "gsm.notifications",
-            subscription = %cfg.subscription,
-            "listening for GSM notifications"
-        );
-        // The client retries transient failures itself, quietly: a subscription that answers
-        // GetSubscription is what tells the stream can deliver. The check runs beside the
-        // messages, never in their way.
-        let health = async {
-            let mut tick = tokio::time::interval(cfg.health_check_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let check = admin
-                    .get_subscription()
-                    .set_subscription(cfg.subscription.clone())
-                    .send();
-                let down = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await {
-                    Ok(Ok(_)) => None,
-                    // Least privilege (`roles/pubsub.subscriber`) has no
-                    // `pubsub.subscriptions.get`: the check cannot tell, so the stream
-                    // judges alone (a deleted subscription still ends it).
-                    Ok(Err(e)) if cannot_check(&e) => {
-                        self.report_unchecked(&cfg.subscription);
-                        None
-                    }
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("no answer in time".to_owned()),
-                };
-                if let Some(e) = &down {
-                    tracing::warn!(
-                        event = "gsm.notifications",
-                        subscription = %cfg.subscription,
-                        error = %e,
-                        "the subscription does not answer; refreshes poll until it does"
-                    );
-                }
-                self.metrics.notification_stream(down.is_none());
-                self.set_health(down.map(|e| format!("subscription check failed: {e}")));
-            }
-        };
-        let messages = async {
-            let mut delivered = false;
-            while let Some(item) = stream.next().await {
-                let (message, handler) = item.map_err(StreamEnded::Pull)?;
-                // Acknowledged at once: the refresh it triggers is idempotent and the poll is
-                // the safety net, so a redelivery would only cost a GSM call.
-                handler.ack();
-                delivered = true;
-                self.handle(&message);
-            }
-            Ok(delivered)
-        };
-        tokio::select! {
-            ended = messages => ended,
-            never = health => never,
-        }
-    }
-
-    /// Says once that the subscription cannot be checked, and what that costs.
-    fn report_unchecked(&self, subscription: &str) {
-        if !self.unchecked_logged.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                event = "gsm.notifications.unchecked",
-                subscription = %subscription,
-                "no permission to check the subscription (pubsub.subscriptions.get, in \
-                 roles/pubsub.viewer); the stream alone says whether notifications flow, and \
-                 an outage the Pub/Sub client rides out by retrying is not seen (logged once)"
-            );
-        }
-    }
-
     /// Routes one message: a refresh for a catalog secret, nothing for anything else.
     fn handle(self: &Arc<Self>, message: &Message) {
         let attribute = |k: &str| message.attributes.get(k).map(String::as_str);
@@ -336,6 +245,13 @@ impl Listener {
             // Read by number: strongly consistent, where `latest` may lag for minutes.
             self.catalog.slot(idx).trigger.announce_version(version);
         }
+        self.doubt(idx, event, attribute("versionId"));
+        if event == "SECRET_UPDATE"
+            && let Some(alias) = self.sources[idx].alias()
+            && let Some(target) = alias_target(&message.data, alias)
+        {
+            self.catalog.slot(idx).trigger.expect_alias(target);
+        }
         if self.pending[idx].swap(true, Ordering::SeqCst) {
             self.metrics.notification(&label, "coalesced");
             return;
@@ -363,6 +279,30 @@ impl Listener {
             };
             me.metrics.notification(&label, result);
         });
+    }
+
+    /// Opens a doubt for a message that announces a withdrawal: the served version disabled
+    /// or destroyed, or the secret deleted. The refresher confirms it with GSM over
+    /// `revocation_confirm_window` before anything is withdrawn (see `revocation`).
+    fn doubt(&self, idx: usize, event: &str, version_id: Option<&str>) {
+        let slot = self.catalog.slot(idx);
+        let now = tokio::time::Instant::now();
+        if event == "SECRET_DELETE" {
+            slot.doubt.begin(Suspicion::Deleted, now);
+            return;
+        }
+        if !REVOKING.contains(&event) {
+            return;
+        }
+        let Some(served) = slot.current() else {
+            return;
+        };
+        // Only a message about the served version (or naming none) concerns what is served.
+        let named = version_id.and_then(|v| self.version_of(idx, v));
+        if named.is_none_or(|n| n.to_string() == served.version) {
+            slot.doubt
+                .begin(Suspicion::Refused(served.version.clone()), now);
+        }
     }
 
     /// Takes a first look at every GSM secret's rotation schedule, each after a random wait
@@ -471,18 +411,32 @@ impl Listener {
     }
 }
 
+/// Where `alias` points according to a `SECRET_UPDATE` message's data (the secret as JSON,
+/// `versionAliases` mapping alias to version number, a string in Google's JSON).
+fn alias_target(data: &[u8], alias: &str) -> Option<u64> {
+    let secret: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let target = &secret["versionAliases"][alias];
+    target
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .or_else(|| target.as_u64())
+        .filter(|n| *n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use google_cloud_gax::error::Error;
-    use google_cloud_gax::error::rpc::{Code, Status};
 
     #[test]
-    fn only_a_permission_error_leaves_the_stream_to_judge() {
-        let failed = |code| Error::service(Status::default().set_code(code));
-        assert!(cannot_check(&failed(Code::PermissionDenied)));
-        for down in [Code::NotFound, Code::Unavailable, Code::Unauthenticated] {
-            assert!(!cannot_check(&failed(down)), "{down:?}");
-        }
+    fn an_alias_target_is_read_from_the_secret_json() {
+        let data = br#"{"name":"projects/1/secrets/s","versionAliases":{"prod":"7","dev":3}}"#;
+        assert_eq!(alias_target(data, "prod"), Some(7));
+        assert_eq!(alias_target(data, "dev"), Some(3));
+        assert_eq!(alias_target(data, "canary"), None);
+        assert_eq!(alias_target(b"not json", "prod"), None);
+        assert_eq!(
+            alias_target(br#"{"versionAliases":{"prod":"x"}}"#, "prod"),
+            None
+        );
     }
 }
