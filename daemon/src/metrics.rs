@@ -266,6 +266,9 @@ pub(crate) struct Metrics {
     /// `omni_secretd_notification_subscription_missing`: 1 while Pub/Sub says the
     /// subscription does not exist (deleted, or expired unused), which no retry mends.
     subscription_missing: IntGauge,
+    /// `omni_secretd_notifications_held`: messages received and waiting for the refresh they
+    /// asked for (acknowledged after it; nacked if the daemon stops first).
+    notifications_held: IntGauge,
     /// `omni_secret_refresh_duration_seconds{secret_type}`.
     refresh_latency: HistogramVec,
     /// `omni_secretd_connections`: open client connections.
@@ -333,6 +336,10 @@ impl Metrics {
             notification_stream_up: r.gauge(
                 "omni_secretd_notification_stream_up",
                 "1 while the GSM notification stream is open",
+            )?,
+            notifications_held: r.gauge(
+                "omni_secretd_notifications_held",
+                "GSM notifications received and waiting for the refresh they asked for",
             )?,
             subscription_missing: r.gauge(
                 "omni_secretd_notification_subscription_missing",
@@ -403,6 +410,11 @@ impl Metrics {
     /// Records whether the notification stream is open.
     pub(crate) fn notification_stream(&self, up: bool) {
         self.notification_stream_up.set(i64::from(up));
+    }
+
+    /// Counts `n` more (or, negative, fewer) notifications waiting for their refresh.
+    pub(crate) fn notifications_held(&self, n: i64) {
+        self.notifications_held.add(n);
     }
 
     /// Records whether Pub/Sub says the notification subscription does not exist.

@@ -493,6 +493,26 @@ fn control_api(handle: &Handle, method: &Method, path: &str, body: &[u8]) -> Rep
             handle.set_version_state(secret, version, state);
             json_reply(StatusCode::OK, &json!({}))
         }
+        (&Method::PUT, "rotation") => {
+            let (Some(secret), Some(next)) =
+                (parsed["secret"].as_str(), parsed["next_unix_s"].as_u64())
+            else {
+                return bad(
+                    "need {\"secret\": \"projects/p/secrets/s\", \"next_unix_s\": N, \"period_s\": N}",
+                );
+            };
+            let next = std::time::UNIX_EPOCH + Duration::from_secs(next);
+            let period = parsed["period_s"].as_u64().map(Duration::from_secs);
+            handle.set_rotation(secret, next, period);
+            json_reply(StatusCode::OK, &json!({}))
+        }
+        (&Method::POST, "rotation/fire") => {
+            let Some(secret) = parsed["secret"].as_str() else {
+                return bad("need {\"secret\": \"projects/p/secrets/s\"}");
+            };
+            handle.fire_rotation(secret);
+            json_reply(StatusCode::OK, &json!({}))
+        }
         (&Method::PUT, "fault") => {
             let fault = match parsed["fault"].as_str() {
                 None => None,

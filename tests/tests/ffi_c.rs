@@ -404,3 +404,64 @@ fn c_api_tells_a_revoked_secret_from_an_unavailable_one() {
     let out = run(&c_test(&env, "test_revoked"), &[socket, "trading_api_key"]);
     assert!(out.contains("ok "), "{out}");
 }
+
+#[test]
+fn c_watcher_hears_a_rotation_gsms_schedule_asks_for() {
+    if !gcc_or_skip("c_rotation_requested") {
+        return;
+    }
+    let Some(emulator) = support::notify::emulator_or_skip("c: rotation requested") else {
+        return;
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let host = support::notify::listening_with(
+        emulator,
+        "gsm-rotate-c",
+        "host-rotate-c",
+        KEY.as_bytes(),
+        |fake| {
+            fake.set_rotation(
+                support::notify::API_KEY,
+                std::time::SystemTime::now() + hour,
+                Some(hour),
+            )
+        },
+    );
+    // The daemon's first look at the schedule, which a SECRET_ROTATE is judged against.
+    support::wait_until("the first look", std::time::Duration::from_secs(30), || {
+        let reads = host.fake.requests();
+        reads
+            .iter()
+            .any(|r| r.method == "GET" && r.path.ends_with(support::notify::API_KEY))
+            .then_some(())
+    });
+    let exe = c_test(&host.env, "test_rotation_requested");
+    let mut child = Command::new(&exe)
+        .args([
+            host.daemon.socket.to_str().expect("utf8"),
+            "trading_api_key",
+        ])
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("line").expect("read"), "ready");
+    // GSM fires the schedule: it advances, and publishes SECRET_ROTATE.
+    host.fake.fire_rotation(support::notify::API_KEY);
+    emulator
+        .publish(
+            "gsm-rotate-c",
+            &[secretd_gsm_fake::pubsub_emulator::gsm_event(
+                "SECRET_ROTATE",
+                &support::notify::secret_id(),
+                None,
+            )],
+        )
+        .expect("publish");
+    assert_eq!(
+        lines.next().expect("line").expect("read"),
+        "rotation_requested trading_api_key"
+    );
+    assert!(child.wait().expect("wait").success());
+}

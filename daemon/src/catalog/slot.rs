@@ -35,7 +35,6 @@ pub(crate) struct Health {
     pub(crate) revoked: Option<Revoked>,
 }
 
-
 /// The values a slot holds: the source's, and a break-glass override that outranks it.
 #[derive(Debug, Default)]
 struct Values {

@@ -13,7 +13,9 @@
 //! serves it only if it is newer than the served one (an old or forged message rolls nothing
 //! back). Likewise a
 //! `SECRET_ROTATE` reaches watchers only once the secret's rotation schedule in GSM shows it
-//! (`rotation_schedule`). Every message is acknowledged; the poll stays as the safety net.
+//! (`rotation_schedule`). A message that triggers a refresh is acknowledged once the refresh
+//! is done, and nacked if the daemon stops first (Pub/Sub redelivers it at once); others are
+//! acknowledged on arrival. The poll stays as the safety net.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,9 +110,9 @@ struct Listener {
     catalog: Arc<Catalog>,
     /// Each slot's source, for the names GSM uses.
     sources: Vec<Arc<dyn Source>>,
-    /// Per slot: a refresh is scheduled and has not been asked for yet (later messages
-    /// coalesce into it).
-    pending: Vec<AtomicBool>,
+    /// Per slot: whether a refresh is scheduled and not yet asked for (later messages
+    /// coalesce into it), and the messages it will answer.
+    pending: Vec<std::sync::Mutex<Pending>>,
     /// The longest random wait before a scheduled refresh.
     jitter: Duration,
     /// `omni_secret_notifications_total`, `omni_secretd_notification_stream_up`.
@@ -136,7 +138,7 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let listener = Arc::new(Listener {
-        pending: sources.iter().map(|_| AtomicBool::new(false)).collect(),
+        pending: sources.iter().map(|_| Default::default()).collect(),
         schedules: Schedules::new(sources.len(), cfg.rotation_check_spread),
         catalog,
         sources,
@@ -151,10 +153,11 @@ pub(crate) async fn run(
     let mut last_why = String::new();
     let sink = SinkOf(listener.clone());
     loop {
-        let ended = tokio::select! {
-            () = cancel.cancelled() => break,
-            ended = stream::listen(&cfg, &credentials, &sink) => ended,
-        };
+        // The stream watches `cancel` itself: it gives back what it holds before it returns.
+        let ended = stream::listen(&cfg, &credentials, &sink, &cancel).await;
+        if cancel.is_cancelled() {
+            break;
+        }
         listener.metrics.notification_stream(false);
         listener
             .metrics
@@ -202,16 +205,43 @@ impl stream::Sink for SinkOf {
     }
 
     fn message(&self, message: Message, handler: Handler) {
-        // Acknowledged at once: the refresh it triggers is idempotent and the poll is the
-        // safety net, so a redelivery would only cost a GSM call.
-        handler.ack();
-        self.0.handle(&message);
+        self.0.handle(&message, handler);
+    }
+
+    fn release(&self) {
+        for pending in &self.0.pending {
+            // Dropped unacknowledged: nacked, so Pub/Sub redelivers them at once.
+            let given_back = std::mem::take(&mut pending.lock().recover().held);
+            self.0.metrics.notifications_held(-gauge(given_back.len()));
+        }
     }
 }
 
+/// A slot's scheduled refresh and the messages it answers.
+#[derive(Debug, Default)]
+struct Pending {
+    /// A refresh is scheduled and has not been asked for yet.
+    scheduled: bool,
+    /// The messages it answers, acknowledged once it is done. A message is acknowledged only
+    /// when what it asked for happened: if the daemon stops first, they are nacked and
+    /// Pub/Sub redelivers them at once, to the restarted host or another subscriber, instead
+    /// of after their lease runs out.
+    held: Vec<Handler>,
+}
+
 impl Listener {
-    /// Routes one message: a refresh for a catalog secret, nothing for anything else.
-    fn handle(self: &Arc<Self>, message: &Message) {
+    /// Handles one message: a refresh for a catalog secret, acknowledged once it is done;
+    /// anything else is acknowledged at once.
+    fn handle(self: &Arc<Self>, message: &Message, handler: Handler) {
+        match self.route(message) {
+            Some((idx, label, revoking)) => self.schedule(idx, label, revoking, handler),
+            None => handler.ack(),
+        }
+    }
+
+    /// Routes one message: the slot to refresh (with the metrics label and whether the event
+    /// may withdraw a version), or `None` when nothing is to be refreshed.
+    fn route(self: &Arc<Self>, message: &Message) -> Option<(usize, String, bool)> {
         let attribute = |k: &str| message.attributes.get(k).map(String::as_str);
         let (Some(event), Some(secret)) = (attribute("eventType"), attribute("secretId")) else {
             // TOPIC_CONFIGURED (GSM's test message) carries no secretId: not malformed.
@@ -220,7 +250,7 @@ impl Listener {
             } else {
                 self.malformed("no eventType or secretId attribute");
             }
-            return;
+            return None;
         };
         let label = if KNOWN.contains(&event) {
             event.to_ascii_lowercase()
@@ -229,15 +259,15 @@ impl Listener {
         };
         let Some(idx) = self.slot_of(secret) else {
             self.metrics.notification(&label, "ignored");
-            return;
+            return None;
         };
         if event == "SECRET_ROTATE" {
             self.check_rotation(idx, label);
-            return;
+            return None;
         }
         if !REFRESHING.contains(&event) {
             self.metrics.notification(&label, "ignored");
-            return;
+            return None;
         }
         if event == "SECRET_VERSION_ADD"
             && let Some(version) = attribute("versionId").and_then(|v| self.version_of(idx, v))
@@ -252,25 +282,48 @@ impl Listener {
         {
             self.catalog.slot(idx).trigger.expect_alias(target);
         }
-        if self.pending[idx].swap(true, Ordering::SeqCst) {
-            self.metrics.notification(&label, "coalesced");
-            return;
+        Some((idx, label, REVOKING.contains(&event)))
+    }
+
+    /// Holds `handler` for slot `idx`'s next refresh, scheduling it after a random wait of up
+    /// to `notification_jitter` unless one is scheduled already (then the message coalesces).
+    fn schedule(self: &Arc<Self>, idx: usize, label: String, revoking: bool, handler: Handler) {
+        {
+            // One lock for both: a message held here is answered by a refresh asked for
+            // after it arrived.
+            let mut pending = self.pending[idx].lock().recover();
+            pending.held.push(handler);
+            self.metrics.notifications_held(1);
+            if std::mem::replace(&mut pending.scheduled, true) {
+                self.metrics.notification(&label, "coalesced");
+                return;
+            }
         }
         let me = self.clone();
-        let revoking = REVOKING.contains(&event);
         self.tracker.spawn(async move {
             let wait = me.jitter.mul_f64(fastrand::f64());
             tokio::select! {
+                // The held messages stay for the stream to give back.
                 () = me.cancel.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
             let slot = me.catalog.slot(idx);
             let was_revoked = slot.health().revoked.is_some();
-            me.pending[idx].store(false, Ordering::SeqCst);
+            let answered = {
+                let mut pending = me.pending[idx].lock().recover();
+                pending.scheduled = false;
+                std::mem::take(&mut pending.held)
+            };
+            me.metrics.notifications_held(-gauge(answered.len()));
             let ticket = slot.trigger.request();
-            let finished = ticket
-                .wait(tokio::time::Instant::now() + REFRESH_WAIT)
-                .await;
+            let finished = tokio::select! {
+                // Dropped unacknowledged: nacked, redelivered at once.
+                () = me.cancel.cancelled() => return,
+                finished = ticket.wait(tokio::time::Instant::now() + REFRESH_WAIT) => finished,
+            };
+            for handler in answered {
+                handler.ack();
+            }
             let revoked = !was_revoked && slot.health().revoked.is_some();
             let result = if finished && revoking && revoked {
                 "revoked"
@@ -409,6 +462,11 @@ impl Listener {
             );
         }
     }
+}
+
+/// A count as a gauge step.
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Where `alias` points according to a `SECRET_UPDATE` message's data (the secret as JSON,

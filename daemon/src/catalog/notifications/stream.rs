@@ -16,7 +16,9 @@ use google_cloud_auth::credentials::Credentials;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::NotificationsConfig;
 
@@ -26,6 +28,14 @@ pub(crate) const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// a missing subscription or a refused pull ends it within a round trip, and must not show as
 /// up in between.
 pub(crate) const STREAM_SETTLE: Duration = Duration::from_secs(2);
+/// The ack deadline the stream asks for (the Pub/Sub client extends held messages' leases by
+/// this much at a time): a message held by a host that dies without giving it back (a crash,
+/// SIGKILL, power loss; or a server that ignores the nack, as the emulator does for a closed
+/// stream) is redelivered after at most this long. Pub/Sub's minimum; the client's default is
+/// 60 s.
+pub(crate) const STREAM_ACK_DEADLINE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the nacks of messages not yet handled to reach Pub/Sub.
+pub(crate) const NACK_FLUSH: Duration = Duration::from_secs(3);
 
 /// Why one subscription of the notification stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +80,19 @@ pub(super) trait Sink {
     fn health(&self, down: Option<String>);
     /// One message, with the handler to acknowledge it.
     fn message(&self, message: Message, handler: Handler);
+    /// Shutdown: give back (nack) every message held and not yet handled.
+    fn release(&self);
 }
 
-/// Holds one subscription until the stream ends; `Ok(true)` if it delivered anything.
+/// Holds one subscription until the stream ends (`Ok(true)` if it delivered anything) or
+/// `cancel`; then messages received and not handled yet are nacked (ack deadline 0), waiting
+/// up to [`NACK_FLUSH`] for Pub/Sub to take them, so the restarted host or another subscriber
+/// gets them at once instead of when their lease runs out.
 pub(super) async fn listen(
     cfg: &NotificationsConfig,
     credentials: &Credentials,
     sink: &impl Sink,
+    cancel: &CancellationToken,
 ) -> Result<bool, StreamEnded> {
     let client = Subscriber::builder()
         .with_endpoint(cfg.endpoint.clone())
@@ -86,7 +102,12 @@ pub(super) async fn listen(
         .map_err(StreamEnded::Build)?;
     // As a `Stream`, the pull survives the select below dropping a `next()` half-way (the
     // pending read lives in the stream, not in the dropped future).
-    let pull = client.subscribe(cfg.subscription.clone()).build();
+    let pull = client
+        .subscribe(cfg.subscription.clone())
+        .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+        .set_max_lease_extension(STREAM_ACK_DEADLINE)
+        .build();
+    let shutdown = pull.shutdown_token();
     let mut stream = Box::pin(futures::stream::unfold(pull, |mut pull| async move {
         pull.next().await.map(|item| (item, pull))
     }));
@@ -127,10 +148,30 @@ pub(super) async fn listen(
         }
         Ok(delivered)
     };
-    tokio::select! {
-        ended = messages => ended,
-        never = health => never,
+    let ended = tokio::select! {
+        ended = messages => Some(ended),
+        never = health => Some(never),
+        () = cancel.cancelled() => None,
+    };
+    if let Some(ended) = ended {
+        return ended;
     }
+    // Shutdown. The stream is closed first (dropping it starts the client's shutdown, which
+    // nacks every message still leased): Pub/Sub redelivers a nacked message at once, and
+    // while the stream were open it could redeliver it to this very stream, about to go.
+    drop(stream);
+    sink.release();
+    if tokio::time::timeout(NACK_FLUSH, shutdown.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "gsm.notifications",
+            "messages not handled yet could not be given back in time; Pub/Sub redelivers \
+             them when their lease runs out"
+        );
+    }
+    Ok(false)
 }
 
 /// Whether `endpoint` (`scheme://host[:port]`) accepts a TCP connection within
