@@ -153,18 +153,8 @@ impl Emulator {
         topic_name: &str,
         subscription: &str,
     ) -> Result<String, EmulatorError> {
-        self.subscription_with_deadline(topic_name, subscription, 10)
-    }
-
-    /// Like [`Emulator::subscription`], with the subscription's ack deadline in seconds.
-    pub fn subscription_with_deadline(
-        &self,
-        topic_name: &str,
-        subscription: &str,
-        ack_deadline_s: u32,
-    ) -> Result<String, EmulatorError> {
         let sub_name = format!("projects/{PROJECT}/subscriptions/{subscription}");
-        let body = serde_json::json!({"topic": topic_name, "ackDeadlineSeconds": ack_deadline_s});
+        let body = serde_json::json!({"topic": topic_name, "ackDeadlineSeconds": 10});
         self.call("PUT", &format!("/v1/{sub_name}"), &body.to_string(), &[200])?;
         Ok(sub_name)
     }

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -154,3 +155,73 @@ class FakeDaemon:
                         self.send(conn, struct.pack("<IH", 3, 3) + self.string("slow fake"))
                 except (ConnectionError, OSError):
                     continue
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: "subprocess.Popen[bytes]", what: str, limit: float) -> None:
+    """Waits until `proc` accepts connections on `port`."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.02)
+
+
+@contextmanager
+def fake_gsm(secret: str, value: str) -> Iterator[str]:
+    """The repository's GSM fake (`secretd-fake-gsm`, beside the daemon binary) serving
+    version 1 of `secret`; yields its endpoint (control API under /fake/)."""
+    binary = daemon_binary().parent / "secretd-fake-gsm"
+    if not binary.exists():
+        pytest.fail(f"{binary} not found; run `cargo build -p secretd-gsm-fake`")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--listen", f"127.0.0.1:{port}", "--secret", f"{secret}={value}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc, "the GSM fake", 20)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def daemon_serving(root: Path, daemon_extra: str, body: str) -> Iterator[str]:
+    """A daemon with `daemon_extra` lines in `[daemon]` and `body` (tables) after it, every
+    secret readable by this uid; yields its socket path."""
+    sock = str(root / "run" / "secretd.sock")
+    uid = os.geteuid()
+    config = root / "secretd.toml"
+    config.write_text(
+        f'[daemon]\nsocket = "{sock}"\ndb = "{root / "secretd.redb"}"\n'
+        f"admin_uids = [{uid}]\n{daemon_extra}\n{body}\n"
+        f'[[policy]]\nuids = [{uid}]\nallow = ["*"]\n'
+    )
+    log_path = root / "daemon.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(daemon_binary()), "serve", "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daemon did not start:\n" + log_path.read_text())
+            time.sleep(0.02)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,19 +18,13 @@ from typing import Any, Dict, Iterator, Optional
 import pytest
 
 import secretd
-from conftest import daemon_binary
+from conftest import daemon_binary, daemon_serving, fake_gsm, free_port
 from test_watch import Collector
 
 # Named by project number, as GSM's messages name it (no project id to translate).
 SECRET = "projects/123456789012/secrets/omni-trading-api-key"
 PROJECT = "apex-test"
 HOUR = 3600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(url: str, method: str, body: Optional[Dict[str, Any]] = None) -> Any:
@@ -42,18 +35,6 @@ def call(url: str, method: str, body: Optional[Dict[str, Any]] = None) -> Any:
     with urllib.request.urlopen(request, timeout=10) as answer:
         text = answer.read()
     return json.loads(text) if text else None
-
-
-def wait_port(port: int, proc: "subprocess.Popen[bytes]", what: str, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start")
-            time.sleep(0.05)
 
 
 def emulator_script() -> Optional[str]:
@@ -102,97 +83,60 @@ def emulator() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def fake_gsm() -> Iterator[str]:
-    binary = daemon_binary().parent / "secretd-fake-gsm"
-    if not binary.exists():
-        pytest.fail(f"{binary} not found; run `cargo build -p secretd-gsm-fake`")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "--listen", f"127.0.0.1:{port}", "--secret", f"{SECRET}=Omni-Key-v1-PYRR!"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, proc, "the GSM fake", 20)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_a_rotation_gsm_asks_for_reaches_a_python_watcher(
-    tmp_path: Path, emulator: str, fake_gsm: str
-) -> None:
+def test_a_rotation_gsm_asks_for_reaches_a_python_watcher(tmp_path: Path, emulator: str) -> None:
     call(f"{emulator}/v1/projects/{PROJECT}/topics/gsm-rotate", "PUT", {})
     subscription = f"projects/{PROJECT}/subscriptions/host-rotate-py"
     call(f"{emulator}/v1/{subscription}", "PUT",
          {"topic": f"projects/{PROJECT}/topics/gsm-rotate", "ackDeadlineSeconds": 10})
-    call(f"{fake_gsm}/fake/rotation", "PUT",
-         {"secret": SECRET, "next_unix_s": int(time.time()) + HOUR, "period_s": HOUR})
+    with fake_gsm(SECRET, "Omni-Key-v1-PYRR!") as gsm:
+        call(f"{gsm}/fake/rotation", "PUT",
+             {"secret": SECRET, "next_unix_s": int(time.time()) + HOUR, "period_s": HOUR})
+        with daemon_serving(
+            tmp_path,
+            "",
+            f'[gsm]\nendpoint = "{gsm}"\nanonymous = true\n\n'
+            f'[gsm.notifications]\nsubscription = "{subscription}"\nendpoint = "{emulator}"\n'
+            f'notification_jitter = "200ms"\nrotation_check_spread = "200ms"\n'
+            f'health_check_interval = "1s"\n\n'
+            f'[[secret]]\nname = "trading_api_key"\nsource = "gsm"\ngcp_secret = "{SECRET}"\n',
+        ) as sock:
+            watch_for_the_request(sock, gsm, emulator)
 
-    sock = str(tmp_path / "run" / "secretd.sock")
-    uid = os.geteuid()
-    config = tmp_path / "secretd.toml"
-    config.write_text(
-        f'[daemon]\nsocket = "{sock}"\ndb = "{tmp_path / "secretd.redb"}"\n'
-        f"admin_uids = [{uid}]\n\n"
-        f'[gsm]\nendpoint = "{fake_gsm}"\nanonymous = true\n\n'
-        f'[gsm.notifications]\nsubscription = "{subscription}"\nendpoint = "{emulator}"\n'
-        f'notification_jitter = "200ms"\nrotation_check_spread = "200ms"\n'
-        f'health_check_interval = "1s"\n\n'
-        f'[[secret]]\nname = "trading_api_key"\nsource = "gsm"\ngcp_secret = "{SECRET}"\n\n'
-        f'[[policy]]\nuids = [{uid}]\nallow = ["*"]\n'
-    )
-    log = open(tmp_path / "daemon.log", "wb")
-    daemon = subprocess.Popen(
-        [str(daemon_binary()), "serve", "--config", str(config)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-    )
+
+def watch_for_the_request(sock: str, gsm: str, emulator: str) -> None:
+    client = secretd.Client(sock)
+    assert client.get("trading_api_key").version == "1"
+
+    # The daemon's first look at the schedule (GetSecret), and its stream up.
+    def looked() -> bool:
+        requests = call(f"{gsm}/fake/requests", "GET")
+        return any(r["method"] == "GET" and r["path"].endswith(SECRET) for r in requests)
+
+    def stream_up() -> bool:
+        status = subprocess.run(
+            [str(daemon_binary()), "status", "--socket", sock],
+            capture_output=True, text=True, check=False,
+        ).stdout
+        return "notifications: up" in status
+
+    wait(looked, "the first look at the rotation schedule")
+    wait(stream_up, "the notification stream")
+    collector = Collector(client.watch(["trading_api_key"]))
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock):
-            assert daemon.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "daemon.log"
-            ).read_text()
-            time.sleep(0.02)
-        client = secretd.Client(sock)
+        # GSM fires the schedule: it advances, and publishes SECRET_ROTATE.
+        call(f"{gsm}/fake/rotation/fire", "POST", {"secret": SECRET})
+        attributes = {"eventType": "SECRET_ROTATE", "secretId": SECRET,
+                      "dataFormat": "JSON_API_V1"}
+        data = base64.b64encode(json.dumps({"name": SECRET}).encode()).decode()
+        call(f"{emulator}/v1/projects/{PROJECT}/topics/gsm-rotate:publish", "POST",
+             {"messages": [{"attributes": attributes, "data": data}]})
+        event = collector.wait_for("rotation_requested", timeout=60.0)
+        assert event.name == "trading_api_key"
+        # Nothing served changed.
         assert client.get("trading_api_key").version == "1"
-
-        # The daemon's first look at the schedule (GetSecret), and its stream up.
-        def looked() -> bool:
-            requests = call(f"{fake_gsm}/fake/requests", "GET")
-            return any(r["method"] == "GET" and r["path"].endswith(SECRET) for r in requests)
-
-        def stream_up() -> bool:
-            status = subprocess.run(
-                [str(daemon_binary()), "status", "--socket", sock],
-                capture_output=True, text=True, check=False,
-            ).stdout
-            return "notifications: up" in status
-
-        wait(looked, "the first look at the rotation schedule")
-        wait(stream_up, "the notification stream")
-
-        collector = Collector(client.watch(["trading_api_key"]))
-        try:
-            # GSM fires the schedule: it advances, and publishes SECRET_ROTATE.
-            call(f"{fake_gsm}/fake/rotation/fire", "POST", {"secret": SECRET})
-            attributes = {"eventType": "SECRET_ROTATE", "secretId": SECRET,
-                          "dataFormat": "JSON_API_V1"}
-            data = base64.b64encode(json.dumps({"name": SECRET}).encode()).decode()
-            call(f"{emulator}/v1/projects/{PROJECT}/topics/gsm-rotate:publish", "POST",
-                 {"messages": [{"attributes": attributes, "data": data}]})
-            event = collector.wait_for("rotation_requested", timeout=60.0)
-            assert event.name == "trading_api_key"
-            # Nothing served changed.
-            assert client.get("trading_api_key").version == "1"
-        finally:
-            collector.close()
-        client.close()
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=15)
-        log.close()
+        collector.close()
+    client.close()
 
 
 def wait(ready: Any, what: str, limit: float = 60.0) -> None:

@@ -219,8 +219,14 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
     let daemon = env.start(&gsm_config(&env, &fake, &[("refresh_interval", "5m")]));
     let socket = daemon.socket.to_str().expect("utf8");
     let client = Client::connect(&daemon.socket).expect("connect");
-    // Version 1 is loaded (the read waits for the first fetch) before anything breaks.
+    // Version 1 of both is loaded (a read waits for the first fetch) before anything breaks:
+    // the faults below hit every access, and a first fetch they hit would leave the client
+    // secret never loaded (Unavailable) rather than revoked at the end.
     assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
+    assert_eq!(
+        client.get("trading_client_secret").expect("get").version(),
+        "1"
+    );
     fake.add_version(API_KEY, b"Omni-Key-v2-CCCC-3333!");
 
     for (fault, expect) in [
@@ -271,7 +277,7 @@ fn corrupt_payloads_are_rejected_and_the_previous_value_kept() {
     let refused = client
         .get("trading_client_secret")
         .expect_err("a disabled served version is revoked");
-    assert_eq!(refused.code(), Some(ErrorCode::Revoked));
+    assert_eq!(refused.code(), Some(ErrorCode::Revoked), "{refused}");
 }
 
 #[test]

@@ -11,8 +11,8 @@ use secretd_gsm_fake::FakeGsm;
 use secretd_gsm_fake::grpc_recorder::GrpcRecorder;
 use secretd_gsm_fake::pubsub_emulator::{PROJECT, gsm_event};
 use support::notify::{
-    API_KEY, DEFAULT_JITTER, LOADED_MARGIN, counted, daemon_config, emulator_or_skip, metric,
-    secret_id, stream_up, wait_counted,
+    API_KEY, DEFAULT_JITTER, LOADED_MARGIN, Listening, counted, daemon_config, emulator_or_skip,
+    listening_configured, metric, secret_id, stream_up, wait_counted,
 };
 use support::{TestEnv, wait_until};
 
@@ -152,27 +152,22 @@ fn an_alias_a_notification_says_moved_is_re_read_until_it_agrees() {
     let Some(emulator) = emulator_or_skip("notifications: a lagging alias") else {
         return;
     };
-    let subscription = emulator
-        .topic_and_subscription("gsm-alias-lag", "host-alias-lag")
-        .expect("topic and subscription");
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-ALIA-1111!");
-    fake.add_version(API_KEY, b"Omni-Key-v2-ALIA-2222!");
-    fake.set_alias(API_KEY, "prod", Some(1));
-    let env = TestEnv::new();
-    let config = env
-        .conf()
-        .daemon("refresh_interval", "5m")
-        .gsm_authenticated(&fake)
-        .gsm_notifications(&subscription, &emulator.endpoint())
-        .gsm_secret("trading_api_key", API_KEY)
-        .with("version", "prod")
-        .readable_by_me()
-        .build();
-    let daemon = env.start(&config);
-    let client = Client::connect(&daemon.socket).expect("connect");
-    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
-    stream_up(&client);
+    let Listening {
+        fake,
+        env: _env,
+        daemon: _daemon,
+        client,
+    } = listening_configured(
+        emulator,
+        "gsm-alias-lag",
+        "host-alias-lag",
+        b"Omni-Key-v1-ALIA-1111!",
+        |fake| {
+            fake.add_version(API_KEY, b"Omni-Key-v2-ALIA-2222!");
+            fake.set_alias(API_KEY, "prod", Some(1));
+        },
+        |conf| conf.with("version", "prod"),
+    );
 
     // The alias moves, and GSM shows it only after the lag: the read the message triggers
     // still answers version 1, and the daemon reads the alias again (1 s, 2 s, 4 s, ...)
@@ -202,12 +197,9 @@ fn a_message_not_handled_when_the_daemon_stops_reaches_the_restarted_daemon_with
     let Some(emulator) = emulator_or_skip("notifications: nacked at shutdown") else {
         return;
     };
-    let topic = emulator.topic("gsm-nack").expect("topic");
-    // A long lease on the subscription: a message the stopped daemon kept would come again
-    // only when the lease its client last asked for ran out.
     let subscription = emulator
-        .subscription_with_deadline(&topic, "host-nack", 600)
-        .expect("subscription");
+        .topic_and_subscription("gsm-nack", "host-nack")
+        .expect("topic and subscription");
     let fake = FakeGsm::start().expect("fake gsm");
     fake.add_version(API_KEY, b"Omni-Key-v1-NACK-1111!");
     // `latest` lags an hour: the restarted daemon's first read still answers version 1, so

@@ -14,7 +14,8 @@ use secretd_gsm_fake::pubsub_emulator::gsm_event;
 use secretd_gsm_fake::{FakeGsm, Fault, VersionState};
 use secretd_proto::{ClientHello, Request, Response};
 use support::notify::{
-    API_KEY, LOADED_MARGIN, emulator_or_skip, listening_with, metric, secret_id,
+    API_KEY, LOADED_MARGIN, Listening, emulator_or_skip, listening_configured, listening_with,
+    metric, secret_id,
 };
 use support::{RawConn, TestEnv, cli, wait_until};
 
@@ -108,26 +109,19 @@ fn a_disable_gsm_never_confirms_is_reported_and_checked_again() {
     let Some(emulator) = emulator_or_skip("revocation: unconfirmed") else {
         return;
     };
-    let subscription = emulator
-        .topic_and_subscription("gsm-unconfirmed", "host-unconfirmed")
-        .expect("topic and subscription");
-    let fake = FakeGsm::start().expect("fake gsm");
-    fake.add_version(API_KEY, b"Omni-Key-v1-UNCO-1111!");
-    fake.set_state_lag(Duration::from_secs(3600));
-    let env = TestEnv::new();
-    let config = env
-        .conf()
-        .daemon("refresh_interval", "5m")
-        .gsm_authenticated(&fake)
-        .gsm_set("revocation_confirm_window", "3s")
-        .gsm_notifications(&subscription, &emulator.endpoint())
-        .gsm_secret("trading_api_key", API_KEY)
-        .readable_by_me()
-        .build();
-    let daemon = env.start(&config);
-    let client = Client::connect(&daemon.socket).expect("connect");
-    assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
-    support::notify::stream_up(&client);
+    let Listening {
+        fake,
+        env: _env,
+        daemon,
+        client,
+    } = listening_configured(
+        emulator,
+        "gsm-unconfirmed",
+        "host-unconfirmed",
+        b"Omni-Key-v1-UNCO-1111!",
+        |fake| fake.set_state_lag(Duration::from_secs(3600)),
+        |conf| conf.gsm_set("revocation_confirm_window", "3s"),
+    );
     fake.set_version_state(API_KEY, 1, VersionState::Disabled);
     emulator
         .publish(

@@ -10,6 +10,7 @@ use secretd_client::Client;
 use secretd_gsm_fake::pubsub_emulator::{Emulator, emulator_script};
 use secretd_gsm_fake::{FakeGsm, project_number};
 
+use super::config::ConfigBuilder;
 use super::{TestEnv, can_run, wait_until};
 
 pub(crate) const API_KEY: &str = "projects/apex-test/secrets/omni-trading-api-key";
@@ -73,13 +74,26 @@ pub(crate) fn daemon_config(
     emulator: &Emulator,
     subscription: &str,
 ) -> String {
-    env.conf()
+    daemon_config_with(env, fake, emulator, subscription, |c| c)
+}
+
+/// [`daemon_config`], with `configure` applied last (the API key is the last secret, so
+/// `with` sets its keys).
+pub(crate) fn daemon_config_with(
+    env: &TestEnv,
+    fake: &FakeGsm,
+    emulator: &Emulator,
+    subscription: &str,
+    configure: impl FnOnce(ConfigBuilder<'_>) -> ConfigBuilder<'_>,
+) -> String {
+    let conf = env
+        .conf()
         .daemon("refresh_interval", "5m")
         .gsm_authenticated(fake)
         .gsm_notifications(subscription, &emulator.endpoint())
         .gsm_secret("trading_api_key", API_KEY)
-        .readable_by_me()
-        .build()
+        .readable_by_me();
+    configure(conf).build()
 }
 
 /// A daemon serving version 1 of the API key, its notification stream up.
@@ -113,6 +127,19 @@ pub(crate) fn listening_with(
     value: &[u8],
     prepare: impl FnOnce(&FakeGsm),
 ) -> Listening {
+    listening_configured(emulator, topic, subscription, value, prepare, |c| c)
+}
+
+/// Like [`listening_with`], with `configure` applied to the daemon's config (see
+/// [`daemon_config_with`]).
+pub(crate) fn listening_configured(
+    emulator: &Emulator,
+    topic: &str,
+    subscription: &str,
+    value: &[u8],
+    prepare: impl FnOnce(&FakeGsm),
+    configure: impl FnOnce(ConfigBuilder<'_>) -> ConfigBuilder<'_>,
+) -> Listening {
     let subscription = emulator
         .topic_and_subscription(topic, subscription)
         .expect("topic and subscription");
@@ -120,7 +147,13 @@ pub(crate) fn listening_with(
     fake.add_version(API_KEY, value);
     prepare(&fake);
     let env = TestEnv::new();
-    let daemon = env.start(&daemon_config(&env, &fake, emulator, &subscription));
+    let daemon = env.start(&daemon_config_with(
+        &env,
+        &fake,
+        emulator,
+        &subscription,
+        configure,
+    ));
     let client = Client::connect(&daemon.socket).expect("connect");
     assert_eq!(client.get("trading_api_key").expect("get").version(), "1");
     stream_up(&client);
