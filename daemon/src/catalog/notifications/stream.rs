@@ -30,8 +30,8 @@ pub(crate) const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const STREAM_SETTLE: Duration = Duration::from_secs(2);
 /// The ack deadline the stream asks for (the Pub/Sub client extends held messages' leases by
 /// this much at a time): a message held by a host that dies without giving it back (a crash,
-/// SIGKILL, power loss; or a server that ignores the nack, as the emulator does for a closed
-/// stream) is redelivered after at most this long. Pub/Sub's minimum; the client's default is
+/// SIGKILL, power loss; or a server that does not honour the nack, as the emulator at times
+/// does) is redelivered after at most this long. Pub/Sub's minimum; the client's default is
 /// 60 s.
 pub(crate) const STREAM_ACK_DEADLINE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the nacks of messages not yet handled to reach Pub/Sub.
@@ -156,10 +156,8 @@ pub(super) async fn listen(
     if let Some(ended) = ended {
         return ended;
     }
-    // Shutdown. The stream is closed first (dropping it starts the client's shutdown, which
-    // nacks every message still leased): Pub/Sub redelivers a nacked message at once, and
-    // while the stream were open it could redeliver it to this very stream, about to go.
-    drop(stream);
+    // Shutdown: the held messages are nacked (the client's shutdown nacks every message still
+    // leased, ours included), then the stream closes when this returns.
     sink.release();
     if tokio::time::timeout(NACK_FLUSH, shutdown.shutdown())
         .await
