@@ -331,10 +331,14 @@ fn many_tasks_cancelled_at_random_only_ever_see_their_own_answers() {
             assert_eq!(client.get("trading_a").await.expect("get").expose(), A);
             assert_eq!(client.get("trading_b").await.expect("get").expose(), B);
         }
-        let open = open_connections(&daemon);
-        assert!(
-            open <= (MAX_ASYNC_CONNECTIONS + 1) as f64,
-            "{open} connections after {timed_out} cancellations"
+        // Connections the pool let go (it keeps at most MAX_ASYNC_CONNECTIONS) are counted
+        // until the daemon reads their end, which on a loaded machine trails the client's
+        // close: what must hold is that the count comes down to the pool and the connection
+        // asking for it, not that it already has.
+        support::wait_until(
+            || format!("the pool alone open after {timed_out} cancellations"),
+            Duration::from_secs(20),
+            || (open_connections(&daemon) <= (MAX_ASYNC_CONNECTIONS + 1) as f64).then_some(()),
         );
     });
 }

@@ -169,6 +169,20 @@ fn units_load_credentials_are_refused_without_starting_and_restart_on_rotation()
                 .expect("count")
         })
         .collect();
+    // secretd's restart (its first values are no change) restarted nothing and scheduled no
+    // restart: each unit started once, fix-gw@4 twice. (A daemon that took its first values for
+    // a change scheduled five restarts within milliseconds of starting, and then passed the
+    // rotation below with them.)
+    assert_eq!(
+        starts_before,
+        [1, 1, 1, 1, 2],
+        "starts of {GRANTED:?} before the rotation"
+    );
+    let journal = ct.sh("journalctl -u secretd --no-pager -o cat");
+    assert!(
+        !journal.contains("credential.restart_scheduled"),
+        "restarts scheduled before any change:\n{journal}"
+    );
     ct.run_with_input("cat > /etc/secretd/trading_api_key", NEW.as_bytes());
     let rotated_at = ct.sh("date +%s.%N").parse::<f64>().expect("now");
     let asked = Instant::now();

@@ -1,7 +1,7 @@
 //! Runs several requests on ONE client connection and prints one line per result, so tests
 //! can check what another uid sees and that a denial does not end the connection.
 //!
-//! Usage: `secretd-probe SOCKET [delay MS] (get NAME | refresh NAME | status)...`
+//! Usage: `secretd-probe SOCKET [delay MS] [timeout SECONDS] (get NAME | refresh NAME | status)...`
 //! Output lines: `ok get NAME VERSION SOURCE LEN`, `err get NAME CODE`, `ok status N NAME,...`.
 //!
 //! `secretd-probe SOCKET hold N` opens N connections (as many as the daemon admits), prints
@@ -57,7 +57,19 @@ fn main() -> ExitCode {
         }
         other => other,
     };
-    let client = match secretd_client::Client::connect(socket) {
+    // `timeout SECONDS` next: how long each call may wait (the client's default otherwise).
+    let (timeout, ops) = match ops {
+        [op, secs, rest @ ..] if op == "timeout" => (
+            secs.parse().ok().map(std::time::Duration::from_secs_f64),
+            rest,
+        ),
+        other => (None, other),
+    };
+    let connected = match timeout {
+        Some(t) => secretd_client::Client::connect_with_timeout(socket, t),
+        None => secretd_client::Client::connect(socket),
+    };
+    let client = match connected {
         Ok(c) => c,
         Err(e) => {
             println!("connect-failed {e}");

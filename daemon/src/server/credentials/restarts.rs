@@ -4,8 +4,11 @@
 //! `stagger`, so units and hosts that heard of the change together do not restart together.
 //!
 //! What each unit loaded is known for the loads this daemon answered. A running unit it has
-//! not seen loaded before the daemon started, so before any change it hears of: systemd is
-//! asked which running units load the changed secret from this socket, and those restart too.
+//! not seen loaded before the daemon started: systemd is asked, at each change, which running
+//! units load the changed secret from this socket, and each one found is taken to hold what the
+//! secret served before that change. Its first value after a start (from the source, or from
+//! the last-known-good copy) is not a change: units that loaded before a restart of secretd
+//! are restarted by the next real change, never by the restart itself.
 //!
 //! The daemon may do exactly this: the packaged polkit rule (`secretd polkit-rule`) lets its
 //! user try-restart the units `[[credential]]` names, and nothing else.
@@ -70,6 +73,8 @@ impl Restarts {
         tracker: TaskTracker,
     ) {
         let mut notices = catalog.subscribe();
+        // Read after subscribing, so a value that arrives in between is both here and noticed.
+        let mut heard = Heard::now(&catalog);
         loop {
             let slot = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -80,7 +85,15 @@ impl Restarts {
                     Err(RecvError::Closed) => return,
                 },
             };
-            self.adopt_unseen(&catalog, slot).await;
+            let slots: Vec<usize> = match slot {
+                Some(s) => vec![s],
+                None => (0..catalog.slots().len()).collect(),
+            };
+            for slot in slots {
+                if let Some(before) = heard.update(&catalog, slot) {
+                    self.adopt_unseen(&catalog, slot, &before).await;
+                }
+            }
             for (unit, stagger) in self.stale_units(&catalog, slot) {
                 if !self.pending.lock().recover().insert(unit.clone()) {
                     continue;
@@ -115,44 +128,38 @@ impl Restarts {
         }
     }
 
-    /// Records the running units that load slot `slot` (every slot when `None`) from this
-    /// socket but were not seen loading it: they loaded before this daemon started, so an old
-    /// value (an empty fingerprint matches none).
-    async fn adopt_unseen(&self, catalog: &Catalog, slot: Option<usize>) {
-        let slots: Vec<usize> = match slot {
-            Some(s) => vec![s],
-            None => (0..catalog.slots().len()).collect(),
-        };
-        for slot in slots {
-            let name = &catalog.slot(slot).name;
-            for (grant, g) in self.grants.iter().enumerate() {
-                if !g.restart_on_change || !g.allow.is_match(&**name) {
+    /// Records the running units that load slot `slot` from this socket but were not seen
+    /// loading it (they loaded before this daemon started) as holding `before`, the value's
+    /// fingerprint before the change being handled.
+    async fn adopt_unseen(&self, catalog: &Catalog, slot: usize, before: &str) {
+        let name = &catalog.slot(slot).name;
+        for (grant, g) in self.grants.iter().enumerate() {
+            if !g.restart_on_change || !g.allow.is_match(&**name) {
+                continue;
+            }
+            let patterns: Vec<&str> = g.units_text.iter().map(String::as_str).collect();
+            let found = tokio::time::timeout(
+                DBUS_TIMEOUT,
+                self.bus.units_loading(&patterns, name, &self.socket),
+            )
+            .await;
+            let units = match found {
+                Ok(Ok(units)) => units,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot ask systemd which units load a credential");
                     continue;
                 }
-                let patterns: Vec<&str> = g.units_text.iter().map(String::as_str).collect();
-                let found = tokio::time::timeout(
-                    DBUS_TIMEOUT,
-                    self.bus.units_loading(&patterns, name, &self.socket),
-                )
-                .await;
-                let units = match found {
-                    Ok(Ok(units)) => units,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot ask systemd which units load a credential");
-                        continue;
-                    }
-                    Err(_) => continue,
-                };
-                let mut all = self.taken.lock().recover();
-                for unit in units {
-                    let list = all.entry(unit).or_default();
-                    if !list.iter().any(|t| t.slot == slot) {
-                        list.push(Taken {
-                            slot,
-                            fingerprint: String::new(),
-                            grant,
-                        });
-                    }
+                Err(_) => continue,
+            };
+            let mut all = self.taken.lock().recover();
+            for unit in units {
+                let list = all.entry(unit).or_default();
+                if !list.iter().any(|t| t.slot == slot) {
+                    list.push(Taken {
+                        slot,
+                        fingerprint: before.to_owned(),
+                        grant,
+                    });
                 }
             }
         }
@@ -226,4 +233,41 @@ fn is_old(catalog: &Catalog, taken: &Taken) -> bool {
     catalog
         .read(taken.slot)
         .is_ok_and(|entry| entry.fingerprint != taken.fingerprint)
+}
+
+/// The fingerprint each slot served when the restarter last heard of it: what a unit found
+/// loading the slot at a change, unseen by this daemon, is taken to hold.
+struct Heard(Vec<Option<String>>);
+
+impl Heard {
+    /// What the catalog serves now (`None` for a slot with no value yet).
+    fn now(catalog: &Catalog) -> Heard {
+        Heard(
+            (0..catalog.slots().len())
+                .map(|slot| served(catalog, slot))
+                .collect(),
+        )
+    }
+
+    /// Takes in a change of `slot`, returning what it served before the change: the value
+    /// served now when it had none (the first value of this daemon's life is no change to
+    /// the units that loaded before it), `None` when there is still nothing served.
+    fn update(&mut self, catalog: &Catalog, slot: usize) -> Option<String> {
+        let now = served(catalog, slot);
+        let before = self.0[slot].clone().or_else(|| now.clone());
+        // A withdrawal serves nothing; what a unit holds is still the last value served.
+        if now.is_some() {
+            self.0[slot] = now;
+        }
+        before
+    }
+}
+
+/// The fingerprint slot `slot` serves, if it serves a value.
+fn served(catalog: &Catalog, slot: usize) -> Option<String> {
+    catalog
+        .read(slot)
+        .ok()
+        .map(|entry| entry.fingerprint.clone())
+        .filter(|f| !f.is_empty())
 }
