@@ -412,9 +412,14 @@ impl Metrics {
         self.notification_stream_up.set(i64::from(up));
     }
 
-    /// Counts `n` more (or, negative, fewer) notifications waiting for their refresh.
-    pub(crate) fn notifications_held(&self, n: i64) {
-        self.notifications_held.add(n);
+    /// Counts `n` more notifications waiting for their refresh.
+    pub(crate) fn notifications_held(&self, n: usize) {
+        self.notifications_held.add(gauge(n));
+    }
+
+    /// Counts `n` notifications no longer waiting (acknowledged, or given back).
+    pub(crate) fn notifications_released(&self, n: usize) {
+        self.notifications_held.sub(gauge(n));
     }
 
     /// Records whether Pub/Sub says the notification subscription does not exist.

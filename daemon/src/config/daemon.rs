@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::http::validate_http;
 use super::raw::RawDaemon;
-use super::values::{duration_or, positive_duration_or};
+use super::values::{bounded_duration, duration_or, positive_duration_or};
 use super::{ConfigError, invalid};
 
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -323,20 +323,6 @@ fn first_fetch_wait(text: Option<String>) -> Result<Duration, ConfigError> {
         )));
     }
     Ok(wait)
-}
-
-/// A duration `key` longer than zero and at most `max` (`default` when unset).
-fn bounded_duration(
-    key: &str,
-    text: Option<String>,
-    default: Duration,
-    max: Duration,
-) -> Result<Duration, ConfigError> {
-    let value = positive_duration_or(key, text, default)?;
-    if value > max {
-        return Err(invalid(format!("{key} must be at most {}s", max.as_secs())));
-    }
-    Ok(value)
 }
 
 /// `daemon.attest_max_exe_bytes`: above zero (an `exe_sha256` selector needs some file to hash).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{RawGsm, RawNotifications};
-use super::values::{duration_or, positive_duration_or};
+use super::values::{bounded_duration, duration_or, positive_duration_or};
 use super::{ConfigError, invalid};
 
 /// `[gsm]`.
@@ -141,17 +141,12 @@ pub(super) fn validate_gsm(
             FETCH_DEADLINE.as_secs()
         )));
     }
-    let revocation_confirm_window = positive_duration_or(
+    let revocation_confirm_window = bounded_duration(
         "gsm.revocation_confirm_window",
         g.revocation_confirm_window,
         DEFAULT_REVOCATION_CONFIRM_WINDOW,
+        MAX_REVOCATION_CONFIRM_WINDOW,
     )?;
-    if revocation_confirm_window > MAX_REVOCATION_CONFIRM_WINDOW {
-        return Err(invalid(format!(
-            "gsm.revocation_confirm_window must be at most {}s",
-            MAX_REVOCATION_CONFIRM_WINDOW.as_secs()
-        )));
-    }
     let notifications = g
         .notifications
         .map(|n| validate_notifications(n, g.anonymous, refresh_interval))

@@ -49,3 +49,17 @@ pub(super) fn positive_duration_or(
     }
     Ok(d)
 }
+
+/// A duration `key` longer than zero and at most `max` (`default` when unset).
+pub(super) fn bounded_duration(
+    key: &str,
+    text: Option<String>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = positive_duration_or(key, text, default)?;
+    if value > max {
+        return Err(invalid(format!("{key} must be at most {}s", max.as_secs())));
+    }
+    Ok(value)
+}

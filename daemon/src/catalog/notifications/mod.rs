@@ -212,7 +212,7 @@ impl stream::Sink for SinkOf {
         for pending in &self.0.pending {
             // Dropped unacknowledged: nacked, so Pub/Sub redelivers them at once.
             let given_back = std::mem::take(&mut pending.lock().recover().held);
-            self.0.metrics.notifications_held(-gauge(given_back.len()));
+            self.0.metrics.notifications_released(given_back.len());
         }
     }
 }
@@ -314,7 +314,7 @@ impl Listener {
                 pending.scheduled = false;
                 std::mem::take(&mut pending.held)
             };
-            me.metrics.notifications_held(-gauge(answered.len()));
+            me.metrics.notifications_released(answered.len());
             let ticket = slot.trigger.request();
             let finished = tokio::select! {
                 // Dropped unacknowledged: nacked, redelivered at once.
@@ -358,6 +358,15 @@ impl Listener {
         }
     }
 
+    /// Waits a random time within `rotation_check_spread` before a look at a schedule; false
+    /// if the daemon stops first.
+    async fn spread(&self) -> bool {
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            () = tokio::time::sleep(self.schedules.delay()) => true,
+        }
+    }
+
     /// Takes a first look at every GSM secret's rotation schedule, each after a random wait
     /// within the spread, so that the first `SECRET_ROTATE` after a start can be judged.
     fn learn_schedules(self: &Arc<Self>) {
@@ -367,9 +376,8 @@ impl Listener {
             }
             let me = self.clone();
             self.tracker.spawn(async move {
-                tokio::select! {
-                    () = me.cancel.cancelled() => return,
-                    () = tokio::time::sleep(me.schedules.delay()) => {}
+                if !me.spread().await {
+                    return;
                 }
                 let slot = me.catalog.slot(idx);
                 me.schedules
@@ -388,9 +396,8 @@ impl Listener {
         }
         let me = self.clone();
         self.tracker.spawn(async move {
-            tokio::select! {
-                () = me.cancel.cancelled() => return,
-                () = tokio::time::sleep(me.schedules.delay()) => {}
+            if !me.spread().await {
+                return;
             }
             let slot = me.catalog.slot(idx);
             let look = me
@@ -462,11 +469,6 @@ impl Listener {
             );
         }
     }
-}
-
-/// A count as a gauge step.
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Where `alias` points according to a `SECRET_UPDATE` message's data (the secret as JSON,
