@@ -155,3 +155,16 @@ fn is_derived_dev_socket(path: &Path, euid: u32) -> bool {
             == Path::new(&format!("/tmp/secretd-dev-{euid}"))
                 .join(secretd_proto::paths::SOCKET_FILE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_found_by_name_and_a_missing_one_is_none() {
+        // Every Debian system has both, with these uids (base-passwd).
+        assert_eq!(uid_of_user(c"root"), Some(0));
+        assert_eq!(uid_of_user(c"nobody"), Some(65534));
+        assert_eq!(uid_of_user(c"secretd-no-such-user"), None);
+    }
+}

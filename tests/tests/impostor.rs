@@ -8,11 +8,12 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use secretd_client::{Client, Error};
 use support::impostor::Impostor;
-use support::{TestEnv, can_run, cli, is_root};
+use support::{TestEnv, can_run, cli, is_root, secretd_bin};
 
 /// Accepts one connection and returns every byte the client sent before closing.
 fn bytes_received(listener: &UnixListener) -> Vec<u8> {
@@ -148,4 +149,82 @@ fn a_socket_served_by_its_own_owner_is_refused_unless_that_owner_is_the_daemons_
         impostor.next_received() > 0,
         "the named daemon uid is trusted"
     );
+}
+
+/// Runs the CLI as uid 65534, with `vars` set and no `SECRETD_SOCKET`.
+fn cli_as_nobody(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env.runnable_copy(&secretd_bin()))
+        .args(args)
+        .env_remove("SECRETD_SOCKET")
+        .env_remove("SECRETD_DAEMON_UID");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run setpriv")
+}
+
+/// A directory owned by uid 65534, with `mode`.
+fn nobodys_dir(path: &Path, mode: u32) {
+    std::fs::create_dir(path).expect("dir");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    std::os::unix::fs::chown(path, Some(65534), Some(65534)).expect("chown");
+}
+
+#[test]
+fn a_client_that_is_not_root_trusts_root_and_itself_and_no_third_uid() {
+    let test = "a_client_that_is_not_root_trusts_root_and_itself";
+    if !can_run(
+        is_root(),
+        test,
+        "root, to run clients and servers as other uids",
+    ) {
+        return;
+    }
+    if !can_run(
+        !Path::new(secretd_proto::paths::DEFAULT_SOCKET).exists(),
+        test,
+        "no production daemon at /run/secretd/secretd.sock (clients would not fall back)",
+    ) {
+        return;
+    }
+    let env = TestEnv::new();
+    let refused = |out: &Output| {
+        String::from_utf8_lossy(&out.stderr).contains("refusing to talk to the process at")
+    };
+
+    // A daemon of its own uid, at a path it names: its own (the root daemon case is
+    // foundation's other_uid_is_checked_by_kernel_credentials).
+    let mut own = Impostor::start(&env);
+    let path = own.socket.to_str().expect("utf8").to_owned();
+    let out = cli_as_nobody(&env, &["get", "trading_api_key", "--socket", &path], &[]);
+    assert!(!refused(&out), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(own.next_received() > 0, "its own uid's server is trusted");
+
+    // Its derived development socket, in the directory it owns: served by root, trusted;
+    // served by a third uid, refused before a byte is sent.
+    let xdg = env.path("xdg-nobody");
+    nobodys_dir(&xdg, 0o700);
+    let dev = xdg.join("secretd-dev");
+    nobodys_dir(&dev, 0o755);
+    let socket = dev.join("secretd.sock");
+    let xdg_var = [("XDG_RUNTIME_DIR", xdg.to_str().expect("utf8"))];
+    for (uid, trusted) in [(0, true), (65533, false)] {
+        let _ = std::fs::remove_file(&socket);
+        let mut server = Impostor::serving_as(&env, socket.clone(), uid);
+        let out = cli_as_nobody(&env, &["get", "webhook_shared_secret"], &xdg_var);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if trusted {
+            assert!(!refused(&out), "served by uid {uid}: {stderr}");
+            assert!(server.next_received() > 0, "served by uid {uid}: {stderr}");
+        } else {
+            assert!(refused(&out), "served by uid {uid}: {stderr}");
+            assert!(
+                stderr.contains("development socket is served by uid 65533"),
+                "{stderr}"
+            );
+            assert_eq!(server.next_received(), 0, "bytes sent to uid {uid}");
+        }
+    }
 }

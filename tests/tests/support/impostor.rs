@@ -1,5 +1,6 @@
 //! A daemon impostor any local user can run: a socket in their own directory, served by them
 //! (uid 65534 here). It answers nothing and reports how many bytes each connection sent.
+//! [`Impostor::serving_as`] puts one at a path of the test's choosing, served by any uid.
 
 use std::io::{BufRead, BufReader, Lines};
 use std::os::unix::fs::PermissionsExt;
@@ -9,9 +10,17 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use super::TestEnv;
 
 const LISTENER: &str = r#"
-import socket, sys
+import os, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.bind(sys.argv[1])
+if len(sys.argv) > 2:
+    # Started as root: anyone may connect, and the kernel reports the uid that listens
+    # (SO_PEERCRED is taken at listen), so drop to it first.
+    os.chmod(sys.argv[1], 0o666)
+    uid = int(sys.argv[2])
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 s.listen(8)
 print("ready", flush=True)
 while True:
@@ -27,11 +36,11 @@ while True:
 
 /// The impostor's process and what it reports; killed on drop.
 pub(crate) struct Impostor {
-    /// The listener, running as uid 65534.
+    /// The listener, running as uid 65534 (or the uid it was started as).
     child: Child,
     /// Its reports, a line per connection.
     said: Lines<BufReader<ChildStdout>>,
-    /// Its socket, in a directory uid 65534 owns (mode 0755).
+    /// Its socket: from `start`, in a directory uid 65534 owns (mode 0755).
     pub(crate) socket: PathBuf,
 }
 
@@ -43,20 +52,35 @@ impl Impostor {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown");
         let socket = dir.join("secretd.sock");
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(Self::script(env))
+        .arg(&socket);
+        Self::spawn(cmd, socket)
+    }
+
+    /// One listening at `socket` (made by root, mode 0666) as `uid` (needs root).
+    pub(crate) fn serving_as(env: &TestEnv, socket: PathBuf, uid: u32) -> Impostor {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(Self::script(env)).arg(&socket).arg(uid.to_string());
+        Self::spawn(cmd, socket)
+    }
+
+    /// The listener's script, written under `env`.
+    fn script(env: &TestEnv) -> PathBuf {
         let script = env.path("impostor.py");
         std::fs::write(&script, LISTENER).expect("script");
-        let mut child = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "/usr/bin/python3",
-            ])
-            .arg(&script)
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("impostor");
+        script
+    }
+
+    /// Starts `cmd` and waits until it listens.
+    fn spawn(mut cmd: Command, socket: PathBuf) -> Impostor {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("impostor");
         let mut said = BufReader::new(child.stdout.take().expect("stdout")).lines();
         assert_eq!(said.next().expect("a line").expect("utf8"), "ready");
         Impostor {

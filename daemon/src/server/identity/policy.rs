@@ -186,4 +186,74 @@ deny = ["trading_client_secret"]
         let root = policy.access_for(&peer(0, 0, &[]), &catalog);
         assert!(root.admin && !root.can_read(0), "admin does not imply read");
     }
+
+    const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Two rules that bind uid 1001 to programs, and one that binds group 2001 to a hash.
+    fn bound_policy() -> Policy {
+        let config = Config::parse(&format!(
+            r#"
+[[secret]]
+name = "trading_api_key"
+source = "env"
+env = "A"
+[[policy]]
+uids = [1001]
+allow = ["*"]
+exe = ["/opt/bots/mm"]
+[[policy]]
+uids = [1001]
+allow = ["*"]
+systemd_unit = ["mm.service"]
+[[policy]]
+gids = [2001]
+allow = ["*"]
+exe_sha256 = ["{HASH}"]
+"#
+        ))
+        .expect("config");
+        Policy::new(config.daemon.admin_uids.clone(), config.policies.clone())
+    }
+
+    #[test]
+    fn a_peer_needs_attesting_when_some_rule_it_could_match_names_a_program() {
+        let policy = bound_policy();
+        let program = Needs {
+            program: true,
+            hash: false,
+        };
+        let hashed = Needs {
+            program: true,
+            hash: true,
+        };
+        // Two rules bind the uid: the second does not undo what the first asks.
+        assert_eq!(policy.needs(1001, 1001, &[]), program);
+        // By primary group, and by a supplementary one.
+        assert_eq!(policy.needs(7, 2001, &[]), hashed);
+        assert_eq!(policy.needs(7, 7, &[5, 2001]), hashed);
+        // A peer no rule could match is not attested at all.
+        assert_eq!(policy.needs(7, 7, &[5]), Needs::default());
+    }
+
+    #[test]
+    fn a_hash_without_the_executable_it_came_from_matches_nothing() {
+        let policy = bound_policy();
+        let hashed = Attested {
+            exe: Some("/opt/bots/other".into()),
+            exe_sha256: Some(HASH.to_owned()),
+            ..Attested::default()
+        };
+        let config = Config::parse(CONFIG).expect("config");
+        let catalog = Catalog::new(&config);
+        let mut member = peer(7, 2001, &[]);
+        member.attested = hashed.clone();
+        assert!(policy.access_for(&member, &catalog).can_read(0));
+        // Attestation never leaves a hash without its path; were it to, the hash alone
+        // (of a program replaced since) must not be taken as the program's.
+        member.attested = Attested {
+            exe: None,
+            ..hashed
+        };
+        assert!(!policy.access_for(&member, &catalog).can_read(0));
+    }
 }

@@ -107,4 +107,13 @@ mod tests {
             "over the limit while reading"
         );
     }
+
+    #[test]
+    fn a_file_whose_reads_fail_has_no_hash_and_is_not_read_forever() {
+        // Reading a directory fails, every time (EISDIR): only EINTR is worth a retry.
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = std::fs::File::open(dir.path()).expect("open");
+        let key = ExeKey::of(&file.metadata().expect("stat"));
+        assert_eq!(hash_file(file, key, u64::MAX), None);
+    }
 }

@@ -32,7 +32,7 @@ use tokio::sync::OnceCell;
 
 use exe::{ExeKey, hash_file, open_exe};
 use holder::Holding;
-use process::{alive, pidfd_open, read, start_time};
+use process::{pidfd_open, read, start_time, still_same};
 
 use crate::util::lock::Recover;
 use crate::util::shares::Shares;
@@ -45,6 +45,10 @@ pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
 /// Attestation work of one uid at once: a quarter, so a uid's backlog (a connect flood, a
 /// slow executable) queues behind itself and leaves the rest to others.
 pub(crate) const MAX_ATTESTATIONS_PER_UID: usize = MAX_CONCURRENT_ATTESTATIONS / 4;
+// Each uid gets some, and no three uids together can hold all of them (`util::shares`).
+const _: () = assert!(
+    MAX_ATTESTATIONS_PER_UID >= 1 && 3 * MAX_ATTESTATIONS_PER_UID < MAX_CONCURRENT_ATTESTATIONS
+);
 /// How long opening a peer's executable or scanning its descriptors may take (an executable on
 /// a FUSE mount its owner controls could hang forever); past it the peer matches no program
 /// selector.
@@ -217,11 +221,11 @@ impl Attestor {
                 attested.exe_sha256 = None;
             }
         }
-        let same = match &pidfd {
-            Some(fd) => alive(fd),
-            None => started.is_some() && started == start_time(pid),
-        };
-        Ok(if same { attested } else { Attested::default() })
+        Ok(if still_same(pidfd.as_ref(), pid, started) {
+            attested
+        } else {
+            Attested::default()
+        })
     }
 
     /// Runs `work` for `uid` on the blocking pool under one of the permits, giving up `limit`
@@ -327,11 +331,9 @@ pub(crate) fn unit_of_process(pid: i32) -> Option<String> {
         None
     };
     let unit = read(pid).unit;
-    let same = match &pidfd {
-        Some(fd) => alive(fd),
-        None => start_time(pid) == started,
-    };
-    same.then_some(unit).flatten()
+    still_same(pidfd.as_ref(), pid, started)
+        .then_some(unit)
+        .flatten()
 }
 
 #[cfg(test)]
@@ -396,6 +398,50 @@ mod tests {
             .await
             .expect("uid-only policies need no descriptors");
         assert!(plain.exe.is_some() && plain.exe_sha256.is_none());
+    }
+
+    /// `count` small files of distinct content under `dir`, opened, with their keys.
+    fn files(dir: &std::path::Path, count: usize) -> Vec<(std::fs::File, ExeKey)> {
+        (0..count)
+            .map(|i| {
+                let path = dir.join(format!("exe-{i}"));
+                std::fs::write(&path, format!("program {i}")).expect("write");
+                let file = std::fs::File::open(&path).expect("open");
+                let key = ExeKey::of(&file.metadata().expect("stat"));
+                (file, key)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_executable_of_exactly_the_limit_is_hashed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (file, key) = files(dir.path(), 1).remove(0);
+        let size = key.size;
+        let at_limit = Attestor::new(size);
+        let hashed = at_limit.hash(0, file.try_clone().expect("dup"), key).await;
+        assert_eq!(hashed.as_ref().map(String::len), Some(64));
+        let below = Attestor::new(size - 1);
+        assert_eq!(below.hash(0, file, key).await, None);
+    }
+
+    #[tokio::test]
+    async fn hashes_stay_cached_up_to_the_bound_and_no_further() {
+        let dir = tempfile::tempdir().expect("dir");
+        let attestor = Attestor::new(u64::MAX);
+        let cached = || attestor.hashes.lock().recover().len();
+        for (file, key) in files(dir.path(), MAX_CACHED_HASHES + 20) {
+            let before = cached();
+            assert!(attestor.hash(0, file, key).await.is_some());
+            if before < MAX_CACHED_HASHES {
+                assert_eq!(
+                    cached(),
+                    before + 1,
+                    "a finished hash is kept while there is room"
+                );
+            }
+            assert!(cached() <= MAX_CACHED_HASHES, "{} cached", cached());
+        }
     }
 
     #[tokio::test]

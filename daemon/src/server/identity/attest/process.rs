@@ -39,6 +39,16 @@ pub(super) fn start_time(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether `pid` is still the process attested: its pidfd's process is alive, or, without a
+/// pidfd (kernels before 5.3), `pid` still has the start time read before (`None`: unknown,
+/// so not the same).
+pub(super) fn still_same(pidfd: Option<&OwnedFd>, pid: i32, started: Option<u64>) -> bool {
+    match pidfd {
+        Some(fd) => alive(fd),
+        None => started.is_some() && started == start_time(pid),
+    }
+}
+
 /// Reads the attributes of `pid` that cost a few small reads: the executable's path, the
 /// cgroup, the unit.
 pub(super) fn read(pid: i32) -> Attested {
@@ -98,6 +108,28 @@ pub(super) fn unit_of(cgroup: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_process_is_told_apart_from_a_gone_one_with_or_without_a_pidfd() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let pidfd = pidfd_open(pid).expect("pidfd");
+        let started = start_time(pid);
+        assert!(started.is_some());
+        assert!(still_same(Some(&pidfd), pid, started));
+        assert!(still_same(None, pid, started));
+        // Another start time is another process that got the pid.
+        assert!(!still_same(None, pid, started.map(|t| t + 1)));
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(!still_same(Some(&pidfd), pid, started));
+        assert!(!still_same(None, pid, started));
+        // A start time never read proves nothing, even of a pid that is gone now.
+        assert!(!still_same(None, pid, None));
+    }
 
     #[test]
     fn cgroups_and_units_on_hybrid_and_unified_hosts() {
