@@ -67,14 +67,10 @@ pub(crate) fn holding(pid: i32, ours: u64) -> Holding {
         };
         let is_theirs = match fd.inode {
             Some((mount, inode)) => mount == sockfs && inode == theirs,
-            None => {
-                let link = format!("/proc/{pid}/fd/{}", entry.file_name().to_string_lossy());
-                match std::fs::read_link(link) {
-                    Ok(link) => link.as_os_str() == wanted_link.as_str(),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                    Err(_) => return Holding::Unknown,
-                }
-            }
+            None => match link_is(pid, &entry.file_name(), &wanted_link) {
+                Some(is) => is,
+                None => return Holding::Unknown,
+            },
         };
         if !is_theirs {
             continue;
@@ -89,6 +85,17 @@ pub(crate) fn holding(pid: i32, ours: u64) -> Holding {
         Holding::CloseOnExec
     } else {
         Holding::NotHeld
+    }
+}
+
+/// Whether descriptor `fd` of `pid` is `wanted` (`socket:[INODE]`), by its `/proc/PID/fd`
+/// link, for kernels whose fdinfo names no inode; `None` when the link cannot be read.
+fn link_is(pid: i32, fd: &std::ffi::OsStr, wanted: &str) -> Option<bool> {
+    match std::fs::read_link(format!("/proc/{pid}/fd/{}", fd.to_string_lossy())) {
+        Ok(link) => Some(link.as_os_str() == wanted),
+        // Closed while we looked.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -296,6 +303,21 @@ mod tests {
         );
         assert_eq!(Descriptor::parse("pos:\t0\n"), None);
         assert_eq!(Descriptor::parse("flags:\tzz\n"), None);
+    }
+
+    #[test]
+    fn a_descriptor_is_told_by_its_link_where_fdinfo_names_no_inode() {
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let wanted = format!("socket:[{}]", ino(&theirs));
+        let fd = |s: &UnixStream| std::ffi::OsString::from(s.as_raw_fd().to_string());
+        assert_eq!(link_is(me, &fd(&theirs), &wanted), Some(true));
+        assert_eq!(link_is(me, &fd(&ours), &wanted), Some(false));
+        // A descriptor closed while the scan looked is not the connection.
+        assert_eq!(
+            link_is(me, std::ffi::OsStr::new("999999"), &wanted),
+            Some(false)
+        );
     }
 
     #[test]
