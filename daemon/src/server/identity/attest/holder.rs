@@ -320,6 +320,55 @@ mod tests {
         );
     }
 
+    /// A sock_diag reply: a header of `kind`, a zeroed `unix_diag_msg`, then `attrs` as
+    /// (type, payload) with the kernel's 4-byte alignment.
+    fn reply(kind: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = vec![0u8; 16];
+        for (attr, payload) in attrs {
+            let len = u16::try_from(4 + payload.len()).expect("small");
+            body.extend_from_slice(&len.to_ne_bytes());
+            body.extend_from_slice(&attr.to_ne_bytes());
+            body.extend_from_slice(payload);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut msg = u32::try_from(16 + body.len())
+            .expect("small")
+            .to_ne_bytes()
+            .to_vec();
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&[0u8; 10]);
+        msg.extend_from_slice(&body);
+        msg
+    }
+
+    #[test]
+    fn sock_diag_replies_are_read_whatever_comes_before_the_peer() {
+        const NAME: u16 = 0; // UNIX_DIAG_NAME
+        let peer = 4242u32.to_ne_bytes();
+        let answer = |attrs: &[(u16, &[u8])]| parse_peer(&reply(20, attrs));
+        assert_eq!(answer(&[(UNIX_DIAG_PEER, &peer)]).expect("peer"), 4242);
+        // An attribute with no payload, and one padded to the next 4 bytes, come first.
+        let after = answer(&[(NAME, b""), (NAME, b"\0abcde"), (UNIX_DIAG_PEER, &peer)]);
+        assert_eq!(after.expect("peer after others"), 4242);
+        // No peer attribute: the connection closed.
+        let closed = answer(&[(NAME, b"abcd")]).expect_err("no peer");
+        assert_eq!(closed.kind(), io::ErrorKind::NotFound);
+        // An attribute whose length cannot be is refused, not looped on.
+        let mut bad = reply(20, &[(NAME, b"abcd")]);
+        bad[32..34].copy_from_slice(&0u16.to_ne_bytes());
+        assert_ne!(
+            parse_peer(&bad).expect_err("malformed").kind(),
+            io::ErrorKind::NotFound
+        );
+        // The kernel's error: its errno, negated back.
+        let mut error = reply(NLMSG_ERROR, &[]);
+        error[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        assert_eq!(
+            parse_peer(&error).expect_err("errno").raw_os_error(),
+            Some(libc::ENOENT)
+        );
+    }
+
     #[test]
     fn sock_diag_names_the_other_end() {
         let (a, b) = UnixStream::pair().expect("pair");
