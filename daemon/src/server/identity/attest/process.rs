@@ -118,7 +118,8 @@ mod tests {
         let pid = i32::try_from(child.id()).expect("pid");
         let pidfd = pidfd_open(pid).expect("pidfd");
         let started = start_time(pid);
-        assert!(started.is_some());
+        // Field 22, in ticks since boot: PID 1 started before this child.
+        assert!(started.is_some() && start_time(1) < started, "{started:?}");
         assert!(still_same(Some(&pidfd), pid, started));
         assert!(still_same(None, pid, started));
         // Another start time is another process that got the pid.
