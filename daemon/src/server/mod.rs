@@ -53,3 +53,10 @@ pub(crate) struct Shared {
     /// How long a started frame, or the hello after accept, may take (`daemon.frame_deadline`).
     pub(crate) frame_deadline: std::time::Duration,
 }
+
+impl Shared {
+    /// The Prometheus text, gauges as of now: the `Metrics` request's answer and `/metrics`.
+    pub(crate) fn scrape(&self) -> String {
+        crate::metrics::scrape(&self.metrics, &self.catalog, &self.store, &self.audit)
+    }
+}

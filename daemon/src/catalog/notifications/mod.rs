@@ -158,9 +158,10 @@ pub(crate) async fn run(
         if cancel.is_cancelled() {
             break;
         }
-        listener.metrics.notification_stream(false);
+        listener.metrics.notifications().stream_up(false);
         listener
             .metrics
+            .notifications()
             .subscription_missing(matches!(ended, Err(StreamEnded::SubscriptionMissing)));
         let why = match &ended {
             Err(e) => e.to_string(),
@@ -189,7 +190,7 @@ pub(crate) async fn run(
         }
         wait = (wait * 2).min(RESUBSCRIBE_MAX_WAIT);
     }
-    listener.metrics.notification_stream(false);
+    listener.metrics.notifications().stream_up(false);
 }
 
 /// The listener as the stream's [`stream::Sink`].
@@ -198,9 +199,9 @@ struct SinkOf(Arc<Listener>);
 impl stream::Sink for SinkOf {
     fn health(&self, down: Option<String>) {
         let listener = &self.0;
-        listener.metrics.notification_stream(down.is_none());
+        listener.metrics.notifications().stream_up(down.is_none());
         // The stream is open: the subscription exists.
-        listener.metrics.subscription_missing(false);
+        listener.metrics.notifications().subscription_missing(false);
         listener.set_health(down.map(|e| format!("the Pub/Sub endpoint does not answer: {e}")));
     }
 
@@ -212,7 +213,7 @@ impl stream::Sink for SinkOf {
         for pending in &self.0.pending {
             // Dropped unacknowledged: nacked, so Pub/Sub redelivers them at once.
             let given_back = std::mem::take(&mut pending.lock().recover().held);
-            self.0.metrics.notifications_released(given_back.len());
+            self.0.metrics.notifications().released(given_back.len());
         }
     }
 }
@@ -246,7 +247,9 @@ impl Listener {
         let (Some(event), Some(secret)) = (attribute("eventType"), attribute("secretId")) else {
             // TOPIC_CONFIGURED (GSM's test message) carries no secretId: not malformed.
             if attribute("eventType") == Some("TOPIC_CONFIGURED") {
-                self.metrics.notification("topic_configured", "ignored");
+                self.metrics
+                    .notifications()
+                    .received("topic_configured", "ignored");
             } else {
                 self.malformed("no eventType or secretId attribute");
             }
@@ -258,7 +261,7 @@ impl Listener {
             "other".to_owned()
         };
         let Some(idx) = self.slot_of(secret) else {
-            self.metrics.notification(&label, "ignored");
+            self.metrics.notifications().received(&label, "ignored");
             return None;
         };
         if event == "SECRET_ROTATE" {
@@ -266,7 +269,7 @@ impl Listener {
             return None;
         }
         if !REFRESHING.contains(&event) {
-            self.metrics.notification(&label, "ignored");
+            self.metrics.notifications().received(&label, "ignored");
             return None;
         }
         if event == "SECRET_VERSION_ADD"
@@ -293,9 +296,9 @@ impl Listener {
             // after it arrived.
             let mut pending = self.pending[idx].lock().recover();
             pending.held.push(handler);
-            self.metrics.notifications_held(1);
+            self.metrics.notifications().held(1);
             if std::mem::replace(&mut pending.scheduled, true) {
-                self.metrics.notification(&label, "coalesced");
+                self.metrics.notifications().received(&label, "coalesced");
                 return;
             }
         }
@@ -314,7 +317,7 @@ impl Listener {
                 pending.scheduled = false;
                 std::mem::take(&mut pending.held)
             };
-            me.metrics.notifications_released(answered.len());
+            me.metrics.notifications().released(answered.len());
             let ticket = slot.trigger.request();
             let finished = tokio::select! {
                 // Dropped unacknowledged: nacked, redelivered at once.
@@ -330,7 +333,7 @@ impl Listener {
             } else {
                 "refreshed"
             };
-            me.metrics.notification(&label, result);
+            me.metrics.notifications().received(&label, result);
         });
     }
 
@@ -391,7 +394,7 @@ impl Listener {
     /// `rotation_schedule`): whoever can publish to the topic cannot set automation rotating.
     fn check_rotation(self: &Arc<Self>, idx: usize, label: String) {
         if !self.schedules.claim(idx) {
-            self.metrics.notification(&label, "coalesced");
+            self.metrics.notifications().received(&label, "coalesced");
             return;
         }
         let me = self.clone();
@@ -432,7 +435,7 @@ impl Listener {
                 Look::Failed(_) => "unconfirmed",
                 Look::NoSchedule => "ignored",
             };
-            me.metrics.notification(&label, result);
+            me.metrics.notifications().received(&label, result);
         });
     }
 
@@ -460,7 +463,9 @@ impl Listener {
 
     /// Counts a malformed message, and logs the first.
     fn malformed(&self, why: &str) {
-        self.metrics.notification("malformed", "malformed");
+        self.metrics
+            .notifications()
+            .received("malformed", "malformed");
         if !self.malformed_logged.swap(true, Ordering::SeqCst) {
             tracing::warn!(
                 event = "gsm.notifications",

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
-use super::requests::{scrape, status};
+use super::requests::status;
 use crate::util::lock::Recover;
 use status_json::status_json;
 
@@ -159,11 +159,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Reply {
         );
     }
     match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            scrape::render(shared),
-        ),
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.scrape()),
         "/healthz" => healthz(shared),
         "/status" => {
             let rows: Vec<_> = (0..shared.catalog.slots().len())

@@ -6,7 +6,6 @@ use secretd_proto::{
 };
 
 use super::reply::{Answer, Reply, audit_down};
-use super::scrape;
 use super::session::Session;
 use crate::audit::{self, Action, ActorType, AuditEvent, Outcome};
 use crate::catalog::refresh::REFRESH_WAIT;
@@ -176,9 +175,7 @@ impl Session {
 
     pub(super) fn metrics(&mut self) -> Answer {
         self.admin_gate(Action::Metrics)?;
-        Ok(Reply::plain(Response::Metrics(scrape::render(
-            &self.shared,
-        ))))
+        Ok(Reply::plain(Response::Metrics(self.shared.scrape())))
     }
 }
 

@@ -1,7 +1,7 @@
 //! What a request does: the connection's `session` hands each request to its handler
 //! (`read`, `admin`, `rotation`, `break_glass`, `watch`), which returns a `reply`. Refusals go through the
 //! daemon-wide `denials` ledger, and counted reads through the `read_ledger`; open connections are listed in the `registry`; `status` (with the
-//! host's health) and `scrape` are shared with the HTTP endpoints.
+//! host's health) is shared with the HTTP endpoints.
 
 pub(crate) mod admin;
 mod break_glass;
@@ -11,7 +11,6 @@ mod read_ledger;
 mod registry;
 mod reply;
 mod rotation;
-pub(crate) mod scrape;
 mod session;
 pub(crate) mod status;
 mod subscription;
