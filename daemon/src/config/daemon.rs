@@ -23,6 +23,8 @@ pub(crate) const DEFAULT_PER_UID_SHARE: usize = 4;
 pub(crate) const DEFAULT_ADMIN_RESERVED_CONNECTIONS: usize = 16;
 /// The hard ceiling on `daemon.max_connections` (each connection holds a file descriptor).
 pub(crate) const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+/// `daemon.db` when the file names none.
+const DEFAULT_DB: &str = "/var/lib/secretd/secretd.redb";
 /// The shortest accepted refresh interval or TTL; anything shorter would hammer the source.
 pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
 /// The largest catalog; the protocol's status frame and the per-connection policy are sized
@@ -161,6 +163,16 @@ pub(crate) enum GroupRef {
     Name(String),
 }
 
+impl GroupRef {
+    /// A number is a gid; anything else a name.
+    fn parse(text: String) -> GroupRef {
+        match text.parse::<u32>() {
+            Ok(id) => GroupRef::Id(id),
+            Err(_) => GroupRef::Name(text),
+        }
+    }
+}
+
 pub(super) fn parse_mode(text: &str) -> Result<u32, ConfigError> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     let mode = u32::from_str_radix(digits, 8).map_err(|_| {
@@ -205,19 +217,16 @@ pub(super) fn validate_daemon(
         raw.max_connections_per_uid,
         raw.admin_reserved_connections,
     )?;
+    let (write_timeout, frame_deadline) = client_deadlines(raw.write_timeout, raw.frame_deadline)?;
     Ok(DaemonConfig {
-        socket: socket_path(raw.socket)?,
-        socket_mode: match raw.socket_mode {
-            Some(m) => parse_mode(&m)?,
-            None => 0o600,
-        },
-        socket_group: raw.socket_group.map(|g| match g.parse::<u32>() {
-            Ok(id) => GroupRef::Id(id),
-            Err(_) => GroupRef::Name(g),
-        }),
-        db: raw
-            .db
-            .unwrap_or_else(|| PathBuf::from("/var/lib/secretd/secretd.redb")),
+        socket: absolute(
+            "daemon.socket",
+            raw.socket
+                .unwrap_or_else(|| PathBuf::from(secretd_proto::paths::DEFAULT_SOCKET)),
+        )?,
+        socket_mode: raw.socket_mode.map_or(Ok(0o600), |m| parse_mode(&m))?,
+        socket_group: raw.socket_group.map(GroupRef::parse),
+        db: raw.db.unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
         admin_uids: raw.admin_uids.unwrap_or_else(|| vec![0]),
         refresh_interval,
         allow_short_ttl: raw.allow_short_ttl,
@@ -247,18 +256,8 @@ pub(super) fn validate_daemon(
         first_fetch_wait: first_fetch_wait(raw.first_fetch_wait)?,
         audit_key,
         fingerprint_key,
-        write_timeout: bounded_duration(
-            "daemon.write_timeout",
-            raw.write_timeout,
-            DEFAULT_WRITE_TIMEOUT,
-            MAX_WRITE_TIMEOUT,
-        )?,
-        frame_deadline: bounded_duration(
-            "daemon.frame_deadline",
-            raw.frame_deadline,
-            DEFAULT_FRAME_DEADLINE,
-            MAX_FRAME_DEADLINE,
-        )?,
+        write_timeout,
+        frame_deadline,
         audit_read_window: bounded_duration(
             "daemon.audit_read_window",
             raw.audit_read_window,
@@ -278,30 +277,43 @@ pub(super) fn validate_daemon(
         )?,
         credentials_socket: raw
             .credentials_socket
-            .map(|p| {
-                if p.is_absolute() {
-                    Ok(p)
-                } else {
-                    Err(invalid(format!(
-                        "daemon.credentials_socket = {:?} must be an absolute path",
-                        p.display()
-                    )))
-                }
-            })
+            .map(|p| absolute("daemon.credentials_socket", p))
             .transpose()?,
     })
 }
 
-/// `daemon.socket`: absolute, the production path by default.
-fn socket_path(socket: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
-    let socket = socket.unwrap_or_else(|| PathBuf::from(secretd_proto::paths::DEFAULT_SOCKET));
-    if !socket.is_absolute() {
-        return Err(invalid(format!(
-            "daemon.socket = {:?} must be an absolute path",
-            socket.display()
-        )));
+/// `daemon.write_timeout` and `daemon.frame_deadline`: how long a client may take to read a
+/// response and to send a frame, each with a ceiling.
+fn client_deadlines(
+    write_timeout: Option<String>,
+    frame_deadline: Option<String>,
+) -> Result<(Duration, Duration), ConfigError> {
+    Ok((
+        bounded_duration(
+            "daemon.write_timeout",
+            write_timeout,
+            DEFAULT_WRITE_TIMEOUT,
+            MAX_WRITE_TIMEOUT,
+        )?,
+        bounded_duration(
+            "daemon.frame_deadline",
+            frame_deadline,
+            DEFAULT_FRAME_DEADLINE,
+            MAX_FRAME_DEADLINE,
+        )?,
+    ))
+}
+
+/// `path`, if it is absolute (`key` names the setting in the error).
+fn absolute(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(invalid(format!(
+            "{key} = {:?} must be an absolute path",
+            path.display()
+        )))
     }
-    Ok(socket)
 }
 
 /// `daemon.refresh_interval`: at least [`MIN_TTL`].

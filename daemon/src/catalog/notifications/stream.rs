@@ -116,28 +116,6 @@ pub(super) async fn listen(
         subscription = %cfg.subscription,
         "listening for GSM notifications"
     );
-    let health = async {
-        tokio::time::sleep(STREAM_SETTLE).await;
-        let mut tick = tokio::time::interval(cfg.health_check_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut was_down = false;
-        loop {
-            tick.tick().await;
-            let down = reachable(&cfg.endpoint).await.err();
-            if let Some(e) = &down
-                && !was_down
-            {
-                tracing::warn!(
-                    event = "gsm.notifications",
-                    endpoint = %cfg.endpoint,
-                    error = %e,
-                    "the Pub/Sub endpoint does not answer; refreshes poll until it does"
-                );
-            }
-            was_down = down.is_some();
-            sink.health(down);
-        }
-    };
     let messages = async {
         let mut delivered = false;
         while let Some(item) = stream.next().await {
@@ -150,7 +128,7 @@ pub(super) async fn listen(
     };
     let ended = tokio::select! {
         ended = messages => Some(ended),
-        never = health => Some(never),
+        never = watch_endpoint(cfg, sink) => match never {},
         () = cancel.cancelled() => None,
     };
     if let Some(ended) = ended {
@@ -172,16 +150,67 @@ pub(super) async fn listen(
     Ok(false)
 }
 
+/// Checks the Pub/Sub endpoint every `health_check_interval` once the stream has settled and
+/// tells `sink`; logs once per outage. Runs until dropped.
+async fn watch_endpoint(cfg: &NotificationsConfig, sink: &impl Sink) -> std::convert::Infallible {
+    tokio::time::sleep(STREAM_SETTLE).await;
+    let mut tick = tokio::time::interval(cfg.health_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_down = false;
+    loop {
+        tick.tick().await;
+        let down = reachable(&cfg.endpoint).await.err();
+        if let Some(e) = &down
+            && !was_down
+        {
+            tracing::warn!(
+                event = "gsm.notifications",
+                endpoint = %cfg.endpoint,
+                error = %e,
+                "the Pub/Sub endpoint does not answer; refreshes poll until it does"
+            );
+        }
+        was_down = down.is_some();
+        sink.health(down.map(|e| e.to_string()));
+    }
+}
+
+/// Why the Pub/Sub endpoint is not reachable.
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    /// `[gsm.notifications] endpoint` is not a URL with a host.
+    #[error("cannot take a host and port from {0}")]
+    NoHost(String),
+    /// The connection was refused or failed.
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Connect {
+        /// The endpoint's host.
+        host: String,
+        /// Its port (the scheme's when the URL names none).
+        port: u16,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// Nothing answered within [`HEALTH_CHECK_TIMEOUT`].
+    #[error("{host}:{port} did not accept a connection within {}s", HEALTH_CHECK_TIMEOUT.as_secs())]
+    Timeout {
+        /// The endpoint's host.
+        host: String,
+        /// Its port.
+        port: u16,
+    },
+}
+
 /// Whether `endpoint` (`scheme://host[:port]`) accepts a TCP connection within
 /// [`HEALTH_CHECK_TIMEOUT`]: the network and the service's front end are there. No request is
 /// sent, so no permission is needed.
-async fn reachable(endpoint: &str) -> Result<(), String> {
+async fn reachable(endpoint: &str) -> Result<(), Unreachable> {
     let uri: http::Uri = endpoint
         .parse()
-        .map_err(|e| format!("cannot parse {endpoint}: {e}"))?;
+        .map_err(|_| Unreachable::NoHost(endpoint.to_owned()))?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("no host in {endpoint}"))?
+        .ok_or_else(|| Unreachable::NoHost(endpoint.to_owned()))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
@@ -199,11 +228,8 @@ async fn reachable(endpoint: &str) -> Result<(), String> {
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
-        Err(_) => Err(format!(
-            "{host}:{port} did not accept a connection within {}s",
-            HEALTH_CHECK_TIMEOUT.as_secs()
-        )),
+        Ok(Err(source)) => Err(Unreachable::Connect { host, port, source }),
+        Err(_) => Err(Unreachable::Timeout { host, port }),
     }
 }
 
@@ -237,11 +263,15 @@ mod tests {
             .await
             .expect("bind");
         let port = listener.local_addr().expect("address").port();
-        assert_eq!(reachable(&format!("http://127.0.0.1:{port}")).await, Ok(()));
+        reachable(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a listener is reachable");
         drop(listener);
         let e = reachable(&format!("http://127.0.0.1:{port}"))
             .await
             .expect_err("nobody listens");
-        assert!(e.contains("cannot connect to 127.0.0.1"), "{e}");
+        assert!(e.to_string().contains("cannot connect to 127.0.0.1"), "{e}");
+        let e = reachable("no host").await.expect_err("not a URL");
+        assert!(matches!(e, Unreachable::NoHost(_)), "{e}");
     }
 }

@@ -107,9 +107,9 @@ impl Plan {
             .map(|a| {
                 let (src, dest) = a
                     .rsplit_once(':')
-                    .ok_or_else(|| bad("--template", a, "expected SRC:DEST".into()))?;
+                    .ok_or_else(|| bad("--template", a, "expected SRC:DEST"))?;
                 if src.is_empty() {
-                    return Err(bad("--template", a, "SRC is empty".into()));
+                    return Err(bad("--template", a, "SRC is empty"));
                 }
                 Ok(TemplateOut {
                     src: PathBuf::from(src),
@@ -124,14 +124,14 @@ impl Plan {
             return Err(bad(
                 "--file/--template",
                 &w[0].display().to_string(),
-                "two outputs write the same file".into(),
+                "two outputs write the same file",
             ));
         }
         if env.is_empty() && files.is_empty() && templates.is_empty() {
             return Err(bad(
                 "--env/--file/--template",
                 "",
-                "name at least one secret to inject".into(),
+                "name at least one secret to inject",
             ));
         }
         Ok(Plan {
@@ -152,11 +152,11 @@ impl Plan {
     }
 }
 
-fn bad(flag: &'static str, value: &str, why: String) -> RunError {
+fn bad(flag: &'static str, value: &str, why: impl ToString) -> RunError {
     RunError::Argument {
         flag,
         value: value.to_owned(),
-        why,
+        why: why.to_string(),
     }
 }
 
@@ -170,39 +170,53 @@ fn split<'a>(
         .ok_or_else(|| bad(flag, arg, format!("expected {form}")))
 }
 
+/// Why a name or path in a flag is refused.
+#[derive(Debug, thiserror::Error)]
+enum BadName {
+    /// An environment variable name a shell could not `export`.
+    #[error("VAR must be letters, digits and '_', not starting with a digit")]
+    Var,
+    /// Not a secret name (the protocol's rule, with its reason).
+    #[error("{0}")]
+    Secret(&'static str),
+    /// A destination outside the run directory.
+    #[error("PATH must be relative: files go in the run's own directory ($SECRETD_RUN_DIR)")]
+    Absolute,
+    /// A destination among secretd's own names in the run directory.
+    #[error("names starting with {RESERVED_PREFIX} are secretd's own")]
+    Reserved,
+    /// A destination that could climb out of the run directory.
+    #[error("PATH may not contain '.' or '..' components")]
+    Dots,
+}
+
 /// A portable environment variable name: what a shell could `export`.
-fn check_var(var: &str) -> Result<(), String> {
+fn check_var(var: &str) -> Result<(), BadName> {
     let mut bytes = var.bytes();
     let first_ok = bytes
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
     if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err("VAR must be letters, digits and '_', not starting with a digit".into());
+        return Err(BadName::Var);
     }
     Ok(())
 }
 
-fn check_secret(secret: &str) -> Result<(), String> {
-    secretd_proto::validate_name(secret).map_err(str::to_owned)
+fn check_secret(secret: &str) -> Result<(), BadName> {
+    secretd_proto::validate_name(secret).map_err(BadName::Secret)
 }
 
 /// A destination inside the run directory: relative, no `..`, not one of secretd's own names.
-pub(super) fn check_dest(dest: &str) -> Result<PathBuf, String> {
+fn check_dest(dest: &str) -> Result<PathBuf, BadName> {
     let path = PathBuf::from(dest);
     if dest.is_empty() || path.is_absolute() {
-        return Err(
-            "PATH must be relative: files go in the run's own directory ($SECRETD_RUN_DIR)".into(),
-        );
+        return Err(BadName::Absolute);
     }
     for c in path.components() {
         match c {
             Component::Normal(part) if !part.to_string_lossy().starts_with(RESERVED_PREFIX) => {}
-            Component::Normal(_) => {
-                return Err(format!(
-                    "names starting with {RESERVED_PREFIX} are secretd's own"
-                ));
-            }
-            _ => return Err("PATH may not contain '.' or '..' components".into()),
+            Component::Normal(_) => return Err(BadName::Reserved),
+            _ => return Err(BadName::Dots),
         }
     }
     Ok(path)
@@ -213,7 +227,7 @@ fn parse_on_change(s: &str) -> Result<OnChange, RunError> {
         bad(
             "--on-change",
             s,
-            "expected restart, signal:SIG (HUP, USR1, ... or a number), exit or none".into(),
+            "expected restart, signal:SIG (HUP, USR1, ... or a number), exit or none",
         )
     };
     match s {
@@ -247,7 +261,7 @@ pub(super) fn signal_number(sig: &str) -> Option<i32> {
 fn parse_delay(flag: &'static str, s: &str) -> Result<Duration, RunError> {
     let d = humantime::parse_duration(s).map_err(|e| bad(flag, s, e.to_string()))?;
     if d > MAX_DELAY {
-        return Err(bad(flag, s, "at most 24h".into()));
+        return Err(bad(flag, s, "at most 24h"));
     }
     Ok(d)
 }

@@ -119,7 +119,7 @@ async fn answer(
     };
     match serve_value(stream, shared, grants, &request).await {
         Ok(taken) => restarts.took(&request.unit, taken),
-        Err(why) => refuse(stream, shared, Some(&request), &why, None).await,
+        Err(why) => refuse(stream, shared, Some(&request), &why.to_string(), None).await,
     }
 }
 
@@ -134,28 +134,52 @@ pub(crate) struct Taken {
     pub(crate) grant: usize,
 }
 
+/// Why a unit was not given the value it asked for (logged, audited, and systemd fails the
+/// unit's start).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// No `[[credential]]` names this unit and secret.
+    #[error("no [[credential]] grants this unit this secret")]
+    NotGranted,
+    /// The secret is not configured.
+    #[error("the secret is not in the catalog")]
+    NotInCatalog,
+    /// The catalog has no value to serve (the reason as a client would be told it).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The value is empty: a unit must never start with an empty credential.
+    #[error("the value is empty, and a unit must never start with an empty one")]
+    Empty,
+    /// The read could not be audited, so it is not made.
+    #[error("the audit trail cannot record the read")]
+    AuditDown,
+    /// systemd closed the connection before the value was written.
+    #[error("systemd went away: {0}")]
+    Gone(#[source] std::io::Error),
+}
+
 /// Writes the value if the unit is granted it; the reason otherwise.
 async fn serve_value(
     stream: &mut UnixStream,
     shared: &Shared,
     grants: &[CredentialGrant],
     request: &Request,
-) -> Result<Taken, String> {
+) -> Result<Taken, Refusal> {
     let grant = grants
         .iter()
         .position(|g| g.grants(&request.unit, &request.id))
-        .ok_or("no [[credential]] grants this unit this secret")?;
+        .ok_or(Refusal::NotGranted)?;
     let idx = shared
         .catalog
         .index_of(&request.id)
-        .ok_or("the secret is not in the catalog")?;
+        .ok_or(Refusal::NotInCatalog)?;
     let entry = shared
         .catalog
         .read_or_wait(idx)
         .await
-        .map_err(|u| u.to_wire(&request.id).message)?;
+        .map_err(|u| Refusal::Unavailable(u.to_wire(&request.id).message))?;
     if entry.value.is_empty() {
-        return Err("the value is empty, and a unit must never start with an empty one".into());
+        return Err(Refusal::Empty);
     }
     let mut event = AuditEvent::new(Action::Read, &request.id, &actor(request), Outcome::Ok);
     event.version.clone_from(&entry.version);
@@ -163,13 +187,13 @@ async fn serve_value(
     event.program = program(&request.unit);
     event.detail = "systemd credential".into();
     if !shared.audit.record(event) {
-        return Err("the audit trail cannot record the read".into());
+        return Err(Refusal::AuditDown);
     }
     stream
         .write_all(entry.value.expose())
         .await
         .and(stream.shutdown().await)
-        .map_err(|e| format!("systemd went away: {e}"))?;
+        .map_err(Refusal::Gone)?;
     shared.metrics.read(idx, entry.source);
     tracing::info!(
         event = "credential.served",

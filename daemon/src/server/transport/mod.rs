@@ -90,22 +90,7 @@ pub(crate) async fn serve(
             }
         }
         for connection in batch.drain(..) {
-            let Ok(cred) = identity::peer_cred(connection.as_fd()) else {
-                continue;
-            };
-            match admission.admit(cred.uid, shared.policy.is_admin(cred.uid)) {
-                Ok(slot) => waiting.push(cred.uid, (connection, cred, slot)),
-                Err(refusal) => {
-                    // Counted, and logged in the next summary: a flood costs a line per uid.
-                    refused.note(cred.uid, refusal);
-                    shared
-                        .metrics
-                        .refused
-                        .with_label_values(&[refusal.label()])
-                        .inc();
-                    accept::refuse(connection, refusal);
-                }
-            }
+            admit(connection, &shared, &admission, &mut refused, &mut waiting);
         }
         for _ in 0..STARTS_PER_TURN {
             let Some((connection, cred, slot)) = waiting.pop() else {
@@ -126,6 +111,35 @@ pub(crate) async fn serve(
     waiting.clear();
     drop(acceptor);
     leave.cancel();
+}
+
+/// A connection admitted to a seat, waiting for the accept loop to start it.
+type Waiting = (OwnedFd, libc::ucred, admission::Slot);
+
+/// Gives `connection` a seat and queues it under its uid, or refuses it: counted, and logged
+/// in the next summary, so a flood costs a line per uid.
+fn admit(
+    connection: OwnedFd,
+    shared: &Shared,
+    admission: &admission::Admission,
+    refused: &mut refusals::Refusals,
+    waiting: &mut fair_queue::FairQueue<Waiting>,
+) {
+    let Ok(cred) = identity::peer_cred(connection.as_fd()) else {
+        return;
+    };
+    match admission.admit(cred.uid, shared.policy.is_admin(cred.uid)) {
+        Ok(slot) => waiting.push(cred.uid, (connection, cred, slot)),
+        Err(refusal) => {
+            refused.note(cred.uid, refusal);
+            shared
+                .metrics
+                .refused
+                .with_label_values(&[refusal.label()])
+                .inc();
+            accept::refuse(connection, refusal);
+        }
+    }
 }
 
 /// Logs a failed accept (out of descriptors, say) and pauses so the loop does not spin.
