@@ -412,7 +412,11 @@ impl RawConn {
     /// (`Busy`, say).
     pub(crate) fn try_greeted(socket: &Path) -> Result<RawConn, Box<Option<Response<'static>>>> {
         let mut conn = RawConn::connect(socket);
-        conn.send(&Request::Hello(ClientHello::new("raw-test")));
+        let mut hello = Vec::new();
+        encode_frame(&Request::Hello(ClientHello::new("raw-test")), &mut hello).expect("encode");
+        // A daemon that refused the connection at accept may have closed it before the hello
+        // arrives: the write fails, and what the daemon answered is still there to read.
+        let _ = conn.stream.write_all(&hello);
         match conn.recv() {
             Some(Response::Hello(_)) => Ok(conn),
             other => Err(Box::new(other)),
