@@ -687,13 +687,20 @@ fn regional_and_global_secrets_mix() {
         .find(|r| r.name == "trading_eu_key")
         .expect("row");
     assert_eq!(eu.gcp_secret.as_deref(), Some(REGIONAL));
-    let us = client
-        .status()
-        .expect("status")
-        .into_iter()
-        .find(|r| r.name == "trading_us_key")
-        .expect("row");
-    let why = us.last_error.expect("the us-east1 secret failed").message;
+    // Serving does not wait for every first fetch: the us-east1 one fails in its own time.
+    let why = wait_until(
+        "the us-east1 secret to fail",
+        Duration::from_secs(30),
+        || {
+            client
+                .status()
+                .ok()?
+                .into_iter()
+                .find(|r| r.name == "trading_us_key")?
+                .last_error
+        },
+    )
+    .message;
     assert!(
         why.contains("serves resources in europe-west4 only"),
         "{why}"
