@@ -353,20 +353,14 @@ fn key_paths(
     audit_key: Option<PathBuf>,
     fingerprint_key: Option<PathBuf>,
 ) -> Result<(Option<PathBuf>, Option<PathBuf>), ConfigError> {
-    for (key, path) in [
-        ("daemon.audit_key", &audit_key),
-        ("daemon.fingerprint_key", &fingerprint_key),
-    ] {
-        if let Some(k) = path
-            && !k.is_absolute()
-        {
-            return Err(invalid(format!(
-                "{key} = {:?} must be an absolute path",
-                k.display()
-            )));
-        }
-    }
-    Ok((audit_key, fingerprint_key))
+    Ok((
+        audit_key
+            .map(|p| absolute("daemon.audit_key", p))
+            .transpose()?,
+        fingerprint_key
+            .map(|p| absolute("daemon.fingerprint_key", p))
+            .transpose()?,
+    ))
 }
 
 /// `daemon.last_known_good` and its key: the key from the config, else systemd's credentials
@@ -393,15 +387,10 @@ fn last_known_good(
              (a key beside the file would protect nothing)"
         )));
     };
-    for (k, p) in [("last_known_good", &path), ("last_known_good_key", &key)] {
-        if !p.is_absolute() {
-            return Err(invalid(format!(
-                "daemon.{k} = {:?} must be an absolute path",
-                p.display()
-            )));
-        }
-    }
-    Ok(Some(LastKnownGoodConfig { path, key }))
+    Ok(Some(LastKnownGoodConfig {
+        path: absolute("daemon.last_known_good", path)?,
+        key: absolute("daemon.last_known_good_key", key)?,
+    }))
 }
 
 /// `daemon.max_denials_per_minute_per_uid`: at least 1.
