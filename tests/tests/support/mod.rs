@@ -393,14 +393,19 @@ pub(crate) struct RawConn {
 impl RawConn {
     /// Connects without a hello.
     pub(crate) fn connect(socket: &Path) -> RawConn {
-        let stream = UnixStream::connect(socket).expect("connect");
+        RawConn::try_connect(socket).expect("connect")
+    }
+
+    /// Connects without a hello; `None` if the socket does not take the connection.
+    pub(crate) fn try_connect(socket: &Path) -> Option<RawConn> {
+        let stream = UnixStream::connect(socket).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        RawConn {
+        Some(RawConn {
             stream,
             protocol: secretd_proto::PROTOCOL_VERSION,
-        }
+        })
     }
 
     /// Connects and completes a good hello.
