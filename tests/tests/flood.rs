@@ -158,7 +158,7 @@ fn a_trickle_of_bytes_keeps_no_seat_past_the_frame_deadline() {
                     RawConn::try_greeted(&daemon.socket).ok()?
                 };
                 let cut_off = trickle_frame(&mut conn.stream);
-                // A deadline cut-off closes without a word; a refusal answered first.
+                // A deadline cut-off closes without a word; a refusal answers `Busy` first.
                 (!cut_off || conn.recv().is_none()).then_some(cut_off)
             },
         );
