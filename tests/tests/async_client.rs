@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use secretd_client::{AsyncClient, AsyncWatch, ChangeEvent, MAX_ASYNC_CONNECTIONS, SourceKind};
 use support::TestEnv;
+use support::config::ConfigBuilder;
 
 const A: &[u8] = b"Omni-Key-Async-AAAA-0000!";
 const B: &[u8] = b"Omni-Secret-Async-BBBB-1111!";
@@ -33,11 +34,15 @@ fn secret_for(i: u32) -> (&'static str, &'static [u8]) {
 }
 
 fn two_secrets(env: &TestEnv) -> String {
+    two_secrets_conf(env).build()
+}
+
+/// The builder behind [`two_secrets`], for a test that sets daemon options on top.
+fn two_secrets_conf(env: &TestEnv) -> ConfigBuilder<'_> {
     env.conf()
         .file_secret("trading_a", A)
         .file_secret("trading_b", B)
         .readable_by_me()
-        .build()
 }
 
 /// Polls `fut` up to `polls` times (yielding to the runtime between polls, so the request
@@ -272,10 +277,7 @@ fn many_tasks_cancelled_at_random_only_ever_see_their_own_answers() {
     // trails by hundreds (one run was refused `Busy` past the default 256), so this test, about
     // the answers a cancelled call leaves behind, gives the uid every seat.
     let daemon = env.start(
-        &env.conf()
-            .file_secret("trading_a", A)
-            .file_secret("trading_b", B)
-            .readable_by_me()
+        &two_secrets_conf(&env)
             .daemon("max_connections", 4096)
             .daemon("max_connections_per_uid", 4096)
             .build(),
